@@ -1,0 +1,3 @@
+"""diffvc: differentiable visual computing with PyTorch as host."""
+
+__version__ = "0.1.0"

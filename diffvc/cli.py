@@ -1,0 +1,113 @@
+"""The ``diffvc`` command: ``list``, ``run NAME``, ``bench NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit 2, no usage dump
+        sys.stderr.write(f"diffvc: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _bench_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench_names() -> list[str]:
+    d = _bench_dir()
+    return sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_") and p.stem != "run_all") if d.is_dir() else []
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="diffvc", description="Differentiable visual computing: runnable inverse problems and benchmarks.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="list the examples with a one-line description")
+    r = sub.add_parser("run", help="run an example")
+    r.add_argument("name")
+    r.add_argument("--quick", action="store_true", help="short version (minutes on a laptop CPU)")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--out", type=Path, default=None, help="output directory (default out/NAME)")
+    r.add_argument("--seed", type=_int, default=0)
+    r.add_argument("--iters", type=_positive_int, default=None, help="override the number of iterations")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b = sub.add_parser("bench", help="run a benchmark from bench/ and print (or write) its JSON")
+    b.add_argument("name")
+    b.add_argument("--json", type=Path, default=None, help="write the JSON result to this file")
+    b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "list":
+        from .examples import EXAMPLES
+
+        width = max(len(n) for n in EXAMPLES)
+        for name, (_, desc) in sorted(EXAMPLES.items()):
+            print(f"{name:<{width}}  {desc}")
+        return 0
+    if args.cmd == "run":
+        from .examples import EXAMPLES, RunConfig, run_example
+
+        if args.name not in EXAMPLES:
+            sys.stderr.write(f"diffvc: error: unknown example {args.name!r}; choose from {', '.join(sorted(EXAMPLES))}\n")
+            return 2
+        if args.device == "cuda":
+            import torch
+
+            from ._kernels import cuda_available
+
+            if not cuda_available():
+                sys.stderr.write("diffvc: error: --device cuda requested but no CUDA device is available\n")
+                return 2
+        out = args.out if args.out is not None else Path("out") / args.name
+        cfg = RunConfig(out=out, quick=args.quick, device=args.device, seed=args.seed, iters=args.iters,
+                        progress=not args.no_progress)
+        metrics = run_example(args.name, cfg)
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        print(f"wrote {out}/")
+        return 0
+    if args.cmd == "bench":
+        names = _bench_names()
+        if args.name not in names:
+            sys.stderr.write(f"diffvc: error: unknown benchmark {args.name!r}; choose from {', '.join(names) or '(none)'}\n")
+            return 2
+        root = str(_bench_dir().parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        mod = importlib.import_module(f"bench.{args.name}")
+        result = mod.run(quick=args.quick)
+        text = json.dumps(result, indent=2, sort_keys=True)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+        print(text)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Runnable inverse problems, one module each, registered for ``diffvc run NAME``.
+
+An example module defines ``DESCRIPTION`` (one line) and ``run(cfg: RunConfig) -> dict`` which
+writes its images/animation, a curve plot and ``metrics.json`` into ``cfg.out`` and returns the
+metrics. Register it in :data:`EXAMPLES` (name -> module) so ``diffvc list`` can show it without
+importing every example.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+EXAMPLES: dict[str, tuple[str, str]] = {
+    # name: (module, one-line description)
+    "bounce": ("diffvc.examples.bounce", "particle bouncing off ground and wall: optimise v0 to hit a target"),
+}
+
+
+@dataclass
+class RunConfig:
+    """Options shared by every example (the ``diffvc run`` flags)."""
+
+    out: Path
+    quick: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    iters: int | None = None
+    progress: bool = True
+
+    def iterations(self, full: int, quick: int) -> int:
+        """``--iters`` if given, else the example's quick or full default."""
+        if self.iters is not None:
+            return self.iters
+        return quick if self.quick else full
+
+
+def load(name: str):
+    """Import the example module registered as ``name``."""
+    if name not in EXAMPLES:
+        raise KeyError(name)
+    return importlib.import_module(EXAMPLES[name][0])
+
+
+def run_example(name: str, cfg: RunConfig) -> dict:
+    """Run example ``name`` with ``cfg``; returns its metrics (also written to ``cfg.out``)."""
+    import torch
+
+    cfg.out = Path(cfg.out)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    return load(name).run(cfg)

@@ -1,0 +1,157 @@
+"""The inverse-problem loop every example uses: optimizer, progress bar, early stop, history."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .parameters import ParameterSet
+
+
+@dataclass
+class History:
+    """What happened during :func:`optimize`. ``params[i]`` are the values *before* step ``i``."""
+
+    loss: list[float] = field(default_factory=list)
+    params: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    @property
+    def iterations(self) -> int:
+        return len(self.loss)
+
+    @property
+    def best_loss(self) -> float:
+        return min(self.loss) if self.loss else math.nan
+
+
+_METHODS = ("adam", "sgd", "lbfgs")
+
+
+def _format(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) <= 3 and all(isinstance(x, float) for x in v):
+        return "(" + ",".join(f"{x:.3g}" for x in v) + ")"
+    return "…"
+
+
+def optimize(
+    params: ParameterSet | Sequence[torch.Tensor],
+    loss_fn: Callable[[], torch.Tensor],
+    iters: int,
+    lr: float = 1e-2,
+    method: str = "adam",
+    progress: bool = True,
+    desc: str = "optimize",
+    tol: float | None = None,
+    patience: int = 10,
+    grad_clip: float | None = None,
+    lr_final: float | None = None,
+    callback: Callable[[int, float], None] | None = None,
+    optimizer_kwargs: dict | None = None,
+) -> History:
+    """Minimise ``loss_fn()`` over ``params``.
+
+    Args:
+        params: a :class:`ParameterSet` (constrained values, its raw tensors are optimized) or
+            a list of leaf tensors with ``requires_grad``.
+        loss_fn: closure returning a scalar loss tensor; it reads the parameters itself.
+        iters: maximum number of iterations (>= 1).
+        lr: learning rate (step size for Adam/SGD; initial step for L-BFGS).
+        method: ``"adam"``, ``"sgd"`` or ``"lbfgs"`` (strong-Wolfe line search).
+        progress: show a tqdm bar with the current loss and parameter values.
+        tol: stop once the loss is below ``tol`` ...
+        patience: ... or has not improved by more than 1e-12 relative for ``patience`` iterations
+            (only when ``tol`` is given).
+        grad_clip: clip the global gradient norm of the raw parameters (Adam/SGD).
+        lr_final: if given, the learning rate decays exponentially from ``lr`` to ``lr_final``
+            over ``iters`` iterations (Adam/SGD); lets noisy (contact-rich) objectives settle.
+        callback: ``callback(iteration, loss)`` after each step.
+
+    Returns:
+        :class:`History` with per-iteration loss and parameter values.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be a positive int, got {iters!r}")
+    if not (lr > 0):
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    pset = params if isinstance(params, ParameterSet) else None
+    tensors = pset.raw() if pset is not None else list(params)
+    if not tensors or not all(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        raise ValueError("params: need at least one tensor and every tensor must require grad")
+    kw = dict(optimizer_kwargs or {})
+    if method == "adam":
+        opt = torch.optim.Adam(tensors, lr=lr, **kw)
+    elif method == "sgd":
+        opt = torch.optim.SGD(tensors, lr=lr, **kw)
+    else:
+        kw.setdefault("line_search_fn", "strong_wolfe")
+        kw.setdefault("max_iter", 5)
+        opt = torch.optim.LBFGS(tensors, lr=lr, **kw)
+
+    sched = None
+    if lr_final is not None:
+        if not (0 < lr_final <= lr):
+            raise ValueError(f"lr_final must be in (0, lr], got {lr_final!r}")
+        if method != "lbfgs":
+            gamma = (lr_final / lr) ** (1.0 / max(iters - 1, 1))
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    hist = History()
+    t0 = time.perf_counter()
+    best, stale = math.inf, 0
+    bar = tqdm(range(iters), desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    for it in bar:
+        snap = pset.snapshot() if pset is not None else {}
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+            loss.backward()
+            for t in tensors:
+                if t.grad is not None and not torch.isfinite(t.grad).all():
+                    t.grad = torch.nan_to_num(t.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            if grad_clip is not None and method != "lbfgs":
+                torch.nn.utils.clip_grad_norm_(tensors, grad_clip)
+            return loss
+
+        if method == "lbfgs":
+            loss = opt.step(closure)
+        else:
+            loss = closure()
+            opt.step()
+            if sched is not None:
+                sched.step()
+        lv = float(loss.detach())
+        hist.loss.append(lv)
+        hist.params.append(snap)
+        if progress:
+            post = {"loss": f"{lv:.4g}"}
+            post.update({k: _format(v) for k, v in list(snap.items())[:4]})
+            bar.set_postfix(post, refresh=False)
+        if callback is not None:
+            callback(it, lv)
+        if tol is not None:
+            if lv < tol:
+                hist.stopped_early = it + 1 < iters
+                break
+            if lv < best * (1 - 1e-12):
+                best, stale = lv, 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    hist.stopped_early = True
+                    break
+    bar.close()
+    hist.seconds = time.perf_counter() - t0
+    return hist

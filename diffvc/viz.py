@@ -1,0 +1,115 @@
+"""Saving results: images (linear -> sRGB), animations, loss and parameter curves, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+def linear_to_srgb(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Linear radiance in [0, inf) -> sRGB-encoded uint8 (clamped to [0, 1] first)."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = np.clip(a.astype(np.float64), 0.0, 1.0)
+    s = np.where(a <= 0.0031308, 12.92 * a, 1.055 * np.power(a, 1 / 2.4) - 0.055)
+    return (s * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_uint8(x: torch.Tensor | np.ndarray, srgb: bool = True) -> np.ndarray:
+    """Image ``(H, W)``, ``(H, W, 1|3|4)`` in [0, 1] -> uint8 ``(H, W, 3|4)``."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if srgb:
+        return linear_to_srgb(a)
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_image(path: str | Path, img, srgb: bool = True) -> Path:
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, to_uint8(img, srgb))
+    return path
+
+
+def save_animation(path: str | Path, frames: Sequence, fps: int = 20, srgb: bool = True) -> Path:
+    """Write frames ``(H, W, C)`` as an animated GIF (or MP4 if imageio-ffmpeg is present and asked)."""
+    import imageio.v2 as iio2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imgs = [to_uint8(f, srgb) for f in frames]
+    iio2.mimsave(path, imgs, duration=1.0 / fps, loop=0)
+    return path
+
+
+def tile(images: Sequence, cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """Arrange equally sized images ``(H, W, C)`` in a grid with ``pad`` white pixels between them."""
+    arrs = [to_uint8(i, srgb=False) if not (isinstance(i, np.ndarray) and i.dtype == np.uint8) else i for i in images]
+    n = len(arrs)
+    cols = cols or n
+    rows = math.ceil(n / cols)
+    h, w, c = arrs[0].shape
+    out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, c), 255, np.uint8)
+    for k, a in enumerate(arrs):
+        r, q = divmod(k, cols)
+        out[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = a
+    return out
+
+
+def plot_curves(path: str | Path, curves: Mapping[str, Sequence[float]], title: str = "", logy: bool = True,
+                xlabel: str = "iteration", targets: Mapping[str, float] | None = None) -> Path:
+    """One subplot per curve (loss, parameters); dashed line at ``targets[name]`` where given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(curves)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
+    for ax, (name, ys) in zip(axes[0], curves.items()):
+        ys = np.asarray(ys, dtype=np.float64)
+        ax.plot(np.arange(len(ys)), ys, lw=1.5)
+        if targets and name in targets:
+            ax.axhline(targets[name], ls="--", color="k", lw=1, label="target")
+            ax.legend()
+        if logy and np.all(ys[np.isfinite(ys)] > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_metrics(path: str | Path, metrics: Mapping) -> Path:
+    """Write a flat JSON object of numbers and strings (tensors/numpy scalars converted)."""
+    flat = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().item() if v.numel() == 1 else v.detach().cpu().tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (list, tuple, dict)):
+            raise TypeError(f"metrics[{k!r}] must be a number or string (metrics.json is flat), got {type(v).__name__}")
+        if isinstance(v, float) and not math.isfinite(v):
+            v = str(v)
+        flat[k] = v
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    return path

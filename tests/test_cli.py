@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+import pytest
+
+from diffvc.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "diffvc.cli", *args], capture_output=True, text=True)
+
+
+def test_list_shows_examples(capsys):
+    assert main(["list"]) == 0
+    assert "bounce" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "nope"], "unknown example"),
+        (["run", "bounce", "--iters", "0"], "positive integer"),
+        (["run", "bounce", "--device", "tpu"], "invalid choice"),
+        (["bench", "nope"], "unknown benchmark"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, needle):
+    r = _run(*args)
+    assert r.returncode != 0
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cuda_without_cuda_is_a_clear_error():
+    from diffvc._kernels import cuda_available
+
+    r = _run("run", "bounce", "--device", "cuda", "--iters", "1", "--out", "/tmp/diffvc_cli_cuda")
+    if cuda_available():
+        assert r.returncode == 0
+    else:
+        assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
