@@ -1,0 +1,1 @@
+"""Benchmarks: each module has ``run(quick=False) -> dict`` (JSON-able) and runs as ``python -m bench.NAME``."""
