@@ -1,0 +1,33 @@
+"""diffvc.geometry: differentiable geometry (meshes, point clouds, fields, conversions, regularizers).
+
+Functions take plain tensors ``verts (V, 3)`` float and ``faces (F, 3)`` long; :class:`Meshes`
+batches meshes of different sizes.
+"""
+
+from .normals import face_normals, vertex_normals
+from .measures import face_areas, surface_area, volume, mass_properties
+from .topology import edges, edge_face_counts, boundary_vertices, is_watertight, face_adjacency
+from .laplacian import uniform_laplacian, cotangent_laplacian, cotangent_weights, vertex_areas, laplacian_apply
+from .transforms import (
+    axis_angle_to_matrix,
+    quaternion_to_matrix,
+    euler_to_matrix,
+    transform_points,
+    rigid_transform,
+    scale,
+    translate,
+    normalize_to_unit_box,
+)
+from .primitives import icosphere, uv_sphere, box, grid, plane, cylinder, torus
+from .meshes import Meshes, join_meshes
+
+__all__ = [
+    "face_normals", "vertex_normals",
+    "face_areas", "surface_area", "volume", "mass_properties",
+    "edges", "edge_face_counts", "boundary_vertices", "is_watertight", "face_adjacency",
+    "uniform_laplacian", "cotangent_laplacian", "cotangent_weights", "vertex_areas", "laplacian_apply",
+    "axis_angle_to_matrix", "quaternion_to_matrix", "euler_to_matrix", "transform_points", "rigid_transform",
+    "scale", "translate", "normalize_to_unit_box",
+    "icosphere", "uv_sphere", "box", "grid", "plane", "cylinder", "torus",
+    "Meshes", "join_meshes",
+]

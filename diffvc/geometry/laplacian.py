@@ -1,0 +1,89 @@
+"""Mesh Laplacians as torch sparse matrices (positive semi-definite convention ``L = D - W``).
+
+``L @ x`` is zero for constant ``x``. The cotangent Laplacian is also zero for any linear function
+at interior vertices (it is the FEM stiffness matrix of piecewise-linear functions).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_faces, check_mesh, safe_norm
+from .topology import edges as _edges
+
+
+def _assemble(i: torch.Tensor, j: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """Sparse ``L`` with off-diagonals ``-w`` at (i, j) and (j, i) and row sums on the diagonal."""
+    diag = torch.zeros(n, dtype=w.dtype, device=w.device).index_add(0, i, w).index_add(0, j, w)
+    ar = torch.arange(n, device=w.device)
+    idx = torch.cat([torch.stack([i, j]), torch.stack([j, i]), torch.stack([ar, ar])], dim=1)
+    val = torch.cat([-w, -w, diag])
+    return torch.sparse_coo_tensor(idx, val, (n, n), check_invariants=False).coalesce()
+
+
+def uniform_laplacian(faces: torch.Tensor, num_verts: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Combinatorial (graph) Laplacian: ``L_ii = degree(i)``, ``L_ij = -1`` for each edge.
+
+    Args:
+        faces: ``(F, 3)`` integer indices; num_verts: ``V``.
+
+    Returns:
+        ``(V, V)`` sparse COO (coalesced), ``dtype`` on ``device`` (default: faces' device).
+    """
+    device = faces.device if device is None else torch.device(device)
+    faces = check_faces(faces, num_verts, faces.device)
+    e = _edges(faces).to(device)
+    w = torch.ones(e.shape[0], dtype=dtype, device=device)
+    return _assemble(e[:, 0], e[:, 1], w, num_verts)
+
+
+def cotangent_weights(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Per-face cotangents ``(F, 3)``: entry k is the cotangent of the angle at corner k.
+
+    Degenerate (zero-area) faces get finite values (the cross-product norm is clamped).
+    """
+    v = [verts[faces[:, k]] for k in range(3)]
+    cots = []
+    for k in range(3):
+        a = v[(k + 1) % 3] - v[k]
+        b = v[(k + 2) % 3] - v[k]
+        cots.append((a * b).sum(-1) / safe_norm(torch.cross(a, b, dim=-1)).clamp_min(1e-12))
+    return torch.stack(cots, dim=1)
+
+
+def cotangent_laplacian(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Cotangent Laplacian ``L_ij = -(cot a_ij + cot b_ij) / 2``, ``L_ii = -sum_j L_ij``.
+
+    Differentiable w.r.t. ``verts`` (the sparse values carry autograd). Not normalised by vertex
+    areas: ``L`` is the stiffness matrix; see :func:`vertex_areas` for the lumped mass matrix.
+
+    Args:
+        verts: ``(V, 3)``; faces: ``(F, 3)``.
+
+    Returns:
+        ``(V, V)`` sparse COO, coalesced, dtype of ``verts``.
+    """
+    verts, faces = check_mesh(verts, faces)
+    cot = cotangent_weights(verts, faces)
+    # the edge opposite corner k joins corners k+1 and k+2
+    i = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0]])
+    j = torch.cat([faces[:, 2], faces[:, 0], faces[:, 1]])
+    w = 0.5 * torch.cat([cot[:, 0], cot[:, 1], cot[:, 2]])
+    return _assemble(i, j, w, verts.shape[0])
+
+
+def vertex_areas(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Barycentric (lumped) vertex areas ``(V,)``: a third of each incident face's area."""
+    from .measures import face_areas
+
+    verts, faces = check_mesh(verts, faces)
+    a = face_areas(verts, faces) / 3.0
+    out = torch.zeros(verts.shape[0], dtype=verts.dtype, device=verts.device)
+    for k in range(3):
+        out = out.index_add(0, faces[:, k], a)
+    return out
+
+
+def laplacian_apply(L: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``L @ x`` for a sparse ``L`` (differentiable in both ``L``'s values and ``x``)."""
+    return torch.sparse.mm(L, x)

@@ -1,0 +1,85 @@
+"""Combinatorial structure of triangle meshes: edges, edge-face adjacency, boundary."""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_faces
+
+
+def _faces_arg(faces, num_verts=None):
+    if num_verts is None:
+        num_verts = int(faces.max()) + 1 if isinstance(faces, torch.Tensor) and faces.numel() else 0
+    return check_faces(faces, num_verts, faces.device if isinstance(faces, torch.Tensor) else "cpu")
+
+
+def edges(faces: torch.Tensor, return_inverse: bool = False):
+    """Unique undirected edges of a triangle mesh.
+
+    Args:
+        faces: ``(F, 3)`` integer vertex indices.
+        return_inverse: also return ``(F, 3)`` edge ids of each face's edges
+            (edge k of a face joins corners k and k+1).
+
+    Returns:
+        ``(E, 2)`` long tensor with ``edges[:, 0] < edges[:, 1]``, sorted lexicographically
+        (and the inverse map if asked).
+    """
+    faces = _faces_arg(faces)
+    e = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2)  # (3F, 2)
+    e, _ = e.sort(dim=1)
+    uniq, inv = torch.unique(e, dim=0, return_inverse=True)
+    uniq = uniq.reshape(-1, 2)
+    if return_inverse:
+        return uniq, inv.reshape(-1, 3)
+    return uniq
+
+
+def edge_face_counts(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique edges ``(E, 2)`` and how many faces use each ``(E,)``. A closed manifold mesh has 2 everywhere."""
+    e, inv = edges(faces, return_inverse=True)
+    counts = torch.bincount(inv.reshape(-1), minlength=e.shape[0])
+    return e, counts
+
+
+def boundary_vertices(faces: torch.Tensor, num_verts: int | None = None) -> torch.Tensor:
+    """Boolean mask ``(V,)`` of vertices on a boundary edge (an edge used by exactly one face)."""
+    faces = _faces_arg(faces, num_verts)
+    n = num_verts if num_verts is not None else (int(faces.max()) + 1 if faces.numel() else 0)
+    e, counts = edge_face_counts(faces)
+    mask = torch.zeros(n, dtype=torch.bool, device=faces.device)
+    b = e[counts == 1].reshape(-1)
+    mask[b] = True
+    return mask
+
+
+def is_watertight(faces: torch.Tensor) -> bool:
+    """True when every edge is shared by exactly two faces with opposite directions (closed, oriented)."""
+    faces = _faces_arg(faces)
+    if faces.shape[0] == 0:
+        return False
+    directed = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2)
+    n = int(faces.max()) + 1
+    key = directed[:, 0] * n + directed[:, 1]
+    rkey = directed[:, 1] * n + directed[:, 0]
+    if torch.unique(key).numel() != key.numel():
+        return False  # a directed edge used twice: inconsistent orientation or non-manifold
+    return bool(torch.isin(rkey, key).all())
+
+
+def face_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs of faces sharing an interior edge.
+
+    Returns:
+        ``(pairs (P, 2), edge_verts (P, 2))``: the two face ids and the shared edge's vertices,
+        for every edge used by exactly two faces.
+    """
+    e, inv = edges(faces, return_inverse=True)
+    flat = inv.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=e.shape[0])
+    starts = torch.cumsum(counts, 0) - counts
+    two = (counts == 2).nonzero().squeeze(1)
+    f0 = order[starts[two]] // 3
+    f1 = order[starts[two] + 1] // 3
+    return torch.stack([f0, f1], 1), e[two]
