@@ -20,6 +20,8 @@ from .transforms import (
 )
 from .primitives import icosphere, uv_sphere, box, grid, plane, cylinder, torus
 from .meshes import Meshes, join_meshes
+from .large_steps import LargeSteps, SparseSolver, system_matrix, solve, to_differential, from_differential
+from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
 
 __all__ = [
     "face_normals", "vertex_normals",
@@ -30,4 +32,6 @@ __all__ = [
     "scale", "translate", "normalize_to_unit_box",
     "icosphere", "uv_sphere", "box", "grid", "plane", "cylinder", "torus",
     "Meshes", "join_meshes",
+    "LargeSteps", "SparseSolver", "system_matrix", "solve", "to_differential", "from_differential",
+    "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
 ]

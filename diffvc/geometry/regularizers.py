@@ -1,0 +1,65 @@
+"""Mesh regularizers: Laplacian smoothing, normal consistency, edge length.
+
+All are differentiable w.r.t. ``verts``, smooth (squared forms, no square root at zero), and return
+0 for meshes without the relevant elements.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_mesh, safe_normalize
+from .laplacian import cotangent_laplacian, uniform_laplacian, vertex_areas
+from .normals import _face_cross
+from .topology import edges, face_adjacency
+
+
+def laplacian_smoothing_loss(verts: torch.Tensor, faces: torch.Tensor, method: str = "uniform") -> torch.Tensor:
+    """Mean squared norm of the Laplacian "displacement" of each vertex.
+
+    ``method="uniform"``: ``x_i - mean_{j ~ i} x_j`` (the umbrella operator);
+    ``method="cotangent"``: ``(L_cot x)_i / (2 A_i)`` with barycentric area ``A_i`` (the mean-
+    curvature normal; weights rebuilt at the current positions, gradient through them).
+    """
+    verts, faces = check_mesh(verts, faces)
+    n = verts.shape[0]
+    if n == 0 or faces.shape[0] == 0:
+        return verts.sum() * 0.0
+    if method == "uniform":
+        L = uniform_laplacian(faces, n, dtype=verts.dtype, device=verts.device)
+        deg = torch.zeros(n, dtype=verts.dtype, device=verts.device).index_add(
+            0, L.indices()[0], (L.indices()[0] != L.indices()[1]).to(verts.dtype))
+        d = torch.sparse.mm(L, verts) / deg.clamp_min(1)[:, None]
+    elif method == "cotangent":
+        L = cotangent_laplacian(verts, faces)
+        a = vertex_areas(verts, faces)
+        d = torch.sparse.mm(L, verts) / (2 * a.clamp_min(torch.finfo(verts.dtype).eps))[:, None]
+    else:
+        raise ValueError(f"method must be 'uniform' or 'cotangent', got {method!r}")
+    return (d * d).sum(-1).mean()
+
+
+def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean of ``1 - cos(angle between the normals)`` over pairs of faces sharing an edge."""
+    verts, faces = check_mesh(verts, faces)
+    pairs, _ = face_adjacency(faces)
+    if pairs.shape[0] == 0:
+        return verts.sum() * 0.0
+    n = safe_normalize(_face_cross(verts, faces))
+    return (1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(-1)).mean()
+
+
+def edge_length_loss(verts: torch.Tensor, faces: torch.Tensor, target: float | None = None) -> torch.Tensor:
+    """Mean of ``(|e|^2 - target^2)^2`` over unique edges, or of ``|e|^2`` when ``target`` is None.
+
+    Squared lengths keep the loss smooth where an edge collapses to zero length.
+    """
+    verts, faces = check_mesh(verts, faces)
+    e = edges(faces)
+    if e.shape[0] == 0:
+        return verts.sum() * 0.0
+    d = verts[e[:, 0]] - verts[e[:, 1]]
+    sq = (d * d).sum(-1)
+    if target is None:
+        return sq.mean()
+    return ((sq - float(target) ** 2) ** 2).mean()

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+import diffvc.geometry as G
+from diffvc.testing import assert_grad_close
+
+
+@pytest.mark.parametrize("method", ["lu", "cg"])
+def test_roundtrip_and_solver(method):
+    v, f = G.icosphere(2, dtype=torch.float64)
+    L = G.uniform_laplacian(f, v.shape[0], dtype=torch.float64)
+    u = G.to_differential(L, v, 10.0)
+    x = G.from_differential(L, u, 10.0, method=method)
+    assert torch.allclose(x, v, atol=1e-9)
+    M = G.system_matrix(L, 10.0).to_dense()
+    assert torch.allclose(M @ v, u, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["lu", "cg"])
+def test_grad_from_differential(method):
+    v, f = G.icosphere(1, dtype=torch.float64)
+    L = G.cotangent_laplacian(v, f).detach()
+    u = (v + 0.1).requires_grad_()
+    assert_grad_close(lambda a: G.from_differential(L, a, 5.0, method=method), (u,), max_elements=30, rtol=1e-6)
+    x = v.clone().requires_grad_()
+    assert_grad_close(lambda a: G.to_differential(L, a, 5.0), (x,), max_elements=30)
+
+
+def test_float32_and_solver_cache():
+    v, f = G.icosphere(2)
+    L = G.uniform_laplacian(f, v.shape[0])
+    u = G.to_differential(L, v, 20.0)
+    x1 = G.from_differential(L, u, 20.0)
+    x2 = G.from_differential(L, u, 20.0, method="cg")
+    assert x1.dtype == torch.float32
+    assert torch.allclose(x1, v, atol=1e-4) and torch.allclose(x2, v, atol=1e-4)
+    from diffvc.geometry.large_steps import _CACHE
+
+    assert (id(L), 20.0, "auto") in _CACHE
+
+
+def test_large_steps_object_smooths_updates():
+    v, f = G.icosphere(2, dtype=torch.float64)
+    ls = G.LargeSteps(v, f, lam=20.0)
+    assert torch.allclose(ls.verts(), v, atol=1e-9)
+    # a gradient concentrated on one vertex becomes a smooth bump: many vertices move
+    loss = ls.verts()[0, 1]
+    loss.backward()
+    with torch.no_grad():
+        ls.u -= 0.1 * ls.u.grad
+    moved = (ls.verts() - v).norm(dim=1)
+    assert int((moved > 1e-3 * moved.max()).sum()) > 20
+    ls.set_verts(v * 2)
+    assert torch.allclose(ls.verts(), v * 2, atol=1e-9)
+    with pytest.raises(ValueError, match="laplacian"):
+        G.LargeSteps(v, f, laplacian="bogus")
+
+
+def test_large_steps_fits_target_sphere():
+    v, f = G.icosphere(2, dtype=torch.float64)
+    target = v * torch.tensor([1.5, 0.8, 1.2], dtype=torch.float64)
+    ls = G.LargeSteps(v, f, lam=10.0)
+    opt = torch.optim.Adam(ls.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ((ls.verts() - target) ** 2).sum(1).mean()
+        first = first if first is not None else loss.item()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first
+
+
+def test_regularizers_values_and_grads():
+    v, f = G.icosphere(1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    vj = (v + 0.03 * torch.randn(v.shape, generator=g, dtype=torch.float64)).requires_grad_()
+    for m in ("uniform", "cotangent"):
+        assert_grad_close(lambda x: G.laplacian_smoothing_loss(x, f, m), (vj,), max_elements=30)
+    assert_grad_close(lambda x: G.normal_consistency_loss(x, f), (vj,), max_elements=30)
+    assert_grad_close(lambda x: G.edge_length_loss(x, f), (vj,), max_elements=30)
+    assert_grad_close(lambda x: G.edge_length_loss(x, f, 0.3), (vj,), max_elements=30)
+    # flat grid: zero normal consistency and zero uniform Laplacian at interior... and a known edge loss
+    gv, gf = G.grid((1.0, 1.0), (1, 1), dtype=torch.float64)
+    assert float(G.normal_consistency_loss(gv, gf)) < 1e-15
+    e = G.edges(gf)
+    assert abs(float(G.edge_length_loss(gv, gf)) - (4 * 1 + 2) / 5) < 1e-12
+    # jitter increases the smoothness losses
+    assert float(G.laplacian_smoothing_loss(vj, f)) > float(G.laplacian_smoothing_loss(v, f))
+    assert float(G.normal_consistency_loss(vj, f)) > float(G.normal_consistency_loss(v, f))
+    assert e.shape == (5, 2)
+
+
+def test_regularizers_degenerate_finite():
+    v = torch.tensor([[0.0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]], dtype=torch.float64, requires_grad=True)
+    f = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    loss = (G.laplacian_smoothing_loss(v, f) + G.laplacian_smoothing_loss(v, f, "cotangent")
+            + G.normal_consistency_loss(v, f) + G.edge_length_loss(v, f, 0.5))
+    (gr,) = torch.autograd.grad(loss, v)
+    assert torch.isfinite(loss) and torch.isfinite(gr).all()
+    ve = torch.zeros(0, 3, requires_grad=True)
+    fe = torch.zeros(0, 3, dtype=torch.long)
+    assert float(G.edge_length_loss(ve, fe)) == 0.0 and float(G.normal_consistency_loss(ve, fe)) == 0.0
