@@ -1,0 +1,64 @@
+"""Measuring an inverse problem: relative errors against known values, parameter curves from a
+:class:`~diffvc.optim.History`, and the curve plot every example writes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from .loop import History
+
+__all__ = ["relative_error", "relative_errors", "parameter_curves", "plot_history"]
+
+
+def relative_error(estimate, target) -> float:
+    """``|estimate - target| / |target|`` (2-norms for vectors; absolute error where ``target == 0``)."""
+    e = torch.as_tensor(estimate, dtype=torch.float64).detach().cpu().reshape(-1)
+    t = torch.as_tensor(target, dtype=torch.float64).detach().cpu().reshape(-1)
+    if e.shape != t.shape:
+        raise ValueError(f"estimate has {e.numel()} elements but target has {t.numel()}")
+    num = float((e - t).norm())
+    den = float(t.norm())
+    return num / den if den > 0 else num
+
+
+def relative_errors(estimates: Mapping, targets: Mapping, prefix: str = "rel_error_") -> dict[str, float]:
+    """``{prefix + name: relative_error(estimates[name], targets[name])}`` for every name in ``targets``."""
+    missing = [k for k in targets if k not in estimates]
+    if missing:
+        raise KeyError(f"estimates: missing {missing}")
+    return {prefix + k: relative_error(estimates[k], targets[k]) for k in targets}
+
+
+def parameter_curves(history: History, final: Mapping | None = None) -> dict[str, np.ndarray]:
+    """Per-parameter value curves from ``history.params`` (values before each step), with
+    ``final`` (values after the last step) appended when given. Vector parameters give one curve
+    per component, named ``name[i]``."""
+    snaps = list(history.params) + ([dict(final)] if final is not None else [])
+    if not snaps:
+        return {}
+    curves: dict[str, list] = {}
+    for k in snaps[0]:
+        vals = [s[k] for s in snaps]
+        if isinstance(vals[0], (list, tuple)):
+            arr = np.asarray(vals, dtype=np.float64).reshape(len(vals), -1)
+            for i in range(arr.shape[1]):
+                curves[f"{k}[{i}]"] = arr[:, i]
+        else:
+            curves[k] = np.asarray(vals, dtype=np.float64)
+    return curves
+
+
+def plot_history(path: str | Path, history: History, targets: Mapping[str, float] | None = None,
+                 final: Mapping | None = None, title: str = "") -> Path:
+    """Loss and parameter curves in one figure (dashed target lines), via :func:`diffvc.viz.plot_curves`."""
+    from ..viz import plot_curves
+
+    curves = {"loss": np.asarray(history.loss, dtype=np.float64)}
+    curves.update(parameter_curves(history, final))
+    tg = {k: float(v) for k, v in (targets or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return plot_curves(path, curves, title=title, targets=tg)

@@ -1,0 +1,152 @@
+"""Binding simulated states to render geometry.
+
+A *binding* turns one simulated state into the world-space vertex positions ``(V, 3)`` of a
+render mesh. Two kinds cover the pipeline:
+
+* :class:`RigidBinding` - a rigid body's pose (position of its centre of mass and orientation
+  quaternion) moves the body's mesh, given in body coordinates (centre of mass at the origin):
+  ``x_world = R(q) x_body + p``. Differentiable w.r.t. the pose and the body-space vertices.
+* :class:`SoftBinding` - a deformable body's simulated nodes (FEM tet-mesh vertices, particles)
+  *are* vertices of the render mesh: the surface mesh (e.g. the boundary faces of a tet mesh)
+  indexes a subset of the nodes, ``x_world = x_nodes[index]``. Differentiable w.r.t. the nodes
+  (a gather; its adjoint scatters back).
+
+Both read their inputs from the state by attribute name (``state.x``, ``state.q`` ...), or, for a
+state that is a plain tensor, use it directly, so any solver's state dataclass works without
+adapters. Rotations act on row vectors as in :mod:`diffvc.geometry.transforms`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..geometry.transforms import quaternion_to_matrix
+
+__all__ = ["rigid_vertices", "soft_vertices", "RigidBinding", "SoftBinding", "StaticBinding"]
+
+
+def _check_verts(v, name: str) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor) or v.dim() != 2 or v.shape[1] != 3 or not v.is_floating_point():
+        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{name} must be a floating tensor of shape (V, 3), got {got}")
+    return v
+
+
+def rigid_vertices(verts: torch.Tensor, position: torch.Tensor, rotation: torch.Tensor,
+                   quat_order: str = "wxyz") -> torch.Tensor:
+    """World positions of a rigid body's mesh vertices.
+
+    Args:
+        verts: ``(V, 3)`` vertices in body coordinates (metres, centre of mass at the origin).
+        position: ``(..., 3)`` world position of the body origin (any leading batch dims, e.g.
+            time ``(T, 3)``).
+        rotation: ``(..., 4)`` orientation quaternion (normalised inside), components ordered as
+            ``quat_order`` (``"wxyz"`` or Warp's ``"xyzw"``); or ``(..., 3, 3)`` rotation matrices.
+        quat_order: ``"wxyz"`` or ``"xyzw"``.
+
+    Returns:
+        ``(..., V, 3)`` world vertices. Smooth in every input (no discontinuity).
+    """
+    _check_verts(verts, "verts")
+    if position.shape[-1] != 3:
+        raise ValueError(f"position must have shape (..., 3), got {tuple(position.shape)}")
+    if quat_order not in ("wxyz", "xyzw"):
+        raise ValueError(f"quat_order must be 'wxyz' or 'xyzw', got {quat_order!r}")
+    if rotation.shape[-2:] == (3, 3):
+        R = rotation
+    elif rotation.shape[-1] == 4:
+        q = rotation if quat_order == "wxyz" else torch.cat([rotation[..., 3:], rotation[..., :3]], -1)
+        R = quaternion_to_matrix(q)
+    else:
+        raise ValueError(f"rotation must have shape (..., 4) or (..., 3, 3), got {tuple(rotation.shape)}")
+    if R.shape[:-2] != position.shape[:-1]:
+        raise ValueError(f"rotation batch shape {tuple(R.shape[:-2])} must match position's {tuple(position.shape[:-1])}")
+    return verts @ R.transpose(-1, -2) + position[..., None, :]
+
+
+def soft_vertices(nodes: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Render vertices driven by simulated nodes: ``nodes[..., index, :]`` (``index=None``: all).
+
+    Args:
+        nodes: ``(..., N, 3)`` simulated node positions.
+        index: ``(V,)`` long, which node each render vertex is.
+    """
+    if nodes.dim() < 2 or nodes.shape[-1] != 3:
+        raise ValueError(f"nodes must have shape (..., N, 3), got {tuple(nodes.shape)}")
+    if index is None:
+        return nodes
+    return nodes.index_select(-2, index)
+
+
+def _get(state: Any, name: str | None, slot: int | None, what: str) -> torch.Tensor:
+    t = state if (name is None or isinstance(state, torch.Tensor)) else getattr(state, name, None)
+    if t is None:
+        raise AttributeError(f"state of type {type(state).__name__} has no field {name!r} ({what}); "
+                             f"pass the field name to the binding")
+    if slot is not None:
+        t = t[slot]
+    return t
+
+
+class RigidBinding:
+    """Binds body ``body`` of a rigid-body state to a mesh in body coordinates.
+
+    Args:
+        verts: ``(V, 3)`` body-space vertices (centre of mass at the origin).
+        body: index of the body in the state's batched arrays (``None``: the state holds one body
+            with unbatched ``(3,)``/``(4,)`` fields).
+        position, rotation: names of the state fields holding positions ``(B, 3)`` and
+            orientation quaternions ``(B, 4)`` (or matrices ``(B, 3, 3)``).
+        quat_order: quaternion component order of the state (``"wxyz"`` or ``"xyzw"``).
+    """
+
+    def __init__(self, verts: torch.Tensor, body: int | None = 0, position: str = "x",
+                 rotation: str = "q", quat_order: str = "wxyz"):
+        self.verts = _check_verts(verts, "verts")
+        if quat_order not in ("wxyz", "xyzw"):
+            raise ValueError(f"quat_order must be 'wxyz' or 'xyzw', got {quat_order!r}")
+        self.body, self.position, self.rotation, self.quat_order = body, position, rotation, quat_order
+
+    def __call__(self, state) -> torch.Tensor:
+        p = _get(state, self.position, self.body, "position")
+        q = _get(state, self.rotation, self.body, "rotation")
+        return rigid_vertices(self.verts.to(p.dtype), p, q, self.quat_order)
+
+
+class SoftBinding:
+    """Binds a deformable state's nodes ``state.<field>`` ``(N, 3)`` to render vertices ``nodes[index]``.
+
+    Args:
+        index: ``(V,)`` node index of each render vertex (e.g. the vertices used by the boundary
+            faces of a tet mesh, renumbered), or ``None`` when every node is a render vertex.
+        field: name of the state field holding node positions.
+        num_nodes: if given, the binding checks states against it.
+    """
+
+    def __init__(self, index: torch.Tensor | None = None, field: str = "x", num_nodes: int | None = None):
+        if index is not None:
+            if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point():
+                raise ValueError("index must be a 1-D integer tensor (V,)")
+            index = index.long()
+            if num_nodes is not None and index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_nodes):
+                raise IndexError(f"index must lie in [0, {num_nodes})")
+        self.index, self.field, self.num_nodes = index, field, num_nodes
+
+    def __call__(self, state) -> torch.Tensor:
+        x = _get(state, self.field, None, "node positions")
+        if self.num_nodes is not None and x.shape[-2] != self.num_nodes:
+            raise ValueError(f"state.{self.field} has {x.shape[-2]} nodes, binding expects {self.num_nodes}")
+        idx = None if self.index is None else self.index.to(x.device)
+        return soft_vertices(x, idx)
+
+
+class StaticBinding:
+    """A shape that does not move: always returns its own ``(V, 3)`` vertices."""
+
+    def __init__(self, verts: torch.Tensor):
+        self.verts = _check_verts(verts, "verts")
+
+    def __call__(self, state) -> torch.Tensor:
+        return self.verts
