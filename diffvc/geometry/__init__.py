@@ -21,6 +21,21 @@ from .transforms import (
 from .primitives import icosphere, uv_sphere, box, grid, plane, cylinder, torus
 from .meshes import Meshes, join_meshes
 from .large_steps import LargeSteps, SparseSolver, system_matrix, solve, to_differential, from_differential
+from .sdf import (
+    sdf_sphere,
+    sdf_box,
+    sdf_torus,
+    sdf_capsule,
+    sdf_cylinder,
+    sdf_plane,
+    smooth_union,
+    smooth_intersection,
+    smooth_difference,
+    union,
+    intersection,
+    sdf_normal,
+)
+from .marching_tets import tet_grid, marching_tetrahedra, sdf_to_mesh
 from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
 
 __all__ = [
@@ -33,5 +48,8 @@ __all__ = [
     "icosphere", "uv_sphere", "box", "grid", "plane", "cylinder", "torus",
     "Meshes", "join_meshes",
     "LargeSteps", "SparseSolver", "system_matrix", "solve", "to_differential", "from_differential",
+    "sdf_sphere", "sdf_box", "sdf_torus", "sdf_capsule", "sdf_cylinder", "sdf_plane",
+    "smooth_union", "smooth_intersection", "smooth_difference", "union", "intersection", "sdf_normal",
+    "tet_grid", "marching_tetrahedra", "sdf_to_mesh",
     "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
 ]
