@@ -1,0 +1,660 @@
+"""Warp kernels for ray casting and path tracing (float32; Warp's BVH is float32).
+
+One module, compiled once, without Warp's automatic adjoints (``enable_backward=False``): the
+differentiable parts are either recomputed in torch (hit points, see ``render/raytrace.py``) or
+written by hand as *path replay backpropagation* (Vicini et al. 2021) in :func:`trace_path`.
+
+Path tracer conventions
+-----------------------
+* Surfaces are two-sided for scattering (the shading normal is the face normal flipped towards the
+  incoming ray); emission leaves the front side only (the side of ``cross(v1 - v0, v2 - v0)``).
+* Materials (``kind``): 0 diffuse (``albedo / pi``), 1 rough conductor (GGX, Smith G, Schlick
+  Fresnel with ``F0 = albedo``), 2 rough plastic (GGX dielectric coating with ``F0 = 0.04`` over a
+  diffuse base ``albedo * (1 - F(cos_i)) (1 - F(cos_o)) / pi``). ``roughness`` is perceptual (GGX alpha = roughness^2, as in ``render/shading.py``).
+  Every BSDF is affine in ``albedo``: ``f = A * albedo + B`` with scalars ``A``, ``B``; the
+  gradient code relies on that.
+* Lights: emissive triangles (radiance ``emission`` of their material), point lights
+  (intensity W/sr), directional lights (irradiance W/m^2 on a surface facing them) and a lat-long
+  environment map (radiance, bilinear). Next-event estimation picks one light source uniformly
+  (all emissive triangles count as one source, sampled by area) and combines with BSDF sampling
+  by the power heuristic (area lights and the environment; point and directional lights are
+  delta lights).
+* Russian roulette from depth ``rr_depth`` on, survival ``min(max(beta), 0.95)``.
+* Random numbers: ``rand_init(seed, pixel * spp + sample)``; the path of a sample is a pure
+  function of the scene and that state, which is what lets the backward pass replay it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .bridge import wp
+
+wp.set_module_options({"enable_backward": False})
+
+PI = wp.constant(math.pi)
+INV_PI = wp.constant(1.0 / math.pi)
+INV_4PI = wp.constant(1.0 / (4.0 * math.pi))
+RAY_EPS = wp.constant(1.0e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray casting (primary visibility, shadow rays)
+# ----------------------------------------------------------------------------------------------
+
+
+@wp.kernel
+def cast_rays(mesh: wp.uint64, origins: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
+              tmax: wp.array(dtype=wp.float32), face: wp.array(dtype=wp.int32), t: wp.array(dtype=wp.float32)):
+    """Closest hit along each ray within ``(0, tmax]``: face index (-1 on a miss) and distance in
+    units of ``|dir|``."""
+    i = wp.tid()
+    q = wp.mesh_query_ray(mesh, origins[i], dirs[i], tmax[i])
+    if q.result:
+        face[i] = q.face
+        t[i] = q.t
+    else:
+        face[i] = -1
+        t[i] = tmax[i]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene and gradient containers
+# ----------------------------------------------------------------------------------------------
+
+
+@wp.struct
+class Scene:
+    mesh: wp.uint64
+    verts: wp.array(dtype=wp.vec3)
+    faces: wp.array(dtype=wp.int32, ndim=2)
+    face_mat: wp.array(dtype=wp.int32)
+    face_uv: wp.array(dtype=wp.vec2, ndim=2)
+    mat_kind: wp.array(dtype=wp.int32)
+    mat_albedo: wp.array(dtype=wp.vec3)
+    mat_rough: wp.array(dtype=wp.float32)
+    mat_emit: wp.array(dtype=wp.vec3)
+    mat_tex: wp.array(dtype=wp.int32)
+    tex_data: wp.array(dtype=wp.vec3)
+    tex_info: wp.array(dtype=wp.int32, ndim=2)  # (offset, width, height)
+    emit_faces: wp.array(dtype=wp.int32)
+    emit_cdf: wp.array(dtype=wp.float32)  # cumulative area, last entry = total area
+    n_emit: int
+    pl_pos: wp.array(dtype=wp.vec3)
+    pl_int: wp.array(dtype=wp.vec3)
+    n_pl: int
+    dl_dir: wp.array(dtype=wp.vec3)  # unit direction towards the light
+    dl_irr: wp.array(dtype=wp.vec3)
+    n_dl: int
+    env: wp.array(dtype=wp.vec3)
+    env_w: int
+    env_h: int
+    has_env: int
+
+
+@wp.struct
+class Camera:
+    origin: wp.vec3
+    d00: wp.vec3  # direction (unnormalised) through pixel coordinate (0, 0)
+    dx: wp.vec3  # change of the direction per pixel in x
+    dy: wp.vec3  # change of the direction per pixel in y
+    width: int
+    height: int
+
+
+@wp.struct
+class Grads:
+    albedo: wp.array(dtype=wp.vec3)
+    emit: wp.array(dtype=wp.vec3)
+    rough: wp.array(dtype=wp.float32)
+    tex: wp.array(dtype=wp.vec3)
+    pl_int: wp.array(dtype=wp.vec3)
+    dl_irr: wp.array(dtype=wp.vec3)
+    env: wp.array(dtype=wp.vec3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@wp.func
+def cmul(a: wp.vec3, b: wp.vec3):
+    return wp.cw_mul(a, b)
+
+
+@wp.func
+def max3(a: wp.vec3):
+    return wp.max(a[0], wp.max(a[1], a[2]))
+
+
+@wp.func
+def safe_div3(a: wp.vec3, b: wp.vec3):
+    r = wp.vec3(0.0)
+    for k in range(3):
+        if wp.abs(b[k]) > 1.0e-30:
+            r[k] = a[k] / b[k]
+    return r
+
+
+@wp.func
+def onb_x(n: wp.vec3):
+    s = 1.0
+    if n[2] < 0.0:
+        s = -1.0
+    a = -1.0 / (s + n[2])
+    b = n[0] * n[1] * a
+    return wp.vec3(1.0 + s * n[0] * n[0] * a, s * b, -s * n[0])
+
+
+@wp.func
+def onb_y(n: wp.vec3):
+    s = 1.0
+    if n[2] < 0.0:
+        s = -1.0
+    a = -1.0 / (s + n[2])
+    b = n[0] * n[1] * a
+    return wp.vec3(b, s + n[1] * n[1] * a, -n[1])
+
+
+@wp.func
+def power_heuristic(a: float, b: float):
+    a2 = a * a
+    b2 = b * b
+    if a2 + b2 <= 0.0:
+        return 0.0
+    return a2 / (a2 + b2)
+
+
+@wp.func
+def tex_lookup(data: wp.array(dtype=wp.vec3), offset: int, w: int, h: int, uv: wp.vec2):
+    """Bilinear lookup, texel centres at ((i + 0.5) / w, (j + 0.5) / h); u wraps, v clamps.
+    Row j = 0 is v = 0."""
+    x = uv[0] * float(w) - 0.5
+    y = uv[1] * float(h) - 0.5
+    x0f = wp.floor(x)
+    y0f = wp.floor(y)
+    fx = x - x0f
+    fy = y - y0f
+    x0 = int(x0f)
+    y0 = int(y0f)
+    x0w = ((x0 % w) + w) % w
+    x1w = (((x0 + 1) % w) + w) % w
+    y0c = wp.clamp(y0, 0, h - 1)
+    y1c = wp.clamp(y0 + 1, 0, h - 1)
+    c00 = data[offset + y0c * w + x0w]
+    c10 = data[offset + y0c * w + x1w]
+    c01 = data[offset + y1c * w + x0w]
+    c11 = data[offset + y1c * w + x1w]
+    return (c00 * (1.0 - fx) + c10 * fx) * (1.0 - fy) + (c01 * (1.0 - fx) + c11 * fx) * fy
+
+
+@wp.func
+def tex_scatter(grad: wp.array(dtype=wp.vec3), offset: int, w: int, h: int, uv: wp.vec2, g: wp.vec3):
+    """Adjoint of :func:`tex_lookup`: add ``g`` to the four texels with the bilinear weights."""
+    x = uv[0] * float(w) - 0.5
+    y = uv[1] * float(h) - 0.5
+    x0f = wp.floor(x)
+    y0f = wp.floor(y)
+    fx = x - x0f
+    fy = y - y0f
+    x0 = int(x0f)
+    y0 = int(y0f)
+    x0w = ((x0 % w) + w) % w
+    x1w = (((x0 + 1) % w) + w) % w
+    y0c = wp.clamp(y0, 0, h - 1)
+    y1c = wp.clamp(y0 + 1, 0, h - 1)
+    wp.atomic_add(grad, offset + y0c * w + x0w, g * ((1.0 - fx) * (1.0 - fy)))
+    wp.atomic_add(grad, offset + y0c * w + x1w, g * (fx * (1.0 - fy)))
+    wp.atomic_add(grad, offset + y1c * w + x0w, g * ((1.0 - fx) * fy))
+    wp.atomic_add(grad, offset + y1c * w + x1w, g * (fx * fy))
+
+
+@wp.func
+def env_uv(d: wp.vec3):
+    """Lat-long coordinates of a unit direction: u = atan2(d.x, -d.z) / 2pi + 0.5 (u = 0.5 looks
+    down -z), v = acos(d.y) / pi (v = 0 is straight up, +y)."""
+    u = wp.atan2(d[0], -d[2]) * (0.5 * INV_PI) + 0.5
+    v = wp.acos(wp.clamp(d[1], -1.0, 1.0)) * INV_PI
+    return wp.vec2(u, v)
+
+
+@wp.func
+def env_radiance(scene: Scene, d: wp.vec3):
+    if scene.has_env == 0:
+        return wp.vec3(0.0)
+    return tex_lookup(scene.env, 0, scene.env_w, scene.env_h, env_uv(d))
+
+
+# ----------------------------------------------------------------------------------------------
+# BSDFs: f = A * albedo + B (scalars A, B), cosine NOT included
+# ----------------------------------------------------------------------------------------------
+
+
+@wp.func
+def ggx_d(cos_h: float, alpha: float):
+    a2 = alpha * alpha
+    c2 = cos_h * cos_h
+    den = c2 * (a2 - 1.0) + 1.0
+    return a2 / (PI * den * den)
+
+
+@wp.func
+def smith_g1(cos_v: float, alpha: float):
+    a2 = alpha * alpha
+    c2 = cos_v * cos_v
+    return 2.0 * cos_v / (cos_v + wp.sqrt(a2 + (1.0 - a2) * c2))
+
+
+@wp.func
+def schlick_weight(c: float):
+    m = wp.clamp(1.0 - c, 0.0, 1.0)
+    m2 = m * m
+    return m2 * m2 * m
+
+
+@wp.func
+def bsdf_ab(kind: int, alpha: float, n: wp.vec3, wo: wp.vec3, wi: wp.vec3):
+    """(A, B) with f = A * albedo + B, zero below the surface."""
+    co = wp.dot(n, wo)
+    ci = wp.dot(n, wi)
+    if co <= 0.0 or ci <= 0.0:
+        return wp.vec2(0.0, 0.0)
+    if kind == 0:
+        return wp.vec2(INV_PI, 0.0)
+    h = wp.normalize(wo + wi)
+    ch = wp.dot(n, h)
+    oh = wp.max(wp.dot(wo, h), 0.0)
+    spec = ggx_d(ch, alpha) * smith_g1(co, alpha) * smith_g1(ci, alpha) / (4.0 * co * ci)
+    sw = schlick_weight(oh)
+    if kind == 1:
+        return wp.vec2(spec * (1.0 - sw), spec * sw)
+    f = 0.04 + 0.96 * sw
+    fi = 0.04 + 0.96 * schlick_weight(ci)
+    fo = 0.04 + 0.96 * schlick_weight(co)
+    return wp.vec2((1.0 - fi) * (1.0 - fo) * INV_PI, spec * f)
+
+
+@wp.func
+def plastic_spec_prob(co: float):
+    fo = 0.04 + 0.96 * schlick_weight(co)
+    return wp.clamp(fo * 4.0, 0.1, 0.9)
+
+
+@wp.func
+def bsdf_pdf(kind: int, alpha: float, n: wp.vec3, wo: wp.vec3, wi: wp.vec3):
+    """Solid-angle density of :func:`bsdf_sample` producing ``wi``."""
+    co = wp.dot(n, wo)
+    ci = wp.dot(n, wi)
+    if co <= 0.0 or ci <= 0.0:
+        return 0.0
+    pdf_diff = ci * INV_PI
+    if kind == 0:
+        return pdf_diff
+    h = wp.normalize(wo + wi)
+    ch = wp.dot(n, h)
+    oh = wp.dot(wo, h)
+    pdf_spec = 0.0
+    if oh > 0.0:
+        pdf_spec = ggx_d(ch, alpha) * ch / (4.0 * oh)
+    if kind == 1:
+        return pdf_spec
+    ps = plastic_spec_prob(co)
+    return ps * pdf_spec + (1.0 - ps) * pdf_diff
+
+
+@wp.func
+def sample_cosine(n: wp.vec3, u1: float, u2: float):
+    r = wp.sqrt(u1)
+    phi = 2.0 * PI * u2
+    z = wp.sqrt(wp.max(0.0, 1.0 - u1))
+    return onb_x(n) * (r * wp.cos(phi)) + onb_y(n) * (r * wp.sin(phi)) + n * z
+
+
+@wp.func
+def sample_ggx_h(n: wp.vec3, alpha: float, u1: float, u2: float):
+    t2 = alpha * alpha * u1 / wp.max(1.0 - u1, 1.0e-12)
+    ct = 1.0 / wp.sqrt(1.0 + t2)
+    st = wp.sqrt(wp.max(0.0, 1.0 - ct * ct))
+    phi = 2.0 * PI * u2
+    return onb_x(n) * (st * wp.cos(phi)) + onb_y(n) * (st * wp.sin(phi)) + n * ct
+
+
+@wp.func
+def bsdf_sample(kind: int, alpha: float, n: wp.vec3, wo: wp.vec3, u0: float, u1: float, u2: float):
+    """A direction (maybe below the surface: then pdf/f are zero and the path ends)."""
+    if kind == 0:
+        return sample_cosine(n, u1, u2)
+    use_spec = kind == 1
+    if kind == 2:
+        use_spec = u0 < plastic_spec_prob(wp.dot(n, wo))
+    if use_spec:
+        h = sample_ggx_h(n, alpha, u1, u2)
+        return h * (2.0 * wp.dot(wo, h)) - wo
+    return sample_cosine(n, u1, u2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Path tracing with replay
+# ----------------------------------------------------------------------------------------------
+
+
+@wp.func
+def face_normal(scene: Scene, f: int):
+    a = scene.verts[scene.faces[f, 0]]
+    b = scene.verts[scene.faces[f, 1]]
+    c = scene.verts[scene.faces[f, 2]]
+    return wp.cross(b - a, c - a)
+
+
+@wp.func
+def face_uv_at(scene: Scene, f: int, p: wp.vec3):
+    """Texture coordinate at point ``p`` of face ``f`` (barycentric interpolation)."""
+    a = scene.verts[scene.faces[f, 0]]
+    b = scene.verts[scene.faces[f, 1]]
+    c = scene.verts[scene.faces[f, 2]]
+    ng = wp.cross(b - a, c - a)
+    nn = wp.dot(ng, ng)
+    w1 = 0.0
+    w2 = 0.0
+    if nn > 0.0:
+        w1 = wp.dot(wp.cross(p - a, c - a), ng) / nn
+        w2 = wp.dot(wp.cross(b - a, p - a), ng) / nn
+    return scene.face_uv[f, 0] * (1.0 - w1 - w2) + scene.face_uv[f, 1] * w1 + scene.face_uv[f, 2] * w2
+
+
+@wp.func
+def material_albedo(scene: Scene, m: int, f: int, p: wp.vec3):
+    ti = scene.mat_tex[m]
+    if ti < 0:
+        return scene.mat_albedo[m]
+    return tex_lookup(scene.tex_data, scene.tex_info[ti, 0], scene.tex_info[ti, 1], scene.tex_info[ti, 2],
+                      face_uv_at(scene, f, p))
+
+
+@wp.func
+def add_albedo_grad(scene: Scene, grads: Grads, m: int, f: int, p: wp.vec3, g: wp.vec3):
+    ti = scene.mat_tex[m]
+    if ti < 0:
+        wp.atomic_add(grads.albedo, m, g)
+    else:
+        tex_scatter(grads.tex, scene.tex_info[ti, 0], scene.tex_info[ti, 1], scene.tex_info[ti, 2],
+                    face_uv_at(scene, f, p), g)
+
+
+@wp.func
+def emitter_pdf(scene: Scene, p_sel: float, f: int, p_from: wp.vec3, p_on: wp.vec3, d: wp.vec3):
+    """Solid-angle density of next-event estimation choosing point ``p_on`` of emissive face ``f``."""
+    ng = face_normal(scene, f)
+    ln = wp.length(ng)
+    if ln <= 0.0 or scene.n_emit == 0:
+        return 0.0
+    cos_l = wp.abs(wp.dot(ng / ln, d))
+    if cos_l <= 0.0:
+        return 0.0
+    r = p_on - p_from
+    total = scene.emit_cdf[scene.n_emit - 1]
+    return p_sel * wp.dot(r, r) / (cos_l * total)
+
+
+@wp.func
+def pick_emitter(scene: Scene, u: float):
+    total = scene.emit_cdf[scene.n_emit - 1]
+    x = u * total
+    lo = int(0)
+    hi = scene.n_emit - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if scene.emit_cdf[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@wp.func
+def offset_origin(p: wp.vec3, n: wp.vec3, d: wp.vec3):
+    s = RAY_EPS * (1.0 + wp.max(wp.abs(p[0]), wp.max(wp.abs(p[1]), wp.abs(p[2]))))
+    if wp.dot(n, d) < 0.0:
+        s = -s
+    return p + n * s
+
+
+@wp.func
+def visible(scene: Scene, p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
+    o = offset_origin(p, n, d)
+    q = wp.mesh_query_ray(scene.mesh, o, d, dist * (1.0 - 1.0e-4) - RAY_EPS)
+    return not q.result
+
+
+@wp.func
+def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: wp.uint32, max_depth: int,
+               rr_depth: int, mode: int, L_total: wp.vec3, adj: wp.vec3):
+    """Radiance along one camera ray. ``mode`` 0: primal. ``mode`` 1: replay (same ``rng``) with
+    path replay backpropagation: ``L_total`` is this path's primal radiance, ``adj`` the adjoint
+    radiance; parameter gradients are accumulated into ``grads`` with atomics."""
+    state = rng
+    L = wp.vec3(0.0)
+    L_rem = L_total
+    beta = wp.vec3(1.0)
+    o = ray_o
+    d = wp.normalize(ray_d)
+    prev_pdf = float(0.0)
+    prev_p = o
+    p_sel = float(0.0)
+    n_src = scene.n_pl + scene.n_dl
+    if scene.n_emit > 0:
+        n_src = n_src + 1
+    if scene.has_env != 0:
+        n_src = n_src + 1
+    if n_src > 0:
+        p_sel = 1.0 / float(n_src)
+    depth = int(0)
+    while depth <= max_depth:
+        q = wp.mesh_query_ray(scene.mesh, o, d, 1.0e30)
+        if not q.result:
+            # escaped: environment
+            if scene.has_env != 0:
+                w_mis = float(1.0)
+                if depth > 0:
+                    w_mis = power_heuristic(prev_pdf, p_sel * INV_4PI)
+                le = env_radiance(scene, d)
+                c = cmul(beta, le) * w_mis
+                L = L + c
+                if mode == 1:
+                    L_rem = L_rem - c
+                    tex_scatter(grads.env, 0, scene.env_w, scene.env_h, env_uv(d), cmul(adj, beta) * w_mis)
+            break
+        f = q.face
+        p = o + d * q.t
+        ng = face_normal(scene, f)
+        lng = wp.length(ng)
+        if lng <= 0.0:
+            break
+        ng = ng / lng
+        front = wp.dot(ng, d) < 0.0
+        n = ng
+        if not front:
+            n = -ng
+        m = scene.face_mat[f]
+        le = scene.mat_emit[m]
+        if front and max3(le) > 0.0:
+            w_mis = float(1.0)
+            if depth > 0:
+                w_mis = power_heuristic(prev_pdf, emitter_pdf(scene, p_sel, f, prev_p, p, d))
+            c = cmul(beta, le) * w_mis
+            L = L + c
+            if mode == 1:
+                L_rem = L_rem - c
+                wp.atomic_add(grads.emit, m, cmul(adj, beta) * w_mis)
+        if depth == max_depth:
+            break
+        kind = scene.mat_kind[m]
+        alpha = wp.max(scene.mat_rough[m] * scene.mat_rough[m], 1.0e-3)
+        albedo = material_albedo(scene, m, f, p)
+        wo = -d
+
+        # ---- next-event estimation: one light source chosen uniformly
+        if n_src > 0:
+            u_sel = wp.randf(state)
+            u1 = wp.randf(state)
+            u2 = wp.randf(state)
+            u3 = wp.randf(state)
+            src = wp.min(int(u_sel * float(n_src)), n_src - 1)
+            wi = wp.vec3(0.0)
+            li = wp.vec3(0.0)  # radiance / intensity / irradiance of the source
+            geo = float(0.0)  # estimator factor multiplying f * cos_i * li
+            dist = float(0.0)
+            light_kind = int(-1)  # 0 area, 1 point, 2 directional, 3 env
+            light_index = int(0)
+            w_mis = float(1.0)
+            if src < scene.n_pl:
+                light_kind = 1
+                light_index = src
+                r = scene.pl_pos[src] - p
+                dist = wp.length(r)
+                if dist > 0.0:
+                    wi = r / dist
+                    li = scene.pl_int[src]
+                    geo = 1.0 / (dist * dist * p_sel)
+            elif src < scene.n_pl + scene.n_dl:
+                light_kind = 2
+                light_index = src - scene.n_pl
+                wi = scene.dl_dir[light_index]
+                li = scene.dl_irr[light_index]
+                dist = 1.0e30
+                geo = 1.0 / p_sel
+            elif scene.n_emit > 0 and src == scene.n_pl + scene.n_dl:
+                light_kind = 0
+                k = pick_emitter(scene, u1)
+                ef = scene.emit_faces[k]
+                light_index = scene.face_mat[ef]
+                a = scene.verts[scene.faces[ef, 0]]
+                b = scene.verts[scene.faces[ef, 1]]
+                c3 = scene.verts[scene.faces[ef, 2]]
+                su = wp.sqrt(u2)
+                pl = a * (1.0 - su) + b * (su * (1.0 - u3)) + c3 * (su * u3)
+                r = pl - p
+                dist = wp.length(r)
+                en = wp.cross(b - a, c3 - a)
+                le_n = wp.length(en)
+                if dist > 0.0 and le_n > 0.0:
+                    wi = r / dist
+                    cos_l = -wp.dot(en / le_n, wi)
+                    if cos_l > 0.0:
+                        li = scene.mat_emit[light_index]
+                        pdf_l = emitter_pdf(scene, p_sel, ef, p, pl, wi)
+                        geo = 1.0 / pdf_l
+                        w_mis = power_heuristic(pdf_l, bsdf_pdf(kind, alpha, n, wo, wi))
+            else:
+                light_kind = 3
+                z = 1.0 - 2.0 * u1
+                rr = wp.sqrt(wp.max(0.0, 1.0 - z * z))
+                phi = 2.0 * PI * u2
+                wi = wp.vec3(rr * wp.cos(phi), z, rr * wp.sin(phi))
+                li = env_radiance(scene, wi)
+                dist = 1.0e30
+                pdf_l = p_sel * INV_4PI
+                geo = 1.0 / pdf_l
+                w_mis = power_heuristic(pdf_l, bsdf_pdf(kind, alpha, n, wo, wi))
+            ci = wp.dot(n, wi)
+            if geo > 0.0 and ci > 0.0:
+                ab = bsdf_ab(kind, alpha, n, wo, wi)
+                fcol = albedo * ab[0] + wp.vec3(ab[1])
+                if max3(fcol) > 0.0:
+                    if visible(scene, p, n, wi, dist):
+                        s = ci * geo * w_mis
+                        c = cmul(cmul(beta, fcol), li) * s
+                        L = L + c
+                        if mode == 1:
+                            L_rem = L_rem - c
+                            g_li = cmul(cmul(adj, beta), fcol) * s
+                            if light_kind == 0:
+                                wp.atomic_add(grads.emit, light_index, g_li)
+                            elif light_kind == 1:
+                                wp.atomic_add(grads.pl_int, light_index, g_li)
+                            elif light_kind == 2:
+                                wp.atomic_add(grads.dl_irr, light_index, g_li)
+                            else:
+                                tex_scatter(grads.env, 0, scene.env_w, scene.env_h, env_uv(wi), g_li)
+                            add_albedo_grad(scene, grads, m, f, p, cmul(cmul(adj, beta), li) * (ab[0] * s))
+
+        # ---- BSDF sampling
+        v0 = wp.randf(state)
+        v1 = wp.randf(state)
+        v2 = wp.randf(state)
+        wi = bsdf_sample(kind, alpha, n, wo, v0, v1, v2)
+        ci = wp.dot(n, wi)
+        pdf = bsdf_pdf(kind, alpha, n, wo, wi)
+        if ci <= 0.0 or pdf <= 0.0:
+            break
+        ab = bsdf_ab(kind, alpha, n, wo, wi)
+        fcol = albedo * ab[0] + wp.vec3(ab[1])
+        if mode == 1:
+            # every later contribution carries the factor w = f cos / pdf of this bounce:
+            # d(L_rem)/d(albedo) = L_rem * A / f (channel-wise)
+            add_albedo_grad(scene, grads, m, f, p, cmul(adj, safe_div3(L_rem, fcol)) * ab[0])
+        beta = cmul(beta, fcol) * (ci / pdf)
+        if max3(beta) <= 0.0:
+            break
+        # ---- Russian roulette
+        if depth + 1 >= rr_depth:
+            qs = wp.min(max3(beta), 0.95)
+            if wp.randf(state) >= qs:
+                break
+            beta = beta / qs
+        prev_pdf = pdf
+        prev_p = p
+        o = offset_origin(p, n, wi)
+        d = wi
+        depth = depth + 1
+    return L
+
+
+@wp.func
+def camera_ray_dir(cam: Camera, px: float, py: float):
+    return cam.d00 + cam.dx * px + cam.dy * py
+
+
+@wp.kernel
+def render_pixels(offset: int, scene: Scene, grads: Grads, cam: Camera, spp: int, seed: int, max_depth: int,
+                  rr_depth: int, mode: int, adj_image: wp.array(dtype=wp.vec3), image: wp.array(dtype=wp.vec3)):
+    """One thread per pixel (row-major, ``pixel = y * width + x``), ``spp`` jittered samples, box
+    filter. mode 0 writes the mean radiance; mode 1 replays the same samples and accumulates
+    gradients for the adjoint image ``adj_image`` (gradient of the loss w.r.t. the pixel)."""
+    pix = wp.tid() + offset
+    x = pix % cam.width
+    y = pix // cam.width
+    acc = wp.vec3(0.0)
+    adj = wp.vec3(0.0)
+    if mode == 1:
+        adj = adj_image[pix] / float(spp)
+    for s in range(spp):
+        state = wp.rand_init(seed, pix * spp + s)
+        jx = wp.randf(state)
+        jy = wp.randf(state)
+        d = camera_ray_dir(cam, float(x) + jx, float(y) + jy)
+        L = trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0), adj)
+        if mode == 1:
+            state = wp.rand_init(seed, pix * spp + s)
+            jx = wp.randf(state)
+            jy = wp.randf(state)
+            trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 1, L, adj)
+        acc = acc + L
+    if mode == 0:
+        image[pix] = acc / float(spp)
+
+
+@wp.kernel
+def render_points(offset: int, scene: Scene, grads: Grads, cam: Camera, points: wp.array(dtype=wp.vec2),
+                  spp: int, seed: int, max_depth: int, rr_depth: int, pair: int, out: wp.array(dtype=wp.vec3)):
+    """Mean radiance of ``spp`` paths through each continuous pixel coordinate ``points[i]``; point
+    ``i`` uses the random numbers of point ``i % pair``."""
+    i = wp.tid() + offset
+    d = camera_ray_dir(cam, points[i][0], points[i][1])
+    acc = wp.vec3(0.0)
+    for s in range(spp):
+        state = wp.rand_init(seed, (i % pair) * spp + s)
+        acc = acc + trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0),
+                               wp.vec3(0.0))
+    out[i] = acc / float(spp)
