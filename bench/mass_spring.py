@@ -1,0 +1,174 @@
+"""Mass-spring rollout, forward + backward: diffvc vs plain torch vs a raw Warp loop with wp.Tape.
+
+1,000 particles (a 10x10x10 lattice, 0.1 m apart, falling onto the ground), 5,000 springs
+(the 2,700 lattice edges, then face diagonals), 1,000 steps of 1 ms, float32 on CPU. The loss
+is sum(final x) + sum(final v); gradients w.r.t. the initial velocities and the spring
+stiffnesses. All variants run in this one process, one after another; medians over repeats.
+
+* ``diffvc_fused``: ``rollout(SpringStep(model, dt), state, 1000)`` (fused Warp segment, full
+  tape, one autograd node);
+* ``diffvc_checkpointed``: the same with ``checkpoint_every=100`` (backward re-runs each segment);
+* ``diffvc_per_step``: ``spring_step`` called 1,000 times (two kernel_op nodes per step);
+* ``torch``: ``spring_step_torch`` (the plain-torch twin, torch autograd);
+* ``raw_warp``: the same two Warp kernels launched in a Python loop under ``wp.Tape``, states in
+  preallocated ``wp.array``s with ``requires_grad``, ``tape.backward``.
+
+    python -m bench.mass_spring [--quick]     or     diffvc bench mass_spring
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from diffvc._kernels import wp
+from diffvc._kernels.particles import integrate_particles
+from diffvc._kernels.springs import spring_forces
+from diffvc.physics import ParticleState, SpringModel, SpringStep, rollout, spring_step, spring_step_torch
+
+N_SIDE, N_SPRINGS, STEPS, DT = 10, 5000, 1000, 1e-3
+
+
+def make_system(dtype=torch.float32, n_side=N_SIDE, n_springs=N_SPRINGS):
+    g = torch.arange(n_side)
+    ijk = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    x = ijk.to(dtype) * 0.1 + torch.tensor([0.0, 0.3, 0.0], dtype=dtype)
+    idx = torch.arange(ijk.shape[0]).reshape(n_side, n_side, n_side)
+    pairs = []
+    for d in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1), (1, -1, 0), (0, 1, -1), (1, 0, -1)]:
+        sl_a = tuple(slice(max(0, -o), n_side - max(0, o)) for o in d)
+        sl_b = tuple(slice(max(0, o), n_side - max(0, -o)) for o in d)
+        pairs.append(torch.stack([idx[sl_a].reshape(-1), idx[sl_b].reshape(-1)], 1))
+    pairs = torch.cat(pairs)
+    pairs = pairs[:n_springs]  # lattice edges, then face diagonals
+    model = SpringModel.create(x, pairs, mass=0.01, radius=0.01, ke=100.0, kd=0.5, contact_ke=1e3,
+                               contact_kd=1.0, mu=0.5, dtype=dtype)
+    v0 = torch.zeros_like(x)
+    v0[:, 0] = 1.0
+    return model, ParticleState(x, v0)
+
+
+def _timed(fn, repeats):
+    fwd, bwd = [], []
+    for _ in range(repeats):
+        tf, tb = fn()
+        fwd.append(tf)
+        bwd.append(tb)
+    return {"forward_ms": 1e3 * statistics.median(fwd), "backward_ms": 1e3 * statistics.median(bwd),
+            "total_ms": 1e3 * statistics.median([a + b for a, b in zip(fwd, bwd)])}
+
+
+def _diffvc(model, s0, steps, mode):
+    from dataclasses import replace
+
+    def run():
+        ke = model.ke.clone().requires_grad_()
+        v0 = s0.v.clone().requires_grad_()
+        m = replace(model, ke=ke)
+        state = ParticleState(s0.x, v0)
+        t0 = time.perf_counter()
+        if mode == "fused":
+            final = rollout(SpringStep(m, DT), state, steps)
+        elif mode == "checkpointed":
+            final = rollout(SpringStep(m, DT), state, steps, checkpoint_every=100)
+        elif mode == "per_step":
+            final = rollout(lambda s: spring_step(m, s, DT), state, steps)
+        else:
+            final = rollout(lambda s: spring_step_torch(m, s, DT), state, steps)
+        loss = final.x.sum() + final.v.sum()
+        t1 = time.perf_counter()
+        gv, gk = torch.autograd.grad(loss, [v0, ke])
+        t2 = time.perf_counter()
+        run.grads = (gv, gk, final.x.detach())
+        return t1 - t0, t2 - t1
+
+    return run
+
+
+def _raw_warp(model, s0, steps):
+    dev = "cpu"
+    n, s = model.num_particles, model.num_springs
+    si = wp.array(model.springs[:, 0].numpy(), dtype=wp.int32, device=dev)
+    sj = wp.array(model.springs[:, 1].numpy(), dtype=wp.int32, device=dev)
+    rest = wp.array(model.rest.numpy(), dtype=wp.float32, device=dev)
+    kd = wp.array(model.kd.numpy(), dtype=wp.float32, device=dev)
+    gain = wp.array(model.gain.numpy(), dtype=wp.float32, device=dev)
+    act = wp.zeros(s, dtype=wp.float32, device=dev)
+    inv_mass = wp.array(model.inv_mass.numpy(), dtype=wp.float32, device=dev)
+    radius = wp.array(model.radius.numpy(), dtype=wp.float32, device=dev)
+    planes = wp.array(model.planes.numpy(), dtype=wp.vec4, device=dev)
+    contact = wp.array(model.contact.numpy(), dtype=wp.float32, device=dev)
+    gravity = wp.array(model.gravity.reshape(1, 3).numpy(), dtype=wp.vec3, device=dev)
+    ke_np, x_np, v_np = model.ke.numpy(), s0.x.numpy(), s0.v.numpy()
+
+    def run():
+        t0 = time.perf_counter()
+        ke = wp.array(ke_np, dtype=wp.float32, device=dev, requires_grad=True)
+        xs = [wp.array(x_np, dtype=wp.vec3, device=dev, requires_grad=True)]
+        vs = [wp.array(v_np, dtype=wp.vec3, device=dev, requires_grad=True)]
+        for _ in range(steps):
+            xs.append(wp.empty(n, dtype=wp.vec3, device=dev, requires_grad=True))
+            vs.append(wp.empty(n, dtype=wp.vec3, device=dev, requires_grad=True))
+        fs = [wp.zeros(n, dtype=wp.vec3, device=dev, requires_grad=True) for _ in range(steps)]
+        tape = wp.Tape()
+        with tape:
+            for k in range(steps):
+                wp.launch(spring_forces, dim=s, inputs=[xs[k], vs[k], si, sj, rest, ke, kd, gain, act],
+                          outputs=[fs[k]], device=dev)
+                wp.launch(integrate_particles, dim=n, inputs=[xs[k], vs[k], inv_mass, radius, planes, contact,
+                                                               gravity, fs[k], wp.float32(DT)],
+                          outputs=[xs[k + 1], vs[k + 1]], device=dev)
+        t1 = time.perf_counter()
+        ones = wp.ones(n, dtype=wp.vec3, device=dev)
+        tape.backward(grads={xs[-1]: ones, vs[-1]: wp.ones(n, dtype=wp.vec3, device=dev)})
+        gv, gk = torch.from_numpy(vs[0].grad.numpy().copy()), torch.from_numpy(ke.grad.numpy().copy())
+        t2 = time.perf_counter()
+        run.grads = (gv, gk, torch.from_numpy(xs[-1].numpy().copy()))
+        return t1 - t0, t2 - t1
+
+    return run
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run(quick: bool = False) -> dict:
+    steps = STEPS
+    repeats = 3 if quick else 5
+    model, s0 = make_system()
+    variants = {
+        "diffvc_fused": _diffvc(model, s0, steps, "fused"),
+        "diffvc_checkpointed": _diffvc(model, s0, steps, "checkpointed"),
+        "diffvc_per_step": _diffvc(model, s0, steps, "per_step"),
+        "torch": _diffvc(model, s0, steps, "torch"),
+        "raw_warp": _raw_warp(model, s0, steps),
+    }
+    for fn in variants.values():  # warm-up (module loads, allocator)
+        fn()
+    results = {name: _timed(fn, 1 if (quick and name in ("torch", "diffvc_per_step")) else repeats)
+               for name, fn in variants.items()}
+    ref = variants["raw_warp"].grads
+    agree = {name: {"final_x": _rel(fn.grads[2], ref[2]), "grad_v0": _rel(fn.grads[0], ref[0]),
+                    "grad_ke": _rel(fn.grads[1], ref[1])} for name, fn in variants.items() if name != "raw_warp"}
+    ours = results["diffvc_fused"]["total_ms"]
+    out = {
+        "particles": model.num_particles, "springs": model.num_springs, "steps": steps, "dt": DT,
+        "dtype": "float32", "device": "cpu", "torch_threads": torch.get_num_threads(), "repeats": repeats,
+        "results": results,
+        "speedup_vs_torch": results["torch"]["total_ms"] / ours,
+        "ratio_to_raw_warp": ours / results["raw_warp"]["total_ms"],
+        "checkpointed_ratio_to_raw_warp": results["diffvc_checkpointed"]["total_ms"] / results["raw_warp"]["total_ms"],
+        "per_step_ratio_to_raw_warp": results["diffvc_per_step"]["total_ms"] / results["raw_warp"]["total_ms"],
+        "relative_difference_to_raw_warp": agree,
+        "min_final_height": float(ref[2][:, 1].min()),
+    }
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -1,0 +1,154 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from diffvc._kernels.springs import spring_segment
+from diffvc.physics import (ParticleState, SpringModel, SpringStep, rollout, spring_step, spring_step_torch,
+                            springs_from_mesh)
+from diffvc.testing import assert_grad_close
+
+F64 = torch.float64
+DT = 1e-3
+
+
+def _cube(dtype=F64, height=0.02, vx=1.0):
+    """8 particles (a 0.3 m cube, fully connected), resting on/into the ground and sliding in x."""
+    x = torch.tensor([[a, b + height, c] for a in (0.0, 0.3) for b in (0.0, 0.3) for c in (0.0, 0.3)], dtype=dtype)
+    sp = torch.combinations(torch.arange(8), 2)
+    model = SpringModel.create(x, sp, mass=0.1, radius=0.03, ke=300.0, kd=0.5, gain=0.2, contact_ke=2e3,
+                               contact_kd=5.0, mu=0.6, dtype=dtype)
+    v = torch.zeros_like(x)
+    v[:, 0] = vx
+    v[:, 1] = -0.3
+    return model, ParticleState(x, v)
+
+
+def _act(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(model.num_springs, generator=g, dtype=model.mass.dtype) * 0.5
+
+
+def test_kernel_step_matches_torch_twin_values_and_gradients():
+    model, s = _cube()
+    act = _act(model).requires_grad_()
+    ke = model.ke.clone().requires_grad_()
+    v0 = s.v.clone().requires_grad_()
+    outs = []
+    for fn in (spring_step, spring_step_torch):
+        st = ParticleState(s.x, v0)
+        m = replace(model, ke=ke)
+        for _ in range(40):
+            st = fn(m, st, DT, act)
+        loss = (st.x ** 2).sum() + st.v.sum()
+        outs.append((st.x, st.v, *torch.autograd.grad(loss, [act, ke, v0])))
+    assert (s.x[:, 1] < model.radius).any()  # starts in contact with the ground
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradients_through_contact_and_friction_match_finite_differences():
+    model0, s0 = _cube()
+
+    def f(x0, v0, ke, kd, rest, act, contact, mass):
+        m = replace(model0, ke=ke, kd=kd, rest=rest, contact=contact, mass=mass)
+        return rollout(SpringStep(m, DT, actuation=act), ParticleState(x0, v0), 40).x
+
+    args = [s0.x, s0.v, model0.ke, model0.kd, model0.rest, _act(model0), model0.contact, model0.mass]
+    assert_grad_close(f, [a.clone().requires_grad_() for a in args], rtol=1e-5, eps=1e-7, max_elements=12)
+
+
+def test_fused_segment_equals_per_step_path_and_returns_states():
+    model, s = _cube()
+    step = SpringStep(model, DT, actuation=_act(model))
+    fused, xs_f = rollout(step, s, 30, substeps=2, observe=lambda st, k: st.x.mean(0))
+    ref, xs_r = rollout(lambda st: step(st), s, 30, substeps=2, observe=lambda st, k: st.x.mean(0))
+    torch.testing.assert_close(fused.x, ref.x, rtol=0, atol=0)
+    torch.testing.assert_close(xs_f, xs_r, rtol=0, atol=0)
+
+
+def test_fused_segment_with_per_step_actuation_and_external_force():
+    model, s = _cube()
+    K = 25
+    g = torch.Generator().manual_seed(3)
+    acts = (torch.randn(K, model.num_springs, generator=g, dtype=F64) * 0.3).requires_grad_()
+    ext = torch.randn(8, 3, generator=g, dtype=F64).requires_grad_()
+    m, sp = model, model.springs
+    x, v = spring_segment(K, DT, s.x, s.v, m.inv_mass, m.radius, m.planes, m.contact, m.gravity,
+                          sp[:, 0].contiguous(), sp[:, 1].contiguous(), m.rest, m.ke, m.kd, m.gain, acts, ext)
+    st = s
+    for k in range(K):
+        st = spring_step_torch(model, st, DT, acts[k], ext)
+    torch.testing.assert_close(x, st.x, rtol=1e-10, atol=1e-12)
+    ga = torch.autograd.grad((x ** 2).sum() + v.sum(), [acts, ext])
+    gb = torch.autograd.grad((st.x ** 2).sum() + st.v.sum(), [acts, ext])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 16, 100])
+def test_checkpointed_fused_rollout_gradients_equal_full_tape(k):
+    model, s = _cube()
+    ke = model.ke.clone().requires_grad_()
+    mu = model.contact.clone().requires_grad_()
+    v0 = s.v.clone().requires_grad_()
+
+    def grads(ckpt):
+        m = replace(model, ke=ke, contact=mu)
+        final, hs = rollout(SpringStep(m, DT), ParticleState(s.x, v0), 100, checkpoint_every=ckpt,
+                            observe=lambda st, f: st.x[:, 0].mean())
+        return torch.autograd.grad(final.x.sum() + hs.sum(), [ke, mu, v0])
+
+    for a, b in zip(grads(k), grads(None)):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+
+
+def test_actuation_scales_the_rest_length():
+    x = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=F64)
+    model = SpringModel.create(x, [[0, 1]], mass=1.0, ke=50.0, kd=5.0, gain=0.5, planes=[], gravity=(0, 0, 0),
+                               dtype=F64)
+    act = torch.tensor([0.4], dtype=F64)
+    final = rollout(SpringStep(model, 1e-2, actuation=act), ParticleState(x, torch.zeros_like(x)), 1000)
+    length = (final.x[1] - final.x[0]).norm()
+    torch.testing.assert_close(length, torch.tensor(1.2, dtype=F64), rtol=1e-6, atol=1e-6)
+
+
+def test_coincident_particles_give_finite_values_and_gradients():
+    x = torch.zeros(2, 3, dtype=F64)
+    model = SpringModel.create(x, [[0, 1]], rest=0.1, ke=10.0, kd=1.0, planes=[], dtype=F64)
+    v0 = torch.zeros_like(x).requires_grad_()
+    for fn in (spring_step, spring_step_torch):
+        st = fn(model, ParticleState(x, v0), DT)
+        (g,) = torch.autograd.grad(st.x.sum() + st.v.pow(2).sum(), [v0])
+        assert torch.isfinite(st.x).all() and torch.isfinite(g).all()
+
+
+def test_springs_from_mesh_uses_unique_edges_and_optional_bending():
+    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    sp = springs_from_mesh(verts, faces)
+    assert sp.dtype == torch.int32 and sp.shape == (6, 2)  # a tetrahedron has 6 edges
+    assert {tuple(e) for e in sp.tolist()} == {(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)}
+    quad = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    sq = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    bent = springs_from_mesh(sq, quad, bending=True)
+    assert bent.shape == (6, 2) and [0, 3] in bent.tolist()  # 5 edges + 1 bending spring
+    with pytest.raises(ValueError, match="faces"):
+        springs_from_mesh(verts, torch.tensor([[0, 1, 7]]))
+
+
+def test_bad_input_names_the_argument():
+    x = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="springs"):
+        SpringModel.create(x, [[0, 3]])
+    with pytest.raises(ValueError, match="ke"):
+        SpringModel.create(x, [[0, 1]], ke=[1.0, 2.0])
+    model = SpringModel.create(x, [[0, 1], [1, 2]])
+    s = ParticleState(x, x)
+    with pytest.raises(ValueError, match="actuation"):
+        spring_step(model, s, DT, torch.zeros(3))
+    with pytest.raises(ValueError, match="state.x"):
+        spring_step(model, ParticleState(x[:2], x), DT)
+    with pytest.raises(ValueError, match="dt"):
+        SpringStep(model, 0.0)
