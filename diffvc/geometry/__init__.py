@@ -35,7 +35,19 @@ from .sdf import (
     intersection,
     sdf_normal,
 )
-from .marching_tets import tet_grid, marching_tetrahedra, sdf_to_mesh
+from .tet_mesh import (
+    tet_grid,
+    tet_box,
+    tet_volumes,
+    orient_tets,
+    tet_faces,
+    tet_boundary_faces,
+    remove_unreferenced,
+)
+from .marching_tets import marching_tetrahedra, sdf_to_mesh
+from .winding import winding_number, occupancy
+from .distance import closest_point_on_triangle, closest_points, point_mesh_distance, mesh_to_sdf
+from .tetrahedralize import tetrahedralize
 from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
 
 __all__ = [
@@ -50,6 +62,9 @@ __all__ = [
     "LargeSteps", "SparseSolver", "system_matrix", "solve", "to_differential", "from_differential",
     "sdf_sphere", "sdf_box", "sdf_torus", "sdf_capsule", "sdf_cylinder", "sdf_plane",
     "smooth_union", "smooth_intersection", "smooth_difference", "union", "intersection", "sdf_normal",
-    "tet_grid", "marching_tetrahedra", "sdf_to_mesh",
+    "tet_grid", "tet_box", "tet_volumes", "orient_tets", "tet_faces", "tet_boundary_faces", "remove_unreferenced",
+    "marching_tetrahedra", "sdf_to_mesh",
+    "winding_number", "occupancy", "closest_point_on_triangle", "closest_points", "point_mesh_distance", "mesh_to_sdf",
+    "tetrahedralize",
     "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
 ]

@@ -13,11 +13,10 @@ outward for an SDF) wherever the level set stays inside the grid.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from ._checks import check_faces, check_points
+from .tet_mesh import tet_grid
 
 _TET_EDGES = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 
@@ -48,50 +47,6 @@ def _build_table():
 
 
 _TABLE, _COUNT = _build_table()
-
-
-def tet_grid(resolution: int = 16, bounds=(-1.0, 1.0), dtype=torch.float32, device="cpu"):
-    """Conforming tetrahedral grid of an axis-aligned cube (Kuhn / Freudenthal split, 6 tets per cell).
-
-    Args:
-        resolution: cells per axis ``n`` (``(n+1)^3`` vertices, ``6 n^3`` tets).
-        bounds: ``(lo, hi)`` for all axes, or ``((xlo, ylo, zlo), (xhi, yhi, zhi))``.
-
-    Returns:
-        ``(verts ((n+1)^3, 3), tets (6 n^3, 4) long)``, every tet positively oriented
-        (``det[x1-x0, x2-x0, x3-x0] > 0``). Vertex ``(i, j, k)`` has index ``(i (n+1) + j) (n+1) + k``.
-    """
-    n = int(resolution)
-    if n < 1:
-        raise ValueError(f"resolution must be >= 1, got {resolution}")
-    lo = torch.as_tensor(bounds[0], dtype=torch.float64).expand(3)
-    hi = torch.as_tensor(bounds[1], dtype=torch.float64).expand(3)
-    if bool((hi <= lo).any()):
-        raise ValueError(f"bounds must satisfy lo < hi, got {bounds}")
-    t = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
-    I, J, K = torch.meshgrid(t, t, t, indexing="ij")
-    verts = lo + (hi - lo) * torch.stack([I, J, K], -1).reshape(-1, 3)
-    m = n + 1
-    ci, cj, ck = torch.meshgrid(torch.arange(n), torch.arange(n), torch.arange(n), indexing="ij")
-    base = ((ci * m + cj) * m + ck).reshape(-1)
-    step = [m * m, m, 1]
-    tets = []
-    for perm in itertools.permutations(range(3)):
-        a = base
-        b = a + step[perm[0]]
-        c = b + step[perm[1]]
-        d = c + step[perm[2]]
-        tets.append(torch.stack([a, b, c, d], 1))
-    tets = torch.cat(tets)
-    tets = _orient_tets(verts, tets)
-    return verts.to(dtype=dtype, device=device), tets.to(device)
-
-
-def _orient_tets(verts: torch.Tensor, tets: torch.Tensor) -> torch.Tensor:
-    x = verts[tets]
-    det = torch.linalg.det(torch.stack([x[:, 1] - x[:, 0], x[:, 2] - x[:, 0], x[:, 3] - x[:, 0]], -1))
-    neg = det < 0
-    return torch.where(neg[:, None], tets[:, [0, 2, 1, 3]], tets)
 
 
 def marching_tetrahedra(verts: torch.Tensor, tets: torch.Tensor, sdf: torch.Tensor, return_edges: bool = False):
