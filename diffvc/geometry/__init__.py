@@ -48,6 +48,9 @@ from .marching_tets import marching_tetrahedra, sdf_to_mesh
 from .winding import winding_number, occupancy
 from .distance import closest_point_on_triangle, closest_points, point_mesh_distance, mesh_to_sdf
 from .tetrahedralize import tetrahedralize
+from .sampling import sample_points
+from .knn import knn, nearest_neighbor
+from .chamfer import chamfer_distance
 from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
 
 __all__ = [
@@ -65,6 +68,6 @@ __all__ = [
     "tet_grid", "tet_box", "tet_volumes", "orient_tets", "tet_faces", "tet_boundary_faces", "remove_unreferenced",
     "marching_tetrahedra", "sdf_to_mesh",
     "winding_number", "occupancy", "closest_point_on_triangle", "closest_points", "point_mesh_distance", "mesh_to_sdf",
-    "tetrahedralize",
+    "tetrahedralize", "sample_points", "knn", "nearest_neighbor", "chamfer_distance",
     "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
 ]
