@@ -1,0 +1,455 @@
+"""Warp kernels for triangle rasterization (binning, coverage + depth test, barycentrics,
+attribute interpolation, silhouette-edge detection for antialiasing).
+
+Screen-space vertices are ``screen[b, v] = (u, v, d)``: pixel coordinates (pixel centres at
++0.5) and view depth. Coverage of a pixel centre uses edge functions with a consistent tie rule
+(an edge shared by two triangles covers a centre lying exactly on it once). The nearest
+triangle wins: perspective compares ``1/d`` interpolated linearly in screen space, orthographic
+compares ``d``; exact ties go to the lower face id, so results do not depend on thread order.
+
+Binning (``bin_count`` then ``bin_fill``) writes, per view and tile, the list of triangles whose
+pixel bounding box touches the tile. Those two kernels accumulate with atomics and therefore run
+as ONE launch (never split) on CPU; they are correct on CUDA as is. ``raster_tiles`` (CPU: one
+thread per tile, threads write disjoint pixels, safe to split over cores) and ``raster_pixels``
+(CUDA: one thread per pixel) give identical results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bridge import wp
+
+
+@wp.func
+def _edge(ax: Any, ay: Any, bx: Any, by: Any, px: Any, py: Any):
+    return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+
+
+@wp.func
+def _owns_tie(dx: Any, dy: Any):
+    # consistent tie rule: antisymmetric under reversing the edge direction
+    z = dx - dx
+    return (dy > z) or (dy == z and dx < z)
+
+
+@wp.func
+def _tri_ok(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, near: Any):
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    ok = screen[b, i0, 2] > near and screen[b, i1, 2] > near and screen[b, i2, 2] > near
+    area = _edge(screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], screen[b, i2, 0], screen[b, i2, 1])
+    tiny = near - near + type(near)(1e-12)
+    return ok and wp.abs(area) > tiny
+
+
+@wp.func
+def _pixel_range(a: Any, b: Any, c: Any, n: int):
+    """Inclusive index range of pixel centres (k + 0.5) within [min, max] of three coordinates,
+    clamped to [0, n-1]; returned as vec2i (lo, hi), empty when lo > hi."""
+    lo = wp.min(wp.min(a, b), c)
+    hi = wp.max(wp.max(a, b), c)
+    half = type(a)(0.5)
+    ilo = int(wp.ceil(lo - half))
+    ihi = int(wp.floor(hi - half))
+    return wp.vec2i(wp.max(ilo, 0), wp.min(ihi, n - 1))
+
+
+@wp.func
+def _cover_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int,
+               px: Any, py: Any, perspective: int):
+    """Depth key (smaller = nearer) of triangle f at pixel centre (px, py); +1e30 if not covered."""
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    x0 = screen[b, i0, 0]
+    y0 = screen[b, i0, 1]
+    x1 = screen[b, i1, 0]
+    y1 = screen[b, i1, 1]
+    x2 = screen[b, i2, 0]
+    y2 = screen[b, i2, 1]
+    area = _edge(x0, y0, x1, y1, x2, y2)
+    w0 = _edge(x1, y1, x2, y2, px, py)
+    w1 = _edge(x2, y2, x0, y0, px, py)
+    w2 = _edge(x0, y0, x1, y1, px, py)
+    s = wp.where(area < area - area, type(area)(-1.0), type(area)(1.0))
+    w0 = w0 * s
+    w1 = w1 * s
+    w2 = w2 * s
+    z = area - area
+    in0 = w0 > z or (w0 == z and _owns_tie((x2 - x1) * s, (y2 - y1) * s))
+    in1 = w1 > z or (w1 == z and _owns_tie((x0 - x2) * s, (y0 - y2) * s))
+    in2 = w2 > z or (w2 == z and _owns_tie((x1 - x0) * s, (y1 - y0) * s))
+    key = type(area)(1e30)
+    if in0 and in1 and in2:
+        aa = area * s
+        l0 = w0 / aa
+        l1 = w1 / aa
+        l2 = w2 / aa
+        if perspective != 0:
+            key = -(l0 / screen[b, i0, 2] + l1 / screen[b, i1, 2] + l2 / screen[b, i2, 2])
+        else:
+            key = l0 * screen[b, i0, 2] + l1 * screen[b, i1, 2] + l2 * screen[b, i2, 2]
+    return key
+
+
+@wp.kernel
+def bin_count(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any, H: int, W: int,
+              tile: int, tiles_x: int, tiles_y: int, counts: wp.array(dtype=wp.int32)):
+    t = wp.tid()
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    if _tri_ok(screen, faces, b, f, near):
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        rx = _pixel_range(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0], W)
+        ry = _pixel_range(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1], H)
+        if rx[0] <= rx[1] and ry[0] <= ry[1]:
+            base = b * tiles_x * tiles_y
+            for ty in range(ry[0] // tile, ry[1] // tile + 1):
+                for tx in range(rx[0] // tile, rx[1] // tile + 1):
+                    wp.atomic_add(counts, base + ty * tiles_x + tx, 1)
+
+
+@wp.kernel
+def bin_fill(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any, H: int, W: int,
+             tile: int, tiles_x: int, tiles_y: int, starts: wp.array(dtype=wp.int32),
+             cursor: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32)):
+    t = wp.tid()
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    if _tri_ok(screen, faces, b, f, near):
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        rx = _pixel_range(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0], W)
+        ry = _pixel_range(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1], H)
+        if rx[0] <= rx[1] and ry[0] <= ry[1]:
+            base = b * tiles_x * tiles_y
+            for ty in range(ry[0] // tile, ry[1] // tile + 1):
+                for tx in range(rx[0] // tile, rx[1] // tile + 1):
+                    k = base + ty * tiles_x + tx
+                    slot = wp.atomic_add(cursor, k, 1)
+                    items[starts[k] + slot] = f
+
+
+@wp.kernel
+def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                 starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), H: int, W: int, tile: int,
+                 tiles_x: int, tiles_y: int, perspective: int,
+                 zbuf: wp.array(dtype=Any, ndim=3), face_id: wp.array(dtype=wp.int32, ndim=3)):
+    """One thread per (view, tile); loops over the tile's triangles and their pixel boxes."""
+    t = wp.tid() + offset
+    nt = tiles_x * tiles_y
+    b = t // nt
+    k = t - b * nt
+    ty = k // tiles_x
+    tx = k - ty * tiles_x
+    x0 = tx * tile
+    y0 = ty * tile
+    x1 = wp.min(x0 + tile, W) - 1
+    y1 = wp.min(y0 + tile, H) - 1
+    s00 = screen[b, 0, 0]
+    half = type(s00)(0.5)
+    for e in range(starts[t], starts[t + 1]):
+        f = items[e]
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        rx = _pixel_range(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0], W)
+        ry = _pixel_range(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1], H)
+        for y in range(wp.max(ry[0], y0), wp.min(ry[1], y1) + 1):
+            for x in range(wp.max(rx[0], x0), wp.min(rx[1], x1) + 1):
+                key = _cover_key(screen, faces, b, f, type(half)(x) + half, type(half)(y) + half, perspective)
+                cur = zbuf[b, y, x]
+                if key < cur or (key == cur and key < type(half)(1e30) and f < face_id[b, y, x]):
+                    zbuf[b, y, x] = key
+                    face_id[b, y, x] = f
+
+
+@wp.kernel
+def raster_pixels(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                  starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), H: int, W: int, tile: int,
+                  tiles_x: int, tiles_y: int, perspective: int,
+                  zbuf: wp.array(dtype=Any, ndim=3), face_id: wp.array(dtype=wp.int32, ndim=3)):
+    """One thread per pixel (the CUDA layout); loops over the pixel's tile list."""
+    p = wp.tid() + offset
+    b = p // (H * W)
+    r = p - b * H * W
+    y = r // W
+    x = r - y * W
+    t = b * tiles_x * tiles_y + (y // tile) * tiles_x + x // tile
+    s00 = screen[b, 0, 0]
+    half = type(s00)(0.5)
+    px = type(half)(x) + half
+    py = type(half)(y) + half
+    best = type(half)(1e30)
+    best_f = int(-1)
+    for e in range(starts[t], starts[t + 1]):
+        f = items[e]
+        key = _cover_key(screen, faces, b, f, px, py, perspective)
+        if key < best or (key == best and key < type(half)(1e30) and f < best_f):
+            best = key
+            best_f = f
+    zbuf[b, y, x] = best
+    face_id[b, y, x] = best_f
+
+
+@wp.kernel
+def barycentrics(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                 face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int,
+                 bary: wp.array(dtype=Any, ndim=4), depth: wp.array(dtype=Any, ndim=3)):
+    """Perspective-correct barycentrics and view depth at pixel centres, differentiable (via the
+    adjoint) w.r.t. ``screen``. Background pixels get zeros."""
+    p = wp.tid() + offset
+    H = face_id.shape[1]
+    W = face_id.shape[2]
+    b = p // (H * W)
+    r = p - b * H * W
+    y = r // W
+    x = r - y * W
+    f = face_id[b, y, x]
+    if f >= 0:
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        x0 = screen[b, i0, 0]
+        half = type(x0)(0.5)
+        px = type(x0)(x) + half
+        py = type(x0)(y) + half
+        y0 = screen[b, i0, 1]
+        x1 = screen[b, i1, 0]
+        y1 = screen[b, i1, 1]
+        x2 = screen[b, i2, 0]
+        y2 = screen[b, i2, 1]
+        area = _edge(x0, y0, x1, y1, x2, y2)
+        l0 = _edge(x1, y1, x2, y2, px, py) / area
+        l1 = _edge(x2, y2, x0, y0, px, py) / area
+        l2 = type(x0)(1.0) - l0 - l1
+        if perspective != 0:
+            q0 = l0 / screen[b, i0, 2]
+            q1 = l1 / screen[b, i1, 2]
+            q2 = l2 / screen[b, i2, 2]
+            s = q0 + q1 + q2
+            bary[b, y, x, 0] = q0 / s
+            bary[b, y, x, 1] = q1 / s
+            bary[b, y, x, 2] = q2 / s
+            depth[b, y, x] = type(x0)(1.0) / s
+        else:
+            bary[b, y, x, 0] = l0
+            bary[b, y, x, 1] = l1
+            bary[b, y, x, 2] = l2
+            depth[b, y, x] = l0 * screen[b, i0, 2] + l1 * screen[b, i1, 2] + l2 * screen[b, i2, 2]
+
+
+@wp.kernel
+def interpolate_attr(offset: int, attr: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                     face_id: wp.array(dtype=wp.int32, ndim=3), bary: wp.array(dtype=Any, ndim=4),
+                     out: wp.array(dtype=Any, ndim=4)):
+    """out[b, y, x, c] = sum_k bary[b, y, x, k] * attr[b, faces[f, k], c]; zeros on background."""
+    p = wp.tid() + offset
+    H = face_id.shape[1]
+    W = face_id.shape[2]
+    C = attr.shape[2]
+    b = p // (H * W)
+    r = p - b * H * W
+    y = r // W
+    x = r - y * W
+    f = face_id[b, y, x]
+    if f >= 0:
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        w0 = bary[b, y, x, 0]
+        w1 = bary[b, y, x, 1]
+        w2 = bary[b, y, x, 2]
+        for c in range(C):
+            out[b, y, x, c] = w0 * attr[b, i0, c] + w1 * attr[b, i1, c] + w2 * attr[b, i2, c]
+
+
+@wp.func
+def _facing(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int):
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    a = _edge(screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], screen[b, i2, 0], screen[b, i2, 1])
+    return wp.where(a > a - a, 1, -1)
+
+
+@wp.func
+def _plane_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int,
+               px: Any, py: Any, perspective: int):
+    """Depth key (smaller = nearer) of face f's plane extended to (px, py)."""
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    x0 = screen[b, i0, 0]
+    y0 = screen[b, i0, 1]
+    x1 = screen[b, i1, 0]
+    y1 = screen[b, i1, 1]
+    x2 = screen[b, i2, 0]
+    y2 = screen[b, i2, 1]
+    area = _edge(x0, y0, x1, y1, x2, y2)
+    l0 = _edge(x1, y1, x2, y2, px, py) / area
+    l1 = _edge(x2, y2, x0, y0, px, py) / area
+    l2 = type(x0)(1.0) - l0 - l1
+    key = l0 * screen[b, i0, 2] + l1 * screen[b, i1, 2] + l2 * screen[b, i2, 2]
+    if perspective != 0:
+        key = -(l0 / screen[b, i0, 2] + l1 / screen[b, i1, 2] + l2 / screen[b, i2, 2])
+    return key
+
+
+@wp.func
+def _edge_cross(screen: wp.array(dtype=Any, ndim=3), b: int, ia: int, ib: int, horizontal: int, cx: Any, cy: Any,
+                sign: Any):
+    """Distance s in [0, 1] from the centre (cx, cy) along the pair direction (+x or +y, times
+    ``sign``) to the crossing with edge (ia, ib); -1 when the edge does not cross the unit
+    segment or has the other orientation (|dy| >= |dx| edges belong to horizontal pairs)."""
+    z = cx - cx
+    one = z + type(cx)(1.0)
+    ax = screen[b, ia, 0]
+    ay = screen[b, ia, 1]
+    dx = screen[b, ib, 0] - ax
+    dy = screen[b, ib, 1] - ay
+    s = z - one
+    if horizontal != 0:
+        if wp.abs(dy) >= wp.abs(dx) and wp.abs(dy) > z:
+            tt = (cy - ay) / dy
+            if tt >= z and tt <= one:
+                s = (ax + tt * dx - cx) * sign
+    else:
+        if wp.abs(dx) > wp.abs(dy):
+            tt = (cx - ax) / dx
+            if tt >= z and tt <= one:
+                s = (ay + tt * dy - cy) * sign
+    if s < z or s > one:
+        s = z - one
+    return s
+
+
+@wp.func
+def _find_edge(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+               neighbors: wp.array2d(dtype=wp.int32), b: int, f: int, other: int, horizontal: int,
+               cx: Any, cy: Any, sign: Any, perspective: int):
+    """The silhouette edge of face f crossing the unit segment from (cx, cy) towards +x
+    (horizontal) or +y, times ``sign``, farthest from (cx, cy); (-1, -1) if none. When ``other``
+    >= 0 an edge counts only if f is nearer than ``other`` at the crossing."""
+    res = wp.vec2i(-1, -1)
+    best = cx - cx - type(cx)(1.0)
+    ff = _facing(screen, faces, b, f)
+    for k in range(3):
+        nb = neighbors[f, k]
+        sil = nb < 0
+        if not sil:
+            sil = _facing(screen, faces, b, nb) != ff
+        if sil:
+            ia = faces[f, k]
+            ib = faces[f, (k + 1) % 3]
+            s = _edge_cross(screen, b, ia, ib, horizontal, cx, cy, sign)
+            if s > best:
+                ok = True
+                if other >= 0:
+                    qx = cx
+                    qy = cy
+                    if horizontal != 0:
+                        qx = cx + s * sign
+                    else:
+                        qy = cy + s * sign
+                    ok = _plane_key(screen, faces, b, f, qx, qy, perspective) <= _plane_key(screen, faces, b, other, qx, qy, perspective)
+                if ok:
+                    res = wp.vec2i(ia, ib)
+                    best = s
+    return res
+
+
+@wp.func
+def _find_silhouette(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                     neighbors: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
+                     vfaces: wp.array(dtype=wp.int32), b: int, f: int, other: int, horizontal: int,
+                     cx: Any, cy: Any, sign: Any, perspective: int):
+    """The outermost (largest s) qualifying silhouette edge among face f and the faces sharing a
+    vertex with f (near silhouette vertices and cusps the crossing edge belongs to a neighbour)."""
+    res = _find_edge(screen, faces, neighbors, b, f, other, horizontal, cx, cy, sign, perspective)
+    best = cx - cx - type(cx)(1.0)
+    if res[0] >= 0:
+        best = _edge_cross(screen, b, res[0], res[1], horizontal, cx, cy, sign)
+    for j in range(3):
+        vi = faces[f, j]
+        for e in range(vstart[vi], vstart[vi + 1]):
+            g = vfaces[e]
+            if g != f:
+                r2 = _find_edge(screen, faces, neighbors, b, g, other, horizontal, cx, cy, sign, perspective)
+                if r2[0] >= 0:
+                    s2 = _edge_cross(screen, b, r2[0], r2[1], horizontal, cx, cy, sign)
+                    if s2 > best:
+                        best = s2
+                        res = r2
+    return res
+
+
+@wp.kernel
+def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                     neighbors: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
+                     vfaces: wp.array(dtype=wp.int32), face_id: wp.array(dtype=wp.int32, ndim=3),
+                     perspective: int, edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
+    """For pixel p and its right (d=0) / lower (d=1) neighbour q with different face ids, find the
+    silhouette edge separating them: edges[b, y, x, 2d:2d+2] = (va, vb) or (-1, -1); side = 0 when p
+    is covered by the edge's face, 1 when q is."""
+    p = wp.tid() + offset
+    H = face_id.shape[1]
+    W = face_id.shape[2]
+    b = p // (H * W)
+    r = p - b * H * W
+    y = r // W
+    x = r - y * W
+    fa = face_id[b, y, x]
+    s00 = screen[b, 0, 0]
+    cx = type(s00)(x) + type(s00)(0.5)
+    cy = type(s00)(y) + type(s00)(0.5)
+    one = type(s00)(1.0)
+    for d in range(2):
+        edges[b, y, x, 2 * d] = -1
+        edges[b, y, x, 2 * d + 1] = -1
+        side[b, y, x, d] = 0
+        qx = x + 1 - d
+        qy = y + d
+        if qx < W and qy < H:
+            fb = face_id[b, qy, qx]
+            if fa != fb:
+                horizontal = 1 - d
+                res = wp.vec2i(-1, -1)
+                sd = 0
+                if fa >= 0:
+                    res = _find_silhouette(screen, faces, neighbors, vstart, vfaces, b, fa, fb, horizontal, cx, cy,
+                                           one, perspective)
+                if res[0] < 0 and fb >= 0:
+                    qcx = type(s00)(qx) + type(s00)(0.5)
+                    qcy = type(s00)(qy) + type(s00)(0.5)
+                    res = _find_silhouette(screen, faces, neighbors, vstart, vfaces, b, fb, fa, horizontal, qcx, qcy,
+                                           -one, perspective)
+                    sd = 1
+                if res[0] >= 0:
+                    edges[b, y, x, 2 * d] = res[0]
+                    edges[b, y, x, 2 * d + 1] = res[1]
+                    side[b, y, x, d] = sd
+
+
+def _instantiate(kernel) -> None:
+    """Explicit float32 / float64 overloads, so the module is built before a split launch's
+    worker threads run (a generic kernel would otherwise be specialised lazily at launch)."""
+    for scalar in (wp.float32, wp.float64):
+        types = {}
+        for name, ann in kernel.adj.arg_types.items():
+            if ann is Any:
+                types[name] = scalar
+            elif isinstance(ann, wp.array) and ann.dtype is Any:
+                types[name] = wp.array(dtype=scalar, ndim=ann.ndim)
+        wp.overload(kernel, types)
+
+
+for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs):
+    _instantiate(_k)
