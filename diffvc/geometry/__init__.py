@@ -51,6 +51,10 @@ from .tetrahedralize import tetrahedralize
 from .sampling import sample_points
 from .knn import knn, nearest_neighbor
 from .chamfer import chamfer_distance
+from .voxels import grid_points, trilinear_sample, DenseGrid, voxelize, grid_to_mesh
+from .neural import PositionalEncoding, HashGridEncoding, MLP, NeuralField
+from .diffusion import HeatDiffusion, heat_diffuse
+from .io import load_mesh, save_mesh, load_points, save_points
 from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
 
 __all__ = [
@@ -69,5 +73,9 @@ __all__ = [
     "marching_tetrahedra", "sdf_to_mesh",
     "winding_number", "occupancy", "closest_point_on_triangle", "closest_points", "point_mesh_distance", "mesh_to_sdf",
     "tetrahedralize", "sample_points", "knn", "nearest_neighbor", "chamfer_distance",
+    "grid_points", "trilinear_sample", "DenseGrid", "voxelize", "grid_to_mesh",
+    "PositionalEncoding", "HashGridEncoding", "MLP", "NeuralField",
+    "HeatDiffusion", "heat_diffuse",
+    "load_mesh", "save_mesh", "load_points", "save_points",
     "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
 ]

@@ -1,0 +1,157 @@
+"""Neural fields: positional (Fourier) encoding, multiresolution hash-grid encoding (Instant-NGP,
+Mueller et al. 2022) in plain torch, an MLP, and a field module combining them.
+
+All modules map points ``(N, 3)`` to features, are differentiable w.r.t. their parameters and the
+input points (the hash grid is trilinear per level: C0 in the points, like :func:`trilinear_sample`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class PositionalEncoding(torch.nn.Module):
+    """``[x, sin(2^0 pi x), cos(2^0 pi x), ..., sin(2^{L-1} pi x), cos(2^{L-1} pi x)]`` per coordinate.
+
+    Output dim: ``in_dim * (2 L + include_input)``.
+    """
+
+    def __init__(self, in_dim: int = 3, num_freqs: int = 6, include_input: bool = True):
+        super().__init__()
+        self.in_dim, self.num_freqs, self.include_input = in_dim, num_freqs, include_input
+        self.register_buffer("freqs", (2.0 ** torch.arange(num_freqs)) * math.pi, persistent=False)
+
+    @property
+    def out_dim(self) -> int:
+        return self.in_dim * (2 * self.num_freqs + int(self.include_input))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x[..., None] * self.freqs.to(x.dtype)  # (N, D, L)
+        enc = torch.cat([torch.sin(xf), torch.cos(xf)], -1).flatten(-2)
+        return torch.cat([x, enc], -1) if self.include_input else enc
+
+
+_PRIMES = (1, 2654435761, 805459861)
+
+
+class HashGridEncoding(torch.nn.Module):
+    """Multiresolution hash encoding of 3D points in ``bounds``.
+
+    Args:
+        levels: number of resolutions; features: features per level; log2_table: table size
+            ``2^log2_table`` per level (levels whose dense grid is smaller are stored densely);
+        base_resolution, max_resolution: resolutions of the coarsest and finest levels
+            (geometric progression between them).
+        bounds: ``(lo, hi)`` box mapped to the unit cube (points outside are clamped).
+
+    Output dim: ``levels * features``.
+    """
+
+    def __init__(self, levels: int = 12, features: int = 2, log2_table: int = 17, base_resolution: int = 16,
+                 max_resolution: int = 512, bounds=(-1.0, 1.0), init_scale: float = 1e-4):
+        super().__init__()
+        self.levels, self.features, self.bounds = levels, features, bounds
+        self.table_size = 2 ** log2_table
+        b = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(1, levels - 1))
+        self.resolutions = [int(math.floor(base_resolution * b ** lvl)) for lvl in range(levels)]
+        sizes = [min((r + 1) ** 3, self.table_size) for r in self.resolutions]
+        self.dense = [(r + 1) ** 3 <= self.table_size for r in self.resolutions]
+        self.offsets = [0]
+        for s in sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        self.sizes = sizes
+        self.table = torch.nn.Parameter((torch.rand(self.offsets[-1], features) * 2 - 1) * init_scale)
+
+    @property
+    def out_dim(self) -> int:
+        return self.levels * self.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo = torch.as_tensor(self.bounds[0], dtype=x.dtype, device=x.device)
+        hi = torch.as_tensor(self.bounds[1], dtype=x.dtype, device=x.device)
+        u = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+        corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=x.device)
+        table = self.table.to(x.dtype)
+        outs = []
+        for lvl, res in enumerate(self.resolutions):
+            pos = u * res
+            base = pos.detach().floor().clamp(max=res - 1).long()
+            frac = pos - base.to(x.dtype)  # (N, 3), differentiable
+            c = base[:, None, :] + corners[None]  # (N, 8, 3)
+            if self.dense[lvl]:
+                idx = (c[..., 0] * (res + 1) + c[..., 1]) * (res + 1) + c[..., 2]
+            else:
+                h = (c[..., 0] * _PRIMES[0]) ^ (c[..., 1] * _PRIMES[1]) ^ (c[..., 2] * _PRIMES[2])
+                idx = h % self.sizes[lvl]
+            feats = table[self.offsets[lvl] + idx]  # (N, 8, F)
+            w = torch.where(corners[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # (N, 8)
+            outs.append((feats * w[..., None]).sum(1))
+        return torch.cat(outs, -1)
+
+
+class MLP(torch.nn.Module):
+    """Fully connected network ``in_dim -> hidden x layers -> out_dim`` with ``activation`` between layers."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 64, layers: int = 2, activation: str = "softplus"):
+        super().__init__()
+        acts = {"relu": torch.nn.ReLU, "softplus": lambda: torch.nn.Softplus(beta=100), "silu": torch.nn.SiLU,
+                "tanh": torch.nn.Tanh}
+        if activation not in acts:
+            raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
+        dims = [in_dim] + [hidden] * layers + [out_dim]
+        mods = []
+        for i in range(len(dims) - 1):
+            mods.append(torch.nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                mods.append(acts[activation]())
+        self.net = torch.nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class NeuralField(torch.nn.Module):
+    """``points (N, 3) -> (N, out_dim)`` (or ``(N,)`` when ``out_dim == 1`` and ``squeeze``): an
+    encoding followed by an MLP.
+
+    Args:
+        encoding: ``"hash"`` (:class:`HashGridEncoding`), ``"frequency"`` (:class:`PositionalEncoding`)
+            or ``"none"`` (raw coordinates).
+        sphere_init: add ``|x| - sphere_init`` to the output (an SDF prior: the field starts as a
+            sphere of that radius); None disables it.
+        encoding_kwargs / hidden / layers / activation: passed on.
+    """
+
+    def __init__(self, out_dim: int = 1, encoding: str = "hash", hidden: int = 64, layers: int = 2,
+                 activation: str = "softplus", sphere_init: float | None = None, squeeze: bool = True,
+                 **encoding_kwargs):
+        super().__init__()
+        if encoding == "hash":
+            self.encoding = HashGridEncoding(**encoding_kwargs)
+            in_dim = self.encoding.out_dim + 3
+        elif encoding == "frequency":
+            self.encoding = PositionalEncoding(**encoding_kwargs)
+            in_dim = self.encoding.out_dim
+        elif encoding == "none":
+            self.encoding = None
+            in_dim = 3
+        else:
+            raise ValueError(f"encoding must be 'hash', 'frequency' or 'none', got {encoding!r}")
+        self.kind = encoding
+        self.mlp = MLP(in_dim, out_dim, hidden, layers, activation)
+        self.sphere_init = sphere_init
+        self.squeeze = squeeze and out_dim == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoding is None:
+            h = x
+        elif self.kind == "hash":
+            h = torch.cat([x, self.encoding(x)], -1)
+        else:
+            h = self.encoding(x)
+        out = self.mlp(h.to(self.mlp.net[0].weight.dtype))
+        if self.sphere_init is not None:
+            out = out + (x.norm(dim=-1, keepdim=True) - self.sphere_init).to(out.dtype)
+        return out[..., 0] if self.squeeze else out
