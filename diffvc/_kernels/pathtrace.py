@@ -422,8 +422,17 @@ def offset_origin(p: wp.vec3, n: wp.vec3, d: wp.vec3):
 
 @wp.func
 def visible(scene: Scene, p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
+    """Is the point ``p + d * dist`` (or, for ``dist >= 1e29``, the direction ``d``) unblocked
+    from ``p`` (normal ``n``)? The shadow ray starts at the offset origin and aims at the target
+    itself, stopping just short of it so the target's own surface is not a blocker."""
     o = offset_origin(p, n, d)
-    q = wp.mesh_query_ray(scene.mesh, o, d, dist * (1.0 - 1.0e-4) - RAY_EPS)
+    if dist >= 1.0e29:
+        return not wp.mesh_query_ray(scene.mesh, o, d, 1.0e30).result
+    r = p + d * dist - o
+    lr = wp.length(r)
+    if lr <= 0.0:
+        return True
+    q = wp.mesh_query_ray(scene.mesh, o, r / lr, lr * (1.0 - 1.0e-4))
     return not q.result
 
 
@@ -478,9 +487,11 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
             n = -ng
         m = scene.face_mat[f]
         le = scene.mat_emit[m]
-        if front and max3(le) > 0.0:
+        if front:
+            # faces of non-emissive materials are not sampled by NEE (MIS weight 1) but their
+            # emission still has a derivative
             w_mis = float(1.0)
-            if depth > 0:
+            if depth > 0 and max3(le) > 0.0:
                 w_mis = power_heuristic(prev_pdf, emitter_pdf(scene, p_sel, f, prev_p, p, d))
             c = cmul(beta, le) * w_mis
             L = L + c
@@ -658,3 +669,31 @@ def render_points(offset: int, scene: Scene, grads: Grads, cam: Camera, points: 
         acc = acc + trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0),
                                wp.vec3(0.0))
     out[i] = acc / float(spp)
+
+
+# ----------------------------------------------------------------------------------------------
+# BSDF evaluation / sampling on arrays (for tests against the torch twins)
+# ----------------------------------------------------------------------------------------------
+
+
+@wp.kernel
+def eval_bsdf(kind: int, rough: float, albedo: wp.array(dtype=wp.vec3), n: wp.array(dtype=wp.vec3),
+              wo: wp.array(dtype=wp.vec3), wi: wp.array(dtype=wp.vec3), f: wp.array(dtype=wp.vec3),
+              pdf: wp.array(dtype=wp.float32)):
+    i = wp.tid()
+    alpha = wp.max(rough * rough, 1.0e-3)
+    ab = bsdf_ab(kind, alpha, n[i], wo[i], wi[i])
+    f[i] = albedo[i] * ab[0] + wp.vec3(ab[1])
+    pdf[i] = bsdf_pdf(kind, alpha, n[i], wo[i], wi[i])
+
+
+@wp.kernel
+def sample_bsdf_dirs(kind: int, rough: float, n: wp.array(dtype=wp.vec3), wo: wp.array(dtype=wp.vec3), seed: int,
+                     wi: wp.array(dtype=wp.vec3)):
+    i = wp.tid()
+    state = wp.rand_init(seed, i)
+    alpha = wp.max(rough * rough, 1.0e-3)
+    u0 = wp.randf(state)
+    u1 = wp.randf(state)
+    u2 = wp.randf(state)
+    wi[i] = bsdf_sample(kind, alpha, n[i], wo[i], u0, u1, u2)

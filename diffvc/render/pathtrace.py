@@ -269,6 +269,8 @@ def _check(scene, camera, spp, max_depth, rr_depth, edge_samples):
         raise ValueError(f"rr_depth must be >= 1, got {rr_depth}")
     if int(edge_samples) < 0:
         raise ValueError(f"edge_samples must be >= 0, got {edge_samples}")
+    if not isinstance(camera, Cameras):
+        raise TypeError(f"camera must be a diffvc.render.Cameras, got {type(camera).__name__}")
     if camera.device != scene.device:
         raise ValueError(f"camera is on {camera.device} but scene on {scene.device}")
 
@@ -332,3 +334,58 @@ def radiance_at(scene: PathTracingScene, camera: Cameras, points: torch.Tensor, 
                                                  int(rr_depth), int(pair or N), wout], prep.wdev, True)
     _sync(scene.device)
     return out
+
+
+_KIND_NAMES = {"diffuse": 0, "conductor": 1, "plastic": 2}
+
+
+def bsdf_eval(kind: str, albedo: torch.Tensor, roughness: float, n: torch.Tensor, wo: torch.Tensor,
+              wi: torch.Tensor):
+    """The path tracer's BSDF (Warp kernel, float32, no gradients): ``(f (N, 3), pdf (N,))`` for
+    unit normals/directions (N, 3); ``pdf`` is the solid-angle density of :func:`bsdf_sample`."""
+    if kind not in _KIND_NAMES:
+        raise ValueError(f"kind must be one of {sorted(_KIND_NAMES)}, got {kind!r}")
+    N = n.shape[0]
+    c = [x.detach().to(torch.float32).contiguous() for x in (albedo, n, wo, wi)]
+    f = torch.zeros(N, 3, device=n.device)
+    pdf = torch.zeros(N, device=n.device)
+    wp.launch(K.eval_bsdf, dim=N, inputs=[_KIND_NAMES[kind], float(roughness)] + [wp.from_torch(x, dtype=wp.vec3)
+                                                                                   for x in c],
+              outputs=[wp.from_torch(f, dtype=wp.vec3), wp.from_torch(pdf)], device=warp_device(n.device))
+    _sync(n.device)
+    return f, pdf
+
+
+def bsdf_sample(kind: str, roughness: float, n: torch.Tensor, wo: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Directions (N, 3) drawn by the path tracer's BSDF sampling routine (may point below the surface)."""
+    if kind not in _KIND_NAMES:
+        raise ValueError(f"kind must be one of {sorted(_KIND_NAMES)}, got {kind!r}")
+    N = n.shape[0]
+    wi = torch.zeros(N, 3, device=n.device)
+    c = [x.detach().to(torch.float32).contiguous() for x in (n, wo)]
+    wp.launch(K.sample_bsdf_dirs, dim=N, inputs=[_KIND_NAMES[kind], float(roughness)] +
+              [wp.from_torch(x, dtype=wp.vec3) for x in c] + [int(seed)], outputs=[wp.from_torch(wi, dtype=wp.vec3)],
+              device=warp_device(n.device))
+    _sync(n.device)
+    return wi
+
+
+def bsdf_torch(kind: str, albedo: torch.Tensor, roughness, n, wo, wi) -> torch.Tensor:
+    """Plain-torch twin of :func:`bsdf_eval`'s ``f`` (differentiable), built on
+    :mod:`diffvc.render.shading`: diffuse ``lambert(albedo)``; conductor
+    ``ggx_specular(f0=albedo)``; plastic ``ggx_specular(f0=0.04) + lambert(albedo)(1-F_i)(1-F_o)``."""
+    from .shading import fresnel_schlick, ggx_specular, lambert
+
+    ci = (n * wi).sum(-1, keepdim=True)
+    co = (n * wo).sum(-1, keepdim=True)
+    above = ((ci > 0) & (co > 0)).to(albedo.dtype)
+    r = torch.as_tensor(roughness, dtype=albedo.dtype, device=albedo.device)
+    if kind == "diffuse":
+        return lambert(albedo) * above
+    if kind == "conductor":
+        return ggx_specular(n, wi, wo, r, albedo)
+    if kind == "plastic":
+        f0 = torch.full_like(albedo, 0.04)
+        base = lambert(albedo) * (1 - fresnel_schlick(ci, f0)) * (1 - fresnel_schlick(co, f0)) * above
+        return ggx_specular(n, wi, wo, r, f0) + base
+    raise ValueError(f"kind must be one of {sorted(_KIND_NAMES)}, got {kind!r}")

@@ -72,13 +72,13 @@ class PathTracingScene:
             raise ValueError(f"faces must be an integer tensor of shape (F, 3), got {tuple(self.faces.shape)}")
         if F > 0 and (int(self.faces.min()) < 0 or int(self.faces.max()) >= V):
             raise ValueError(f"faces index vertices out of range [0, {V})")
+        for name, shape in (("albedo", (M, 3)), ("roughness", (M,)), ("emission", (M, 3)), ("material_kind", (M,))):
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}")
         if self.face_material.shape != (F,):
             raise ValueError(f"face_material must have shape ({F},), got {tuple(self.face_material.shape)}")
         if F > 0 and (int(self.face_material.min()) < 0 or int(self.face_material.max()) >= M):
             raise ValueError(f"face_material must index materials in [0, {M})")
-        for name, shape in (("albedo", (M, 3)), ("roughness", (M,)), ("emission", (M, 3)), ("material_kind", (M,))):
-            if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}")
         if self.face_uvs is not None and tuple(self.face_uvs.shape) != (F, 3, 2):
             raise ValueError(f"face_uvs must have shape ({F}, 3, 2), got {tuple(self.face_uvs.shape)}")
         if self.material_texture is not None:
@@ -229,7 +229,7 @@ def cornell_box(short_box_center=None, wall_colors=None, light_radiance=None, dt
     names = ["white", "red", "green", "light"]
     mats = [PTMaterial("diffuse", colors["white"]), PTMaterial("diffuse", colors["red"]),
             PTMaterial("diffuse", colors["green"]),
-            PTMaterial("diffuse", (0.0, 0.0, 0.0), emission=light_radiance if light_radiance is not None else CORNELL_LIGHT)]
+            PTMaterial("diffuse", colors["white"], emission=light_radiance if light_radiance is not None else CORNELL_LIGHT)]
     kw = dict(dtype=dtype, device=device)
     meshes = [
         (*quad((-1, 0, -1), (-1, 0, 1), (1, 0, 1), (1, 0, -1), **kw), 0),  # floor, normal +y

@@ -1,0 +1,267 @@
+import math
+
+import pytest
+import torch
+
+from diffvc.render import Cameras
+from diffvc.render.pathtrace import bsdf_eval, bsdf_sample, bsdf_torch, path_trace
+from diffvc.render.pt_scene import PathTracingScene, PTMaterial, cornell_box, cornell_camera, oriented_box, quad
+from diffvc.testing import assert_grad_close
+
+
+def _plane(material, size=200.0, **kw):
+    v, f = quad((-size, 0, -size), (-size, 0, size), (size, 0, size), (size, 0, -size))
+    return PathTracingScene.from_meshes([(v, f, 0)], [material], **kw)
+
+
+def _top_camera(size=16, fov=30.0, dtype=torch.float32):
+    return Cameras.look_at([[0.0, 1.0, 0.0]], (0.0, 0.0, 0.0), up=(0.0, 0.0, -1.0), width=size, height=size,
+                           fov_y=fov, dtype=dtype)
+
+
+def _plane_points(cam, sub=8):
+    """Hit points on y = 0 of a sub x sub grid of rays per pixel (for pixel-averaged references)."""
+    H, W = cam.height, cam.width
+    s = (torch.arange(sub, dtype=torch.float64) + 0.5) / sub
+    j, i = torch.meshgrid(torch.arange(W, dtype=torch.float64), torch.arange(H, dtype=torch.float64), indexing="xy")
+    u = (j[..., None, None] + s[None, None, :, None]).expand(H, W, sub, sub)
+    v = (i[..., None, None] + s[None, None, None, :]).expand(H, W, sub, sub)
+    K = cam.intrinsics[0].double()
+    d = torch.stack([(u - K[2]) / K[0], -(v - K[3]) / K[1], -torch.ones_like(u)], -1) @ cam.R[0].double()
+    o = cam.centers[0].double()
+    t = -o[1] / d[..., 1]
+    return o + d * t[..., None]  # (H, W, sub, sub, 3)
+
+
+def test_deterministic_for_a_seed():
+    scene, _ = cornell_box()
+    cam = cornell_camera(16, 16)
+    a = path_trace(scene, cam, spp=4, seed=5)
+    b = path_trace(scene, cam, spp=4, seed=5)
+    c = path_trace(scene, cam, spp=4, seed=6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (16, 16, 3) and torch.isfinite(a).all() and a.min() >= 0
+
+
+def test_furnace_diffuse_plane_under_constant_environment():
+    env = torch.full((4, 8, 3), 1.0) * torch.tensor([1.0, 0.5, 2.0])
+    scene = _plane(PTMaterial("diffuse", (0.8, 0.5, 0.3)), environment=env)
+    img = path_trace(scene, _top_camera(), spp=64, max_depth=4)
+    expected = torch.tensor([0.8, 0.25, 0.6])
+    torch.testing.assert_close(img.mean((0, 1)), expected, rtol=0.01, atol=0.0)
+
+
+def test_white_furnace_glossy_materials_do_not_create_energy():
+    env = torch.ones(4, 8, 3)
+    for kind, lo in (("conductor", 0.85), ("plastic", 0.8)):
+        scene = _plane(PTMaterial(kind, (1.0, 1.0, 1.0), roughness=0.5), environment=env)
+        mean = path_trace(scene, _top_camera(), spp=64, max_depth=2).mean()
+        assert lo < float(mean) <= 1.01, (kind, float(mean))
+
+
+def test_point_and_directional_lights_closed_form():
+    albedo, I, h = 0.7, 3.0, 0.8
+    cam = _top_camera(12, fov=60.0)
+    scene = _plane(PTMaterial("diffuse", (albedo,) * 3), point_lights=[((0.3, h, 0.1), (I, I, I))])
+    img = path_trace(scene, cam, spp=64, max_depth=3)
+    p = _plane_points(cam)
+    r = torch.tensor([0.3, h, 0.1], dtype=torch.float64) - p
+    d2 = (r * r).sum(-1)
+    ref = (albedo / math.pi * I * (r[..., 1] / d2.sqrt()) / d2).mean((-1, -2))
+    torch.testing.assert_close(img[..., 0].double(), ref, rtol=0.03, atol=1e-4)  # pixel jitter noise
+    assert float((img[..., 0].double() - ref).abs().sum() / ref.sum()) < 0.005
+    E = 2.0
+    d = torch.tensor([1.0, 2.0, 0.5])
+    scene = _plane(PTMaterial("diffuse", (albedo,) * 3), directional_lights=[(d, (E, E, E))])
+    img = path_trace(scene, cam, spp=8, max_depth=3)
+    expected = albedo / math.pi * E * float(d[1] / d.norm())
+    torch.testing.assert_close(img, torch.full_like(img, expected), rtol=1e-4, atol=1e-5)
+
+
+def _polygon_irradiance(p, n, poly):
+    """Lambert's formula: irradiance at p (..., 3) with normal n from a unit-radiance polygon."""
+    a = [(q - p) / (q - p).norm(dim=-1, keepdim=True) for q in poly]
+    total = 0.0
+    for k in range(len(a)):
+        u, w = a[k], a[(k + 1) % len(a)]
+        c = torch.linalg.cross(u, w, dim=-1)
+        theta = torch.acos((u * w).sum(-1).clamp(-1, 1))
+        total = total + theta * (c * n).sum(-1) / c.norm(dim=-1)
+    return 0.5 * total.abs()
+
+
+def test_area_light_matches_lambert_polygon_formula():
+    """Next-event estimation + MIS with an emissive quad: compare with the exact irradiance."""
+    albedo, Le = 0.6, 5.0
+    pv, pf = quad((-50, 0, -50), (-50, 0, 50), (50, 0, 50), (50, 0, -50))
+    lq = [(-0.2, 0.5, -0.3), (0.4, 0.5, -0.3), (0.4, 0.5, 0.3), (-0.2, 0.5, 0.3)]  # faces down
+    lv, lf = quad(*lq)
+    scene = PathTracingScene.from_meshes(
+        [(pv, pf, 0), (lv, lf, 1)],
+        [PTMaterial("diffuse", (albedo,) * 3), PTMaterial("diffuse", (0.0,) * 3, emission=(Le,) * 3)])
+    cam = Cameras.look_at([[0.0, 0.45, 0.0]], (0.0, 0.0, 0.0), up=(0.0, 0.0, -1.0), width=10, height=10, fov_y=50.0)
+    img = path_trace(scene, cam, spp=256, max_depth=1)
+    p = _plane_points(cam, sub=4)
+    n = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    E = _polygon_irradiance(p, n, [torch.tensor(q, dtype=torch.float64) for q in lq])
+    ref = (albedo / math.pi * Le * E).mean((-1, -2))
+    rel = (img[..., 0].double() - ref).abs().sum() / ref.sum()
+    assert rel < 0.02, float(rel)
+    assert abs(float(img[..., 0].double().mean() / ref.mean()) - 1) < 0.01
+
+
+def test_bsdf_kernel_matches_torch_twin_and_sampling_is_consistent():
+    g = torch.Generator().manual_seed(0)
+    N = 2000
+    n = torch.tensor([0.0, 0.0, 1.0]).expand(N, 3)
+
+    def hemi(k):
+        x = torch.randn(k, 3, generator=g)
+        x = x / x.norm(dim=-1, keepdim=True)
+        x[:, 2] = x[:, 2].abs()
+        return x
+
+    wo, wi = hemi(N), hemi(N)
+    albedo = torch.rand(N, 3, generator=g)
+    for kind in ("diffuse", "conductor", "plastic"):
+        f, pdf = bsdf_eval(kind, albedo, 0.5, n, wo, wi)
+        ref = bsdf_torch(kind, albedo.double(), 0.5, n.double(), wo.double(), wi.double())
+        torch.testing.assert_close(f.double(), ref, rtol=2e-4, atol=1e-6)
+        assert (pdf > 0).all()
+        # E_sampling[f cos / pdf] equals the uniform-hemisphere estimate of the same integral
+        M = 200000
+        n1 = torch.tensor([0.0, 0.0, 1.0]).expand(M, 3)
+        wo1 = torch.tensor([0.3, 0.0, 0.954]).expand(M, 3)
+        wo1 = wo1 / wo1.norm(dim=-1, keepdim=True)
+        a1 = torch.full((M, 3), 0.5)
+        ws = bsdf_sample(kind, 0.5, n1, wo1, seed=1)
+        fs, ps = bsdf_eval(kind, a1, 0.5, n1, wo1, ws)
+        est_is = torch.where(ps > 0, fs[:, 0] * ws[:, 2].clamp_min(0) / ps.clamp_min(1e-12), torch.zeros_like(ps))
+        wu = hemi(M)
+        fu, _ = bsdf_eval(kind, a1, 0.5, n1, wo1, wu)
+        est_u = fu[:, 0] * wu[:, 2] * 2 * math.pi
+        assert abs(float(est_is.mean() - est_u.mean())) < 0.01, kind
+
+
+def test_twin_gradients_finite_differences():
+    g = torch.Generator().manual_seed(1)
+    n = torch.tensor([[0.0, 0.0, 1.0]] * 5, dtype=torch.float64)
+    wo = torch.tensor([[0.3, 0.1, 0.9]] * 5, dtype=torch.float64)
+    wi = torch.rand(5, 3, generator=g, dtype=torch.float64) + torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)
+    wo, wi = wo / wo.norm(dim=-1, keepdim=True), wi / wi.norm(dim=-1, keepdim=True)
+    albedo = torch.rand(5, 3, generator=g, dtype=torch.float64).requires_grad_()
+    for kind in ("diffuse", "conductor", "plastic"):
+        assert_grad_close(lambda a: bsdf_torch(kind, a, 0.5, n, wo, wi), (albedo,), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- gradients: path replay
+
+
+def _weights(H, W, seed=0):
+    return torch.rand(H, W, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_prb_gradients_albedo_and_emission_cornell_box():
+    scene, _ = cornell_box(dtype=torch.float64)
+    cam = cornell_camera(10, 10)
+    w = _weights(10, 10)
+    kw = dict(spp=16, max_depth=4, rr_depth=100, seed=2)
+    alb = scene.albedo.clone().requires_grad_()
+    em = scene.emission[3].clone().requires_grad_()  # the light (the set of NEE emitters stays fixed)
+
+    def fn(a, e):
+        return path_trace(scene.replace(albedo=a, emission=torch.cat([scene.emission[:3], e[None]])), cam, **kw) * w
+
+    rep = assert_grad_close(fn, (alb, em), eps=1e-2, rtol=0.01, atol=1e-6)
+    assert rep.numeric[0].abs().sum() > 0 and rep.numeric[1].abs().sum() > 0
+
+
+def test_prb_gradients_textures_lights_environment_glossy():
+    tex = torch.rand(4, 4, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.8 + 0.1
+    pv, pf = quad((-2, 0, -2), (-2, 0, 2), (2, 0, 2), (2, 0, -2))
+    uv = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]]])
+    bv, bf = oriented_box((0.0, 0.3, 0.0), (0.5, 0.6, 0.5), 0.4)
+    env = torch.rand(4, 8, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 0.2
+    scene = PathTracingScene.from_meshes(
+        [(pv, pf, 0, uv), (bv, bf, 1)],
+        [PTMaterial("diffuse", texture=tex), PTMaterial("plastic", (0.6, 0.3, 0.2), roughness=0.4)],
+        point_lights=[((0.5, 1.5, 0.5), (2.0, 2.0, 2.0))], directional_lights=[((0.3, 1.0, 0.2), (1.0, 0.8, 0.6))],
+        environment=env, dtype=torch.float64)
+    cam = Cameras.look_at([[1.5, 2.0, 2.5]], (0.0, 0.2, 0.0), width=10, height=10, fov_y=45.0, dtype=torch.float64)
+    w = _weights(10, 10, 1)
+    kw = dict(spp=16, max_depth=3, rr_depth=100, seed=1)
+    t = scene.textures[0].clone().requires_grad_()
+    alb = scene.albedo.clone().requires_grad_()
+    pi = scene.point_intensity.clone().requires_grad_()
+    di = scene.directional_irradiance.clone().requires_grad_()
+    en = scene.environment.clone().requires_grad_()
+
+    def fn(t_, a_, pi_, di_, en_):
+        s = scene.replace(textures=(t_,), albedo=a_, point_intensity=pi_, directional_irradiance=di_, environment=en_)
+        return path_trace(s, cam, **kw) * w
+
+    rep = assert_grad_close(fn, (t, alb, pi, di, en), eps=1e-2, rtol=0.02, atol=1e-6, max_elements=16)
+    assert all(r.abs().sum() > 0 for r in rep.numeric)
+
+
+# ---------------------------------------------------------------- gradients: edge sampling
+
+
+def test_edge_sampling_geometry_and_camera_gradients_match_finite_differences():
+    H = W = 16
+    j, i = torch.meshgrid(torch.arange(W), torch.arange(H), indexing="xy")
+    w = torch.stack([j / W, i / H, (j + i) / (W + H)], -1).double()
+    env = torch.ones(4, 8, 3)
+    mat = PTMaterial("diffuse", (0.0, 0.0, 0.0), emission=(3.0, 2.0, 0.5))
+
+    def loss(tr, eye, spp, edge_samples):
+        v, f = oriented_box(tr, (1.0, 0.8, 0.9), 0.5, dtype=torch.float64)
+        scene = PathTracingScene.from_meshes([(v, f, 0)], [mat], environment=env, dtype=torch.float64)
+        cam = Cameras.look_at(eye[None], (0.0, 0.0, 0.0), width=W, height=H, fov_y=40.0)
+        return (path_trace(scene, cam, spp=spp, max_depth=0, edge_samples=edge_samples, edge_spp=1, seed=1) * w).sum()
+
+    tr = torch.tensor([0.1, -0.05, 0.0], dtype=torch.float64, requires_grad=True)
+    eye = torch.tensor([1.0, 1.5, 4.0], dtype=torch.float64, requires_grad=True)
+    loss(tr, eye, 4, 20000).backward()
+    for x, g in ((tr, tr.grad), (eye, eye.grad)):
+        fd = torch.zeros(3, dtype=torch.float64)
+        for k in range(3):
+            e = torch.zeros(3, dtype=torch.float64)
+            e[k] = 0.03
+            with torch.no_grad():  # same seed on both sides; many samples (the image is piecewise constant)
+                if x is tr:
+                    fd[k] = (loss(tr + e, eye, 8192, 0) - loss(tr - e, eye, 8192, 0)) / 0.06
+                else:
+                    fd[k] = (loss(tr, eye + e, 8192, 0) - loss(tr, eye - e, 8192, 0)) / 0.06
+        rel = (g - fd).norm() / fd.norm()
+        assert rel < 0.04, (g, fd)
+
+
+def test_zero_area_triangles_give_finite_images_and_gradients():
+    scene, _ = cornell_box(dtype=torch.float64)
+    v = torch.cat([scene.vertices, torch.tensor([[0.0, 1.0, 0.0]] * 3, dtype=torch.float64)])
+    f = torch.cat([scene.faces, torch.tensor([[v.shape[0] - 3, v.shape[0] - 2, v.shape[0] - 1]])])
+    scene = scene.replace(vertices=v.requires_grad_(), faces=f, face_material=torch.cat([scene.face_material,
+                                                                                         torch.tensor([3])]),
+                          face_uvs=torch.zeros(f.shape[0], 3, 2, dtype=torch.float64))
+    alb = scene.albedo.clone().requires_grad_()
+    img = path_trace(scene.replace(albedo=alb), cornell_camera(8, 8), spp=2, edge_samples=200)
+    img.sum().backward()
+    assert torch.isfinite(img).all() and torch.isfinite(alb.grad).all() and torch.isfinite(v.grad).all()
+
+
+def test_bad_inputs_name_the_argument():
+    scene, _ = cornell_box()
+    cam = cornell_camera(8, 8)
+    with pytest.raises(ValueError, match="spp"):
+        path_trace(scene, cam, spp=0)
+    with pytest.raises(ValueError, match="max_depth"):
+        path_trace(scene, cam, max_depth=-1)
+    with pytest.raises(ValueError, match="albedo"):
+        scene.replace(albedo=torch.ones(4, 2))
+    with pytest.raises(ValueError, match="face_material"):
+        scene.replace(face_material=scene.face_material[:3])
+    with pytest.raises(TypeError, match="camera"):
+        path_trace(scene, "camera")
+    with pytest.raises(ValueError, match="kind"):
+        PathTracingScene.from_meshes([(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]), 0)], [PTMaterial("glass")])
