@@ -13,8 +13,11 @@ in the backward pass (``torch.utils.checkpoint``, non-reentrant, so tensors capt
 and controller modules receive gradients and Warp ``kernel_op`` steps are recomputed like any
 other op). The recomputation runs the same deterministic ops on the same inputs, so gradients are
 equal to the full tape's (tests: 1e-6 relative). Memory drops from O(T) to O(T/k + k) states.
-A step object may also offer a fused ``segment`` method (e.g. :class:`~diffvc.physics.SpringStep`,
-which runs k steps inside Warp and re-runs them in its backward); :func:`rollout` then uses it.
+A step object may also offer a fused ``segment(state, n, recompute=False, return_all=False,
+control=None) -> (state, states)`` method (e.g. :class:`~diffvc.physics.SpringStep`, which runs n
+steps inside Warp as one autograd node and, with ``recompute``, re-runs them in its backward);
+:func:`rollout` then uses it: for whole checkpoint segments without a controller, and for each
+frame's substeps (control held) with one.
 
 Truncation. ``truncate=h`` detaches the state every h frames (truncated backpropagation through
 time): the gradient of a loss at frame t reaches states back to frame ``h * floor(t / h)`` only,
@@ -171,9 +174,13 @@ def rollout(
         raise TypeError(f"observe must be callable, got {type(observe).__name__}")
     flatten_state(state)  # validates the state's structure
 
+    fused = getattr(step, "segment", None)
+
     def frame(st, k):
         if controller is not None:
             u = controller(st, k)
+            if fused is not None:  # the frame's substeps in one fused node, control held
+                return fused(st, substeps, control=u)[0]
             for _ in range(substeps):
                 st = step(st, u)
         else:
@@ -182,7 +189,6 @@ def rollout(
         return st
 
     use_ckpt = (checkpoint_every is not None and torch.is_grad_enabled() and not _functorch_active())
-    fused = getattr(step, "segment", None) if controller is None else None
     states = [state] if record else None
     obs: list = [] if observe is not None else None
     k = 0
@@ -197,7 +203,7 @@ def rollout(
         if truncate is not None and k % truncate == 0 and k > 0:
             state = _detach(state)
         want_all = record or observe is not None
-        if fused is not None:
+        if fused is not None and controller is None:
             final, inter = fused(state, n * substeps, recompute=use_ckpt, return_all=want_all)
             chunk_states = inter[substeps - 1::substeps] if want_all else []
             chunk_obs = [observe(s, k + 1 + j) for j, s in enumerate(chunk_states)] if observe is not None else []

@@ -169,6 +169,28 @@ def _check(model: SpringModel, state: ParticleState, actuation, external) -> tor
     return actuation.to(model.mass.dtype)
 
 
+def _prepare(model: SpringModel) -> tuple:
+    """Per-model tensors every step needs (computed once per :class:`SpringStep`)."""
+    sp = model.springs
+    return (model.inv_mass, sp[:, 0].contiguous(), sp[:, 1].contiguous(), _planes(model),
+            model.gravity.reshape(1, 3))
+
+
+def _step(model: SpringModel, prep: tuple, state: ParticleState, dt: float, act: torch.Tensor,
+          external: torch.Tensor | None) -> ParticleState:
+    inv_mass, si, sj, planes, gravity = prep
+    n, s = model.num_particles, model.num_springs
+    f = kernel_op(spring_forces, s, [vec(state.x), vec(state.v), si, sj, model.rest, model.ke, model.kd, model.gain,
+                                     act], [Out((n, 3), "vec")])
+    if external is not None:
+        f = f + external
+    x, v = kernel_op(integrate_particles, n,
+                     [vec(state.x), vec(state.v), inv_mass, model.radius, vec(planes), model.contact, vec(gravity),
+                      vec(f), float(dt)],
+                     [Out((n, 3), "vec"), Out((n, 3), "vec")])
+    return ParticleState(x, v)
+
+
 def spring_step(model: SpringModel, state: ParticleState, dt: float, actuation: torch.Tensor | None = None,
                 external: torch.Tensor | None = None) -> ParticleState:
     """Advance a mass-spring system by ``dt`` s: two Warp kernels (springs, then integration with
@@ -176,17 +198,7 @@ def spring_step(model: SpringModel, state: ParticleState, dt: float, actuation: 
     external: (N, 3) extra force in N. Gradients reach the state, every model tensor, the
     actuation and the external force."""
     act = _check(model, state, actuation, external)
-    n, s = model.num_particles, model.num_springs
-    sp = model.springs
-    f = kernel_op(spring_forces, s, [vec(state.x), vec(state.v), sp[:, 0].contiguous(), sp[:, 1].contiguous(),
-                                     model.rest, model.ke, model.kd, model.gain, act], [Out((n, 3), "vec")])
-    if external is not None:
-        f = f + external
-    x, v = kernel_op(integrate_particles, n,
-                     [vec(state.x), vec(state.v), model.inv_mass, model.radius, vec(_planes(model)), model.contact,
-                      vec(model.gravity.reshape(1, 3)), vec(f), float(dt)],
-                     [Out((n, 3), "vec"), Out((n, 3), "vec")])
-    return ParticleState(x, v)
+    return _step(model, _prepare(model), state, dt, act, external)
 
 
 def spring_forces_torch(model: SpringModel, state: ParticleState, actuation: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,23 +244,28 @@ class SpringStep:
         if backend not in ("warp", "torch"):
             raise ValueError(f"backend must be 'warp' or 'torch', got {backend!r}")
         self.model, self.dt, self.actuation, self.external, self.backend = model, float(dt), actuation, external, backend
+        self._prep = _prepare(model) if backend == "warp" else None
         if backend == "torch":
             self.segment = None  # rollout then steps one call at a time
 
     def __call__(self, state: ParticleState, actuation: torch.Tensor | None = None) -> ParticleState:
         act = self.actuation if actuation is None else actuation
-        fn = spring_step if self.backend == "warp" else spring_step_torch
-        return fn(self.model, state, self.dt, act, self.external)
+        if self.backend == "torch":
+            return spring_step_torch(self.model, state, self.dt, act, self.external)
+        act = _check(self.model, state, act, self.external)
+        return _step(self.model, self._prep, state, self.dt, act, self.external)
 
-    def segment(self, state: ParticleState, n: int, recompute: bool = False, return_all: bool = False):
+    def segment(self, state: ParticleState, n: int, recompute: bool = False, return_all: bool = False,
+                control: torch.Tensor | None = None):
         """``n`` steps fused in Warp. Returns ``(final_state, states)`` where ``states`` lists the
         states after each step if ``return_all`` (else empty). ``recompute``: keep only the
-        segment's input and re-run its steps in backward (checkpointing)."""
+        segment's input and re-run its steps in backward (checkpointing). ``control``: (S,)
+        actuation held over the segment (a controller's output; it receives gradients)."""
         m = self.model
-        act = _check(m, state, self.actuation, self.external).reshape(1, -1)
-        sp = m.springs
-        out = spring_segment(n, self.dt, state.x, state.v, m.inv_mass, m.radius, _planes(m), m.contact, m.gravity,
-                             sp[:, 0].contiguous(), sp[:, 1].contiguous(), m.rest, m.ke, m.kd, m.gain, act,
+        act = _check(m, state, self.actuation if control is None else control, self.external).reshape(1, -1)
+        inv_mass, si, sj, planes, _ = self._prep
+        out = spring_segment(n, self.dt, state.x, state.v, inv_mass, m.radius, planes, m.contact, m.gravity,
+                             si, sj, m.rest, m.ke, m.kd, m.gain, act,
                              self.external, recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
         final = ParticleState(out[0], out[1])
         if return_all:

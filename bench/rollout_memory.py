@@ -1,0 +1,111 @@
+"""Peak memory of a 10,000-step differentiable rollout, with and without checkpointing.
+
+System: a 6x6x6 mass-spring lattice (216 particles, lattice edges and face diagonals) falling
+onto the ground, float32 on CPU, 10,000 steps of 1 ms, loss = sum(final x), gradients w.r.t. the
+initial velocities and the spring stiffnesses. Four variants, each in a fresh subprocess:
+
+* ``per_step_full``: ``rollout(lambda s: spring_step(...))`` -- two kernel_op autograd nodes per
+  step, the whole tape kept;
+* ``per_step_checkpointed``: the same with ``checkpoint_every=100`` (torch.utils.checkpoint);
+* ``fused_full``: ``rollout(SpringStep(...))`` -- one fused Warp segment, every state kept;
+* ``fused_checkpointed``: fused segments of 100 steps that keep only their input and re-run in
+  backward.
+
+Memory is measured from ``/proc/self/status``: the peak resident set size (``VmHWM``, reset with
+``/proc/self/clear_refs`` after a warm-up) minus the resident size just before the rollout, i.e.
+the extra memory the forward + backward pass needed at its peak. (tracemalloc does not see torch's
+C++ allocations, so RSS is the honest measure on CPU.)
+
+    python -m bench.rollout_memory [--quick]     or     diffvc bench rollout_memory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STEPS, CKPT = 10_000, 100
+VARIANTS = ("per_step_full", "per_step_checkpointed", "fused_full", "fused_checkpointed")
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _child(variant: str, steps: int) -> dict:
+    from dataclasses import replace
+
+    import torch
+
+    from bench.mass_spring import make_system
+    from diffvc.physics import ParticleState, SpringStep, rollout, spring_step
+
+    torch.set_num_threads(1)
+    model, s0 = make_system(n_side=6, n_springs=10_000)
+
+    def go(n):
+        ke = model.ke.clone().requires_grad_()
+        v0 = s0.v.clone().requires_grad_()
+        m = replace(model, ke=ke)
+        state = ParticleState(s0.x, v0)
+        ck = CKPT if variant.endswith("checkpointed") else None
+        step = SpringStep(m, 1e-3) if variant.startswith("fused") else (lambda s: spring_step(m, s, 1e-3))
+        final = rollout(step, state, n, checkpoint_every=ck)
+        loss = final.x.sum()
+        gv, gk = torch.autograd.grad(loss, [v0, ke])
+        return gv, gk
+
+    go(3 * CKPT)  # warm-up: kernel modules, allocator
+    import gc
+
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS
+    except OSError:
+        pass
+    before = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    gv, gk = go(steps)
+    seconds = time.perf_counter() - t0
+    peak = _status_kb("VmHWM")
+    return {"peak_extra_mb": (peak - before) / 1024.0, "seconds": seconds,
+            "grad_v0_norm": float(gv.norm()), "grad_ke_norm": float(gk.norm()),
+            "grad_v0_sum": float(gv.sum()), "grad_ke_sum": float(gk.sum())}
+
+
+def run(quick: bool = False) -> dict:
+    steps = 2_000 if quick else STEPS
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    results = {}
+    for v in VARIANTS:
+        out = subprocess.run([sys.executable, "-m", "bench.rollout_memory", "--child", v, str(steps)], cwd=root,
+                             env=env, capture_output=True, text=True, check=True)
+        results[v] = json.loads(out.stdout.strip().splitlines()[-1])
+    ref = results["per_step_full"]
+    agree = {v: max(abs(r["grad_v0_sum"] - ref["grad_v0_sum"]) / max(abs(ref["grad_v0_sum"]), 1e-30),
+                    abs(r["grad_ke_sum"] - ref["grad_ke_sum"]) / max(abs(ref["grad_ke_sum"]), 1e-30))
+             for v, r in results.items()}
+    return {
+        "steps": steps, "checkpoint_every": CKPT, "particles": 216, "dtype": "float32", "device": "cpu",
+        "measure": "peak RSS (VmHWM after clear_refs) minus RSS before the rollout, fresh process per variant",
+        "results": results,
+        "memory_ratio_per_step": results["per_step_full"]["peak_extra_mb"] / max(results["per_step_checkpointed"]["peak_extra_mb"], 1e-3),
+        "memory_ratio_fused": results["fused_full"]["peak_extra_mb"] / max(results["fused_checkpointed"]["peak_extra_mb"], 1e-3),
+        "gradient_relative_difference_to_per_step_full": agree,
+    }
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        i = sys.argv.index("--child")
+        print(json.dumps(_child(sys.argv[i + 1], int(sys.argv[i + 2]))))
+    else:
+        print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
