@@ -1,0 +1,32 @@
+"""The flagship example: physical parameters from pixels. A short identification runs by default;
+the full ``--quick`` example (targets of the issue) is a slow test."""
+
+import json
+
+import pytest
+import torch
+
+from diffvc.examples import RunConfig, run_example
+from diffvc.examples.sysid import DTYPE, RigidExperiment, RigidProblem, identify
+
+
+def test_rigid_identification_short_moves_towards_truth():
+    exp = RigidExperiment(RigidProblem(size=32, duration=0.3))
+    truth = exp.truth()
+    with torch.no_grad():
+        target = exp.video({k: torch.tensor(v, dtype=DTYPE) for k, v in truth.items()})
+    params = exp.params(start=(2.4, 0.32))
+    hist, _ = identify(exp, target, params, adam_iters=0, lbfgs_iters=2, lr=0.1, progress=False, desc="t")
+    est = params.snapshot()
+    assert hist.loss[-1] < hist.loss[0]
+    for k in truth:
+        assert abs(est[k] - truth[k]) < abs(hist.params[0][k] - truth[k]), (k, est, hist.params[0])
+
+
+@pytest.mark.slow
+def test_sysid_quick_meets_targets(tmp_path):
+    m = run_example("sysid", RunConfig(out=tmp_path, quick=True, progress=False))
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == set(m)
+    assert m["rigid_rel_error_mass"] < 1e-3
+    assert m["rigid_rel_error_mu"] < 1e-2
+    assert (tmp_path / "rigid" / "side_by_side.gif").exists() and (tmp_path / "rigid" / "curves.png").exists()
