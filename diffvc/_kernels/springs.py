@@ -149,12 +149,15 @@ def _run_forward(K, dt, inputs):
         li.set_param_at_index_from_ctype(_IP["x_out"], xc[k + 1])
         li.set_param_at_index_from_ctype(_IP["v_out"], vc[k + 1])
         li.launch(stream=stream) if stream is not None else li.launch()
-    return (xs, vs, fs, xc, vc, fc, ac)
+    # keep only pointers into buffers this node owns: under torch.utils.checkpoint the input tensors
+    # (act included) are dropped after forward and handed back, recomputed, to backward
+    return (xs, vs, fs, xc, vc, fc)
 
 
 def _run_adjoint(K, dt, inputs, bufs, gx, gv, gxs, gvs):
     x0, v0, inv_mass, radius, planes, contact, gravity, si, sj, rest, ke, kd, gain, act, external = inputs
-    xs, vs, fs, xc, vc, fc, ac = bufs
+    xs, vs, fs, xc, vc, fc = bufs
+    ac = _rows(act, None)
     n, s = x0.shape[0], si.shape[0]
     dev = x0.device
     ax = torch.zeros_like(xs)
@@ -172,7 +175,7 @@ def _run_adjoint(K, dt, inputs, bufs, gx, gv, gxs, gvs):
     g_rest, g_ke, g_kd, g_gain, g_act = (torch.zeros_like(t) for t in (rest, ke, kd, gain, act))
     axc, avc, afc, aac = _rows(ax, "vec"), _rows(av, "vec"), _rows(af, "vec"), _rows(g_act, None)
     if act.shape[0] == 1:
-        aac = aac * K
+        ac, aac = ac * K, aac * K
     fdt = _SCALAR[x0.dtype](dt)
     spring, integ = _model_args(inputs)
     a_spring = [None, None, to_warp(g_rest), to_warp(g_ke), to_warp(g_kd), to_warp(g_gain)]
