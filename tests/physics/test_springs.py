@@ -172,3 +172,27 @@ def test_closed_loop_fused_frames_under_checkpointing_equal_full_tape():
     assert ref.abs().sum() > 0
     for k in (1, 5):
         torch.testing.assert_close(grads(k), ref, rtol=1e-6, atol=1e-12)
+
+
+def test_forward_mode_over_the_twin_equals_reverse_mode_through_warp():
+    """JVP (torch.func over spring_step_torch) . direction == VJP of the fused Warp rollout."""
+    model, s = _cube()
+    dke = torch.randn(model.num_springs, dtype=F64)
+    dmu = torch.tensor(0.7, dtype=F64)
+
+    def f(ke, mu, backend):
+        contact = torch.cat([model.contact[:2], mu.reshape(1), model.contact[3:]])
+        m = replace(model, ke=ke, contact=contact)
+        return rollout(SpringStep(m, DT, backend=backend), s, 80).x[:, 0].mean()
+
+    mu0 = model.contact[2].clone()
+    from diffvc.physics import rollout_jvp
+
+    val, tangent = rollout_jvp(lambda ke, mu: f(ke, mu, "torch"), (model.ke, mu0), (dke, dmu))
+    ke = model.ke.clone().requires_grad_()
+    mu = mu0.clone().requires_grad_()
+    y = f(ke, mu, "warp")
+    gk, gm = torch.autograd.grad(y, [ke, mu])
+    torch.testing.assert_close(val, y.detach())
+    assert tangent.abs() > 1e-6
+    torch.testing.assert_close(tangent, (gk * dke).sum() + gm * dmu, rtol=1e-8, atol=1e-12)
