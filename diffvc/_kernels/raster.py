@@ -308,7 +308,7 @@ def _edge_cross(screen: wp.array(dtype=Any, ndim=3), b: int, ia: int, ib: int, h
                 sign: Any):
     """Distance s in [0, 1] from the centre (cx, cy) along the pair direction (+x or +y, times
     ``sign``) to the crossing with edge (ia, ib); -1 when the edge does not cross the unit
-    segment or has the other orientation (|dy| >= |dx| edges belong to horizontal pairs)."""
+    segment (or is parallel to it)."""
     z = cx - cx
     one = z + type(cx)(1.0)
     ax = screen[b, ia, 0]
@@ -317,12 +317,12 @@ def _edge_cross(screen: wp.array(dtype=Any, ndim=3), b: int, ia: int, ib: int, h
     dy = screen[b, ib, 1] - ay
     s = z - one
     if horizontal != 0:
-        if wp.abs(dy) >= wp.abs(dx) and wp.abs(dy) > z:
+        if wp.abs(dy) > z:
             tt = (cy - ay) / dy
             if tt >= z and tt <= one:
                 s = (ax + tt * dx - cx) * sign
     else:
-        if wp.abs(dx) > wp.abs(dy):
+        if wp.abs(dx) > z:
             tt = (cx - ax) / dx
             if tt >= z and tt <= one:
                 s = (ay + tt * dy - cy) * sign
@@ -333,19 +333,19 @@ def _edge_cross(screen: wp.array(dtype=Any, ndim=3), b: int, ia: int, ib: int, h
 
 @wp.func
 def _find_edge(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-               neighbors: wp.array2d(dtype=wp.int32), b: int, f: int, other: int, horizontal: int,
-               cx: Any, cy: Any, sign: Any, perspective: int):
+               neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32), b: int, f: int,
+               other: int, horizontal: int, cx: Any, cy: Any, sign: Any, perspective: int):
     """The silhouette edge of face f crossing the unit segment from (cx, cy) towards +x
     (horizontal) or +y, times ``sign``, farthest from (cx, cy); (-1, -1) if none. When ``other``
     >= 0 an edge counts only if f is nearer than ``other`` at the crossing."""
     res = wp.vec2i(-1, -1)
     best = cx - cx - type(cx)(1.0)
-    ff = _facing(screen, faces, b, f)
+    ff = facing[b, f]
     for k in range(3):
         nb = neighbors[f, k]
         sil = nb < 0
         if not sil:
-            sil = _facing(screen, faces, b, nb) != ff
+            sil = facing[b, nb] != ff
         if sil:
             ia = faces[f, k]
             ib = faces[f, (k + 1) % 3]
@@ -368,12 +368,15 @@ def _find_edge(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.i
 
 @wp.func
 def _find_silhouette(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                     neighbors: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
+                     neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32),
+                     has_sil: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
                      vfaces: wp.array(dtype=wp.int32), b: int, f: int, other: int, horizontal: int,
                      cx: Any, cy: Any, sign: Any, perspective: int):
     """The outermost (largest s) qualifying silhouette edge among face f and the faces sharing a
     vertex with f (near silhouette vertices and cusps the crossing edge belongs to a neighbour)."""
-    res = _find_edge(screen, faces, neighbors, b, f, other, horizontal, cx, cy, sign, perspective)
+    res = wp.vec2i(-1, -1)
+    if has_sil[b, f] != 0:
+        res = _find_edge(screen, faces, neighbors, facing, b, f, other, horizontal, cx, cy, sign, perspective)
     best = cx - cx - type(cx)(1.0)
     if res[0] >= 0:
         best = _edge_cross(screen, b, res[0], res[1], horizontal, cx, cy, sign)
@@ -381,8 +384,8 @@ def _find_silhouette(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtyp
         vi = faces[f, j]
         for e in range(vstart[vi], vstart[vi + 1]):
             g = vfaces[e]
-            if g != f:
-                r2 = _find_edge(screen, faces, neighbors, b, g, other, horizontal, cx, cy, sign, perspective)
+            if g != f and has_sil[b, g] != 0:
+                r2 = _find_edge(screen, faces, neighbors, facing, b, g, other, horizontal, cx, cy, sign, perspective)
                 if r2[0] >= 0:
                     s2 = _edge_cross(screen, b, r2[0], r2[1], horizontal, cx, cy, sign)
                     if s2 > best:
@@ -392,10 +395,59 @@ def _find_silhouette(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtyp
 
 
 @wp.kernel
+def face_facing(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                facing: wp.array2d(dtype=wp.int32)):
+    """facing[b, f] = +1 / -1: sign of the face's screen-space area (its orientation in view b)."""
+    t = wp.tid() + offset
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    facing[b, f] = _facing(screen, faces, b, f)
+
+
+@wp.kernel
+def face_has_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), neighbors: wp.array2d(dtype=wp.int32),
+                        facing: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32)):
+    """has_sil[b, f] = 1 when one of f's edges is a silhouette in view b."""
+    t = wp.tid() + offset
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    h = int(0)
+    for k in range(3):
+        nb = neighbors[f, k]
+        if nb < 0:
+            h = 1
+        elif facing[b, nb] != facing[b, f]:
+            h = 1
+    has_sil[b, f] = h
+
+
+@wp.kernel
+def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
+                         vfaces: wp.array(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32),
+                         near_sil: wp.array2d(dtype=wp.int32)):
+    """near_sil[b, f] = 1 when a face sharing a vertex with f (or f) has a silhouette edge: only
+    then can the edge search of ``silhouette_pairs`` starting at f find anything."""
+    t = wp.tid() + offset
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    h = int(0)
+    for j in range(3):
+        vi = faces[f, j]
+        for e in range(vstart[vi], vstart[vi + 1]):
+            if has_sil[b, vfaces[e]] != 0:
+                h = 1
+    near_sil[b, f] = h
+
+
+@wp.kernel
 def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                     neighbors: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
-                     vfaces: wp.array(dtype=wp.int32), face_id: wp.array(dtype=wp.int32, ndim=3),
-                     perspective: int, edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
+                     neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32),
+                     has_sil: wp.array2d(dtype=wp.int32), near_sil: wp.array2d(dtype=wp.int32),
+                     vstart: wp.array(dtype=wp.int32), vfaces: wp.array(dtype=wp.int32),
+                     face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int, edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
     """For pixel p and its right (d=0) / lower (d=1) neighbour q with different face ids, find the
     silhouette edge separating them: edges[b, y, x, 2d:2d+2] = (va, vb) or (-1, -1); side = 0 when p
     is covered by the edge's face, 1 when q is."""
@@ -419,17 +471,22 @@ def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp
         qy = y + d
         if qx < W and qy < H:
             fb = face_id[b, qy, qx]
-            if fa != fb:
+            near = False
+            if fa >= 0:
+                near = near_sil[b, fa] != 0
+            if fb >= 0:
+                near = near or near_sil[b, fb] != 0
+            if fa != fb and near:
                 horizontal = 1 - d
                 res = wp.vec2i(-1, -1)
                 sd = 0
                 if fa >= 0:
-                    res = _find_silhouette(screen, faces, neighbors, vstart, vfaces, b, fa, fb, horizontal, cx, cy,
+                    res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fa, fb, horizontal, cx, cy,
                                            one, perspective)
                 if res[0] < 0 and fb >= 0:
                     qcx = type(s00)(qx) + type(s00)(0.5)
                     qcy = type(s00)(qy) + type(s00)(0.5)
-                    res = _find_silhouette(screen, faces, neighbors, vstart, vfaces, b, fb, fa, horizontal, qcx, qcy,
+                    res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fb, fa, horizontal, qcx, qcy,
                                            -one, perspective)
                     sd = 1
                 if res[0] >= 0:
@@ -451,5 +508,6 @@ def _instantiate(kernel) -> None:
         wp.overload(kernel, types)
 
 
-for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs):
+for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
+           face_facing):
     _instantiate(_k)

@@ -3,10 +3,15 @@ soft silhouettes), shading (BRDFs, lights), ray and path tracing."""
 
 from .cameras import Cameras, focal_from_fov, generate_rays, look_at, sphere_eyes
 from .lights import AmbientLight, DirectionalLight, PointLight, SHEnvironment, sh_basis
+from .rasterize import Fragments, rasterize, rasterize_screen
+from .interpolate import interpolate
+from .antialias import MeshTopology, antialias, face_neighbors, mesh_topology
 from .shading import (Material, fresnel_schlick, ggx_brdf, ggx_distribution, ggx_specular, lambert, shade,
                       smith_g, smith_g1)
 
 __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes",
            "PointLight", "DirectionalLight", "AmbientLight", "SHEnvironment", "sh_basis",
            "Material", "lambert", "ggx_distribution", "smith_g1", "smith_g", "fresnel_schlick", "ggx_specular",
-           "ggx_brdf", "shade"]
+           "ggx_brdf", "shade",
+           "Fragments", "rasterize", "rasterize_screen", "interpolate", "antialias", "MeshTopology", "mesh_topology",
+           "face_neighbors"]

@@ -7,31 +7,40 @@ gradient misses how moving a silhouette moves coverage. Following nvdiffrast (La
 positions:
 
 1. For every pair of horizontally or vertically adjacent pixels p, q with different face ids,
-   look for a **silhouette edge** of the face seen at p (or at q) that crosses the segment between
-   the two pixel centres. A silhouette edge is a mesh boundary edge, or an edge whose two faces
-   face opposite ways in this view (also non-manifold edges); the face must be nearer than the
-   other pixel's face at the crossing. Mostly-vertical edges (|dy| >= |dx|) are handled by
-   horizontal pairs, the others by vertical pairs, so each edge is antialiased once.
+   look for a **silhouette edge** crossing the segment between the two pixel centres: an edge of
+   the face seen at p (or at q) or of a face sharing a vertex with it (near silhouette vertices
+   the crossing edge often belongs to a neighbour). A silhouette edge is a mesh boundary edge,
+   or an edge whose two faces face opposite ways in this view (also non-manifold edges); it
+   must be nearer than the other pixel's face at the crossing. Of several, the one farthest from
+   the covered pixel (the outermost) is used.
 2. Let c be the pixel covered by that face, o the other one, and s in [0, 1] the distance from
    c's centre to the crossing (in pixels along the pair). Model each pixel as a unit box and the
    edge as straight over it: if s > 1/2 the face also covers a strip ``s - 1/2`` of pixel o, so
-   ``o += (s - 1/2)(C_c - C_o)``; if s < 1/2 it misses a strip ``1/2 - s`` of pixel c, so
-   ``c += (1/2 - s)(C_o - C_c)``.
+   ``o += w (s - 1/2)(C_c - C_o)``; if s < 1/2 it misses a strip ``1/2 - s`` of pixel c, so
+   ``c += w (1/2 - s)(C_o - C_c)``. Every edge is treated both along rows (horizontal pairs)
+   and along columns (vertical pairs); the weights ``w = dy^2 / l^2`` (rows) and
+   ``w = dx^2 / l^2`` (columns) of an edge (dx, dy) of length l sum to one, so the two
+   estimates are mixed without double counting and without a switch at 45 degrees
+   (nvdiffrast picks one direction per edge instead).
 
-**Why this gives the right visibility gradient.** Along a pixel row (for a mostly-vertical
-edge) the blended coverage of the two pixels adds up to exactly the length of the row's centre
-line that the face covers, so summed over rows the antialiased coverage is the midpoint-rule
-integral of the true coverage (exact for straight edges away from triangle corners). Moving
-the crossing by ds moves coverage ds from o's colour to c's colour, which is exactly the
-derivative of the box-filtered image w.r.t. the edge position times the colour jump across
-the edge; ``s`` depends differentiably on the edge's two screen vertices, hence on the 3D
-vertices and the camera. The blended image is continuous when the edge passes a pixel centre
-(both sides give the 50/50 blend), so finite differences of a loss on it match its gradient.
-Gradients also flow to the colours ``C`` (and through them to attributes, textures, lights).
+**Why this gives the right visibility gradient.** Along a pixel row the blended coverage of
+the two pixels adds up to exactly the length of the row's centre line that the face covers, so
+summed over rows the row estimate is the midpoint-rule integral of the true coverage (exact for
+straight edges away from triangle corners); the same holds for columns, hence for any mix with
+weights summing to one. Moving the crossing by ds moves coverage ds from o's colour to c's
+colour, which is the derivative of the box-filtered image w.r.t. the edge position times the
+colour jump across the edge; ``s`` and ``w`` depend differentiably on the edge's two screen
+vertices, hence on the 3D vertices and the camera. The blended image is continuous when the
+edge passes a pixel centre (both sides give the same blend), so finite differences of a loss on
+it match its gradient except at rare jumps (a silhouette vertex crossing a pixel-centre row or
+column; silhouette cusps). Gradients also flow to the colours ``C`` (attributes, textures,
+lights).
 
-Limitations: edges crossing the image border, or pairs whose silhouette crosses outside the
-segment between centres (near triangle corners), are not blended; sub-pixel triangles that
-cover no pixel centre get no gradient.
+Limitations: edges crossing the image border are not blended; sub-pixel triangles that cover no
+pixel centre get no gradient; on very dense meshes seen at grazing angles (triangles much
+smaller than a pixel) the outline edge can lie beyond the vertex fan of the visible face and
+that pair is then not blended (nvdiffrast shares this). Triangles thinner than about a pixel
+(both edges between the same two centres) are blended approximately.
 """
 
 from __future__ import annotations
@@ -137,11 +146,20 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         raise ValueError("topology must be the mesh_topology(faces) of the rendered faces")
     screen = frags.screen.detach().contiguous()
     if backend == "warp":
-        edges = torch.empty((B, H, W, 4), dtype=torch.int32, device=color.device)
-        side = torch.empty((B, H, W, 2), dtype=torch.int32, device=color.device)
+        F = frags.faces.shape[0]
+        dev = color.device
+        facing = torch.empty((B, F), dtype=torch.int32, device=dev)
+        has_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
+        near_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
+        parallel_launch(K.face_facing, B * F, [screen, frags.faces], [facing])
+        parallel_launch(K.face_has_silhouette, B * F, [frags.faces, topology.neighbors, facing], [has_sil])
+        parallel_launch(K.face_near_silhouette, B * F, [frags.faces, topology.vert_face_start, topology.vert_faces,
+                                                       has_sil], [near_sil])
+        edges = torch.empty((B, H, W, 4), dtype=torch.int32, device=dev)
+        side = torch.empty((B, H, W, 2), dtype=torch.int32, device=dev)
         parallel_launch(K.silhouette_pairs, B * H * W,
-                        [screen, frags.faces, topology.neighbors, topology.vert_face_start, topology.vert_faces,
-                         frags.face_id, int(frags.perspective)], [edges, side])
+                        [screen, frags.faces, topology.neighbors, facing, has_sil, near_sil, topology.vert_face_start,
+                         topology.vert_faces, frags.face_id, int(frags.perspective)], [edges, side])
         edges = edges.reshape(B, H, W, 2, 2)
         sel = (edges[..., 0] >= 0).nonzero()  # (K, 4): b, y, x, d
         va = edges[sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3], 0].long()
@@ -180,8 +198,12 @@ def blend(color, screen, b, y, x, d, va, vb, sd) -> torch.Tensor:
     flat = color.reshape(B * H * W, C)
     Cc = flat[c_lin]
     Co = flat[o_lin]
-    w_o = (s - 0.5).clamp_min(0).unsqueeze(-1).to(color.dtype)
-    w_c = (0.5 - s).clamp_min(0).unsqueeze(-1).to(color.dtype)
+    # each edge is antialiased along rows and along columns; the two estimates are mixed with
+    # weights summing to one (dy^2 / l^2 for rows, dx^2 / l^2 for columns)
+    e = Bv - A
+    wdir = torch.where(horiz, e[:, 1] ** 2, e[:, 0] ** 2) / (e * e).sum(-1).clamp_min(1e-30)
+    w_o = ((s - 0.5).clamp_min(0) * wdir).unsqueeze(-1).to(color.dtype)
+    w_c = ((0.5 - s).clamp_min(0) * wdir).unsqueeze(-1).to(color.dtype)
     out = flat.index_add(0, o_lin, w_o * (Cc - Co)).index_add(0, c_lin, w_c * (Co - Cc))
     return out.reshape(B, H, W, C)
 
@@ -213,11 +235,11 @@ def _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign):
     ax, ay = screen[b, ia, 0], screen[b, ia, 1]
     dx, dy = screen[b, ib, 0] - ax, screen[b, ib, 1] - ay
     if horizontal:
-        okdir = (dy.abs() >= dx.abs()) & (dy.abs() > 0)
+        okdir = dy.abs() > 0
         tt = (cy - ay) / torch.where(okdir, dy, torch.ones_like(dy))
         s = (ax + tt * dx - cx) * sign
     else:
-        okdir = dx.abs() > dy.abs()
+        okdir = dx.abs() > 0
         tt = (cx - ax) / torch.where(okdir, dx, torch.ones_like(dx))
         s = (ay + tt * dy - cy) * sign
     ok = okdir & (tt >= 0) & (tt <= 1) & (s >= 0) & (s <= 1)

@@ -11,7 +11,7 @@ from diffvc.render import Cameras
 from diffvc.render.antialias import antialias, mesh_topology
 from diffvc.render.interpolate import interpolate
 from diffvc.render.rasterize import _face_ids_warp, rasterize, rasterize_screen
-from diffvc.testing import assert_grad_close, grad_check
+from diffvc.testing import assert_grad_close
 
 D64 = torch.float64
 
@@ -165,17 +165,15 @@ def test_antialias_gradients_colour():
 def test_silhouette_vertex_gradients_match_finite_differences():
     """Vertex gradient of an antialiased silhouette loss vs central differences of the same loss.
 
-    The antialiased image is continuous in the vertices but only piecewise smooth: it has kinks
-    where an edge passes a pixel centre, where the crossing passes the middle of a pixel pair and
-    where an edge turns through 45 degrees (handled by the other pair direction). A central
-    difference with step h is wrong only for the pixels whose kink lies within h. It also has
-    rare jumps, which no gradient accounts for: at a silhouette vertex joining a mostly-vertical
-    and a mostly-horizontal silhouette edge, when the vertex crosses a pixel-centre row/column the
-    row's crossing moves to the other pair direction; at cusps of the silhouette. A step h
-    meets such an event with probability ~ h / (1 px) per silhouette vertex and coordinate. With
-    h = 1e-4 world units (about 0.002 px here) the measured aggregate error is ~1% (single
-    coordinates near a corner event can be off), so the test asks for 5% on the whole gradient
-    (2-norm, all 3 x 42 coordinates, 3 views) and cosine similarity > 0.995."""
+    The antialiased image is continuous in the vertices almost everywhere but only piecewise
+    smooth: kinks where an edge passes a pixel centre or the middle of a pixel pair. A central
+    difference with step h is wrong only for pixels whose kink lies within h, a few percent of
+    the aggregate at most for h = 1e-4 world units (about 0.002 px here). It also has rare jumps
+    no gradient accounts for (a silhouette vertex crossing a pixel-centre row or column, where
+    the crossing moves from one edge to the next; cusps of the silhouette). A jump inside
+    [-h, h] makes the differences at h and h/2 disagree (J/2h vs J/h or 0), so coordinates whose
+    two estimates differ by more than 10% are excluded; there must be few of them (< 5%). On the
+    rest the gradient must match within 5% in aggregate (2-norm) with cosine > 0.995."""
     v, f = _mesh(1)
     cams = _cams()
     topo = mesh_topology(f)
@@ -186,10 +184,23 @@ def test_silhouette_vertex_gradients_match_finite_differences():
         fr = rasterize(cams, x, f)
         return ((antialias(fr.mask, fr, topo) - target) ** 2).sum()
 
-    rep = grad_check(loss, (v.clone().requires_grad_(),), eps=1e-4)
-    a, n = rep.analytic[0], rep.numeric[0]
+    x = v.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(x), x)
+    g = g.reshape(-1)
+    h = 1e-4
+    fd = torch.zeros_like(g)
+    fd_half = torch.zeros_like(g)
+    with torch.no_grad():
+        for i in range(g.numel()):
+            for step, out in ((h, fd), (h / 2, fd_half)):
+                d = torch.zeros_like(g)
+                d[i] = step
+                out[i] = (loss(v + d.reshape(v.shape)) - loss(v - d.reshape(v.shape))) / (2 * step)
+    smooth = (fd - fd_half).abs() <= 0.1 * fd.abs().clamp_min(1.0)
+    assert (~smooth).sum() <= 0.05 * g.numel(), (~smooth).sum()
+    a, n = g[smooth], fd[smooth]
     assert n.norm() > 100  # silhouettes do move the loss
-    assert rep.rel_errors[0] < 0.05, rep
+    assert (a - n).norm() < 0.05 * n.norm(), ((a - n).norm() / n.norm()).item()
     assert (a @ n) / (a.norm() * n.norm()) > 0.995
 
 
