@@ -30,18 +30,18 @@ def test_trilinear_grad_fd_and_dense_grid():
 
 def test_voxelize_and_grid_to_mesh_roundtrip():
     v, f = G.icosphere(3, 0.6, dtype=torch.float64)
-    occ = G.voxelize(v, f, 17)
-    pts = G.grid_points(17, dtype=torch.float64)
+    occ = G.voxelize(v, f, 13)
+    pts = G.grid_points(13, dtype=torch.float64)
     inside = pts.norm(dim=-1) < 0.58
     outside = pts.norm(dim=-1) > 0.62
     assert occ[inside].all() and not occ[outside].any()
-    sdf = G.voxelize(v, f, 17, sdf=True)
+    sdf = G.voxelize(v, f, 13, sdf=True)
     mv, mf = G.grid_to_mesh(sdf)
     assert G.is_watertight(mf)
-    assert abs(float(G.volume(mv, mf)) - float(G.volume(v, f))) / float(G.volume(v, f)) < 0.03
+    assert abs(float(G.volume(mv, mf)) - float(G.volume(v, f))) / float(G.volume(v, f)) < 0.05
     # gradient of the extracted mesh's volume w.r.t. grid values
-    vals = sdf.detach()[4:13, 4:13, 4:13].clone().requires_grad_()
-    assert_grad_close(lambda s: G.volume(*G.grid_to_mesh(s, (-0.5, 0.5))), (vals,), max_elements=20)
+    vals = sdf.detach()[3:10, 3:10, 3:10].clone().requires_grad_()
+    assert_grad_close(lambda s: G.volume(*G.grid_to_mesh(s, (-0.5, 0.5))), (vals,), max_elements=12)
 
 
 def test_positional_and_hash_encodings():
@@ -70,20 +70,20 @@ def test_neural_field_fits_sdf():
     torch.manual_seed(0)
     field = G.NeuralField(encoding="frequency", hidden=32, layers=2, num_freqs=2, sphere_init=0.5)
     opt = torch.optim.Adam(field.parameters(), lr=3e-3)
-    x = torch.rand(512, 3) * 2 - 1
+    x = torch.rand(256, 3) * 2 - 1
     target = G.sdf_box(x, (0.4, 0.3, 0.5))
     first = None
-    for _ in range(150):
+    for _ in range(60):
         opt.zero_grad()
         loss = ((field(x) - target) ** 2).mean()
         first = loss.item() if first is None else first
         loss.backward()
         opt.step()
-    assert loss.item() < 0.1 * first
-    v, f = G.sdf_to_mesh(field, 16)
+    assert loss.item() < 0.2 * first
+    v, f = G.sdf_to_mesh(field, 12)
     assert f.shape[0] > 0 and G.is_watertight(f)
     hf = G.NeuralField(encoding="hash", levels=4, log2_table=12, max_resolution=64, hidden=16)
-    assert hf(x).shape == (512,)
+    assert hf(x).shape == (256,)
     with pytest.raises(ValueError, match="encoding"):
         G.NeuralField(encoding="bogus")
 

@@ -93,7 +93,7 @@ def test_distance_grads_fd_and_degenerate_finite():
 
 def _nonconvex():
     shape = lambda p: G.smooth_difference(G.sdf_box(p, (0.6, 0.4, 0.4)), G.sdf_sphere(p, (0.0, 0.45, 0.0), 0.35), 0.05)
-    return shape, G.sdf_to_mesh(shape, 24, dtype=torch.float64)
+    return shape, G.sdf_to_mesh(shape, 16, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("name", ["icosphere", "box", "torus", "cylinder", "nonconvex"])
