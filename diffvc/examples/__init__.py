@@ -15,6 +15,7 @@ from pathlib import Path
 EXAMPLES: dict[str, tuple[str, str]] = {
     # name: (module, one-line description)
     "bounce": ("diffvc.examples.bounce", "particle bouncing off ground and wall: optimise v0 to hit a target"),
+    "inverse_rendering": ("diffvc.examples.inverse_rendering", "Cornell box: recover wall colours, light radiance and a box position by path tracing"),
     "mass_spring": ("diffvc.examples.mass_spring", "spring robot walker: optimise a closed-loop neural controller to walk far"),
     "sysid": ("diffvc.examples.sysid", "physical parameters from video alone: box mass & friction, soft body stiffness & damping"),
     "sysid_noise": ("diffvc.examples.sysid_noise", "sysid with 1% Gaussian pixel noise in the target videos"),

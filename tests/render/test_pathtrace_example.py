@@ -1,0 +1,26 @@
+import json
+
+import pytest
+
+from diffvc.examples import EXAMPLES, RunConfig, run_example
+
+
+def test_inverse_rendering_is_registered():
+    assert EXAMPLES["inverse_rendering"][0] == "diffvc.examples.inverse_rendering"
+
+
+def test_inverse_rendering_short_run_reduces_both_losses(tmp_path):
+    m = run_example("inverse_rendering", RunConfig(out=tmp_path, quick=True, iters=3, progress=False))
+    assert m["stage1_final_loss"] < 0.5 * m["stage1_initial_loss"]
+    assert m["stage2_final_loss"] < m["stage2_initial_loss"]
+    assert m["box_final_error_m"] < m["box_start_error_m"]
+    for name in ("metrics.json", "curves.png", "images.png"):
+        assert (tmp_path / name).exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["stage1_iterations"] == 3
+
+
+@pytest.mark.slow
+def test_inverse_rendering_quick_meets_targets(tmp_path):
+    m = run_example("inverse_rendering", RunConfig(out=tmp_path, quick=True, progress=False))
+    assert m["max_rel_err_colours_and_light"] < 0.02
+    assert m["box_final_error_fraction_of_size"] < 0.01
