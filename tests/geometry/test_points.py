@@ -94,3 +94,26 @@ def test_marching_tets_sphere_chamfer_decreases():
         errs.append(float(G.chamfer_distance(pts, s)))
     assert errs[0] > errs[1] > errs[2]
     assert errs[2] < 2e-4  # squared distance: ~ (0.01 of the radius)^2 level
+
+
+def test_dtype_mix_and_nonfinite_errors_name_the_argument():
+    v, f = G.icosphere(1, dtype=torch.float64)
+    q32 = torch.rand(5, 3)
+    with pytest.raises(ValueError, match="points"):
+        G.winding_number(v, f, q32)
+    with pytest.raises(ValueError, match="points"):
+        G.mesh_to_sdf(v, f, q32)
+    with pytest.raises(ValueError, match="values"):
+        G.trilinear_sample(torch.zeros(4, 4, 4), torch.rand(3, 3, dtype=torch.float64))
+    bad = torch.rand(5, 3, dtype=torch.float64)
+    bad[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="points"):
+        G.winding_number(v, f, bad)
+    with pytest.raises(ValueError, match="x"):
+        G.chamfer_distance(bad, v)
+    with pytest.raises(ValueError, match="k must"):
+        G.knn(v, v[:3], 4)
+    with pytest.raises(ValueError, match="sdf"):
+        G.marching_tetrahedra(*G.tet_grid(2), torch.zeros(27, dtype=torch.float64, device="cpu")[:5])
+    with pytest.raises(ValueError, match="u"):
+        G.from_differential(G.uniform_laplacian(f, v.shape[0], dtype=torch.float64), bad, 1.0)
