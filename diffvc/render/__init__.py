@@ -6,6 +6,9 @@ from .lights import AmbientLight, DirectionalLight, PointLight, SHEnvironment, s
 from .rasterize import Fragments, rasterize, rasterize_screen
 from .interpolate import interpolate
 from .antialias import MeshTopology, antialias, face_neighbors, mesh_topology
+from .raytrace import RayHits, TriangleBVH, intersect, occluded, render_gbuffer
+from .pt_scene import PathTracingScene, PTMaterial, cornell_box, cornell_camera
+from .pathtrace import path_trace
 from .shading import (Material, fresnel_schlick, ggx_brdf, ggx_distribution, ggx_specular, lambert, shade,
                       smith_g, smith_g1)
 
@@ -14,4 +17,6 @@ __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes
            "Material", "lambert", "ggx_distribution", "smith_g1", "smith_g", "fresnel_schlick", "ggx_specular",
            "ggx_brdf", "shade",
            "Fragments", "rasterize", "rasterize_screen", "interpolate", "antialias", "MeshTopology", "mesh_topology",
-           "face_neighbors"]
+           "face_neighbors",
+           "TriangleBVH", "RayHits", "intersect", "occluded", "render_gbuffer", "PathTracingScene", "PTMaterial",
+           "cornell_box", "cornell_camera", "path_trace"]
