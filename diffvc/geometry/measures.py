@@ -33,7 +33,11 @@ def _signed_tets(verts, faces, origin):
 
 
 def volume(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Signed enclosed volume (scalar); positive for a closed outward-oriented mesh."""
+    """Signed enclosed volume (scalar); positive for a closed outward-oriented mesh.
+
+    Computed as signed tets from the (detached) vertex mean, so for a closed mesh the value and
+    gradient are exact; for an open mesh the value depends on that reference point.
+    """
     verts, faces = check_mesh(verts, faces)
     origin = verts.detach().mean(0) if verts.shape[0] else verts.new_zeros(3)
     _, _, _, det = _signed_tets(verts, faces, origin)

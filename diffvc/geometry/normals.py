@@ -39,7 +39,5 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """
     verts, faces = check_mesh(verts, faces)
     n = _face_cross(verts, faces)
-    acc = torch.zeros_like(verts)
-    for k in range(3):
-        acc = acc.index_add(0, faces[:, k], n)
+    acc = torch.zeros_like(verts).index_add(0, faces.reshape(-1), n.repeat_interleave(3, dim=0))
     return safe_normalize(acc)

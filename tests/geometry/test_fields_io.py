@@ -122,3 +122,14 @@ def test_points_io_and_errors(tmp_path):
     assert torch.allclose(G.load_points(tmp_path / "p.ply", dtype=torch.float64), pts, atol=1e-12)
     with pytest.raises(FileNotFoundError, match="path"):
         G.load_mesh(tmp_path / "missing.obj")
+
+
+def test_grad_positional_encoding_plane_and_neural_field():
+    q = (torch.rand(6, 3, dtype=torch.float64) * 2 - 1).requires_grad_()
+    assert_grad_close(G.PositionalEncoding(3, 3), (q,))
+    n = torch.tensor([0.2, 1.0, -0.3], dtype=torch.float64, requires_grad=True)
+    assert_grad_close(lambda p, nn: G.sdf_plane(p, nn, 0.1), (q, n))
+    field = G.NeuralField(encoding="frequency", hidden=8, layers=1, num_freqs=2, sphere_init=0.4).double()
+    assert_grad_close(field, (q,))
+    normals = G.sdf_normal(field, q.detach())
+    assert torch.allclose(normals.norm(dim=1), torch.ones(6, dtype=torch.float64))

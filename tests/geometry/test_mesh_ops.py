@@ -262,3 +262,15 @@ def test_meshes_views():
     assert torch.allclose(m3.verts_list()[1], v2 + 1)
     assert torch.allclose(m.vertex_normals_packed()[:42], G.vertex_normals(v1, f1))
     assert len(m.extend(3)) == 6 and len(m[0]) == 1
+
+
+def test_grad_affine_helpers():
+    g = torch.Generator().manual_seed(7)
+    p = torch.randn(6, 3, generator=g, dtype=torch.float64).requires_grad_()
+    M = (torch.eye(4, dtype=torch.float64) + 0.1 * torch.randn(4, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    assert_grad_close(lambda x, m: G.transform_points(x, m), (p, M))  # projective (last row not 0 0 0 1)
+    s = torch.tensor([1.5, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, requires_grad=True)
+    assert_grad_close(lambda x, ss, cc: G.scale(x, ss, cc), (p, s, c))
+    assert_grad_close(lambda x, cc: G.translate(x, cc), (p, c))
+    assert_grad_close(lambda x: G.normalize_to_unit_box(x)[0], (p,))
