@@ -276,6 +276,18 @@ def bsdf_ab(kind: int, alpha: float, n: wp.vec3, wo: wp.vec3, wi: wp.vec3):
 
 
 @wp.func
+def bsdf_ab_drough(kind: int, rough: float, n: wp.vec3, wo: wp.vec3, wi: wp.vec3):
+    """d(A, B)/d(perceptual roughness), by a central difference of the closed form (smooth in the
+    roughness; step 1e-3)."""
+    if kind == 0:
+        return wp.vec2(0.0, 0.0)
+    h = 1.0e-3
+    ap = wp.max((rough + h) * (rough + h), 1.0e-3)
+    am = wp.max((rough - h) * (rough - h), 1.0e-3)
+    return (bsdf_ab(kind, ap, n, wo, wi) - bsdf_ab(kind, am, n, wo, wi)) / (2.0 * h)
+
+
+@wp.func
 def plastic_spec_prob(co: float):
     fo = 0.04 + 0.96 * schlick_weight(co)
     return wp.clamp(fo * 4.0, 0.1, 0.9)
@@ -589,6 +601,10 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
                             else:
                                 tex_scatter(grads.env, 0, scene.env_w, scene.env_h, env_uv(wi), g_li)
                             add_albedo_grad(scene, grads, m, f, p, cmul(cmul(adj, beta), li) * (ab[0] * s))
+                            if kind != 0:
+                                dab = bsdf_ab_drough(kind, scene.mat_rough[m], n, wo, wi)
+                                df = albedo * dab[0] + wp.vec3(dab[1])
+                                wp.atomic_add(grads.rough, m, wp.dot(cmul(cmul(adj, beta), li), df) * s)
 
         # ---- BSDF sampling
         v0 = wp.randf(state)
@@ -604,7 +620,11 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
         if mode == 1:
             # every later contribution carries the factor w = f cos / pdf of this bounce:
             # d(L_rem)/d(albedo) = L_rem * A / f (channel-wise)
-            add_albedo_grad(scene, grads, m, f, p, cmul(adj, safe_div3(L_rem, fcol)) * ab[0])
+            g_w = cmul(adj, safe_div3(L_rem, fcol))
+            add_albedo_grad(scene, grads, m, f, p, g_w * ab[0])
+            if kind != 0:
+                dab = bsdf_ab_drough(kind, scene.mat_rough[m], n, wo, wi)
+                wp.atomic_add(grads.rough, m, wp.dot(g_w, albedo * dab[0] + wp.vec3(dab[1])))
         beta = cmul(beta, fcol) * (ci / pdf)
         if max3(beta) <= 0.0:
             break

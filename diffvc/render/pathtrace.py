@@ -12,7 +12,8 @@ Gradients
   radiance still to come, and adds each vertex's parameter derivative with atomics. Memory is the
   gradient buffers only: it does not grow with path depth. Sampling decisions and MIS weights are
   detached (the estimator of the derivative stays unbiased because the BSDFs are differentiated,
-  not the densities). Roughness receives no gradient.
+  not the densities). The roughness derivative of the BSDF is a central difference (step 1e-3)
+  of its closed form inside the kernel.
 * **Geometry (vertices) and camera (R, t, intrinsics)**: the boundary term of primary visibility
   by **edge sampling** (Li et al. 2018). Edges of ``scene.dynamic_faces`` that are silhouettes
   from the camera, boundaries, or creases/material boundaries are sampled proportionally to their
@@ -213,7 +214,7 @@ def _sync(dev: torch.device):
 
 class _PathTraceFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, prep, cam, opts, albedo, emission, textures_flat, point_intensity, dir_irradiance,
+    def forward(ctx, prep, cam, opts, albedo, roughness, emission, textures_flat, point_intensity, dir_irradiance,
                 environment):
         H, W = cam.height, cam.width
         spp, seed, max_depth, rr_depth = opts
@@ -226,7 +227,7 @@ class _PathTraceFn(torch.autograd.Function):
         _sync(prep.device)
         ctx.prep, ctx.cam, ctx.opts = prep, cam, opts
         ctx.dtypes = [None if x is None else x.dtype for x in
-                      (albedo, emission, textures_flat, point_intensity, dir_irradiance, environment)]
+                      (albedo, roughness, emission, textures_flat, point_intensity, dir_irradiance, environment)]
         return image.reshape(H, W, 3).to(albedo.dtype)
 
     @staticmethod
@@ -246,11 +247,11 @@ class _PathTraceFn(torch.autograd.Function):
         _sync(prep.device)
         tot = {k: sum(b[0][k] for b in bufs) for k in bufs[0][0]}
         d = ctx.dtypes
-        out = [tot["albedo"].to(d[0]), tot["emit"].to(d[1]),
-               tot["tex"][: textures_numel(prep)].to(d[2]) if d[2] is not None else None,
-               tot["pl_int"][: prep.n_pl].to(d[3]) if d[3] is not None else None,
-               tot["dl_irr"][: prep.n_dl].to(d[4]) if d[4] is not None else None,
-               tot["env"].reshape(prep.env_shape).to(d[5]) if d[5] is not None else None]
+        out = [tot["albedo"].to(d[0]), tot["rough"].to(d[1]), tot["emit"].to(d[2]),
+               tot["tex"][: textures_numel(prep)].to(d[3]) if d[3] is not None else None,
+               tot["pl_int"][: prep.n_pl].to(d[4]) if d[4] is not None else None,
+               tot["dl_irr"][: prep.n_dl].to(d[5]) if d[5] is not None else None,
+               tot["env"].reshape(prep.env_shape).to(d[6]) if d[6] is not None else None]
         return (None, None, None, *out)
 
 
@@ -293,7 +294,7 @@ def path_trace(scene: PathTracingScene, camera: Cameras, spp: int = 16, max_dept
 
     Returns:
         (H, W, 3) linear radiance, dtype of ``scene.albedo``. Differentiable w.r.t. albedo,
-        textures, emission, point/directional light intensities, the environment map (path replay)
+        roughness, textures, emission, point/directional light intensities, the environment map (path replay)
         and, when ``edge_samples > 0``, vertices and camera (primary-visibility boundary term).
     """
     _check(scene, camera, spp, max_depth, rr_depth, edge_samples)
@@ -301,8 +302,8 @@ def path_trace(scene: PathTracingScene, camera: Cameras, spp: int = 16, max_dept
     cam = _camera_struct(camera)
     texflat = torch.cat([t.reshape(-1, 3) for t in scene.textures]) if scene.textures else None
     image = _PathTraceFn.apply(prep, cam, (int(spp), int(seed), int(max_depth), int(rr_depth)), scene.albedo,
-                               scene.emission, texflat, scene.point_intensity, scene.directional_irradiance,
-                               scene.environment)
+                               scene.roughness, scene.emission, texflat, scene.point_intensity,
+                               scene.directional_irradiance, scene.environment)
     needs_geo = scene.vertices.requires_grad or any(
         x.requires_grad for x in (camera.R, camera.t, camera.intrinsics))
     if edge_samples > 0 and needs_geo and torch.is_grad_enabled():
