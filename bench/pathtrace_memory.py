@@ -52,7 +52,9 @@ t0 = time.perf_counter()
 loss.backward()
 dt = time.perf_counter() - t0
 stop[0] = True; th.join()
-print(json.dumps({"backward_peak_rss_increase_bytes": peak[0] - base, "backward_s": dt}))
+import resource
+print(json.dumps({"backward_peak_rss_increase_bytes": peak[0] - base, "backward_s": dt,
+                  "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
@@ -75,6 +77,8 @@ def run(quick: bool = False) -> dict:
         "depth1_backward_peak_rss_increase_mb": r1["backward_peak_rss_increase_bytes"] * mb,
         "depth8_backward_peak_rss_increase_mb": r8["backward_peak_rss_increase_bytes"] * mb,
         "ratio_depth8_over_depth1": (r8["backward_peak_rss_increase_bytes"] + 1) / (r1["backward_peak_rss_increase_bytes"] + 1),
+        "depth1_process_peak_rss_mb": r1["process_peak_rss_bytes"] * mb,
+        "depth8_process_peak_rss_mb": r8["process_peak_rss_bytes"] * mb,
         "depth1_backward_ms": r1["backward_s"] * 1e3,
         "depth8_backward_ms": r8["backward_s"] * 1e3,
         "image_bytes": size * size * 3 * 4,
