@@ -9,6 +9,7 @@ from .antialias import MeshTopology, antialias, face_neighbors, mesh_topology
 from .raytrace import RayHits, TriangleBVH, intersect, occluded, render_gbuffer
 from .pt_scene import PathTracingScene, PTMaterial, cornell_box, cornell_camera
 from .pathtrace import path_trace
+from .texture import level_of_detail, mipmaps, texture
 from .shading import (Material, fresnel_schlick, ggx_brdf, ggx_distribution, ggx_specular, lambert, shade,
                       smith_g, smith_g1)
 

@@ -1,0 +1,127 @@
+"""UV-mapped textures: bilinear lookups, optionally trilinear across a mipmap pyramid.
+
+Conventions: a texture is ``(Ht, Wt, C)`` (shared by all views) or ``(B, Ht, Wt, C)``; texture
+coordinates ``uv`` are ``(B, H, W, 2)``, u along the texture's width (columns), v along its
+height with **v = 0 at the bottom row** (OpenGL / OBJ convention); texel (i, j) has its centre
+at ``((j + 0.5) / Wt, 1 - (i + 0.5) / Ht)``. ``wrap="repeat"`` tiles the texture,
+``"clamp"`` extends its border texels.
+
+Gradients flow to the texture values and to ``uv`` (bilinear interpolation is continuous and
+piecewise bilinear; its derivative at texel-centre lines is the one-sided value torch's
+``grid_sample`` picks). With mipmapping, the level of detail is computed from screen-space uv
+differences between neighbouring pixels and is treated as a constant (no gradient through the
+level selection; the blend between the two levels is differentiable w.r.t. the texture).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as Fn
+
+WRAPS = ("repeat", "clamp")
+FILTERS = ("bilinear", "mipmap")
+
+
+def _check(tex: torch.Tensor, uv: torch.Tensor):
+    if not isinstance(tex, torch.Tensor) or not tex.is_floating_point() or tex.dim() not in (3, 4):
+        raise ValueError(f"tex must be a floating tensor (Ht, Wt, C) or (B, Ht, Wt, C), got "
+                         f"{tuple(tex.shape) if isinstance(tex, torch.Tensor) else type(tex).__name__}")
+    if tex.shape[-2] == 0 or tex.shape[-3] == 0:
+        raise ValueError(f"tex must have a positive size, got {tuple(tex.shape)}")
+    if not isinstance(uv, torch.Tensor) or uv.dim() != 4 or uv.shape[-1] != 2:
+        raise ValueError(f"uv must have shape (B, H, W, 2), got "
+                         f"{tuple(uv.shape) if isinstance(uv, torch.Tensor) else type(uv).__name__}")
+    if tex.dim() == 4 and tex.shape[0] not in (1, uv.shape[0]):
+        raise ValueError(f"tex batch {tex.shape[0]} does not match uv batch {uv.shape[0]}")
+
+
+def _bilinear(tex: torch.Tensor, uv: torch.Tensor, wrap: str) -> torch.Tensor:
+    """tex (B, Ht, Wt, C), uv (B, H, W, 2) -> (B, H, W, C)."""
+    B = uv.shape[0]
+    Ht, Wt = tex.shape[1], tex.shape[2]
+    t = tex.expand(B, -1, -1, -1).permute(0, 3, 1, 2)  # (B, C, Ht, Wt)
+    x = uv[..., 0] * Wt  # texel units, centres at j + 0.5
+    y = (1 - uv[..., 1]) * Ht
+    if wrap == "repeat":
+        # wrap into [0, W) and pad one texel on each side with the opposite border
+        x = torch.remainder(x, Wt)
+        y = torch.remainder(y, Ht)
+        t = torch.cat([t[..., -1:], t, t[..., :1]], dim=3)
+        t = torch.cat([t[..., -1:, :], t, t[..., :1, :]], dim=2)
+        x, y = x + 1, y + 1
+        Wp, Hp = Wt + 2, Ht + 2
+    else:
+        Wp, Hp = Wt, Ht
+    gx = 2 * x / Wp - 1  # grid_sample, align_corners=False: -1 / +1 at the outer texel edges
+    gy = 2 * y / Hp - 1
+    grid = torch.stack([gx, gy], dim=-1).to(t.dtype)
+    out = Fn.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.permute(0, 2, 3, 1)
+
+
+def mipmaps(tex: torch.Tensor, levels: int | None = None) -> list[torch.Tensor]:
+    """Pyramid of 2x2 box-filtered levels of ``tex`` (B, Ht, Wt, C), down to 1 texel (or
+    ``levels`` levels); odd sizes drop the last row/column. Differentiable."""
+    out = [tex]
+    n = levels if levels is not None else int(math.floor(math.log2(max(tex.shape[1], tex.shape[2])))) + 1
+    while len(out) < n and min(out[-1].shape[1], out[-1].shape[2]) >= 2:
+        t = out[-1].permute(0, 3, 1, 2)
+        out.append(Fn.avg_pool2d(t, 2).permute(0, 2, 3, 1))
+    return out
+
+
+def level_of_detail(uv: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Mip level (B, H, W) from the screen-space footprint of a pixel in texels: log2 of the
+    larger of |d(uv*size)/dx| and |d(uv*size)/dy| (one-sided differences to the next pixel,
+    the previous one at the last row/column), clamped at 0. Not differentiated."""
+    with torch.no_grad():
+        s = uv.detach() * torch.tensor([size[1], size[0]], dtype=uv.dtype, device=uv.device)
+        dx = torch.zeros_like(s)
+        dy = torch.zeros_like(s)
+        if s.shape[2] > 1:
+            dx[:, :, :-1] = s[:, :, 1:] - s[:, :, :-1]
+            dx[:, :, -1] = dx[:, :, -2]
+        if s.shape[1] > 1:
+            dy[:, :-1] = s[:, 1:] - s[:, :-1]
+            dy[:, -1] = dy[:, -2]
+        rho = torch.maximum(dx.norm(dim=-1), dy.norm(dim=-1))
+        return torch.log2(rho.clamp_min(1e-12)).clamp_min(0)
+
+
+def texture(tex: torch.Tensor, uv: torch.Tensor, filter: str = "bilinear", wrap: str = "repeat",
+            lod: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample ``tex`` at ``uv`` (see the module docstring for conventions).
+
+    Args:
+        tex: (Ht, Wt, C) or (B, Ht, Wt, C) texture values.
+        uv: (B, H, W, 2) texture coordinates (e.g. ``interpolate(uvs, frags)``).
+        filter: ``"bilinear"`` or ``"mipmap"`` (trilinear: bilinear in the two nearest levels of
+            :func:`mipmaps`, blended by the fractional level of detail).
+        wrap: ``"repeat"`` or ``"clamp"``.
+        lod: optional (B, H, W) level of detail for ``"mipmap"`` (default :func:`level_of_detail`).
+
+    Returns:
+        (B, H, W, C), differentiable w.r.t. ``tex`` and ``uv``.
+    """
+    _check(tex, uv)
+    if filter not in FILTERS:
+        raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
+    if wrap not in WRAPS:
+        raise ValueError(f"wrap must be one of {WRAPS}, got {wrap!r}")
+    if tex.dim() == 3:
+        tex = tex.unsqueeze(0)
+    uv = uv.to(tex.dtype)
+    if filter == "bilinear":
+        return _bilinear(tex, uv, wrap)
+    pyr = mipmaps(tex)
+    if lod is None:
+        lod = level_of_detail(uv, (tex.shape[1], tex.shape[2]))
+    lod = lod.clamp(0, len(pyr) - 1).to(tex.dtype)
+    out = 0
+    for k, level in enumerate(pyr):
+        w = (1 - (lod - k).abs()).clamp_min(0).unsqueeze(-1)  # hat weights: the two nearest levels
+        if bool((w > 0).any()):
+            out = out + w * _bilinear(level, uv, wrap)
+    return out
