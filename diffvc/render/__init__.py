@@ -18,6 +18,6 @@ __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes
            "Material", "lambert", "ggx_distribution", "smith_g1", "smith_g", "fresnel_schlick", "ggx_specular",
            "ggx_brdf", "shade",
            "Fragments", "rasterize", "rasterize_screen", "interpolate", "antialias", "MeshTopology", "mesh_topology",
-           "face_neighbors",
+           "face_neighbors", "texture", "mipmaps", "level_of_detail",
            "TriangleBVH", "RayHits", "intersect", "occluded", "render_gbuffer", "PathTracingScene", "PTMaterial",
            "cornell_box", "cornell_camera", "path_trace"]
