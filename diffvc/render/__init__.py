@@ -10,6 +10,7 @@ from .raytrace import RayHits, TriangleBVH, intersect, occluded, render_gbuffer
 from .pt_scene import PathTracingScene, PTMaterial, cornell_box, cornell_camera
 from .pathtrace import path_trace
 from .texture import level_of_detail, mipmaps, texture
+from .soft import soft_silhouette
 from .shading import (Material, fresnel_schlick, ggx_brdf, ggx_distribution, ggx_specular, lambert, shade,
                       smith_g, smith_g1)
 
@@ -18,6 +19,6 @@ __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes
            "Material", "lambert", "ggx_distribution", "smith_g1", "smith_g", "fresnel_schlick", "ggx_specular",
            "ggx_brdf", "shade",
            "Fragments", "rasterize", "rasterize_screen", "interpolate", "antialias", "MeshTopology", "mesh_topology",
-           "face_neighbors", "texture", "mipmaps", "level_of_detail",
+           "face_neighbors", "texture", "mipmaps", "level_of_detail", "soft_silhouette",
            "TriangleBVH", "RayHits", "intersect", "occluded", "render_gbuffer", "PathTracingScene", "PTMaterial",
            "cornell_box", "cornell_camera", "path_trace"]
