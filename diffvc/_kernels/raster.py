@@ -57,6 +57,28 @@ def _pixel_range(a: Any, b: Any, c: Any, n: int):
 
 
 @wp.func
+def _key_at(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any, d0: Any, d1: Any, d2: Any, area: Any, s: Any,
+            t0: bool, t1: bool, t2: bool, px: Any, py: Any, perspective: int):
+    """Depth key (smaller = nearer) at (px, py) of a triangle set up by the caller (``s`` = sign
+    of ``area``, ``t_k`` = tie ownership of edge k); +1e30 if the centre is not covered."""
+    w0 = _edge(x1, y1, x2, y2, px, py) * s
+    w1 = _edge(x2, y2, x0, y0, px, py) * s
+    w2 = _edge(x0, y0, x1, y1, px, py) * s
+    z = area - area
+    key = type(area)(1e30)
+    if (w0 > z or (w0 == z and t0)) and (w1 > z or (w1 == z and t1)) and (w2 > z or (w2 == z and t2)):
+        aa = area * s
+        l0 = w0 / aa
+        l1 = w1 / aa
+        l2 = w2 / aa
+        if perspective != 0:
+            key = -(l0 / d0 + l1 / d1 + l2 / d2)
+        else:
+            key = l0 * d0 + l1 * d1 + l2 * d2
+    return key
+
+
+@wp.func
 def _cover_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int,
                px: Any, py: Any, perspective: int):
     """Depth key (smaller = nearer) of triangle f at pixel centre (px, py); +1e30 if not covered."""
@@ -70,28 +92,12 @@ def _cover_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.i
     x2 = screen[b, i2, 0]
     y2 = screen[b, i2, 1]
     area = _edge(x0, y0, x1, y1, x2, y2)
-    w0 = _edge(x1, y1, x2, y2, px, py)
-    w1 = _edge(x2, y2, x0, y0, px, py)
-    w2 = _edge(x0, y0, x1, y1, px, py)
     s = wp.where(area < area - area, type(area)(-1.0), type(area)(1.0))
-    w0 = w0 * s
-    w1 = w1 * s
-    w2 = w2 * s
-    z = area - area
-    in0 = w0 > z or (w0 == z and _owns_tie((x2 - x1) * s, (y2 - y1) * s))
-    in1 = w1 > z or (w1 == z and _owns_tie((x0 - x2) * s, (y0 - y2) * s))
-    in2 = w2 > z or (w2 == z and _owns_tie((x1 - x0) * s, (y1 - y0) * s))
-    key = type(area)(1e30)
-    if in0 and in1 and in2:
-        aa = area * s
-        l0 = w0 / aa
-        l1 = w1 / aa
-        l2 = w2 / aa
-        if perspective != 0:
-            key = -(l0 / screen[b, i0, 2] + l1 / screen[b, i1, 2] + l2 / screen[b, i2, 2])
-        else:
-            key = l0 * screen[b, i0, 2] + l1 * screen[b, i1, 2] + l2 * screen[b, i2, 2]
-    return key
+    t0 = _owns_tie((x2 - x1) * s, (y2 - y1) * s)
+    t1 = _owns_tie((x0 - x2) * s, (y0 - y2) * s)
+    t2 = _owns_tie((x1 - x0) * s, (y1 - y0) * s)
+    return _key_at(x0, y0, x1, y1, x2, y2, screen[b, i0, 2], screen[b, i1, 2], screen[b, i2, 2], area, s,
+                   t0, t1, t2, px, py, perspective)
 
 
 @wp.kernel
@@ -149,10 +155,10 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
     k = t - b * nt
     ty = k // tiles_x
     tx = k - ty * tiles_x
-    x0 = tx * tile
-    y0 = ty * tile
-    x1 = wp.min(x0 + tile, W) - 1
-    y1 = wp.min(y0 + tile, H) - 1
+    x0t = tx * tile
+    y0t = ty * tile
+    x1t = wp.min(x0t + tile, W) - 1
+    y1t = wp.min(y0t + tile, H) - 1
     s00 = screen[b, 0, 0]
     half = type(s00)(0.5)
     for e in range(starts[t], starts[t + 1]):
@@ -160,15 +166,36 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
         i0 = faces[f, 0]
         i1 = faces[f, 1]
         i2 = faces[f, 2]
-        rx = _pixel_range(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0], W)
-        ry = _pixel_range(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1], H)
-        for y in range(wp.max(ry[0], y0), wp.min(ry[1], y1) + 1):
-            for x in range(wp.max(rx[0], x0), wp.min(rx[1], x1) + 1):
-                key = _cover_key(screen, faces, b, f, type(half)(x) + half, type(half)(y) + half, perspective)
-                cur = zbuf[b, y, x]
-                if key < cur or (key == cur and key < type(half)(1e30) and f < face_id[b, y, x]):
-                    zbuf[b, y, x] = key
-                    face_id[b, y, x] = f
+        x0 = screen[b, i0, 0]
+        y0 = screen[b, i0, 1]
+        x1 = screen[b, i1, 0]
+        y1 = screen[b, i1, 1]
+        x2 = screen[b, i2, 0]
+        y2 = screen[b, i2, 1]
+        rx = _pixel_range(x0, x1, x2, W)
+        ry = _pixel_range(y0, y1, y2, H)
+        ya = wp.max(ry[0], y0t)
+        yb = wp.min(ry[1], y1t)
+        xa = wp.max(rx[0], x0t)
+        xb = wp.min(rx[1], x1t)
+        if ya <= yb and xa <= xb:
+            d0 = screen[b, i0, 2]
+            d1 = screen[b, i1, 2]
+            d2 = screen[b, i2, 2]
+            area = _edge(x0, y0, x1, y1, x2, y2)
+            s = wp.where(area < area - area, type(area)(-1.0), type(area)(1.0))
+            t0 = _owns_tie((x2 - x1) * s, (y2 - y1) * s)
+            t1 = _owns_tie((x0 - x2) * s, (y0 - y2) * s)
+            t2 = _owns_tie((x1 - x0) * s, (y1 - y0) * s)
+            for y in range(ya, yb + 1):
+                py = type(half)(y) + half
+                for x in range(xa, xb + 1):
+                    key = _key_at(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, s, t0, t1, t2, type(half)(x) + half, py,
+                                  perspective)
+                    cur = zbuf[b, y, x]
+                    if key < cur or (key == cur and key < type(half)(1e30) and f < face_id[b, y, x]):
+                        zbuf[b, y, x] = key
+                        face_id[b, y, x] = f
 
 
 @wp.kernel
@@ -511,3 +538,90 @@ def _instantiate(kernel) -> None:
 for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
            face_facing):
     _instantiate(_k)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-pixel kernels as autograd functions whose forward AND adjoint run split over CPU threads
+# ---------------------------------------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from .bridge import _pool, _stream, parallel_launch, to_warp, warp_device  # noqa: E402
+
+
+def _chunks(n: int, device: torch.device, min_per_thread: int = 4096) -> list[tuple[int, int]]:
+    workers = max(1, torch.get_num_threads())
+    if device.type != "cpu" or workers == 1 or n < 2 * min_per_thread:
+        return [(0, n)]
+    step = (n + workers - 1) // workers
+    return [(s, min(step, n - s)) for s in range(0, n, step)]
+
+
+class _PixelOp(torch.autograd.Function):
+    """A per-pixel kernel ``kernel(offset, *inputs, *outputs)``. Its adjoint writes the gradients
+    of per-pixel inputs at the thread's own entries (disjoint: shared buffers are safe) and
+    scatters those of ``gathered`` inputs (read at shared entries, e.g. vertex arrays) with
+    atomics, which are not atomic across Warp CPU threads: each thread range therefore gets its
+    own buffer for them and the buffers are summed afterwards."""
+
+    @staticmethod
+    def forward(ctx, kernel, n, gathered, out_shapes, *inputs):
+        ref = next(x for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point())
+        outs = [torch.zeros(s, dtype=ref.dtype, device=ref.device) for s in out_shapes]
+        parallel_launch(kernel, n, list(inputs), outs)
+        ctx.kernel, ctx.n, ctx.gathered = kernel, n, gathered
+        ctx.tensor_mask = [isinstance(x, torch.Tensor) for x in inputs]
+        ctx.scalars = [None if m else x for x, m in zip(inputs, ctx.tensor_mask)]
+        ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)], *outs)
+        ctx.n_tensors = sum(ctx.tensor_mask)
+        return tuple(outs) if len(outs) > 1 else outs[0]
+
+    @staticmethod
+    def backward(ctx, *gouts):
+        saved = ctx.saved_tensors
+        it = iter(saved[: ctx.n_tensors])
+        inputs = [next(it) if m else s for m, s in zip(ctx.tensor_mask, ctx.scalars)]
+        outs = saved[ctx.n_tensors:]
+        device = outs[0].device
+        wdev = warp_device(device)
+        chunks = _chunks(ctx.n, device)
+        w_in = [to_warp(x) if isinstance(x, torch.Tensor) else x for x in inputs]
+        w_out = [to_warp(o) for o in outs]
+        adj_out = [to_warp((g if g is not None else torch.zeros_like(o)).contiguous()) for g, o in zip(gouts, outs)]
+        needs = ctx.needs_input_grad[4:]
+        grads: list = [None] * len(inputs)
+        per_chunk: list[list] = [[None] * len(inputs) for _ in chunks]
+        for i, x in enumerate(inputs):
+            if isinstance(x, torch.Tensor) and x.is_floating_point() and needs[i]:
+                if i in ctx.gathered:
+                    for c in range(len(chunks)):
+                        per_chunk[c][i] = torch.zeros_like(x)
+                else:
+                    grads[i] = torch.zeros_like(x)
+                    for c in range(len(chunks)):
+                        per_chunk[c][i] = grads[i]
+
+        def run(c):
+            start, count = chunks[c]
+            adj_in = [to_warp(g) if g is not None else None for g in per_chunk[c]]
+            wp.launch(ctx.kernel, dim=count, inputs=[start] + w_in, outputs=w_out, adj_inputs=[None] + adj_in,
+                      adj_outputs=adj_out, adjoint=True, device=wdev, stream=_stream(device), record_tape=False)
+
+        if len(chunks) == 1:
+            run(0)
+        else:
+            ctx.kernel.module.load(wdev)
+            for fut in [_pool().submit(run, c) for c in range(len(chunks))]:
+                fut.result()
+        for i in ctx.gathered:
+            if per_chunk[0][i] is not None:
+                grads[i] = per_chunk[0][i]
+                for c in range(1, len(chunks)):
+                    grads[i] = grads[i] + per_chunk[c][i]
+        return (None, None, None, None, *grads)
+
+
+def pixel_op(kernel, n: int, inputs: list, out_shapes: list[tuple], gathered: tuple[int, ...]):
+    """Run per-pixel ``kernel`` over ``n`` threads as a differentiable torch function (forward and
+    adjoint split over CPU cores). ``gathered``: indices of inputs read at shared entries."""
+    return _PixelOp.apply(kernel, n, tuple(gathered), tuple(tuple(s) for s in out_shapes), *inputs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .._kernels import Out, kernel_op
 from .._kernels import raster as K
 from .rasterize import BACKENDS, Fragments
 
@@ -35,8 +34,8 @@ def interpolate(attr: torch.Tensor, frags: Fragments, backend: str = "warp") -> 
     attr = attr.to(frags.bary.dtype).expand(B, -1, -1).contiguous()
     C = attr.shape[2]
     if backend == "warp" and frags.faces.shape[0] > 0:
-        return kernel_op(K.interpolate_attr, B * H * W, [attr, frags.faces, frags.face_id, frags.bary],
-                         [Out((B, H, W, C))], split=True)
+        return K.pixel_op(K.interpolate_attr, B * H * W, [attr, frags.faces, frags.face_id, frags.bary.contiguous()],
+                          [(B, H, W, C)], gathered=(0,))
     return interpolate_torch(attr, frags)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._kernels import Out, kernel_op, launch, parallel_launch
+from .._kernels import launch, parallel_launch
 from .._kernels import raster as K
 from .cameras import Cameras
 
@@ -99,7 +99,7 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         verts: (V, 3) or (B, V, 3) world positions, finite.
         faces: (F, 3) integer vertex indices in [0, V). Either winding; no back-face culling.
         backend: ``"warp"`` or ``"torch"`` (the twin).
-        tile: bin size in pixels for the Warp backend (default 8 on CPU, 16 on CUDA).
+        tile: bin size in pixels for the Warp backend (default 16).
 
     Returns:
         :class:`Fragments`. Triangles with a vertex nearer than ``cameras.near`` are not drawn.
@@ -140,8 +140,8 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, wid
     else:
         face_id = face_ids_torch(screen.detach(), faces, H, W, perspective, near)
     if backend == "warp" and faces.shape[0] > 0:
-        bary, depth = kernel_op(K.barycentrics, B * H * W, [screen, faces, face_id, int(perspective)],
-                                [Out((B, H, W, 3)), Out((B, H, W))], split=True)
+        bary, depth = K.pixel_op(K.barycentrics, B * H * W, [screen.contiguous(), faces, face_id, int(perspective)],
+                                 [(B, H, W, 3), (B, H, W)], gathered=(0,))
     else:
         bary, depth = barycentrics_torch(screen, faces, face_id, perspective)
     return Fragments(face_id, bary, depth, screen, faces, bool(perspective))
@@ -152,7 +152,7 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     ``"pixels"`` (one thread per pixel; CUDA default)."""
     B, F = screen.shape[0], faces.shape[0]
     dev = screen.device
-    tile = int(tile or (16 if dev.type == "cuda" else 8))
+    tile = int(tile or 16)
     tx, ty = (W + tile - 1) // tile, (H + tile - 1) // tile
     nt = B * tx * ty
     screen = screen.contiguous()
