@@ -30,8 +30,12 @@ def test_winding_number_warp_matches_torch_and_classifies():
     v, f = G.torus(0.8, 0.3, 24, 12, dtype=torch.float64)
     q = _q(300)
     w_t = G.winding_number(v, f, q, method="torch")
+    torch.set_num_threads(2)  # the kernel launch is split over 2 CPU threads (disjoint outputs)
     w_w = winding_numbers(v, f, q)
+    fi2 = nearest_faces(v, f, q)
+    torch.set_num_threads(1)
     assert torch.allclose(w_t, w_w, atol=1e-12)
+    assert torch.equal(fi2, nearest_faces(v, f, q))
     inside = G.sdf_torus(q, 0.8, 0.3) < -0.03
     outside = G.sdf_torus(q, 0.8, 0.3) > 0.03
     assert (w_w[inside] > 0.99).all() and (w_w[outside].abs() < 0.01).all()
