@@ -23,6 +23,10 @@ def _solid_angles_sum(q: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor, c0: t
     la, lb, lc = safe_norm(a), safe_norm(b), safe_norm(c)
     num = (a * torch.cross(b, c, dim=-1)).sum(-1)
     den = la * lb * lc + (a * b).sum(-1) * lc + (a * c).sum(-1) * lb + (b * c).sum(-1) * la
+    # a query on a vertex or edge gives atan2(0, 0) whose gradient is 0/0: substitute (0, 1) there
+    flat = num * num + den * den <= torch.finfo(num.dtype).tiny
+    num = torch.where(flat, torch.zeros_like(num), num)
+    den = torch.where(flat, torch.ones_like(den), den)
     return 2.0 * torch.atan2(num, den).sum(1)
 
 

@@ -93,6 +93,9 @@ def test_distance_grads_fd_and_degenerate_finite():
     gv, gp = torch.autograd.grad(d.sum(), (vd, pd))
     assert torch.isfinite(d).all() and torch.isfinite(gv).all() and torch.isfinite(gp).all()
     assert abs(d[2].item() - 1.0) < 1e-12
+    w = G.winding_number(vd, fd, pd, method="torch")  # queries on a vertex and on an edge
+    gv, gp = torch.autograd.grad(w.sum(), (vd, pd))
+    assert torch.isfinite(w).all() and torch.isfinite(gv).all() and torch.isfinite(gp).all()
 
 
 def _nonconvex():
