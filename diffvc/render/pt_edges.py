@@ -147,3 +147,96 @@ def edge_term(prep, scene, camera: Cameras, n_samples: int, edge_spp: int, seed:
     samples = sample_edges(prep, scene, camera, n_samples, edge_spp, seed, max_depth, rr_depth)
     meta = (camera.height, camera.width, camera.orthographic, camera.near)
     return _EdgeFn.apply(samples, meta, scene.vertices, camera.R, camera.t, camera.intrinsics)
+
+
+def secondary_candidate_edges(scene) -> torch.Tensor:
+    """(E, 2) edges of ``scene.dynamic_faces`` that can bound what a surface point sees:
+    boundaries, creases and material boundaries (silhouettes from any point are creases)."""
+    faces = scene.faces.long()
+    if faces.shape[0] == 0:
+        return torch.zeros(0, 2, dtype=torch.long, device=faces.device)
+    F = faces.shape[0]
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    owner = torch.arange(F, device=faces.device).repeat(3)
+    uniq, inv, counts = torch.unique(e.sort(dim=1)[0], dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)
+    start = torch.cumsum(counts, 0) - counts
+    f1 = owner[order[start]]
+    f2 = owner[order[start + counts - 1]]
+    v = scene.vertices.detach().to(torch.float64)
+    tri = v[faces]
+    n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    keep = (counts == 1) | ((n[f1] * n[f2]).sum(-1) < 1 - 1e-6) | (scene.face_material[f1] != scene.face_material[f2])
+    if scene.dynamic_faces is not None:
+        dyn = scene.dynamic_faces.bool()
+        keep &= dyn[f1] | dyn[f2]
+    return uniq[keep]
+
+
+class _SecondaryFn(torch.autograd.Function):
+    """Value: zeros (H, W, 3). Backward: the secondary-visibility boundary term at primary hits
+    (edge sampling on the sphere of directions) w.r.t. the vertices."""
+
+    @staticmethod
+    def forward(ctx, info, vertices):
+        ctx.info = info
+        ctx.save_for_backward(vertices)
+        H, W = info["H"], info["W"]
+        return torch.zeros(H, W, 3, dtype=vertices.dtype, device=vertices.device)
+
+    @staticmethod
+    def backward(ctx, grad_image):
+        from .._kernels import pathtrace as K
+        from .._kernels.bridge import wp
+        from .pathtrace import _launch_split, _sync
+
+        (vertices,) = ctx.saved_tensors
+        info = ctx.info
+        prep, cam, edges = info["prep"], info["cam"], info["edges"]
+        H, W, spp = info["H"], info["W"], info["spp"]
+        N = H * W * spp
+        dev = vertices.device
+        adj = grad_image.detach().reshape(H * W, 3).to(torch.float32).contiguous()
+        e32 = edges.to(torch.int32).contiguous()
+        rec = {"t": torch.zeros(N, device=dev), "x": torch.zeros(N, 3, device=dev), "n": torch.zeros(N, 3, device=dev),
+               "coef": torch.zeros(N, device=dev), "edge": torch.zeros(N, dtype=torch.int32, device=dev)}
+        _, g = prep.new_grads()
+        dyn = info["dynamic"]
+        args = [prep.struct, g, cam, wp.from_torch(e32, dtype=wp.int32), int(edges.shape[0]),
+                wp.from_torch(dyn, dtype=wp.int32), spp, info["seed"],
+                info["max_depth"], info["rr_depth"], wp.from_torch(adj, dtype=wp.vec3), wp.from_torch(rec["t"]),
+                wp.from_torch(rec["x"], dtype=wp.vec3), wp.from_torch(rec["n"], dtype=wp.vec3),
+                wp.from_torch(rec["coef"]), wp.from_torch(rec["edge"])]
+        _launch_split(K.secondary_edge_samples, N, lambda k: args, prep.wdev, True)
+        _sync(dev)
+        use = rec["coef"] != 0
+        if not use.any():
+            return None, torch.zeros_like(vertices)
+        ed = edges[rec["edge"][use].long()]
+        t = rec["t"][use].to(vertices.dtype)[:, None]
+        x = rec["x"][use].to(vertices.dtype)
+        nv = rec["n"][use].to(vertices.dtype)
+        coef = rec["coef"][use].to(vertices.dtype)
+        with torch.enable_grad():
+            v = vertices.detach().requires_grad_(True)
+            pe = v[ed[:, 0]] * (1 - t) + v[ed[:, 1]] * t
+            r = pe - x
+            om = r / r.norm(dim=-1, keepdim=True)
+            S = (coef * (om * nv).sum(-1)).sum()
+            (gv,) = torch.autograd.grad(S, [v])
+        return None, gv
+
+
+def secondary_term(prep, scene, cam_struct, H: int, W: int, spp: int, seed: int, max_depth: int,
+                   rr_depth: int) -> torch.Tensor:
+    """Zero image whose backward adds the secondary-visibility boundary gradient at primary hits."""
+    edges = secondary_candidate_edges(scene)
+    if edges.shape[0] == 0 or spp <= 0:
+        return torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
+    F = scene.faces.shape[0]
+    dyn = (scene.dynamic_faces if scene.dynamic_faces is not None else torch.ones(F, dtype=torch.bool))
+    dyn = dyn.to(device=scene.vertices.device, dtype=torch.int32).contiguous()
+    info = {"prep": prep, "cam": cam_struct, "edges": edges, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
+            "max_depth": max_depth, "rr_depth": rr_depth}
+    return _SecondaryFn.apply(info, scene.vertices)

@@ -294,3 +294,61 @@ def test_prb_roughness_gradient_matches_finite_differences():
             e[k] = 0.01
             fd[k] = (f(r.detach() + e) - f(r.detach() - e)) / 0.02
     assert (r.grad - fd).norm() / fd.norm() < 0.03, (r.grad, fd)
+
+
+def _polygon_occlusion_setup():
+    env = torch.ones(4, 8, 3)
+    pv, pf = quad((-10, 0, -10), (-10, 0, 10), (10, 0, 10), (10, 0, -10), dtype=torch.float64)
+    sq = [(-0.5, 0, -0.5), (-0.5, 0, 0.5), (0.5, 0, 0.5), (0.5, 0, -0.5)]
+    return env, pv, pf, sq
+
+
+def test_secondary_edges_match_the_analytic_soft_shadow_derivative():
+    """A floor point under a constant sky, a floating square off to the side: the floor's radiance
+    is (albedo / pi) (pi - E_square) with E_square from Lambert's polygon formula; its derivative
+    w.r.t. the square's position is pure secondary visibility."""
+    env, pv, pf, sq = _polygon_occlusion_setup()
+    c0 = torch.tensor([1.6, 0.8, 0.2], dtype=torch.float64)
+    p = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    c = c0.clone().requires_grad_()
+    E = _polygon_irradiance(p, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64),
+                            [torch.tensor(q, dtype=torch.float64) + c for q in sq])
+    (0.8 / math.pi * (math.pi - E)).backward()
+    ref = c.grad.clone()
+    cam = Cameras.look_at([[1.0, 3.0, 0.0]], (1.0, 0.0, 0.0), up=(0.0, 0.0, -1.0), width=1, height=1, fov_y=0.001)
+    c = c0.clone().requires_grad_()
+    bv, bf = quad(*sq, dtype=torch.float64)
+    scene = PathTracingScene.from_meshes([(pv, pf, 0), (bv + c, bf, 1)],
+                                         [PTMaterial("diffuse", (0.8,) * 3), PTMaterial("diffuse", (0.5, 0.2, 0.1))],
+                                         environment=env, dtype=torch.float64)
+    scene = scene.replace(dynamic_faces=torch.arange(4) >= 2)
+    img = path_trace(scene, cam, spp=16, max_depth=1, seed=1, secondary_spp=100000)
+    img[0, 0, 0].backward()
+    assert (c.grad - ref).norm() / ref.norm() < 0.02, (c.grad, ref)
+
+
+def test_secondary_edges_box_shadow_matches_finite_differences():
+    H = 6
+    env = torch.ones(4, 8, 3)
+    cam = Cameras.look_at([[0.5, 3.0, 0.0]], (0.5, 0.0, 0.0), up=(0.0, 0.0, -1.0), width=H, height=H, fov_y=20.0)
+    pv, pf = quad((-10, 0, -10), (-10, 0, 10), (10, 0, 10), (10, 0, -10), dtype=torch.float64)
+    w = _weights(H, H)
+
+    def loss(c, spp, sec):
+        bv, bf = oriented_box(c, (1.0, 0.2, 1.0), 0.3, dtype=torch.float64)
+        s = PathTracingScene.from_meshes([(pv, pf, 0), (bv, bf, 1)],
+                                         [PTMaterial("diffuse", (0.8,) * 3), PTMaterial("diffuse", (0.5, 0.2, 0.1))],
+                                         environment=env, dtype=torch.float64)
+        s = s.replace(dynamic_faces=torch.arange(s.faces.shape[0]) >= 2)
+        return (path_trace(s, cam, spp=spp, max_depth=1, seed=1, secondary_spp=sec) * w).sum()
+
+    c0 = torch.tensor([1.6, 0.8, 0.2], dtype=torch.float64)
+    c = c0.clone().requires_grad_()
+    loss(c, 4, 2048).backward()
+    fd = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for k in range(3):
+            e = torch.zeros(3, dtype=torch.float64)
+            e[k] = 0.02
+            fd[k] = (loss(c0 + e, 8192, 0) - loss(c0 - e, 8192, 0)) / 0.04
+    assert (c.grad - fd).norm() / fd.norm() < 0.05, (c.grad, fd)
