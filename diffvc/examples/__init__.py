@@ -17,6 +17,7 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "silhouettes": ("diffvc.examples.silhouettes", "recover a non-convex shape from 20 silhouette views (icosphere + large steps)"),
     "dmtet": ("diffvc.examples.dmtet", "DMTet: recover a non-convex shape's SDF on a tet grid from a point cloud"),
     "bounce": ("diffvc.examples.bounce", "particle bouncing off ground and wall: optimise v0 to hit a target"),
+    "billiards": ("diffvc.examples.billiards", "billiards: choose the cue ball velocity so the last ball of a row stops at a target"),
     "inverse_rendering": ("diffvc.examples.inverse_rendering", "Cornell box: recover wall colours, light radiance and a box position by path tracing"),
     "mass_spring": ("diffvc.examples.mass_spring", "spring robot walker: optimise a closed-loop neural controller to walk far"),
     "sysid": ("diffvc.examples.sysid", "physical parameters from video alone: box mass & friction, soft body stiffness & damping"),
