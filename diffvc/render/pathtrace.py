@@ -88,6 +88,11 @@ class _Prepared:
 
         verts = _f32(scene.vertices)
         faces = scene.faces.to(torch.int32).contiguous()
+        face_material = scene.face_material
+        if faces.shape[0] == 0:  # Warp needs a triangle: a degenerate one (never hit)
+            verts = torch.zeros(3, 3, device=dev)
+            faces = torch.tensor([[0, 1, 2]], dtype=torch.int32, device=dev)
+            face_material = torch.zeros(1, dtype=torch.long, device=dev)
         self.points = wp.from_torch(verts, dtype=wp.vec3)
         self.indices = wp.from_torch(faces.reshape(-1), dtype=wp.int32)
         keep += [verts, faces]
@@ -96,9 +101,10 @@ class _Prepared:
         s.mesh = self.mesh.id
         s.verts = self.points
         s.faces = arr(faces, wp.int32)
-        s.face_mat = arr(scene.face_material.to(torch.int32), wp.int32)
+        s.face_mat = arr(face_material.to(torch.int32), wp.int32)
         F = faces.shape[0]
-        uv = scene.face_uvs if scene.face_uvs is not None else torch.zeros(F, 3, 2, device=dev)
+        uv = scene.face_uvs if (scene.face_uvs is not None and scene.face_uvs.shape[0] == F) \
+            else torch.zeros(F, 3, 2, device=dev)
         s.face_uv = arr(_f32(uv), wp.vec2)
         s.mat_kind = arr(scene.material_kind.to(torch.int32), wp.int32)
         s.mat_albedo = arr(_f32(scene.albedo), wp.vec3)
@@ -117,10 +123,10 @@ class _Prepared:
         s.tex_data = arr(torch.cat(texs) if texs else torch.zeros(1, 3, device=dev), wp.vec3)
         s.tex_info = arr(torch.tensor(info if info else [[0, 1, 1]], dtype=torch.int32, device=dev), wp.int32)
         # emissive faces and their cumulative area
-        emissive = (scene.emission.detach().amax(dim=1) > 0)[scene.face_material]
+        emissive = (scene.emission.detach().amax(dim=1) > 0)[face_material]
         ef = torch.nonzero(emissive).reshape(-1)
-        v = scene.vertices.detach().to(torch.float64)
-        tri = v[scene.faces[ef]]
+        v = verts.to(torch.float64)
+        tri = v[faces.long()[ef]]
         area = 0.5 * torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
         keep_ef = area > 0
         ef, area = ef[keep_ef], area[keep_ef]

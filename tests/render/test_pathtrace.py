@@ -352,3 +352,11 @@ def test_secondary_edges_box_shadow_matches_finite_differences():
             e[k] = 0.02
             fd[k] = (loss(c0 + e, 8192, 0) - loss(c0 - e, 8192, 0)) / 0.04
     assert (c.grad - fd).norm() / fd.norm() < 0.05, (c.grad, fd)
+
+
+def test_empty_scene_shows_the_environment():
+    env = torch.ones(2, 4, 3) * torch.tensor([0.5, 1.0, 2.0])
+    s = PathTracingScene.from_meshes([(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long), 0)], [PTMaterial()],
+                                     environment=env)
+    img = path_trace(s, cornell_camera(4, 4), spp=2)
+    torch.testing.assert_close(img, env[0, 0].expand(4, 4, 3).contiguous())
