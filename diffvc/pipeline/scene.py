@@ -38,13 +38,16 @@ __all__ = ["Shape", "Scene", "traverse"]
 @dataclass(frozen=True)
 class Shape:
     """A render mesh. ``binding(state) -> (V, 3)`` places it; ``body`` names the simulated body
-    whose state drives it (``None``: the whole state is passed, or the shape is static)."""
+    whose state drives it (``None``: the whole state is passed, or the shape is static).
+    ``smooth``: shade with interpolated vertex normals (continuous across interior edges, for
+    curved or deforming surfaces) instead of flat face normals."""
 
     name: str
     faces: torch.Tensor
     binding: Callable[[Any], torch.Tensor]
     color: torch.Tensor
     body: str | None = None
+    smooth: bool = False
 
 
 def _tensor(x, dtype, device, name) -> torch.Tensor:
@@ -94,10 +97,11 @@ class Scene:
         return self.cameras.R.device
 
     # -- building (each returns nothing; scenes are built once, then replaced functionally) ----
-    def add_shape(self, name: str, faces: torch.Tensor, binding, color=(0.7, 0.7, 0.7), body: str | None = None) -> None:
+    def add_shape(self, name: str, faces: torch.Tensor, binding, color=(0.7, 0.7, 0.7), body: str | None = None,
+                  smooth: bool = False) -> None:
         """Add a render mesh. ``binding`` may be a binding object/callable or a ``(V, 3)`` tensor
         of static vertices. ``body`` names the simulated body whose state the binding reads when
-        trajectories hold one state per body (a dict)."""
+        trajectories hold one state per body (a dict). ``smooth``: see :class:`Shape`."""
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"name must be a non-empty string without dots, got {name!r}")
         if any(s.name == name for s in self.shapes):
@@ -111,7 +115,7 @@ class Scene:
         color = _tensor(color, self.dtype, self.device, "color")
         if color.shape != (3,):
             raise ValueError(f"color must have shape (3,), got {tuple(color.shape)}")
-        shape = Shape(name, faces.long().to(self.device), binding, color, body)
+        shape = Shape(name, faces.long().to(self.device), binding, color, body, bool(smooth))
         object.__setattr__(self, "shapes", self.shapes + (shape,))
 
     def add_body(self, name: str, **params) -> None:

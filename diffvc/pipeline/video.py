@@ -2,7 +2,8 @@
 
 One frame: every shape of the scene is placed by its binding (rigid pose, FEM nodes, static),
 the shapes are merged into one mesh, rasterized from every camera of the rig
-(:func:`diffvc.render.rasterize`), shaded flat (face normals, each shape's albedo; Lambert under
+(:func:`diffvc.render.rasterize`), shaded (flat face normals, or interpolated vertex normals for
+``smooth`` shapes; each shape's albedo; Lambert under
 the scene's lights via :func:`diffvc.render.shade`), composited over the background and passed
 through :func:`diffvc.render.antialias`, whose analytic edge antialiasing turns silhouette and
 occlusion edges into gradients w.r.t. the vertex positions. A trajectory (one state per physics
@@ -13,8 +14,10 @@ different rates).
 Gradient contract: inside a shape, exact derivatives of the shading w.r.t. normals, positions,
 albedo, lights and cameras; at silhouettes and occlusion boundaries, the antialiasing gradient
 (nvdiffrast's analytic approximation; see :func:`diffvc.render.antialias`); at a change of which
-face is visible *inside* the silhouette (e.g. a box edge turning towards the camera) no visibility
-gradient, only the shading's.
+face is visible *inside* the silhouette no visibility gradient: for flat shading the image jumps
+where a crease between two front-facing faces of different normals crosses a pixel centre (the
+loss is piecewise smooth; coplanar triangles share a normal and do not jump); smooth shading is
+continuous there.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..geometry.normals import face_normals
+from ..geometry.normals import face_normals, vertex_normals
 from .scene import Scene
 
 __all__ = ["scene_mesh", "render_frame", "render_trajectory"]
@@ -48,6 +51,7 @@ def scene_mesh(scene: Scene, state: Any) -> tuple[torch.Tensor, torch.Tensor, to
 
     Returns:
         ``verts (N, 3)``, ``faces (F, 3)`` long, ``face_albedo (F, 3)`` (each face's shape colour).
+        Use :func:`face_smooth` for the faces' shading mode.
     """
     if not scene.shapes:
         raise ValueError("scene has no shapes")
@@ -66,6 +70,11 @@ def scene_mesh(scene: Scene, state: Any) -> tuple[torch.Tensor, torch.Tensor, to
         n += v.shape[0]
     dtype = torch.promote_types(*(v.dtype for v in verts)) if len(verts) > 1 else verts[0].dtype
     return torch.cat([v.to(dtype) for v in verts]), torch.cat(faces), torch.cat([a.to(dtype) for a in albedo])
+
+
+def face_smooth(scene: Scene) -> torch.Tensor:
+    """``(F,)`` bool: which faces of :func:`scene_mesh` are shaded smooth (per their shape)."""
+    return torch.cat([torch.full((s.faces.shape[0],), bool(s.smooth), device=s.faces.device) for s in scene.shapes])
 
 
 def render_frame(scene: Scene, state: Any, antialiased: bool = True, backend: str = "warp",
@@ -107,6 +116,12 @@ def _render(scene: Scene, verts: torch.Tensor, faces: torch.Tensor, face_albedo:
     n_face = torch.stack([face_normals(v, faces) for v in verts]).repeat_interleave(nv, dim=0)  # (B, F, 3)
     bidx = torch.arange(idx.shape[0], device=idx.device)[:, None, None]
     normals = n_face[bidx, idx]                             # (B, H, W, 3) flat shading
+    smooth = face_smooth(scene)
+    if bool(smooth.any()):
+        n_vert = torch.stack([vertex_normals(v, faces) for v in verts]).repeat_interleave(nv, dim=0)
+        ns = interpolate(n_vert, frags, backend=backend)
+        ns = ns / ns.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        normals = torch.where(smooth[idx].unsqueeze(-1), ns, normals)
     albedo = face_albedo[idx]
     pos = interpolate(verts_b, frags, backend=backend)
     eye = cams_b.centers[:, None, None, :]

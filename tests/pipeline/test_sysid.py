@@ -8,19 +8,23 @@ import torch
 
 from diffvc.examples import RunConfig, run_example
 from diffvc.examples.sysid import DTYPE, RigidExperiment, RigidProblem, identify
+from diffvc.optim import pyramid_mse
 
 
 def test_rigid_identification_short_moves_towards_truth():
-    exp = RigidExperiment(RigidProblem(size=32, duration=0.3))
+    exp = RigidExperiment(RigidProblem(size=24))
     truth = exp.truth()
     with torch.no_grad():
         target = exp.video({k: torch.tensor(v, dtype=DTYPE) for k, v in truth.items()})
     params = exp.params(start=(2.4, 0.32))
-    hist, _ = identify(exp, target, params, adam_iters=0, lbfgs_iters=2, lr=0.1, progress=False, desc="t")
+    hist, _ = identify(exp, target, params, adam_iters=0, lbfgs_iters=2, lr=0.1, progress=False, desc="t",
+                       lbfgs_kwargs={"max_iter": 6})
     est = params.snapshot()
-    assert hist.loss[-1] < hist.loss[0]
+    with torch.no_grad():
+        final = float(pyramid_mse(exp.video(params.values()), target, levels=3))
+    assert final < 0.05 * hist.loss[0]
     for k in truth:
-        assert abs(est[k] - truth[k]) < abs(hist.params[0][k] - truth[k]), (k, est, hist.params[0])
+        assert abs(est[k] - truth[k]) < 0.25 * abs(hist.params[0][k] - truth[k]), (k, est, hist.params[0])
 
 
 @pytest.mark.slow
