@@ -437,8 +437,8 @@ def _newton(model, x0, v0, dt, static, x_init, iters, tol):
     x = x_init.detach().clone()
     max_step = 0.5 * float((model.rest.detach().amax(0) - model.rest.detach().amin(0)).max())
     info = {"iterations": 0, "converged": False}
+    r = _residual(model, x, x0, v0, dt, static)
     for it in range(iters):
-        r = _residual(model, x, x0, v0, dt, static)
         A = _jacobian(model, x, x0, dt, static)
         dx = _sparse_solve(A, -r)
         # full Newton steps (a residual-norm line search rejects good steps: the residual of a
@@ -448,7 +448,8 @@ def _newton(model, x0, v0, dt, static, x_init, iters, tol):
         step = min(1.0, max_step / dmax) if dmax > 0 else 1.0
         for _ in range(30):
             xn = x + step * dx
-            if bool(torch.isfinite(_residual(model, xn, x0, v0, dt, static)).all()):
+            r = _residual(model, xn, x0, v0, dt, static)
+            if bool(torch.isfinite(r).all()):
                 break
             step *= 0.5
         x = xn

@@ -89,7 +89,7 @@ def test_semi_implicit_gradients_through_contact_match_finite_differences():
 @pytest.mark.parametrize("material", ["neohookean", "corotated"])
 def test_implicit_step_adjoint_matches_finite_differences(material):
     """Backward Euler by Newton; the backward is one adjoint solve (implicit function theorem)."""
-    model, v = _block(material=material, pinned=[0, 1])
+    model, v = _block(res=(1, 1, 1), material=material, pinned=[0, 1])
     x0 = v - torch.tensor([0.0, 0.012, 0.0], dtype=D)  # bottom layer 2 mm into the ground
 
     def run(x, vel, E, nu, damping, contact):
@@ -102,7 +102,7 @@ def test_implicit_step_adjoint_matches_finite_differences(material):
     vel0 = torch.tensor([0.5, -0.3, 0.2], dtype=D).expand_as(v).clone()
     args = [x0, vel0, torch.tensor(2e4, dtype=D), torch.tensor(0.3, dtype=D), model.damping, model.contact]
     args = [a.clone().requires_grad_() for a in args]
-    assert_grad_close(run, args, rtol=1e-5, atol=1e-8, eps=1e-6, max_elements=4)
+    assert_grad_close(run, args, rtol=1e-5, atol=1e-8, eps=1e-6, max_elements=3)
 
 
 def test_implicit_step_is_stable_for_stiff_material_where_explicit_is_not():
