@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/diffvc run bounce
+	$(VENV)/bin/diffvc run sysid --quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q

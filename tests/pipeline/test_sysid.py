@@ -33,4 +33,7 @@ def test_sysid_quick_meets_targets(tmp_path):
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == set(m)
     assert m["rigid_rel_error_mass"] < 1e-3
     assert m["rigid_rel_error_mu"] < 1e-2
-    assert (tmp_path / "rigid" / "side_by_side.gif").exists() and (tmp_path / "rigid" / "curves.png").exists()
+    assert m["soft_rel_error_young"] < 1e-2
+    assert m["soft_rel_error_damping"] < 5e-2
+    for part in ("rigid", "soft"):
+        assert (tmp_path / part / "side_by_side.gif").exists() and (tmp_path / part / "curves.png").exists()
