@@ -116,7 +116,9 @@ def _frames(model, runs, labels, every=3, size=(640, 260)):
 
     sp = model.springs.long().cpu().numpy()
     actuated = (model.gain.detach().cpu().numpy() > 0)
-    xmax = max(float(s[-1].x[:, 0].max()) for s in runs) + 0.2
+    xmin = min(float(st.x[:, 0].min()) for s in runs for st in s) - 0.1
+    xmax = max(float(st.x[:, 0].max()) for s in runs for st in s) + 0.1
+    ymax = max(0.5, max(float(st.x[:, 1].max()) for s in runs for st in s) + 0.05)
     out = []
     n = len(runs[0])
     for k in range(0, n, every):
@@ -127,8 +129,8 @@ def _frames(model, runs, labels, every=3, size=(640, 260)):
             for (a, b), act in zip(sp, actuated):
                 ax.plot([x[a, 0], x[b, 0]], [x[a, 1], x[b, 1]], color="tab:red" if act else "tab:gray", lw=1)
             ax.plot(x[:, 0], x[:, 1], "o", color="k", ms=2.5)
-            ax.set_xlim(-0.2, xmax)
-            ax.set_ylim(-0.05, 0.5)
+            ax.set_xlim(xmin, xmax)
+            ax.set_ylim(-0.05, ymax)
             ax.set_aspect("equal")
             ax.set_title(f"{lab}  t = {k * DT * SUBSTEPS:.2f} s", fontsize=8)
             ax.tick_params(labelsize=6)
