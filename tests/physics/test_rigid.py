@@ -18,15 +18,12 @@ def _mixed_scene(dtype=D):
     """A box (8 vertex points), two balls; box and balls touch the ground, balls touch each other
     and the box's corner; everything spinning."""
     v, f = box(0.2, dtype=dtype)
-    bx, _ = RigidBodyModel.from_mesh(v, f, density=125.0, dtype=dtype)
+    bx, _ = RigidBodyModel.from_mesh(v, f, density=125.0, planes=[[0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, -0.6]],
+                                     ke=1e4, kd=20.0, mu=0.4, friction_smoothing=0.05, pair_ke=2e4, pair_kd=5.0,
+                                     pair_mu=0.2, pair_contact_smoothing=2e-3, damping=(0.1, 0.2), dtype=dtype)
     balls = RigidBodyModel.spheres([0.1, 0.08], [1.0, 2.0], dtype=dtype)
-    nb = 3
-    model = RigidBodyModel.create(
-        torch.cat([bx.mass, balls.mass]), torch.cat([bx.inertia, balls.inertia]),
-        torch.cat([bx.points, balls.points]), point_body=[0] * 8 + [1, 2],
-        point_radius=torch.cat([bx.point_radius, balls.point_radius]),
-        planes=[[0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, -0.6]], ke=1e4, kd=20.0, mu=0.4, friction_smoothing=0.05,
-        pair_ke=2e4, pair_kd=5.0, pair_mu=0.2, pair_contact_smoothing=2e-3, damping=(0.1, 0.2), dtype=dtype)
+    model = RigidBodyModel.combine([bx, balls])
+    assert model.point_body.tolist() == [0] * 8 + [1, 2] and model.planes.shape == (2, 4)
     q = torch.nn.functional.normalize(torch.tensor([[0.1, 0.2, 0.05, 1.0], [0.3, -0.1, 0.2, 1.0],
                                                     [0.0, 0.5, 0.1, 1.0]], dtype=dtype), dim=1)
     state = RigidBodyState(torch.tensor([[0.0, 0.09, 0.0], [0.17, 0.095, 0.05], [0.33, 0.075, 0.02]], dtype=dtype), q,
