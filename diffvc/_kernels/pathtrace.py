@@ -450,10 +450,11 @@ def visible(scene: Scene, p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
 
 @wp.func
 def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: wp.uint32, max_depth: int,
-               rr_depth: int, mode: int, L_total: wp.vec3, adj: wp.vec3):
+               rr_depth: int, mode: int, L_total: wp.vec3, adj: wp.vec3, nee: int):
     """Radiance along one camera ray. ``mode`` 0: primal. ``mode`` 1: replay (same ``rng``) with
     path replay backpropagation: ``L_total`` is this path's primal radiance, ``adj`` the adjoint
-    radiance; parameter gradients are accumulated into ``grads`` with atomics."""
+    radiance; parameter gradients are accumulated into ``grads`` with atomics. ``nee = 0``: BSDF
+    sampling only (no next-event estimation; point and directional lights are then unreachable)."""
     state = rng
     L = wp.vec3(0.0)
     L_rem = L_total
@@ -468,6 +469,8 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
         n_src = n_src + 1
     if scene.has_env != 0:
         n_src = n_src + 1
+    if nee == 0:
+        n_src = 0
     if n_src > 0:
         p_sel = 1.0 / float(n_src)
     depth = int(0)
@@ -665,12 +668,12 @@ def render_pixels(offset: int, scene: Scene, grads: Grads, cam: Camera, spp: int
         jx = wp.randf(state)
         jy = wp.randf(state)
         d = camera_ray_dir(cam, float(x) + jx, float(y) + jy)
-        L = trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0), adj)
+        L = trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0), adj, 1)
         if mode == 1:
             state = wp.rand_init(seed, pix * spp + s)
             jx = wp.randf(state)
             jy = wp.randf(state)
-            trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 1, L, adj)
+            trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 1, L, adj, 1)
         acc = acc + L
     if mode == 0:
         image[pix] = acc / float(spp)
@@ -687,7 +690,7 @@ def render_points(offset: int, scene: Scene, grads: Grads, cam: Camera, points: 
     for s in range(spp):
         state = wp.rand_init(seed, (i % pair) * spp + s)
         acc = acc + trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0),
-                               wp.vec3(0.0))
+                               wp.vec3(0.0), 1)
     out[i] = acc / float(spp)
 
 
@@ -797,8 +800,8 @@ def secondary_edge_samples(offset: int, scene: Scene, grads: Grads, cam: Camera,
     om_p = wp.normalize(pe + side - o)
     om_m = wp.normalize(pe - side - o)
     rng = wp.rand_init(seed + 1, i)  # the same random numbers on both sides
-    Lp = trace_path(scene, grads, o, om_p, rng, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0))
-    Lm = trace_path(scene, grads, o, om_m, rng, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0))
+    Lp = trace_path(scene, grads, o, om_p, rng, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0), 1)
+    Lm = trace_path(scene, grads, o, om_m, rng, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0), 1)
     abp = bsdf_ab(kind, alpha, n, wo, om_p)
     abm = bsdf_ab(kind, alpha, n, wo, om_m)
     Fp = cmul(albedo * abp[0] + wp.vec3(abp[1]), Lp) * wp.max(wp.dot(n, om_p), 0.0)
@@ -809,3 +812,82 @@ def secondary_edge_samples(offset: int, scene: Scene, grads: Grads, cam: Camera,
     rec_t[i] = t
     rec_x[i] = p
     rec_n[i] = nv
+
+
+# ----------------------------------------------------------------------------------------------
+# Interior term at first hits on moving faces (area-measure reparameterisation of the next vertex)
+# ----------------------------------------------------------------------------------------------
+
+
+@wp.kernel
+def interior_samples(offset: int, scene: Scene, grads: Grads, cam: Camera, dynamic: wp.array(dtype=wp.int32),
+                     spp: int, seed: int, max_depth: int, rr_depth: int, adj_image: wp.array(dtype=wp.vec3),
+                     rec_face: wp.array(dtype=wp.int32), rec_d: wp.array(dtype=wp.vec3),
+                     rec_x2: wp.array(dtype=wp.vec3), rec_n2: wp.array(dtype=wp.vec3),
+                     rec_kind: wp.array(dtype=wp.int32), rec_coef: wp.array(dtype=wp.float32)):
+    """One record per (pixel, sample) whose camera ray first hits a moving face at ``x``: a BSDF
+    sample from ``x`` is traced to its next vertex ``x2`` (normal ``n2``; or a direction if it
+    escapes) and on to the end of the path (plain BSDF sampling, no NEE, so the link is one
+    term); ``coef = adj . (f cos / pdf) L``. Torch differentiates the link's geometry factor
+    ``G(x(theta), x2) / G_0`` with ``x(theta)`` the camera ray's intersection with the moving
+    triangle and ``x2`` fixed (area measure). rec_kind: 0 none, 1 finite ``x2``, 2 escaped."""
+    i = wp.tid() + offset
+    pix = i // spp
+    rec_kind[i] = 0
+    rec_coef[i] = 0.0
+    x = pix % cam.width
+    y = pix // cam.width
+    state = wp.rand_init(seed, i)
+    jx = wp.randf(state)
+    jy = wp.randf(state)
+    d = wp.normalize(camera_ray_dir(cam, float(x) + jx, float(y) + jy))
+    q = wp.mesh_query_ray(scene.mesh, cam.origin, d, 1.0e30)
+    if not q.result or max_depth < 1:
+        return
+    f = q.face
+    if dynamic[f] == 0:
+        return
+    p = cam.origin + d * q.t
+    ng = face_normal(scene, f)
+    lng = wp.length(ng)
+    if lng <= 0.0:
+        return
+    ng = ng / lng
+    n = ng
+    if wp.dot(ng, d) > 0.0:
+        n = -ng
+    m = scene.face_mat[f]
+    kind = scene.mat_kind[m]
+    alpha = wp.max(scene.mat_rough[m] * scene.mat_rough[m], 1.0e-3)
+    albedo = material_albedo(scene, m, f, p)
+    wo = -d
+    v0 = wp.randf(state)
+    v1 = wp.randf(state)
+    v2 = wp.randf(state)
+    wi = bsdf_sample(kind, alpha, n, wo, v0, v1, v2)
+    ci = wp.dot(n, wi)
+    pdf = bsdf_pdf(kind, alpha, n, wo, wi)
+    if ci <= 0.0 or pdf <= 0.0:
+        return
+    ab = bsdf_ab(kind, alpha, n, wo, wi)
+    w = (albedo * ab[0] + wp.vec3(ab[1])) * (ci / pdf)
+    o = offset_origin(p, n, wi)
+    q2 = wp.mesh_query_ray(scene.mesh, o, wi, 1.0e30)
+    # the rest of the path, by BSDF sampling only (the emission at x2 counts in full)
+    L = trace_path(scene, grads, o, wi, state, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0), 0)
+    adj = adj_image[pix] / float(spp)
+    rec_face[i] = f
+    rec_d[i] = d
+    rec_coef[i] = wp.dot(adj, cmul(w, L))
+    if q2.result:
+        n2 = face_normal(scene, q2.face)
+        ln2 = wp.length(n2)
+        if ln2 <= 0.0:
+            rec_coef[i] = 0.0
+            return
+        rec_x2[i] = o + wi * q2.t
+        rec_n2[i] = n2 / ln2
+        rec_kind[i] = 1
+    else:
+        rec_x2[i] = wi
+        rec_kind[i] = 2

@@ -240,3 +240,84 @@ def secondary_term(prep, scene, cam_struct, H: int, W: int, spp: int, seed: int,
     info = {"prep": prep, "cam": cam_struct, "edges": edges, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
             "max_depth": max_depth, "rr_depth": rr_depth}
     return _SecondaryFn.apply(info, scene.vertices)
+
+
+class _InteriorFn(torch.autograd.Function):
+    """Value: zeros (H, W, 3). Backward: the interior term at camera-ray hits on moving faces
+    (the hit point moves along the ray, the next path vertex stays put in area measure)."""
+
+    @staticmethod
+    def forward(ctx, info, vertices):
+        ctx.info = info
+        ctx.save_for_backward(vertices)
+        return torch.zeros(info["H"], info["W"], 3, dtype=vertices.dtype, device=vertices.device)
+
+    @staticmethod
+    def backward(ctx, grad_image):
+        from .._kernels import pathtrace as K
+        from .._kernels.bridge import wp
+        from .pathtrace import _launch_split, _sync
+        from .raytrace import hit_from_face
+
+        (vertices,) = ctx.saved_tensors
+        info = ctx.info
+        prep, cam, H, W, spp = info["prep"], info["cam"], info["H"], info["W"], info["spp"]
+        N = H * W * spp
+        dev = vertices.device
+        adj = grad_image.detach().reshape(H * W, 3).to(torch.float32).contiguous()
+        rec = {"face": torch.zeros(N, dtype=torch.int32, device=dev), "d": torch.zeros(N, 3, device=dev),
+               "x2": torch.zeros(N, 3, device=dev), "n2": torch.zeros(N, 3, device=dev),
+               "kind": torch.zeros(N, dtype=torch.int32, device=dev), "coef": torch.zeros(N, device=dev)}
+        _, g = prep.new_grads()
+        args = [prep.struct, g, cam, wp.from_torch(info["dynamic"], dtype=wp.int32), spp, info["seed"],
+                info["max_depth"], info["rr_depth"], wp.from_torch(adj, dtype=wp.vec3),
+                wp.from_torch(rec["face"]), wp.from_torch(rec["d"], dtype=wp.vec3),
+                wp.from_torch(rec["x2"], dtype=wp.vec3), wp.from_torch(rec["n2"], dtype=wp.vec3),
+                wp.from_torch(rec["kind"]), wp.from_torch(rec["coef"])]
+        _launch_split(K.interior_samples, N, lambda k: args, prep.wdev, True)
+        _sync(dev)
+        use = (rec["kind"] > 0) & (rec["coef"] != 0)
+        if not use.any():
+            return None, torch.zeros_like(vertices)
+        dt = vertices.dtype
+        face = rec["face"][use].long()
+        d = rec["d"][use].to(dt)
+        o = info["origin"].to(dt).expand_as(d)
+        x2 = rec["x2"][use].to(dt)
+        n2 = rec["n2"][use].to(dt)
+        finite = rec["kind"][use] == 1
+        coef = rec["coef"][use].to(dt)
+        faces = info["faces"]
+
+        def link_g(v):
+            h = hit_from_face(v, faces, face, o, d)
+            n = h.normal * torch.where((h.normal * d).sum(-1, keepdim=True) > 0, -1.0, 1.0).to(dt)
+            r = x2 - h.point
+            r2 = (r * r).sum(-1).clamp_min(1e-12)
+            rhat = r / r2.sqrt()[:, None]
+            g_fin = (n * rhat).sum(-1).abs() * (n2 * rhat).sum(-1).abs() / r2
+            g_inf = (n * x2).sum(-1).abs()
+            return torch.where(finite, g_fin, g_inf)
+
+        with torch.no_grad():
+            g0 = link_g(vertices.detach())
+        ok = g0 > 0
+        with torch.enable_grad():
+            v = vertices.detach().requires_grad_(True)
+            S = (coef[ok] * link_g(v)[ok] / g0[ok]).sum()
+            (gv,) = torch.autograd.grad(S, [v])
+        return None, gv
+
+
+def interior_term(prep, scene, cam_struct, camera, H: int, W: int, spp: int, seed: int, max_depth: int,
+                  rr_depth: int) -> torch.Tensor:
+    """Zero image whose backward adds the interior term at camera-ray hits on moving faces."""
+    F = scene.faces.shape[0]
+    dyn = (scene.dynamic_faces if scene.dynamic_faces is not None else torch.ones(F, dtype=torch.bool))
+    dyn = dyn.to(device=scene.vertices.device, dtype=torch.int32).contiguous()
+    if F == 0 or spp <= 0:
+        return torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
+    info = {"prep": prep, "cam": cam_struct, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
+            "max_depth": max_depth, "rr_depth": rr_depth, "faces": scene.faces.long(),
+            "origin": camera.centers[0].detach()}
+    return _InteriorFn.apply(info, scene.vertices)

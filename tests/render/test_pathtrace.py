@@ -360,3 +360,29 @@ def test_empty_scene_shows_the_environment():
                                      environment=env)
     img = path_trace(s, cornell_camera(4, 4), spp=2)
     torch.testing.assert_close(img, env[0, 0].expand(4, 4, 3).contiguous())
+
+
+def test_interior_term_for_a_moving_floor_under_an_area_light():
+    """A floor filling the view rises towards a ceiling light: no edge moves in the image, the
+    whole derivative is the interior term (hit point moving along the camera ray)."""
+    H = 6
+    cam = Cameras.look_at([[0.0, 0.9, 0.3]], (0.0, 0.0, 0.0), width=H, height=H, fov_y=30.0, dtype=torch.float64)
+    lq = [(-0.3, 1.0, -0.3), (0.3, 1.0, -0.3), (0.3, 1.0, 0.3), (-0.3, 1.0, 0.3)]
+    w = _weights(H, H)
+
+    def loss(h, spp, interior_spp):
+        fv, ff = quad((-5, 0, -5), (-5, 0, 5), (5, 0, 5), (5, 0, -5), dtype=torch.float64)
+        fv = fv + torch.stack([torch.zeros_like(h), h, torch.zeros_like(h)])
+        lv, lf = quad(*lq, dtype=torch.float64)
+        s = PathTracingScene.from_meshes(
+            [(fv, ff, 0), (lv, lf, 1)],
+            [PTMaterial("diffuse", (0.7, 0.5, 0.3)), PTMaterial("diffuse", (0.0,) * 3, emission=(4.0,) * 3)],
+            dtype=torch.float64)
+        s = s.replace(dynamic_faces=torch.arange(4) < 2)
+        return (path_trace(s, cam, spp=spp, max_depth=1, seed=1, interior_spp=interior_spp) * w).sum()
+
+    h = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    loss(h, 4, 4096).backward()
+    with torch.no_grad():
+        fd = (loss(h.detach() + 0.01, 4096, 0) - loss(h.detach() - 0.01, 4096, 0)) / 0.02
+    assert abs(float(h.grad) - float(fd)) < 0.02 * abs(float(fd)), (float(h.grad), float(fd))
