@@ -127,10 +127,14 @@ class RigidExperiment:
                             record=True)
         return states
 
-    def video(self, values: dict) -> torch.Tensor:
+    def rollout(self, values: dict):
+        """The scene with the parameter values put in by name, and the simulated states."""
         scene = self.scene.replace({"body.box.mass": values["mass"], "body.box.mu": values["mu"]})
         b = scene.body("box")
-        return render_trajectory(scene, self.simulate(b["mass"], b["mu"]))
+        return scene, self.simulate(b["mass"], b["mu"])
+
+    def video(self, values: dict) -> torch.Tensor:
+        return render_trajectory(*self.rollout(values))
 
     def params(self, start=None) -> ParameterSet:
         m, mu = self.p.start if start is None else start
@@ -211,10 +215,14 @@ class SoftExperiment:
                             substeps=p.every, record=True)
         return states
 
-    def video(self, values: dict) -> torch.Tensor:
+    def rollout(self, values: dict):
+        """The scene with the parameter values put in by name, and the simulated states."""
         scene = self.scene.replace({"body.jelly.young": values["young"], "body.jelly.damping": values["damping"]})
         b = scene.body("jelly")
-        return render_trajectory(scene, self.simulate(b["young"], b["damping"]))
+        return scene, self.simulate(b["young"], b["damping"])
+
+    def video(self, values: dict) -> torch.Tensor:
+        return render_trajectory(*self.rollout(values))
 
     def params(self, start=None) -> ParameterSet:
         E, beta = self.p.start if start is None else start
@@ -286,10 +294,12 @@ def run_part(name: str, exp, cfg, adam_iters: int, lbfgs_iters: int, lr: float, 
     with torch.no_grad():
         end_video = exp.video(params.values())
     est = params.snapshot()
+    final_loss = float(pyramid_mse(end_video, target, levels=3))
     _side_by_side(out / "side_by_side.gif", target, start_video, end_video)
-    plot_history(out / "curves.png", hist, targets=truth, final=est, title=f"sysid {name}: from pixels")
+    plot_history(out / "curves.png", hist, targets=truth, final=est, final_loss=final_loss,
+                 title=f"sysid {name}: from pixels" + (f" ({noise:.0%} noise)" if noise > 0 else ""))
     m = {f"{name}_seconds": seconds, f"{name}_iterations": hist.iterations,
-         f"{name}_initial_loss": hist.loss[0], f"{name}_final_loss": float(pyramid_mse(end_video, target, levels=3))}
+         f"{name}_initial_loss": hist.loss[0], f"{name}_final_loss": final_loss}
     for k, v in truth.items():
         m[f"{name}_{k}_true"] = v
         m[f"{name}_{k}_start"] = hist.params[0][k]

@@ -54,11 +54,13 @@ def parameter_curves(history: History, final: Mapping | None = None) -> dict[str
 
 
 def plot_history(path: str | Path, history: History, targets: Mapping[str, float] | None = None,
-                 final: Mapping | None = None, title: str = "") -> Path:
-    """Loss and parameter curves in one figure (dashed target lines), via :func:`diffvc.viz.plot_curves`."""
+                 final: Mapping | None = None, title: str = "", final_loss: float | None = None) -> Path:
+    """Loss and parameter curves in one figure (dashed target lines), via :func:`diffvc.viz.plot_curves`.
+    ``final`` / ``final_loss``: parameter values and loss after the last step, appended to the curves."""
     from ..viz import plot_curves
 
-    curves = {"loss": np.asarray(history.loss, dtype=np.float64)}
+    loss = list(history.loss) + ([float(final_loss)] if final_loss is not None else [])
+    curves = {"loss": np.asarray(loss, dtype=np.float64)}
     curves.update(parameter_curves(history, final))
     tg = {k: float(v) for k, v in (targets or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
     return plot_curves(path, curves, title=title, targets=tg)

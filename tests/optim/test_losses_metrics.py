@@ -52,5 +52,5 @@ def test_parameter_curves_and_plot(tmp_path):
     assert set(curves) == {"a", "v[0]", "v[1]"}
     assert len(curves["a"]) == 31 and curves["a"][0] == pytest.approx(2.0)
     assert abs(curves["a"][-1] - 1.0) < abs(curves["a"][0] - 1.0)
-    p = plot_history(tmp_path / "curves.png", hist, targets={"a": 1.0}, final=ps.snapshot())
+    p = plot_history(tmp_path / "curves.png", hist, targets={"a": 1.0}, final=ps.snapshot(), final_loss=0.0)
     assert p.exists() and p.stat().st_size > 1000

@@ -37,3 +37,11 @@ def test_sysid_quick_meets_targets(tmp_path):
     assert m["soft_rel_error_damping"] < 5e-2
     for part in ("rigid", "soft"):
         assert (tmp_path / part / "side_by_side.gif").exists() and (tmp_path / part / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_sysid_noise_quick_within_five_percent(tmp_path):
+    m = run_example("sysid_noise", RunConfig(out=tmp_path, quick=True, progress=False))
+    assert m["noise"] == 0.01
+    for k in ("rigid_rel_error_mass", "rigid_rel_error_mu", "soft_rel_error_young", "soft_rel_error_damping"):
+        assert m[k] < 0.05, (k, m[k])
