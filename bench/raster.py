@@ -1,11 +1,12 @@
 """Forward + backward of rasterize -> interpolate -> antialias, Warp kernels vs the torch twin.
 
 Mesh: a torus of 100,000 triangles (250 x 200 segments; non-convex, so it has occlusion and
-silhouette edges) filling most of a 512 x 512 image, perspective cameras on a ring around it,
+silhouette edges) filling much of a 512 x 512 image, perspective cameras on a ring around it,
 float32 on CPU. One iteration: project vertices, rasterize, interpolate per-vertex colours,
 antialias, loss = weighted sum of the image, backward to vertex positions and colours. The
 topology for antialiasing is computed once (as a training loop would). Median wall time in ms
-over repeats, for 1 and 8 views; the same pipeline through the plain-torch twin (``backend=
+over repeats (also the minimum and the process CPU time, since the dev machine is shared), for 1
+and 8 views; the same pipeline through the plain-torch twin (``backend=
 "torch"``) in the same run. On a machine with CUDA the Warp figures on the GPU are added.
 
     python -m bench.raster [--quick]     or     diffvc bench raster
@@ -50,34 +51,44 @@ def time_pipeline(views: int, backend: str, repeats: int, size: int = 512, devic
 
     v, f, cams, col = make_scene(views, size, device=device)
     topo = mesh_topology(f.to(device), v.shape[0])
-    fr = _iteration(v, f, cams, col, topo, backend)  # warm-up (kernel loading)
-    coverage = float((fr.face_id >= 0).float().mean())
-    times = []
+    times, cpu = [], []
+    if backend == "warp":  # warm-up (kernel loading); the torch twin has nothing to warm up
+        _iteration(v, f, cams, col, topo, backend)
     for _ in range(repeats):
         if device != "cpu":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        _iteration(v, f, cams, col, topo, backend)
+        c0 = time.process_time()
+        fr = _iteration(v, f, cams, col, topo, backend)
         if device != "cpu":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats, "coverage": coverage}
+        cpu.append((time.process_time() - c0) * 1e3)
+    coverage = float((fr.face_id >= 0).float().mean())
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "cpu_ms": statistics.median(cpu),
+            "repeats": repeats, "coverage": coverage}
 
 
 def run(quick: bool = False) -> dict:
     from diffvc.geometry import torus
 
     _, f = torus(1.0, 0.4, 250, 200)
+    import os
+
     out = {"triangles": int(f.shape[0]), "resolution": "512x512", "dtype": "float32",
-           "threads": torch.get_num_threads(), "device": "cpu"}
-    reps = {1: 5 if quick else 15, 8: 2 if quick else 5}
+           "threads": torch.get_num_threads(), "device": "cpu",
+           "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
+    reps = {1: 5 if quick else 15, 8: 3 if quick else 7}
     for views in (1, 8):
         w = time_pipeline(views, "warp", reps[views])
-        t = time_pipeline(views, "torch", max(2, reps[views] // 2))
+        t = time_pipeline(views, "torch", 1 if quick else 3)
         out[f"warp_{views}view_ms"] = round(w["median_ms"], 2)
+        out[f"warp_{views}view_min_ms"] = round(w["min_ms"], 2)
+        out[f"warp_{views}view_process_cpu_ms"] = round(w["cpu_ms"], 2)
         out[f"torch_{views}view_ms"] = round(t["median_ms"], 2)
         out[f"speedup_{views}view"] = round(t["median_ms"] / w["median_ms"], 2)
         out[f"coverage_{views}view"] = round(w["coverage"], 3)
+    out["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     out["target_1view_ms"] = 100.0
     out["meets_target"] = bool(out["warp_1view_ms"] < 100.0)
     if torch.cuda.is_available():

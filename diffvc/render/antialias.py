@@ -224,10 +224,19 @@ def _plane_key_torch(screen, faces, b, f, px, py, perspective):
     return l0 * t[:, 0, 2] + l1 * t[:, 1, 2] + l2 * t[:, 2, 2]
 
 
-def _facing_torch(screen, faces, b, f):
-    t = screen[b[:, None], faces.long()[f]]
-    a = _edge2(t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1], t[:, 2, 0], t[:, 2, 1])
-    return torch.where(a > 0, 1, -1)
+def silhouette_flags_torch(screen, faces, topo):
+    """Per view and face: ``facing`` (+1/-1, sign of the screen-space area), ``has_sil`` (an
+    edge of the face is a silhouette) and ``near_sil`` (a face sharing a vertex has one), (B, F)
+    each; the torch twin of the ``face_*`` kernels."""
+    fl = faces.long()
+    t = screen[:, fl]  # (B, F, 3, 3)
+    a = _edge2(t[..., 0, 0], t[..., 0, 1], t[..., 1, 0], t[..., 1, 1], t[..., 2, 0], t[..., 2, 1])
+    facing = torch.where(a > 0, 1, -1)
+    nb = topo.neighbors.long()
+    has_sil = ((nb < 0)[None] | (facing[:, nb.clamp_min(0)] != facing[:, :, None])).any(-1)
+    fan = topo.fans[fl]  # (F, 3, maxdeg)
+    near = (has_sil[:, fan.clamp_min(0)] & (fan >= 0)[None]).flatten(2).any(-1)
+    return facing, has_sil, near
 
 
 def _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign):
@@ -246,17 +255,17 @@ def _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign):
     return torch.where(ok, s, torch.full_like(s, -1.0))
 
 
-def _find_edge_torch(screen, faces, nbrs, b, f, other, horizontal, cx, cy, sign, perspective):
+def _find_edge_torch(screen, faces, nbrs, facing, b, f, other, horizontal, cx, cy, sign, perspective):
     """Vectorised twin of the kernel's ``_find_edge`` over K pairs; f >= 0 everywhere."""
     res_a = torch.full(f.shape, -1, dtype=torch.long, device=f.device)
     res_b = res_a.clone()
     best = torch.full(f.shape, -1.0, dtype=screen.dtype, device=f.device)
-    ff = _facing_torch(screen, faces, b, f)
+    ff = facing[b, f]
     fl = faces.long()
     has_other = other >= 0
     for k in range(3):
         nb = nbrs.long()[f, k]
-        sil = (nb < 0) | (_facing_torch(screen, faces, b, nb.clamp_min(0)) != ff)
+        sil = (nb < 0) | (facing[b, nb.clamp_min(0)] != ff)
         ia = fl[f, k]
         ib = fl[f, (k + 1) % 3]
         s = _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign)
@@ -271,10 +280,12 @@ def _find_edge_torch(screen, faces, nbrs, b, f, other, horizontal, cx, cy, sign,
     return res_a, res_b
 
 
-def _find_silhouette_torch(screen, faces, topo, b, f, other, horizontal, cx, cy, sign, perspective):
-    """Twin of the kernel's ``_find_silhouette``: the outermost edge over f and its vertex fans."""
+def _find_silhouette_torch(screen, faces, topo, flags, b, f, other, horizontal, cx, cy, sign, perspective):
+    """Twin of the kernel's ``_find_silhouette``: the outermost edge over f and its vertex fans
+    (faces without a silhouette edge are skipped, as in the kernel; it changes nothing but time)."""
     nbrs = topo.neighbors
-    ra, rb = _find_edge_torch(screen, faces, nbrs, b, f, other, horizontal, cx, cy, sign, perspective)
+    facing, has_sil, _ = flags
+    ra, rb = _find_edge_torch(screen, faces, nbrs, facing, b, f, other, horizontal, cx, cy, sign, perspective)
     best = torch.where(ra >= 0, _edge_cross_torch(screen, b, ra.clamp_min(0), rb.clamp_min(0), horizontal, cx, cy, sign),
                        torch.full_like(cx, -1.0))
     fl = faces.long()
@@ -283,9 +294,10 @@ def _find_silhouette_torch(screen, faces, topo, b, f, other, horizontal, cx, cy,
         for k in range(fan.shape[1]):
             g = fan[:, k]
             m = (g >= 0) & (g != f)
+            m = m & has_sil[b, g.clamp_min(0)]
             if m.any():
-                ga, gb = _find_edge_torch(screen, faces, nbrs, b[m], g[m], other[m], horizontal, cx[m], cy[m], sign,
-                                          perspective)
+                ga, gb = _find_edge_torch(screen, faces, nbrs, facing, b[m], g[m], other[m], horizontal, cx[m], cy[m],
+                                          sign, perspective)
                 s2 = torch.where(ga >= 0, _edge_cross_torch(screen, b[m], ga.clamp_min(0), gb.clamp_min(0), horizontal,
                                                             cx[m], cy[m], sign), torch.full_like(cx[m], -1.0))
                 better = (ga >= 0) & (s2 > best[m])
@@ -298,11 +310,17 @@ def silhouette_pairs_torch(screen, faces, topo, face_id, perspective):
     """Plain-torch twin of the ``silhouette_pairs`` kernel; returns the detected pairs as
     ``(b, y, x, d, va, vb, side)`` tensors (K,), ordered like ``nonzero`` over (b, y, x, d)."""
     B, H, W = face_id.shape
+    flags = silhouette_flags_torch(screen, faces, topo)
+    near_sil = flags[2]
+    bidx = torch.arange(B, device=face_id.device)[:, None, None]
+    fid = face_id.long()
+    near_img = near_sil[bidx, fid.clamp_min(0)] & (fid >= 0)
     outs = []
     for d in (0, 1):
         fa_img = face_id[:, : H - d, : W - (1 - d)]
         fb_img = face_id[:, d:, (1 - d):]
-        b, y, x = (fa_img != fb_img).nonzero().unbind(1)
+        near = near_img[:, : H - d, : W - (1 - d)] | near_img[:, d:, (1 - d):]
+        b, y, x = ((fa_img != fb_img) & near).nonzero().unbind(1)
         fa = fa_img[b, y, x].long()
         fb = fb_img[b, y, x].long()
         cx = x.to(screen.dtype) + 0.5
@@ -312,13 +330,13 @@ def silhouette_pairs_torch(screen, faces, topo, face_id, perspective):
         sd = torch.zeros_like(fa)
         m = fa >= 0
         if m.any():
-            ra, rb = _find_silhouette_torch(screen, faces, topo, b[m], fa[m], fb[m], d == 0, cx[m], cy[m], 1.0, perspective)
+            ra, rb = _find_silhouette_torch(screen, faces, topo, flags, b[m], fa[m], fb[m], d == 0, cx[m], cy[m], 1.0, perspective)
             va[m], vb[m] = ra, rb
         m2 = (va < 0) & (fb >= 0)
         if m2.any():
             qcx = cx[m2] + (1 - d)
             qcy = cy[m2] + d
-            ra, rb = _find_silhouette_torch(screen, faces, topo, b[m2], fb[m2], fa[m2], d == 0, qcx, qcy, -1.0, perspective)
+            ra, rb = _find_silhouette_torch(screen, faces, topo, flags, b[m2], fb[m2], fa[m2], d == 0, qcx, qcy, -1.0, perspective)
             va[m2], vb[m2] = ra, rb
             sd[m2] = torch.where(ra >= 0, 1, 0)
         keep = va >= 0
