@@ -147,9 +147,8 @@ def integrate_bodies(
     q: wp.array(dtype=Any),
     v: wp.array(dtype=Any),
     w: wp.array(dtype=Any),
-    inv_mass: wp.array(dtype=Any),
+    mass: wp.array(dtype=Any),
     inertia: wp.array(dtype=Any),
-    inv_inertia: wp.array(dtype=Any),
     force: wp.array(dtype=Any),
     torque: wp.array(dtype=Any),
     gravity: wp.array(dtype=Any),
@@ -167,12 +166,12 @@ def integrate_bodies(
     one = dt - dt + type(dt)(1.0)
     half = type(dt)(0.5)
     qb = q[b]
-    v1 = (v[b] + (force[b] * inv_mass[b] + gravity[0]) * dt) / (one + damping[0] * dt)
+    v1 = (v[b] + (force[b] / mass[b] + gravity[0]) * dt) / (one + damping[0] * dt)
     # angular velocity in the body frame
     wl = quat_apply_inv(qb, w[b])
     tl = quat_apply_inv(qb, torque[b])
     I = inertia[b]
-    wa = wl + inv_inertia[b] * tl * dt
+    wa = wl + wp.inverse(I) * tl * dt
     # implicit gyroscopic term: solve I (w - wa) + dt w x (I w) = 0 by one Newton step from wa
     Iw = I * wa
     J = I + (wp.skew(wa) * I - wp.skew(Iw)) * dt

@@ -333,8 +333,8 @@ def rigid_step(model: RigidBodyModel, state: RigidBodyState, dt: float,
         t = t + torque
     x, q, v, w = kernel_op(
         integrate_bodies, nb,
-        [vec(_c(state.x)), vec(_c(state.q)), vec(_c(state.v)), vec(_c(state.w)), 1.0 / model.mass,
-         mat(_c(model.inertia)), mat(_c(model.inv_inertia())), vec(_c(f)), vec(_c(t)),
+        [vec(_c(state.x)), vec(_c(state.q)), vec(_c(state.v)), vec(_c(state.w)), _c(model.mass),
+         mat(_c(model.inertia)), vec(_c(f)), vec(_c(t)),
          vec(_c(model.gravity.reshape(1, 3))), _c(model.damping), float(dt)],
         [Out((nb, 3), "vec"), Out((nb, 4), "vec"), Out((nb, 3), "vec"), Out((nb, 3), "vec")],
     )
