@@ -132,3 +132,36 @@ def test_soft_body_gradient_matches_finite_differences(param):
     rep = grad_check(loss, (p,), eps=1e-4 * truth[param])
     assert rep.numeric[0].abs().max() * truth[param] > 1e-4  # the parameter visibly matters
     assert rep.max_rel_error < 1e-5, str(rep)
+
+
+def _sphere_scene(smooth: bool):
+    from diffvc.geometry import icosphere
+
+    v, f = icosphere(2, radius=0.5, dtype=D)
+    cams = Cameras.look_at([[0.0, 0.0, 2.0]], width=24, height=24, fov_y=40.0, dtype=D)
+    sc = Scene(cams, [DirectionalLight.create([0.3, -0.5, -1.0], [3.0, 3.0, 3.0], dtype=D)])
+    sc.add_shape("ball", f, SoftBinding(None), color=(0.6, 0.6, 0.6), smooth=smooth)
+    return sc, v
+
+
+def test_smooth_shading_is_used_for_smooth_shapes():
+    flat_sc, v = _sphere_scene(False)
+    smooth_sc, _ = _sphere_scene(True)
+    flat, smooth = render_frame(flat_sc, v, antialiased=False)[0], render_frame(smooth_sc, v, antialiased=False)[0]
+    inside = (flat[..., 0] > 0) | (smooth[..., 0] > 0)
+    # flat shading: one colour per face; smooth shading varies inside faces too
+    assert smooth[inside].unique(dim=0).shape[0] > 2 * flat[inside].unique(dim=0).shape[0]
+
+
+def test_degenerate_geometry_gives_finite_values_and_gradients():
+    """A soft body collapsed to a line and a point (zero-area faces): finite image and gradients."""
+    sc, v = _sphere_scene(True)
+    x = v.clone()
+    x[: v.shape[0] // 2] = 0.0          # half the nodes coincide
+    x[v.shape[0] // 2:, 1:] = 0.0       # the rest on a line
+    x = x.requires_grad_()
+    col = torch.tensor([0.6, 0.6, 0.6], dtype=D, requires_grad=True)
+    img = render_trajectory(sc.replace({"shape.ball.color": col}), [x, v.clone()])
+    assert torch.isfinite(img).all()
+    img.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(col.grad).all()
