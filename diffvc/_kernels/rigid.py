@@ -60,43 +60,57 @@ def smooth_contact_force(n: Any, c: Any, v: Any, ke: Any, kd: Any, mu: Any, vs: 
     return f
 
 
+@wp.func
+def row3(a: Any, i: int, k: int):
+    """Entries k..k+2 of row i of a 2-D array as a 3-vector."""
+    return wp.vector(a[i, k], a[i, k + 1], a[i, k + 2])
+
+
+@wp.func
+def row4(a: Any, i: int, k: int):
+    """Entries k..k+3 of row i of a 2-D array as a 4-vector."""
+    return wp.vector(a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3])
+
+
+# Packed layouts (fewer arrays per launch: the bridge's per-array cost dominates small scenes):
+#   body  (B, 13): x (0..2), q (3..6, x y z w), v (7..9), w (10..12)
+#   geo   (P, 4):  collision point in the body frame (0..2), radius (3)
+#   params (10,):  plane contact (ke, kd, mu, vs, delta), then body-body contact (same five)
+#   ft    (B, 6):  force (0..2), torque about the centre of mass (3..5)
+#   env   (5,):    gravity (0..2), linear and angular damping (3, 4)
+
+
 @wp.kernel
 def rigid_contact_forces(
-    body_x: wp.array(dtype=Any),
-    body_q: wp.array(dtype=Any),
-    body_v: wp.array(dtype=Any),
-    body_w: wp.array(dtype=Any),
-    point_local: wp.array(dtype=Any),
+    body: wp.array2d(dtype=Any),
+    geo: wp.array2d(dtype=Any),
     point_body: wp.array(dtype=wp.int32),
-    point_radius: wp.array(dtype=Any),
     pairs: wp.array2d(dtype=wp.int32),
     planes: wp.array(dtype=Any),
-    contact: wp.array(dtype=Any),
-    pair_contact: wp.array(dtype=Any),
+    params: wp.array(dtype=Any),
     n_points: int,
     n_pairs: int,
     n_planes: int,
-    force: wp.array(dtype=Any),
-    torque: wp.array(dtype=Any),
+    ft: wp.array2d(dtype=Any),
 ):
     """Threads ``0..n_points-1``: point/sphere vs planes; threads ``n_points..n_points+n_pairs-1``:
     sphere vs sphere (point pairs of different bodies). Each thread atomically adds the contact
-    force (N) and torque about the body's centre of mass (N m) into ``force``/``torque`` (B, 3).
+    force (N) and torque about the body's centre of mass (N m) into ``ft`` (B, 6).
     Launch single-threaded on CPU (atomics); the adjoint gathers."""
     tid = wp.tid()
     if tid < n_points:
         b = point_body[tid]
-        xb = body_x[b]
-        q = body_q[b]
-        vb = body_v[b]
-        wb = body_w[b]
-        r = point_radius[tid]
-        p = xb + quat_apply(q, point_local[tid])
-        ke = contact[0]
-        kd = contact[1]
-        mu = contact[2]
-        vs = contact[3]
-        delta = contact[4]
+        xb = row3(body, b, 0)
+        q = row4(body, b, 3)
+        vb = row3(body, b, 7)
+        wb = row3(body, b, 10)
+        r = geo[tid, 3]
+        p = xb + quat_apply(q, row3(geo, tid, 0))
+        ke = params[0]
+        kd = params[1]
+        mu = params[2]
+        vs = params[3]
+        delta = params[4]
         f_tot = xb * (r - r)
         t_tot = xb * (r - r)
         # constant trip count: Warp unrolls it, keeping the adjoint of the sums exact
@@ -110,20 +124,21 @@ def rigid_contact_forces(
                 f = smooth_contact_force(n, c, vel, ke, kd, mu, vs, delta)
                 f_tot = f_tot + f
                 t_tot = t_tot + wp.cross(arm, f)
-        wp.atomic_add(force, b, f_tot)
-        wp.atomic_add(torque, b, t_tot)
+        for k in range(3):
+            wp.atomic_add(ft, b, k, f_tot[k])
+            wp.atomic_add(ft, b, k + 3, t_tot[k])
     elif tid < n_points + n_pairs:
         k = tid - n_points
         i = pairs[k, 0]
         j = pairs[k, 1]
         bi = point_body[i]
         bj = point_body[j]
-        xi = body_x[bi]
-        xj = body_x[bj]
-        ri = point_radius[i]
-        rj = point_radius[j]
-        pi = xi + quat_apply(body_q[bi], point_local[i])
-        pj = xj + quat_apply(body_q[bj], point_local[j])
+        xi = row3(body, bi, 0)
+        xj = row3(body, bj, 0)
+        ri = geo[i, 3]
+        rj = geo[j, 3]
+        pi = xi + quat_apply(row4(body, bi, 3), row3(geo, i, 0))
+        pj = xj + quat_apply(row4(body, bj, 3), row3(geo, j, 0))
         d = pj - pi
         tiny = type(ri)(1e-12)
         dist = wp.sqrt(wp.dot(d, d) + tiny * tiny)  # smooth at coincident centres (finite gradient)
@@ -131,28 +146,25 @@ def rigid_contact_forces(
         c = dist - ri - rj
         half = type(ri)(0.5)
         cp = pi + n * (ri + c * half)
-        vi = body_v[bi] + wp.cross(body_w[bi], cp - xi)
-        vj = body_v[bj] + wp.cross(body_w[bj], cp - xj)
-        f = smooth_contact_force(n, c, vj - vi, pair_contact[0], pair_contact[1], pair_contact[2], pair_contact[3],
-                                 pair_contact[4])
-        wp.atomic_add(force, bj, f)
-        wp.atomic_add(torque, bj, wp.cross(cp - xj, f))
-        wp.atomic_sub(force, bi, f)
-        wp.atomic_sub(torque, bi, wp.cross(cp - xi, f))
+        vi = row3(body, bi, 7) + wp.cross(row3(body, bi, 10), cp - xi)
+        vj = row3(body, bj, 7) + wp.cross(row3(body, bj, 10), cp - xj)
+        f = smooth_contact_force(n, c, vj - vi, params[5], params[6], params[7], params[8], params[9])
+        tj = wp.cross(cp - xj, f)
+        ti = wp.cross(cp - xi, f)
+        for m in range(3):
+            wp.atomic_add(ft, bj, m, f[m])
+            wp.atomic_add(ft, bj, m + 3, tj[m])
+            wp.atomic_sub(ft, bi, m, f[m])
+            wp.atomic_sub(ft, bi, m + 3, ti[m])
 
 
 @wp.kernel
 def integrate_bodies(
-    x: wp.array(dtype=Any),
-    q: wp.array(dtype=Any),
-    v: wp.array(dtype=Any),
-    w: wp.array(dtype=Any),
+    body: wp.array2d(dtype=Any),
     mass: wp.array(dtype=Any),
     inertia: wp.array(dtype=Any),
-    force: wp.array(dtype=Any),
-    torque: wp.array(dtype=Any),
-    gravity: wp.array(dtype=Any),
-    damping: wp.array(dtype=Any),
+    ft: wp.array2d(dtype=Any),
+    env: wp.array(dtype=Any),
     dt: Any,
     x_out: wp.array(dtype=Any),
     q_out: wp.array(dtype=Any),
@@ -165,18 +177,19 @@ def integrate_bodies(
     b = wp.tid()
     one = dt - dt + type(dt)(1.0)
     half = type(dt)(0.5)
-    qb = q[b]
-    v1 = (v[b] + (force[b] / mass[b] + gravity[0]) * dt) / (one + damping[0] * dt)
+    qb = row4(body, b, 3)
+    g = wp.vector(env[0], env[1], env[2])
+    v1 = (row3(body, b, 7) + (row3(ft, b, 0) / mass[b] + g) * dt) / (one + env[3] * dt)
     # angular velocity in the body frame
-    wl = quat_apply_inv(qb, w[b])
-    tl = quat_apply_inv(qb, torque[b])
+    wl = quat_apply_inv(qb, row3(body, b, 10))
+    tl = quat_apply_inv(qb, row3(ft, b, 3))
     I = inertia[b]
     wa = wl + wp.inverse(I) * tl * dt
     # implicit gyroscopic term: solve I (w - wa) + dt w x (I w) = 0 by one Newton step from wa
     Iw = I * wa
     J = I + (wp.skew(wa) * I - wp.skew(Iw)) * dt
     wb = wa - wp.inverse(J) * (wp.cross(wa, Iw) * dt)
-    wb = wb / (one + damping[1] * dt)
+    wb = wb / (one + env[4] * dt)
     w1 = quat_apply(qb, wb)
     # q' = 0.5 (w1, 0) (x) q
     qv = type(w1)(qb[0], qb[1], qb[2])
@@ -184,7 +197,7 @@ def integrate_bodies(
     dqs = -wp.dot(w1, qv) * half
     qn = type(qb)(qb[0] + dqv[0] * dt, qb[1] + dqv[1] * dt, qb[2] + dqv[2] * dt, qb[3] + dqs * dt)
     qn = qn / wp.sqrt(wp.dot(qn, qn))
-    x_out[b] = x[b] + v1 * dt
+    x_out[b] = row3(body, b, 0) + v1 * dt
     q_out[b] = qn
     v_out[b] = v1
     w_out[b] = w1

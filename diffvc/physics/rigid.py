@@ -303,17 +303,27 @@ def _c(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def contact_forces(model: RigidBodyModel, state: RigidBodyState) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total contact force (B, 3) N and torque about each centre of mass (B, 3) N m (Warp)."""
-    nb, npnt, npair = model.mass.shape[0], model.points.shape[0], model.pairs.shape[0]
+def _packed_body(state: RigidBodyState) -> torch.Tensor:
+    return torch.cat([state.x, state.q, state.v, state.w], 1)
+
+
+def _contact_ft(model: RigidBodyModel, body: torch.Tensor) -> torch.Tensor:
+    npnt, npair = model.points.shape[0], model.pairs.shape[0]
+    geo = torch.cat([model.points, model.point_radius[:, None]], 1)
+    params = torch.cat([model.contact, model.pair_contact])
     return kernel_op(
         rigid_contact_forces, npnt + npair,
-        [vec(_c(state.x)), vec(_c(state.q)), vec(_c(state.v)), vec(_c(state.w)), vec(_c(model.points)),
-         model.point_body, _c(model.point_radius), _dummy_pairs(model), vec(_c(_dummy_planes(model))),
-         _c(model.contact), _c(model.pair_contact),
+        [body, geo, model.point_body, _dummy_pairs(model), vec(_c(_dummy_planes(model))), params,
          npnt, npair, model.planes.shape[0]],
-        [Out((nb, 3), "vec"), Out((nb, 3), "vec")],
+        [Out((model.mass.shape[0], 6))],
     )
+
+
+def contact_forces(model: RigidBodyModel, state: RigidBodyState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total contact force (B, 3) N and torque about each centre of mass (B, 3) N m (Warp)."""
+    _check_state(state, model)
+    ft = _contact_ft(model, _packed_body(state))
+    return ft[:, :3], ft[:, 3:]
 
 
 def rigid_step(model: RigidBodyModel, state: RigidBodyState, dt: float,
@@ -326,16 +336,15 @@ def rigid_step(model: RigidBodyModel, state: RigidBodyState, dt: float,
     """
     _check_state(state, model)
     nb = model.mass.shape[0]
-    f, t = contact_forces(model, state)
-    if force is not None:
-        f = f + force
-    if torque is not None:
-        t = t + torque
+    body = _packed_body(state)
+    ft = _contact_ft(model, body)
+    if force is not None or torque is not None:
+        zero = torch.zeros_like(state.x)
+        ft = ft + torch.cat([zero if force is None else force, zero if torque is None else torque], 1)
+    env = torch.cat([model.gravity, model.damping])
     x, q, v, w = kernel_op(
         integrate_bodies, nb,
-        [vec(_c(state.x)), vec(_c(state.q)), vec(_c(state.v)), vec(_c(state.w)), _c(model.mass),
-         mat(_c(model.inertia)), vec(_c(f)), vec(_c(t)),
-         vec(_c(model.gravity.reshape(1, 3))), _c(model.damping), float(dt)],
+        [body, _c(model.mass), mat(_c(model.inertia)), _c(ft), env, float(dt)],
         [Out((nb, 3), "vec"), Out((nb, 4), "vec"), Out((nb, 3), "vec"), Out((nb, 3), "vec")],
     )
     return RigidBodyState(x, q, v, w)
