@@ -25,7 +25,7 @@ def _time_iteration(exp, target, backend: str):
 
     params = exp.params()
     t0, c0 = time.perf_counter(), time.process_time()
-    scene, states = exp.rollout(params.values())
+    scene, states = exp.simulate_scene(params.values())
     t1 = time.perf_counter()
     video = render_trajectory(scene, states, backend=backend)
     t2 = time.perf_counter()

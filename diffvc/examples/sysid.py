@@ -29,11 +29,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from ..geometry import box, mass_properties
+from ..geometry import box, mass_properties, tet_boundary_faces, tetrahedralize
 from ..optim import Bounded, ParameterSet, Positive, optimize, plot_history, pyramid_mse, relative_error
+from ..physics import rollout
+from ..physics.fem import FEMModel, fem_step
+from ..physics.rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step
 from ..pipeline import RigidBinding, Scene, SoftBinding
 from ..pipeline.video import render_trajectory
 from ..render import AmbientLight, Cameras, DirectionalLight
@@ -95,8 +97,6 @@ class RigidProblem:
 
 class RigidExperiment:
     def __init__(self, prob: RigidProblem):
-        from ..physics.rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step  # noqa: F401
-
         self.p = prob
         dev = prob.device
         v, f = box(prob.box_size, dtype=DTYPE, device=dev)
@@ -111,9 +111,6 @@ class RigidExperiment:
 
     def simulate(self, mass: torch.Tensor, mu: torch.Tensor):
         """Recorded states at the video frames (frames + 1 of them)."""
-        from ..physics import rollout
-        from ..physics.rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step
-
         p = self.p
         model = RigidBodyModel.create(mass.reshape(1), (self.inertia_per_kg * mass).reshape(1, 3, 3), self.verts,
                                       pairs=None, ke=p.ke, kd=p.kd, mu=mu, friction_smoothing=p.friction_smoothing,
@@ -127,14 +124,14 @@ class RigidExperiment:
                             record=True)
         return states
 
-    def rollout(self, values: dict):
+    def simulate_scene(self, values: dict):
         """The scene with the parameter values put in by name, and the simulated states."""
         scene = self.scene.replace({"body.box.mass": values["mass"], "body.box.mu": values["mu"]})
         b = scene.body("box")
         return scene, self.simulate(b["mass"], b["mu"])
 
     def video(self, values: dict) -> torch.Tensor:
-        return render_trajectory(*self.rollout(values))
+        return render_trajectory(*self.simulate_scene(values))
 
     def params(self, start=None) -> ParameterSet:
         m, mu = self.p.start if start is None else start
@@ -185,8 +182,6 @@ class SoftExperiment:
     itself is undamped and the damping shows only in the squash-and-jiggle after impact)."""
 
     def __init__(self, prob: SoftProblem):
-        from ..geometry import tet_boundary_faces, tetrahedralize
-
         self.p = prob
         dev = prob.device
         v, f = box(prob.body_size, dtype=DTYPE, device=dev)
@@ -203,9 +198,6 @@ class SoftExperiment:
         self.scene.add_body("jelly", young=prob.true[0], damping=prob.true[1])
 
     def simulate(self, young: torch.Tensor, damping: torch.Tensor):
-        from ..physics import rollout
-        from ..physics.fem import FEMModel, fem_step
-
         p = self.p
         model = FEMModel.create(self.rest, self.tets, density=p.density, youngs_modulus=young, poisson_ratio=p.poisson,
                                 damping=torch.stack([torch.zeros_like(damping), damping]), ke=p.ke, kd=p.kd,
@@ -215,14 +207,14 @@ class SoftExperiment:
                             substeps=p.every, record=True)
         return states
 
-    def rollout(self, values: dict):
+    def simulate_scene(self, values: dict):
         """The scene with the parameter values put in by name, and the simulated states."""
         scene = self.scene.replace({"body.jelly.young": values["young"], "body.jelly.damping": values["damping"]})
         b = scene.body("jelly")
         return scene, self.simulate(b["young"], b["damping"])
 
     def video(self, values: dict) -> torch.Tensor:
-        return render_trajectory(*self.rollout(values))
+        return render_trajectory(*self.simulate_scene(values))
 
     def params(self, start=None) -> ParameterSet:
         E, beta = self.p.start if start is None else start
