@@ -15,6 +15,12 @@ antialiased rasterizer, the bindings and every physics step to the physical para
   on the ground, squashes and rebounds. The squash depth and the jiggle frequency fix Young's
   modulus; how fast the jiggle dies out fixes the damping. Recovered: Young's modulus, damping.
 
+Identifiability is also measured, not only argued: ``<part>_gn_*`` in ``metrics.json`` are the
+eigenvalues, condition number and column correlation of the Gauss-Newton matrix of the pixel
+residual w.r.t. the log-parameters at the truth (see :func:`identifiability`); measured: rigid
+condition 6.2, correlation 0.66 (mass and friction both visible, partly traded off); soft
+condition 208, correlation 0.06 (damping moves fewer pixels than stiffness, but independently).
+
 Each part writes ``<part>/side_by_side.gif`` (target | estimate at start | estimate at end, two
 camera views each), ``<part>/curves.png`` (loss and parameter curves) and contributes
 ``<part>_rel_error_<param>`` to ``metrics.json``. The optimizer runs Adam on a 3-level image
@@ -269,6 +275,31 @@ def _side_by_side(path, target, start, end, fps=10):
     iio.imwrite(path.with_suffix(".png"), frames[len(frames) // 2])
 
 
+def identifiability(exp, rel_step: float = 1e-4) -> dict:
+    """Local identifiability at the true parameters: the Gauss-Newton matrix ``G = J^T J`` of the
+    per-pixel residual w.r.t. the *log* parameters, ``J`` by central differences of the video
+    (2 renders per parameter, no backward pass). Both eigenvalues clearly above zero mean each
+    parameter (and each combination) changes the pixels; the condition number says how elongated
+    the valley is, and ``corr`` is the cosine between the two Jacobian columns (1: confounded)."""
+    truth = exp.truth()
+    names = list(truth)
+    cols = []
+    with torch.no_grad():
+        for k in names:
+            vids = []
+            for sgn in (1.0, -1.0):
+                vals = {n: torch.tensor(truth[n], dtype=DTYPE, device=exp.p.device) for n in names}
+                vals[k] = vals[k] * torch.exp(torch.tensor(sgn * rel_step, dtype=DTYPE))
+                vids.append(exp.video(vals))
+            cols.append(((vids[0] - vids[1]) / (2 * rel_step)).reshape(-1))
+    J = torch.stack(cols, 1)
+    G = J.T @ J / J.shape[0]
+    ev = torch.linalg.eigvalsh(G)
+    corr = float(G[0, 1] / torch.sqrt(G[0, 0] * G[1, 1]))
+    return {"gn_eig_min": float(ev[0]), "gn_eig_max": float(ev[-1]), "gn_condition": float(ev[-1] / ev[0]),
+            "gn_corr": corr}
+
+
 def run_part(name: str, exp, cfg, adam_iters: int, lbfgs_iters: int, lr: float, noise: float,
              lbfgs_kwargs: dict | None = None) -> dict:
     out = cfg.out / name
@@ -292,6 +323,7 @@ def run_part(name: str, exp, cfg, adam_iters: int, lbfgs_iters: int, lr: float, 
                  title=f"sysid {name}: from pixels" + (f" ({noise:.0%} noise)" if noise > 0 else ""))
     m = {f"{name}_seconds": seconds, f"{name}_iterations": hist.iterations,
          f"{name}_initial_loss": hist.loss[0], f"{name}_final_loss": final_loss}
+    m.update({f"{name}_{k}": v for k, v in identifiability(exp).items()})
     for k, v in truth.items():
         m[f"{name}_{k}_true"] = v
         m[f"{name}_{k}_start"] = hist.params[0][k]
