@@ -502,6 +502,13 @@ def fem_implicit_step(model: FEMModel, state: FEMState, dt: float, newton_iters:
 
     Backward: implicit function theorem (one adjoint sparse solve with the transposed system
     matrix at the solution); exact for the solution, independent of how Newton got there.
+
+    Newton takes full steps (capped at half the body size; no line search). With sliding ground
+    contact the regularised friction law is very curved below ``friction_smoothing``; if the
+    tangential motion per step is much larger than ``friction_smoothing * dt`` Newton can cycle:
+    a ``RuntimeWarning`` says so (the adjoint then differentiates a non-solution). Cost: the
+    system matrix is assembled from per-tet 9x9 stress derivatives (one forward-mode pass) and
+    factorised by SciPy's sparse LU (CPU; tensors on another device go through the host).
     ``tol``: stop when the Newton update is below ``tol`` m (default 1e-10 for float64, 1e-6
     for float32 times the body size).
     """
