@@ -33,13 +33,14 @@ Gradients
     moves along the fixed camera ray; the next path vertex is held fixed in area measure, so
     the first bounce's geometry factor ``G(x, x2)`` changes (BSDF sampling only: area lights
     and the environment, not point/directional lights; the BSDF value is held fixed, exact for
-    diffuse surfaces).
+    diffuse surfaces). Its variance is high where the moving surface touches another one (the
+    geometry factor's derivative grows like 1 / distance).
 
   Not included: visibility changes seen from moving points (e.g. a static object's shadow
   sliding over a moving box) and from later bounces, and interior terms beyond the first
   bounce. Where those vanish the gradient matches finite differences (tests); on the Cornell
-  box (translating the short box) the aggregate error against finite differences is reported
-  by ``bench/pathtrace.py`` as ``cornell_box_translation_grad_rel_err``.
+  box (translating the short box) ``bench/pathtrace.py`` reports the aggregate error against
+  finite differences for each combination of terms (``cornell_box_translation_grad_rel_err_*``).
 
 The image is the box-filtered pixel integral ``(H, W, 3)`` of linear radiance.
 """
