@@ -3,7 +3,7 @@
 * ``fem_drop``: a soft 0.2 m cube (tet_box resolution 4: 125 vertices, 384 tets, stable
   Neo-Hookean) dropped on the ground, 200 semi-implicit steps of 1 ms, loss on the final
   positions, gradients w.r.t. (E, nu, damping): ``fem_step`` (Warp) vs ``fem_step_torch``.
-* ``fem_implicit``: the same cube, 20 backward-Euler steps of 10 ms (Newton + sparse LU, backward
+* ``fem_implicit``: the same cube, 10 backward-Euler steps of 10 ms (Newton + sparse LU, backward
   = one adjoint solve per step).
 * ``rigid_slide``: a box (8 collision vertices) pushed across the ground, 500 steps of 1 ms,
   gradients w.r.t. density, mu and the impulse: ``rigid_step`` (Warp) vs ``rigid_step_torch``.
@@ -71,7 +71,7 @@ def run(quick: bool = False) -> dict:
     variants = {
         "fem_drop_warp": lambda: fem_drop(fem_step, 100 if quick else 200),
         "fem_drop_torch": lambda: fem_drop(fem_step_torch, 100 if quick else 200),
-        "fem_implicit": lambda: fem_drop(fem_implicit_step, 5 if quick else 20, implicit=True),
+        "fem_implicit": lambda: fem_drop(fem_implicit_step, 5 if quick else 10, implicit=True),
         "rigid_slide_warp": lambda: rigid_slide(rigid_step, 250 if quick else 500),
         "rigid_slide_torch": lambda: rigid_slide(rigid_step_torch, 250 if quick else 500),
     }
@@ -83,7 +83,7 @@ def run(quick: bool = False) -> dict:
             times[k].append(fn())
     out = {"quick": quick, "repeats": repeats, "threads": torch.get_num_threads(),
            "fem_tets": 384, "fem_vertices": 125,
-           "fem_drop_steps": 100 if quick else 200, "fem_implicit_steps": 5 if quick else 20,
+           "fem_drop_steps": 100 if quick else 200, "fem_implicit_steps": 5 if quick else 10,
            "rigid_steps": 250 if quick else 500}
     for k, ts in times.items():
         out[f"{k}_forward_ms"] = statistics.median(t[0] for t in ts)

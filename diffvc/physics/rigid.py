@@ -27,7 +27,7 @@ and piecewise smooth; at contact onset the gradient is the one-sided derivative 
 branch. That derivative is exact for the discrete simulation but, because the step in which a
 contact starts depends on the initial state, the final state then carries a saw-tooth of period
 one time step: e.g. a head-on elastic collision's d(v_out)/d(v_in) came out as -0.6/1.6 instead
-of the physical 0/1 exchange. ``delta > 0`` (a few times the distance moved per step) makes the
+of the physical 0/1 exchange. ``delta > 0`` (comparable to the distance moved per step or more) makes the
 force field smooth, the saw-tooth vanishes and the same derivative matches the physical one
 (tests: 1e-2). Use ``delta > 0`` whenever gradients w.r.t. the timing of impacts matter.
 ``vs`` (``friction_smoothing``) turns friction viscous below ``vs``: there is no stick/slip

@@ -150,7 +150,7 @@ def test_gradients_stay_finite_with_correct_sign_over_1000_steps():
         model, state = _box_on_ground(125.0, mu, delta=1e-3)
         state = RigidBodyState(state.x + torch.tensor([[0.0, 0.05, 0.0]], dtype=D), state.q, state.v, state.w)
         state = apply_impulse(model, state, J.reshape(1, 3))
-        return rollout(lambda s: rigid_step(model, s, 1e-3), state, 1000).x[0, 0]
+        return rollout(lambda s: rigid_step(model, s, 1e-3), state, 1000, checkpoint_every=100).x[0, 0]
 
     mu = torch.tensor(0.3, dtype=D, requires_grad=True)
     J = torch.tensor([1.5, 0.0, 0.0], dtype=D, requires_grad=True)
