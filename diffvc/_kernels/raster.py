@@ -451,8 +451,22 @@ def face_has_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), neighbor
 
 
 @wp.kernel
-def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
-                         vfaces: wp.array(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32),
+def vertex_silhouette(faces: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32),
+                      vert_sil: wp.array2d(dtype=wp.int32)):
+    """vert_sil[b, v] = 1 for the vertices of faces with a silhouette edge (zero-initialised;
+    several threads may store the same 1, so launch it unsplit)."""
+    t = wp.tid()
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    if has_sil[b, f] != 0:
+        vert_sil[b, faces[f, 0]] = 1
+        vert_sil[b, faces[f, 1]] = 1
+        vert_sil[b, faces[f, 2]] = 1
+
+
+@wp.kernel
+def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vert_sil: wp.array2d(dtype=wp.int32),
                          near_sil: wp.array2d(dtype=wp.int32)):
     """near_sil[b, f] = 1 when a face sharing a vertex with f (or f) has a silhouette edge: only
     then can the edge search of ``silhouette_pairs`` starting at f find anything."""
@@ -460,13 +474,7 @@ def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vstart:
     F = faces.shape[0]
     b = t // F
     f = t - b * F
-    h = int(0)
-    for j in range(3):
-        vi = faces[f, j]
-        for e in range(vstart[vi], vstart[vi + 1]):
-            if has_sil[b, vfaces[e]] != 0:
-                h = 1
-    near_sil[b, f] = h
+    near_sil[b, f] = wp.max(wp.max(vert_sil[b, faces[f, 0]], vert_sil[b, faces[f, 1]]), vert_sil[b, faces[f, 2]])
 
 
 @wp.kernel

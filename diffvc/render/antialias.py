@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._kernels import parallel_launch
+from .._kernels import launch, parallel_launch
 from .._kernels import raster as K
 from .rasterize import BACKENDS, Fragments
 
@@ -153,8 +153,9 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         near_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
         parallel_launch(K.face_facing, B * F, [screen, frags.faces], [facing])
         parallel_launch(K.face_has_silhouette, B * F, [frags.faces, topology.neighbors, facing], [has_sil])
-        parallel_launch(K.face_near_silhouette, B * F, [frags.faces, topology.vert_face_start, topology.vert_faces,
-                                                       has_sil], [near_sil])
+        vert_sil = torch.zeros((B, frags.screen.shape[1]), dtype=torch.int32, device=dev)
+        launch(K.vertex_silhouette, B * F, [frags.faces, has_sil], [vert_sil])  # same-value stores: unsplit
+        parallel_launch(K.face_near_silhouette, B * F, [frags.faces, vert_sil], [near_sil])
         edges = torch.empty((B, H, W, 4), dtype=torch.int32, device=dev)
         side = torch.empty((B, H, W, 2), dtype=torch.int32, device=dev)
         parallel_launch(K.silhouette_pairs, B * H * W,
