@@ -15,7 +15,7 @@ import torch
 from ._checks import check_mesh
 from .distance import closest_points
 from .tet_mesh import _kuhn_lattice, remove_unreferenced, signed_tet_volumes, tet_boundary_faces
-from .winding import winding_number
+from .winding import occupancy
 
 
 def _fill_nonmanifold_edges(gt: torch.Tensor, keep: torch.Tensor, n: int, rounds: int = 10) -> torch.Tensor:
@@ -73,7 +73,7 @@ def tetrahedralize(verts: torch.Tensor, faces: torch.Tensor, resolution: int = 1
     ghi = center + counts.double() * h / 2
     gv, gt = _kuhn_lattice(glo, ghi, counts.tolist())
     cent = gv[gt].mean(1)
-    keep = winding_number(v64, f, cent) > 0.5
+    keep = occupancy(v64, f, cent)  # exact winding number, or the BVH fast one for big inputs
     keep = _fill_nonmanifold_edges(gt, keep, gv.shape[0])
     tets = gt[keep]
     if tets.shape[0] == 0:

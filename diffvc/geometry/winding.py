@@ -59,7 +59,25 @@ def winding_number(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tenso
     return torch.cat(out) / (4.0 * math.pi)
 
 
-def occupancy(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Boolean ``(Q,)``: ``winding_number > threshold`` (inside the closed mesh)."""
+def occupancy(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, threshold: float = 0.5,
+              method: str = "auto") -> torch.Tensor:
+    """Boolean ``(Q,)``: ``winding_number > threshold`` (inside the closed mesh).
+
+    ``method``: ``"exact"`` (brute-force winding number, O(Q F)), ``"fast"`` (Warp BVH fast
+    winding number, threshold 1/2 only; approximate within a few triangle sizes of the surface) or
+    ``"auto"`` (exact below 2e8 query-face pairs, else fast).
+    """
+    if method not in ("auto", "exact", "fast"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'fast', got {method!r}")
+    verts, faces = check_mesh(verts, faces)
+    check_points(points, "points")
+    if method == "auto":
+        method = "exact" if points.shape[0] * faces.shape[0] <= 2e8 or threshold != 0.5 else "fast"
+    if method == "fast" and faces.shape[0] and points.shape[0]:
+        if threshold != 0.5:
+            raise ValueError(f"threshold must be 0.5 with method='fast', got {threshold}")
+        from diffvc._kernels.geometry import inside_fast
+
+        return inside_fast(verts, faces, points)
     with torch.no_grad():
         return winding_number(verts, faces, points) > threshold

@@ -46,6 +46,18 @@ def test_winding_number_warp_matches_torch_and_classifies():
     assert 0.3 < float(w[1]) < 0.5 and -0.5 < float(w[0]) < -0.3
 
 
+def test_fast_occupancy_matches_exact_away_from_surface():
+    v, f = G.torus(0.8, 0.3, 32, 16, dtype=torch.float64)
+    q = _q(2000, seed=9)
+    exact = G.occupancy(v, f, q, method="exact")
+    fast = G.occupancy(v, f, q, method="fast")
+    far = G.mesh_to_sdf(v, f, q).abs() > 0.05
+    assert torch.equal(fast[far], exact[far]) and bool(exact[far].any())
+    assert float((fast != exact).double().mean()) < 0.01
+    with pytest.raises(ValueError, match="threshold"):
+        G.occupancy(v, f, q, threshold=0.3, method="fast")
+
+
 def test_closest_point_triangle_regions_against_dense_reference():
     g = torch.Generator().manual_seed(1)
     a, b, c = (torch.randn(3, generator=g, dtype=torch.float64) for _ in range(3))
