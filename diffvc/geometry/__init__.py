@@ -20,7 +20,7 @@ from .transforms import (
 )
 from .primitives import icosphere, uv_sphere, box, grid, plane, cylinder, torus
 from .meshes import Meshes, join_meshes
-from .large_steps import LargeSteps, SparseSolver, system_matrix, solve, to_differential, from_differential
+from .large_steps import AdamUniform, LargeSteps, SparseSolver, system_matrix, solve, to_differential, from_differential
 from .sdf import (
     sdf_sphere,
     sdf_box,
@@ -66,7 +66,7 @@ __all__ = [
     "scale", "translate", "normalize_to_unit_box",
     "icosphere", "uv_sphere", "box", "grid", "plane", "cylinder", "torus",
     "Meshes", "join_meshes",
-    "LargeSteps", "SparseSolver", "system_matrix", "solve", "to_differential", "from_differential",
+    "AdamUniform", "LargeSteps", "SparseSolver", "system_matrix", "solve", "to_differential", "from_differential",
     "sdf_sphere", "sdf_box", "sdf_torus", "sdf_capsule", "sdf_cylinder", "sdf_plane",
     "smooth_union", "smooth_intersection", "smooth_difference", "union", "intersection", "sdf_normal",
     "tet_grid", "tet_box", "tet_volumes", "orient_tets", "tet_faces", "tet_boundary_faces", "remove_unreferenced",

@@ -158,6 +158,47 @@ def from_differential(L: torch.Tensor, u: torch.Tensor, lam: float, method: str 
     return solve(_cached_solver(L, lam, method), u)
 
 
+class AdamUniform(torch.optim.Optimizer):
+    """Adam with one second-moment scalar per parameter tensor (the maximum squared gradient
+    entry), as used with the large-steps parameterization by Nicolet et al. 2021: every vertex
+    gets the same step scale, so the smoothing of ``(I + lam L)^{-1}`` is not undone per entry.
+
+    Args:
+        params: parameters (e.g. ``[LargeSteps.u]``); lr: step size; betas, eps: as in Adam.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-8):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                st = self.state[p]
+                if not st:
+                    st["t"] = 0
+                    st["m1"] = torch.zeros_like(p)
+                    st["m2"] = torch.zeros((), dtype=p.dtype, device=p.device)
+                st["t"] += 1
+                t = st["t"]
+                st["m1"].mul_(b1).add_(g, alpha=1 - b1)
+                st["m2"].mul_(b2).add_((g * g).max() * (1 - b2))
+                m1_hat = st["m1"] / (1 - b1 ** t)
+                m2_hat = st["m2"] / (1 - b2 ** t)
+                p.sub_(group["lr"] * m1_hat / (m2_hat.sqrt() + group["eps"]))
+        return loss
+
+
 class LargeSteps(torch.nn.Module):
     """Vertex positions reparameterized as ``u = (I + lam L) x`` (Nicolet et al. 2021).
 
@@ -169,8 +210,8 @@ class LargeSteps(torch.nn.Module):
         method: solver, see :class:`SparseSolver`.
 
     Attributes:
-        u: ``torch.nn.Parameter (V, 3)``: optimize this (Adam; the paper also uses a uniform-
-            scale Adam variant).
+        u: ``torch.nn.Parameter (V, 3)``: optimize this (``torch.optim.Adam`` or the paper's
+            :class:`AdamUniform`).
         faces: the faces, for convenience.
     """
 

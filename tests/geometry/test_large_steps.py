@@ -101,3 +101,25 @@ def test_regularizers_degenerate_finite():
     ve = torch.zeros(0, 3, requires_grad=True)
     fe = torch.zeros(0, 3, dtype=torch.long)
     assert float(G.edge_length_loss(ve, fe)) == 0.0 and float(G.normal_consistency_loss(ve, fe)) == 0.0
+
+
+def test_adam_uniform_step_and_fit():
+    x = torch.tensor([[1.0, -2.0], [0.5, 4.0]], dtype=torch.float64, requires_grad=True)
+    opt = G.AdamUniform([x], lr=0.1)
+    (x * torch.tensor([[1.0, 2.0], [-3.0, 0.5]], dtype=torch.float64)).sum().backward()
+    opt.step()
+    # first step: lr * g / max|g| (one scale for all entries)
+    exp = torch.tensor([[1.0, -2.0], [0.5, 4.0]], dtype=torch.float64) - 0.1 * torch.tensor([[1.0, 2.0], [-3.0, 0.5]], dtype=torch.float64) / 3.0
+    assert torch.allclose(x.detach(), exp, atol=1e-9)
+    v, f = G.icosphere(2, dtype=torch.float64)
+    target = v * torch.tensor([1.4, 0.8, 1.1], dtype=torch.float64)
+    ls = G.LargeSteps(v, f, lam=10.0)
+    opt = G.AdamUniform(ls.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ((ls.verts() - target) ** 2).sum(1).mean()
+        first = loss.item() if first is None else first
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first
