@@ -47,7 +47,6 @@ The image is the box-filtered pixel integral ``(H, W, 3)`` of linear radiance.
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -55,7 +54,7 @@ import torch
 from .._kernels import pathtrace as K
 from .._kernels.bridge import warp_device, wp
 from .cameras import Cameras
-from .pt_scene import PathTracingScene
+from .pt_scene import _KINDS, PathTracingScene
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -272,15 +271,11 @@ class _PathTraceFn(torch.autograd.Function):
         tot = {k: sum(b[0][k] for b in bufs) for k in bufs[0][0]}
         d = ctx.dtypes
         out = [tot["albedo"].to(d[0]), tot["rough"].to(d[1]), tot["emit"].to(d[2]),
-               tot["tex"][: textures_numel(prep)].to(d[3]) if d[3] is not None else None,
+               tot["tex"][: prep.tex_size].to(d[3]) if d[3] is not None else None,
                tot["pl_int"][: prep.n_pl].to(d[4]) if d[4] is not None else None,
                tot["dl_irr"][: prep.n_dl].to(d[5]) if d[5] is not None else None,
                tot["env"].reshape(prep.env_shape).to(d[6]) if d[6] is not None else None]
         return (None, None, None, *out)
-
-
-def textures_numel(prep: _Prepared) -> int:
-    return prep.tex_size
 
 
 def _check(scene, camera, spp, max_depth, rr_depth, edge_samples):
@@ -378,7 +373,7 @@ def radiance_at(scene: PathTracingScene, camera: Cameras, points: torch.Tensor, 
     return out
 
 
-_KIND_NAMES = {"diffuse": 0, "conductor": 1, "plastic": 2}
+_KIND_NAMES = _KINDS
 
 
 def bsdf_eval(kind: str, albedo: torch.Tensor, roughness: float, n: torch.Tensor, wo: torch.Tensor,

@@ -35,7 +35,6 @@ def candidate_edges(scene, camera: Cameras) -> torch.Tensor:
     owner = torch.arange(F, device=faces.device).repeat(3)
     e_sorted, _ = e.sort(dim=1)
     uniq, inv, counts = torch.unique(e_sorted, dim=0, return_inverse=True, return_counts=True)
-    E = uniq.shape[0]
     # first and last owner face of each unique edge
     order = torch.argsort(inv, stable=True)
     start = torch.cumsum(counts, 0) - counts
@@ -55,7 +54,6 @@ def candidate_edges(scene, camera: Cameras) -> torch.Tensor:
     if scene.dynamic_faces is not None:
         dyn = scene.dynamic_faces.bool()
         keep &= dyn[f1] | dyn[f2]
-    del E
     return uniq[keep]
 
 
