@@ -230,8 +230,8 @@ def raster_pixels(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.ar
 def barycentrics(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
                  face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int,
                  bary: wp.array(dtype=Any, ndim=4), depth: wp.array(dtype=Any, ndim=3)):
-    """Perspective-correct barycentrics and view depth at pixel centres, differentiable (via the
-    adjoint) w.r.t. ``screen``. Background pixels get zeros."""
+    """Perspective-correct barycentrics and view depth at pixel centres (gradient w.r.t. ``screen``:
+    :func:`barycentrics_adj`). Background pixels get zeros."""
     p = wp.tid() + offset
     H = face_id.shape[1]
     W = face_id.shape[2]
@@ -549,7 +549,10 @@ for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, inter
 
 
 # ---------------------------------------------------------------------------------------------
-# per-pixel kernels as autograd functions whose forward AND adjoint run split over CPU threads
+# per-pixel kernels as autograd functions whose forward AND adjoint run split over CPU threads.
+# The adjoints write per-pixel gradients at the thread's own entries (disjoint) and scatter
+# vertex gradients with atomics, which are not atomic across Warp CPU threads: every thread range
+# gets its own vertex-gradient buffer and the buffers are summed afterwards.
 # ---------------------------------------------------------------------------------------------
 
 import torch  # noqa: E402
@@ -565,71 +568,220 @@ def _chunks(n: int, device: torch.device, min_per_thread: int = 4096) -> list[tu
     return [(s, min(step, n - s)) for s in range(0, n, step)]
 
 
-class _PixelOp(torch.autograd.Function):
-    """A per-pixel kernel ``kernel(offset, *inputs, *outputs)``. Its adjoint writes the gradients
-    of per-pixel inputs at the thread's own entries (disjoint: shared buffers are safe) and
-    scatters those of ``gathered`` inputs (read at shared entries, e.g. vertex arrays) with
-    atomics, which are not atomic across Warp CPU threads: each thread range therefore gets its
-    own buffer for them and the buffers are summed afterwards."""
+# ---------------------------------------------------------------------------------------------
+# hand-written adjoints of the two per-pixel kernels (cheaper than Warp's generated replay)
+# ---------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx, kernel, n, gathered, out_shapes, *inputs):
-        ref = next(x for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point())
-        outs = [torch.zeros(s, dtype=ref.dtype, device=ref.device) for s in out_shapes]
-        parallel_launch(kernel, n, list(inputs), outs)
-        ctx.kernel, ctx.n, ctx.gathered = kernel, n, gathered
-        ctx.tensor_mask = [isinstance(x, torch.Tensor) for x in inputs]
-        ctx.scalars = [None if m else x for x, m in zip(inputs, ctx.tensor_mask)]
-        ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)], *outs)
-        ctx.n_tensors = sum(ctx.tensor_mask)
-        return tuple(outs) if len(outs) > 1 else outs[0]
-
-    @staticmethod
-    def backward(ctx, *gouts):
-        saved = ctx.saved_tensors
-        it = iter(saved[: ctx.n_tensors])
-        inputs = [next(it) if m else s for m, s in zip(ctx.tensor_mask, ctx.scalars)]
-        outs = saved[ctx.n_tensors:]
-        device = outs[0].device
-        wdev = warp_device(device)
-        chunks = _chunks(ctx.n, device)
-        w_in = [to_warp(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-        w_out = [to_warp(o) for o in outs]
-        adj_out = [to_warp((g if g is not None else torch.zeros_like(o)).contiguous()) for g, o in zip(gouts, outs)]
-        needs = ctx.needs_input_grad[4:]
-        grads: list = [None] * len(inputs)
-        per_chunk: list[list] = [[None] * len(inputs) for _ in chunks]
-        for i, x in enumerate(inputs):
-            if isinstance(x, torch.Tensor) and x.is_floating_point() and needs[i]:
-                if i in ctx.gathered:
-                    for c in range(len(chunks)):
-                        per_chunk[c][i] = torch.zeros_like(x)
-                else:
-                    grads[i] = torch.zeros_like(x)
-                    for c in range(len(chunks)):
-                        per_chunk[c][i] = grads[i]
-
-        def run(c):
-            start, count = chunks[c]
-            adj_in = [to_warp(g) if g is not None else None for g in per_chunk[c]]
-            wp.launch(ctx.kernel, dim=count, inputs=[start] + w_in, outputs=w_out, adj_inputs=[None] + adj_in,
-                      adj_outputs=adj_out, adjoint=True, device=wdev, stream=_stream(device), record_tape=False)
-
-        if len(chunks) == 1:
-            run(0)
+@wp.kernel
+def barycentrics_adj(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                     face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int,
+                     bary: wp.array(dtype=Any, ndim=4), g_bary: wp.array(dtype=Any, ndim=4),
+                     g_depth: wp.array(dtype=Any, ndim=3), g_screen: wp.array(dtype=Any, ndim=3)):
+    """Adds d(loss)/d(screen) of :func:`barycentrics` for the pixel (atomics into ``g_screen``:
+    give each CPU thread range its own buffer)."""
+    p = wp.tid() + offset
+    H = face_id.shape[1]
+    W = face_id.shape[2]
+    b = p // (H * W)
+    r = p - b * H * W
+    y = r // W
+    x = r - y * W
+    f = face_id[b, y, x]
+    if f >= 0:
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        x0 = screen[b, i0, 0]
+        y0 = screen[b, i0, 1]
+        x1 = screen[b, i1, 0]
+        y1 = screen[b, i1, 1]
+        x2 = screen[b, i2, 0]
+        y2 = screen[b, i2, 1]
+        d0 = screen[b, i0, 2]
+        d1 = screen[b, i1, 2]
+        d2 = screen[b, i2, 2]
+        one = type(x0)(1.0)
+        px = type(x0)(x) + type(x0)(0.5)
+        py = type(x0)(y) + type(x0)(0.5)
+        area = _edge(x0, y0, x1, y1, x2, y2)
+        e0 = _edge(x1, y1, x2, y2, px, py)
+        e1 = _edge(x2, y2, x0, y0, px, py)
+        l0 = e0 / area
+        l1 = e1 / area
+        l2 = one - l0 - l1
+        gb0 = g_bary[b, y, x, 0]
+        gb1 = g_bary[b, y, x, 1]
+        gb2 = g_bary[b, y, x, 2]
+        gd = g_depth[b, y, x]
+        gl0 = gb0
+        gl1 = gb1
+        gl2 = gb2
+        gd0 = gd - gd
+        gd1 = gd0
+        gd2 = gd0
+        if perspective != 0:
+            s = l0 / d0 + l1 / d1 + l2 / d2
+            dot = gb0 * bary[b, y, x, 0] + gb1 * bary[b, y, x, 1] + gb2 * bary[b, y, x, 2]
+            gq0 = (gb0 - dot) / s - gd / (s * s)
+            gq1 = (gb1 - dot) / s - gd / (s * s)
+            gq2 = (gb2 - dot) / s - gd / (s * s)
+            gl0 = gq0 / d0
+            gl1 = gq1 / d1
+            gl2 = gq2 / d2
+            gd0 = -gq0 * l0 / (d0 * d0)
+            gd1 = -gq1 * l1 / (d1 * d1)
+            gd2 = -gq2 * l2 / (d2 * d2)
         else:
-            ctx.kernel.module.load(wdev)
-            for fut in [_pool().submit(run, c) for c in range(len(chunks))]:
-                fut.result()
-        for i in ctx.gathered:
-            if per_chunk[0][i] is not None:
-                grads[i] = per_chunk[0][i]
-                for c in range(1, len(chunks)):
-                    grads[i] = grads[i] + per_chunk[c][i]
-        return (None, None, None, None, *grads)
+            gl0 = gb0 + gd * d0
+            gl1 = gb1 + gd * d1
+            gl2 = gb2 + gd * d2
+            gd0 = gd * l0
+            gd1 = gd * l1
+            gd2 = gd * l2
+        # l2 = 1 - l0 - l1
+        ga0 = gl0 - gl2
+        ga1 = gl1 - gl2
+        ge0 = ga0 / area
+        ge1 = ga1 / area
+        gar = -(ga0 * e0 + ga1 * e1) / (area * area)
+        # e0 = E(v1, v2, p), e1 = E(v2, v0, p), area = E(v0, v1, v2)
+        gx0 = ge1 * (py - y2) + gar * (y1 - y2)
+        gy0 = -ge1 * (px - x2) + gar * (x2 - x1)
+        gx1 = ge0 * (y2 - py) + gar * (y2 - y0)
+        gy1 = ge0 * (px - x2) + gar * (x0 - x2)
+        gx2 = ge0 * (py - y1) + ge1 * (y0 - py) + gar * (y0 - y1)
+        gy2 = -ge0 * (px - x1) + ge1 * (px - x0) + gar * (x1 - x0)
+        wp.atomic_add(g_screen, b, i0, 0, gx0)
+        wp.atomic_add(g_screen, b, i0, 1, gy0)
+        wp.atomic_add(g_screen, b, i0, 2, gd0)
+        wp.atomic_add(g_screen, b, i1, 0, gx1)
+        wp.atomic_add(g_screen, b, i1, 1, gy1)
+        wp.atomic_add(g_screen, b, i1, 2, gd1)
+        wp.atomic_add(g_screen, b, i2, 0, gx2)
+        wp.atomic_add(g_screen, b, i2, 1, gy2)
+        wp.atomic_add(g_screen, b, i2, 2, gd2)
 
 
-def pixel_op(kernel, n: int, inputs: list, out_shapes: list[tuple], gathered: tuple[int, ...]):
-    """Run per-pixel ``kernel`` over ``n`` threads as a differentiable torch function (forward and
-    adjoint split over CPU cores). ``gathered``: indices of inputs read at shared entries."""
-    return _PixelOp.apply(kernel, n, tuple(gathered), tuple(tuple(s) for s in out_shapes), *inputs)
+@wp.kernel
+def interpolate_adj(offset: int, attr: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                    face_id: wp.array(dtype=wp.int32, ndim=3), bary: wp.array(dtype=Any, ndim=4),
+                    g_out: wp.array(dtype=Any, ndim=4), need_attr: int,
+                    g_attr: wp.array(dtype=Any, ndim=3), g_bary: wp.array(dtype=Any, ndim=4)):
+    """Adjoint of :func:`interpolate_attr`: g_bary at the pixel (own entries), g_attr scattered
+    with atomics (give each CPU thread range its own buffer)."""
+    p = wp.tid() + offset
+    H = face_id.shape[1]
+    W = face_id.shape[2]
+    C = attr.shape[2]
+    b = p // (H * W)
+    r = p - b * H * W
+    y = r // W
+    x = r - y * W
+    f = face_id[b, y, x]
+    if f >= 0:
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        w0 = bary[b, y, x, 0]
+        w1 = bary[b, y, x, 1]
+        w2 = bary[b, y, x, 2]
+        for c in range(C):
+            g = g_out[b, y, x, c]
+            g_bary[b, y, x, 0] = g_bary[b, y, x, 0] + g * attr[b, i0, c]
+            g_bary[b, y, x, 1] = g_bary[b, y, x, 1] + g * attr[b, i1, c]
+            g_bary[b, y, x, 2] = g_bary[b, y, x, 2] + g * attr[b, i2, c]
+            if need_attr != 0:
+                wp.atomic_add(g_attr, b, i0, c, g * w0)
+                wp.atomic_add(g_attr, b, i1, c, g * w1)
+                wp.atomic_add(g_attr, b, i2, c, g * w2)
+
+
+_instantiate(barycentrics_adj)
+_instantiate(interpolate_adj)
+
+
+def _split_run(kernel, n: int, inputs: list, outputs_per_chunk, device: torch.device) -> None:
+    """Launch ``kernel(offset, *inputs, *outputs)`` over thread ranges, chunk c writing
+    ``outputs_per_chunk[c]``."""
+    chunks = _chunks(n, device)
+    wdev = warp_device(device)
+    w_in = [to_warp(x) if isinstance(x, torch.Tensor) else x for x in inputs]
+
+    def run(c):
+        start, count = chunks[c]
+        wp.launch(kernel, dim=count, inputs=[start] + w_in, outputs=[to_warp(o) for o in outputs_per_chunk(c)],
+                  device=wdev, stream=_stream(device), record_tape=False)
+
+    if len(chunks) == 1:
+        run(0)
+    else:
+        kernel.module.load(wdev)
+        for fut in [_pool().submit(run, c) for c in range(len(chunks))]:
+            fut.result()
+    return len(chunks)
+
+
+class _Barycentrics(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, screen, faces, face_id, perspective):
+        B, H, W = face_id.shape
+        bary = torch.zeros((B, H, W, 3), dtype=screen.dtype, device=screen.device)
+        depth = torch.zeros((B, H, W), dtype=screen.dtype, device=screen.device)
+        parallel_launch(barycentrics, B * H * W, [screen, faces, face_id, perspective], [bary, depth])
+        ctx.perspective = perspective
+        ctx.save_for_backward(screen, faces, face_id, bary)
+        return bary, depth
+
+    @staticmethod
+    def backward(ctx, g_bary, g_depth):
+        screen, faces, face_id, bary = ctx.saved_tensors
+        B, H, W = face_id.shape
+        g_bary = torch.zeros_like(bary) if g_bary is None else g_bary.contiguous()
+        g_depth = torch.zeros((B, H, W), dtype=screen.dtype, device=screen.device) if g_depth is None \
+            else g_depth.contiguous()
+        n_chunks = len(_chunks(B * H * W, screen.device))
+        bufs = [torch.zeros_like(screen) for _ in range(n_chunks)]
+        _split_run(barycentrics_adj, B * H * W, [screen, faces, face_id, ctx.perspective, bary, g_bary, g_depth],
+                   lambda c: [bufs[c]], screen.device)
+        g = bufs[0]
+        for extra in bufs[1:]:
+            g = g + extra
+        return g, None, None, None
+
+
+class _Interpolate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, attr, faces, face_id, bary):
+        B, H, W = face_id.shape
+        out = torch.zeros((B, H, W, attr.shape[2]), dtype=attr.dtype, device=attr.device)
+        parallel_launch(interpolate_attr, B * H * W, [attr, faces, face_id, bary], [out])
+        ctx.save_for_backward(attr, faces, face_id, bary)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        attr, faces, face_id, bary = ctx.saved_tensors
+        B, H, W = face_id.shape
+        need_attr = bool(ctx.needs_input_grad[0])
+        n_chunks = len(_chunks(B * H * W, attr.device))
+        g_bary = torch.zeros_like(bary)
+        bufs = [torch.zeros_like(attr) if need_attr else torch.zeros((1, 1, 1), dtype=attr.dtype, device=attr.device)
+                for _ in range(n_chunks)]
+        _split_run(interpolate_adj, B * H * W, [attr, faces, face_id, bary, g_out.contiguous(), int(need_attr)],
+                   lambda c: [bufs[c], g_bary], attr.device)
+        g_attr = None
+        if need_attr:
+            g_attr = bufs[0]
+            for extra in bufs[1:]:
+                g_attr = g_attr + extra
+        return g_attr, None, None, g_bary
+
+
+def barycentrics_op(screen, faces, face_id, perspective: int):
+    """Differentiable perspective-correct barycentrics and depth (B, H, W, 3), (B, H, W)."""
+    return _Barycentrics.apply(screen.contiguous(), faces, face_id, int(perspective))
+
+
+def interpolate_op(attr, faces, face_id, bary):
+    """Differentiable interpolation of ``attr`` (B, V, C) with ``bary`` -> (B, H, W, C)."""
+    return _Interpolate.apply(attr.contiguous(), faces, face_id, bary.contiguous())

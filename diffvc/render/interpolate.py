@@ -32,10 +32,8 @@ def interpolate(attr: torch.Tensor, frags: Fragments, backend: str = "warp") -> 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     attr = attr.to(frags.bary.dtype).expand(B, -1, -1).contiguous()
-    C = attr.shape[2]
     if backend == "warp" and frags.faces.shape[0] > 0:
-        return K.pixel_op(K.interpolate_attr, B * H * W, [attr, frags.faces, frags.face_id, frags.bary.contiguous()],
-                          [(B, H, W, C)], gathered=(0,))
+        return K.interpolate_op(attr, frags.faces, frags.face_id, frags.bary)
     return interpolate_torch(attr, frags)
 
 

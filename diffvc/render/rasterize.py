@@ -140,8 +140,7 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, wid
     else:
         face_id = face_ids_torch(screen.detach(), faces, H, W, perspective, near)
     if backend == "warp" and faces.shape[0] > 0:
-        bary, depth = K.pixel_op(K.barycentrics, B * H * W, [screen.contiguous(), faces, face_id, int(perspective)],
-                                 [(B, H, W, 3), (B, H, W)], gathered=(0,))
+        bary, depth = K.barycentrics_op(screen, faces, face_id, int(perspective))
     else:
         bary, depth = barycentrics_torch(screen, faces, face_id, perspective)
     return Fragments(face_id, bary, depth, screen, faces, bool(perspective))
