@@ -23,6 +23,7 @@ Mesh: a torus with 316 x 158 segments (99,856 faces, 49,928 vertices), float32, 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -84,7 +85,7 @@ def run(quick: bool = False) -> dict:
     repeats = 3 if quick else 7
     v, f = G.torus(1.0, 0.3, 316, 158)
     res: dict = {"faces": int(f.shape[0]), "verts": int(v.shape[0]), "threads": torch.get_num_threads(),
-                 "dtype": "float32", "device": "cpu"}
+                 "dtype": "float32", "device": "cpu", "load_average_1min_start": os.getloadavg()[0]}
 
     # normals, forward + backward
     def ours_normals():
@@ -155,6 +156,7 @@ def run(quick: bool = False) -> dict:
     res["nearest_face_ms"] = {"queries": qq.shape[0], "faces": int(f.shape[0]), "warp_bvh_incl_build": a,
                               "torch_brute_per_1k_queries": b / nb * 1e3,
                               "speedup_per_query": (b / nb) / (a / qq.shape[0])}
+    res["load_average_1min_end"] = os.getloadavg()[0]  # the machine is shared: timings scale with load
     return res
 
 
