@@ -438,6 +438,7 @@ def _newton(model, x0, v0, dt, static, x_init, iters, tol):
     max_step = 0.5 * float((model.rest.detach().amax(0) - model.rest.detach().amin(0)).max())
     info = {"iterations": 0, "converged": False}
     r = _residual(model, x, x0, v0, dt, static)
+    damp, last = 1.0, float("inf")
     for it in range(iters):
         A = _jacobian(model, x, x0, dt, static)
         dx = _sparse_solve(A, -r)
@@ -445,7 +446,14 @@ def _newton(model, x0, v0, dt, static, x_init, iters, tol):
         # bending beam grows on the first, correct step), limited to max_step per vertex and
         # halved while the residual is not finite
         dmax = float(dx.abs().max())
-        step = min(1.0, max_step / dmax) if dmax > 0 else 1.0
+        # damping when the updates stop contracting (Newton cycling around the friction law's
+        # curved region); relaxed again while they contract
+        if it >= 2 and dmax > (1.0 - 0.25 * damp) * last:  # under a quarter of the expected progress
+            damp = max(damp * 0.5, 1.0 / 16)
+        elif dmax < 0.1 * last:  # fast contraction: back towards full steps
+            damp = min(damp * 2.0, 1.0)
+        last = dmax
+        step = min(damp, max_step / dmax) if dmax > 0 else 1.0
         for _ in range(30):
             xn = x + step * dx
             r = _residual(model, xn, x0, v0, dt, static)
@@ -494,7 +502,7 @@ class _ImplicitSolve(torch.autograd.Function):
         return (None, None, None, None, None, None, *out)
 
 
-def fem_implicit_step(model: FEMModel, state: FEMState, dt: float, newton_iters: int = 20,
+def fem_implicit_step(model: FEMModel, state: FEMState, dt: float, newton_iters: int = 50,
                       tol: float | None = None) -> FEMState:
     """Advance by ``dt`` with backward Euler: solve ``M (x - x0 - dt v0) = dt^2 f(x, (x - x0)/dt)``
     by Newton's method (sparse direct solves, backtracking on the residual), ``v = (x - x0)/dt``.
@@ -503,10 +511,12 @@ def fem_implicit_step(model: FEMModel, state: FEMState, dt: float, newton_iters:
     Backward: implicit function theorem (one adjoint sparse solve with the transposed system
     matrix at the solution); exact for the solution, independent of how Newton got there.
 
-    Newton takes full steps (capped at half the body size; no line search). With sliding ground
-    contact the regularised friction law is very curved below ``friction_smoothing``; if the
-    tangential motion per step is much larger than ``friction_smoothing * dt`` Newton can cycle:
-    a ``RuntimeWarning`` says so (the adjoint then differentiates a non-solution). Cost: the
+    Newton takes full steps (capped at half the body size; no line search: a residual-norm line
+    search rejects good steps of a bending beam). With sliding ground contact the regularised
+    friction law is very curved below ``friction_smoothing`` and full steps can cycle; Newton then
+    halves its step (down to 1/16) while the updates stop contracting, which converges linearly.
+    If it still has not converged after ``newton_iters`` a ``RuntimeWarning`` says so (the
+    adjoint then differentiates a non-solution). Cost: the
     system matrix is assembled from per-tet 9x9 stress derivatives (one forward-mode pass) and
     factorised by SciPy's sparse LU (CPU; tensors on another device go through the host).
     ``tol``: stop when the Newton update is below ``tol`` m (default 1e-10 for float64, 1e-6
