@@ -219,6 +219,8 @@ def _launch_split(kernel, n: int, args_for, wdev: str, parallel: bool):
     """Launch ``kernel(offset, *args)`` over ``n`` threads; on CPU split into one chunk per core
     (``args_for(worker)`` gives each chunk its own arguments, e.g. its own gradient buffers)."""
     workers = _workers() if (parallel and wdev == "cpu" and n >= 2 * 256) else 1
+    if wdev != "cpu":  # Warp launches on its own stream: let torch's pending work finish first
+        torch.cuda.synchronize(torch.device(wdev))
     if workers == 1:
         wp.launch(kernel, dim=n, inputs=[0] + args_for(0), device=wdev, record_tape=False)
         return
@@ -386,6 +388,8 @@ def bsdf_eval(kind: str, albedo: torch.Tensor, roughness: float, n: torch.Tensor
     c = [x.detach().to(torch.float32).contiguous() for x in (albedo, n, wo, wi)]
     f = torch.zeros(N, 3, device=n.device)
     pdf = torch.zeros(N, device=n.device)
+    if n.device.type == "cuda":
+        torch.cuda.synchronize(n.device)
     wp.launch(K.eval_bsdf, dim=N, inputs=[_KIND_NAMES[kind], float(roughness)] + [wp.from_torch(x, dtype=wp.vec3)
                                                                                    for x in c],
               outputs=[wp.from_torch(f, dtype=wp.vec3), wp.from_torch(pdf)], device=warp_device(n.device))
@@ -400,6 +404,8 @@ def bsdf_sample(kind: str, roughness: float, n: torch.Tensor, wo: torch.Tensor, 
     N = n.shape[0]
     wi = torch.zeros(N, 3, device=n.device)
     c = [x.detach().to(torch.float32).contiguous() for x in (n, wo)]
+    if n.device.type == "cuda":
+        torch.cuda.synchronize(n.device)
     wp.launch(K.sample_bsdf_dirs, dim=N, inputs=[_KIND_NAMES[kind], float(roughness)] +
               [wp.from_torch(x, dtype=wp.vec3) for x in c] + [int(seed)], outputs=[wp.from_torch(wi, dtype=wp.vec3)],
               device=warp_device(n.device))

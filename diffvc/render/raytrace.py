@@ -73,6 +73,8 @@ class TriangleBVH:
         face = torch.empty(N, dtype=torch.int32, device=self.device)
         t = torch.empty(N, dtype=torch.float32, device=self.device)
         if N:
+            if self.device.type == "cuda":  # Warp launches on its own stream
+                torch.cuda.synchronize(self.device)
             wp.launch(K.cast_rays, dim=N, inputs=[self.mesh.id, wp.from_torch(o, dtype=wp.vec3),
                                                    wp.from_torch(d, dtype=wp.vec3), wp.from_torch(tm)],
                       outputs=[wp.from_torch(face), wp.from_torch(t)], device=warp_device(self.device),
