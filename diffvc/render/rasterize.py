@@ -108,6 +108,8 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         raise TypeError("verts must be a floating torch.Tensor")
     if verts.shape[-1:] != (3,) or verts.dim() not in (2, 3):
         raise ValueError(f"verts must have shape (V, 3) or (B, V, 3), got {tuple(verts.shape)}")
+    if verts.dim() == 3 and verts.shape[0] not in (1, cameras.batch_size):
+        raise ValueError(f"verts batch {verts.shape[0]} does not match the {cameras.batch_size} cameras")
     if not torch.isfinite(verts).all():
         raise ValueError("verts contains non-finite values (NaN or inf)")
     H = cameras.height if height is None else height

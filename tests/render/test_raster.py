@@ -235,6 +235,8 @@ def test_bad_inputs_raise_naming_the_argument():
         rasterize_screen(cams.project(v), f, 0, 10)
     with pytest.raises(ValueError, match="width"):
         Cameras(cams.R, cams.t, cams.intrinsics, 10, 0)
+    with pytest.raises(ValueError, match="verts batch 2"):
+        rasterize(cams, v.expand(2, -1, -1), f)
     with pytest.raises(ValueError, match="faces must have shape"):
         rasterize(cams, v, f[:, :2])
     with pytest.raises(TypeError, match="faces must be an integer"):
