@@ -386,3 +386,21 @@ def test_interior_term_for_a_moving_floor_under_an_area_light():
     with torch.no_grad():
         fd = (loss(h.detach() + 0.01, 4096, 0) - loss(h.detach() - 0.01, 4096, 0)) / 0.02
     assert abs(float(h.grad) - float(fd)) < 0.02 * abs(float(fd)), (float(h.grad), float(fd))
+
+
+def test_backward_split_over_cpu_threads_loses_no_atomic_adds():
+    """The backward launch is split over CPU threads with one gradient buffer per thread (Warp's CPU
+    atomics are not atomic across threads): one thread and two threads must agree."""
+    scene, _ = cornell_box()
+    cam = cornell_camera(24, 24)
+    grads = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            alb = scene.albedo.clone().requires_grad_()
+            path_trace(scene.replace(albedo=alb), cam, spp=4, max_depth=3).sum().backward()
+            grads.append(alb.grad)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
