@@ -4,7 +4,7 @@ Functions take plain tensors ``verts (V, 3)`` float and ``faces (F, 3)`` long; :
 batches meshes of different sizes.
 """
 
-from .normals import face_normals, vertex_normals
+from .normals import face_normals, vertex_normals, mesh_normals
 from .measures import face_areas, surface_area, volume, mass_properties
 from .topology import edges, edge_face_counts, boundary_vertices, is_watertight, face_adjacency
 from .laplacian import uniform_laplacian, cotangent_laplacian, cotangent_weights, vertex_areas, laplacian_apply
@@ -58,7 +58,7 @@ from .io import load_mesh, save_mesh, load_points, save_points
 from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
 
 __all__ = [
-    "face_normals", "vertex_normals",
+    "face_normals", "vertex_normals", "mesh_normals",
     "face_areas", "surface_area", "volume", "mass_properties",
     "edges", "edge_face_counts", "boundary_vertices", "is_watertight", "face_adjacency",
     "uniform_laplacian", "cotangent_laplacian", "cotangent_weights", "vertex_areas", "laplacian_apply",

@@ -12,6 +12,17 @@ def _face_cross(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.cross(v1 - v0, v2 - v0, dim=-1)
 
 
+def _scatter_corners(verts: torch.Tensor, faces: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Sum per-face vectors ``n (F, 3)`` into their three corners' vertices ``(V, 3)``.
+
+    Three index_adds: measured faster on CPU than one index_add over ``repeat_interleave``d rows.
+    """
+    acc = torch.zeros_like(verts)
+    for k in range(3):
+        acc = acc.index_add(0, faces[:, k], n)
+    return acc
+
+
 def face_normals(verts: torch.Tensor, faces: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Per-face normals, counter-clockwise winding is the front side.
 
@@ -39,5 +50,14 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """
     verts, faces = check_mesh(verts, faces)
     n = _face_cross(verts, faces)
-    acc = torch.zeros_like(verts).index_add(0, faces.reshape(-1), n.repeat_interleave(3, dim=0))
+    acc = _scatter_corners(verts, faces, n)
     return safe_normalize(acc)
+
+
+def mesh_normals(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit face normals ``(F, 3)`` and area-weighted unit vertex normals ``(V, 3)`` in one pass
+    (one validation, one cross product), same values as :func:`face_normals` / :func:`vertex_normals`."""
+    verts, faces = check_mesh(verts, faces)
+    n = _face_cross(verts, faces)
+    acc = _scatter_corners(verts, faces, n)
+    return safe_normalize(n), safe_normalize(acc)
