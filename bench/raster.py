@@ -97,11 +97,14 @@ def run(quick: bool = False) -> dict:
             w = time_pipeline(views, "warp", reps[views])
             out[f"warp_{views}view_1thread_ms"] = round(w["median_ms"], 2)
             out[f"warp_{views}view_1thread_min_ms"] = round(w["min_ms"], 2)
+            out[f"warp_{views}view_1thread_process_cpu_ms"] = round(w["cpu_ms"], 2)
     finally:
         torch.set_num_threads(threads)
     out["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     out["target_1view_ms"] = 100.0
     out["meets_target"] = bool(min(out["warp_1view_ms"], out["warp_1view_1thread_ms"]) < 100.0)
+    # single-thread CPU time is the work itself, independent of other processes on the machine
+    out["meets_target_in_single_core_cpu_time"] = bool(out["warp_1view_1thread_process_cpu_ms"] < 100.0)
     if torch.cuda.is_available():
         from diffvc._kernels import cuda_available
 
