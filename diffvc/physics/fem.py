@@ -372,7 +372,9 @@ def _jacobian(model, x, x0, dt, static):
     import scipy.sparse as sp
 
     n = x.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's forward-mode decompositions use torch.jit.script on first import (deprecated)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
         F = _deformation(model, x)
         F0 = _deformation(model, x0)
         mu, lam, beta = model.lame[:, 0], model.lame[:, 1], model.damping[1]
