@@ -101,3 +101,16 @@ def test_kernel_op_cuda_matches_cpu():
     torch.testing.assert_close(y_cuda[0].cpu(), y_cpu[0])
     torch.testing.assert_close(g_cuda.cpu(), g_cpu)
     assert torch.autograd.gradcheck(lambda x: _op(x, A.cuda(), w.cuda()), (xc,))
+
+
+def test_non_contiguous_inputs_get_their_gradient():
+    """A column-major input (e.g. the output of torch.linalg.inv) must receive its gradient."""
+    x = torch.randn(3, 6, dtype=torch.float64).T.requires_grad_()  # (6, 3), not contiguous
+    A = torch.randn(1, 3, 3, dtype=torch.float64)
+    w = torch.rand(6, dtype=torch.float64)
+    assert not x.is_contiguous()
+    y, n = _op(x, A, w)
+    (g,) = torch.autograd.grad(n.sum(), x)
+    xr = x.detach().contiguous().requires_grad_()
+    (g_ref,) = torch.autograd.grad(_twin(xr, A, w)[1].sum(), xr)
+    torch.testing.assert_close(g, g_ref)

@@ -308,7 +308,9 @@ class _KernelOp(torch.autograd.Function):
             if isinstance(x, torch.Tensor):
                 w_in.append(to_warp(x, k))
                 if x.is_floating_point():
-                    g = torch.zeros_like(x)
+                    # contiguous on purpose: to_warp of a non-contiguous buffer would copy it and
+                    # the adjoint would accumulate into the copy (a silent zero gradient)
+                    g = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
                     grads.append(g)
                     adj_in.append(to_warp(g, k))
                 else:
