@@ -161,6 +161,10 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
     y1t = wp.min(y0t + tile, H) - 1
     s00 = screen[b, 0, 0]
     half = type(s00)(0.5)
+    for y in range(y0t, y1t + 1):  # this thread owns the tile's pixels: initialise them
+        for x in range(x0t, x1t + 1):
+            zbuf[b, y, x] = type(s00)(1e30)
+            face_id[b, y, x] = -1
     for e in range(starts[t], starts[t + 1]):
         f = items[e]
         i0 = faces[f, 0]
@@ -271,6 +275,12 @@ def barycentrics(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
             bary[b, y, x, 1] = l1
             bary[b, y, x, 2] = l2
             depth[b, y, x] = l0 * screen[b, i0, 2] + l1 * screen[b, i1, 2] + l2 * screen[b, i2, 2]
+    else:
+        zero = type(screen[0, 0, 0])(0.0)
+        bary[b, y, x, 0] = zero
+        bary[b, y, x, 1] = zero
+        bary[b, y, x, 2] = zero
+        depth[b, y, x] = zero
 
 
 @wp.kernel
@@ -296,6 +306,10 @@ def interpolate_attr(offset: int, attr: wp.array(dtype=Any, ndim=3), faces: wp.a
         w2 = bary[b, y, x, 2]
         for c in range(C):
             out[b, y, x, c] = w0 * attr[b, i0, c] + w1 * attr[b, i1, c] + w2 * attr[b, i2, c]
+    else:
+        zero = type(attr[0, 0, 0])(0.0)
+        for c in range(C):
+            out[b, y, x, c] = zero
 
 
 @wp.func
@@ -678,6 +692,10 @@ def interpolate_adj(offset: int, attr: wp.array(dtype=Any, ndim=3), faces: wp.ar
     y = r // W
     x = r - y * W
     f = face_id[b, y, x]
+    zero = type(attr[0, 0, 0])(0.0)
+    g_bary[b, y, x, 0] = zero
+    g_bary[b, y, x, 1] = zero
+    g_bary[b, y, x, 2] = zero
     if f >= 0:
         i0 = faces[f, 0]
         i1 = faces[f, 1]
@@ -725,8 +743,8 @@ class _Barycentrics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, screen, faces, face_id, perspective):
         B, H, W = face_id.shape
-        bary = torch.zeros((B, H, W, 3), dtype=screen.dtype, device=screen.device)
-        depth = torch.zeros((B, H, W), dtype=screen.dtype, device=screen.device)
+        bary = torch.empty((B, H, W, 3), dtype=screen.dtype, device=screen.device)  # every entry written
+        depth = torch.empty((B, H, W), dtype=screen.dtype, device=screen.device)
         parallel_launch(barycentrics, B * H * W, [screen, faces, face_id, perspective], [bary, depth])
         ctx.perspective = perspective
         ctx.save_for_backward(screen, faces, face_id, bary)
@@ -753,7 +771,7 @@ class _Interpolate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attr, faces, face_id, bary):
         B, H, W = face_id.shape
-        out = torch.zeros((B, H, W, attr.shape[2]), dtype=attr.dtype, device=attr.device)
+        out = torch.empty((B, H, W, attr.shape[2]), dtype=attr.dtype, device=attr.device)  # every entry written
         parallel_launch(interpolate_attr, B * H * W, [attr, faces, face_id, bary], [out])
         ctx.save_for_backward(attr, faces, face_id, bary)
         return out
@@ -764,7 +782,7 @@ class _Interpolate(torch.autograd.Function):
         B, H, W = face_id.shape
         need_attr = bool(ctx.needs_input_grad[0])
         n_chunks = len(_chunks(B * H * W, attr.device))
-        g_bary = torch.zeros_like(bary)
+        g_bary = torch.empty_like(bary)  # every entry written
         bufs = [torch.zeros_like(attr) if need_attr else torch.zeros((1, 1, 1), dtype=attr.dtype, device=attr.device)
                 for _ in range(n_chunks)]
         _split_run(interpolate_adj, B * H * W, [attr, faces, face_id, bary, g_out.contiguous(), int(need_attr)],

@@ -167,8 +167,9 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     items = torch.empty(max(total, 1), dtype=torch.int32, device=dev)
     cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
     launch(K.bin_fill, B * F, [screen, faces, near, H, W, tile, tx, ty, starts, cursor], [items])
-    zbuf = torch.full((B, H, W), 1e30, dtype=screen.dtype, device=dev)
-    face_id = torch.full((B, H, W), -1, dtype=torch.int32, device=dev)
+    # both layouts write every pixel (the tile kernel initialises its own tile first)
+    zbuf = torch.empty((B, H, W), dtype=screen.dtype, device=dev)
+    face_id = torch.empty((B, H, W), dtype=torch.int32, device=dev)
     args = [screen, faces, starts, items, H, W, tile, tx, ty, int(perspective)]
     layout = layout or ("pixels" if dev.type == "cuda" else "tiles")
     if layout == "pixels":
