@@ -28,10 +28,12 @@ def _cams(ortho=False, dtype=D64, W=48, H=40):
     return Cameras.look_at(eyes, width=W, height=H, fov_y=40.0, orthographic=ortho, ortho_scale=2.6).to(dtype)
 
 
-@pytest.mark.parametrize("ortho", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, D64])
-def test_kernel_matches_torch_twin_values_and_gradients(ortho, dtype):
-    v, f = _mesh(2, dtype=dtype)
+@pytest.mark.parametrize("ortho,dtype,sub", [(False, torch.float32, 2), (True, torch.float32, 2), (False, D64, 2),
+                                             (True, D64, 2), (False, D64, 4)])
+def test_kernel_matches_torch_twin_values_and_gradients(ortho, dtype, sub):
+    """Sub-division 4 at 48 x 40 px gives sub-pixel triangles (vertex-fan and cusp paths of
+    the silhouette search)."""
+    v, f = _mesh(sub, dtype=dtype)
     cams = _cams(ortho, dtype)
     col = torch.rand(v.shape[0], 3, dtype=dtype)
     outs = {}
