@@ -220,7 +220,9 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         with _POOL_LOCK:
             if _POOL is None:
-                _POOL = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+                # sized for the machine; each call splits into torch.get_num_threads() chunks,
+                # read at call time, so a later change of torch's thread count takes effect
+                _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
     return _POOL
 
 
