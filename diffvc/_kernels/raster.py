@@ -1,5 +1,5 @@
 """Warp kernels for triangle rasterization (binning, coverage + depth test, barycentrics,
-attribute interpolation and their adjoints, silhouette edges binned to tiles for antialiasing).
+attribute interpolation, silhouette-edge detection for antialiasing).
 
 Screen-space vertices are ``screen[b, v] = (u, v, d)``: pixel coordinates (pixel centres at
 +0.5) and view depth. Coverage of a pixel centre uses edge functions with a consistent tie rule
@@ -372,6 +372,69 @@ def _edge_cross(screen: wp.array(dtype=Any, ndim=3), b: int, ia: int, ib: int, h
     return s
 
 
+@wp.func
+def _find_edge(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+               neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32), b: int, f: int,
+               other: int, horizontal: int, cx: Any, cy: Any, sign: Any, perspective: int):
+    """The silhouette edge of face f crossing the unit segment from (cx, cy) towards +x
+    (horizontal) or +y, times ``sign``, farthest from (cx, cy); (-1, -1) if none. When ``other``
+    >= 0 an edge counts only if f is nearer than ``other`` at the crossing."""
+    res = wp.vec2i(-1, -1)
+    best = cx - cx - type(cx)(1.0)
+    ff = facing[b, f]
+    for k in range(3):
+        nb = neighbors[f, k]
+        sil = nb < 0
+        if not sil:
+            sil = facing[b, nb] != ff
+        if sil:
+            ia = faces[f, k]
+            ib = faces[f, (k + 1) % 3]
+            s = _edge_cross(screen, b, ia, ib, horizontal, cx, cy, sign)
+            if s > best:
+                ok = True
+                if other >= 0:
+                    qx = cx
+                    qy = cy
+                    if horizontal != 0:
+                        qx = cx + s * sign
+                    else:
+                        qy = cy + s * sign
+                    ok = _plane_key(screen, faces, b, f, qx, qy, perspective) <= _plane_key(screen, faces, b, other, qx, qy, perspective)
+                if ok:
+                    res = wp.vec2i(ia, ib)
+                    best = s
+    return res
+
+
+@wp.func
+def _find_silhouette(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                     neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32),
+                     has_sil: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
+                     vfaces: wp.array(dtype=wp.int32), b: int, f: int, other: int, horizontal: int,
+                     cx: Any, cy: Any, sign: Any, perspective: int):
+    """The outermost (largest s) qualifying silhouette edge among face f and the faces sharing a
+    vertex with f (near silhouette vertices and cusps the crossing edge belongs to a neighbour)."""
+    res = wp.vec2i(-1, -1)
+    if has_sil[b, f] != 0:
+        res = _find_edge(screen, faces, neighbors, facing, b, f, other, horizontal, cx, cy, sign, perspective)
+    best = cx - cx - type(cx)(1.0)
+    if res[0] >= 0:
+        best = _edge_cross(screen, b, res[0], res[1], horizontal, cx, cy, sign)
+    for j in range(3):
+        vi = faces[f, j]
+        for e in range(vstart[vi], vstart[vi + 1]):
+            g = vfaces[e]
+            if g != f and has_sil[b, g] != 0:
+                r2 = _find_edge(screen, faces, neighbors, facing, b, g, other, horizontal, cx, cy, sign, perspective)
+                if r2[0] >= 0:
+                    s2 = _edge_cross(screen, b, r2[0], r2[1], horizontal, cx, cy, sign)
+                    if s2 > best:
+                        best = s2
+                        res = r2
+    return res
+
+
 @wp.kernel
 def face_facing(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
                 facing: wp.array2d(dtype=wp.int32)):
@@ -381,6 +444,104 @@ def face_facing(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arra
     b = t // F
     f = t - b * F
     facing[b, f] = _facing(screen, faces, b, f)
+
+
+@wp.kernel
+def face_has_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), neighbors: wp.array2d(dtype=wp.int32),
+                        facing: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32)):
+    """has_sil[b, f] = 1 when one of f's edges is a silhouette in view b."""
+    t = wp.tid() + offset
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    h = int(0)
+    for k in range(3):
+        nb = neighbors[f, k]
+        if nb < 0:
+            h = 1
+        elif facing[b, nb] != facing[b, f]:
+            h = 1
+    has_sil[b, f] = h
+
+
+@wp.kernel
+def vertex_silhouette(faces: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32),
+                      vert_sil: wp.array2d(dtype=wp.int32)):
+    """vert_sil[b, v] = 1 for the vertices of faces with a silhouette edge (zero-initialised;
+    several threads may store the same 1, so launch it unsplit)."""
+    t = wp.tid()
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    if has_sil[b, f] != 0:
+        vert_sil[b, faces[f, 0]] = 1
+        vert_sil[b, faces[f, 1]] = 1
+        vert_sil[b, faces[f, 2]] = 1
+
+
+@wp.kernel
+def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vert_sil: wp.array2d(dtype=wp.int32),
+                         near_sil: wp.array2d(dtype=wp.int32)):
+    """near_sil[b, f] = 1 when a face sharing a vertex with f (or f) has a silhouette edge: only
+    then can the edge search of ``silhouette_pairs`` starting at f find anything."""
+    t = wp.tid() + offset
+    F = faces.shape[0]
+    b = t // F
+    f = t - b * F
+    near_sil[b, f] = wp.max(wp.max(vert_sil[b, faces[f, 0]], vert_sil[b, faces[f, 1]]), vert_sil[b, faces[f, 2]])
+
+
+@wp.kernel
+def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                     neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32),
+                     has_sil: wp.array2d(dtype=wp.int32), near_sil: wp.array2d(dtype=wp.int32),
+                     vstart: wp.array(dtype=wp.int32), vfaces: wp.array(dtype=wp.int32),
+                     face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int, edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
+    """For pixel p and its right (d=0) / lower (d=1) neighbour q with different face ids, find the
+    silhouette edge separating them: edges[b, y, x, 2d:2d+2] = (va, vb) or (-1, -1); side = 0 when p
+    is covered by the edge's face, 1 when q is."""
+    p = wp.tid() + offset
+    H = face_id.shape[1]
+    W = face_id.shape[2]
+    b = p // (H * W)
+    r = p - b * H * W
+    y = r // W
+    x = r - y * W
+    fa = face_id[b, y, x]
+    s00 = screen[b, 0, 0]
+    cx = type(s00)(x) + type(s00)(0.5)
+    cy = type(s00)(y) + type(s00)(0.5)
+    one = type(s00)(1.0)
+    for d in range(2):
+        edges[b, y, x, 2 * d] = -1
+        edges[b, y, x, 2 * d + 1] = -1
+        side[b, y, x, d] = 0
+        qx = x + 1 - d
+        qy = y + d
+        if qx < W and qy < H:
+            fb = face_id[b, qy, qx]
+            near = False
+            if fa >= 0:
+                near = near_sil[b, fa] != 0
+            if fb >= 0:
+                near = near or near_sil[b, fb] != 0
+            if fa != fb and near:
+                horizontal = 1 - d
+                res = wp.vec2i(-1, -1)
+                sd = 0
+                if fa >= 0:
+                    res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fa, fb, horizontal, cx, cy,
+                                           one, perspective)
+                if res[0] < 0 and fb >= 0:
+                    qcx = type(s00)(qx) + type(s00)(0.5)
+                    qcy = type(s00)(qy) + type(s00)(0.5)
+                    res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fb, fa, horizontal, qcx, qcy,
+                                           -one, perspective)
+                    sd = 1
+                if res[0] >= 0:
+                    edges[b, y, x, 2 * d] = res[0]
+                    edges[b, y, x, 2 * d + 1] = res[1]
+                    side[b, y, x, d] = sd
 
 
 def _instantiate(kernel) -> None:
@@ -396,7 +557,8 @@ def _instantiate(kernel) -> None:
         wp.overload(kernel, types)
 
 
-for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, face_facing):
+for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
+           face_facing):
     _instantiate(_k)
 
 
@@ -641,146 +803,3 @@ def barycentrics_op(screen, faces, face_id, perspective: int):
 def interpolate_op(attr, faces, face_id, bary):
     """Differentiable interpolation of ``attr`` (B, V, C) with ``bary`` -> (B, H, W, C)."""
     return _Interpolate.apply(attr.contiguous(), faces, face_id, bary.contiguous())
-
-
-# ---------------------------------------------------------------------------------------------
-# silhouette edges binned to tiles (the antialiasing search that does not depend on mesh density)
-# ---------------------------------------------------------------------------------------------
-
-@wp.kernel
-def silhouette_edge_flags(offset: int, faces: wp.array2d(dtype=wp.int32), neighbors: wp.array2d(dtype=wp.int32),
-                          facing: wp.array2d(dtype=wp.int32), flags: wp.array(dtype=wp.int32, ndim=3)):
-    """flags[b, f, k] = 1 when edge k of face f is a silhouette in view b (boundary, non-manifold,
-    or the two faces face opposite ways), listed once (by the lower face index)."""
-    t = wp.tid() + offset
-    F = faces.shape[0]
-    b = t // F
-    f = t - b * F
-    for k in range(3):
-        nb = neighbors[f, k]
-        v = 0
-        if nb < 0:
-            v = 1
-        elif facing[b, nb] != facing[b, f] and f < nb:
-            v = 1
-        flags[b, f, k] = v
-
-
-@wp.func
-def _edge_pixel_range(a: Any, c: Any, n: int):
-    """Pixel-centre index range within 1 px of [min(a, c), max(a, c)], clamped to [0, n-1]."""
-    one = type(a)(1.0)
-    return _pixel_range(wp.min(a, c) - one, wp.max(a, c) + one, wp.max(a, c) + one, n)
-
-
-@wp.kernel
-def edge_bin_count(screen: wp.array(dtype=Any, ndim=3), sil: wp.array2d(dtype=wp.int32), H: int, W: int, tile: int,
-                   tiles_x: int, tiles_y: int, counts: wp.array(dtype=wp.int32)):
-    """sil[e] = (view, va, vb, face). Counts edges per tile of their 1-px-grown box (atomics:
-    one unsplit launch)."""
-    e = wp.tid()
-    b = sil[e, 0]
-    va = sil[e, 1]
-    vb = sil[e, 2]
-    rx = _edge_pixel_range(screen[b, va, 0], screen[b, vb, 0], W)
-    ry = _edge_pixel_range(screen[b, va, 1], screen[b, vb, 1], H)
-    if rx[0] <= rx[1] and ry[0] <= ry[1]:
-        base = b * tiles_x * tiles_y
-        for ty in range(ry[0] // tile, ry[1] // tile + 1):
-            for tx in range(rx[0] // tile, rx[1] // tile + 1):
-                wp.atomic_add(counts, base + ty * tiles_x + tx, 1)
-
-
-@wp.kernel
-def edge_bin_fill(screen: wp.array(dtype=Any, ndim=3), sil: wp.array2d(dtype=wp.int32), H: int, W: int, tile: int,
-                  tiles_x: int, tiles_y: int, starts: wp.array(dtype=wp.int32), cursor: wp.array(dtype=wp.int32),
-                  items: wp.array(dtype=wp.int32)):
-    e = wp.tid()
-    b = sil[e, 0]
-    va = sil[e, 1]
-    vb = sil[e, 2]
-    rx = _edge_pixel_range(screen[b, va, 0], screen[b, vb, 0], W)
-    ry = _edge_pixel_range(screen[b, va, 1], screen[b, vb, 1], H)
-    if rx[0] <= rx[1] and ry[0] <= ry[1]:
-        base = b * tiles_x * tiles_y
-        for ty in range(ry[0] // tile, ry[1] // tile + 1):
-            for tx in range(rx[0] // tile, rx[1] // tile + 1):
-                k = base + ty * tiles_x + tx
-                slot = wp.atomic_add(cursor, k, 1)
-                items[starts[k] + slot] = e
-
-
-@wp.func
-def _best_edge(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), sil: wp.array2d(dtype=wp.int32),
-               starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), t: int, b: int, other: int,
-               horizontal: int, cx: Any, cy: Any, sign: Any, perspective: int):
-    """Index of the silhouette edge in tile list t crossing the unit segment from (cx, cy)
-    farthest from it (ties: lower index), nearer than face ``other`` (if >= 0) at the crossing;
-    -1 if none."""
-    best = int(-1)
-    best_s = cx - cx - type(cx)(1.0)
-    for i in range(starts[t], starts[t + 1]):
-        e = items[i]
-        s = _edge_cross(screen, b, sil[e, 1], sil[e, 2], horizontal, cx, cy, sign)
-        if s >= cx - cx and (s > best_s or (s == best_s and e < best)):
-            ok = True
-            if other >= 0:
-                qx = cx
-                qy = cy
-                if horizontal != 0:
-                    qx = cx + s * sign
-                else:
-                    qy = cy + s * sign
-                ok = _plane_key(screen, faces, b, sil[e, 3], qx, qy, perspective) <= _plane_key(screen, faces, b, other, qx, qy, perspective)
-            if ok:
-                best = e
-                best_s = s
-    return best
-
-
-@wp.kernel
-def silhouette_pairs_binned(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                            sil: wp.array2d(dtype=wp.int32), starts: wp.array(dtype=wp.int32),
-                            items: wp.array(dtype=wp.int32), tile: int, tiles_x: int, tiles_y: int,
-                            face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int,
-                            edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
-    """For pixel p and its right (d=0) / lower (d=1) neighbour q with different face ids: the
-    silhouette edge (from p's tile list) separating them; edges[b, y, x, d] = edge index or -1,
-    side = 0 when p is on the covered side, 1 when q is (tried only if p's side finds none)."""
-    p = wp.tid() + offset
-    H = face_id.shape[1]
-    W = face_id.shape[2]
-    b = p // (H * W)
-    r = p - b * H * W
-    y = r // W
-    x = r - y * W
-    fa = face_id[b, y, x]
-    s00 = screen[b, 0, 0]
-    one = type(s00)(1.0)
-    t = b * tiles_x * tiles_y + (y // tile) * tiles_x + x // tile
-    has = starts[t + 1] > starts[t]
-    for d in range(2):
-        edges[b, y, x, d] = -1
-        side[b, y, x, d] = 0
-        qx = x + 1 - d
-        qy = y + d
-        if qx < W and qy < H and has:
-            fb = face_id[b, qy, qx]
-            if fa != fb:
-                horizontal = 1 - d
-                e = int(-1)
-                sd = 0
-                if fa >= 0:
-                    e = _best_edge(screen, faces, sil, starts, items, t, b, fb, horizontal,
-                                   type(s00)(x) + type(s00)(0.5), type(s00)(y) + type(s00)(0.5), one, perspective)
-                if e < 0 and fb >= 0:
-                    e = _best_edge(screen, faces, sil, starts, items, t, b, fa, horizontal,
-                                   type(s00)(qx) + type(s00)(0.5), type(s00)(qy) + type(s00)(0.5), -one, perspective)
-                    sd = 1
-                if e >= 0:
-                    edges[b, y, x, d] = e
-                    side[b, y, x, d] = sd
-
-
-for _k in (edge_bin_count, edge_bin_fill, silhouette_pairs_binned):
-    _instantiate(_k)

@@ -7,13 +7,12 @@ gradient misses how moving a silhouette moves coverage. Following nvdiffrast (La
 positions:
 
 1. For every pair of horizontally or vertically adjacent pixels p, q with different face ids,
-   look for a **silhouette edge** crossing the segment between the two pixel centres. A
-   silhouette edge is a mesh boundary edge, or an edge whose two faces face opposite ways in this
-   view (also non-manifold edges). The silhouette edges of each view are binned to 16-px tiles
-   (grown by one pixel), so the search does not depend on how many triangles lie between the
-   visible face and the outline (dense meshes at grazing angles). The edge's face must be nearer
-   than the other pixel's face at the crossing; of several edges the one farthest from the
-   covered pixel (the outermost) is used, p's side being tried before q's.
+   look for a **silhouette edge** crossing the segment between the two pixel centres: an edge of
+   the face seen at p (or at q) or of a face sharing a vertex with it (near silhouette vertices
+   the crossing edge often belongs to a neighbour). A silhouette edge is a mesh boundary edge,
+   or an edge whose two faces face opposite ways in this view (also non-manifold edges); it
+   must be nearer than the other pixel's face at the crossing. Of several, the one farthest from
+   the covered pixel (the outermost) is used.
 2. Let c be the pixel covered by that face, o the other one, and s in [0, 1] the distance from
    c's centre to the crossing (in pixels along the pair). Model each pixel as a unit box and the
    edge as straight over it: if s > 1/2 the face also covers a strip ``s - 1/2`` of pixel o, so
@@ -37,9 +36,11 @@ it match its gradient except at rare jumps (a silhouette vertex crossing a pixel
 column; silhouette cusps). Gradients also flow to the colours ``C`` (attributes, textures,
 lights).
 
-Limitations: edges crossing the image border are not blended; a pixel pair gets at most one
-edge (triangles thinner than a pixel, with both edges between the same two centres, are blended
-approximately); sub-pixel features that cover no pixel centre get no gradient.
+Limitations: edges crossing the image border are not blended; sub-pixel triangles that cover no
+pixel centre get no gradient; on very dense meshes seen at grazing angles (triangles much
+smaller than a pixel) the outline edge can lie beyond the vertex fan of the visible face and
+that pair is then not blended (nvdiffrast shares this). Triangles thinner than about a pixel
+(both edges between the same two centres) are blended approximately.
 """
 
 from __future__ import annotations
@@ -83,16 +84,36 @@ def face_neighbors(faces: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MeshTopology:
-    """Connectivity the antialiasing pass needs, computed once per face list: neighbors (F, 3)
-    int32, the face across each edge (:func:`face_neighbors`)."""
+    """Connectivity the antialiasing pass needs, computed once per face list.
+
+    neighbors: (F, 3) int32 face across each edge (:func:`face_neighbors`); vert_face_start:
+    (V + 1,) int32 and vert_faces: (3F,) int32, the faces around each vertex in CSR form;
+    fans: (V, max_valence) int64 the same padded with -1 (for the torch twin).
+    """
 
     neighbors: torch.Tensor
+    vert_face_start: torch.Tensor
+    vert_faces: torch.Tensor
+    fans: torch.Tensor
 
 
 def mesh_topology(faces: torch.Tensor, num_verts: int | None = None) -> MeshTopology:
     """Build the :class:`MeshTopology` of ``faces`` (F, 3); pass it to :func:`antialias` when the
-    same faces are rendered repeatedly. (``num_verts`` is accepted for symmetry and unused.)"""
-    return MeshTopology(face_neighbors(faces))
+    same faces are rendered repeatedly."""
+    fl = faces.long()
+    F = fl.shape[0]
+    V = int(num_verts if num_verts is not None else (int(fl.max()) + 1 if F > 0 else 0))
+    vid = fl.reshape(-1)
+    order = torch.argsort(vid, stable=True)
+    counts = torch.bincount(vid, minlength=V)
+    start = torch.zeros(V + 1, dtype=torch.long, device=faces.device)
+    start[1:] = torch.cumsum(counts, 0)
+    vfaces = (order // 3)
+    maxdeg = int(counts.max()) if V > 0 and F > 0 else 1
+    fans = torch.full((V, maxdeg), -1, dtype=torch.long, device=faces.device)
+    slot = torch.arange(vid.shape[0], device=faces.device) - start[vid[order]]
+    fans[vid[order], slot] = vfaces
+    return MeshTopology(face_neighbors(faces), start.to(torch.int32), vfaces.to(torch.int32).contiguous(), fans)
 
 
 def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | None = None,
@@ -125,54 +146,30 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         raise ValueError("topology must be the mesh_topology(faces) of the rendered faces")
     screen = frags.screen.detach().contiguous()
     if backend == "warp":
-        b, y, x, d, va, vb, sd = _silhouette_pairs_warp(screen, frags.faces, topology, frags.face_id, frags.perspective)
+        F = frags.faces.shape[0]
+        dev = color.device
+        facing = torch.empty((B, F), dtype=torch.int32, device=dev)
+        has_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
+        near_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
+        parallel_launch(K.face_facing, B * F, [screen, frags.faces], [facing])
+        parallel_launch(K.face_has_silhouette, B * F, [frags.faces, topology.neighbors, facing], [has_sil])
+        vert_sil = torch.zeros((B, frags.screen.shape[1]), dtype=torch.int32, device=dev)
+        launch(K.vertex_silhouette, B * F, [frags.faces, has_sil], [vert_sil])  # same-value stores: unsplit
+        parallel_launch(K.face_near_silhouette, B * F, [frags.faces, vert_sil], [near_sil])
+        edges = torch.empty((B, H, W, 4), dtype=torch.int32, device=dev)
+        side = torch.empty((B, H, W, 2), dtype=torch.int32, device=dev)
+        parallel_launch(K.silhouette_pairs, B * H * W,
+                        [screen, frags.faces, topology.neighbors, facing, has_sil, near_sil, topology.vert_face_start,
+                         topology.vert_faces, frags.face_id, int(frags.perspective)], [edges, side])
+        edges = edges.reshape(B, H, W, 2, 2)
+        sel = (edges[..., 0] >= 0).nonzero()  # (K, 4): b, y, x, d
+        va = edges[sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3], 0].long()
+        vb = edges[sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3], 1].long()
+        sd = side[sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3]]
+        b, y, x, d = sel.unbind(1)
     else:
         b, y, x, d, va, vb, sd = silhouette_pairs_torch(screen, frags.faces, topology, frags.face_id, frags.perspective)
     return blend(color, frags.screen, b, y, x, d, va, vb, sd)
-
-
-TILE = 16
-
-
-def _silhouette_pairs_warp(screen, faces, topo, face_id, perspective):
-    """Kernel path: silhouette edges of every view, binned to tiles; per pixel pair the
-    outermost edge crossing it. Returns ``(b, y, x, d, va, vb, side)`` (K,)."""
-    B, H, W = face_id.shape
-    F = faces.shape[0]
-    dev = screen.device
-    facing = torch.empty((B, F), dtype=torch.int32, device=dev)
-    parallel_launch(K.face_facing, B * F, [screen, faces], [facing])
-    flags = torch.empty((B, F, 3), dtype=torch.int32, device=dev)
-    parallel_launch(K.silhouette_edge_flags, B * F, [faces, topo.neighbors, facing], [flags])
-    sil = _edge_list(flags, faces)
-    E = sil.shape[0]
-    empty = torch.zeros(0, dtype=torch.long, device=dev)
-    if E == 0:
-        return (empty,) * 7
-    tx, ty = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
-    nt = B * tx * ty
-    counts = torch.zeros(nt, dtype=torch.int32, device=dev)
-    launch(K.edge_bin_count, E, [screen, sil, H, W, TILE, tx, ty], [counts])  # atomics: unsplit
-    starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
-    starts[1:] = torch.cumsum(counts, 0)
-    items = torch.empty(max(int(starts[-1]), 1), dtype=torch.int32, device=dev)
-    cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
-    launch(K.edge_bin_fill, E, [screen, sil, H, W, TILE, tx, ty, starts, cursor], [items])
-    edges = torch.empty((B, H, W, 2), dtype=torch.int32, device=dev)
-    side = torch.empty((B, H, W, 2), dtype=torch.int32, device=dev)
-    parallel_launch(K.silhouette_pairs_binned, B * H * W,
-                    [screen, faces, sil, starts, items, TILE, tx, ty, face_id, int(perspective)], [edges, side])
-    b, y, x, d = (edges >= 0).nonzero().unbind(1)
-    e = edges[b, y, x, d].long()
-    return b, y, x, d, sil[e, 1].long(), sil[e, 2].long(), side[b, y, x, d].long()
-
-
-def _edge_list(flags, faces):
-    """Silhouette edges from per-(view, face, edge) flags: (E, 4) int32 rows (view, va, vb, face),
-    ordered by view, face, edge."""
-    bi, fi, ki = flags.nonzero().unbind(1)
-    fl = faces.long()
-    return torch.stack([bi, fl[fi, ki], fl[fi, (ki + 1) % 3], fi], 1).to(torch.int32).contiguous()
 
 
 def blend(color, screen, b, y, x, d, va, vb, sd) -> torch.Tensor:
@@ -228,6 +225,21 @@ def _plane_key_torch(screen, faces, b, f, px, py, perspective):
     return l0 * t[:, 0, 2] + l1 * t[:, 1, 2] + l2 * t[:, 2, 2]
 
 
+def silhouette_flags_torch(screen, faces, topo):
+    """Per view and face: ``facing`` (+1/-1, sign of the screen-space area), ``has_sil`` (an
+    edge of the face is a silhouette) and ``near_sil`` (a face sharing a vertex has one), (B, F)
+    each; the torch twin of the ``face_*`` kernels."""
+    fl = faces.long()
+    t = screen[:, fl]  # (B, F, 3, 3)
+    a = _edge2(t[..., 0, 0], t[..., 0, 1], t[..., 1, 0], t[..., 1, 1], t[..., 2, 0], t[..., 2, 1])
+    facing = torch.where(a > 0, 1, -1)
+    nb = topo.neighbors.long()
+    has_sil = ((nb < 0)[None] | (facing[:, nb.clamp_min(0)] != facing[:, :, None])).any(-1)
+    fan = topo.fans[fl]  # (F, 3, maxdeg)
+    near = (has_sil[:, fan.clamp_min(0)] & (fan >= 0)[None]).flatten(2).any(-1)
+    return facing, has_sil, near
+
+
 def _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign):
     """Twin of the kernel's ``_edge_cross``: s in [0, 1] or -1."""
     ax, ay = screen[b, ia, 0], screen[b, ia, 1]
@@ -244,76 +256,93 @@ def _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign):
     return torch.where(ok, s, torch.full_like(s, -1.0))
 
 
-def silhouette_pairs_torch(screen, faces, topo, face_id, perspective):
-    """Plain-torch twin of the binned silhouette search: every (silhouette edge, pixel) pair with
-    the pixel centre within 1 px of the edge's box, the crossing of each pixel pair, the outermost
-    qualifying edge per pair (ties: lower edge index), p's side first. Returns
-    ``(b, y, x, d, va, vb, side)`` (K,), ordered like ``nonzero`` over (b, y, x, d)."""
-    B, H, W = face_id.shape
-    dev = screen.device
+def _find_edge_torch(screen, faces, nbrs, facing, b, f, other, horizontal, cx, cy, sign, perspective):
+    """Vectorised twin of the kernel's ``_find_edge`` over K pairs; f >= 0 everywhere."""
+    res_a = torch.full(f.shape, -1, dtype=torch.long, device=f.device)
+    res_b = res_a.clone()
+    best = torch.full(f.shape, -1.0, dtype=screen.dtype, device=f.device)
+    ff = facing[b, f]
     fl = faces.long()
-    t = screen[:, fl]
-    area = _edge2(t[..., 0, 0], t[..., 0, 1], t[..., 1, 0], t[..., 1, 1], t[..., 2, 0], t[..., 2, 1])
-    facing = torch.where(area > 0, 1, -1)
-    nb = topo.neighbors.long()
-    fidx = torch.arange(fl.shape[0], device=dev)[:, None]
-    flags = (nb < 0)[None] | ((facing[:, nb.clamp_min(0)] != facing[:, :, None]) & (fidx < nb)[None])
-    sil = _edge_list(flags.to(torch.int32), faces).long()
-    empty = torch.zeros(0, dtype=torch.long, device=dev)
-    if sil.shape[0] == 0:
-        return (empty,) * 7
-    eb, va, vb, ef = sil.unbind(1)
-    A = screen[eb, va]
-    Bv = screen[eb, vb]
-    lo = torch.minimum(A[:, :2], Bv[:, :2]) - 1
-    hi = torch.maximum(A[:, :2], Bv[:, :2]) + 1
-    x0 = torch.ceil(lo[:, 0] - 0.5).clamp(0, W).long()
-    x1 = torch.floor(hi[:, 0] - 0.5).clamp(-1, W - 1).long()
-    y0 = torch.ceil(lo[:, 1] - 0.5).clamp(0, H).long()
-    y1 = torch.floor(hi[:, 1] - 0.5).clamp(-1, H - 1).long()
-    nx = (x1 - x0 + 1).clamp_min(0)
-    ny = (y1 - y0 + 1).clamp_min(0)
-    n = nx * ny
-    e = torch.repeat_interleave(torch.arange(sil.shape[0], device=dev), n)
-    local = torch.arange(e.shape[0], device=dev) - (torch.cumsum(n, 0) - n)[e]
-    px = x0[e] + local % nx[e].clamp_min(1)
-    py = y0[e] + local // nx[e].clamp_min(1)
-    b = eb[e]
-    out = []
+    has_other = other >= 0
+    for k in range(3):
+        nb = nbrs.long()[f, k]
+        sil = (nb < 0) | (facing[b, nb.clamp_min(0)] != ff)
+        ia = fl[f, k]
+        ib = fl[f, (k + 1) % 3]
+        s = _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign)
+        qx = cx + s * sign if horizontal else cx
+        qy = cy if horizontal else cy + s * sign
+        kf = _plane_key_torch(screen, faces, b, f, qx, qy, perspective)
+        ko = _plane_key_torch(screen, faces, b, other.clamp_min(0), qx, qy, perspective)
+        hit = sil & (s > best) & (~has_other | (kf <= ko))
+        res_a = torch.where(hit, ia, res_a)
+        res_b = torch.where(hit, ib, res_b)
+        best = torch.where(hit, s, best)
+    return res_a, res_b
+
+
+def _find_silhouette_torch(screen, faces, topo, flags, b, f, other, horizontal, cx, cy, sign, perspective):
+    """Twin of the kernel's ``_find_silhouette``: the outermost edge over f and its vertex fans
+    (faces without a silhouette edge are skipped, as in the kernel; it changes nothing but time)."""
+    nbrs = topo.neighbors
+    facing, has_sil, _ = flags
+    ra, rb = _find_edge_torch(screen, faces, nbrs, facing, b, f, other, horizontal, cx, cy, sign, perspective)
+    best = torch.where(ra >= 0, _edge_cross_torch(screen, b, ra.clamp_min(0), rb.clamp_min(0), horizontal, cx, cy, sign),
+                       torch.full_like(cx, -1.0))
+    fl = faces.long()
+    for j in range(3):
+        fan = topo.fans[fl[f, j]]  # (K, maxdeg)
+        for k in range(fan.shape[1]):
+            g = fan[:, k]
+            m = (g >= 0) & (g != f)
+            m = m & has_sil[b, g.clamp_min(0)]
+            if m.any():
+                ga, gb = _find_edge_torch(screen, faces, nbrs, facing, b[m], g[m], other[m], horizontal, cx[m], cy[m],
+                                          sign, perspective)
+                s2 = torch.where(ga >= 0, _edge_cross_torch(screen, b[m], ga.clamp_min(0), gb.clamp_min(0), horizontal,
+                                                            cx[m], cy[m], sign), torch.full_like(cx[m], -1.0))
+                better = (ga >= 0) & (s2 > best[m])
+                idx = m.nonzero().squeeze(1)[better]
+                ra[idx], rb[idx], best[idx] = ga[better], gb[better], s2[better]
+    return ra, rb
+
+
+def silhouette_pairs_torch(screen, faces, topo, face_id, perspective):
+    """Plain-torch twin of the ``silhouette_pairs`` kernel; returns the detected pairs as
+    ``(b, y, x, d, va, vb, side)`` tensors (K,), ordered like ``nonzero`` over (b, y, x, d)."""
+    B, H, W = face_id.shape
+    flags = silhouette_flags_torch(screen, faces, topo)
+    near_sil = flags[2]
+    bidx = torch.arange(B, device=face_id.device)[:, None, None]
+    fid = face_id.long()
+    near_img = near_sil[bidx, fid.clamp_min(0)] & (fid >= 0)
+    outs = []
     for d in (0, 1):
-        qx, qy = px + 1 - d, py + d
-        ok = (qx < W) & (qy < H)
-        fa = face_id[b, py, px].long()
-        fb = face_id[b, qy.clamp(max=H - 1), qx.clamp(max=W - 1)].long()
-        ok = ok & (fa != fb)
-        res_e = torch.full((B * H * W,), -1, dtype=torch.long, device=dev)
-        res_sd = torch.zeros((B * H * W,), dtype=torch.long, device=dev)
-        pix = (b * H + py) * W + px
-        for sd, cov, oth, cx, cy, sign in ((0, fa, fb, px, py, 1.0), (1, fb, fa, qx, qy, -1.0)):
-            cxf = cx.to(screen.dtype) + 0.5
-            cyf = cy.to(screen.dtype) + 0.5
-            s = _edge_cross_torch(screen, b, va[e], vb[e], d == 0, cxf, cyf, sign)
-            m = ok & (cov >= 0) & (s >= 0) & (res_e[pix] < 0)
-            qxf = cxf + s * sign if d == 0 else cxf
-            qyf = cyf if d == 0 else cyf + s * sign
-            kf = _plane_key_torch(screen, faces, b, ef[e], qxf, qyf, perspective)
-            ko = _plane_key_torch(screen, faces, b, oth.clamp_min(0), qxf, qyf, perspective)
-            m = m & ((oth < 0) | (kf <= ko))
-            if not bool(m.any()):
-                continue
-            pm, sm, em = pix[m], s[m], e[m]
-            best = torch.full((B * H * W,), -1.0, dtype=screen.dtype, device=dev).scatter_reduce(0, pm, sm, "amax")
-            win = sm == best[pm]
-            first = torch.full((B * H * W,), sil.shape[0], dtype=torch.long, device=dev)
-            first = first.scatter_reduce(0, pm[win], em[win], "amin")
-            newly = (first < sil.shape[0]) & (res_e < 0)
-            res_e = torch.where(newly, first, res_e)
-            res_sd = torch.where(newly, torch.full_like(res_sd, sd), res_sd)
-        hit = (res_e >= 0).nonzero().squeeze(1)
-        bb = hit // (H * W)
-        yy = (hit // W) % H
-        xx = hit % W
-        out.append((bb, yy, xx, torch.full_like(bb, d), va[res_e[hit]], vb[res_e[hit]], res_sd[hit]))
-    cat = [torch.cat([o[i] for o in out]) for i in range(7)]
-    order = torch.argsort(((cat[0] * H + cat[1]) * W + cat[2]) * 2 + cat[3])
+        fa_img = face_id[:, : H - d, : W - (1 - d)]
+        fb_img = face_id[:, d:, (1 - d):]
+        near = near_img[:, : H - d, : W - (1 - d)] | near_img[:, d:, (1 - d):]
+        b, y, x = ((fa_img != fb_img) & near).nonzero().unbind(1)
+        fa = fa_img[b, y, x].long()
+        fb = fb_img[b, y, x].long()
+        cx = x.to(screen.dtype) + 0.5
+        cy = y.to(screen.dtype) + 0.5
+        va = torch.full_like(fa, -1)
+        vb = torch.full_like(fa, -1)
+        sd = torch.zeros_like(fa)
+        m = fa >= 0
+        if m.any():
+            ra, rb = _find_silhouette_torch(screen, faces, topo, flags, b[m], fa[m], fb[m], d == 0, cx[m], cy[m], 1.0, perspective)
+            va[m], vb[m] = ra, rb
+        m2 = (va < 0) & (fb >= 0)
+        if m2.any():
+            qcx = cx[m2] + (1 - d)
+            qcy = cy[m2] + d
+            ra, rb = _find_silhouette_torch(screen, faces, topo, flags, b[m2], fb[m2], fa[m2], d == 0, qcx, qcy, -1.0, perspective)
+            va[m2], vb[m2] = ra, rb
+            sd[m2] = torch.where(ra >= 0, 1, 0)
+        keep = va >= 0
+        outs.append((b[keep], y[keep], x[keep], torch.full_like(b[keep], d), va[keep], vb[keep], sd[keep]))
+    cat = [torch.cat([o[i] for o in outs]) for i in range(7)]
+    b, y, x, d = cat[:4]
+    order = torch.argsort(((b * H + y) * W + x) * 2 + d)
     return tuple(c[order] for c in cat)

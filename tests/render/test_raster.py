@@ -268,25 +268,3 @@ def test_split_forward_and_adjoint_match_twin_on_a_large_image():
         res[backend] = (img.detach(), vv.grad, cc.grad)
     for a, b in zip(res["warp"], res["torch"]):
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
-
-
-def test_every_outline_pair_is_blended_on_a_dense_mesh():
-    """A smooth mesh with ~2 px triangles seen at grazing angles near its outline: every pair of
-    a covered and an empty pixel gets a silhouette edge (the search is binned, not limited to
-    faces near the visible one), for the kernel and the twin."""
-    from diffvc.render.antialias import _silhouette_pairs_warp, silhouette_pairs_torch
-
-    v, f = icosphere(4)
-    cams = Cameras.look_at(torch.tensor([[0.0, 0.4, 3.0], [2.5, 1.0, 1.0]]), width=96, height=96, fov_y=40.0)
-    fr = rasterize(cams, v, f)
-    fid = fr.face_id
-    n_outline = int(((fid[:, :, 1:] >= 0) != (fid[:, :, :-1] >= 0)).sum() + ((fid[:, 1:] >= 0) != (fid[:, :-1] >= 0)).sum())
-    topo = mesh_topology(f)
-    for fn in (_silhouette_pairs_warp, silhouette_pairs_torch):
-        b, y, x, d, va, vb, sd = fn(fr.screen.detach(), fr.faces, topo, fid, True)
-        fa = fid[b, y, x]
-        fb = fid[b, y + d, x + 1 - d]
-        assert int(((fa < 0) | (fb < 0)).sum()) == n_outline > 100
-    # blending moves coverage across the outline but keeps the total close to the pixel count
-    m = antialias(fr.mask, fr, topo).sum((1, 2, 3))
-    assert torch.allclose(m, fr.mask.sum((1, 2, 3)), rtol=0.02)
