@@ -113,3 +113,14 @@ def write_metrics(path: str | Path, metrics: Mapping) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def figure_to_array(fig, pad: float = 1.08) -> np.ndarray:
+    """Render a matplotlib figure to an RGB uint8 array ``(H, W, 3)`` and close it (animation frames)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(pad=pad)
+    fig.canvas.draw()
+    out = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return out

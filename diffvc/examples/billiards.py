@@ -22,7 +22,7 @@ import torch
 from ..optim import Free, ParameterSet, optimize
 from ..physics import rollout
 from ..physics.rigid import RigidBodyModel, RigidBodyState, rigid_step
-from ..viz import plot_curves, save_animation, write_metrics
+from ..viz import figure_to_array, plot_curves, save_animation, write_metrics
 
 DESCRIPTION = "billiards: choose the cue ball's velocity so the last ball of a row stops at a target"
 
@@ -98,10 +98,7 @@ def _frames(trajs: list[np.ndarray], labels: list[str], size=(560, 150)) -> list
             ax.set_title(lab, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.tight_layout()
-        fig.canvas.draw()
-        out.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-        plt.close(fig)
+        out.append(figure_to_array(fig))
     return out
 
 

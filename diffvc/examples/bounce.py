@@ -18,7 +18,7 @@ import torch
 
 from ..optim import Free, ParameterSet, optimize
 from ..physics import ParticleModel, ParticleState, particle_step
-from ..viz import plot_curves, save_animation, write_metrics
+from ..viz import figure_to_array, plot_curves, save_animation, write_metrics
 
 DESCRIPTION = "particle bouncing off ground and wall: optimise v0 so it ends at a target"
 
@@ -73,10 +73,7 @@ def _frames(trajs: list[np.ndarray], labels: list[str], size=(360, 240)) -> list
         ax.set_ylim(-0.1, 2.2)
         ax.set_aspect("equal")
         ax.legend(loc="upper left", fontsize=7)
-        fig.tight_layout()
-        fig.canvas.draw()
-        out.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-        plt.close(fig)
+        out.append(figure_to_array(fig))
     return out
 
 

@@ -25,7 +25,7 @@ import torch
 from ..geometry import (chamfer_distance, edges, is_watertight, marching_tetrahedra, sample_points, sdf_box,
                         sdf_capsule, sdf_sphere, sdf_to_mesh, smooth_difference, smooth_union, tet_grid, volume)
 from ..optim import optimize
-from ..viz import plot_curves, save_image, tile, write_metrics
+from ..viz import figure_to_array, plot_curves, save_image, tile, write_metrics
 
 DESCRIPTION = "DMTet: recover a non-convex shape's SDF on a tet grid from a point cloud (marching tets + Chamfer)"
 
@@ -56,11 +56,7 @@ def _render(v: torch.Tensor, f: torch.Tensor, size: int = 220) -> np.ndarray:
     ax.set_zlim(-1, 1)
     ax.view_init(elev=25, azim=-60)
     ax.set_axis_off()
-    fig.tight_layout(pad=0)
-    fig.canvas.draw()
-    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return img
+    return figure_to_array(fig, pad=0)
 
 
 def chamfer_metric(pa: torch.Tensor, pb: torch.Tensor) -> float:

@@ -26,7 +26,7 @@ import torch
 
 from ..optim import optimize
 from ..physics import ParticleState, SpringModel, SpringStep, rollout
-from ..viz import plot_curves, save_animation, write_metrics
+from ..viz import figure_to_array, plot_curves, save_animation, write_metrics
 
 DESCRIPTION = "spring robot walker: optimise a closed-loop neural controller to walk as far as possible"
 
@@ -134,10 +134,7 @@ def _frames(model, runs, labels, every=3, size=(640, 260)):
             ax.set_aspect("equal")
             ax.set_title(f"{lab}  t = {k * DT * SUBSTEPS:.2f} s", fontsize=8)
             ax.tick_params(labelsize=6)
-        fig.tight_layout()
-        fig.canvas.draw()
-        out.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-        plt.close(fig)
+        out.append(figure_to_array(fig))
     return out
 
 
