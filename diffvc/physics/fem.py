@@ -38,7 +38,7 @@ import torch
 
 from .._kernels import Out, kernel_op, mat, vec
 from .._kernels.fem import COROTATED, NEOHOOKEAN, POLAR_ITERS, integrate_vertices, tet_forces
-from .._kernels.particles import MAX_PLANES
+from .particles import check_planes
 from .rigid import _contact_law
 
 __all__ = ["lame_parameters", "FEMModel", "FEMState", "fem_step", "fem_step_torch", "fem_forces_torch",
@@ -185,12 +185,7 @@ class FEMModel:
             raise ValueError("lame: the bulk modulus lam + 2/3 mu must be > 0")
         if self.damping.shape != (2,) or (self.damping < 0).any():
             raise ValueError("damping must be (alpha >= 0, beta >= 0)")
-        if self.planes.shape[0] > MAX_PLANES:
-            raise ValueError(f"planes: at most {MAX_PLANES} contact planes, got {self.planes.shape[0]}")
-        if self.planes.shape[0]:
-            nrm = self.planes[:, :3].detach().norm(dim=1)
-            if not torch.allclose(nrm, torch.ones_like(nrm), atol=1e-4):
-                raise ValueError("planes: normals (first three columns) must be unit length")
+        check_planes(self.planes)
         c = self.contact
         if c.shape != (5,) or (c[:3] < 0).any() or c[3] <= 0 or c[4] < 0:
             raise ValueError("contact must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0, contact_smoothing >= 0)")

@@ -18,12 +18,25 @@ With substeps small against sqrt(m/ke) the integration is stable and gradients s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from .._kernels import Out, kernel_op, vec
 from .._kernels.particles import MAX_PLANES, integrate_particles
+
+
+def check_planes(planes: torch.Tensor) -> None:
+    """Validate contact planes (P, 4) rows (nx, ny, nz, d): unit normals, P <= MAX_PLANES.
+    Shared by every solver that takes ``planes``."""
+    if planes.dim() != 2 or planes.shape[1] != 4:
+        raise ValueError(f"planes must have shape (P, 4), got {tuple(planes.shape)}")
+    if planes.shape[0] > MAX_PLANES:
+        raise ValueError(f"planes: at most {MAX_PLANES} contact planes, got {planes.shape[0]}")
+    if planes.shape[0]:
+        nrm = planes[:, :3].detach().norm(dim=1)
+        if not torch.allclose(nrm, torch.ones_like(nrm), atol=1e-4):
+            raise ValueError("planes: normals (first three columns) must be unit length")
 
 
 @dataclass(frozen=True)
@@ -74,13 +87,7 @@ class ParticleModel:
             raise ValueError("mass must be finite and >= 0")
         if self.radius.shape != (n,):
             raise ValueError(f"radius must have shape ({n},), got {tuple(self.radius.shape)}")
-        if self.planes.dim() != 2 or self.planes.shape[1] != 4:
-            raise ValueError(f"planes must have shape (P, 4), got {tuple(self.planes.shape)}")
-        if self.planes.shape[0] > MAX_PLANES:
-            raise ValueError(f"planes: at most {MAX_PLANES} contact planes, got {self.planes.shape[0]}")
-        nrm = self.planes[:, :3].norm(dim=1)
-        if not torch.allclose(nrm, torch.ones_like(nrm), atol=1e-4):
-            raise ValueError("planes: normals (first three columns) must be unit length")
+        check_planes(self.planes)
         if self.contact.shape != (4,) or (self.contact[[0, 1, 2]] < 0).any() or self.contact[3] <= 0:
             raise ValueError("contact must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0)")
 

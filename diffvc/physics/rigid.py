@@ -48,8 +48,8 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import Out, kernel_op, mat, vec
-from .._kernels.particles import MAX_PLANES
 from .._kernels.rigid import integrate_bodies, rigid_contact_forces
+from .particles import check_planes
 
 __all__ = ["RigidBodyModel", "RigidBodyState", "rigid_step", "rigid_step_torch", "apply_impulse",
            "quat_rotate", "quat_to_matrix"]
@@ -245,12 +245,7 @@ class RigidBodyModel:
             raise ValueError(f"point_radius must have shape ({npnt},) and be >= 0")
         if self.pairs.numel() and (self.pairs.min() < 0 or self.pairs.max() >= npnt):
             raise ValueError(f"pairs must index points 0..{npnt - 1}")
-        if self.planes.shape[0] > MAX_PLANES:
-            raise ValueError(f"planes: at most {MAX_PLANES} contact planes, got {self.planes.shape[0]}")
-        if self.planes.shape[0]:
-            nrm = self.planes[:, :3].detach().norm(dim=1)
-            if not torch.allclose(nrm, torch.ones_like(nrm), atol=1e-4):
-                raise ValueError("planes: normals (first three columns) must be unit length")
+        check_planes(self.planes)
         for name in ("contact", "pair_contact"):
             c = getattr(self, name)
             if c.shape != (5,) or (c[:3] < 0).any() or c[3] <= 0 or c[4] < 0:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import Out, kernel_op, vec
-from .._kernels.particles import MAX_PLANES, integrate_particles
+from .._kernels.particles import integrate_particles
 from .._kernels.springs import LENGTH_EPS2, spring_forces, spring_segment
-from .particles import ParticleState
+from .particles import ParticleState, check_planes
 
 __all__ = ["SpringModel", "SpringStep", "spring_step", "spring_step_torch", "springs_from_mesh"]
 
@@ -128,11 +128,7 @@ class SpringModel:
                 raise ValueError(f"{name} must be finite")
         if (self.rest < 0).any() or (self.ke < 0).any() or (self.kd < 0).any():
             raise ValueError("rest, ke and kd must be >= 0")
-        if self.planes.dim() != 2 or self.planes.shape[1] != 4 or self.planes.shape[0] > MAX_PLANES:
-            raise ValueError(f"planes must have shape (P, 4) with P <= {MAX_PLANES}, got {tuple(self.planes.shape)}")
-        nrm = self.planes[:, :3].norm(dim=1)
-        if not torch.allclose(nrm, torch.ones_like(nrm), atol=1e-4):
-            raise ValueError("planes: normals (first three columns) must be unit length")
+        check_planes(self.planes)
         if self.contact.shape != (4,) or (self.contact[:3] < 0).any() or self.contact[3] <= 0:
             raise ValueError("contact must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0)")
         if self.gravity.shape != (3,):
