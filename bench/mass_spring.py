@@ -6,7 +6,7 @@ is sum(final x) + sum(final v); gradients w.r.t. the initial velocities and the 
 stiffnesses. All variants run in this one process, interleaved (repeat r of every variant, then
 repeat r+1), so a shared machine's load hits them alike; medians over repeats (and minima).
 
-* ``diffvc_fused``: ``rollout(SpringStep(model, dt), state, 1000)`` (fused Warp segment, full
+* ``diffvc_fused``: ``rollout(model, state, 1000, dt=dt)`` (fused Warp segment, full
   tape, one autograd node);
 * ``diffvc_checkpointed``: the same with ``checkpoint_every=100`` (backward re-runs each segment);
 * ``diffvc_per_step``: ``spring_step`` called 1,000 times (two kernel_op nodes per step);
@@ -30,7 +30,7 @@ import torch
 from diffvc._kernels import wp
 from diffvc._kernels.particles import integrate_particles
 from diffvc._kernels.springs import spring_forces
-from diffvc.physics import ParticleState, SpringModel, SpringStep, rollout, spring_step, spring_step_torch
+from diffvc.physics import ParticleState, SpringModel, rollout, spring_step, spring_step_torch
 
 N_SIDE, N_SPRINGS, STEPS, DT = 10, 5000, 1000, 1e-3
 
@@ -72,9 +72,9 @@ def _diffvc(model, s0, steps, mode):
         state = ParticleState(s0.x, v0)
         t0 = time.perf_counter()
         if mode == "fused":
-            final = rollout(SpringStep(m, DT), state, steps)
+            final = rollout(m, state, steps, dt=DT)
         elif mode == "checkpointed":
-            final = rollout(SpringStep(m, DT), state, steps, checkpoint_every=100)
+            final = rollout(m, state, steps, dt=DT, checkpoint_every=100)
         elif mode == "per_step":
             final = rollout(lambda s: spring_step(m, s, DT), state, steps)
         else:

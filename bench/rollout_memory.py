@@ -7,7 +7,7 @@ initial velocities and the spring stiffnesses. Four variants, each in a fresh su
 * ``per_step_full``: ``rollout(lambda s: spring_step(...))`` -- two kernel_op autograd nodes per
   step, the whole tape kept;
 * ``per_step_checkpointed``: the same with ``checkpoint_every=100`` (torch.utils.checkpoint);
-* ``fused_full``: ``rollout(SpringStep(...))`` -- one fused Warp segment, every state kept;
+* ``fused_full``: ``rollout(model, ..., dt=dt)`` -- one fused Warp segment, every state kept;
 * ``fused_checkpointed``: fused segments of 100 steps that keep only their input and re-run in
   backward.
 
@@ -45,7 +45,7 @@ def _child(variant: str, steps: int) -> dict:
     import torch
 
     from bench.mass_spring import make_system
-    from diffvc.physics import ParticleState, SpringStep, rollout, spring_step
+    from diffvc.physics import ParticleState, rollout, spring_step
 
     torch.set_num_threads(1)
     model, s0 = make_system(n_side=6, n_springs=10_000)
@@ -56,8 +56,10 @@ def _child(variant: str, steps: int) -> dict:
         m = replace(model, ke=ke)
         state = ParticleState(s0.x, v0)
         ck = CKPT if variant.endswith("checkpointed") else None
-        step = SpringStep(m, 1e-3) if variant.startswith("fused") else (lambda s: spring_step(m, s, 1e-3))
-        final = rollout(step, state, n, checkpoint_every=ck)
+        if variant.startswith("fused"):
+            final = rollout(m, state, n, dt=1e-3, checkpoint_every=ck)
+        else:
+            final = rollout(lambda s: spring_step(m, s, 1e-3), state, n, checkpoint_every=ck)
         loss = final.x.sum()
         gv, gk = torch.autograd.grad(loss, [v0, ke])
         return gv, gk

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..optim import optimize
-from ..physics import ParticleState, SpringModel, SpringStep, rollout
+from ..physics import ParticleState, SpringModel, rollout
 from ..viz import figure_to_array, plot_curves, save_animation, write_metrics
 
 DESCRIPTION = "spring robot walker: optimise a closed-loop neural controller to walk as far as possible"
@@ -101,7 +101,7 @@ class WalkerController(torch.nn.Module):
 def simulate(model, x0, controller, frames: int, record: bool = False, checkpoint_every: int | None = None):
     """Roll the walker out; returns the centre-of-mass x displacement (and states per frame)."""
     state = ParticleState(x0, torch.zeros_like(x0))
-    out = rollout(SpringStep(model, DT), state, frames, substeps=SUBSTEPS,
+    out = rollout(model, state, frames, dt=DT, substeps=SUBSTEPS,
                   controller=controller, record=record, checkpoint_every=checkpoint_every)
     final, states = (out if record else (out, None))
     dist = final.x[:, 0].mean() - x0[:, 0].mean()

@@ -1,8 +1,37 @@
-"""Differentiable physics: states, models, steps and rollouts."""
+"""Differentiable physics: states, models, steps and rollouts.
+
+The simulator contract
+----------------------
+Every simulator in diffvc (and any a user adds) is three things:
+
+* a **model**: a frozen dataclass of the topology and parameters (masses, stiffnesses, friction,
+  contact planes ...), tensors that may require grad; it validates itself in ``__post_init__`` or
+  ``validate()``;
+* a **state**: a frozen dataclass of the tensors that change (positions, velocities, ...);
+* ``model.step(state, dt, control=None) -> state``: advance by ``dt`` seconds and return a NEW
+  state (nothing is mutated). ``control`` is the model's input for the step, documented in its
+  ``step`` docstring (``None``: none): :class:`ParticleModel` an external force ``(N, 3)``,
+  :class:`SpringModel` an actuation ``(S,)``, :class:`RigidBodyModel` a wrench ``(B, 6)``,
+  :class:`FEMModel` nodal forces ``(N, 3)``.
+
+Optional capabilities, used when present and never required:
+
+* ``model.step_torch(state, dt, control=None)``: the plain-torch twin (same function; tests,
+  benchmarks, forward mode via ``rollout(..., backend="torch")``);
+* ``model.segment(state, dt, n, control=None, recompute=False, return_all=False) ->
+  (state, states)``: ``n`` steps fused in one kernel segment (one autograd node); :func:`rollout`
+  uses it for long rollouts.
+
+:func:`step` calls the contract; :func:`rollout` rolls any such model out (checkpointing,
+truncation, controllers, substeps, observations), and also accepts a plain callable
+``step(state) -> state``. The pipeline (:mod:`diffvc.pipeline`) renders any model's states through
+bindings, so a new solver is a new module with a model, a state and a ``step`` -- nothing else
+changes.
+"""
 
 from .particles import ParticleModel, ParticleState, particle_step, particle_step_torch
-from .rollout import flatten_state, rollout, rollout_jvp, unflatten_state
-from .springs import (SpringModel, SpringStep, spring_forces_torch, spring_step, spring_step_torch,
+from .rollout import flatten_state, rollout, rollout_jvp, step, unflatten_state
+from .springs import (SpringModel, spring_forces_torch, spring_step, spring_step_torch,
                       springs_from_mesh)
 from .rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step, rigid_step_torch
 from .fem import (FEMModel, FEMState, fem_implicit_step, fem_static_solve, fem_step, fem_step_torch,
@@ -13,12 +42,12 @@ __all__ = [
     "ParticleState",
     "particle_step",
     "particle_step_torch",
+    "step",
     "rollout",
     "rollout_jvp",
     "flatten_state",
     "unflatten_state",
     "SpringModel",
-    "SpringStep",
     "spring_step",
     "spring_step_torch",
     "spring_forces_torch",

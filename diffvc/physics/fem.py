@@ -209,6 +209,15 @@ class FEMModel:
         """The rest configuration at zero velocity."""
         return FEMState(self.rest.detach().clone(), torch.zeros_like(self.rest).detach())
 
+    def step(self, state: FEMState, dt: float, control: torch.Tensor | None = None) -> FEMState:
+        """Simulator contract: explicit :func:`fem_step`; ``control``: external nodal forces
+        ``(N, 3)`` in N. (The implicit integrator is :func:`fem_implicit_step`.)"""
+        return fem_step(self, state, dt, control)
+
+    def step_torch(self, state: FEMState, dt: float, control: torch.Tensor | None = None) -> FEMState:
+        """Plain-torch twin of :meth:`step` (:func:`fem_step_torch`)."""
+        return fem_step_torch(self, state, dt, control)
+
 
 def _check_state(state: FEMState, model: FEMModel) -> None:
     n = model.rest.shape[0]

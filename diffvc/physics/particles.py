@@ -97,6 +97,14 @@ class ParticleModel:
         safe = torch.where(m > 0, m, torch.ones_like(m))
         return torch.where(m > 0, 1.0 / safe, torch.zeros_like(m))
 
+    def step(self, state: "ParticleState", dt: float, control: torch.Tensor | None = None) -> "ParticleState":
+        """Simulator contract: :func:`particle_step`; ``control``: external force (N, 3) in N."""
+        return particle_step(self, state, dt, control)
+
+    def step_torch(self, state: "ParticleState", dt: float, control: torch.Tensor | None = None) -> "ParticleState":
+        """Plain-torch twin of :meth:`step` (:func:`particle_step_torch`)."""
+        return particle_step_torch(self, state, dt, control)
+
 
 def _check_state(state: ParticleState, model: ParticleModel) -> None:
     n = model.mass.shape[0]

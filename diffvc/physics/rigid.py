@@ -258,6 +258,27 @@ class RigidBodyModel:
         """(B, 3, 3) inverse inertia in the body frame (differentiable)."""
         return inv3(self.inertia)
 
+    def step(self, state: "RigidBodyState", dt: float, control: torch.Tensor | None = None) -> "RigidBodyState":
+        """Simulator contract: :func:`rigid_step`; ``control``: external wrench ``(B, 6)`` per body,
+        force (N, at the centre of mass) then torque (N m, world frame), held over the step."""
+        f, t = _split_wrench(self, control)
+        return rigid_step(self, state, dt, f, t)
+
+    def step_torch(self, state: "RigidBodyState", dt: float, control: torch.Tensor | None = None) -> "RigidBodyState":
+        """Plain-torch twin of :meth:`step` (:func:`rigid_step_torch`)."""
+        f, t = _split_wrench(self, control)
+        return rigid_step_torch(self, state, dt, f, t)
+
+
+def _split_wrench(model: RigidBodyModel, control):
+    if control is None:
+        return None, None
+    nb = model.mass.shape[0]
+    if not isinstance(control, torch.Tensor) or control.shape != (nb, 6):
+        got = tuple(control.shape) if isinstance(control, torch.Tensor) else type(control).__name__
+        raise ValueError(f"control must be a (B, 6) = ({nb}, 6) wrench tensor (force, torque), got {got}")
+    return control[:, :3], control[:, 3:]
+
 
 def inv3(A: torch.Tensor) -> torch.Tensor:
     """Inverse of (..., 3, 3) matrices by cofactors (elementwise torch ops: on this CPU

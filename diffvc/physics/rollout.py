@@ -1,11 +1,20 @@
-"""Rolling a differentiable transition out over time: checkpointing, truncation, controllers,
-substeps, and forward-mode sensitivities.
+"""Rolling a simulator out over time: checkpointing, truncation, controllers, substeps, and
+forward-mode sensitivities.
 
-A simulator is a transition ``q_{t+1} = S(q_t)``: here any function ``step(state) -> state``
-(or ``step(state, control) -> state`` with a controller) whose states are frozen dataclasses of
-tensors (like :class:`~diffvc.physics.ParticleState`), a tensor, or a tuple of tensors. The step
-is usually a closure over a model (``lambda s: particle_step(model, s, dt)``); any tensor in the
-state, in the model the closure captures, or in a controller module may require grad.
+A simulator is a transition ``q_{t+1} = S(q_t)``. :func:`rollout` takes either
+
+* a **model** following the simulator contract (:mod:`diffvc.physics`): an object with
+  ``model.step(state, dt, control=None) -> state``; ``dt`` is then given to :func:`rollout`.
+  If the model also has ``segment(state, dt, n, control=None, recompute=False,
+  return_all=False) -> (state, states)`` (a fused multi-step segment, e.g.
+  :class:`~diffvc.physics.SpringModel`) rollout uses it; ``backend="torch"`` rolls out the
+  model's plain-torch twin ``model.step_torch`` instead (for forward mode and reference runs);
+* or any callable ``step(state) -> state`` (``step(state, control) -> state`` with a controller),
+  e.g. a closure or a learned step.
+
+States are frozen dataclasses of tensors (like :class:`~diffvc.physics.ParticleState`), a tensor,
+or a tuple of tensors. Any tensor in the state, in the model, or in a controller module may
+require grad.
 
 Memory (reverse mode). Without checkpointing the autograd tape keeps every intermediate of every
 step. ``checkpoint_every=k`` keeps only every k-th frame's state and recomputes a segment's steps
@@ -16,12 +25,9 @@ equal to the full tape's (tests: 1e-6 relative). Tensor memory drops from O(T) t
 states, but torch's non-reentrant checkpoint still keeps every step's autograd nodes and one
 small holder per saved tensor: about 20 KB per ``spring_step`` (measured, bench/rollout_memory),
 so for small states the saving is modest (216 particles, 10,000 steps: 366 -> 212 MB); a fused
-segment keeps nothing per step (164 -> 28 MB).
-A step object may also offer a fused ``segment(state, n, recompute=False, return_all=False,
-control=None) -> (state, states)`` method (e.g. :class:`~diffvc.physics.SpringStep`, which runs n
-steps inside Warp as one autograd node and, with ``recompute``, re-runs them in its backward);
-:func:`rollout` then uses it: for whole checkpoint segments without a controller, and for each
-frame's substeps (control held) with one.
+segment keeps nothing per step (164 -> 28 MB). With a fused segment and no controller, whole
+checkpoint segments run as one node; with a controller, each frame's substeps run fused with the
+control held.
 
 Truncation. ``truncate=h`` detaches the state every h frames (truncated backpropagation through
 time): the gradient of a loss at frame t reaches states back to frame ``h * floor(t / h)`` only,
@@ -32,8 +38,8 @@ price of a biased gradient.
 Forward mode. :func:`rollout_jvp` pushes tangents of a few parameters forward with the state
 (``torch.func.jvp``), cheaper than reverse mode when parameters are few and outputs many, and
 with no tape at all (memory O(1) in T). Warp kernels have no forward mode, so forward mode runs
-over the plain-torch twin steps (``particle_step_torch``, ``spring_step_torch``), which compute
-the same function; a Warp ``kernel_op`` inside raises an error saying so.
+over the plain-torch twins (``backend="torch"``), which compute the same function; a Warp
+``kernel_op`` inside raises an error saying so.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.utils.checkpoint as _ckpt
 
-__all__ = ["rollout", "rollout_jvp", "flatten_state", "unflatten_state"]
+__all__ = ["step", "rollout", "rollout_jvp", "flatten_state", "unflatten_state"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,36 +132,101 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = True) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
 
 
+def _check_dt(dt) -> float:
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (float(dt) > 0) or dt == float("inf"):
+        raise ValueError(f"dt must be a finite number > 0 (seconds), got {dt!r}")
+    return float(dt)
+
+
+def step(model, state, dt: float, control=None):
+    """One step of any simulator that follows the contract: ``model.step(state, dt, control)``.
+
+    Args:
+        model: a simulator model (:class:`~diffvc.physics.ParticleModel`,
+            :class:`~diffvc.physics.SpringModel`, :class:`~diffvc.physics.RigidBodyModel`,
+            :class:`~diffvc.physics.FEMModel`, ... or a third party's).
+        state: the model's state dataclass.
+        dt: time step in seconds (> 0).
+        control: the model's control for this step (see its ``step`` docstring), or ``None``.
+    """
+    fn = getattr(model, "step", None)
+    if not callable(fn):
+        raise TypeError(f"model must follow the simulator contract (a step(state, dt, control=None) method); "
+                        f"{type(model).__name__} has none")
+    return fn(state, _check_dt(dt), control)
+
+
+def _as_step(model, dt, backend, control):
+    """(step(state, control=None), fused(state, n, control, recompute, return_all) or None)."""
+    if backend not in ("warp", "torch"):
+        raise ValueError(f"backend must be 'warp' or 'torch', got {backend!r}")
+    if callable(getattr(model, "step", None)):
+        dt = _check_dt(dt)
+        if backend == "torch":
+            twin = getattr(model, "step_torch", None)
+            if not callable(twin):
+                raise TypeError(f"backend='torch': {type(model).__name__} has no step_torch twin")
+            fn, seg = twin, None
+        else:
+            fn, seg = model.step, getattr(model, "segment", None)
+
+        def stepper(st, u=None):
+            return fn(st, dt, control if u is None else u)
+
+        fused = None
+        if callable(seg):
+            def fused(st, n, recompute=False, return_all=False, control=None, _seg=seg, _held=control):
+                return _seg(st, dt, n, control=_held if control is None else control, recompute=recompute,
+                            return_all=return_all)
+        return stepper, fused
+    if not callable(model):
+        raise TypeError(f"model must follow the simulator contract (model.step(state, dt, control)) or be a "
+                        f"callable step(state), got {type(model).__name__}")
+    if dt is not None or backend != "warp":
+        raise ValueError("dt and backend apply to a model; a callable step(state) carries its own")
+    if control is not None:
+        return (lambda st, u=None: model(st, control if u is None else u)), None
+    return model, None
+
+
 def rollout(
-    step: Callable,
+    model,
     state,
     steps: int,
     *,
+    dt: float | None = None,
     substeps: int = 1,
     checkpoint_every: int | None = None,
     truncate: int | None = None,
     controller: Callable | None = None,
+    control=None,
     observe: Callable | None = None,
     record: bool = False,
+    backend: str = "warp",
 ):
-    """Advance ``state`` by ``steps`` frames of ``substeps`` calls to ``step`` each.
+    """Advance ``state`` by ``steps`` frames of ``substeps`` steps each.
 
     Args:
-        step: ``step(state) -> state``, or ``step(state, control) -> state`` when ``controller``
-            is given. Any differentiable function: a closure over a model, a Warp-backed step
-            (:func:`~diffvc.physics.particle_step`), its torch twin, a learned step.
+        model: a simulator model following the contract (``model.step(state, dt, control)``;
+            needs ``dt``), or a callable ``step(state) -> state`` (``step(state, control)`` with a
+            controller or a held control).
         state: initial state (dataclass of tensors, tensor, or tuple of tensors).
         steps: number of frames (>= 0).
-        substeps: calls to ``step`` per frame; the control is held over a frame's substeps and
+        dt: time step in seconds, for a model.
+        substeps: steps per frame; the control is held over a frame's substeps and
             ``observe``/``record`` see one state per frame.
         checkpoint_every: keep the state of every k-th frame and recompute the frames between in
             backward (gradients equal to the full tape's). ``None``: full tape.
         truncate: detach the state every ``truncate`` frames (truncated BPTT; see module doc).
         controller: ``controller(state, frame) -> control`` called once per frame (``frame`` is
             the int frame index); e.g. an ``nn.Module``. Its parameters receive gradients.
+        control: a control held over the whole rollout (e.g. a spring actuation ``(S,)``);
+            exclusive with ``controller``.
         observe: ``observe(state, frame) -> tensor``, evaluated on the state after each frame
             (frames 1..steps) instead of storing the states; results are stacked (dim 0).
         record: also return the list of states at frames 0..steps.
+        backend: ``"warp"`` (the model's kernels, and its fused segment if it has one) or
+            ``"torch"`` (its plain-torch twin ``step_torch``; needed by :func:`rollout_jvp`).
 
     Returns:
         The final state; or ``(final, trajectory)`` if ``record`` (list of ``steps + 1`` states) or
@@ -170,15 +241,14 @@ def rollout(
     _check_int("substeps", substeps, 1, allow_none=False)
     _check_int("checkpoint_every", checkpoint_every, 1)
     _check_int("truncate", truncate, 1)
-    if not callable(step):
-        raise TypeError(f"step must be callable, got {type(step).__name__}")
     if controller is not None and not callable(controller):
         raise TypeError(f"controller must be callable, got {type(controller).__name__}")
+    if controller is not None and control is not None:
+        raise ValueError("give either controller (a control per frame) or control (held), not both")
     if observe is not None and not callable(observe):
         raise TypeError(f"observe must be callable, got {type(observe).__name__}")
+    step, fused = _as_step(model, dt, backend, control)
     flatten_state(state)  # validates the state's structure
-
-    fused = getattr(step, "segment", None)
 
     def frame(st, k):
         if controller is not None:
@@ -285,6 +355,6 @@ def rollout_jvp(fn: Callable, primals: Sequence[torch.Tensor], tangents: Sequenc
         msg = str(e)
         if "autograd.Function" in msg or "_KernelOp" in msg or "forward AD" in msg:
             raise RuntimeError("rollout_jvp: a Warp kernel step has no forward mode; roll out the "
-                               "plain-torch twin (e.g. particle_step_torch / spring_step_torch) "
+                               "plain-torch twin (rollout(..., backend='torch'), or particle_step_torch / spring_step_torch) "
                                f"instead. ({msg})") from e
         raise

@@ -13,14 +13,13 @@ contract are those of :func:`~diffvc.physics.particle_step` (continuous penalty 
 derivative at contact onset, friction smoothed by ``friction_smoothing`` m/s). Stability needs
 ``dt`` small against sqrt(m / ke) of the stiffest spring and of the contact.
 
-Three ways to step, one function:
-
-* :func:`spring_step` -- one step as two Warp kernels (differentiable, per-step torch autograd);
-  use it with a closed-loop controller.
-* :class:`SpringStep` -- a step object for :func:`~diffvc.physics.rollout`; without a controller,
-  rollout runs it in fused segments (K steps in Warp per autograd node, adjoint launched in
-  reverse, optional recomputation = checkpointing), the fast path for long rollouts.
-* :func:`spring_step_torch` -- the plain-torch twin (tests, benchmarks, forward mode).
+The model follows the simulator contract (:mod:`diffvc.physics`): ``model.step(state, dt,
+control)`` with ``control`` the actuation ``(S,)``, its twin ``model.step_torch``, and the optional
+fused capability ``model.segment(state, dt, n, ...)`` -- n steps in Warp as one autograd node
+(adjoint launched in reverse, optional recomputation = checkpointing) -- which
+:func:`~diffvc.physics.rollout` uses by itself: ``rollout(model, state, steps, dt=dt)`` is the
+fast path for long rollouts. :func:`spring_step` (one step, two Warp kernels) also takes an
+external force; :func:`spring_step_torch` is the plain-torch twin (tests, benchmarks, forward mode).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from .._kernels.particles import integrate_particles
 from .._kernels.springs import LENGTH_EPS2, spring_forces, spring_segment
 from .particles import ParticleState, check_planes
 
-__all__ = ["SpringModel", "SpringStep", "spring_step", "spring_step_torch", "springs_from_mesh"]
+__all__ = ["SpringModel", "spring_step", "spring_step_torch", "springs_from_mesh"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +139,36 @@ class SpringModel:
         safe = torch.where(m > 0, m, torch.ones_like(m))
         return torch.where(m > 0, 1.0 / safe, torch.zeros_like(m))
 
+    def step(self, state: ParticleState, dt: float, control: torch.Tensor | None = None) -> ParticleState:
+        """Simulator contract: :func:`spring_step`; ``control``: actuation ``(S,)`` (rest length
+        scaled by ``1 + gain * control``)."""
+        return spring_step(self, state, dt, control)
+
+    def step_torch(self, state: ParticleState, dt: float, control: torch.Tensor | None = None) -> ParticleState:
+        """Plain-torch twin of :meth:`step` (:func:`spring_step_torch`)."""
+        return spring_step_torch(self, state, dt, control)
+
+    def segment(self, state: ParticleState, dt: float, n: int, control: torch.Tensor | None = None,
+                recompute: bool = False, return_all: bool = False):
+        """``n`` steps fused in Warp as one autograd node (the contract's optional capability).
+
+        Returns ``(final_state, states)`` where ``states`` lists the states after each step if
+        ``return_all`` (else empty). ``control``: (S,) actuation held over the segment (it
+        receives gradients). ``recompute``: keep only the segment's input and re-run its steps in
+        backward (checkpointing). Gradients equal those of ``n`` calls to :meth:`step`.
+        """
+        if not (float(dt) > 0):
+            raise ValueError(f"dt must be > 0, got {dt!r}")
+        act = _check(self, state, control, None).reshape(1, -1)
+        inv_mass, si, sj, planes, _ = _prepare(self)
+        out = spring_segment(n, float(dt), state.x, state.v, inv_mass, self.radius, planes, self.contact,
+                             self.gravity, si, sj, self.rest, self.ke, self.kd, self.gain, act, None,
+                             recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
+        final = ParticleState(out[0], out[1])
+        if return_all:
+            return final, [ParticleState(out[2][k], out[3][k]) for k in range(n)]
+        return final, []
+
 
 def _planes(model: SpringModel) -> torch.Tensor:
     # the particle kernel wants at least one plane row; a plane far below never touches
@@ -166,7 +195,7 @@ def _check(model: SpringModel, state: ParticleState, actuation, external) -> tor
 
 
 def _prepare(model: SpringModel) -> tuple:
-    """Per-model tensors every step needs (computed once per :class:`SpringStep`)."""
+    """Per-model tensors every step needs."""
     sp = model.springs
     return (model.inv_mass, sp[:, 0].contiguous(), sp[:, 1].contiguous(), _planes(model),
             model.gravity.reshape(1, 3))
@@ -222,51 +251,6 @@ def spring_step_torch(model: SpringModel, state: ParticleState, dt: float, actua
         f = f + external
     pm = ParticleModel(model.mass, model.radius, model.planes, model.contact, model.gravity)
     return particle_step_torch(pm, state, dt, f)
-
-
-class SpringStep:
-    """A mass-spring step for :func:`~diffvc.physics.rollout`: ``SpringStep(model, dt)``.
-
-    ``step(state)`` / ``step(state, actuation)`` is :func:`spring_step` (or the torch twin when
-    ``backend="torch"``). ``actuation``: an (S,) control held for every step, used when the step
-    is called without one. Without a controller, :func:`rollout` calls :meth:`segment`, which runs
-    k steps fused in Warp as one autograd node (``backend="warp"`` only).
-    """
-
-    def __init__(self, model: SpringModel, dt: float, actuation: torch.Tensor | None = None,
-                 external: torch.Tensor | None = None, backend: str = "warp"):
-        if not (dt > 0):
-            raise ValueError(f"dt must be > 0, got {dt!r}")
-        if backend not in ("warp", "torch"):
-            raise ValueError(f"backend must be 'warp' or 'torch', got {backend!r}")
-        self.model, self.dt, self.actuation, self.external, self.backend = model, float(dt), actuation, external, backend
-        self._prep = _prepare(model) if backend == "warp" else None
-        if backend == "torch":
-            self.segment = None  # rollout then steps one call at a time
-
-    def __call__(self, state: ParticleState, actuation: torch.Tensor | None = None) -> ParticleState:
-        act = self.actuation if actuation is None else actuation
-        if self.backend == "torch":
-            return spring_step_torch(self.model, state, self.dt, act, self.external)
-        act = _check(self.model, state, act, self.external)
-        return _step(self.model, self._prep, state, self.dt, act, self.external)
-
-    def segment(self, state: ParticleState, n: int, recompute: bool = False, return_all: bool = False,
-                control: torch.Tensor | None = None):
-        """``n`` steps fused in Warp. Returns ``(final_state, states)`` where ``states`` lists the
-        states after each step if ``return_all`` (else empty). ``recompute``: keep only the
-        segment's input and re-run its steps in backward (checkpointing). ``control``: (S,)
-        actuation held over the segment (a controller's output; it receives gradients)."""
-        m = self.model
-        act = _check(m, state, self.actuation if control is None else control, self.external).reshape(1, -1)
-        inv_mass, si, sj, planes, _ = self._prep
-        out = spring_segment(n, self.dt, state.x, state.v, inv_mass, m.radius, planes, m.contact, m.gravity,
-                             si, sj, m.rest, m.ke, m.kd, m.gain, act,
-                             self.external, recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
-        final = ParticleState(out[0], out[1])
-        if return_all:
-            return final, [ParticleState(out[2][k], out[3][k]) for k in range(n)]
-        return final, []
 
 
 def springs_from_mesh(verts: torch.Tensor, faces: torch.Tensor, bending: bool = False) -> torch.Tensor:

@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from diffvc.examples.bounce import START, make_model
-from diffvc.physics import ParticleState, SpringModel, SpringStep, particle_step, rollout
+from diffvc.physics import ParticleState, SpringModel, particle_step, rollout
 from diffvc.testing import assert_grad_close
 
 F64 = torch.float64
@@ -71,7 +71,7 @@ def _block(dtype=F64):
 def _slide(model, x, vx, mu, steps=1500, dt=1e-3, checkpoint_every=None):
     v = torch.zeros_like(x) + torch.stack([vx, vx * 0, vx * 0])
     m = replace(model, contact=torch.cat([model.contact[:2], mu.reshape(1), model.contact[3:]]))
-    final = rollout(SpringStep(m, dt), ParticleState(x, v), steps, checkpoint_every=checkpoint_every)
+    final = rollout(m, ParticleState(x, v), steps, dt=dt, checkpoint_every=checkpoint_every)
     return final.x[:, 0].mean()
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffvc._kernels.springs import spring_segment
-from diffvc.physics import (ParticleState, SpringModel, SpringStep, rollout, spring_step, spring_step_torch,
+from diffvc.physics import (ParticleState, SpringModel, rollout, spring_step, spring_step_torch,
                             springs_from_mesh)
 from diffvc.testing import assert_grad_close
 
@@ -52,7 +52,7 @@ def test_gradients_through_contact_and_friction_match_finite_differences():
 
     def f(x0, v0, ke, kd, rest, act, contact, mass):
         m = replace(model0, ke=ke, kd=kd, rest=rest, contact=contact, mass=mass)
-        return rollout(SpringStep(m, DT, actuation=act), ParticleState(x0, v0), 40).x
+        return rollout(m, ParticleState(x0, v0), 40, dt=DT, control=act).x
 
     args = [s0.x, s0.v, model0.ke, model0.kd, model0.rest, _act(model0), model0.contact, model0.mass]
     assert_grad_close(f, [a.clone().requires_grad_() for a in args], rtol=1e-5, eps=1e-7, max_elements=12)
@@ -60,9 +60,9 @@ def test_gradients_through_contact_and_friction_match_finite_differences():
 
 def test_fused_segment_equals_per_step_path_and_returns_states():
     model, s = _cube()
-    step = SpringStep(model, DT, actuation=_act(model))
-    fused, xs_f = rollout(step, s, 30, substeps=2, observe=lambda st, k: st.x.mean(0))
-    ref, xs_r = rollout(lambda st: step(st), s, 30, substeps=2, observe=lambda st, k: st.x.mean(0))
+    act = _act(model)
+    fused, xs_f = rollout(model, s, 30, dt=DT, control=act, substeps=2, observe=lambda st, k: st.x.mean(0))
+    ref, xs_r = rollout(lambda st: model.step(st, DT, act), s, 30, substeps=2, observe=lambda st, k: st.x.mean(0))
     torch.testing.assert_close(fused.x, ref.x, rtol=0, atol=0)
     torch.testing.assert_close(xs_f, xs_r, rtol=0, atol=0)
 
@@ -95,7 +95,7 @@ def test_checkpointed_fused_rollout_gradients_equal_full_tape(k):
 
     def grads(ckpt):
         m = replace(model, ke=ke, contact=mu)
-        final, hs = rollout(SpringStep(m, DT), ParticleState(s.x, v0), 100, checkpoint_every=ckpt,
+        final, hs = rollout(m, ParticleState(s.x, v0), 100, dt=DT, checkpoint_every=ckpt,
                             observe=lambda st, f: st.x[:, 0].mean())
         return torch.autograd.grad(final.x.sum() + hs.sum(), [ke, mu, v0])
 
@@ -109,7 +109,7 @@ def test_actuation_scales_the_rest_length():
     model = SpringModel.create(x, [[0, 1]], mass=1.0, ke=50.0, kd=5.0, gain=0.5, planes=[], gravity=(0, 0, 0),
                                dtype=F64)
     act = torch.tensor([0.4], dtype=F64)
-    final = rollout(SpringStep(model, 1e-2, actuation=act), ParticleState(x, torch.zeros_like(x)), 1000)
+    final = rollout(model, ParticleState(x, torch.zeros_like(x)), 1000, dt=1e-2, control=act)
     length = (final.x[1] - final.x[0]).norm()
     torch.testing.assert_close(length, torch.tensor(1.2, dtype=F64), rtol=1e-6, atol=1e-6)
 
@@ -151,7 +151,7 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="state.x"):
         spring_step(model, ParticleState(x[:2], x), DT)
     with pytest.raises(ValueError, match="dt"):
-        SpringStep(model, 0.0)
+        rollout(model, s, 1, dt=0.0)
 
 
 def test_closed_loop_fused_frames_under_checkpointing_equal_full_tape():
@@ -165,7 +165,7 @@ def test_closed_loop_fused_frames_under_checkpointing_equal_full_tape():
         return torch.tanh(w @ (st.x.mean(0) + 0.1 * frame))
 
     def grads(ckpt):
-        final = rollout(SpringStep(model, DT), s, 12, substeps=4, controller=ctrl, checkpoint_every=ckpt)
+        final = rollout(model, s, 12, dt=DT, substeps=4, controller=ctrl, checkpoint_every=ckpt)
         return torch.autograd.grad((final.x ** 2).sum(), [w])[0]
 
     ref = grads(None)
@@ -183,7 +183,7 @@ def test_forward_mode_over_the_twin_equals_reverse_mode_through_warp():
     def f(ke, mu, backend):
         contact = torch.cat([model.contact[:2], mu.reshape(1), model.contact[3:]])
         m = replace(model, ke=ke, contact=contact)
-        return rollout(SpringStep(m, DT, backend=backend), s, 80).x[:, 0].mean()
+        return rollout(m, s, 80, dt=DT, backend=backend).x[:, 0].mean()
 
     mu0 = model.contact[2].clone()
     from diffvc.physics import rollout_jvp
