@@ -6,7 +6,7 @@ batches meshes of different sizes.
 
 from .normals import face_normals, vertex_normals, mesh_normals
 from .measures import face_areas, surface_area, volume, mass_properties
-from .topology import edges, edge_face_counts, boundary_vertices, is_watertight, face_adjacency
+from .topology import edges, edge_face_counts, boundary_vertices, is_watertight, face_adjacency, face_neighbors
 from .laplacian import uniform_laplacian, cotangent_laplacian, cotangent_weights, vertex_areas, laplacian_apply
 from .transforms import (
     axis_angle_to_matrix,
@@ -60,7 +60,7 @@ from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edg
 __all__ = [
     "face_normals", "vertex_normals", "mesh_normals",
     "face_areas", "surface_area", "volume", "mass_properties",
-    "edges", "edge_face_counts", "boundary_vertices", "is_watertight", "face_adjacency",
+    "edges", "edge_face_counts", "boundary_vertices", "is_watertight", "face_adjacency", "face_neighbors",
     "uniform_laplacian", "cotangent_laplacian", "cotangent_weights", "vertex_areas", "laplacian_apply",
     "axis_angle_to_matrix", "quaternion_to_matrix", "euler_to_matrix", "transform_points", "rigid_transform",
     "scale", "translate", "normalize_to_unit_box",

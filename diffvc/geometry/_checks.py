@@ -8,40 +8,21 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import check_faces as _check_faces
+from .._validate import check_float, check_same_dtype  # noqa: F401  (re-exported for geometry modules)
+
 
 def check_points(x, name: str = "verts", dim: int = 3, finite: bool = True) -> torch.Tensor:
     """``x`` must be a floating tensor of shape ``(N, dim)`` with finite values."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, {dim}), got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (N, {dim}), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor (float32/float64), got {x.dtype}")
-    if finite and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return x
+    return check_float(x, name, shape=("N", dim), finite=finite)
 
 
 def check_faces(faces, num_verts: int, device: torch.device, name: str = "faces", k: int = 3) -> torch.Tensor:
-    """``faces`` must be an integer tensor ``(F, k)`` on ``device`` indexing ``[0, num_verts)``.
-
-    Returns the faces as ``int64``.
-    """
-    if not isinstance(faces, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (F, {k}), got {type(faces).__name__}")
-    if faces.dim() != 2 or faces.shape[1] != k:
-        raise ValueError(f"{name} must have shape (F, {k}), got {tuple(faces.shape)}")
-    if faces.is_floating_point() or faces.dtype == torch.bool or faces.is_complex():
-        raise TypeError(f"{name} must be an integer tensor (int64 preferred), got {faces.dtype}")
-    if faces.device != torch.device(device) and not (
-        faces.device.type == torch.device(device).type and torch.device(device).index is None
-    ):
-        raise ValueError(f"{name} is on {faces.device} but the vertices are on {device}")
-    if faces.numel():
-        lo, hi = int(faces.min()), int(faces.max())
-        if lo < 0 or hi >= num_verts:
-            raise IndexError(f"{name} indices must lie in [0, {num_verts}), got range [{lo}, {hi}]")
-    return faces.long()
+    """``faces`` must be an integer tensor ``(F, k)`` on ``device`` indexing ``[0, num_verts)``
+    (:func:`diffvc._validate.check_faces`). Returns the faces as ``int64``."""
+    return _check_faces(faces, num_verts, name=name, device=device, k=k)
 
 
 def check_mesh(verts, faces, vname: str = "verts", fname: str = "faces", finite: bool = True):

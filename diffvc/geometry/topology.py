@@ -1,4 +1,7 @@
-"""Combinatorial structure of triangle meshes: edges, edge-face adjacency, boundary."""
+"""Combinatorial structure of triangle meshes: edges, edge-face adjacency, boundary.
+
+Edge-face adjacency is computed here and nowhere else (:func:`face_adjacency`,
+:func:`face_neighbors`; the renderer's antialiasing and the springs' bending pairs use them)."""
 
 from __future__ import annotations
 
@@ -69,6 +72,18 @@ def is_watertight(faces: torch.Tensor) -> bool:
     return bool(torch.isin(rkey, key).all())
 
 
+def _interior_edge_corners(faces: torch.Tensor):
+    """The one edge-face adjacency computation: for every edge used by exactly two faces, its
+    vertices and the two face-corner slots (``3 * face + k``, edge k joins corners k, k+1)."""
+    e, inv = edges(faces, return_inverse=True)
+    flat = inv.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=e.shape[0])
+    starts = torch.cumsum(counts, 0) - counts
+    two = (counts == 2).nonzero().squeeze(1)
+    return e[two], order[starts[two]], order[starts[two] + 1]
+
+
 def face_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs of faces sharing an interior edge.
 
@@ -76,12 +91,16 @@ def face_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(pairs (P, 2), edge_verts (P, 2))``: the two face ids and the shared edge's vertices,
         for every edge used by exactly two faces.
     """
-    e, inv = edges(faces, return_inverse=True)
-    flat = inv.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=e.shape[0])
-    starts = torch.cumsum(counts, 0) - counts
-    two = (counts == 2).nonzero().squeeze(1)
-    f0 = order[starts[two]] // 3
-    f1 = order[starts[two] + 1] // 3
-    return torch.stack([f0, f1], 1), e[two]
+    e, i, j = _interior_edge_corners(faces)
+    return torch.stack([i // 3, j // 3], 1), e
+
+
+def face_neighbors(faces: torch.Tensor) -> torch.Tensor:
+    """Per face and edge k (from corner k to corner k+1) the face across that edge, ``(F, 3)``
+    long; -1 for boundary edges and for edges shared by more than two faces."""
+    faces = _faces_arg(faces)
+    _, i, j = _interior_edge_corners(faces)
+    out = torch.full((faces.shape[0] * 3,), -1, dtype=torch.long, device=faces.device)
+    out[i] = j // 3
+    out[j] = i // 3
+    return out.reshape(-1, 3)

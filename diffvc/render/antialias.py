@@ -51,35 +51,17 @@ import torch
 
 from .._kernels import launch, parallel_launch
 from .._kernels import raster as K
-from .rasterize import BACKENDS, Fragments
+from .._validate import as_int, check_choice, check_same_dtype
+from .rasterize import BACKENDS, Fragments, check_faces
 
 
 def face_neighbors(faces: torch.Tensor) -> torch.Tensor:
     """Per face and edge k (from vertex k to vertex k+1) the face across that edge, (F, 3) int32;
-    -1 for boundary edges and for edges shared by more than two faces. Pass the result to
-    :func:`antialias` as ``topology`` to avoid recomputing it every call."""
-    F = faces.shape[0]
-    fl = faces.long()
-    a = fl
-    b = fl.roll(-1, dims=1)
-    lo, hi = torch.minimum(a, b).reshape(-1), torch.maximum(a, b).reshape(-1)
-    n = int(fl.max()) + 1 if F > 0 else 1
-    key = lo * n + hi
-    order = torch.argsort(key, stable=True)
-    ks = key[order]
-    same_next = torch.zeros_like(ks, dtype=torch.bool)
-    same_next[:-1] = ks[1:] == ks[:-1]
-    same_prev = torch.zeros_like(same_next)
-    same_prev[1:] = same_next[:-1]
-    nxt2 = torch.zeros_like(same_next)
-    nxt2[:-2] = same_next[1:-1]  # run continues beyond the pair -> non-manifold
-    pair = same_next & ~same_prev & ~nxt2
-    i = order[:-1][pair[:-1]]
-    j = order[1:][pair[:-1]]
-    out = torch.full((F * 3,), -1, dtype=torch.long, device=faces.device)
-    out[i] = j // 3
-    out[j] = i // 3
-    return out.reshape(F, 3).to(torch.int32)
+    -1 for boundary edges and for edges shared by more than two faces
+    (:func:`diffvc.geometry.face_neighbors`, the one edge-face adjacency)."""
+    from ..geometry.topology import face_neighbors as _neighbors
+
+    return _neighbors(faces).to(torch.int32)
 
 
 @dataclass(frozen=True)
@@ -88,21 +70,27 @@ class MeshTopology:
 
     neighbors: (F, 3) int32 face across each edge (:func:`face_neighbors`); vert_face_start:
     (V + 1,) int32 and vert_faces: (3F,) int32, the faces around each vertex in CSR form;
-    fans: (V, max_valence) int64 the same padded with -1 (for the torch twin).
+    fans: (V, max_valence) int64 the same padded with -1 (for the torch twin); faces: (F, 3)
+    int32, the faces it was built from (:func:`antialias` checks that they are the rendered ones).
     """
 
     neighbors: torch.Tensor
     vert_face_start: torch.Tensor
     vert_faces: torch.Tensor
     fans: torch.Tensor
+    faces: torch.Tensor
 
 
 def mesh_topology(faces: torch.Tensor, num_verts: int | None = None) -> MeshTopology:
     """Build the :class:`MeshTopology` of ``faces`` (F, 3); pass it to :func:`antialias` when the
     same faces are rendered repeatedly."""
+    if num_verts is None:
+        num_verts = int(faces.max()) + 1 if isinstance(faces, torch.Tensor) and faces.numel() and \
+            not faces.is_floating_point() else 0
+    V = as_int(num_verts, "num_verts", minimum=0)
+    faces = check_faces(faces, V, "faces")
     fl = faces.long()
     F = fl.shape[0]
-    V = int(num_verts if num_verts is not None else (int(fl.max()) + 1 if F > 0 else 0))
     vid = fl.reshape(-1)
     order = torch.argsort(vid, stable=True)
     counts = torch.bincount(vid, minlength=V)
@@ -113,7 +101,8 @@ def mesh_topology(faces: torch.Tensor, num_verts: int | None = None) -> MeshTopo
     fans = torch.full((V, maxdeg), -1, dtype=torch.long, device=faces.device)
     slot = torch.arange(vid.shape[0], device=faces.device) - start[vid[order]]
     fans[vid[order], slot] = vfaces
-    return MeshTopology(face_neighbors(faces), start.to(torch.int32), vfaces.to(torch.int32).contiguous(), fans)
+    return MeshTopology(face_neighbors(faces), start.to(torch.int32), vfaces.to(torch.int32).contiguous(), fans,
+                        faces)
 
 
 def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | None = None,
@@ -132,17 +121,21 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
     Returns:
         (B, H, W, C) antialiased image, differentiable w.r.t. ``color`` and ``frags.screen``.
     """
+    if not isinstance(frags, Fragments):
+        raise TypeError(f"frags must be the Fragments of rasterize, got {type(frags).__name__}")
     B, H, W = frags.shape
     if not isinstance(color, torch.Tensor) or color.dim() != 4 or color.shape[:3] != (B, H, W):
         raise ValueError(f"color must have shape ({B}, {H}, {W}, C), got "
                          f"{tuple(color.shape) if isinstance(color, torch.Tensor) else type(color).__name__}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice(backend, "backend", BACKENDS)
+    check_same_dtype(("frags", frags.screen), ("color", color))
     if frags.faces.shape[0] == 0:
         return color
     if topology is None:
         topology = mesh_topology(frags.faces, frags.screen.shape[1])
-    elif not isinstance(topology, MeshTopology) or topology.neighbors.shape != frags.faces.shape:
+    elif (not isinstance(topology, MeshTopology) or topology.faces.shape != frags.faces.shape
+          or not torch.equal(topology.faces.to(frags.faces.device), frags.faces)):
+        # a topology of other faces would send the kernels through wrong (or out-of-range) indices
         raise ValueError("topology must be the mesh_topology(faces) of the rendered faces")
     screen = frags.screen.detach().contiguous()
     if backend == "warp":

@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .._validate import as_float, as_int, as_tensor, check_float, check_same_device, check_same_dtype
 
-def _as_tensor(x, dtype=None, device=None) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype=dtype or x.dtype, device=device or x.device)
-    return torch.as_tensor(x, dtype=dtype or torch.get_default_dtype(), device=device)
+
+def _as_tensor(x, dtype=None, device=None, name: str = "value") -> torch.Tensor:
+    return as_tensor(x, name, dtype=dtype, device=device)
 
 
 def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,11 +44,25 @@ def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor
         its -z axis at ``target`` and its +y axis is ``up`` made orthogonal. Differentiable w.r.t.
         all inputs (singular only when ``eye == target`` or ``up`` is parallel to the view axis).
     """
-    eye = _as_tensor(eye)
-    target = _as_tensor(target, eye.dtype, eye.device)
-    up = _as_tensor(up, eye.dtype, eye.device)
-    eye, target, up = torch.broadcast_tensors(eye.reshape(-1, 3), target.reshape(-1, 3), up.reshape(-1, 3))
+    eye = check_float(_as_tensor(eye, name="eye"), "eye", shape=(..., 3))
+    target = _as_tensor(target, None if isinstance(target, torch.Tensor) else eye.dtype, eye.device, "target")
+    up = _as_tensor(up, None if isinstance(up, torch.Tensor) else eye.dtype, eye.device, "up")
+    check_float(target, "target", shape=(..., 3))
+    check_float(up, "up", shape=(..., 3))
+    check_same_dtype(("eye", eye), ("target", target), ("up", up))
+    try:
+        eye, target, up = torch.broadcast_tensors(eye.reshape(-1, 3), target.reshape(-1, 3), up.reshape(-1, 3))
+    except RuntimeError:
+        raise ValueError(f"eye {tuple(eye.shape)}, target {tuple(target.shape)} and up {tuple(up.shape)} "
+                         "must be (3,) or (B, 3) with one B") from None
     back = eye - target  # camera +z points away from the target
+    dist = back.detach().norm(dim=-1)
+    if bool((dist <= 1e-9 * (1 + eye.detach().norm(dim=-1))).any()):
+        raise ValueError("eye and target coincide: the view direction is undefined")
+    cosang = (torch.linalg.cross(up.detach(), back.detach(), dim=-1).norm(dim=-1)
+              / (up.detach().norm(dim=-1) * dist).clamp_min(1e-30))
+    if bool((cosang < 1e-6).any()):
+        raise ValueError("up must not be zero or parallel to target - eye")
     z = back / back.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     x = torch.linalg.cross(up, z, dim=-1)
     x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -59,7 +73,12 @@ def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor
 
 
 def focal_from_fov(fov_y_degrees: float, height: int) -> float:
-    """Focal length in pixels of a pinhole with vertical field of view ``fov_y_degrees``."""
+    """Focal length in pixels of a pinhole with vertical field of view ``fov_y_degrees``
+    (in (0, 180) degrees) and image ``height`` (pixels, >= 1)."""
+    fov_y_degrees = as_float(fov_y_degrees, "fov_y_degrees", positive=True)
+    if fov_y_degrees >= 180:
+        raise ValueError(f"fov_y_degrees must lie in (0, 180), got {fov_y_degrees}")
+    height = as_int(height, "height", minimum=1)
     return 0.5 * height / math.tan(math.radians(fov_y_degrees) / 2)
 
 
@@ -83,6 +102,17 @@ class Cameras:
     near: float = 1e-3
 
     def __post_init__(self):
+        for name in ("R", "t", "intrinsics"):
+            check_float(getattr(self, name), name, coerce=False)
+        check_same_dtype(("R", self.R), ("t", self.t), ("intrinsics", self.intrinsics))
+        check_same_device(("R", self.R), ("t", self.t), ("intrinsics", self.intrinsics))
+        as_int(self.width, "width", minimum=1)
+        as_int(self.height, "height", minimum=1)
+        if not isinstance(self.orthographic, bool):
+            raise TypeError(f"orthographic must be a bool, got {type(self.orthographic).__name__}")
+        # perspective views need a near plane in front of the camera (a near <= 0 would draw
+        # triangles behind it); orthographic ones only a finite depth
+        as_float(self.near, "near", positive=not self.orthographic)
         B = self.R.shape[0] if self.R.dim() == 3 else -1
         if self.R.dim() != 3 or self.R.shape[1:] != (3, 3):
             raise ValueError(f"R must have shape (B, 3, 3), got {tuple(self.R.shape)}")
@@ -90,8 +120,8 @@ class Cameras:
             raise ValueError(f"t must have shape ({B}, 3), got {tuple(self.t.shape)}")
         if self.intrinsics.shape != (B, 4):
             raise ValueError(f"intrinsics must have shape ({B}, 4), got {tuple(self.intrinsics.shape)}")
-        if int(self.width) <= 0 or int(self.height) <= 0:
-            raise ValueError(f"width, height must be positive, got width={self.width}, height={self.height}")
+        if B and bool((self.intrinsics.detach()[:, :2] == 0).any()):
+            raise ValueError("intrinsics: focal lengths fx, fy must be non-zero")
 
     @property
     def batch_size(self) -> int:
@@ -114,11 +144,12 @@ class Cameras:
         Perspective: square pixels with vertical field of view ``fov_y`` degrees. Orthographic:
         the image height spans ``ortho_scale`` world units (default 2).
         """
-        eye = _as_tensor(eye, dtype, device)
+        eye = _as_tensor(eye, dtype, device, "eye")
+        width, height = as_int(width, "width", minimum=1), as_int(height, "height", minimum=1)
         R, t = look_at(eye, target, up)
         B = R.shape[0]
         if orthographic:
-            f = height / (ortho_scale if ortho_scale is not None else 2.0)
+            f = height / (as_float(ortho_scale, "ortho_scale", positive=True) if ortho_scale is not None else 2.0)
         else:
             f = focal_from_fov(fov_y, height)
         K = torch.tensor([f, f, width / 2, height / 2], dtype=R.dtype, device=R.device).expand(B, 4).clone()
@@ -142,6 +173,8 @@ class Cameras:
     def world_to_camera(self, points: torch.Tensor) -> torch.Tensor:
         """Points (N, 3) or (B, N, 3) in world space -> camera space (B, N, 3)."""
         points = _points(points, self.batch_size)
+        check_same_dtype(("cameras", self.R), ("points", points))
+        check_same_device(("cameras", self.R), ("points", points))
         return points @ self.R.transpose(-1, -2) + self.t.unsqueeze(1)
 
     def project(self, points: torch.Tensor) -> torch.Tensor:
@@ -176,6 +209,8 @@ class Cameras:
 def _points(points: torch.Tensor, B: int) -> torch.Tensor:
     if not isinstance(points, torch.Tensor):
         raise TypeError(f"points must be a torch.Tensor, got {type(points).__name__}")
+    if not points.is_floating_point():
+        raise TypeError(f"points must be a floating tensor, got {points.dtype}")
     if points.dim() == 2 and points.shape[1] == 3:
         return points.unsqueeze(0).expand(B, -1, -1)
     if points.dim() == 3 and points.shape[2] == 3 and points.shape[0] in (1, B):
@@ -196,10 +231,10 @@ def generate_rays(cameras: Cameras, height: int | None = None, width: int | None
         Perspective rays start at the camera centre; orthographic rays start on the plane
         ``z_cam = 0`` and all point along the view axis. Differentiable w.r.t. R, t, intrinsics.
     """
-    H = int(height or cameras.height)
-    W = int(width or cameras.width)
-    if H <= 0 or W <= 0:
-        raise ValueError(f"height, width must be positive, got height={H}, width={W}")
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
+    H = cameras.height if height is None else as_int(height, "height", minimum=1)
+    W = cameras.width if width is None else as_int(width, "width", minimum=1)
     sx, sy = cameras.width / W, cameras.height / H
     uv = cameras.pixel_centers(H, W) * torch.tensor([sx, sy], dtype=cameras.dtype, device=cameras.device)
     K = cameras.intrinsics[:, None, None, :]

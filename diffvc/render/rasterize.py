@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import launch, parallel_launch
+from .._validate import as_float, as_int, check_choice, check_same_dtype
+from .._validate import check_faces as _check_faces
 from .._kernels import raster as K
 from .cameras import Cameras
 
@@ -58,23 +60,13 @@ class Fragments:
 
 
 def check_faces(faces, num_verts: int, name: str = "faces") -> torch.Tensor:
-    """Validate a face index tensor (F, 3) into ``num_verts`` vertices; returns int32."""
-    if not isinstance(faces, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(faces).__name__}")
-    if faces.dtype.is_floating_point or faces.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {faces.dtype}")
-    if faces.dim() != 2 or faces.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (F, 3), got {tuple(faces.shape)}")
-    if faces.numel() > 0 and (int(faces.min()) < 0 or int(faces.max()) >= num_verts):
-        raise ValueError(f"{name} index out of range: values must lie in [0, {num_verts}), "
-                         f"got min {int(faces.min())}, max {int(faces.max())}")
-    return faces.to(torch.int32).contiguous()
+    """Validate a face index tensor (F, 3) into ``num_verts`` vertices; returns int32
+    (:func:`diffvc._validate.check_faces`)."""
+    return _check_faces(faces, num_verts, name=name, dtype=torch.int32)
 
 
 def check_size(height, width) -> tuple[int, int]:
-    if int(height) <= 0 or int(width) <= 0:
-        raise ValueError(f"image size must be positive, got height={height}, width={width}")
-    return int(height), int(width)
+    return as_int(height, "height", minimum=1), as_int(width, "width", minimum=1)
 
 
 def _check_screen(screen: torch.Tensor, name: str = "screen") -> torch.Tensor:
@@ -104,8 +96,11 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
     Returns:
         :class:`Fragments`. Triangles with a vertex nearer than ``cameras.near`` are not drawn.
     """
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
     if not isinstance(verts, torch.Tensor) or not verts.is_floating_point():
         raise TypeError("verts must be a floating torch.Tensor")
+    check_same_dtype(("cameras", cameras.R), ("verts", verts))
     if verts.shape[-1:] != (3,) or verts.dim() not in (2, 3):
         raise ValueError(f"verts must have shape (V, 3) or (B, V, 3), got {tuple(verts.shape)}")
     if verts.dim() == 3 and verts.shape[0] not in (1, cameras.batch_size):
@@ -130,8 +125,10 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, wid
     H, W = check_size(height, width)
     screen = _check_screen(screen)
     faces = check_faces(faces, screen.shape[1])
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice(backend, "backend", BACKENDS)
+    as_float(near, "near", positive=bool(perspective))
+    if tile is not None:
+        as_int(tile, "tile", minimum=1)
     if faces.device != screen.device:
         raise ValueError(f"faces is on {faces.device} but screen is on {screen.device}")
     B = screen.shape[0]

@@ -41,7 +41,7 @@ def test_bad_inputs():
     v, f, cams = _scene()
     with pytest.raises(ValueError, match="sigma"):
         soft_silhouette(cams, v, f, sigma=0.0)
-    with pytest.raises(ValueError, match="faces index out of range"):
+    with pytest.raises(ValueError, match="faces indices must lie in"):
         soft_silhouette(cams, v, f + 1000)
     bad = v.clone()
     bad[0, 0] = float("inf")
