@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["as_tensor", "as_float", "as_int", "check_tensor", "check_shape", "check_float", "check_finite",
            "check_positive", "check_index", "check_faces", "check_dt", "check_same_dtype", "check_same_device",
-           "check_choice", "describe", "IndexRangeError"]
+           "check_choice", "describe", "IndexRangeError", "check_like"]
 
 
 
@@ -215,6 +215,25 @@ def check_faces(faces, num_verts: int, name: str = "faces", device=None, k: int 
     """The one face-index validator: ``faces`` (F, k) integers indexing ``[0, num_verts)``."""
     return check_index(faces, name, num_verts, shape=("F", k), device=device, dtype=dtype,
                        size_name="the number of vertices")
+
+
+def check_like(x, name: str, shape: Sequence, like: torch.Tensor, like_name: str = "the model",
+               finite: bool = False) -> torch.Tensor:
+    """A floating tensor of ``shape`` with the dtype and device of ``like`` (a model's tensors):
+    ``TypeError`` naming both on a dtype mismatch, ``ValueError`` on shape or device."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {_spec_str(shape)}, got {describe(x)}")
+    check_shape(x, name, shape)
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+    if x.dtype != like.dtype:
+        raise TypeError(f"{name} is {x.dtype} but {like_name} is {like.dtype}; use one floating dtype "
+                        f"(e.g. {name}.to({like.dtype}))")
+    if x.device != like.device:
+        raise ValueError(f"{name} is on {x.device} but {like_name} is on {like.device}")
+    if finite:
+        check_finite(x, name)
+    return x
 
 
 def check_same_dtype(*named: tuple[str, torch.Tensor | None]) -> torch.dtype | None:

@@ -24,13 +24,13 @@ import torch
 
 from .._kernels import Out, kernel_op, vec
 from .._kernels.particles import MAX_PLANES, integrate_particles
+from .._validate import as_tensor, check_dt, check_float, check_like, check_positive, check_same_device, check_same_dtype
 
 
 def check_planes(planes: torch.Tensor) -> None:
     """Validate contact planes (P, 4) rows (nx, ny, nz, d): unit normals, P <= MAX_PLANES.
     Shared by every solver that takes ``planes``."""
-    if planes.dim() != 2 or planes.shape[1] != 4:
-        raise ValueError(f"planes must have shape (P, 4), got {tuple(planes.shape)}")
+    check_float(planes, "planes", shape=("P", 4), coerce=False)
     if planes.shape[0] > MAX_PLANES:
         raise ValueError(f"planes: at most {MAX_PLANES} contact planes, got {planes.shape[0]}")
     if planes.shape[0]:
@@ -66,8 +66,10 @@ class ParticleModel:
     def create(mass, radius, planes=None, ke=1e4, kd=10.0, mu=0.2, friction_smoothing=0.01,
                gravity=(0.0, -9.81, 0.0), dtype=torch.float32, device="cpu") -> "ParticleModel":
         """Build a model from numbers or tensors (tensors keep their autograd history)."""
+        names = iter(("mass", "radius", "planes", "ke", "kd", "mu", "friction_smoothing", "gravity"))
+
         def t(x):
-            return x.to(dtype=dtype, device=device) if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=dtype, device=device)
+            return as_tensor(x, next(names), dtype=dtype, device=device)
 
         mass = t(mass).reshape(-1)
         n = mass.shape[0]
@@ -75,21 +77,25 @@ class ParticleModel:
         radius = radius.expand(n) if radius.dim() == 0 else radius.reshape(-1)
         planes = t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes).reshape(-1, 4)
         parts = [t(ke).reshape(1), t(kd).reshape(1), t(mu).reshape(1), t(friction_smoothing).reshape(1)]
-        model = ParticleModel(mass, radius, planes, torch.cat(parts), t(gravity).reshape(3))
-        model.validate()
-        return model
+        return ParticleModel(mass, radius, planes, torch.cat(parts), t(gravity).reshape(3))
+
+    def __post_init__(self):
+        self.validate()  # every way of building the model (constructor, create, dataclasses.replace)
 
     def validate(self) -> None:
+        named = [(k, getattr(self, k)) for k in ("mass", "radius", "planes", "contact", "gravity")]
+        for k, v in named:
+            check_float(v, k, coerce=False)
+        check_same_dtype(*named)
+        check_same_device(*named)
+        check_float(self.mass, "mass", shape=("N",))
         n = self.mass.shape[0]
-        if self.mass.dim() != 1:
-            raise ValueError(f"mass must have shape (N,), got {tuple(self.mass.shape)}")
-        if (self.mass < 0).any() or not torch.isfinite(self.mass).all():
-            raise ValueError("mass must be finite and >= 0")
-        if self.radius.shape != (n,):
-            raise ValueError(f"radius must have shape ({n},), got {tuple(self.radius.shape)}")
+        check_positive(self.mass, "mass", strict=False)
+        check_float(self.radius, "radius", shape=(n,))
+        check_positive(self.radius, "radius", strict=False)
         check_planes(self.planes)
-        if self.contact.shape != (4,) or (self.contact[[0, 1, 2]] < 0).any() or self.contact[3] <= 0:
-            raise ValueError("contact must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0)")
+        check_contact(self.contact, "contact")
+        check_float(self.gravity, "gravity", shape=(3,))
 
     @property
     def inv_mass(self) -> torch.Tensor:
@@ -106,14 +112,22 @@ class ParticleModel:
         return particle_step_torch(self, state, dt, control)
 
 
+def check_contact(c: torch.Tensor, name: str, n: int = 4) -> None:
+    """Contact parameters ``(ke, kd, mu, friction_smoothing[, contact_smoothing])``: finite,
+    ke, kd, mu >= 0, friction_smoothing > 0 (and contact_smoothing >= 0)."""
+    check_float(c, name, shape=(n,))
+    c = c.detach()
+    if bool((c[:3] < 0).any()) or not bool(c[3] > 0) or (n > 4 and bool((c[4:] < 0).any())):
+        raise ValueError(f"{name} must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0"
+                         + (", contact_smoothing >= 0)" if n > 4 else ")") + f", got {c.tolist()}")
+
+
 def _check_state(state: ParticleState, model: ParticleModel) -> None:
+    if not isinstance(state, ParticleState):
+        raise TypeError(f"state must be a ParticleState, got {type(state).__name__}")
     n = model.mass.shape[0]
     for name in ("x", "v"):
-        t = getattr(state, name)
-        if t.shape != (n, 3):
-            raise ValueError(f"state.{name} must have shape ({n}, 3), got {tuple(t.shape)}")
-        if t.dtype != model.mass.dtype or t.device != model.mass.device:
-            raise ValueError(f"state.{name} must match the model's dtype/device ({model.mass.dtype}, {model.mass.device})")
+        check_like(getattr(state, name), f"state.{name}", (n, 3), model.mass)
 
 
 def particle_step(model: ParticleModel, state: ParticleState, dt: float,
@@ -124,8 +138,9 @@ def particle_step(model: ParticleModel, state: ParticleState, dt: float,
     Returns a new :class:`ParticleState`; gradients reach the state, model tensors and ``external``.
     """
     _check_state(state, model)
+    dt = check_dt(dt)
     n = model.mass.shape[0]
-    ext = torch.zeros_like(state.x) if external is None else external
+    ext = torch.zeros_like(state.x) if external is None else check_like(external, "external", (n, 3), model.mass)
     x, v = kernel_op(
         integrate_particles,
         n,
@@ -139,6 +154,7 @@ def particle_step(model: ParticleModel, state: ParticleState, dt: float,
 def particle_step_torch(model: ParticleModel, state: ParticleState, dt: float,
                         external: torch.Tensor | None = None) -> ParticleState:
     """Plain-torch twin of :func:`particle_step` (same math; reference for tests and benchmarks)."""
+    dt = check_dt(dt)
     x, v = state.x, state.v
     f = torch.zeros_like(x) if external is None else external
     ke, kd, mu, vs = model.contact

@@ -31,7 +31,9 @@ import torch
 from .._kernels import Out, kernel_op, vec
 from .._kernels.particles import integrate_particles
 from .._kernels.springs import LENGTH_EPS2, spring_forces, spring_segment
-from .particles import ParticleState, check_planes
+from .._validate import (as_tensor, check_dt, check_faces, check_float, check_index, check_like, check_positive,
+                         check_same_device, check_same_dtype)
+from .particles import ParticleState, check_contact, check_planes
 
 __all__ = ["SpringModel", "spring_step", "spring_step_torch", "springs_from_mesh"]
 
@@ -64,28 +66,21 @@ class SpringModel:
         """Build a model. ``x`` (N, 3) rest positions give ``rest`` lengths when it is None; scalars
         broadcast per particle / spring; ``planes=None`` is the ground y = 0 (pass ``[]`` for none).
         Tensors keep their autograd history."""
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(x, dtype=dtype or torch.float32)
+        x = as_tensor(x, "x", dtype=None if isinstance(x, torch.Tensor) else (dtype or torch.float32))
         dtype = dtype or x.dtype
         device = device or x.device
 
-        def t(v):
-            return v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
+        def t(v, name):
+            return as_tensor(v, name, dtype=dtype, device=device)
 
-        if x.dim() != 2 or x.shape[1] != 3:
-            raise ValueError(f"x must have shape (N, 3), got {tuple(x.shape)}")
-        x = t(x)
+        x = check_float(t(x, "x"), "x", shape=("N", 3))
         n = x.shape[0]
-        springs = torch.as_tensor(springs, device=device)
-        if springs.dim() != 2 or springs.shape[1] != 2 or springs.is_floating_point():
-            raise ValueError(f"springs must be an integer tensor of shape (S, 2), got {tuple(springs.shape)} {springs.dtype}")
-        if springs.numel() and (springs.min() < 0 or springs.max() >= n):
-            raise ValueError(f"springs: indices must lie in [0, {n})")
-        springs = springs.to(torch.int32).contiguous()
+        springs = check_index(springs, "springs", n, shape=("S", 2), device=device, dtype=torch.int32,
+                              size_name="the number of particles")
         s = springs.shape[0]
 
         def per(v, count, name):
-            v = t(v)
+            v = t(v, name)
             if v.dim() == 0:
                 return v.expand(count).contiguous()
             if v.shape != (count,):
@@ -94,14 +89,15 @@ class SpringModel:
 
         if rest is None:
             rest = (x[springs[:, 1].long()] - x[springs[:, 0].long()]).norm(dim=1).detach()
-        planes = t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes).reshape(-1, 4)
-        contact = torch.cat([t(contact_ke).reshape(1), t(contact_kd).reshape(1), t(mu).reshape(1),
-                             t(friction_smoothing).reshape(1)])
-        model = SpringModel(per(mass, n, "mass"), per(radius, n, "radius"), springs, per(rest, s, "rest"),
-                            per(ke, s, "ke"), per(kd, s, "kd"), per(gain, s, "gain"), planes, contact,
-                            t(gravity).reshape(3))
-        model.validate()
-        return model
+        planes = t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes, "planes").reshape(-1, 4)
+        contact = torch.cat([t(contact_ke, "contact_ke").reshape(1), t(contact_kd, "contact_kd").reshape(1),
+                             t(mu, "mu").reshape(1), t(friction_smoothing, "friction_smoothing").reshape(1)])
+        return SpringModel(per(mass, n, "mass"), per(radius, n, "radius"), springs, per(rest, s, "rest"),
+                           per(ke, s, "ke"), per(kd, s, "kd"), per(gain, s, "gain"), planes, contact,
+                           t(gravity, "gravity").reshape(3))
+
+    def __post_init__(self):
+        self.validate()  # every way of building the model (constructor, create, dataclasses.replace)
 
     @property
     def num_particles(self) -> int:
@@ -112,26 +108,30 @@ class SpringModel:
         return self.springs.shape[0]
 
     def validate(self) -> None:
-        n, s = self.num_particles, self.num_springs
-        if self.mass.dim() != 1 or (self.mass < 0).any() or not torch.isfinite(self.mass).all():
-            raise ValueError("mass must have shape (N,) with finite values >= 0")
-        if self.radius.shape != (n,):
-            raise ValueError(f"radius must have shape ({n},), got {tuple(self.radius.shape)}")
-        if self.springs.dtype != torch.int32 or self.springs.shape != (s, 2):
-            raise ValueError("springs must be an int32 tensor of shape (S, 2)")
+        floats = [(k, getattr(self, k)) for k in ("mass", "radius", "rest", "ke", "kd", "gain", "planes", "contact",
+                                                   "gravity")]
+        for k, v in floats:
+            check_float(v, k, coerce=False)
+        check_same_dtype(*floats)
+        check_same_device(*floats, ("springs", self.springs))
+        check_float(self.mass, "mass", shape=("N",))
+        n = self.num_particles
+        check_positive(self.mass, "mass", strict=False)
+        check_float(self.radius, "radius", shape=(n,))
+        check_positive(self.radius, "radius", strict=False)
+        if not isinstance(self.springs, torch.Tensor) or self.springs.dtype != torch.int32:
+            raise TypeError(f"springs must be an int32 tensor of shape (S, 2), got "
+                            f"{getattr(self.springs, 'dtype', type(self.springs).__name__)}")
+        # range-checked here, so the kernels never read out of bounds
+        check_index(self.springs, "springs", n, shape=("S", 2), dtype=torch.int32, size_name="the number of particles")
+        s = self.num_springs
         for name in ("rest", "ke", "kd", "gain"):
-            t = getattr(self, name)
-            if t.shape != (s,):
-                raise ValueError(f"{name} must have shape ({s},), got {tuple(t.shape)}")
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be finite")
-        if (self.rest < 0).any() or (self.ke < 0).any() or (self.kd < 0).any():
-            raise ValueError("rest, ke and kd must be >= 0")
+            check_float(getattr(self, name), name, shape=(s,))
+        for name in ("rest", "ke", "kd"):
+            check_positive(getattr(self, name), name, strict=False)
         check_planes(self.planes)
-        if self.contact.shape != (4,) or (self.contact[:3] < 0).any() or self.contact[3] <= 0:
-            raise ValueError("contact must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0)")
-        if self.gravity.shape != (3,):
-            raise ValueError(f"gravity must have shape (3,), got {tuple(self.gravity.shape)}")
+        check_contact(self.contact, "contact")
+        check_float(self.gravity, "gravity", shape=(3,))
 
     @property
     def inv_mass(self) -> torch.Tensor:
@@ -157,8 +157,7 @@ class SpringModel:
         receives gradients). ``recompute``: keep only the segment's input and re-run its steps in
         backward (checkpointing). Gradients equal those of ``n`` calls to :meth:`step`.
         """
-        if not (float(dt) > 0):
-            raise ValueError(f"dt must be > 0, got {dt!r}")
+        dt = check_dt(dt)
         act = _check(self, state, control, None).reshape(1, -1)
         inv_mass, si, sj, planes, _ = _prepare(self)
         out = spring_segment(n, float(dt), state.x, state.v, inv_mass, self.radius, planes, self.contact,
@@ -179,19 +178,15 @@ def _planes(model: SpringModel) -> torch.Tensor:
 
 def _check(model: SpringModel, state: ParticleState, actuation, external) -> torch.Tensor:
     n, s = model.num_particles, model.num_springs
+    if not isinstance(state, ParticleState):
+        raise TypeError(f"state must be a ParticleState, got {type(state).__name__}")
     for name in ("x", "v"):
-        t = getattr(state, name)
-        if t.shape != (n, 3):
-            raise ValueError(f"state.{name} must have shape ({n}, 3), got {tuple(t.shape)}")
-        if t.dtype != model.mass.dtype or t.device != model.mass.device:
-            raise ValueError(f"state.{name} must match the model's dtype/device ({model.mass.dtype}, {model.mass.device})")
-    if external is not None and external.shape != (n, 3):
-        raise ValueError(f"external must have shape ({n}, 3), got {tuple(external.shape)}")
+        check_like(getattr(state, name), f"state.{name}", (n, 3), model.mass)
+    if external is not None:
+        check_like(external, "external", (n, 3), model.mass)
     if actuation is None:
         return torch.zeros(s, dtype=model.mass.dtype, device=model.mass.device)
-    if actuation.shape != (s,):
-        raise ValueError(f"actuation must have shape ({s},) (one value per spring), got {tuple(actuation.shape)}")
-    return actuation.to(model.mass.dtype)
+    return check_like(actuation, "actuation", (s,), model.mass)
 
 
 def _prepare(model: SpringModel) -> tuple:
@@ -223,7 +218,7 @@ def spring_step(model: SpringModel, state: ParticleState, dt: float, actuation: 
     external: (N, 3) extra force in N. Gradients reach the state, every model tensor, the
     actuation and the external force."""
     act = _check(model, state, actuation, external)
-    return _step(model, _prepare(model), state, dt, act, external)
+    return _step(model, _prepare(model), state, check_dt(dt), act, external)
 
 
 def spring_forces_torch(model: SpringModel, state: ParticleState, actuation: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,6 +241,7 @@ def spring_step_torch(model: SpringModel, state: ParticleState, dt: float, actua
     forward mode, which Warp kernels do not have)."""
     from .particles import ParticleModel, particle_step_torch
 
+    dt = check_dt(dt)
     f = spring_forces_torch(model, state, actuation)
     if external is not None:
         f = f + external
@@ -260,25 +256,17 @@ def springs_from_mesh(verts: torch.Tensor, faces: torch.Tensor, bending: bool = 
     (resists folding, as in cloth models). verts: (V, 3) (checked for consistency only);
     faces: (F, 3) integer indices.
     """
-    from ..geometry import edges
+    from ..geometry.topology import _interior_edge_corners, edges
 
-    if not isinstance(faces, torch.Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.is_floating_point():
-        raise ValueError(f"faces must be an integer tensor of shape (F, 3), got {getattr(faces, 'shape', faces)}")
-    if verts.dim() != 2 or verts.shape[1] != 3:
-        raise ValueError(f"verts must have shape (V, 3), got {tuple(verts.shape)}")
-    if faces.numel() and (faces.min() < 0 or faces.max() >= verts.shape[0]):
-        raise ValueError(f"faces: indices must lie in [0, {verts.shape[0]})")
-    faces = faces.long()
-    e, inv = edges(faces, return_inverse=True)
-    out = [e]
+    verts = check_float(verts, "verts", shape=("V", 3), coerce=False)
+    faces = check_faces(faces, verts.shape[0], device=verts.device)
+    out = [edges(faces)]
     if bending:
-        # for each face corner k, edge k joins corners k, k+1; the opposite vertex is corner k+2
-        eid = inv.reshape(-1)
+        # the two faces across each interior edge (the one edge-face adjacency, geometry.topology);
+        # slot 3 f + k is edge k of face f (corners k, k+1), its opposite vertex is corner k + 2
+        _, i, j = _interior_edge_corners(faces)
         opp = faces.roll(-2, dims=1).reshape(-1)
-        order = torch.argsort(eid, stable=True)
-        eid, opp = eid[order], opp[order]
-        same = eid[1:] == eid[:-1]
-        pairs = torch.stack([opp[:-1][same], opp[1:][same]], dim=1)
+        pairs = torch.stack([opp[i], opp[j]], dim=1)
         pairs, _ = pairs.sort(dim=1)
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
         if pairs.numel():
