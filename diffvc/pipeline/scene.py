@@ -35,19 +35,29 @@ from .binding import StaticBinding
 __all__ = ["Shape", "Scene", "traverse"]
 
 
+SHAPE_KINDS = ("mesh", "points", "volume")
+
+
 @dataclass(frozen=True)
 class Shape:
-    """A render mesh. ``binding(state) -> (V, 3)`` places it; ``body`` names the simulated body
-    whose state drives it (``None``: the whole state is passed, or the shape is static).
-    ``smooth``: shade with interpolated vertex normals (continuous across interior edges, for
-    curved or deforming surfaces) instead of flat face normals."""
+    """A shape of the scene, placed for each state by its binding.
+
+    ``kind`` says what ``binding(state)`` returns (:mod:`diffvc.pipeline.primitives`): ``"mesh"``
+    world vertices ``(V, 3)`` of the mesh ``faces``; ``"points"`` a :class:`Points` (or positions
+    ``(N, 3)``, drawn with ``radius`` and ``color``); ``"volume"`` a :class:`Volume`. ``body``
+    names the simulated body whose state drives it (``None``: the whole state is passed, or the
+    shape is static). ``smooth`` (meshes): shade with interpolated vertex normals (continuous
+    across interior edges, for curved or deforming surfaces) instead of flat face normals.
+    ``radius`` (points): default point radius in m."""
 
     name: str
     faces: torch.Tensor
-    binding: Callable[[Any], torch.Tensor]
+    binding: Callable[[Any], Any]
     color: torch.Tensor
     body: str | None = None
     smooth: bool = False
+    kind: str = "mesh"
+    radius: float = 0.01
 
 
 def _tensor(x, dtype, device, name) -> torch.Tensor:
@@ -102,21 +112,54 @@ class Scene:
         """Add a render mesh. ``binding`` may be a binding object/callable or a ``(V, 3)`` tensor
         of static vertices. ``body`` names the simulated body whose state the binding reads when
         trajectories hold one state per body (a dict). ``smooth``: see :class:`Shape`."""
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"name must be a non-empty string without dots, got {name!r}")
-        if any(s.name == name for s in self.shapes):
-            raise ValueError(f"name: a shape named {name!r} exists already")
+        self._check_new(name)
         if isinstance(binding, torch.Tensor):
             binding = StaticBinding(binding)
         if not callable(binding):
             raise TypeError(f"binding must be callable (state -> (V, 3)) or a (V, 3) tensor, got {type(binding).__name__}")
         if not isinstance(faces, torch.Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.is_floating_point():
             raise ValueError("faces must be an integer tensor of shape (F, 3)")
+        color = self._color(color)
+        shape = Shape(name, faces.long().to(self.device), binding, color, body, bool(smooth))
+        object.__setattr__(self, "shapes", self.shapes + (shape,))
+
+    def add_points(self, name: str, binding, color=(0.7, 0.7, 0.7), radius: float = 0.01,
+                   body: str | None = None) -> None:
+        """Add a point set (particles). ``binding(state)`` returns a :class:`Points` or positions
+        ``(N, 3)``, drawn with ``radius`` (m) and ``color``; e.g. ``lambda s: s.x`` for a particle
+        state. Renderers that draw points (``"splat"``) consume it."""
+        self._check_new(name)
+        if not callable(binding):
+            raise TypeError(f"binding must be callable (state -> Points or (N, 3)), got {type(binding).__name__}")
+        if not (isinstance(radius, (int, float)) and radius > 0):
+            raise ValueError(f"radius must be a number > 0 (m), got {radius!r}")
+        color = self._color(color)
+        empty = torch.zeros(0, 3, dtype=torch.long, device=self.device)
+        object.__setattr__(self, "shapes", self.shapes + (Shape(name, empty, binding, color, body, False, "points",
+                                                                float(radius)),))
+
+    def add_volume(self, name: str, binding, color=(0.7, 0.7, 0.7), body: str | None = None) -> None:
+        """Add a volume (a density grid). ``binding(state)`` returns a :class:`Volume` (whose own
+        colour wins; ``color`` is kept for :meth:`traverse`). Renderers that draw volumes
+        (``"volume"``) consume it."""
+        self._check_new(name)
+        if not callable(binding):
+            raise TypeError(f"binding must be callable (state -> Volume), got {type(binding).__name__}")
+        color = self._color(color)
+        empty = torch.zeros(0, 3, dtype=torch.long, device=self.device)
+        object.__setattr__(self, "shapes", self.shapes + (Shape(name, empty, binding, color, body, False, "volume"),))
+
+    def _check_new(self, name) -> None:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"name must be a non-empty string without dots, got {name!r}")
+        if any(s.name == name for s in self.shapes):
+            raise ValueError(f"name: a shape named {name!r} exists already")
+
+    def _color(self, color) -> torch.Tensor:
         color = _tensor(color, self.dtype, self.device, "color")
         if color.shape != (3,):
             raise ValueError(f"color must have shape (3,), got {tuple(color.shape)}")
-        shape = Shape(name, faces.long().to(self.device), binding, color, body, bool(smooth))
-        object.__setattr__(self, "shapes", self.shapes + (shape,))
+        return color
 
     def add_body(self, name: str, **params) -> None:
         """Register a simulated body's physical parameters (scalars or tensors) under ``body.<name>.*``."""

@@ -7,7 +7,7 @@ from diffvc.geometry import box, mass_properties
 from diffvc.physics import rollout
 from diffvc.physics.rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step
 from diffvc.pipeline import RigidBinding, Scene, SoftBinding
-from diffvc.pipeline.video import render_frame, render_trajectory, scene_mesh
+from diffvc.pipeline.video import render_frame, render_trajectory, scene_geometry
 from diffvc.render import AmbientLight, Cameras, DirectionalLight
 from diffvc.testing import grad_check
 
@@ -20,7 +20,7 @@ def _scene(size=24):
     sc = Scene(cams, [DirectionalLight.create([-0.4, -1.0, -0.6], [2.5, 2.5, 2.5], dtype=D),
                       AmbientLight.create([0.05, 0.05, 0.05], dtype=D)])
     v, f = box((0.4, 0.2, 0.4), dtype=D)
-    sc.add_shape("box", f, RigidBinding(v, quat_order="xyzw"), color=(0.8, 0.3, 0.1))
+    sc.add_shape("box", f, RigidBinding(v), color=(0.8, 0.3, 0.1))
     gv, gf = box((2.0, 0.02, 1.2), dtype=D)
     sc.add_shape("ground", gf, gv - torch.tensor([0.0, 0.01, 0.0], dtype=D), color=(0.4, 0.4, 0.45))
     return sc, v, f
@@ -36,10 +36,11 @@ def _simulate(v, f, mass, mu, frames=3, every=10, dt=1.0 / 300):
     return states
 
 
-def test_scene_mesh_merges_shapes():
+def test_scene_geometry_merges_mesh_shapes():
     sc, v, f = _scene()
     st = RigidBodyState.create([[0.5, 0.1, 0.0]], dtype=D)
-    verts, faces, alb = scene_mesh(sc, st)
+    verts, faces, alb, smooth = scene_geometry(sc, st).merged_mesh()
+    assert not smooth.any()
     assert verts.shape == (2 * v.shape[0], 3) and faces.shape == (2 * f.shape[0], 3)
     assert torch.allclose(verts[: v.shape[0]], v + torch.tensor([0.5, 0.1, 0.0], dtype=D))
     assert int(faces[f.shape[0]:].min()) == v.shape[0]
