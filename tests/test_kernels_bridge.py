@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffvc._kernels import Out, kernel_op, launch, mat, to_warp, vec, warp_device, wp
+from diffvc._kernels.bridge import parallel_launch, split_chunks
 
 
 @wp.kernel
@@ -19,6 +20,13 @@ def _affine(x: wp.array(dtype=Any), A: wp.array(dtype=Any), w: wp.array(dtype=An
 def _square_split(offset: int, x: wp.array(dtype=Any), y: wp.array(dtype=Any)):
     i = wp.tid() + offset
     y[i] = x[i] * x[i] * x[i]
+
+
+@wp.kernel
+def _count_split(offset: int, total: wp.array(dtype=wp.float64), seen: wp.array(dtype=wp.int32)):
+    i = wp.tid() + offset
+    seen[i] = seen[i] + 1
+    wp.atomic_add(total, 0, wp.float64(1.0))
 
 
 def _op(x, A, w):
@@ -114,3 +122,24 @@ def test_non_contiguous_inputs_get_their_gradient():
     xr = x.detach().contiguous().requires_grad_()
     (g_ref,) = torch.autograd.grad(_twin(xr, A, w)[1].sum(), xr)
     torch.testing.assert_close(g, g_ref)
+
+
+def test_split_launch_with_per_chunk_buffers_loses_no_adds():
+    """The split launch covers every thread once, and per-chunk accumulation buffers (inputs given
+    as a function of the chunk index) receive every atomic add: their sum is exactly n."""
+    n = 200_001
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        chunks = split_chunks(n, "cpu", min_per_thread=256)
+        assert len(chunks) == 4 and chunks[0][0] == 0 and sum(c for _, c in chunks) == n
+        assert split_chunks(100, "cpu", min_per_thread=256) == [(0, 100)]
+        seen = torch.zeros(n, dtype=torch.int32)
+        bufs = [torch.zeros(1, dtype=torch.float64) for _ in chunks]
+        launched = parallel_launch(_count_split, n, lambda k: [bufs[k]], [seen], min_per_thread=256)
+    finally:
+        torch.set_num_threads(old)
+    assert launched == 4
+    assert torch.equal(seen, torch.ones(n, dtype=torch.int32))
+    assert sum(float(b) for b in bufs) == n
+    assert all(float(b) == c for b, (_, c) in zip(bufs, chunks))

@@ -14,6 +14,8 @@ from .bridge import (
     kernel_op,
     Out,
     parallel_launch,
+    split_chunks,
+    torch_stream,
     cuda_available,
 )
 
@@ -27,5 +29,7 @@ __all__ = [
     "kernel_op",
     "Out",
     "parallel_launch",
+    "split_chunks",
+    "torch_stream",
     "cuda_available",
 ]

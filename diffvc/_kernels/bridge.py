@@ -15,19 +15,27 @@ float32 and float64; Warp specialises them at launch. Python floats passed to a 
 to the floating dtype of the tensors in the same launch.
 
 CPU note (measured on the 2-core dev machine): a Warp CPU launch runs on one thread.
-:func:`parallel_launch` splits a launch whose threads write disjoint outputs over a small thread
-pool (the kernel takes an ``offset: int`` first argument and uses ``wp.tid() + offset``). Warp's
-CPU atomics are *not* atomic across threads, so never split a kernel that accumulates into shared
-entries, and never split adjoint launches (they scatter with atomics).
+:func:`parallel_launch` is the one split launch of diffvc: it splits a launch into
+:func:`split_chunks` (one per torch thread, each ``(start, count)``) run on the one launch thread
+pool of the package (the kernel takes an ``offset: int`` first argument and uses
+``wp.tid() + offset``). Warp's CPU atomics are *not* atomic across threads, so never split a kernel
+that accumulates into shared entries unless each chunk gets its own accumulation buffers
+(``inputs``/``outputs`` given as functions of the chunk index), and never split adjoint launches
+(they scatter with atomics).
+
+Stream policy (CUDA): every Warp launch and every Warp-side build (BVHs) runs on torch's
+*current* CUDA stream (:func:`torch_stream`), so Warp work is ordered with the torch work around
+it and no device-wide synchronisation is ever needed.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -162,6 +170,18 @@ def _stream(device: torch.device):
     return None
 
 
+@contextmanager
+def torch_stream(device: torch.device | str):
+    """Context in which Warp work that takes no explicit stream (e.g. building a ``wp.Mesh``
+    BVH) runs on torch's current CUDA stream of ``device``; a no-op on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        with wp.ScopedStream(_stream(device), sync_enter=False):
+            yield
+    else:
+        yield
+
+
 def _floating_dtype(items: Sequence[Any]) -> torch.dtype:
     for x in items:
         t = x.tensor if isinstance(x, _Tagged) else x
@@ -216,43 +236,65 @@ _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
+    """The one launch thread pool of diffvc (sized for the machine; each split launch uses
+    ``torch.get_num_threads()`` chunks, read at call time)."""
     global _POOL
     if _POOL is None:
         with _POOL_LOCK:
             if _POOL is None:
-                # sized for the machine; each call splits into torch.get_num_threads() chunks,
-                # read at call time, so a later change of torch's thread count takes effect
                 _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
     return _POOL
 
 
-def parallel_launch(kernel, n: int, inputs: Sequence[Any], outputs: Sequence[Any] = (), device=None,
-                    min_per_thread: int = 4096) -> None:
-    """Launch a 1-D ``kernel(offset, *inputs, *outputs)`` over ``n`` threads, split across CPU cores.
-
-    The kernel must write disjoint outputs per thread (no atomics into shared entries). On CUDA,
-    or when ``n`` is small, this is one ordinary launch with ``offset=0``.
-    """
-    device = torch.device(device) if device is not None else _device_of(list(inputs) + list(outputs))
-    fdtype = _floating_dtype(list(inputs) + list(outputs))
-    win = _convert(inputs, fdtype)
-    wout = _convert(outputs, fdtype)
-    wdev = warp_device(device)
+def split_chunks(n: int, device: torch.device | str, min_per_thread: int = 4096) -> list[tuple[int, int]]:
+    """The ``(start, count)`` thread ranges :func:`parallel_launch` splits ``n`` threads into:
+    one per torch thread on CPU when every chunk gets at least ``min_per_thread`` threads, else a
+    single range (always a single range on CUDA)."""
+    device = torch.device(device)
     workers = max(1, torch.get_num_threads())
     if device.type != "cpu" or workers == 1 or n < 2 * min_per_thread:
-        wp.launch(kernel, dim=n, inputs=[0] + win, outputs=wout, device=wdev, stream=_stream(device),
+        return [(0, n)]
+    step = (n + workers - 1) // workers
+    return [(s, min(step, n - s)) for s in range(0, n, step)]
+
+
+def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequence[Any]],
+                    outputs: Sequence[Any] | Callable[[int], Sequence[Any]] = (), device=None,
+                    min_per_thread: int = 4096) -> int:
+    """Launch a 1-D ``kernel(offset, *inputs, *outputs)`` over ``n`` threads, split across CPU cores.
+
+    ``inputs`` and ``outputs`` are torch tensors (optionally :func:`vec`/:func:`mat` tagged),
+    Python scalars or Warp values (structs, arrays, ids). Either may instead be a function of the
+    chunk index ``k`` (``0 <= k < len(split_chunks(n, device, min_per_thread))``) that gives that
+    chunk its own arguments, e.g. private accumulation buffers, the way to split a kernel that
+    accumulates (Warp's CPU atomics are not atomic across threads). Otherwise the kernel must write
+    disjoint entries per thread. On CUDA, or when ``n`` is small, this is one launch with
+    ``offset=0`` on torch's current stream. Returns the number of chunks launched.
+    """
+    first_in = list(inputs(0) if callable(inputs) else inputs)
+    first_out = list(outputs(0) if callable(outputs) else outputs)
+    device = torch.device(device) if device is not None else _device_of(first_in + first_out)
+    fdtype = _floating_dtype(first_in + first_out)
+    wdev = warp_device(device)
+    chunks = split_chunks(n, device, min_per_thread)
+    # shared arguments are converted once (a copy made for a non-contiguous output would be lost)
+    w_in = None if callable(inputs) else _convert(first_in, fdtype)
+    w_out = None if callable(outputs) else _convert(first_out, fdtype)
+
+    def run(k: int) -> None:
+        start, count = chunks[k]
+        a_in = w_in if w_in is not None else _convert(first_in if k == 0 else inputs(k), fdtype)
+        a_out = w_out if w_out is not None else _convert(first_out if k == 0 else outputs(k), fdtype)
+        wp.launch(kernel, dim=count, inputs=[start] + a_in, outputs=a_out, device=wdev, stream=_stream(device),
                   record_tape=False)
-        return
-    chunk = (n + workers - 1) // workers
-    # Compile/load the module on this thread first so worker threads only launch.
-    kernel.module.load(wdev)
-    futures = []
-    for start in range(0, n, chunk):
-        count = min(chunk, n - start)
-        futures.append(_pool().submit(wp.launch, kernel, dim=count, inputs=[start] + win, outputs=wout,
-                                      device=wdev, record_tape=False))
-    for f in futures:
-        f.result()
+
+    if len(chunks) == 1:
+        run(0)
+    else:
+        kernel.module.load(wdev)  # compile/load on this thread so worker threads only launch
+        for f in [_pool().submit(run, k) for k in range(len(chunks))]:
+            f.result()
+    return len(chunks)
 
 
 @dataclass(frozen=True)

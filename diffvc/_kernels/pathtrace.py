@@ -22,13 +22,25 @@ Path tracer conventions
 * Russian roulette from depth ``rr_depth`` on, survival ``min(max(beta), 0.95)``.
 * Random numbers: ``rand_init(seed, pixel * spp + sample)``; the path of a sample is a pure
   function of the scene and that state, which is what lets the backward pass replay it.
+
+Host side (end of this module): torch-in, torch-out functions, the only way the rest of diffvc
+reaches these kernels. :func:`prepare_scene` turns a scene's tensors into an opaque
+:class:`PreparedScene` (BVH + Warp struct); :func:`render`, :func:`replay`,
+:func:`radiance_at_points`, :func:`secondary_records`, :func:`interior_records`,
+:func:`closest_hits`, :func:`bsdf_values` and :func:`bsdf_directions` launch the kernels through
+the bridge's one split launch (:func:`~diffvc._kernels.bridge.parallel_launch`) and stream policy.
+A camera is the tuple ``(origin, d00, dx, dy, width, height)`` of
+:func:`diffvc.render.pathtrace.ray_map` plus the image size.
 """
 
 from __future__ import annotations
 
 import math
 
-from .bridge import wp
+import torch
+
+from .bridge import parallel_launch, split_chunks, torch_stream, wp
+from .geometry import MeshBVH
 
 wp.set_module_options({"enable_backward": False})
 
@@ -44,11 +56,11 @@ RAY_EPS = wp.constant(1.0e-4)
 
 
 @wp.kernel
-def cast_rays(mesh: wp.uint64, origins: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
+def cast_rays(offset: int, mesh: wp.uint64, origins: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
               tmax: wp.array(dtype=wp.float32), face: wp.array(dtype=wp.int32), t: wp.array(dtype=wp.float32)):
     """Closest hit along each ray within ``(0, tmax]``: face index (-1 on a miss) and distance in
     units of ``|dir|``."""
-    i = wp.tid()
+    i = wp.tid() + offset
     q = wp.mesh_query_ray(mesh, origins[i], dirs[i], tmax[i])
     if q.result:
         face[i] = q.face
@@ -700,10 +712,10 @@ def render_points(offset: int, scene: Scene, grads: Grads, cam: Camera, points: 
 
 
 @wp.kernel
-def eval_bsdf(kind: int, rough: float, albedo: wp.array(dtype=wp.vec3), n: wp.array(dtype=wp.vec3),
+def eval_bsdf(offset: int, kind: int, rough: float, albedo: wp.array(dtype=wp.vec3), n: wp.array(dtype=wp.vec3),
               wo: wp.array(dtype=wp.vec3), wi: wp.array(dtype=wp.vec3), f: wp.array(dtype=wp.vec3),
               pdf: wp.array(dtype=wp.float32)):
-    i = wp.tid()
+    i = wp.tid() + offset
     alpha = wp.max(rough * rough, 1.0e-3)
     ab = bsdf_ab(kind, alpha, n[i], wo[i], wi[i])
     f[i] = albedo[i] * ab[0] + wp.vec3(ab[1])
@@ -711,9 +723,9 @@ def eval_bsdf(kind: int, rough: float, albedo: wp.array(dtype=wp.vec3), n: wp.ar
 
 
 @wp.kernel
-def sample_bsdf_dirs(kind: int, rough: float, n: wp.array(dtype=wp.vec3), wo: wp.array(dtype=wp.vec3), seed: int,
+def sample_bsdf_dirs(offset: int, kind: int, rough: float, n: wp.array(dtype=wp.vec3), wo: wp.array(dtype=wp.vec3), seed: int,
                      wi: wp.array(dtype=wp.vec3)):
-    i = wp.tid()
+    i = wp.tid() + offset
     state = wp.rand_init(seed, i)
     alpha = wp.max(rough * rough, 1.0e-3)
     u0 = wp.randf(state)
@@ -891,3 +903,275 @@ def interior_samples(offset: int, scene: Scene, grads: Grads, cam: Camera, dynam
     else:
         rec_x2[i] = wi
         rec_kind[i] = 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: torch-only functions (everything outside diffvc/_kernels calls these)
+# ----------------------------------------------------------------------------------------------
+
+_MIN_PER_THREAD = 256  # a path is thousands of times a raster pixel's work: split small launches too
+
+
+def build_bvh(vertices: torch.Tensor, faces: torch.Tensor) -> MeshBVH:
+    """A BVH over ``vertices`` (V, 3) (a float32 copy) and ``faces`` (F, 3), built on torch's
+    current stream. A mesh without faces gets one degenerate triangle at the origin (never hit)."""
+    if faces.shape[0] == 0:
+        vertices = torch.zeros(3, 3, device=vertices.device)
+        faces = torch.tensor([[0, 1, 2]], dtype=torch.int32, device=vertices.device)
+    with torch_stream(vertices.device):
+        return MeshBVH(vertices.detach().to(torch.float32), faces)
+
+
+def closest_hits(bvh: MeshBVH, origins: torch.Tensor, dirs: torch.Tensor, tmax: torch.Tensor):
+    """Closest hit of each ray within ``(0, tmax]`` (float32 (N, 3), (N, 3), (N,)): ``(face (N,)
+    int32, -1 on a miss; t (N,) float32 in units of |dir|, tmax on a miss)``."""
+    N = origins.shape[0]
+    face = torch.empty(N, dtype=torch.int32, device=origins.device)
+    t = torch.empty(N, dtype=torch.float32, device=origins.device)
+    if N:
+        parallel_launch(cast_rays, N, [bvh.mesh.id, _v3(origins), _v3(dirs), _f(tmax)], [face, t],
+                        device=origins.device)
+    return face, t
+
+
+def _f(t: torch.Tensor) -> torch.Tensor:
+    """float32 contiguous detached (no copy when it already is)."""
+    return t.detach().to(torch.float32).contiguous()
+
+
+def _v3(t: torch.Tensor):
+    return wp.from_torch(_f(t), dtype=wp.vec3)
+
+
+def _rows(x: torch.Tensor | None, dev) -> torch.Tensor:
+    """(n, 3) float32; None or empty -> one zero row (Warp arrays need storage)."""
+    if x is None or x.shape[0] == 0:
+        return torch.zeros(1, 3, device=dev)
+    return _f(x)
+
+
+class PreparedScene:
+    """The Warp side of one scene state (BVH, scene struct, the tensors they view). Opaque:
+    build it with :func:`prepare_scene`, pass it to the functions below."""
+
+    def __init__(self, scene):
+        dev = scene.vertices.device
+        self.device = dev
+        keep = []
+
+        def arr(t, dtype):
+            t = t.contiguous()
+            keep.append(t)
+            return wp.from_torch(t, dtype=dtype)
+
+        faces = scene.faces.to(torch.int32).contiguous()
+        face_material = scene.face_material
+        verts = _f(scene.vertices)
+        if faces.shape[0] == 0:  # Warp needs a triangle: a degenerate one (never hit)
+            verts = torch.zeros(3, 3, device=dev)
+            faces = torch.tensor([[0, 1, 2]], dtype=torch.int32, device=dev)
+            face_material = torch.zeros(1, dtype=torch.long, device=dev)
+        self.bvh = build_bvh(verts, faces)
+        s = Scene()
+        s.mesh = self.bvh.mesh.id
+        s.verts = self.bvh.mesh.points
+        s.faces = arr(faces, wp.int32)
+        s.face_mat = arr(face_material.to(torch.int32), wp.int32)
+        F = faces.shape[0]
+        uv = scene.face_uvs if (scene.face_uvs is not None and scene.face_uvs.shape[0] == F) \
+            else torch.zeros(F, 3, 2, device=dev)
+        s.face_uv = arr(_f(uv), wp.vec2)
+        s.mat_kind = arr(scene.material_kind.to(torch.int32), wp.int32)
+        s.mat_albedo = arr(_f(scene.albedo), wp.vec3)
+        s.mat_rough = arr(_f(scene.roughness), wp.float32)
+        s.mat_emit = arr(_f(scene.emission), wp.vec3)
+        M = scene.albedo.shape[0]
+        mt = scene.material_texture if scene.material_texture is not None else torch.full((M,), -1, device=dev)
+        s.mat_tex = arr(mt.to(torch.int32), wp.int32)
+        texs = [_f(t).reshape(-1, 3) for t in scene.textures]
+        info = []
+        off = 0
+        for t in scene.textures:
+            info.append([off, t.shape[1], t.shape[0]])
+            off += t.shape[0] * t.shape[1]
+        self.tex_size = off
+        s.tex_data = arr(torch.cat(texs) if texs else torch.zeros(1, 3, device=dev), wp.vec3)
+        s.tex_info = arr(torch.tensor(info if info else [[0, 1, 1]], dtype=torch.int32, device=dev), wp.int32)
+        # emissive faces and their cumulative area
+        emissive = (scene.emission.detach().amax(dim=1) > 0)[face_material]
+        ef = torch.nonzero(emissive).reshape(-1)
+        v = verts.to(torch.float64)
+        tri = v[faces.long()[ef]]
+        area = 0.5 * torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
+        keep_ef = area > 0
+        ef, area = ef[keep_ef], area[keep_ef]
+        s.n_emit = int(ef.shape[0])
+        s.emit_faces = arr(ef.to(torch.int32) if s.n_emit else torch.zeros(1, dtype=torch.int32, device=dev), wp.int32)
+        s.emit_cdf = arr(torch.cumsum(area, 0).to(torch.float32) if s.n_emit else torch.ones(1, device=dev),
+                         wp.float32)
+        pp, pi = scene.point_position, scene.point_intensity
+        dd, di = scene.directional_direction, scene.directional_irradiance
+        s.n_pl = 0 if pp is None else int(pp.shape[0])
+        s.n_dl = 0 if dd is None else int(dd.shape[0])
+        self.n_pl, self.n_dl = s.n_pl, s.n_dl
+        s.pl_pos = arr(_rows(pp, dev), wp.vec3)
+        s.pl_int = arr(_rows(pi, dev), wp.vec3)
+        s.dl_dir = arr(_rows(dd, dev), wp.vec3)
+        s.dl_irr = arr(_rows(di, dev), wp.vec3)
+        if scene.environment is not None:
+            env = scene.environment
+            s.env = arr(_f(env).reshape(-1, 3), wp.vec3)
+            s.env_w, s.env_h, s.has_env = int(env.shape[1]), int(env.shape[0]), 1
+        else:
+            s.env = arr(torch.zeros(1, 3, device=dev), wp.vec3)
+            s.env_w, s.env_h, s.has_env = 1, 1, 0
+        self.struct = s
+        self.keep = keep
+        self.M = M
+        self.env_size = int(scene.environment.shape[0] * scene.environment.shape[1]) \
+            if scene.environment is not None else 0
+
+    def new_grads(self):
+        """Zeroed gradient buffers (dict of float32 tensors) and the Warp struct that views them."""
+        dev, M = self.device, self.M
+        t = {
+            "albedo": torch.zeros(M, 3, device=dev), "emit": torch.zeros(M, 3, device=dev),
+            "rough": torch.zeros(M, device=dev), "tex": torch.zeros(max(self.tex_size, 1), 3, device=dev),
+            "pl_int": torch.zeros(max(self.n_pl, 1), 3, device=dev),
+            "dl_irr": torch.zeros(max(self.n_dl, 1), 3, device=dev),
+            "env": torch.zeros(max(self.env_size, 1), 3, device=dev),
+        }
+        g = Grads()
+        g.albedo = wp.from_torch(t["albedo"], dtype=wp.vec3)
+        g.emit = wp.from_torch(t["emit"], dtype=wp.vec3)
+        g.rough = wp.from_torch(t["rough"], dtype=wp.float32)
+        g.tex = wp.from_torch(t["tex"], dtype=wp.vec3)
+        g.pl_int = wp.from_torch(t["pl_int"], dtype=wp.vec3)
+        g.dl_irr = wp.from_torch(t["dl_irr"], dtype=wp.vec3)
+        g.env = wp.from_torch(t["env"], dtype=wp.vec3)
+        return t, g
+
+
+def prepare_scene(scene) -> PreparedScene:
+    """The Warp side of ``scene`` (any object with the fields of
+    :class:`diffvc.render.pt_scene.PathTracingScene`), float32, for one state of its tensors."""
+    return PreparedScene(scene)
+
+
+def _camera(cam) -> Camera:
+    origin, d00, dx, dy, width, height = cam
+    c = Camera()
+    c.origin, c.d00, c.dx, c.dy = (wp.vec3(*[float(x) for x in v]) for v in (origin, d00, dx, dy))
+    c.width, c.height = int(width), int(height)
+    return c
+
+
+def _launch(kernel, n: int, prep: PreparedScene, args_for) -> int:
+    return parallel_launch(kernel, n, args_for, device=prep.device, min_per_thread=_MIN_PER_THREAD)
+
+
+def render(prep: PreparedScene, cam, spp: int, seed: int, max_depth: int, rr_depth: int) -> torch.Tensor:
+    """Mean radiance of ``spp`` jittered paths per pixel: (H * W, 3) float32, row-major pixels."""
+    c = _camera(cam)
+    image = torch.zeros(c.height * c.width, 3, device=prep.device)
+    _, g = prep.new_grads()
+    img = wp.from_torch(image, dtype=wp.vec3)
+    _launch(render_pixels, c.height * c.width, prep, lambda k: [prep.struct, g, c, spp, seed, max_depth, rr_depth, 0,
+                                                                img, img])
+    return image
+
+
+def replay(prep: PreparedScene, cam, adj_image: torch.Tensor, spp: int, seed: int, max_depth: int,
+           rr_depth: int) -> dict:
+    """Path replay backpropagation of the samples of :func:`render` (same arguments) for the
+    adjoint image ``adj_image`` (H * W, 3). Returns float32 gradients: ``albedo`` (M, 3),
+    ``rough`` (M,), ``emit`` (M, 3), ``tex`` (texels, 3), ``pl_int`` (P, 3), ``dl_irr`` (D, 3),
+    ``env`` (He * We, 3). Each CPU chunk accumulates into its own buffers (CPU atomics are not
+    atomic across threads); they are summed in chunk order."""
+    c = _camera(cam)
+    n = c.height * c.width
+    adj = wp.from_torch(_f(adj_image), dtype=wp.vec3)
+    dummy = wp.from_torch(torch.zeros(1, 3, device=prep.device), dtype=wp.vec3)
+    bufs = [prep.new_grads() for _ in split_chunks(n, prep.device, _MIN_PER_THREAD)]
+    _launch(render_pixels, n, prep, lambda k: [prep.struct, bufs[k][1], c, spp, seed, max_depth, rr_depth, 1, adj,
+                                               dummy])
+    tot = {k: sum(b[0][k] for b in bufs) for k in bufs[0][0]}
+    return {"albedo": tot["albedo"], "rough": tot["rough"], "emit": tot["emit"], "tex": tot["tex"][: prep.tex_size],
+            "pl_int": tot["pl_int"][: prep.n_pl], "dl_irr": tot["dl_irr"][: prep.n_dl],
+            "env": tot["env"][: prep.env_size]}
+
+
+def radiance_at_points(prep: PreparedScene, cam, points: torch.Tensor, spp: int, seed: int, max_depth: int,
+                       rr_depth: int, pair: int) -> torch.Tensor:
+    """Mean radiance (N, 3) float32 of ``spp`` paths through continuous pixel coordinates
+    ``points`` (N, 2); point ``i`` uses the random numbers of point ``i % pair``."""
+    c = _camera(cam)
+    N = points.shape[0]
+    out = torch.zeros(N, 3, device=prep.device)
+    if N == 0:
+        return out
+    _, g = prep.new_grads()
+    pts = wp.from_torch(_f(points), dtype=wp.vec2)
+    wout = wp.from_torch(out, dtype=wp.vec3)
+    _launch(render_points, N, prep, lambda k: [prep.struct, g, c, pts, spp, seed, max_depth, rr_depth, pair, wout])
+    return out
+
+
+def secondary_records(prep: PreparedScene, cam, edges: torch.Tensor, dynamic: torch.Tensor, spp: int, seed: int,
+                      max_depth: int, rr_depth: int, adj_image: torch.Tensor) -> dict:
+    """The records of :func:`secondary_edge_samples` for ``H * W * spp`` samples: ``t`` (N,),
+    ``x`` (N, 3), ``n`` (N, 3), ``coef`` (N,) float32 and ``edge`` (N,) int32 (index into
+    ``edges`` (E, 2)); ``dynamic`` (F,) marks the moving faces."""
+    c = _camera(cam)
+    N = c.height * c.width * spp
+    dev = prep.device
+    rec = {"t": torch.zeros(N, device=dev), "x": torch.zeros(N, 3, device=dev), "n": torch.zeros(N, 3, device=dev),
+           "coef": torch.zeros(N, device=dev), "edge": torch.zeros(N, dtype=torch.int32, device=dev)}
+    e32 = edges.to(torch.int32).contiguous()
+    dyn = dynamic.to(device=dev, dtype=torch.int32).contiguous()
+    _, g = prep.new_grads()
+    args = [prep.struct, g, c, wp.from_torch(e32, dtype=wp.int32), int(edges.shape[0]),
+            wp.from_torch(dyn, dtype=wp.int32), spp, seed, max_depth, rr_depth,
+            wp.from_torch(_f(adj_image), dtype=wp.vec3), wp.from_torch(rec["t"]),
+            wp.from_torch(rec["x"], dtype=wp.vec3), wp.from_torch(rec["n"], dtype=wp.vec3),
+            wp.from_torch(rec["coef"]), wp.from_torch(rec["edge"])]
+    _launch(secondary_edge_samples, N, prep, lambda k: args)
+    return rec
+
+
+def interior_records(prep: PreparedScene, cam, dynamic: torch.Tensor, spp: int, seed: int, max_depth: int,
+                     rr_depth: int, adj_image: torch.Tensor) -> dict:
+    """The records of :func:`interior_samples` for ``H * W * spp`` samples: ``face`` (N,) int32,
+    ``d`` (N, 3), ``x2`` (N, 3), ``n2`` (N, 3), ``kind`` (N,) int32, ``coef`` (N,) float32."""
+    c = _camera(cam)
+    N = c.height * c.width * spp
+    dev = prep.device
+    rec = {"face": torch.zeros(N, dtype=torch.int32, device=dev), "d": torch.zeros(N, 3, device=dev),
+           "x2": torch.zeros(N, 3, device=dev), "n2": torch.zeros(N, 3, device=dev),
+           "kind": torch.zeros(N, dtype=torch.int32, device=dev), "coef": torch.zeros(N, device=dev)}
+    dyn = dynamic.to(device=dev, dtype=torch.int32).contiguous()
+    _, g = prep.new_grads()
+    args = [prep.struct, g, c, wp.from_torch(dyn, dtype=wp.int32), spp, seed, max_depth, rr_depth,
+            wp.from_torch(_f(adj_image), dtype=wp.vec3), wp.from_torch(rec["face"]),
+            wp.from_torch(rec["d"], dtype=wp.vec3), wp.from_torch(rec["x2"], dtype=wp.vec3),
+            wp.from_torch(rec["n2"], dtype=wp.vec3), wp.from_torch(rec["kind"]), wp.from_torch(rec["coef"])]
+    _launch(interior_samples, N, prep, lambda k: args)
+    return rec
+
+
+def bsdf_values(kind: int, rough: float, albedo, n, wo, wi):
+    """The kernels' BSDF: ``(f (N, 3), pdf (N,))`` float32 for (N, 3) unit vectors (no gradients)."""
+    N = n.shape[0]
+    f = torch.zeros(N, 3, device=n.device)
+    pdf = torch.zeros(N, device=n.device)
+    parallel_launch(eval_bsdf, N, [int(kind), wp.float32(rough)] + [_v3(x) for x in (albedo, n, wo, wi)],
+                    [wp.from_torch(f, dtype=wp.vec3), wp.from_torch(pdf)], device=n.device)
+    return f, pdf
+
+
+def bsdf_directions(kind: int, rough: float, n, wo, seed: int) -> torch.Tensor:
+    """Directions (N, 3) float32 drawn by the kernels' BSDF sampling routine."""
+    wi = torch.zeros(n.shape[0], 3, device=n.device)
+    parallel_launch(sample_bsdf_dirs, n.shape[0], [int(kind), wp.float32(rough), _v3(n), _v3(wo), int(seed)],
+                    [wp.from_torch(wi, dtype=wp.vec3)], device=n.device)
+    return wi

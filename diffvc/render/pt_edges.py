@@ -14,13 +14,18 @@ camera's R, t, intrinsics).
 Candidate edges: edges of ``scene.dynamic_faces`` (all faces by default) that are boundaries,
 silhouettes seen from the camera, creases (the adjacent normals differ) or material boundaries.
 Edges with an endpoint behind the camera are skipped.
+
+Layering: :mod:`diffvc.render.pathtrace` imports this module (never the other way round); both
+reach the kernels only through the torch-only functions of :mod:`diffvc._kernels.pathtrace`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .._kernels import pathtrace as K
 from .cameras import Cameras
+from .raytrace import hit_from_face
 
 _OFFSET = 1e-3  # pixels on each side of the edge
 
@@ -92,11 +97,11 @@ class _EdgeFn(torch.autograd.Function):
         return (None, None, *out)
 
 
-def sample_edges(prep, scene, camera: Cameras, n_samples: int, edge_spp: int, seed: int, max_depth: int,
+def sample_edges(prep, scene, camera: Cameras, cam, n_samples: int, edge_spp: int, seed: int, max_depth: int,
                  rr_depth: int):
-    """Draw the edge samples and their radiance jumps (no gradients). Returns a dict or None."""
-    from .pathtrace import radiance_at
-
+    """Draw the edge samples and their radiance jumps (no gradients). Returns a dict or None.
+    ``prep``: the scene's :class:`~diffvc._kernels.pathtrace.PreparedScene`; ``cam``: the camera
+    as :func:`diffvc.render.pathtrace.camera_rays` gives it."""
     H, W = camera.height, camera.width
     edges = candidate_edges(scene, camera)
     if edges.shape[0] == 0:
@@ -131,18 +136,17 @@ def sample_edges(prep, scene, camera: Cameras, n_samples: int, edge_spp: int, se
             return None
         m = x.shape[0]
         pts = torch.cat([x + _OFFSET * n, x - _OFFSET * n])
-        L = radiance_at(scene, camera, pts, spp=edge_spp, max_depth=max_depth, seed=seed, rr_depth=rr_depth,
-                        pair=m, prep=prep).to(torch.float64)
+        L = K.radiance_at_points(prep, cam, pts, edge_spp, seed, max_depth, rr_depth, m).to(torch.float64)
         dL = L[m:] - L[:m]  # L_minus - L_plus
         pixel = x[:, 1].floor().long().clamp(0, H - 1) * W + x[:, 0].floor().long().clamp(0, W - 1)
         return {"ia": edges[pick, 0], "ib": edges[pick, 1], "t": tt, "n": n, "dL": dL, "pixel": pixel,
                 "weight": total / n_samples}
 
 
-def edge_term(prep, scene, camera: Cameras, n_samples: int, edge_spp: int, seed: int, max_depth: int,
+def edge_term(prep, scene, camera: Cameras, cam, n_samples: int, edge_spp: int, seed: int, max_depth: int,
               rr_depth: int) -> torch.Tensor:
     """Zero image whose backward adds the primary-visibility boundary gradient (see module doc)."""
-    samples = sample_edges(prep, scene, camera, n_samples, edge_spp, seed, max_depth, rr_depth)
+    samples = sample_edges(prep, scene, camera, cam, n_samples, edge_spp, seed, max_depth, rr_depth)
     meta = (camera.height, camera.width, camera.orthographic, camera.near)
     return _EdgeFn.apply(samples, meta, scene.vertices, camera.R, camera.t, camera.intrinsics)
 
@@ -185,29 +189,12 @@ class _SecondaryFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_image):
-        from .._kernels import pathtrace as K
-        from .._kernels.bridge import wp
-        from .pathtrace import _launch_split, _sync
-
         (vertices,) = ctx.saved_tensors
         info = ctx.info
-        prep, cam, edges = info["prep"], info["cam"], info["edges"]
-        H, W, spp = info["H"], info["W"], info["spp"]
-        N = H * W * spp
-        dev = vertices.device
-        adj = grad_image.detach().reshape(H * W, 3).to(torch.float32).contiguous()
-        e32 = edges.to(torch.int32).contiguous()
-        rec = {"t": torch.zeros(N, device=dev), "x": torch.zeros(N, 3, device=dev), "n": torch.zeros(N, 3, device=dev),
-               "coef": torch.zeros(N, device=dev), "edge": torch.zeros(N, dtype=torch.int32, device=dev)}
-        _, g = prep.new_grads()
-        dyn = info["dynamic"]
-        args = [prep.struct, g, cam, wp.from_torch(e32, dtype=wp.int32), int(edges.shape[0]),
-                wp.from_torch(dyn, dtype=wp.int32), spp, info["seed"],
-                info["max_depth"], info["rr_depth"], wp.from_torch(adj, dtype=wp.vec3), wp.from_torch(rec["t"]),
-                wp.from_torch(rec["x"], dtype=wp.vec3), wp.from_torch(rec["n"], dtype=wp.vec3),
-                wp.from_torch(rec["coef"]), wp.from_torch(rec["edge"])]
-        _launch_split(K.secondary_edge_samples, N, lambda k: args, prep.wdev, True)
-        _sync(dev)
+        H, W = info["H"], info["W"]
+        rec = K.secondary_records(info["prep"], info["cam"], info["edges"], info["dynamic"], info["spp"], info["seed"],
+                                  info["max_depth"], info["rr_depth"], grad_image.reshape(H * W, 3))
+        edges = info["edges"]
         use = rec["coef"] != 0
         if not use.any():
             return None, torch.zeros_like(vertices)
@@ -226,7 +213,7 @@ class _SecondaryFn(torch.autograd.Function):
         return None, gv
 
 
-def secondary_term(prep, scene, cam_struct, H: int, W: int, spp: int, seed: int, max_depth: int,
+def secondary_term(prep, scene, cam, H: int, W: int, spp: int, seed: int, max_depth: int,
                    rr_depth: int) -> torch.Tensor:
     """Zero image whose backward adds the secondary-visibility boundary gradient at primary hits."""
     edges = secondary_candidate_edges(scene)
@@ -235,7 +222,7 @@ def secondary_term(prep, scene, cam_struct, H: int, W: int, spp: int, seed: int,
     F = scene.faces.shape[0]
     dyn = (scene.dynamic_faces if scene.dynamic_faces is not None else torch.ones(F, dtype=torch.bool))
     dyn = dyn.to(device=scene.vertices.device, dtype=torch.int32).contiguous()
-    info = {"prep": prep, "cam": cam_struct, "edges": edges, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
+    info = {"prep": prep, "cam": cam, "edges": edges, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
             "max_depth": max_depth, "rr_depth": rr_depth}
     return _SecondaryFn.apply(info, scene.vertices)
 
@@ -252,28 +239,11 @@ class _InteriorFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_image):
-        from .._kernels import pathtrace as K
-        from .._kernels.bridge import wp
-        from .pathtrace import _launch_split, _sync
-        from .raytrace import hit_from_face
-
         (vertices,) = ctx.saved_tensors
         info = ctx.info
-        prep, cam, H, W, spp = info["prep"], info["cam"], info["H"], info["W"], info["spp"]
-        N = H * W * spp
-        dev = vertices.device
-        adj = grad_image.detach().reshape(H * W, 3).to(torch.float32).contiguous()
-        rec = {"face": torch.zeros(N, dtype=torch.int32, device=dev), "d": torch.zeros(N, 3, device=dev),
-               "x2": torch.zeros(N, 3, device=dev), "n2": torch.zeros(N, 3, device=dev),
-               "kind": torch.zeros(N, dtype=torch.int32, device=dev), "coef": torch.zeros(N, device=dev)}
-        _, g = prep.new_grads()
-        args = [prep.struct, g, cam, wp.from_torch(info["dynamic"], dtype=wp.int32), spp, info["seed"],
-                info["max_depth"], info["rr_depth"], wp.from_torch(adj, dtype=wp.vec3),
-                wp.from_torch(rec["face"]), wp.from_torch(rec["d"], dtype=wp.vec3),
-                wp.from_torch(rec["x2"], dtype=wp.vec3), wp.from_torch(rec["n2"], dtype=wp.vec3),
-                wp.from_torch(rec["kind"]), wp.from_torch(rec["coef"])]
-        _launch_split(K.interior_samples, N, lambda k: args, prep.wdev, True)
-        _sync(dev)
+        H, W = info["H"], info["W"]
+        rec = K.interior_records(info["prep"], info["cam"], info["dynamic"], info["spp"], info["seed"],
+                                 info["max_depth"], info["rr_depth"], grad_image.reshape(H * W, 3))
         use = (rec["kind"] > 0) & (rec["coef"] != 0)
         if not use.any():
             return None, torch.zeros_like(vertices)
@@ -307,7 +277,7 @@ class _InteriorFn(torch.autograd.Function):
         return None, gv
 
 
-def interior_term(prep, scene, cam_struct, camera, H: int, W: int, spp: int, seed: int, max_depth: int,
+def interior_term(prep, scene, cam, camera, H: int, W: int, spp: int, seed: int, max_depth: int,
                   rr_depth: int) -> torch.Tensor:
     """Zero image whose backward adds the interior term at camera-ray hits on moving faces."""
     F = scene.faces.shape[0]
@@ -315,7 +285,7 @@ def interior_term(prep, scene, cam_struct, camera, H: int, W: int, spp: int, see
     dyn = dyn.to(device=scene.vertices.device, dtype=torch.int32).contiguous()
     if F == 0 or spp <= 0:
         return torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
-    info = {"prep": prep, "cam": cam_struct, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
+    info = {"prep": prep, "cam": cam, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
             "max_depth": max_depth, "rr_depth": rr_depth, "faces": scene.faces.long(),
             "origin": camera.centers[0].detach()}
     return _InteriorFn.apply(info, scene.vertices)

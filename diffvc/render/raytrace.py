@@ -1,6 +1,6 @@
 """Ray casting against triangle meshes: a BVH query in Warp, the hit recomputed in torch.
 
-The BVH (Warp's ``wp.Mesh``, CPU and CUDA, float32) only decides *which* triangle a ray hits
+The BVH (Warp's mesh BVH, CPU and CUDA, float32) only decides *which* triangle a ray hits
 first. The hit itself, distance ``t``, barycentrics and point, is then recomputed in torch from
 that triangle's vertices (Moller-Trumbore), so it is differentiable w.r.t. the vertices and the
 ray origins / directions in float32 or float64.
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import pathtrace as K
-from .._kernels.bridge import warp_device, wp
 from .cameras import Cameras, generate_rays
 
 
@@ -41,7 +40,7 @@ def _check_rays(origins, directions, vertices):
 
 
 class TriangleBVH:
-    """A BVH over a triangle mesh (Warp ``wp.Mesh``), built once per vertex state.
+    """A BVH over a triangle mesh (Warp's mesh BVH), built once per vertex state.
 
     vertices: (V, 3); faces: (F, 3) integer. The BVH stores a float32 copy of the vertices;
     rebuild it (a new ``TriangleBVH``) when they change.
@@ -50,37 +49,18 @@ class TriangleBVH:
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor):
         _check_mesh(vertices, faces)
         self.device = vertices.device
-        self._points_t = vertices.detach().to(torch.float32).contiguous()
-        self._faces_t = faces.detach().to(torch.int32).reshape(-1).contiguous()
-        if self._faces_t.numel() == 0:  # Warp needs at least one triangle: a degenerate one at the origin
-            self._points_t = torch.zeros(3, 3, device=self.device)
-            self._faces_t = torch.tensor([0, 1, 2], dtype=torch.int32, device=self.device)
-        self._points = wp.from_torch(self._points_t, dtype=wp.vec3)
-        self._indices = wp.from_torch(self._faces_t, dtype=wp.int32)
-        self.mesh = wp.Mesh(points=self._points, indices=self._indices)
+        self._bvh = K.build_bvh(vertices, faces)
 
     def cast(self, origins: torch.Tensor, directions: torch.Tensor, tmax: torch.Tensor | float | None = None):
         """Closest hits, no gradients. Returns ``(face, t)``: (N,) long face index (-1 on a miss) and
         (N,) float32 distance in units of ``|direction|`` (``tmax`` on a miss). Hits are searched in
         ``(0, tmax]`` (default: unbounded)."""
         N = origins.shape[0]
-        o = origins.detach().to(torch.float32).contiguous()
-        d = directions.detach().to(torch.float32).contiguous()
         if tmax is None:
             tm = torch.full((N,), 1.0e30, device=self.device)
         else:
-            tm = torch.as_tensor(tmax, dtype=torch.float32, device=self.device).expand(N).contiguous()
-        face = torch.empty(N, dtype=torch.int32, device=self.device)
-        t = torch.empty(N, dtype=torch.float32, device=self.device)
-        if N:
-            if self.device.type == "cuda":  # Warp launches on its own stream
-                torch.cuda.synchronize(self.device)
-            wp.launch(K.cast_rays, dim=N, inputs=[self.mesh.id, wp.from_torch(o, dtype=wp.vec3),
-                                                   wp.from_torch(d, dtype=wp.vec3), wp.from_torch(tm)],
-                      outputs=[wp.from_torch(face), wp.from_torch(t)], device=warp_device(self.device),
-                      record_tape=False)
-            if self.device.type == "cuda":
-                wp.synchronize_device(warp_device(self.device))
+            tm = torch.as_tensor(tmax, dtype=torch.float32, device=self.device).expand(N)
+        face, t = K.closest_hits(self._bvh, origins, directions, tm)
         return face.long(), t
 
 
