@@ -111,7 +111,7 @@ class RigidExperiment:
         self.inertia_per_kg = inertia1 / m1
         self.scene = Scene(_rig([[0.0, 0.9, 1.7], [1.4, 1.1, 1.1]], (0.0, 0.1, 0.0), prob.size, dev), _lights(dev),
                            _background(dev))
-        self.scene.add_shape("box", f, RigidBinding(self.verts, quat_order="xyzw"), color=(0.8, 0.25, 0.1))
+        self.scene.add_shape("box", f, RigidBinding(self.verts), color=(0.8, 0.25, 0.1))
         _ground(self.scene, device=dev)
         self.scene.add_body("box", mass=prob.true[0], mu=prob.true[1])
 

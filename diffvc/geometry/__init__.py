@@ -11,6 +11,7 @@ from .laplacian import uniform_laplacian, cotangent_laplacian, cotangent_weights
 from .transforms import (
     axis_angle_to_matrix,
     quaternion_to_matrix,
+    quaternion_apply,
     euler_to_matrix,
     transform_points,
     rigid_transform,
@@ -62,7 +63,7 @@ __all__ = [
     "face_areas", "surface_area", "volume", "mass_properties",
     "edges", "edge_face_counts", "boundary_vertices", "is_watertight", "face_adjacency", "face_neighbors",
     "uniform_laplacian", "cotangent_laplacian", "cotangent_weights", "vertex_areas", "laplacian_apply",
-    "axis_angle_to_matrix", "quaternion_to_matrix", "euler_to_matrix", "transform_points", "rigid_transform",
+    "axis_angle_to_matrix", "quaternion_to_matrix", "quaternion_apply", "euler_to_matrix", "transform_points", "rigid_transform",
     "scale", "translate", "normalize_to_unit_box",
     "icosphere", "uv_sphere", "box", "grid", "plane", "cylinder", "torus",
     "Meshes", "join_meshes",

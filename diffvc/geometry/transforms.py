@@ -1,6 +1,8 @@
 """Rigid and affine transforms of point sets (differentiable in points and transform parameters).
 
-Rotations act on row-vector points as ``x' = x R^T + t``.
+Rotations act on row-vector points as ``x' = x R^T + t``. Quaternions are ``(w, x, y, z)``
+(scalar first) everywhere in diffvc: here, in rigid-body states (:mod:`diffvc.physics.rigid`)
+and in the pipeline's bindings.
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)
     return m.reshape(q.shape[:-1] + (3, 3))
+
+
+def quaternion_apply(q: torch.Tensor, v: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Rotate vectors ``v (..., 3)`` by unit quaternions ``q (..., 4)`` as (w, x, y, z)
+    (broadcast; ``inverse``: by the conjugate). ``q`` is used as given (not normalised)."""
+    if q.shape[-1] != 4:
+        raise ValueError(f"q must have shape (..., 4) as (w, x, y, z), got {tuple(q.shape)}")
+    if v.shape[-1] != 3:
+        raise ValueError(f"v must have shape (..., 3), got {tuple(v.shape)}")
+    u = -q[..., 1:] if inverse else q[..., 1:]
+    s = q[..., :1]
+    t = 2.0 * torch.linalg.cross(u, v, dim=-1)
+    return v + s * t + torch.linalg.cross(u, t, dim=-1)
 
 
 def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 A body has a mass, an inertia tensor about its centre of mass in its own frame, and collision
 points fixed in that frame: mesh vertices (radius 0) or spheres (radius > 0). The state holds
-the centre of mass ``x``, the orientation quaternion ``q = (x, y, z, w)`` (body -> world), the
+the centre of mass ``x``, the orientation quaternion ``q = (w, x, y, z)`` (body -> world; the
+convention of :mod:`diffvc.geometry.transforms`; the Warp kernels' ``wp.quat`` order is an
+internal detail converted at the kernel boundary), the
 linear velocity ``v`` and the angular velocity ``w`` (world frame). :func:`rigid_step` is a pure
 function ``(model, state, dt) -> new state``; :func:`diffvc.physics.rollout` drives it.
 
@@ -49,21 +51,22 @@ import torch
 
 from .._kernels import Out, kernel_op, mat, vec
 from .._kernels.rigid import integrate_bodies, rigid_contact_forces
-from .particles import check_planes
+from .._validate import (as_tensor, check_dt, check_float, check_index, check_like, check_positive,
+                         check_same_device, check_same_dtype)
+from ..geometry.transforms import quaternion_apply, quaternion_to_matrix
+from .particles import check_contact, check_planes
 
 __all__ = ["RigidBodyModel", "RigidBodyState", "rigid_step", "rigid_step_torch", "apply_impulse",
            "quat_rotate", "quat_to_matrix"]
 
 
-def _t(x, dtype, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype=dtype, device=device)
-    return torch.as_tensor(x, dtype=dtype, device=device)
+def _t(x, dtype, device, name="value"):
+    return as_tensor(x, name, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True)
 class RigidBodyState:
-    """x: (B, 3) centres of mass (m); q: (B, 4) unit quaternions (x, y, z, w), body -> world;
+    """x: (B, 3) centres of mass (m); q: (B, 4) unit quaternions (w, x, y, z), body -> world;
     v: (B, 3) linear velocities (m/s); w: (B, 3) angular velocities in the world frame (rad/s)."""
 
     x: torch.Tensor
@@ -74,11 +77,18 @@ class RigidBodyState:
     @staticmethod
     def create(x, q=None, v=None, w=None, dtype=torch.float32, device="cpu") -> "RigidBodyState":
         """Build a state; omitted entries are identity orientations and zero velocities."""
-        x = _t(x, dtype, device).reshape(-1, 3)
+        x = _t(x, dtype, device, "x").reshape(-1, 3)
         b = x.shape[0]
-        q = _t([0.0, 0.0, 0.0, 1.0], dtype, device).expand(b, 4).clone() if q is None else _t(q, dtype, device).reshape(b, 4)
-        v = torch.zeros_like(x) if v is None else _t(v, dtype, device).reshape(b, 3)
-        w = torch.zeros_like(x) if w is None else _t(w, dtype, device).reshape(b, 3)
+
+        def rows(a, k, name):
+            a = _t(a, dtype, device, name)
+            if a.numel() != b * k:
+                raise ValueError(f"{name} must have shape ({b}, {k}) (one row per body), got {tuple(a.shape)}")
+            return a.reshape(b, k)
+
+        q = _t([1.0, 0.0, 0.0, 0.0], dtype, device).expand(b, 4).clone() if q is None else rows(q, 4, "q")
+        v = torch.zeros_like(x) if v is None else rows(v, 3, "v")
+        w = torch.zeros_like(x) if w is None else rows(w, 3, "w")
         return RigidBodyState(x, q, v, w)
 
 
@@ -155,11 +165,12 @@ class RigidBodyModel:
         pair_contact = c5(pick(pair_ke, ke), pick(pair_kd, kd), pick(pair_mu, mu),
                           pick(pair_friction_smoothing, friction_smoothing),
                           pick(pair_contact_smoothing, contact_smoothing))
-        model = RigidBodyModel(mass, inertia, points, point_body, point_radius, pairs, planes, contact,
-                               pair_contact, _t(gravity, dtype, device).reshape(3),
-                               _t(damping, dtype, device).reshape(2))
-        model.validate()
-        return model
+        return RigidBodyModel(mass, inertia, points, point_body, point_radius, pairs, planes, contact,
+                              pair_contact, _t(gravity, dtype, device, "gravity").reshape(3),
+                              _t(damping, dtype, device, "damping").reshape(2))
+
+    def __post_init__(self):
+        self.validate()  # every way of building the model (constructor, create, dataclasses.replace)
 
     @staticmethod
     def from_mesh(verts: torch.Tensor, faces: torch.Tensor, density=1000.0, **kw):
@@ -225,6 +236,16 @@ class RigidBodyModel:
         return self.mass.shape[0]
 
     def validate(self) -> None:
+        floats = [(k, getattr(self, k)) for k in ("mass", "inertia", "points", "point_radius", "planes", "contact",
+                                                   "pair_contact", "gravity", "damping")]
+        for k, v in floats:
+            check_float(v, k, coerce=False)
+        check_same_dtype(*floats)
+        check_same_device(*floats, ("point_body", self.point_body), ("pairs", self.pairs))
+        check_float(self.mass, "mass", shape=("B",))
+        check_float(self.points, "points", shape=("P", 3))
+        check_float(self.gravity, "gravity", shape=(3,))
+        check_float(self.damping, "damping", shape=(2,))
         nb, npnt = self.mass.shape[0], self.points.shape[0]
         if self.mass.dim() != 1 or nb == 0:
             raise ValueError(f"mass must have shape (B,) with B >= 1, got {tuple(self.mass.shape)}")
@@ -233,26 +254,23 @@ class RigidBodyModel:
         if self.inertia.shape != (nb, 3, 3):
             raise ValueError(f"inertia must have shape ({nb}, 3, 3), got {tuple(self.inertia.shape)}")
         I = self.inertia.detach()
-        if not torch.isfinite(I).all() or not torch.allclose(I, I.transpose(1, 2), atol=1e-6 * float(I.abs().max())):
+        if not torch.isfinite(I).all() or not torch.allclose(I, I.transpose(1, 2), atol=1e-4 * float(I.abs().max())):
             raise ValueError("inertia must be finite and symmetric")
         if (torch.linalg.eigvalsh(I.double()) <= 0).any():
             raise ValueError("inertia must be positive definite")
         if npnt == 0:
             raise ValueError("points: need at least one collision point")
-        if self.point_body.min() < 0 or self.point_body.max() >= nb:
-            raise ValueError(f"point_body must index bodies 0..{nb - 1}")
-        if self.point_radius.shape != (npnt,) or (self.point_radius < 0).any():
-            raise ValueError(f"point_radius must have shape ({npnt},) and be >= 0")
-        if self.pairs.numel() and (self.pairs.min() < 0 or self.pairs.max() >= npnt):
-            raise ValueError(f"pairs must index points 0..{npnt - 1}")
+        for name in ("point_body", "pairs"):
+            if not isinstance(getattr(self, name), torch.Tensor) or getattr(self, name).dtype != torch.int32:
+                raise TypeError(f"{name} must be an int32 tensor")
+        check_index(self.point_body, "point_body", nb, shape=(npnt,), dtype=torch.int32, size_name="the number of bodies")
+        check_float(self.point_radius, "point_radius", shape=(npnt,))
+        check_positive(self.point_radius, "point_radius", strict=False)
+        check_index(self.pairs, "pairs", npnt, shape=("C", 2), dtype=torch.int32, size_name="the number of points")
         check_planes(self.planes)
         for name in ("contact", "pair_contact"):
-            c = getattr(self, name)
-            if c.shape != (5,) or (c[:3] < 0).any() or c[3] <= 0 or c[4] < 0:
-                raise ValueError(f"{name} must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0, "
-                                 "contact_smoothing >= 0)")
-        if self.damping.shape != (2,) or (self.damping < 0).any():
-            raise ValueError("damping must be (linear >= 0, angular >= 0)")
+            check_contact(getattr(self, name), name, n=5)
+        check_positive(self.damping, "damping", strict=False)
 
     def inv_inertia(self) -> torch.Tensor:
         """(B, 3, 3) inverse inertia in the body frame (differentiable)."""
@@ -274,9 +292,7 @@ def _split_wrench(model: RigidBodyModel, control):
     if control is None:
         return None, None
     nb = model.mass.shape[0]
-    if not isinstance(control, torch.Tensor) or control.shape != (nb, 6):
-        got = tuple(control.shape) if isinstance(control, torch.Tensor) else type(control).__name__
-        raise ValueError(f"control must be a (B, 6) = ({nb}, 6) wrench tensor (force, torque), got {got}")
+    check_like(control, "control", (nb, 6), model.mass)
     return control[:, :3], control[:, 3:]
 
 
@@ -291,13 +307,11 @@ def inv3(A: torch.Tensor) -> torch.Tensor:
 
 
 def _check_state(state: RigidBodyState, model: RigidBodyModel) -> None:
+    if not isinstance(state, RigidBodyState):
+        raise TypeError(f"state must be a RigidBodyState, got {type(state).__name__}")
     nb = model.mass.shape[0]
     for name, k in (("x", 3), ("q", 4), ("v", 3), ("w", 3)):
-        t = getattr(state, name)
-        if not isinstance(t, torch.Tensor) or t.shape != (nb, k):
-            raise ValueError(f"state.{name} must have shape ({nb}, {k}), got {tuple(getattr(t, 'shape', ()))}")
-        if t.dtype != model.mass.dtype or t.device != model.mass.device:
-            raise ValueError(f"state.{name} must match the model's dtype/device ({model.mass.dtype}, {model.mass.device})")
+        check_like(getattr(state, name), f"state.{name}", (nb, k), model.mass)
 
 
 def _dummy_planes(model):
@@ -320,7 +334,8 @@ def _c(t: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_body(state: RigidBodyState) -> torch.Tensor:
-    return torch.cat([state.x, state.q, state.v, state.w], 1)
+    # the kernels read Warp's quaternion order (x, y, z, w); the state is (w, x, y, z)
+    return torch.cat([state.x, state.q[:, 1:], state.q[:, :1], state.v, state.w], 1)
 
 
 def _contact_ft(model: RigidBodyModel, body: torch.Tensor) -> torch.Tensor:
@@ -351,7 +366,11 @@ def rigid_step(model: RigidBodyModel, state: RigidBodyState, dt: float,
     state, every floating model tensor and the external loads (contact contract: module doc).
     """
     _check_state(state, model)
+    dt = check_dt(dt)
     nb = model.mass.shape[0]
+    for name, load in (("force", force), ("torque", torque)):
+        if load is not None:
+            check_like(load, name, (nb, 3), model.mass)
     body = _packed_body(state)
     ft = _contact_ft(model, body)
     if force is not None or torque is not None:
@@ -363,23 +382,13 @@ def rigid_step(model: RigidBodyModel, state: RigidBodyState, dt: float,
         [body, _c(model.mass), mat(_c(model.inertia)), _c(ft), env, float(dt)],
         [Out((nb, 3), "vec"), Out((nb, 4), "vec"), Out((nb, 3), "vec"), Out((nb, 3), "vec")],
     )
-    return RigidBodyState(x, q, v, w)
+    return RigidBodyState(x, torch.cat([q[:, 3:], q[:, :3]], 1), v, w)  # back to (w, x, y, z)
 
 
 # -------------------------------------------------------------------- plain-torch twin
 
-def quat_rotate(q: torch.Tensor, v: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Rotate vectors ``v (..., 3)`` by unit quaternions ``q (..., 4)`` (x, y, z, w)."""
-    u = -q[..., :3] if inverse else q[..., :3]
-    s = q[..., 3:]
-    t = 2.0 * torch.cross(u, v, dim=-1)
-    return v + s * t + torch.cross(u, t, dim=-1)
-
-
-def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """(..., 4) unit quaternions (x, y, z, w) -> (..., 3, 3) rotation matrices."""
-    eye = torch.eye(3, dtype=q.dtype, device=q.device).expand(*q.shape[:-1], 3, 3)
-    return quat_rotate(q[..., None, :], eye.transpose(-1, -2)).transpose(-1, -2)
+quat_rotate = quaternion_apply  # (w, x, y, z), diffvc.geometry.transforms
+quat_to_matrix = quaternion_to_matrix
 
 
 def _contact_law(n, c, u, params):
@@ -442,6 +451,7 @@ def _skew(a):
 def rigid_step_torch(model: RigidBodyModel, state: RigidBodyState, dt: float,
                      force: torch.Tensor | None = None, torque: torch.Tensor | None = None) -> RigidBodyState:
     """Plain-torch twin of :func:`rigid_step` (same math; reference for tests, forward mode)."""
+    dt = check_dt(dt)
     f, t = contact_forces_torch(model, state)
     if force is not None:
         f = f + force
@@ -458,10 +468,10 @@ def rigid_step_torch(model: RigidBodyModel, state: RigidBodyState, dt: float,
     wb = wa - (inv3(J) @ (torch.cross(wa, Iw, dim=-1) * dt)[..., None])[..., 0]
     wb = wb / (1.0 + model.damping[1] * dt)
     w1 = quat_rotate(q, wb)
-    qv, qs = q[:, :3], q[:, 3:]
+    qs, qv = q[:, :1], q[:, 1:]
     dqv = 0.5 * (w1 * qs + torch.cross(w1, qv, dim=-1))
     dqs = -0.5 * (w1 * qv).sum(-1, keepdim=True)
-    qn = q + torch.cat([dqv, dqs], -1) * dt
+    qn = q + torch.cat([dqs, dqv], -1) * dt
     qn = qn / qn.norm(dim=-1, keepdim=True)
     return RigidBodyState(state.x + v1 * dt, qn, v1, w1)
 

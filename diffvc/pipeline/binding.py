@@ -13,7 +13,8 @@ render mesh. Two kinds cover the pipeline:
 
 Both read their inputs from the state by attribute name (``state.x``, ``state.q`` ...), or, for a
 state that is a plain tensor, use it directly, so any solver's state dataclass works without
-adapters. Rotations act on row vectors as in :mod:`diffvc.geometry.transforms`.
+adapters. Rotations act on row vectors as in :mod:`diffvc.geometry.transforms`; quaternions are
+``(w, x, y, z)`` as everywhere in diffvc (rigid-body states included).
 """
 
 from __future__ import annotations
@@ -22,43 +23,36 @@ from typing import Any
 
 import torch
 
+from .._validate import check_float, check_index
 from ..geometry.transforms import quaternion_to_matrix
 
 __all__ = ["rigid_vertices", "soft_vertices", "RigidBinding", "SoftBinding", "StaticBinding"]
 
 
 def _check_verts(v, name: str) -> torch.Tensor:
-    if not isinstance(v, torch.Tensor) or v.dim() != 2 or v.shape[1] != 3 or not v.is_floating_point():
-        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-        raise ValueError(f"{name} must be a floating tensor of shape (V, 3), got {got}")
-    return v
+    return check_float(v, name, shape=("V", 3), coerce=False)
 
 
-def rigid_vertices(verts: torch.Tensor, position: torch.Tensor, rotation: torch.Tensor,
-                   quat_order: str = "wxyz") -> torch.Tensor:
+def rigid_vertices(verts: torch.Tensor, position: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """World positions of a rigid body's mesh vertices.
 
     Args:
         verts: ``(V, 3)`` vertices in body coordinates (metres, centre of mass at the origin).
         position: ``(..., 3)`` world position of the body origin (any leading batch dims, e.g.
             time ``(T, 3)``).
-        rotation: ``(..., 4)`` orientation quaternion (normalised inside), components ordered as
-            ``quat_order`` (``"wxyz"`` or Warp's ``"xyzw"``); or ``(..., 3, 3)`` rotation matrices.
-        quat_order: ``"wxyz"`` or ``"xyzw"``.
+        rotation: ``(..., 4)`` orientation quaternion ``(w, x, y, z)`` (normalised inside), or
+            ``(..., 3, 3)`` rotation matrices.
 
     Returns:
         ``(..., V, 3)`` world vertices. Smooth in every input (no discontinuity).
     """
     _check_verts(verts, "verts")
-    if position.shape[-1] != 3:
-        raise ValueError(f"position must have shape (..., 3), got {tuple(position.shape)}")
-    if quat_order not in ("wxyz", "xyzw"):
-        raise ValueError(f"quat_order must be 'wxyz' or 'xyzw', got {quat_order!r}")
+    check_float(position, "position", shape=(..., 3), coerce=False)
+    check_float(rotation, "rotation", coerce=False)
     if rotation.shape[-2:] == (3, 3):
         R = rotation
     elif rotation.shape[-1] == 4:
-        q = rotation if quat_order == "wxyz" else torch.cat([rotation[..., 3:], rotation[..., :3]], -1)
-        R = quaternion_to_matrix(q)
+        R = quaternion_to_matrix(rotation)
     else:
         raise ValueError(f"rotation must have shape (..., 4) or (..., 3, 3), got {tuple(rotation.shape)}")
     if R.shape[:-2] != position.shape[:-1]:
@@ -73,11 +67,11 @@ def soft_vertices(nodes: torch.Tensor, index: torch.Tensor | None) -> torch.Tens
         nodes: ``(..., N, 3)`` simulated node positions.
         index: ``(V,)`` long, which node each render vertex is.
     """
-    if nodes.dim() < 2 or nodes.shape[-1] != 3:
-        raise ValueError(f"nodes must have shape (..., N, 3), got {tuple(nodes.shape)}")
+    check_float(nodes, "nodes", shape=(..., "N", 3), coerce=False)
     if index is None:
         return nodes
-    return nodes.index_select(-2, index)
+    return nodes.index_select(-2, check_index(index, "index", nodes.shape[-2], shape=("V",), device=nodes.device,
+                                              size_name="the number of nodes"))
 
 
 def _get(state: Any, name: str | None, slot: int | None, what: str) -> torch.Tensor:
@@ -98,21 +92,18 @@ class RigidBinding:
         body: index of the body in the state's batched arrays (``None``: the state holds one body
             with unbatched ``(3,)``/``(4,)`` fields).
         position, rotation: names of the state fields holding positions ``(B, 3)`` and
-            orientation quaternions ``(B, 4)`` (or matrices ``(B, 3, 3)``).
-        quat_order: quaternion component order of the state (``"wxyz"`` or ``"xyzw"``).
+            orientation quaternions ``(B, 4)`` as ``(w, x, y, z)`` (or matrices ``(B, 3, 3)``).
     """
 
     def __init__(self, verts: torch.Tensor, body: int | None = 0, position: str = "x",
-                 rotation: str = "q", quat_order: str = "wxyz"):
+                 rotation: str = "q"):
         self.verts = _check_verts(verts, "verts")
-        if quat_order not in ("wxyz", "xyzw"):
-            raise ValueError(f"quat_order must be 'wxyz' or 'xyzw', got {quat_order!r}")
-        self.body, self.position, self.rotation, self.quat_order = body, position, rotation, quat_order
+        self.body, self.position, self.rotation = body, position, rotation
 
     def __call__(self, state) -> torch.Tensor:
         p = _get(state, self.position, self.body, "position")
         q = _get(state, self.rotation, self.body, "rotation")
-        return rigid_vertices(self.verts.to(p.dtype), p, q, self.quat_order)
+        return rigid_vertices(self.verts.to(p.dtype), p, q)
 
 
 class SoftBinding:
@@ -127,11 +118,8 @@ class SoftBinding:
 
     def __init__(self, index: torch.Tensor | None = None, field: str = "x", num_nodes: int | None = None):
         if index is not None:
-            if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point():
-                raise ValueError("index must be a 1-D integer tensor (V,)")
-            index = index.long()
-            if num_nodes is not None and index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_nodes):
-                raise IndexError(f"index must lie in [0, {num_nodes})")
+            index = check_index(index, "index", num_nodes if num_nodes is not None else 2 ** 62, shape=("V",),
+                                size_name="num_nodes")
         self.index, self.field, self.num_nodes = index, field, num_nodes
 
     def __call__(self, state) -> torch.Tensor:
