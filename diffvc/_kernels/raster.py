@@ -571,15 +571,7 @@ for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, inter
 
 import torch  # noqa: E402
 
-from .bridge import _pool, _stream, parallel_launch, to_warp, warp_device  # noqa: E402
-
-
-def _chunks(n: int, device: torch.device, min_per_thread: int = 4096) -> list[tuple[int, int]]:
-    workers = max(1, torch.get_num_threads())
-    if device.type != "cpu" or workers == 1 or n < 2 * min_per_thread:
-        return [(0, n)]
-    step = (n + workers - 1) // workers
-    return [(s, min(step, n - s)) for s in range(0, n, step)]
+from .bridge import parallel_launch, split_chunks  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -718,27 +710,6 @@ _instantiate(barycentrics_adj)
 _instantiate(interpolate_adj)
 
 
-def _split_run(kernel, n: int, inputs: list, outputs_per_chunk, device: torch.device) -> None:
-    """Launch ``kernel(offset, *inputs, *outputs)`` over thread ranges, chunk c writing
-    ``outputs_per_chunk[c]``."""
-    chunks = _chunks(n, device)
-    wdev = warp_device(device)
-    w_in = [to_warp(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-
-    def run(c):
-        start, count = chunks[c]
-        wp.launch(kernel, dim=count, inputs=[start] + w_in, outputs=[to_warp(o) for o in outputs_per_chunk(c)],
-                  device=wdev, stream=_stream(device), record_tape=False)
-
-    if len(chunks) == 1:
-        run(0)
-    else:
-        kernel.module.load(wdev)
-        for fut in [_pool().submit(run, c) for c in range(len(chunks))]:
-            fut.result()
-    return len(chunks)
-
-
 class _Barycentrics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, screen, faces, face_id, perspective):
@@ -757,10 +728,11 @@ class _Barycentrics(torch.autograd.Function):
         g_bary = torch.zeros_like(bary) if g_bary is None else g_bary.contiguous()
         g_depth = torch.zeros((B, H, W), dtype=screen.dtype, device=screen.device) if g_depth is None \
             else g_depth.contiguous()
-        n_chunks = len(_chunks(B * H * W, screen.device))
+        n_chunks = len(split_chunks(B * H * W, screen.device))
         bufs = [torch.zeros_like(screen) for _ in range(n_chunks)]
-        _split_run(barycentrics_adj, B * H * W, [screen, faces, face_id, ctx.perspective, bary, g_bary, g_depth],
-                   lambda c: [bufs[c]], screen.device)
+        # one gradient buffer per chunk of the split launch (CPU atomics are not atomic across threads)
+        parallel_launch(barycentrics_adj, B * H * W, [screen, faces, face_id, ctx.perspective, bary, g_bary, g_depth],
+                        lambda c: [bufs[c]], device=screen.device)
         g = bufs[0]
         for extra in bufs[1:]:
             g = g + extra
@@ -781,12 +753,12 @@ class _Interpolate(torch.autograd.Function):
         attr, faces, face_id, bary = ctx.saved_tensors
         B, H, W = face_id.shape
         need_attr = bool(ctx.needs_input_grad[0])
-        n_chunks = len(_chunks(B * H * W, attr.device))
+        n_chunks = len(split_chunks(B * H * W, attr.device))
         g_bary = torch.empty_like(bary)  # every entry written
         bufs = [torch.zeros_like(attr) if need_attr else torch.zeros((1, 1, 1), dtype=attr.dtype, device=attr.device)
                 for _ in range(n_chunks)]
-        _split_run(interpolate_adj, B * H * W, [attr, faces, face_id, bary, g_out.contiguous(), int(need_attr)],
-                   lambda c: [bufs[c], g_bary], attr.device)
+        parallel_launch(interpolate_adj, B * H * W, [attr, faces, face_id, bary, g_out.contiguous(), int(need_attr)],
+                        lambda c: [bufs[c], g_bary], device=attr.device)
         g_attr = None
         if need_attr:
             g_attr = bufs[0]
