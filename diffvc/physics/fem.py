@@ -38,7 +38,9 @@ import torch
 
 from .._kernels import Out, kernel_op, mat, vec
 from .._kernels.fem import COROTATED, NEOHOOKEAN, POLAR_ITERS, integrate_vertices, tet_forces
-from .particles import check_planes
+from .._validate import (as_int, as_tensor, check_choice, check_dt, check_float, check_index, check_like,
+                         check_positive, check_same_device, check_same_dtype)
+from .particles import check_contact, check_planes
 from .rigid import _contact_law
 
 __all__ = ["lame_parameters", "FEMModel", "FEMState", "fem_step", "fem_step_torch", "fem_forces_torch",
@@ -60,10 +62,8 @@ def lame_parameters(youngs_modulus, poisson_ratio):
     return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
 
 
-def _t(x, dtype, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype=dtype, device=device)
-    return torch.as_tensor(x, dtype=dtype, device=device)
+def _t(x, dtype, device, name="value"):
+    return as_tensor(x, name, dtype=dtype, device=device)
 
 
 def _cols_cross(F):
@@ -128,57 +128,72 @@ class FEMModel:
         ground y = 0; ``[]`` for none. Tensors keep their autograd history (e.g. E, nu, density,
         damping, rest positions), so the model can be rebuilt inside a loss.
         """
-        if not isinstance(verts, torch.Tensor):
-            verts = torch.as_tensor(verts, dtype=dtype or torch.float32)
+        verts = as_tensor(verts, "verts", dtype=None if isinstance(verts, torch.Tensor) else (dtype or torch.float32))
         dtype = dtype or verts.dtype
         device = device or verts.device
-        verts = verts.to(dtype=dtype, device=device)
-        if verts.dim() != 2 or verts.shape[1] != 3:
-            raise ValueError(f"verts must have shape (N, 3), got {tuple(verts.shape)}")
+        verts = check_float(verts.to(dtype=dtype, device=device), "verts", shape=("N", 3))
         n = verts.shape[0]
-        tets = torch.as_tensor(tets, device=device)
-        if tets.dim() != 2 or tets.shape[1] != 4 or tets.dtype.is_floating_point:
-            raise ValueError(f"tets must be an integer tensor of shape (T, 4), got {tuple(tets.shape)} {tets.dtype}")
-        if tets.numel() and (tets.min() < 0 or tets.max() >= n):
-            raise ValueError(f"tets must index vertices 0..{n - 1}")
-        tets = tets.to(torch.int32)
+        tets = check_index(tets, "tets", n, shape=("T", 4), device=device, dtype=torch.int32,
+                           size_name="the number of vertices")
         nt = tets.shape[0]
-        if material not in _MATERIALS:
-            raise ValueError(f"material must be one of {list(_MATERIALS)}, got {material!r}")
+        check_choice(material, "material", list(_MATERIALS))
         tl = tets.long()
         Dm = torch.stack([verts[tl[:, k]] - verts[tl[:, 0]] for k in (1, 2, 3)], -1)
         Dm_inv, ok = _safe_inv3(Dm)
         det = (Dm[..., :, 0] * _cols_cross(Dm)[..., :, 0]).sum(-1)
         volume = torch.where(ok, det.abs() / 6.0, torch.zeros_like(det))
-        density = _t(density, dtype, device)
-        if (density.detach() <= 0).any():
-            raise ValueError("density must be > 0")
+        density = check_positive(_t(density, dtype, device, "density"), "density")
         tet_mass = density * volume
         mass = torch.zeros(n, dtype=dtype, device=device).index_add(0, tl.reshape(-1), (tet_mass / 4).repeat_interleave(4))
         if lame is None:
-            m_, l_ = lame_parameters(_t(youngs_modulus, dtype, device), _t(poisson_ratio, dtype, device))
+            m_, l_ = lame_parameters(_t(youngs_modulus, dtype, device, "youngs_modulus"),
+                                     _t(poisson_ratio, dtype, device, "poisson_ratio"))
         else:
-            m_, l_ = (_t(a, dtype, device) for a in lame)
+            if len(lame) != 2:
+                raise ValueError(f"lame must be a pair (mu, lam), got {len(lame)} entries")
+            m_, l_ = (_t(a, dtype, device, "lame") for a in lame)
         lame_t = torch.stack([m_.expand(nt) if m_.dim() == 0 else m_.reshape(nt),
                               l_.expand(nt) if l_.dim() == 0 else l_.reshape(nt)], -1)
         pin = torch.zeros(n, dtype=torch.bool, device=device)
         if pinned is not None:
-            p = torch.as_tensor(pinned, device=device)
+            p = pinned if isinstance(pinned, torch.Tensor) else torch.as_tensor(pinned, device=device)
             if p.dtype == torch.bool:
                 if p.shape != (n,):
                     raise ValueError(f"pinned mask must have shape ({n},), got {tuple(p.shape)}")
-                pin = p
+                pin = p.to(device)
             else:
-                pin[p.long().reshape(-1)] = True
-        planes = _t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes, dtype, device).reshape(-1, 4)
-        contact = torch.cat([_t(a, dtype, device).reshape(1) for a in (ke, kd, mu, friction_smoothing, contact_smoothing)])
-        model = FEMModel(verts, tets, Dm_inv, volume, mass, lame_t, _t(damping, dtype, device).reshape(2),
-                         _t(gravity, dtype, device).reshape(3), planes, contact, pin, material)
-        model.validate()
-        return model
+                pin[check_index(p.reshape(-1), "pinned", n, device=device, size_name="the number of vertices")] = True
+        planes = _t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes, dtype, device, "planes").reshape(-1, 4)
+        contact = torch.cat([_t(a, dtype, device, k).reshape(1) for a, k in
+                             ((ke, "ke"), (kd, "kd"), (mu, "mu"), (friction_smoothing, "friction_smoothing"),
+                              (contact_smoothing, "contact_smoothing"))])
+        return FEMModel(verts, tets, Dm_inv, volume, mass, lame_t, _t(damping, dtype, device, "damping").reshape(2),
+                        _t(gravity, dtype, device, "gravity").reshape(3), planes, contact, pin, material)
+
+    def __post_init__(self):
+        self.validate()  # every way of building the model (constructor, create, dataclasses.replace)
 
     def validate(self) -> None:
-        n, nt = self.rest.shape[0], self.tets.shape[0]
+        floats = [(k, getattr(self, k)) for k in ("rest", "Dm_inv", "volume", "mass", "lame", "damping", "gravity",
+                                                   "planes", "contact")]
+        for k, v in floats:
+            check_float(v, k, coerce=False)
+        check_same_dtype(*floats)
+        check_same_device(*floats, ("tets", self.tets), ("pinned", self.pinned))
+        check_float(self.rest, "rest", shape=("N", 3))
+        n = self.rest.shape[0]
+        if not isinstance(self.tets, torch.Tensor) or self.tets.dtype != torch.int32:
+            raise TypeError(f"tets must be an int32 tensor of shape (T, 4), got "
+                            f"{getattr(self.tets, 'dtype', type(self.tets).__name__)}")
+        check_index(self.tets, "tets", n, shape=("T", 4), dtype=torch.int32, size_name="the number of vertices")
+        nt = self.tets.shape[0]
+        check_float(self.Dm_inv, "Dm_inv", shape=(nt, 3, 3))
+        check_positive(check_float(self.volume, "volume", shape=(nt,)), "volume", strict=False)
+        check_positive(check_float(self.mass, "mass", shape=(n,)), "mass", strict=False)
+        check_float(self.gravity, "gravity", shape=(3,))
+        check_choice(self.material, "material", list(_MATERIALS))
+        if not isinstance(self.pinned, torch.Tensor) or self.pinned.dtype != torch.bool:
+            raise TypeError("pinned must be a bool tensor (N,)")
         if self.lame.shape != (nt, 2) or not torch.isfinite(self.lame).all() or (self.lame[:, 0] <= 0).any():
             raise ValueError(f"lame must be finite, shape ({nt}, 2), with mu > 0")
         if (self.lame[:, 1] + 2.0 / 3.0 * self.lame[:, 0] <= 0).any():
@@ -186,9 +201,7 @@ class FEMModel:
         if self.damping.shape != (2,) or (self.damping < 0).any():
             raise ValueError("damping must be (alpha >= 0, beta >= 0)")
         check_planes(self.planes)
-        c = self.contact
-        if c.shape != (5,) or (c[:3] < 0).any() or c[3] <= 0 or c[4] < 0:
-            raise ValueError("contact must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0, contact_smoothing >= 0)")
+        check_contact(self.contact, "contact", n=5)
         if self.pinned.shape != (n,):
             raise ValueError(f"pinned must have shape ({n},)")
 
@@ -220,13 +233,11 @@ class FEMModel:
 
 
 def _check_state(state: FEMState, model: FEMModel) -> None:
+    if not isinstance(state, FEMState):
+        raise TypeError(f"state must be a FEMState, got {type(state).__name__}")
     n = model.rest.shape[0]
     for name in ("x", "v"):
-        t = getattr(state, name)
-        if not isinstance(t, torch.Tensor) or t.shape != (n, 3):
-            raise ValueError(f"state.{name} must have shape ({n}, 3), got {tuple(getattr(t, 'shape', ()))}")
-        if t.dtype != model.rest.dtype or t.device != model.rest.device:
-            raise ValueError(f"state.{name} must match the model's dtype/device ({model.rest.dtype}, {model.rest.device})")
+        check_like(getattr(state, name), f"state.{name}", (n, 3), model.rest)
 
 
 # -------------------------------------------------------------------- semi-implicit step (Warp)
@@ -245,7 +256,10 @@ def fem_step(model: FEMModel, state: FEMState, dt: float, external: torch.Tensor
     floating model tensor (Lame parameters, damping, masses, rest shape via Dm_inv/volume, contact).
     """
     _check_state(state, model)
+    dt = check_dt(dt)
     n, nt = model.rest.shape[0], model.tets.shape[0]
+    if external is not None:
+        check_like(external, "external", (n, 3), model.rest)
     x, v = state.x.contiguous(), state.v.contiguous()
     f = kernel_op(tet_forces, nt,
                   [vec(x), vec(v), model.tets, mat(model.Dm_inv.contiguous()), model.volume.contiguous(),
@@ -335,6 +349,7 @@ def _contact_torch(model, x, v):
 
 def fem_step_torch(model: FEMModel, state: FEMState, dt: float, external: torch.Tensor | None = None) -> FEMState:
     """Plain-torch twin of :func:`fem_step`."""
+    dt = check_dt(dt)
     f = fem_forces_torch(model, state.x, state.v) + _contact_torch(model, state.x, state.v)
     if external is not None:
         f = f + external
@@ -529,6 +544,8 @@ def fem_implicit_step(model: FEMModel, state: FEMState, dt: float, newton_iters:
     for float32 times the body size).
     """
     _check_state(state, model)
+    dt = check_dt(dt)
+    newton_iters = as_int(newton_iters, "newton_iters", minimum=1)
     size = float((model.rest.detach().amax(0) - model.rest.detach().amin(0)).max())
     if tol is None:
         tol = (1e-11 if state.x.dtype == torch.float64 else 1e-6) * max(size, 1e-12)
@@ -543,9 +560,9 @@ def fem_static_solve(model: FEMModel, x_init: torch.Tensor | None = None, newton
     """Static equilibrium ``f_elastic(x) + f_contact(x) + m g = 0`` with pinned vertices held at
     ``x_init`` (default: the rest shape), by Newton's method. Differentiable by the implicit
     function theorem (w.r.t. Lame parameters, masses, gravity, rest shape, pinned positions)."""
-    x_init = model.rest if x_init is None else x_init
-    if x_init.shape != model.rest.shape:
-        raise ValueError(f"x_init must have shape {tuple(model.rest.shape)}, got {tuple(x_init.shape)}")
+    x_init = model.rest if x_init is None else check_like(x_init, "x_init", tuple(model.rest.shape), model.rest,
+                                                          finite=True)
+    newton_iters = as_int(newton_iters, "newton_iters", minimum=1)
     size = float((model.rest.detach().amax(0) - model.rest.detach().amin(0)).max())
     if tol is None:
         tol = (1e-12 if x_init.dtype == torch.float64 else 1e-6) * max(size, 1e-12)
