@@ -19,7 +19,7 @@ Threads are pixels ordered tile-major (``tid -> (view, tile, pixel in tile)``), 
 range of threads is a set of whole tiles: the forward writes only its own pixel and is split over
 CPU cores as is. The backward (hand-written, reverse compositing order: transmittance recovered
 as ``T_i = T_{i+1} / (1 - alpha_i)``, the colour behind accumulated on the way) scatters into
-per-Gaussian gradients; each CPU thread range gets private gradient buffers (``slot``), summed
+per-Gaussian gradients; each CPU thread range gets private gradient buffers, summed
 afterwards, because Warp CPU atomics are not atomic across threads. Per pixel only ``T_final``
 and the end of its list (``last``) are stored.
 """
@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from .bridge import parallel_launch, wp
-from .raster import _chunks, _instantiate
+from .bridge import split_chunks
+from .raster import _instantiate
 
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
@@ -106,10 +107,11 @@ def splat_backward(offset: int, means2d: wp.array(dtype=Any, ndim=3), conics: wp
                    starts: wp.array(dtype=wp.int32), ids: wp.array(dtype=wp.int32), H: int, W: int, tile: int,
                    tiles_x: int, tiles_y: int, trans: wp.array(dtype=Any, ndim=3),
                    last: wp.array(dtype=wp.int32, ndim=3), g_out: wp.array(dtype=Any, ndim=4),
-                   g_trans: wp.array(dtype=Any, ndim=3), slot: int,
-                   g_means2d: wp.array(dtype=Any, ndim=4), g_conics: wp.array(dtype=Any, ndim=4),
-                   g_opac: wp.array(dtype=Any, ndim=3), g_feats: wp.array(dtype=Any, ndim=4)):
-    """Adds d(loss)/d(inputs) of :func:`splat_forward` for one pixel into buffer ``slot``."""
+                   g_trans: wp.array(dtype=Any, ndim=3),
+                   g_means2d: wp.array(dtype=Any, ndim=3), g_conics: wp.array(dtype=Any, ndim=3),
+                   g_opac: wp.array(dtype=Any, ndim=2), g_feats: wp.array(dtype=Any, ndim=3)):
+    """Adds d(loss)/d(inputs) of :func:`splat_forward` for one pixel (atomics: give every CPU
+    thread range its own gradient buffers)."""
     t = wp.tid() + offset
     tp = tile * tile
     bt = t // tp
@@ -166,10 +168,10 @@ def splat_backward(offset: int, means2d: wp.array(dtype=Any, ndim=3), conics: wp
                     c1 = feats[b, g, 1]
                     c2 = feats[b, g, 2]
                     c3 = feats[b, g, 3]
-                    wp.atomic_add(g_feats, slot, b, g, 0, go0 * wgt)
-                    wp.atomic_add(g_feats, slot, b, g, 1, go1 * wgt)
-                    wp.atomic_add(g_feats, slot, b, g, 2, go2 * wgt)
-                    wp.atomic_add(g_feats, slot, b, g, 3, go3 * wgt)
+                    wp.atomic_add(g_feats, b, g, 0, go0 * wgt)
+                    wp.atomic_add(g_feats, b, g, 1, go1 * wgt)
+                    wp.atomic_add(g_feats, b, g, 2, go2 * wgt)
+                    wp.atomic_add(g_feats, b, g, 3, go3 * wgt)
                     dA = (go0 * (c0 * T - S0 * ra) + go1 * (c1 * T - S1 * ra) + go2 * (c2 * T - S2 * ra)
                           + go3 * (c3 * T - S3 * ra) - gT * Tf * ra)
                     S0 = S0 + c0 * wgt
@@ -177,13 +179,13 @@ def splat_backward(offset: int, means2d: wp.array(dtype=Any, ndim=3), conics: wp
                     S2 = S2 + c2 * wgt
                     S3 = S3 + c3 * wgt
                     if a_raw < amax:
-                        wp.atomic_add(g_opac, slot, b, g, dA * G)
+                        wp.atomic_add(g_opac, b, g, dA * G)
                         dp = dA * a
-                        wp.atomic_add(g_means2d, slot, b, g, 0, dp * (ca * dx + cb * dy))
-                        wp.atomic_add(g_means2d, slot, b, g, 1, dp * (cb * dx + cc * dy))
-                        wp.atomic_add(g_conics, slot, b, g, 0, -half * dp * dx * dx)
-                        wp.atomic_add(g_conics, slot, b, g, 1, -dp * dx * dy)
-                        wp.atomic_add(g_conics, slot, b, g, 2, -half * dp * dy * dy)
+                        wp.atomic_add(g_means2d, b, g, 0, dp * (ca * dx + cb * dy))
+                        wp.atomic_add(g_means2d, b, g, 1, dp * (cb * dx + cc * dy))
+                        wp.atomic_add(g_conics, b, g, 0, -half * dp * dx * dx)
+                        wp.atomic_add(g_conics, b, g, 1, -dp * dx * dy)
+                        wp.atomic_add(g_conics, b, g, 2, -half * dp * dy * dy)
 
 
 _instantiate(splat_forward)
@@ -220,37 +222,16 @@ class _SplatRaster(torch.autograd.Function):
         dev, dt = means2d.device, means2d.dtype
         g_out = torch.zeros((B, H, W, 4), dtype=dt, device=dev) if g_out is None else g_out.contiguous()
         g_trans = torch.zeros((B, H, W), dtype=dt, device=dev) if g_trans is None else g_trans.contiguous()
-        P = len(_chunks(n, dev, min_per_thread=1024))
+        P = len(split_chunks(n, dev, min_per_thread=1024))
         gm = torch.zeros((P, B, N, 2), dtype=dt, device=dev)
         gc = torch.zeros((P, B, N, 3), dtype=dt, device=dev)
         go = torch.zeros((P, B, N), dtype=dt, device=dev)
         gf = torch.zeros((P, B, N, 4), dtype=dt, device=dev)
         args = [means2d, conics, opac, feats, starts, ids, H, W, tile, tiles_x, tiles_y, trans, last, g_out, g_trans]
-        _split_run_slots(splat_backward, n, args, [gm, gc, go, gf], dev)
+        # one set of gradient buffers per thread range (Warp CPU atomics are not atomic across threads)
+        parallel_launch(splat_backward, n, args, lambda c: [gm[c], gc[c], go[c], gf[c]], device=dev,
+                        min_per_thread=1024)
         return gm.sum(0), gc.sum(0), go.sum(0), gf.sum(0), None, None, None, None, None
-
-
-def _split_run_slots(kernel, n: int, inputs: list, buffers: list, device: torch.device) -> None:
-    """:func:`diffvc._kernels.raster._split_run` for kernels taking a ``slot`` argument: thread
-    range ``c`` accumulates into ``buffer[c]`` of every (P, ...) buffer."""
-    from .bridge import _pool, _stream, to_warp, warp_device
-
-    chunks = _chunks(n, device, min_per_thread=1024)
-    wdev = warp_device(device)
-    w_in = [to_warp(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-    w_buf = [to_warp(bf) for bf in buffers]
-
-    def run(c):
-        start, count = chunks[c]
-        wp.launch(kernel, dim=count, inputs=[start] + w_in + [c], outputs=w_buf, device=wdev,
-                  stream=_stream(device), record_tape=False)
-
-    if len(chunks) == 1:
-        run(0)
-    else:
-        kernel.module.load(wdev)
-        for fut in [_pool().submit(run, c) for c in range(len(chunks))]:
-            fut.result()
 
 
 def splat_raster_op(means2d, conics, opac, feats, starts, ids, H: int, W: int, tile: int):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffvc._kernels.raster import _chunks
+from diffvc._kernels import split_chunks
 from diffvc.geometry.transforms import axis_angle_to_matrix
 from diffvc.render import Cameras
 from diffvc.render.splat import (DensityControl, Gaussians, bin_gaussians, eval_sh, exponential_lr,
@@ -74,7 +74,7 @@ def test_split_backward_keeps_every_add():
     try:
         torch.set_num_threads(2)
         n_threads = cams.batch_size * 4 * 3 * 256
-        assert len(_chunks(n_threads, torch.device("cpu"), min_per_thread=1024)) == 2
+        assert len(split_chunks(n_threads, "cpu", min_per_thread=1024)) == 2
         g2 = torch.autograd.grad(_weighted(_render(params, cams)), params)
         torch.set_num_threads(1)
         g1 = torch.autograd.grad(_weighted(_render(params, cams)), params)
