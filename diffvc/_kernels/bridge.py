@@ -216,19 +216,48 @@ def _device_of(items: Sequence[Any]) -> torch.device:
     return torch.device("cpu")
 
 
+@contextmanager
+def kernel_guard(kernel):
+    """Run a launch (or a module load) of ``kernel`` so that a failure leaves diffvc usable.
+
+    Warp compiles a generic kernel once per combination of argument types, adding an overload to
+    the kernel before building its module. An overload that fails to compile (e.g. float32 and
+    float64 arrays mixed in one launch) would stay in the module and make every later build of
+    that module fail, for valid calls too (a poisoned process). Here the overloads added by the
+    failed call are removed again and the module is marked for a rebuild; the error is re-raised
+    (as a ``TypeError`` when it was a new overload that failed to build).
+    """
+    overloads = getattr(kernel, "overloads", None)
+    before = set(overloads) if isinstance(overloads, dict) else None
+    try:
+        yield
+    except Exception as e:
+        new = [k for k in list(overloads)] if before is not None else []
+        new = [k for k in new if k not in before]
+        for k in new:
+            overloads.pop(k, None)
+        if new:
+            kernel.module.mark_modified()
+            first = str(e).strip().splitlines()
+            raise TypeError(f"kernel {kernel.key!r} cannot be built for these argument types (are float32 and "
+                            f"float64 tensors mixed in one call?): {' '.join(first[-2:])[:400]}") from e
+        raise
+
+
 def launch(kernel, dim, inputs: Sequence[Any], outputs: Sequence[Any] = (), device=None) -> None:
     """Launch ``kernel`` on torch tensors (no autograd). Outputs are written in place."""
     device = torch.device(device) if device is not None else _device_of(list(inputs) + list(outputs))
     fdtype = _floating_dtype(list(inputs) + list(outputs))
-    wp.launch(
-        kernel,
-        dim=dim,
-        inputs=_convert(inputs, fdtype),
-        outputs=_convert(outputs, fdtype),
-        device=warp_device(device),
-        stream=_stream(device),
-        record_tape=False,
-    )
+    with kernel_guard(kernel):
+        wp.launch(
+            kernel,
+            dim=dim,
+            inputs=_convert(inputs, fdtype),
+            outputs=_convert(outputs, fdtype),
+            device=warp_device(device),
+            stream=_stream(device),
+            record_tape=False,
+        )
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -288,12 +317,13 @@ def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequ
         wp.launch(kernel, dim=count, inputs=[start] + a_in, outputs=a_out, device=wdev, stream=_stream(device),
                   record_tape=False)
 
-    if len(chunks) == 1:
-        run(0)
-    else:
-        kernel.module.load(wdev)  # compile/load on this thread so worker threads only launch
-        for f in [_pool().submit(run, k) for k in range(len(chunks))]:
-            f.result()
+    with kernel_guard(kernel):
+        if len(chunks) == 1:
+            run(0)
+        else:
+            kernel.module.load(wdev)  # compile/load on this thread so worker threads only launch
+            for f in [_pool().submit(run, k) for k in range(len(chunks))]:
+                f.result()
     return len(chunks)
 
 
@@ -372,8 +402,9 @@ class _KernelOp(torch.autograd.Function):
             adj_out.append(to_warp(g.contiguous(), s.kind))
         if ctx.split:  # the split forward took a leading offset argument
             w_in, adj_in = [0] + w_in, [None] + adj_in
-        wp.launch(ctx.kernel, dim=ctx.dim, inputs=w_in, outputs=w_out, adj_inputs=adj_in, adj_outputs=adj_out,
-                  adjoint=True, device=wdev, stream=_stream(device), record_tape=False)
+        with kernel_guard(ctx.kernel):
+            wp.launch(ctx.kernel, dim=ctx.dim, inputs=w_in, outputs=w_out, adj_inputs=adj_in, adj_outputs=adj_out,
+                      adjoint=True, device=wdev, stream=_stream(device), record_tape=False)
         return (None, None, None, None, None, None, *grads)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .bridge import _SCALAR, _stream, to_warp, warp_device, wp
+from .bridge import _SCALAR, _stream, kernel_guard, to_warp, warp_device, wp
 from .particles import integrate_particles
 
 LENGTH_EPS2 = 1e-12  # m^2 added under the square root of a spring's length: finite at coincident ends
@@ -100,8 +100,9 @@ def _record(kernel, dim, inputs, outputs, dev, adj_inputs=None, adj_outputs=None
     """A recorded launch (``wp.Launch``): replaying it after swapping pointer arguments costs a few
     microseconds, against ~100 us of argument packing for each ``wp.launch`` on this CPU."""
     kw = {} if adj_inputs is None else dict(adj_inputs=adj_inputs, adj_outputs=adj_outputs, adjoint=True)
-    return wp.launch(kernel, dim=dim, inputs=inputs, outputs=outputs, device=warp_device(dev),
-                     record_tape=False, record_cmd=True, **kw)
+    with kernel_guard(kernel):
+        return wp.launch(kernel, dim=dim, inputs=inputs, outputs=outputs, device=warp_device(dev),
+                         record_tape=False, record_cmd=True, **kw)
 
 
 # argument positions in the two kernels
