@@ -36,6 +36,7 @@ from .springs import (SpringModel, spring_forces_torch, spring_step, spring_step
 from .rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step, rigid_step_torch
 from .fem import (FEMModel, FEMState, fem_implicit_step, fem_static_solve, fem_step, fem_step_torch,
                   lame_parameters)
+from .mpm import MPMModel, MPMState
 from .cloth import ClothModel, ClothState, cloth_hinges
 
 __all__ = [

@@ -1,0 +1,785 @@
+"""Warp kernels for MLS-MPM (2D and 3D), and a fused multi-step segment with a hand-run adjoint.
+
+One MLS-MPM step (Hu et al. 2018, as in DiffTaichi's ``diffmpm.py``) is three launches:
+
+* :func:`p2g_2d` / :func:`p2g_3d` (one thread per particle): F <- (I + dt C) F, plastic
+  projection, Kirchhoff stress, actuation stress, then a scatter of momentum + affine stress
+  impulse and mass onto the 3^d quadratic B-spline stencil of grid nodes;
+* :func:`grid_2d` / :func:`grid_3d` (one thread per node): velocity = momentum / mass, gravity,
+  wall conditions;
+* :func:`g2p_2d` / :func:`g2p_3d` (one thread per particle): gather velocity and affine field C,
+  advect.
+
+P2G is a scatter. On CPU a Warp launch runs on one thread, and Warp's CPU atomics are not atomic
+across threads, so the split forward P2G gives every CPU thread its own grid (a ``slot``, the
+first axis of the grid buffers) and the grid kernel sums the slots in a fixed order (deterministic,
+no lost adds). Adjoint launches (whose generated code scatters into the grid adjoint and into
+per-particle parameters) are never split. On CUDA there is one slot and atomics are real.
+
+:func:`mpm_segment` runs K steps as ONE torch autograd node: particle states of every step live in
+preallocated buffers (grids are not stored: backward recomputes each step's P2G and grid update,
+as DiffTaichi does), and the backward pass launches the adjoint kernels of each step in reverse.
+With ``recompute=True`` the node keeps only its inputs and re-runs its forward at the start of
+backward (a checkpoint segment).
+
+Materials (``material`` per particle): 0 fixed-corotated, 1 Neo-Hookean, 2 snow (fixed-corotated
+with singular values clamped to [1 - theta_c, 1 + theta_s] and hardening exp(xi (1 - J_p))),
+3 sand (Drucker-Prager return mapping in Hencky strain, Klar et al. 2016; J_p holds the
+log-volume correction). Polar rotations are closed form (2D) or scaled Newton (3D, shared with
+the FEM kernels); only the plastic projections use SVD.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .bridge import _SCALAR, _pool, _stream, to_warp, warp_device, wp
+from .fem import polar_rotation
+from .springs import _record, _rows
+
+COROTATED, NEOHOOKEAN, SNOW, SAND = 0, 1, 2, 3
+STICKY, SLIP, SEPARATE = 0, 1, 2
+MASS_EPS = 1e-10  # kg added to a node's mass before dividing (empty nodes get zero velocity)
+J_MIN = 1e-6  # Neo-Hookean: log J is evaluated at max(J, J_MIN) (finite for inverted particles)
+SAND_SIG_MIN = 1e-4  # sand: log |sigma| is evaluated at max(|sigma|, 1e-4)
+HARDEN_MIN, HARDEN_MAX = 0.1, 5.0  # snow hardening factor range (as in Taichi's mpm99)
+MAX_SLOTS = 8  # most grid copies (CPU threads) of the split forward P2G
+
+
+# --------------------------------------------------------------------------------------------
+# shared math
+# --------------------------------------------------------------------------------------------
+
+@wp.func
+def polar2(F: Any):
+    """Rotation of the 2D polar decomposition F = R S, closed form; identity when F has no
+    rotational part (F00 + F11 = F10 - F01 = 0)."""
+    a = F[0, 0] + F[1, 1]
+    b = F[1, 0] - F[0, 1]
+    n2 = a * a + b * b
+    c = a - a + type(a)(1.0)
+    s = a - a
+    if n2 > type(a)(1e-30):
+        n = wp.sqrt(n2)
+        c = a / n
+        s = b / n
+    return type(F)(c, -s, s, c)
+
+
+@wp.func
+def corotated_tau(F: Any, R: Any, I: Any, mu: Any, lam: Any):
+    """Kirchhoff stress of fixed-corotated elasticity: 2 mu (F - R) F^T + lam (J - 1) J I."""
+    J = wp.determinant(F)
+    return (F - R) * wp.transpose(F) * (type(mu)(2.0) * mu) + I * (lam * (J - type(mu)(1.0)) * J)
+
+
+@wp.func
+def neohookean_tau(F: Any, I: Any, mu: Any, lam: Any):
+    """Kirchhoff stress of compressible Neo-Hookean: mu (F F^T - I) + lam log(J) I."""
+    J = wp.max(wp.determinant(F), type(mu)(J_MIN))
+    return (F * wp.transpose(F) - I) * mu + I * (lam * wp.log(J))
+
+
+@wp.func
+def wall(v: Any, n: Any, kind: int, mu: Any):
+    """Grid velocity at a wall with inward normal n: sticky (0), slip (1: normal part removed),
+    separate (2: only when moving into the wall; Coulomb friction mu on the tangential part)."""
+    out = v
+    if kind == 0:
+        out = v * (mu - mu)
+    elif kind == 1:
+        out = v - n * wp.dot(v, n)
+    else:
+        lin = wp.dot(v, n)
+        if lin < type(mu)(0.0):
+            vt = v - n * lin
+            lit = wp.sqrt(wp.dot(vt, vt) + type(mu)(1e-20))
+            if lit + mu * lin <= type(mu)(0.0):
+                out = v * (mu - mu)
+            else:
+                out = vt * (type(mu)(1.0) + mu * lin / lit)
+    return out
+
+
+@wp.func
+def hardening_factor(jp: Any, xi: Any):
+    return wp.clamp(wp.exp(xi * (type(xi)(1.0) - jp)), type(xi)(HARDEN_MIN), type(xi)(HARDEN_MAX))
+
+
+# --------------------------------------------------------------------------------------------
+# 2D
+# --------------------------------------------------------------------------------------------
+
+@wp.func
+def stress_2d(Fn: Any, jp: Any, mu: Any, lam: Any, material: int, theta_c: Any, theta_s: Any, xi: Any,
+              alpha: Any):
+    """Plastic projection and Kirchhoff stress of one 2D particle: returns (F_elastic, J_p, tau)."""
+    I = wp.identity(n=2, dtype=type(mu))
+    one = type(mu)(1.0)
+    F = Fn
+    j = jp
+    tau = I * (mu - mu)
+    if material == 1:
+        tau = neohookean_tau(F, I, mu, lam)
+    elif material == 3:
+        U, sig, V = wp.svd2(F)
+        e0 = wp.log(wp.max(wp.abs(sig[0]), type(mu)(SAND_SIG_MIN)))
+        e1 = wp.log(wp.max(wp.abs(sig[1]), type(mu)(SAND_SIG_MIN)))
+        tr = e0 + e1 + jp
+        h0 = e0 - tr * type(mu)(0.5)
+        h1 = e1 - tr * type(mu)(0.5)
+        hn = wp.sqrt(h0 * h0 + h1 * h1 + type(mu)(1e-30))
+        if tr >= type(mu)(0.0):  # separation: stress free
+            e0 = mu - mu
+            e1 = mu - mu
+            j = tr
+        else:
+            j = mu - mu
+            dg = hn + (type(mu)(2.0) * lam + type(mu)(2.0) * mu) / (type(mu)(2.0) * mu) * tr * alpha
+            if dg > type(mu)(0.0):
+                e0 = e0 - dg / hn * h0
+                e1 = e1 - dg / hn * h1
+        F = U * wp.diag(wp.vector(wp.exp(e0), wp.exp(e1))) * wp.transpose(V)
+        te = e0 + e1
+        tau = U * wp.diag(wp.vector(type(mu)(2.0) * mu * e0 + lam * te, type(mu)(2.0) * mu * e1 + lam * te)) * wp.transpose(U)
+    else:
+        m = mu
+        l = lam
+        if material == 2:
+            U, sig, V = wp.svd2(F)  # the projection (and its gradient) only when a clamp is active
+            lo = one - theta_c
+            hi = one + theta_s
+            if sig[0] < lo or sig[0] > hi or sig[1] < lo or sig[1] > hi:
+                c0 = wp.clamp(sig[0], lo, hi)
+                c1 = wp.clamp(sig[1], lo, hi)
+                j = jp * (sig[0] * sig[1]) / (c0 * c1)
+                F = U * wp.diag(wp.vector(c0, c1)) * wp.transpose(V)
+            h = hardening_factor(j, xi)
+            m = mu * h
+            l = lam * h
+        tau = corotated_tau(F, polar2(F), I, m, l)
+    return F, j, tau
+
+
+@wp.kernel
+def p2g_2d(
+    offset: int,
+    slot: int,
+    x: wp.array(dtype=Any),
+    v: wp.array(dtype=Any),
+    C: wp.array(dtype=Any),
+    F: wp.array(dtype=Any),
+    Jp: wp.array(dtype=Any),
+    mass: wp.array(dtype=Any),
+    volume: wp.array(dtype=Any),
+    mu: wp.array(dtype=Any),
+    lam: wp.array(dtype=Any),
+    material: wp.array(dtype=wp.int32),
+    act: wp.array(dtype=Any),
+    act_dir: wp.array(dtype=Any),
+    dt: Any,
+    inv_dx: Any,
+    res_x: int,
+    res_y: int,
+    theta_c: Any,
+    theta_s: Any,
+    xi: Any,
+    alpha: Any,
+    grid_mv: wp.array2d(dtype=Any),
+    grid_m: wp.array2d(dtype=Any),
+    F_out: wp.array(dtype=Any),
+    Jp_out: wp.array(dtype=Any),
+):
+    """Particle p = tid + offset: update F, stress, scatter into grid slot ``slot``."""
+    p = wp.tid() + offset
+    xg = x[p] * inv_dx
+    bx = wp.clamp(int(wp.floor(xg[0] - type(dt)(0.5))), 0, res_x - 3)
+    by = wp.clamp(int(wp.floor(xg[1] - type(dt)(0.5))), 0, res_y - 3)
+    fx = xg - type(xg)(type(dt)(bx), type(dt)(by))
+    w0 = wp.cw_mul(type(xg)(type(dt)(1.5), type(dt)(1.5)) - fx, type(xg)(type(dt)(1.5), type(dt)(1.5)) - fx) * type(dt)(0.5)
+    d1 = fx - type(xg)(type(dt)(1.0), type(dt)(1.0))
+    w1 = type(xg)(type(dt)(0.75), type(dt)(0.75)) - wp.cw_mul(d1, d1)
+    d2 = fx - type(xg)(type(dt)(0.5), type(dt)(0.5))
+    w2 = wp.cw_mul(d2, d2) * type(dt)(0.5)
+    W = wp.matrix_from_rows(w0, w1, w2)
+    I = wp.identity(n=2, dtype=type(dt))
+    Cp = C[p]
+    Fn = (I + Cp * dt) * F[p]
+    Fe, jn, tau = stress_2d(Fn, Jp[p], mu[p], lam[p], material[p], theta_c, theta_s, xi, alpha)
+    a = act_dir[p]
+    tau = tau + Fe * wp.outer(a, a) * wp.transpose(Fe) * act[p]
+    F_out[p] = Fe
+    Jp_out[p] = jn
+    mp = mass[p]
+    affine = tau * (-dt * volume[p] * type(dt)(4.0) * inv_dx * inv_dx) + Cp * mp
+    mv = v[p] * mp
+    dx = type(dt)(1.0) / inv_dx
+    # float offsets are counted (type(dt)(i) of a loop constant trips Warp's constant cache)
+    one = type(dt)(1.0)
+    fi = dt - dt
+    for i in range(3):
+        fj = dt - dt
+        for j in range(3):
+            wgt = W[i, 0] * W[j, 1]
+            dpos = (type(xg)(fi, fj) - fx) * dx
+            node = (bx + i) * res_y + by + j
+            wp.atomic_add(grid_mv, slot, node, (mv + affine * dpos) * wgt)
+            wp.atomic_add(grid_m, slot, node, mp * wgt)
+            fj = fj + one
+        fi = fi + one
+
+
+@wp.kernel
+def grid_2d(
+    grid_mv: wp.array2d(dtype=Any),
+    grid_m: wp.array2d(dtype=Any),
+    slots: int,
+    gravity: wp.array(dtype=Any),
+    wall_kind: wp.array(dtype=wp.int32),
+    wall_mu: wp.array(dtype=Any),
+    dt: Any,
+    res_x: int,
+    res_y: int,
+    bound: int,
+    grid_v: wp.array(dtype=Any),
+):
+    """Node velocity from the summed slots, gravity, then walls (x-low, x-high, y-low, y-high)."""
+    node = wp.tid()
+    mv = grid_mv[0, node]
+    m = grid_m[0, node]
+    for s in range(1, MAX_SLOTS):  # unrolled; slots in a fixed order (deterministic sums)
+        if s < slots:
+            mv = mv + grid_mv[s, node]
+            m = m + grid_m[s, node]
+    vn = mv / (m + type(dt)(MASS_EPS)) + gravity[0] * dt
+    i = node / res_y
+    j = node - i * res_y
+    one = type(dt)(1.0)
+    zero = type(dt)(0.0)
+    if i < bound:
+        vn = wall(vn, type(vn)(one, zero), wall_kind[0], wall_mu[0])
+    if i > res_x - bound:
+        vn = wall(vn, type(vn)(-one, zero), wall_kind[1], wall_mu[1])
+    if j < bound:
+        vn = wall(vn, type(vn)(zero, one), wall_kind[2], wall_mu[2])
+    if j > res_y - bound:
+        vn = wall(vn, type(vn)(zero, -one), wall_kind[3], wall_mu[3])
+    grid_v[node] = vn
+
+
+@wp.kernel
+def g2p_2d(
+    x: wp.array(dtype=Any),
+    grid_v: wp.array(dtype=Any),
+    dt: Any,
+    inv_dx: Any,
+    res_x: int,
+    res_y: int,
+    x_out: wp.array(dtype=Any),
+    v_out: wp.array(dtype=Any),
+    C_out: wp.array(dtype=Any),
+):
+    """Gather velocity and APIC affine field C = 4/dx^2 sum w v (x_i - x_p)^T; advect."""
+    p = wp.tid()
+    xp = x[p]
+    xg = xp * inv_dx
+    bx = wp.clamp(int(wp.floor(xg[0] - type(dt)(0.5))), 0, res_x - 3)
+    by = wp.clamp(int(wp.floor(xg[1] - type(dt)(0.5))), 0, res_y - 3)
+    fx = xg - type(xg)(type(dt)(bx), type(dt)(by))
+    w0 = wp.cw_mul(type(xg)(type(dt)(1.5), type(dt)(1.5)) - fx, type(xg)(type(dt)(1.5), type(dt)(1.5)) - fx) * type(dt)(0.5)
+    d1 = fx - type(xg)(type(dt)(1.0), type(dt)(1.0))
+    w1 = type(xg)(type(dt)(0.75), type(dt)(0.75)) - wp.cw_mul(d1, d1)
+    d2 = fx - type(xg)(type(dt)(0.5), type(dt)(0.5))
+    w2 = wp.cw_mul(d2, d2) * type(dt)(0.5)
+    W = wp.matrix_from_rows(w0, w1, w2)
+    nv = xp * (dt - dt)
+    nC = wp.outer(nv, nv)
+    one = type(dt)(1.0)
+    fi = dt - dt
+    for i in range(3):
+        fj = dt - dt
+        for j in range(3):
+            wgt = W[i, 0] * W[j, 1]
+            dpos = type(xg)(fi, fj) - fx
+            g = grid_v[(bx + i) * res_y + by + j]
+            nv = nv + g * wgt
+            nC = nC + wp.outer(g, dpos) * (type(dt)(4.0) * inv_dx * wgt)
+            fj = fj + one
+        fi = fi + one
+    v_out[p] = nv
+    C_out[p] = nC
+    x_out[p] = xp + nv * dt
+
+
+# --------------------------------------------------------------------------------------------
+# 3D
+# --------------------------------------------------------------------------------------------
+
+@wp.func
+def stress_3d(Fn: Any, jp: Any, mu: Any, lam: Any, material: int, theta_c: Any, theta_s: Any, xi: Any,
+              alpha: Any):
+    """Plastic projection and Kirchhoff stress of one 3D particle: returns (F_elastic, J_p, tau)."""
+    I = wp.identity(n=3, dtype=type(mu))
+    one = type(mu)(1.0)
+    F = Fn
+    j = jp
+    tau = I * (mu - mu)
+    if material == 1:
+        tau = neohookean_tau(F, I, mu, lam)
+    elif material == 3:
+        U, sig, V = wp.svd3(F)
+        e0 = wp.log(wp.max(wp.abs(sig[0]), type(mu)(SAND_SIG_MIN)))
+        e1 = wp.log(wp.max(wp.abs(sig[1]), type(mu)(SAND_SIG_MIN)))
+        e2 = wp.log(wp.max(wp.abs(sig[2]), type(mu)(SAND_SIG_MIN)))
+        tr = e0 + e1 + e2 + jp
+        third = type(mu)(1.0) / type(mu)(3.0)
+        h0 = e0 - tr * third
+        h1 = e1 - tr * third
+        h2 = e2 - tr * third
+        hn = wp.sqrt(h0 * h0 + h1 * h1 + h2 * h2 + type(mu)(1e-30))
+        if tr >= type(mu)(0.0):
+            e0 = mu - mu
+            e1 = mu - mu
+            e2 = mu - mu
+            j = tr
+        else:
+            j = mu - mu
+            dg = hn + (type(mu)(3.0) * lam + type(mu)(2.0) * mu) / (type(mu)(2.0) * mu) * tr * alpha
+            if dg > type(mu)(0.0):
+                e0 = e0 - dg / hn * h0
+                e1 = e1 - dg / hn * h1
+                e2 = e2 - dg / hn * h2
+        F = U * wp.diag(wp.vector(wp.exp(e0), wp.exp(e1), wp.exp(e2))) * wp.transpose(V)
+        te = e0 + e1 + e2
+        tm = type(mu)(2.0) * mu
+        tau = U * wp.diag(wp.vector(tm * e0 + lam * te, tm * e1 + lam * te, tm * e2 + lam * te)) * wp.transpose(U)
+    else:
+        m = mu
+        l = lam
+        if material == 2:
+            U, sig, V = wp.svd3(F)
+            lo = one - theta_c
+            hi = one + theta_s
+            out = sig[0] < lo or sig[0] > hi or sig[1] < lo or sig[1] > hi or sig[2] < lo or sig[2] > hi
+            if out:
+                c0 = wp.clamp(sig[0], lo, hi)
+                c1 = wp.clamp(sig[1], lo, hi)
+                c2 = wp.clamp(sig[2], lo, hi)
+                j = jp * (sig[0] * sig[1] * sig[2]) / (c0 * c1 * c2)
+                F = U * wp.diag(wp.vector(c0, c1, c2)) * wp.transpose(V)
+            h = hardening_factor(j, xi)
+            m = mu * h
+            l = lam * h
+        tau = corotated_tau(F, polar_rotation(F), I, m, l)
+    return F, j, tau
+
+
+@wp.kernel
+def p2g_3d(
+    offset: int,
+    slot: int,
+    x: wp.array(dtype=Any),
+    v: wp.array(dtype=Any),
+    C: wp.array(dtype=Any),
+    F: wp.array(dtype=Any),
+    Jp: wp.array(dtype=Any),
+    mass: wp.array(dtype=Any),
+    volume: wp.array(dtype=Any),
+    mu: wp.array(dtype=Any),
+    lam: wp.array(dtype=Any),
+    material: wp.array(dtype=wp.int32),
+    act: wp.array(dtype=Any),
+    act_dir: wp.array(dtype=Any),
+    dt: Any,
+    inv_dx: Any,
+    res_x: int,
+    res_y: int,
+    res_z: int,
+    theta_c: Any,
+    theta_s: Any,
+    xi: Any,
+    alpha: Any,
+    grid_mv: wp.array2d(dtype=Any),
+    grid_m: wp.array2d(dtype=Any),
+    F_out: wp.array(dtype=Any),
+    Jp_out: wp.array(dtype=Any),
+):
+    """3D twin of :func:`p2g_2d` (27-node stencil)."""
+    p = wp.tid() + offset
+    xg = x[p] * inv_dx
+    h = type(dt)(0.5)
+    bx = wp.clamp(int(wp.floor(xg[0] - h)), 0, res_x - 3)
+    by = wp.clamp(int(wp.floor(xg[1] - h)), 0, res_y - 3)
+    bz = wp.clamp(int(wp.floor(xg[2] - h)), 0, res_z - 3)
+    fx = xg - type(xg)(type(dt)(bx), type(dt)(by), type(dt)(bz))
+    c15 = type(xg)(type(dt)(1.5), type(dt)(1.5), type(dt)(1.5))
+    w0 = wp.cw_mul(c15 - fx, c15 - fx) * h
+    d1 = fx - type(xg)(type(dt)(1.0), type(dt)(1.0), type(dt)(1.0))
+    w1 = type(xg)(type(dt)(0.75), type(dt)(0.75), type(dt)(0.75)) - wp.cw_mul(d1, d1)
+    d2 = fx - type(xg)(h, h, h)
+    w2 = wp.cw_mul(d2, d2) * h
+    W = wp.matrix_from_rows(w0, w1, w2)
+    I = wp.identity(n=3, dtype=type(dt))
+    Cp = C[p]
+    Fn = (I + Cp * dt) * F[p]
+    Fe, jn, tau = stress_3d(Fn, Jp[p], mu[p], lam[p], material[p], theta_c, theta_s, xi, alpha)
+    a = act_dir[p]
+    tau = tau + Fe * wp.outer(a, a) * wp.transpose(Fe) * act[p]
+    F_out[p] = Fe
+    Jp_out[p] = jn
+    mp = mass[p]
+    affine = tau * (-dt * volume[p] * type(dt)(4.0) * inv_dx * inv_dx) + Cp * mp
+    mv = v[p] * mp
+    dx = type(dt)(1.0) / inv_dx
+    one = type(dt)(1.0)
+    fi = dt - dt
+    for i in range(3):
+        fj = dt - dt
+        for j in range(3):
+            fk = dt - dt
+            for k in range(3):
+                wgt = W[i, 0] * W[j, 1] * W[k, 2]
+                dpos = (type(xg)(fi, fj, fk) - fx) * dx
+                node = ((bx + i) * res_y + by + j) * res_z + bz + k
+                wp.atomic_add(grid_mv, slot, node, (mv + affine * dpos) * wgt)
+                wp.atomic_add(grid_m, slot, node, mp * wgt)
+                fk = fk + one
+            fj = fj + one
+        fi = fi + one
+
+
+@wp.kernel
+def grid_3d(
+    grid_mv: wp.array2d(dtype=Any),
+    grid_m: wp.array2d(dtype=Any),
+    slots: int,
+    gravity: wp.array(dtype=Any),
+    wall_kind: wp.array(dtype=wp.int32),
+    wall_mu: wp.array(dtype=Any),
+    dt: Any,
+    res_x: int,
+    res_y: int,
+    res_z: int,
+    bound: int,
+    grid_v: wp.array(dtype=Any),
+):
+    """3D twin of :func:`grid_2d`; walls x-low, x-high, y-low, y-high, z-low, z-high."""
+    node = wp.tid()
+    mv = grid_mv[0, node]
+    m = grid_m[0, node]
+    for s in range(1, MAX_SLOTS):  # unrolled; slots in a fixed order (deterministic sums)
+        if s < slots:
+            mv = mv + grid_mv[s, node]
+            m = m + grid_m[s, node]
+    vn = mv / (m + type(dt)(MASS_EPS)) + gravity[0] * dt
+    k = node % res_z
+    ij = node / res_z
+    j = ij % res_y
+    i = ij / res_y
+    one = type(dt)(1.0)
+    zero = type(dt)(0.0)
+    if i < bound:
+        vn = wall(vn, type(vn)(one, zero, zero), wall_kind[0], wall_mu[0])
+    if i > res_x - bound:
+        vn = wall(vn, type(vn)(-one, zero, zero), wall_kind[1], wall_mu[1])
+    if j < bound:
+        vn = wall(vn, type(vn)(zero, one, zero), wall_kind[2], wall_mu[2])
+    if j > res_y - bound:
+        vn = wall(vn, type(vn)(zero, -one, zero), wall_kind[3], wall_mu[3])
+    if k < bound:
+        vn = wall(vn, type(vn)(zero, zero, one), wall_kind[4], wall_mu[4])
+    if k > res_z - bound:
+        vn = wall(vn, type(vn)(zero, zero, -one), wall_kind[5], wall_mu[5])
+    grid_v[node] = vn
+
+
+@wp.kernel
+def g2p_3d(
+    x: wp.array(dtype=Any),
+    grid_v: wp.array(dtype=Any),
+    dt: Any,
+    inv_dx: Any,
+    res_x: int,
+    res_y: int,
+    res_z: int,
+    x_out: wp.array(dtype=Any),
+    v_out: wp.array(dtype=Any),
+    C_out: wp.array(dtype=Any),
+):
+    """3D twin of :func:`g2p_2d`."""
+    p = wp.tid()
+    xp = x[p]
+    xg = xp * inv_dx
+    h = type(dt)(0.5)
+    bx = wp.clamp(int(wp.floor(xg[0] - h)), 0, res_x - 3)
+    by = wp.clamp(int(wp.floor(xg[1] - h)), 0, res_y - 3)
+    bz = wp.clamp(int(wp.floor(xg[2] - h)), 0, res_z - 3)
+    fx = xg - type(xg)(type(dt)(bx), type(dt)(by), type(dt)(bz))
+    c15 = type(xg)(type(dt)(1.5), type(dt)(1.5), type(dt)(1.5))
+    w0 = wp.cw_mul(c15 - fx, c15 - fx) * h
+    d1 = fx - type(xg)(type(dt)(1.0), type(dt)(1.0), type(dt)(1.0))
+    w1 = type(xg)(type(dt)(0.75), type(dt)(0.75), type(dt)(0.75)) - wp.cw_mul(d1, d1)
+    d2 = fx - type(xg)(h, h, h)
+    w2 = wp.cw_mul(d2, d2) * h
+    W = wp.matrix_from_rows(w0, w1, w2)
+    nv = xp * (dt - dt)
+    nC = wp.outer(nv, nv)
+    one = type(dt)(1.0)
+    fi = dt - dt
+    for i in range(3):
+        fj = dt - dt
+        for j in range(3):
+            fk = dt - dt
+            for k in range(3):
+                wgt = W[i, 0] * W[j, 1] * W[k, 2]
+                dpos = type(xg)(fi, fj, fk) - fx
+                g = grid_v[((bx + i) * res_y + by + j) * res_z + bz + k]
+                nv = nv + g * wgt
+                nC = nC + wp.outer(g, dpos) * (type(dt)(4.0) * inv_dx * wgt)
+                fk = fk + one
+            fj = fj + one
+        fi = fi + one
+    v_out[p] = nv
+    C_out[p] = nC
+    x_out[p] = xp + nv * dt
+
+
+_KERNELS = {2: (p2g_2d, grid_2d, g2p_2d), 3: (p2g_3d, grid_3d, g2p_3d)}
+
+
+def _index(kernel) -> dict:
+    return {a.label: i for i, a in enumerate(kernel.adj.args)}
+
+
+# --------------------------------------------------------------------------------------------
+# fused segment
+# --------------------------------------------------------------------------------------------
+
+def default_slots(device: torch.device, n: int, min_per_thread: int = 2048) -> int:
+    """Grid slots (= CPU threads) for the forward P2G: torch's thread count on CPU when every
+    thread gets at least ``min_per_thread`` particles, else 1; 1 on CUDA."""
+    if device.type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), MAX_SLOTS, n // min_per_thread))
+
+
+class _Segment:
+    """Buffers and recorded launches of one segment run (forward or its recomputation)."""
+
+    def __init__(self, cfg, inputs):
+        (K, dt, res, inv_dx, bound, slots, plastic) = cfg
+        (x0, v0, C0, F0, Jp0, mass, volume, mu, lam, material, act, act_dir, gravity, wall_kind, wall_mu) = inputs
+        d = x0.shape[1]
+        n = x0.shape[0]
+        dev, dtype = x0.device, x0.dtype
+        G = 1
+        for r in res:
+            G *= r
+        self.K, self.n, self.d, self.G, self.slots, self.dev = K, n, d, G, slots, dev
+        self.xs = torch.empty((K + 1, n, d), dtype=dtype, device=dev)
+        self.vs = torch.empty((K + 1, n, d), dtype=dtype, device=dev)
+        self.Cs = torch.empty((K + 1, n, d, d), dtype=dtype, device=dev)
+        self.Fs = torch.empty((K + 1, n, d, d), dtype=dtype, device=dev)
+        self.Jps = torch.empty((K + 1, n), dtype=dtype, device=dev)
+        for buf, t in ((self.xs, x0), (self.vs, v0), (self.Cs, C0), (self.Fs, F0), (self.Jps, Jp0)):
+            buf[0] = t
+        self.gmv = torch.zeros((slots, G, d), dtype=dtype, device=dev)
+        self.gm = torch.zeros((slots, G), dtype=dtype, device=dev)
+        self.gv = torch.zeros((G, d), dtype=dtype, device=dev)
+        self.rows = (_rows(self.xs, "vec"), _rows(self.vs, "vec"), _rows(self.Cs, "mat"), _rows(self.Fs, "mat"),
+                     _rows(self.Jps, None))
+        self.act_rows = _rows(act, None)
+        if act.shape[0] == 1:
+            self.act_rows = self.act_rows * K
+        S = _SCALAR[dtype]
+        self.fdt, self.finv = S(dt), S(inv_dx)
+        p2g, grid, g2p = _KERNELS[d]
+        self.kernels = (p2g, grid, g2p)
+        self.ip, self.ig, self.i2 = _index(p2g), _index(grid), _index(g2p)
+        self.res = [int(r) for r in res]
+        self.plastic = [S(float(p)) for p in plastic]
+        self.params = [to_warp(mass), to_warp(volume), to_warp(mu), to_warp(lam), to_warp(material)]
+        self.w_actdir = to_warp(act_dir, "vec")
+        self.w_grav = to_warp(gravity.reshape(1, d), "vec")
+        self.w_kind, self.w_wmu = to_warp(wall_kind), to_warp(wall_mu)
+        self.bound = int(bound)
+        self.w_gmv, self.w_gm, self.w_gv = to_warp(self.gmv, "vec"), to_warp(self.gm), to_warp(self.gv, "vec")
+        self.stream = _stream(dev)
+        # recorded forward launches: one P2G per slot (particle sub-range), grid, G2P
+        wx, wv, wC, wF, wJ = (to_warp(self.xs[0], "vec"), to_warp(self.vs[0], "vec"), to_warp(self.Cs[0], "mat"),
+                              to_warp(self.Fs[0], "mat"), to_warp(self.Jps[0]))
+        self.wstate = (wx, wv, wC, wF, wJ)
+        wa = to_warp(act[0])
+        self.wa = wa
+        chunk = (n + slots - 1) // slots
+        self.p2g_launches = []
+        for s in range(slots):
+            start = s * chunk
+            count = max(0, min(chunk, n - start))
+            if count == 0:
+                continue
+            self.p2g_launches.append(_record(p2g, count, self._p2g_inputs(start, s, wx, wv, wC, wF, wJ, wa),
+                                             [self.w_gmv, self.w_gm, wF, wJ], dev))
+        self.grid_launch = _record(grid, G, self._grid_inputs(), [self.w_gv], dev)
+        self.g2p_launch = _record(g2p, n, self._g2p_inputs(wx), [wx, wv, wC], dev)
+
+    def _p2g_inputs(self, offset, slot, wx, wv, wC, wF, wJ, wa, params=None, actdir=None):
+        params = self.params if params is None else params
+        actdir = self.w_actdir if actdir is None else actdir
+        return [offset, slot, wx, wv, wC, wF, wJ, *params, wa, actdir, self.fdt, self.finv, *self.res, *self.plastic]
+
+    def _grid_inputs(self, gmv=None, gm=None, grav=None, wmu=None):
+        pick = (lambda a, b: b if a is None else a)
+        return [pick(gmv, self.w_gmv), pick(gm, self.w_gm), self.slots, pick(grav, self.w_grav), self.w_kind,
+                pick(wmu, self.w_wmu), self.fdt, *self.res, self.bound]
+
+    def _g2p_inputs(self, wx, gv=None):
+        return [wx, self.w_gv if gv is None else gv, self.fdt, self.finv, *self.res]
+
+    def _launch(self, launch):
+        launch.launch(stream=self.stream) if self.stream is not None else launch.launch()
+
+    def p2g_grid(self, k: int) -> None:
+        """Zero the grid, scatter particles of step k (slots in parallel on CPU), grid update."""
+        xc, vc, Cc, Fc, Jc = self.rows
+        self.gmv.zero_()
+        self.gm.zero_()
+        ip = self.ip
+        for L in self.p2g_launches:
+            for key, c in (("x", xc[k]), ("v", vc[k]), ("C", Cc[k]), ("F", Fc[k]), ("Jp", Jc[k]),
+                           ("act", self.act_rows[k]), ("F_out", Fc[k + 1]), ("Jp_out", Jc[k + 1])):
+                L.set_param_at_index_from_ctype(ip[key], c)
+        if len(self.p2g_launches) > 1:
+            futures = [_pool().submit(L.launch) for L in self.p2g_launches]
+            for f in futures:
+                f.result()
+        else:
+            self._launch(self.p2g_launches[0])
+        self._launch(self.grid_launch)
+
+    def forward(self) -> None:
+        xc, vc, Cc, _, _ = self.rows
+        i2 = self.i2
+        if len(self.p2g_launches) > 1:
+            self.kernels[0].module.load(warp_device(self.dev))
+        for k in range(self.K):
+            self.p2g_grid(k)
+            L = self.g2p_launch
+            for key, c in (("x", xc[k]), ("x_out", xc[k + 1]), ("v_out", vc[k + 1]), ("C_out", Cc[k + 1])):
+                L.set_param_at_index_from_ctype(i2[key], c)
+            self._launch(L)
+
+
+def _adjoint(seg: _Segment, inputs, grads_out):
+    (x0, v0, C0, F0, Jp0, mass, volume, mu, lam, material, act, act_dir, gravity, wall_kind, wall_mu) = inputs
+    K, dev = seg.K, seg.dev
+    adj = [torch.zeros_like(b) for b in (seg.xs, seg.vs, seg.Cs, seg.Fs, seg.Jps)]
+    final, stacked = grads_out
+    for a, g in zip(adj, final):
+        if g is not None:
+            a[K] += g
+    for a, g in zip(adj, stacked):
+        if g is not None:
+            a[1:] += g
+    arows = (_rows(adj[0], "vec"), _rows(adj[1], "vec"), _rows(adj[2], "mat"), _rows(adj[3], "mat"),
+             _rows(adj[4], None))
+    g_params = [torch.zeros_like(t) for t in (mass, volume, mu, lam)]
+    g_act = torch.zeros_like(act)
+    g_actdir = torch.zeros_like(act_dir)
+    aact = _rows(g_act, None)
+    if act.shape[0] == 1:
+        aact = aact * K
+    agmv, agm, agv = torch.zeros_like(seg.gmv), torch.zeros_like(seg.gm), torch.zeros_like(seg.gv)
+    w_agmv, w_agm, w_agv = to_warp(agmv, "vec"), to_warp(agm), to_warp(agv, "vec")
+    scratch_g = torch.zeros_like(gravity.reshape(1, -1))
+    scratch_mu = torch.zeros_like(wall_mu)
+    p2g, grid, g2p = seg.kernels
+    wx, wv, wC, wF, wJ = seg.wstate
+    ax0, av0, aC0, aF0, aJ0 = (to_warp(adj[0][0], "vec"), to_warp(adj[1][0], "vec"), to_warp(adj[2][0], "mat"),
+                               to_warp(adj[3][0], "mat"), to_warp(adj[4][0]))
+    wa, wga = seg.wa, to_warp(g_act[0])
+    a_params = [to_warp(g) for g in g_params] + [None]
+    # adjoint launches run on one thread over all particles (slot 0 holds the summed grid adjoint)
+    Lp = _record(p2g, seg.n, seg._p2g_inputs(0, 0, wx, wv, wC, wF, wJ, wa), [seg.w_gmv, seg.w_gm, wF, wJ], dev,
+                 adj_inputs=seg._p2g_inputs(0, 0, ax0, av0, aC0, aF0, aJ0, wga, params=a_params,
+                                            actdir=to_warp(g_actdir, "vec")),
+                 adj_outputs=[w_agmv, w_agm, aF0, aJ0])
+    Lg = _record(grid, seg.G, seg._grid_inputs(), [seg.w_gv], dev,
+                 adj_inputs=seg._grid_inputs(w_agmv, w_agm, to_warp(scratch_g, "vec"), to_warp(scratch_mu)),
+                 adj_outputs=[w_agv])
+    L2 = _record(g2p, seg.n, seg._g2p_inputs(wx), [wx, wv, wC], dev,
+                 adj_inputs=seg._g2p_inputs(ax0, w_agv), adj_outputs=[ax0, av0, aC0])
+    xc, vc, Cc, Fc, Jc = seg.rows
+    axc, avc, aCc, aFc, aJc = arows
+    ip, i2 = seg.ip, seg.i2
+    for k in range(K - 1, -1, -1):
+        seg.p2g_grid(k)  # recompute this step's grid (not stored)
+        agmv.zero_()
+        agm.zero_()
+        agv.zero_()
+        for key, c in (("x", xc[k]), ("x_out", xc[k + 1]), ("v_out", vc[k + 1]), ("C_out", Cc[k + 1])):
+            L2.set_param_at_index_from_ctype(i2[key], c)
+        for key, c in (("x", axc[k]), ("x_out", axc[k + 1]), ("v_out", avc[k + 1]), ("C_out", aCc[k + 1])):
+            L2.set_param_at_index_from_ctype(i2[key], c, adjoint=True)
+        seg._launch(L2)
+        seg._launch(Lg)
+        for key, c in (("x", xc[k]), ("v", vc[k]), ("C", Cc[k]), ("F", Fc[k]), ("Jp", Jc[k]),
+                       ("act", seg.act_rows[k]), ("F_out", Fc[k + 1]), ("Jp_out", Jc[k + 1])):
+            Lp.set_param_at_index_from_ctype(ip[key], c)
+        for key, c in (("x", axc[k]), ("v", avc[k]), ("C", aCc[k]), ("F", aFc[k]), ("Jp", aJc[k]),
+                       ("act", aact[k]), ("F_out", aFc[k + 1]), ("Jp_out", aJc[k + 1])):
+            Lp.set_param_at_index_from_ctype(ip[key], c, adjoint=True)
+        seg._launch(Lp)
+    return (adj[0][0], adj[1][0], adj[2][0], adj[3][0], adj[4][0], *g_params, g_act)
+
+
+class _MPMSegment(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg, recompute, return_all, *inputs):
+        seg = _Segment(cfg, inputs)
+        seg.forward()
+        ctx.cfg, ctx.recompute, ctx.return_all = cfg, recompute, return_all
+        ctx.save_for_backward(*inputs)
+        ctx.seg = None if recompute else seg
+        K = cfg[0]
+        bufs = (seg.xs, seg.vs, seg.Cs, seg.Fs, seg.Jps)
+        final = tuple(b[K].clone() for b in bufs)
+        if return_all:
+            return (*final, *(b[1:] for b in bufs))
+        return final
+
+    @staticmethod
+    def backward(ctx, *grads):
+        inputs = ctx.saved_tensors
+        seg = ctx.seg
+        if seg is None:
+            seg = _Segment(ctx.cfg, inputs)
+            seg.forward()
+        final = grads[:5]
+        stacked = grads[5:10] if ctx.return_all else (None,) * 5
+        out = _adjoint(seg, inputs, (final, stacked))
+        ctx.seg = None
+        gx, gv, gC, gF, gJ, gm, gvol, gmu, glam, gact = out
+        return (None, None, None, gx, gv, gC, gF, gJ, gm, gvol, gmu, glam, None, gact, None, None, None, None)
+
+
+def mpm_segment(K: int, dt: float, res: tuple, dx: float, bound: int, plastic: tuple, x0, v0, C0, F0, Jp0, mass,
+                volume, mu, lam, material, act, act_dir, gravity, wall_kind, wall_mu, recompute: bool = False,
+                return_all: bool = False, slots: int | None = None):
+    """K fused MLS-MPM steps as one differentiable torch op (see module doc).
+
+    Shapes (d = 2 or 3, N particles): x0, v0 (N, d); C0, F0 (N, d, d); Jp0 (N,); mass, volume,
+    mu, lam (N,); material (N,) int32; act (1, N) held or (K, N) per step; act_dir (N, d);
+    gravity (d,); wall_kind (2d,) int32; wall_mu (2d,). plastic = (theta_c, theta_s, xi,
+    alpha). slots: grid copies for the split forward P2G (default :func:`default_slots`).
+    Returns (x, v, C, F, Jp) after K steps and, if ``return_all``, the stacked states of steps
+    1..K. Gradients reach the initial state, mass, volume, mu, lam and act.
+    """
+    if slots is None:
+        slots = default_slots(x0.device, x0.shape[0])
+    cfg = (int(K), float(dt), tuple(int(r) for r in res), 1.0 / float(dx), int(bound), int(slots), tuple(plastic))
+    c = [t.contiguous() for t in (x0, v0, C0, F0, Jp0, mass, volume, mu, lam, material, act, act_dir, gravity,
+                                  wall_kind, wall_mu)]
+    return _MPMSegment.apply(cfg, recompute, return_all, *c)
