@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=_int, default=0)
     r.add_argument("--iters", type=_positive_int, default=None, help="override the number of iterations")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r.add_argument("--renderer", default="raster",
+                   help="renderer for examples that render through the pipeline (raster, pathtrace, ...)")
     b = sub.add_parser("bench", help="run a benchmark from bench/ and print (or write) its JSON")
     b.add_argument("name")
     b.add_argument("--json", type=Path, default=None, help="write the JSON result to this file")
@@ -63,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "list":
-        from .examples import EXAMPLES
+        from .examples import EXAMPLES, description
 
         width = max(len(n) for n in EXAMPLES)
-        for name, (_, desc) in sorted(EXAMPLES.items()):
-            print(f"{name:<{width}}  {desc}")
+        for name in sorted(EXAMPLES):
+            print(f"{name:<{width}}  {description(name)}")
         return 0
     if args.cmd == "run":
         from .examples import EXAMPLES, RunConfig, run_example
@@ -84,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write("diffvc: error: --device cuda requested but no CUDA device is available\n")
                 return 2
         out = args.out if args.out is not None else Path("out") / args.name
+        from .examples import load
+
+        supported = tuple(getattr(load(args.name), "RENDERERS", ("raster",)))
+        if args.renderer not in supported:
+            sys.stderr.write(f"diffvc: error: --renderer {args.renderer!r}: example {args.name!r} renders with "
+                             f"{', '.join(supported)}\n")
+            return 2
         cfg = RunConfig(out=out, quick=args.quick, device=args.device, seed=args.seed, iters=args.iters,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, renderer=args.renderer)
         metrics = run_example(args.name, cfg)
         print(json.dumps(metrics, indent=2, sort_keys=True))
         print(f"wrote {out}/")

@@ -1,9 +1,11 @@
 """Runnable inverse problems, one module each, registered for ``diffvc run NAME``.
 
-An example module defines ``DESCRIPTION`` (one line) and ``run(cfg: RunConfig) -> dict`` which
-writes its images/animation, a curve plot and ``metrics.json`` into ``cfg.out`` and returns the
-metrics. Register it in :data:`EXAMPLES` (name -> module) so ``diffvc list`` can show it without
-importing every example.
+An example module defines ``DESCRIPTION`` (a one-line string literal) and
+``run(cfg: RunConfig) -> dict`` which writes its images/animation, a curve plot and
+``metrics.json`` into ``cfg.out`` and returns the metrics. Register it in :data:`EXAMPLES`
+(name -> module); ``diffvc list`` reads each description from the module's source. An example
+that renders through the pipeline may declare ``RENDERERS = ("raster", "pathtrace", ...)``: the
+renderers ``diffvc run NAME --renderer R`` accepts (``cfg.renderer``; default ``"raster"``).
 """
 
 from __future__ import annotations
@@ -12,17 +14,35 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-EXAMPLES: dict[str, tuple[str, str]] = {
-    # name: (module, one-line description)
-    "silhouettes": ("diffvc.examples.silhouettes", "recover a non-convex shape from 20 silhouette views (icosphere + large steps)"),
-    "dmtet": ("diffvc.examples.dmtet", "DMTet: recover a non-convex shape's SDF on a tet grid from a point cloud"),
-    "bounce": ("diffvc.examples.bounce", "particle bouncing off ground and wall: optimise v0 to hit a target"),
-    "billiards": ("diffvc.examples.billiards", "billiards: choose the cue ball velocity so the last ball of a row stops at a target"),
-    "inverse_rendering": ("diffvc.examples.inverse_rendering", "Cornell box: recover wall colours, light radiance and a box position by path tracing"),
-    "mass_spring": ("diffvc.examples.mass_spring", "spring robot walker: optimise a closed-loop neural controller to walk far"),
-    "sysid": ("diffvc.examples.sysid", "physical parameters from video alone: box mass & friction, soft body stiffness & damping"),
-    "sysid_noise": ("diffvc.examples.sysid_noise", "sysid with 1% Gaussian pixel noise in the target videos"),
+EXAMPLES: dict[str, str] = {
+    # name: module (its DESCRIPTION is the one-line description)
+    "silhouettes": "diffvc.examples.silhouettes",
+    "dmtet": "diffvc.examples.dmtet",
+    "bounce": "diffvc.examples.bounce",
+    "billiards": "diffvc.examples.billiards",
+    "inverse_rendering": "diffvc.examples.inverse_rendering",
+    "mass_spring": "diffvc.examples.mass_spring",
+    "sysid": "diffvc.examples.sysid",
+    "sysid_noise": "diffvc.examples.sysid_noise",
 }
+
+
+def description(name: str) -> str:
+    """The ``DESCRIPTION`` string of example ``name``, read from its module's source without
+    importing it (so ``diffvc list`` stays fast)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(EXAMPLES[name])
+    if spec is None or spec.origin is None:
+        raise KeyError(name)
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DESCRIPTION" for t in node.targets):
+            value = ast.literal_eval(node.value)
+            if isinstance(value, str):
+                return value
+    raise ValueError(f"example module {EXAMPLES[name]} defines no DESCRIPTION string")
 
 
 @dataclass
@@ -35,6 +55,7 @@ class RunConfig:
     seed: int = 0
     iters: int | None = None
     progress: bool = True
+    renderer: str = "raster"
 
     def iterations(self, full: int, quick: int) -> int:
         """``--iters`` if given, else the example's quick or full default."""
@@ -47,7 +68,7 @@ def load(name: str):
     """Import the example module registered as ``name``."""
     if name not in EXAMPLES:
         raise KeyError(name)
-    return importlib.import_module(EXAMPLES[name][0])
+    return importlib.import_module(EXAMPLES[name])
 
 
 def run_example(name: str, cfg: RunConfig) -> dict:
@@ -57,4 +78,8 @@ def run_example(name: str, cfg: RunConfig) -> dict:
     cfg.out = Path(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    return load(name).run(cfg)
+    module = load(name)
+    supported = tuple(getattr(module, "RENDERERS", ("raster",)))
+    if cfg.renderer not in supported:
+        raise ValueError(f"renderer: example {name!r} renders with {list(supported)}, not {cfg.renderer!r}")
+    return module.run(cfg)

@@ -1,9 +1,9 @@
 """Running inverse problems: constrained parameters, the optimization loop, image losses and metrics."""
 
 from .parameters import Bounded, Free, Param, ParameterSet, Positive, Softplus
-from .loop import History, optimize
+from .loop import History, NonFiniteGradientError, optimize
 from .losses import downsample, pyramid_mse
 from .metrics import parameter_curves, plot_history, relative_error, relative_errors
 
-__all__ = ["Param", "Free", "Positive", "Softplus", "Bounded", "ParameterSet", "History", "optimize",
+__all__ = ["Param", "Free", "Positive", "Softplus", "Bounded", "ParameterSet", "History", "NonFiniteGradientError", "optimize",
            "pyramid_mse", "downsample", "relative_error", "relative_errors", "parameter_curves", "plot_history"]

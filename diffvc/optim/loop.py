@@ -21,6 +21,7 @@ class History:
     params: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    skipped: list[int] = field(default_factory=list)   # iterations whose non-finite gradient was skipped
 
     @property
     def iterations(self) -> int:
@@ -32,6 +33,11 @@ class History:
 
 
 _METHODS = ("adam", "sgd", "lbfgs")
+_NONFINITE = ("raise", "skip")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A parameter's gradient held NaN or inf (raised by :func:`optimize` unless asked to skip)."""
 
 
 def _format(v) -> str:
@@ -56,6 +62,7 @@ def optimize(
     lr_final: float | None = None,
     callback: Callable[[int, float], None] | None = None,
     optimizer_kwargs: dict | None = None,
+    nonfinite: str = "raise",
 ) -> History:
     """Minimise ``loss_fn()`` over ``params``.
 
@@ -74,6 +81,11 @@ def optimize(
         lr_final: if given, the learning rate decays exponentially from ``lr`` to ``lr_final``
             over ``iters`` iterations (Adam/SGD); lets noisy (contact-rich) objectives settle.
         callback: ``callback(iteration, loss)`` after each step.
+        nonfinite: what a NaN/inf gradient does. ``"raise"`` (default): stop with
+            :class:`NonFiniteGradientError` naming the parameter and the iteration -- a
+            non-finite gradient is a bug or an unstable simulation, never repaired silently.
+            ``"skip"`` (opt in): that iteration makes no update (its gradients are zeroed) and
+            is recorded in ``History.skipped`` (examples report the count in ``metrics.json``).
 
     Returns:
         :class:`History` with per-iteration loss and parameter values.
@@ -84,8 +96,11 @@ def optimize(
         raise ValueError(f"iters must be a positive int, got {iters!r}")
     if not (lr > 0):
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if nonfinite not in _NONFINITE:
+        raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
     pset = params if isinstance(params, ParameterSet) else None
     tensors = pset.raw() if pset is not None else list(params)
+    names = list(pset) if pset is not None else [f"params[{i}]" for i in range(len(tensors))]
     if not tensors or not all(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
         raise ValueError("params: need at least one tensor and every tensor must require grad")
     kw = dict(optimizer_kwargs or {})
@@ -112,15 +127,24 @@ def optimize(
     for it in bar:
         snap = pset.snapshot() if pset is not None else {}
 
+        skip = []
+
         def closure():
             opt.zero_grad(set_to_none=True)
             loss = loss_fn()
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             loss.backward()
-            for t in tensors:
-                if t.grad is not None and not torch.isfinite(t.grad).all():
-                    t.grad = torch.nan_to_num(t.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            bad = [n for n, t in zip(names, tensors) if t.grad is not None and not bool(torch.isfinite(t.grad).all())]
+            if bad:
+                if nonfinite == "raise":
+                    raise NonFiniteGradientError(
+                        f"non-finite gradient of {', '.join(bad)} at iteration {it} (loss {float(loss.detach()):.6g}); "
+                        f"pass nonfinite='skip' to skip such iterations")
+                skip.append(it)
+                for t in tensors:
+                    if t.grad is not None:
+                        t.grad.zero_()
             if grad_clip is not None and method != "lbfgs":
                 torch.nn.utils.clip_grad_norm_(tensors, grad_clip)
             return loss
@@ -129,9 +153,12 @@ def optimize(
             loss = opt.step(closure)
         else:
             loss = closure()
-            opt.step()
+            if not skip:
+                opt.step()
             if sched is not None:
                 sched.step()
+        if skip:
+            hist.skipped.append(it)
         lv = float(loss.detach())
         hist.loss.append(lv)
         hist.params.append(snap)
