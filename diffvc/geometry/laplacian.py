@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import check_same_device, check_same_dtype, describe
 from ._checks import check_faces, check_mesh, safe_norm
 from .topology import edges as _edges
 
@@ -42,6 +43,11 @@ def cotangent_weights(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
     Degenerate (zero-area) faces get finite values (the cross-product norm is clamped).
     """
+    verts, faces = check_mesh(verts, faces)
+    return _cotangent_weights(verts, faces)
+
+
+def _cotangent_weights(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     v = [verts[faces[:, k]] for k in range(3)]
     cots = []
     for k in range(3):
@@ -64,7 +70,7 @@ def cotangent_laplacian(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tenso
         ``(V, V)`` sparse COO, coalesced, dtype of ``verts``.
     """
     verts, faces = check_mesh(verts, faces)
-    cot = cotangent_weights(verts, faces)
+    cot = _cotangent_weights(verts, faces)
     # the edge opposite corner k joins corners k+1 and k+2
     i = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0]])
     j = torch.cat([faces[:, 2], faces[:, 0], faces[:, 1]])
@@ -85,5 +91,14 @@ def vertex_areas(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def laplacian_apply(L: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``L @ x`` for a sparse ``L`` (differentiable in both ``L``'s values and ``x``)."""
-    return torch.sparse.mm(L, x)
+    """``L @ x`` for a sparse ``L`` ``(V, V)`` and ``x`` ``(V, C)`` or ``(V,)`` of the same dtype
+    (differentiable in both ``L``'s values and ``x``)."""
+    if not isinstance(L, torch.Tensor) or L.dim() != 2 or L.shape[0] != L.shape[1]:
+        raise ValueError(f"L must be a square (V, V) sparse tensor, got {describe(L)}")
+    if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2) or x.shape[0] != L.shape[1]:
+        raise ValueError(f"x must have shape ({L.shape[1]}, C) or ({L.shape[1]},), got {describe(x)}")
+    check_same_dtype(("L", L), ("x", x))
+    check_same_device(("L", L), ("x", x))
+    if x.dim() == 1:
+        return torch.sparse.mm(L, x[:, None])[:, 0] if L.is_sparse else L @ x
+    return torch.sparse.mm(L, x) if L.is_sparse else L @ x

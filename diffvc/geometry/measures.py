@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_tensor, check_finite
 from ._checks import check_mesh, safe_norm
 from .normals import _face_cross
 
@@ -53,8 +54,11 @@ def mass_properties(verts: torch.Tensor, faces: torch.Tensor, density: float | t
 
     Returns:
         ``(mass, com, inertia)``: scalar, ``(3,)``, ``(3, 3)`` (kg m^2, world axes). An empty or
-        zero-volume mesh gives zero mass, the vertex mean as the centre and zero inertia (finite
-        gradients).
+        zero-volume mesh (|volume| below ``100 eps`` times its bounding box's volume, i.e. zero up
+        to rounding) gives zero mass, the vertex mean as the centre and zero inertia (finite
+        gradients). An open surface is closed by the cone from the vertex mean to its boundary
+        (the signed tetrahedra from that point): the result is that solid's, not a guess at a
+        missing face.
     """
     verts, faces = check_mesh(verts, faces)
     origin = verts.detach().mean(0) if verts.shape[0] else verts.new_zeros(3)
@@ -66,11 +70,18 @@ def mass_properties(verts: torch.Tensor, faces: torch.Tensor, density: float | t
     outer = (a[:, :, None] * a[:, None, :] + b[:, :, None] * b[:, None, :] + c[:, :, None] * c[:, None, :]
              + s[:, :, None] * s[:, None, :])
     second = (det[:, None, None] * outer).sum(0) / 120.0
-    tiny = torch.finfo(verts.dtype).tiny ** 0.5
-    vol_safe = torch.where(vol.abs() > tiny, vol, torch.full_like(vol, 1.0))
-    com_rel = torch.where(vol.abs() > tiny, first / vol_safe, torch.zeros_like(first))
+    ext = (verts.detach().amax(0) - verts.detach().amin(0)).max() if verts.shape[0] else verts.new_zeros(())
+    tiny = torch.clamp(100 * torch.finfo(verts.dtype).eps * ext ** 3, min=torch.finfo(verts.dtype).tiny ** 0.5)
+    solid = vol.detach().abs() > tiny
+    vol = torch.where(solid, vol, torch.zeros_like(vol))
+    vol_safe = torch.where(solid, vol, torch.full_like(vol, 1.0))
+    com_rel = torch.where(solid, first / vol_safe, torch.zeros_like(first))
+    second = torch.where(solid, second, torch.zeros_like(second))
     cov = second - vol * com_rel[:, None] * com_rel[None, :]  # second moment about the COM
-    density = torch.as_tensor(density, dtype=verts.dtype, device=verts.device)
+    density = as_tensor(density, "density", dtype=verts.dtype, device=verts.device)
+    if density.numel() != 1:
+        raise ValueError(f"density must be a scalar, got shape {tuple(density.shape)}")
+    density = check_finite(density.reshape(()), "density")
     eye = torch.eye(3, dtype=verts.dtype, device=verts.device)
     inertia = density * (torch.diagonal(cov).sum() * eye - cov)
     return density * vol, origin + com_rel, inertia

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from .._validate import as_float, as_int, as_tensor
 from .topology import edges as _edges
 
 
@@ -42,8 +43,8 @@ def _grid_faces(nu: int, nv: int, wrap_u: bool = False, wrap_v: bool = False) ->
 
 def icosphere(subdivisions: int = 2, radius: float = 1.0, dtype=torch.float32, device="cpu"):
     """Geodesic sphere: an icosahedron subdivided ``subdivisions`` times (20 * 4^s faces), projected to the sphere."""
-    if subdivisions < 0:
-        raise ValueError(f"subdivisions must be >= 0, got {subdivisions}")
+    subdivisions = as_int(subdivisions, "subdivisions", minimum=0)
+    radius = as_float(radius, "radius", positive=True)
     t = (1.0 + 5.0 ** 0.5) / 2.0
     v = torch.tensor([[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t],
                       [0, -1, -t], [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]],
@@ -67,8 +68,8 @@ def icosphere(subdivisions: int = 2, radius: float = 1.0, dtype=torch.float32, d
 
 def uv_sphere(rings: int = 16, segments: int = 32, radius: float = 1.0, dtype=torch.float32, device="cpu"):
     """Latitude-longitude sphere with poles on the y axis: ``rings`` bands, ``segments`` around."""
-    if rings < 2 or segments < 3:
-        raise ValueError(f"rings must be >= 2 and segments >= 3, got rings={rings}, segments={segments}")
+    rings, segments = as_int(rings, "rings", minimum=2), as_int(segments, "segments", minimum=3)
+    radius = as_float(radius, "radius", positive=True)
     theta = torch.arange(1, rings, dtype=torch.float64) * math.pi / rings
     phi = torch.arange(segments, dtype=torch.float64) * 2 * math.pi / segments
     th, ph = torch.meshgrid(theta, phi, indexing="ij")
@@ -93,18 +94,17 @@ def uv_sphere(rings: int = 16, segments: int = 32, radius: float = 1.0, dtype=to
 
 
 def _size3(size):
-    s = torch.as_tensor(size, dtype=torch.float64).reshape(-1)
+    s = as_tensor(size, "size", dtype=torch.float64).detach().cpu().reshape(-1)
     if s.numel() == 1:
         s = s.repeat(3)
-    if s.numel() != 3 or bool((s <= 0).any()):
+    if s.numel() != 3 or not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
         raise ValueError(f"size must be a positive scalar or 3 positive numbers, got {size}")
     return s
 
 
 def box(size=1.0, segments: int = 1, dtype=torch.float32, device="cpu"):
     """Axis-aligned box centred at the origin with side lengths ``size`` (scalar or 3), each face split into ``segments^2`` quads."""
-    if segments < 1:
-        raise ValueError(f"segments must be >= 1, got {segments}")
+    segments = as_int(segments, "segments", minimum=1)
     s = _size3(size)
     n = segments
     g = torch.linspace(-1.0, 1.0, n + 1, dtype=torch.float64)
@@ -133,10 +133,15 @@ def grid(size=(1.0, 1.0), resolution=(1, 1), dtype=torch.float32, device="cpu"):
 
     Returns ``(verts ((nx+1)*(nz+1), 3), faces (2*nx*nz, 3))``; vertex ``i*(nz+1)+j`` is at column i (x), row j (z).
     """
-    sx, sz = (float(size), float(size)) if isinstance(size, (int, float)) else map(float, size)
-    nx, nz = (int(resolution), int(resolution)) if isinstance(resolution, int) else map(int, resolution)
-    if nx < 1 or nz < 1 or sx <= 0 or sz <= 0:
-        raise ValueError(f"size and resolution must be positive, got size={size}, resolution={resolution}")
+    sz2 = as_tensor(size, "size", dtype=torch.float64).detach().cpu().reshape(-1)
+    if sz2.numel() not in (1, 2):
+        raise ValueError(f"size must be a number or a pair, got {size!r}")
+    sx, sz = (float(sz2[0]), float(sz2[-1]))
+    as_float(sx, "size", positive=True), as_float(sz, "size", positive=True)
+    res = [resolution, resolution] if not isinstance(resolution, (tuple, list)) else list(resolution)
+    if len(res) != 2:
+        raise ValueError(f"resolution must be an int or a pair, got {resolution!r}")
+    nx, nz = as_int(res[0], "resolution", minimum=1), as_int(res[1], "resolution", minimum=1)
     x = torch.linspace(-sx / 2, sx / 2, nx + 1, dtype=torch.float64)
     z = torch.linspace(-sz / 2, sz / 2, nz + 1, dtype=torch.float64)
     X, Z = torch.meshgrid(x, z, indexing="ij")
@@ -153,8 +158,8 @@ def plane(size=1.0, resolution=1, dtype=torch.float32, device="cpu"):
 def cylinder(radius: float = 0.5, height: float = 1.0, segments: int = 32, rings: int = 1,
              dtype=torch.float32, device="cpu"):
     """Closed cylinder along y, centred at the origin, with capped ends (a fan around a centre vertex)."""
-    if segments < 3 or rings < 1:
-        raise ValueError(f"segments must be >= 3 and rings >= 1, got segments={segments}, rings={rings}")
+    segments, rings = as_int(segments, "segments", minimum=3), as_int(rings, "rings", minimum=1)
+    radius, height = as_float(radius, "radius", positive=True), as_float(height, "height", positive=True)
     phi = torch.arange(segments, dtype=torch.float64) * 2 * math.pi / segments
     ys = torch.linspace(-height / 2, height / 2, rings + 1, dtype=torch.float64)
     Y, P = torch.meshgrid(ys, phi, indexing="ij")
@@ -177,10 +182,12 @@ def cylinder(radius: float = 0.5, height: float = 1.0, segments: int = 32, rings
 def torus(major_radius: float = 1.0, minor_radius: float = 0.25, major_segments: int = 32,
           minor_segments: int = 16, dtype=torch.float32, device="cpu"):
     """Torus around the y axis: tube of radius ``minor_radius`` whose centre circle has radius ``major_radius``."""
+    major_radius = as_float(major_radius, "major_radius", positive=True)
+    minor_radius = as_float(minor_radius, "minor_radius", positive=True)
     if not (0 < minor_radius < major_radius):
         raise ValueError(f"need 0 < minor_radius < major_radius, got {minor_radius}, {major_radius}")
-    if major_segments < 3 or minor_segments < 3:
-        raise ValueError("major_segments and minor_segments must be >= 3")
+    major_segments = as_int(major_segments, "major_segments", minimum=3)
+    minor_segments = as_int(minor_segments, "minor_segments", minimum=3)
     u = torch.arange(major_segments, dtype=torch.float64) * 2 * math.pi / major_segments
     w = torch.arange(minor_segments, dtype=torch.float64) * 2 * math.pi / minor_segments
     U, W = torch.meshgrid(u, w, indexing="ij")

@@ -16,73 +16,92 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_tensor, check_finite, check_float, check_positive, check_same_dtype, describe
 from ._checks import safe_norm
 
 
-def _t(x, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+def _t(x, like: torch.Tensor, name: str = "value", kind: str = "scalar", positive: bool = False,
+       nonneg: bool = False) -> torch.Tensor:
+    """A shape parameter as a tensor of the points' dtype and device (tensors keep their autograd
+    history): ``kind`` "scalar" (a number, or a tensor broadcastable against the distances) or
+    "vec3" (shape ``(..., 3)``); finite, and > 0 / >= 0 when asked."""
+    t = as_tensor(x, name, dtype=like.dtype, device=like.device)
+    if kind == "vec3" and (t.dim() == 0 or t.shape[-1] != 3):
+        raise ValueError(f"{name} must have shape (3,) (or (..., 3)), got {tuple(t.shape)}")
+    if positive or nonneg:
+        check_positive(t, name, strict=positive)
+    else:
+        check_finite(t, name)
+    return t
 
 
 def _check(p: torch.Tensor, name: str = "points") -> torch.Tensor:
-    if not isinstance(p, torch.Tensor) or p.shape[-1] != 3 or not p.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor of shape (..., 3), got "
-                         f"{getattr(p, 'shape', type(p).__name__)}")
-    return p
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"{name} must be a floating tensor of shape (..., 3), got {type(p).__name__}")
+    return check_float(p, name, shape=(..., 3), finite=False)
 
 
 def sdf_sphere(p: torch.Tensor, center=(0.0, 0.0, 0.0), radius=1.0) -> torch.Tensor:
     """Sphere of ``radius`` at ``center``: ``|p - c| - r``."""
     _check(p)
-    return safe_norm(p - _t(center, p)) - _t(radius, p)
+    return safe_norm(p - _t(center, p, "center", "vec3")) - _t(radius, p, "radius", nonneg=True)
 
 
 def sdf_box(p: torch.Tensor, half_size=(0.5, 0.5, 0.5), center=(0.0, 0.0, 0.0), rounding=0.0) -> torch.Tensor:
     """Axis-aligned box with half extents ``half_size`` (optionally rounded by ``rounding``)."""
     _check(p)
-    q = (p - _t(center, p)).abs() - _t(half_size, p) + _t(rounding, p)
+    half_size = _t(half_size, p, "half_size", "vec3", nonneg=True)
+    rounding = _t(rounding, p, "rounding", nonneg=True)
+    q = (p - _t(center, p, "center", "vec3")).abs() - half_size + rounding
     outside = safe_norm(q.clamp_min(0.0))
     inside = q.max(-1).values.clamp_max(0.0)
-    return outside + inside - _t(rounding, p)
+    return outside + inside - rounding
 
 
 def sdf_torus(p: torch.Tensor, major_radius=1.0, minor_radius=0.25, center=(0.0, 0.0, 0.0)) -> torch.Tensor:
     """Torus around the y axis (matches :func:`diffvc.geometry.torus`)."""
     _check(p)
-    q = p - _t(center, p)
-    ring = safe_norm(q[..., [0, 2]]) - _t(major_radius, p)
-    return safe_norm(torch.stack([ring, q[..., 1]], -1)) - _t(minor_radius, p)
+    q = p - _t(center, p, "center", "vec3")
+    ring = safe_norm(q[..., [0, 2]]) - _t(major_radius, p, "major_radius", nonneg=True)
+    return safe_norm(torch.stack([ring, q[..., 1]], -1)) - _t(minor_radius, p, "minor_radius", nonneg=True)
 
 
 def sdf_capsule(p: torch.Tensor, a=(0.0, -0.5, 0.0), b=(0.0, 0.5, 0.0), radius=0.25) -> torch.Tensor:
     """Capsule: points within ``radius`` of the segment ``a``-``b``."""
     _check(p)
-    a, b = _t(a, p), _t(b, p)
+    a, b = _t(a, p, "a", "vec3"), _t(b, p, "b", "vec3")
     pa, ba = p - a, b - a
     h = ((pa * ba).sum(-1) / (ba * ba).sum(-1).clamp_min(1e-30)).clamp(0.0, 1.0)
-    return safe_norm(pa - h[..., None] * ba) - _t(radius, p)
+    return safe_norm(pa - h[..., None] * ba) - _t(radius, p, "radius", nonneg=True)
 
 
 def sdf_cylinder(p: torch.Tensor, radius=0.5, height=1.0, center=(0.0, 0.0, 0.0)) -> torch.Tensor:
     """Capped cylinder along y (matches :func:`diffvc.geometry.cylinder`)."""
     _check(p)
-    q = p - _t(center, p)
-    d = torch.stack([safe_norm(q[..., [0, 2]]) - _t(radius, p), q[..., 1].abs() - _t(height, p) / 2], -1)
+    q = p - _t(center, p, "center", "vec3")
+    d = torch.stack([safe_norm(q[..., [0, 2]]) - _t(radius, p, "radius", nonneg=True),
+                     q[..., 1].abs() - _t(height, p, "height", nonneg=True) / 2], -1)
     return d.max(-1).values.clamp_max(0.0) + safe_norm(d.clamp_min(0.0))
 
 
 def sdf_plane(p: torch.Tensor, normal=(0.0, 1.0, 0.0), offset=0.0) -> torch.Tensor:
     """Half-space ``n . p - offset`` (``normal`` normalised inside; negative below)."""
     _check(p)
-    n = _t(normal, p)
+    n = _t(normal, p, "normal", "vec3")
+    if bool((n.detach().abs().sum(-1) == 0).any()):
+        raise ValueError("normal must be non-zero")
     n = n / safe_norm(n, keepdim=True)
-    return (p * n).sum(-1) - _t(offset, p)
+    return (p * n).sum(-1) - _t(offset, p, "offset")
 
 
 def smooth_union(a: torch.Tensor, b: torch.Tensor, k=0.1) -> torch.Tensor:
     """Smooth minimum of two distances with blend radius ``k`` (>= 0; 0 = hard union)."""
-    k = _t(k, a)
-    if not bool((k >= 0).all()):
-        raise ValueError(f"k must be >= 0, got {k}")
+    if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+        raise TypeError(f"a must be a floating tensor of distances, got {describe(a)}")
+    if not isinstance(b, torch.Tensor) or not b.is_floating_point():
+        raise TypeError(f"b must be a floating tensor of distances, got {describe(b)}")
+    check_same_dtype(("a", a), ("b", b))
+    k = _t(k, a, "k", nonneg=True)
     ks = k.clamp_min(torch.finfo(a.dtype).tiny)
     h = (0.5 + 0.5 * (b - a) / ks).clamp(0.0, 1.0)
     return b + (a - b) * h - k * h * (1.0 - h)

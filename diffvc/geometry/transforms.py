@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_tensor, check_finite, check_float, check_same_device, check_same_dtype
 from ._checks import check_points, safe_norm
 
 
@@ -77,6 +78,11 @@ def transform_points(points: torch.Tensor, matrix: torch.Tensor, translation: to
         translation: optional ``(3,)``.
     """
     check_points(points, "points")
+    check_float(matrix, "matrix", coerce=False)
+    if translation is not None:
+        check_float(translation, "translation", coerce=False)
+    check_same_dtype(("points", points), ("matrix", matrix), ("translation", translation))
+    check_same_device(("points", points), ("matrix", matrix), ("translation", translation))
     if matrix.shape == (4, 4):
         if translation is not None:
             raise ValueError("translation must be None when matrix is a (4, 4) homogeneous matrix")
@@ -97,6 +103,7 @@ def transform_points(points: torch.Tensor, matrix: torch.Tensor, translation: to
 
 def rigid_transform(points: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """``x' = x R^T + t``; ``rotation`` is a ``(3, 3)`` matrix or an axis-angle ``(3,)``."""
+    check_float(rotation, "rotation", coerce=False)
     if rotation.shape == (3,):
         rotation = axis_angle_to_matrix(rotation)
     return transform_points(points, rotation, translation)
@@ -105,16 +112,22 @@ def rigid_transform(points: torch.Tensor, rotation: torch.Tensor, translation: t
 def scale(points: torch.Tensor, factor, center: torch.Tensor | None = None) -> torch.Tensor:
     """Scale ``points`` by ``factor`` (scalar or ``(3,)``) about ``center`` (default origin)."""
     check_points(points, "points")
-    factor = torch.as_tensor(factor, dtype=points.dtype, device=points.device)
+    factor = as_tensor(factor, "factor", dtype=points.dtype, device=points.device)
+    if factor.numel() not in (1, 3):
+        raise ValueError(f"factor must be a scalar or (3,), got shape {tuple(factor.shape)}")
+    check_finite(factor, "factor")
+    factor = factor.reshape(-1)
     if center is None:
         return points * factor
+    center = check_float(as_tensor(center, "center", dtype=points.dtype, device=points.device), "center", shape=(3,))
     return (points - center) * factor + center
 
 
 def translate(points: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """``points + offset`` with ``offset (3,)``."""
     check_points(points, "points")
-    return points + torch.as_tensor(offset, dtype=points.dtype, device=points.device)
+    offset = as_tensor(offset, "offset", dtype=points.dtype, device=points.device)
+    return points + check_float(offset, "offset", shape=(3,))
 
 
 def normalize_to_unit_box(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
