@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .._validate import as_tensor, check_faces, check_float
 from .binding import StaticBinding
 
 __all__ = ["Shape", "Scene", "traverse"]
@@ -61,12 +62,9 @@ class Shape:
 
 
 def _tensor(x, dtype, device, name) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=dtype, device=device)
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
-    if not bool(torch.isfinite(t.detach()).all()):
-        raise ValueError(f"{name} must be finite")
-    return t
+    """A finite floating tensor (numbers/sequences coerced to ``dtype``; tensors kept as given)."""
+    t = x if isinstance(x, torch.Tensor) else as_tensor(x, name, dtype=dtype, device=device)
+    return check_float(t, name)
 
 
 @dataclass(frozen=True)
@@ -117,10 +115,11 @@ class Scene:
             binding = StaticBinding(binding)
         if not callable(binding):
             raise TypeError(f"binding must be callable (state -> (V, 3)) or a (V, 3) tensor, got {type(binding).__name__}")
-        if not isinstance(faces, torch.Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.is_floating_point():
-            raise ValueError("faces must be an integer tensor of shape (F, 3)")
+        # the vertex count is known now for static/rigid bindings (else the renderer checks it per frame)
+        v = getattr(binding, "verts", None)
+        faces = check_faces(faces, v.shape[0] if isinstance(v, torch.Tensor) else 2 ** 62)
         color = self._color(color)
-        shape = Shape(name, faces.long().to(self.device), binding, color, body, bool(smooth))
+        shape = Shape(name, faces.to(self.device), binding, color, body, bool(smooth))
         object.__setattr__(self, "shapes", self.shapes + (shape,))
 
     def add_points(self, name: str, binding, color=(0.7, 0.7, 0.7), radius: float = 0.01,
@@ -214,10 +213,12 @@ class Scene:
             if k not in known:
                 raise KeyError(f"updates: no scene parameter named {k!r}; have {sorted(known)}")
             if not isinstance(v, torch.Tensor):
-                v = torch.as_tensor(v, dtype=known[k].dtype, device=known[k].device)
+                v = as_tensor(v, f"updates[{k!r}]", dtype=known[k].dtype, device=known[k].device)
+            check_float(v, f"updates[{k!r}]")
             if v.shape != known[k].shape:
                 raise ValueError(f"updates[{k!r}] must have shape {tuple(known[k].shape)}, got {tuple(v.shape)}")
-        upd = {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=known[k].dtype)) for k, v in updates.items()}
+        upd = {k: (v if isinstance(v, torch.Tensor) else as_tensor(v, k, dtype=known[k].dtype, device=known[k].device))
+               for k, v in updates.items()}
         shapes = []
         for s in self.shapes:
             color = upd.get(f"shape.{s.name}.color", s.color)

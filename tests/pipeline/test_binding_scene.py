@@ -106,8 +106,10 @@ def test_scene_bad_input():
     v, f = box(0.5, dtype=torch.float64)
     with pytest.raises(ValueError, match="name"):
         sc.add_shape("box", f, v)
-    with pytest.raises(ValueError, match="faces"):
+    with pytest.raises(TypeError, match="faces must be an integer"):
         sc.add_shape("b2", f.double(), v)
+    with pytest.raises(ValueError, match=r"faces indices must lie in \[0, 8\)"):
+        sc.add_shape("b2", f + 1, v)
     with pytest.raises(ValueError, match="color"):
         sc.add_shape("b3", f, v, color=(1.0, 0.0))
     with pytest.raises(TypeError, match="cameras"):
