@@ -11,6 +11,8 @@ from .pt_scene import PathTracingScene, PTMaterial, cornell_box, cornell_camera
 from .pathtrace import path_trace
 from .texture import level_of_detail, mipmaps, texture
 from .soft import soft_silhouette
+from .volume import (VolumeRender, composite_rays, importance_samples, ray_aabb, read_vol, render_field, render_grid,
+                     render_volume, stratified_samples, write_vol)
 from .shading import (Material, fresnel_schlick, ggx_brdf, ggx_distribution, ggx_specular, lambert, shade,
                       smith_g, smith_g1)
 
@@ -21,4 +23,6 @@ __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes
            "Fragments", "rasterize", "rasterize_screen", "interpolate", "antialias", "MeshTopology", "mesh_topology",
            "face_neighbors", "texture", "mipmaps", "level_of_detail", "soft_silhouette",
            "TriangleBVH", "RayHits", "intersect", "occluded", "render_gbuffer", "PathTracingScene", "PTMaterial",
-           "cornell_box", "cornell_camera", "path_trace"]
+           "cornell_box", "cornell_camera", "path_trace",
+           "VolumeRender", "ray_aabb", "stratified_samples", "importance_samples", "composite_rays", "render_grid",
+           "render_field", "render_volume", "read_vol", "write_vol"]
