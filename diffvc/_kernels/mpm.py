@@ -41,7 +41,6 @@ from .springs import _record, _rows
 
 COROTATED, NEOHOOKEAN, SNOW, SAND = 0, 1, 2, 3
 STICKY, SLIP, SEPARATE = 0, 1, 2
-MASS_EPS = 1e-10  # kg added to a node's mass before dividing (empty nodes get zero velocity)
 J_MIN = 1e-6  # Neo-Hookean: log J is evaluated at max(J, J_MIN) (finite for inverted particles)
 SAND_SIG_MIN = 1e-4  # sand: log |sigma| is evaluated at max(|sigma|, 1e-4)
 HARDEN_MIN, HARDEN_MAX = 0.1, 5.0  # snow hardening factor range (as in Taichi's mpm99)
@@ -253,7 +252,10 @@ def grid_2d(
         if s < slots:
             mv = mv + grid_mv[s, node]
             m = m + grid_m[s, node]
-    vn = mv / (m + type(dt)(MASS_EPS)) + gravity[0] * dt
+    vn = mv * (dt - dt)
+    if m > type(dt)(0.0):
+        vn = mv / m
+    vn = vn + gravity[0] * dt
     i = node / res_y
     j = node - i * res_y
     one = type(dt)(1.0)
@@ -473,7 +475,10 @@ def grid_3d(
         if s < slots:
             mv = mv + grid_mv[s, node]
             m = m + grid_m[s, node]
-    vn = mv / (m + type(dt)(MASS_EPS)) + gravity[0] * dt
+    vn = mv * (dt - dt)
+    if m > type(dt)(0.0):
+        vn = mv / m
+    vn = vn + gravity[0] * dt
     k = node % res_z
     ij = node / res_z
     j = ij % res_y
