@@ -241,6 +241,8 @@ def kernel_guard(kernel):
             first = str(e).strip().splitlines()
             raise TypeError(f"kernel {kernel.key!r} cannot be built for these argument types (are float32 and "
                             f"float64 tensors mixed in one call?): {' '.join(first[-2:])[:400]}") from e
+        if isinstance(e, RuntimeError) and "argument" in str(e) and "dtype" in str(e):
+            raise TypeError(str(e)) from e  # an array of the wrong dtype for a typed kernel argument
         raise
 
 
