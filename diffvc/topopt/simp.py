@@ -77,8 +77,8 @@ class SIMP:
             raise ValueError(f"filter must be one of {_FILTERS}, got {filter!r}")
         if beta is not None and filter == "sensitivity":
             raise ValueError("beta: the Heaviside projection needs filter='density' (or 'none')")
-        if not 0.0 <= Emin < E0:
-            raise ValueError(f"need 0 <= Emin < E0, got Emin={Emin}, E0={E0}")
+        if not 0.0 < Emin < E0:
+            raise ValueError(f"need 0 < Emin < E0 (Emin = 0 makes K singular in void regions), got Emin={Emin}, E0={E0}")
         self.problem, self.volfrac, self.penal = problem, float(volfrac), float(penal)
         self.filter_kind, self.beta, self.eta = filter, beta, eta
         self.beta_max, self.beta_every = beta_max, beta_every
