@@ -59,6 +59,7 @@ from typing import Sequence
 import torch
 
 from .particles import check_planes
+from .._validate import check_dt
 from ..geometry.transforms import quaternion_to_matrix as quat_to_matrix
 from .rigid import _contact_law
 
@@ -576,11 +577,15 @@ class ArticulatedModel:
         Returns a new :class:`ArticulatedState`.
         """
         self.check_state(state)
-        if not (isinstance(dt, (int, float)) and dt > 0):
-            raise ValueError(f"dt must be a positive number, got {dt!r}")
+        dt = check_dt(dt)
         qdd, _ = self.dynamics(state, control, dt)
         qd = state.qd + dt * qdd
         return ArticulatedState(self.integrate_q(state.q, qd, dt), qd)
+
+    def step_torch(self, state: ArticulatedState, dt: float, control: torch.Tensor | None = None) -> ArticulatedState:
+        """The plain-torch twin of :meth:`step`: the model is plain torch, so this is :meth:`step`
+        (``rollout(..., backend="torch")`` and forward mode use it)."""
+        return self.step(state, dt, control)
 
     def integrate_q(self, q: torch.Tensor, qd: torch.Tensor, dt: float) -> torch.Tensor:
         """``q (+) dt qd``: additive for revolute/prismatic/free positions, exponential map on the
