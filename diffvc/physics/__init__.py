@@ -38,6 +38,8 @@ from .fem import (FEMModel, FEMState, fem_implicit_step, fem_static_solve, fem_s
                   lame_parameters)
 from .mpm import MPMModel, MPMState
 from .cloth import ClothModel, ClothState, cloth_hinges
+from .articulated import ArticulatedModel, ArticulatedState, ArticulationBuilder
+from .mjcf import load_mjcf
 
 __all__ = [
     "ParticleModel",
@@ -69,4 +71,8 @@ __all__ = [
     "ClothModel",
     "ClothState",
     "cloth_hinges",
+    "ArticulatedModel",
+    "ArticulatedState",
+    "ArticulationBuilder",
+    "load_mjcf",
 ]
