@@ -138,3 +138,74 @@ def assert_grad_close(
     if bad:
         raise AssertionError(f"gradient mismatch for checked inputs {bad} (rtol={rtol}, atol={atol}):\n{rep}")
     return rep
+
+
+# --------------------------------------------------------------------------------------------
+# what an example writes: images and animations read back
+# --------------------------------------------------------------------------------------------
+
+_PLOT_NAMES = ("curves", "plot", "convergence", "history")
+
+
+def _image_problem(a, what: str, plot: bool) -> str | None:
+    import numpy as np
+
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[..., None]
+    rgb = a[..., :3].reshape(-1, a.shape[-1] if a.shape[-1] < 3 else 3).astype(np.int64)
+    if rgb.shape[0] == 0:
+        return f"{what} is empty"
+    # the most common colour and how many pixels differ from it
+    keys = rgb[:, 0] * 65536 + rgb[:, 1] * 256 + rgb[:, 2] if rgb.shape[1] == 3 else rgb[:, 0]
+    vals, counts = np.unique(keys, return_counts=True)
+    other = 1.0 - counts.max() / keys.size
+    if other < (0.003 if plot else 0.01):
+        return f"{what} is blank (one colour covers {100 * (1 - other):.1f}% of it)"
+    if not plot:
+        white = float((rgb >= 254).all(axis=1).mean())
+        black = float((rgb <= 1).all(axis=1).mean())
+        # a white page with many colours on it is a figure (plot); a clipped render has few colours
+        if white > 0.6 and vals.size < 64:
+            return f"{what} is saturated ({100 * white:.0f}% of its pixels are white, {vals.size} colours)"
+        if black > 0.9:
+            return f"{what} is black ({100 * black:.0f}% of its pixels)"
+    return None
+
+
+def check_outputs(out_dir, min_images: int = 1) -> dict:
+    """Read back every image (``*.png``) and animation (``*.gif``) an example wrote under
+    ``out_dir`` and raise ``AssertionError`` naming the file if one is blank (one colour), a
+    render is saturated (mostly white) or black, or an animation's frames do not move (fewer
+    than half of them distinct, or fewer than 2). Plots (``curves*.png`` ...) are only checked
+    for being blank. Returns counts ``{"images": n, "animations": n, "frames": n}``."""
+    from pathlib import Path
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    out_dir = Path(out_dir)
+    pngs = sorted(out_dir.rglob("*.png"))
+    gifs = sorted(out_dir.rglob("*.gif"))
+    if len(pngs) + len(gifs) < min_images:
+        raise AssertionError(f"{out_dir}: expected at least {min_images} images/animations, found {len(pngs) + len(gifs)}")
+    frames_total = 0
+    for p in pngs:
+        plot = any(p.stem.startswith(n) or n in p.stem for n in _PLOT_NAMES)
+        msg = _image_problem(iio.imread(p), str(p.relative_to(out_dir)), plot)
+        if msg:
+            raise AssertionError(msg)
+    for g in gifs:
+        frames = [np.asarray(f) for f in iio.imiter(g)]
+        name = str(g.relative_to(out_dir))
+        if len(frames) < 2:
+            raise AssertionError(f"{name} has {len(frames)} frame(s); an animation needs at least 2")
+        for k, f in enumerate(frames):
+            msg = _image_problem(f, f"{name} frame {k}", plot=False)
+            if msg:
+                raise AssertionError(msg)
+        distinct = len({f.tobytes() for f in frames})
+        if distinct < max(2, len(frames) // 2):
+            raise AssertionError(f"{name}: only {distinct} of {len(frames)} frames differ (the animation does not move)")
+        frames_total += len(frames)
+    return {"images": len(pngs), "animations": len(gifs), "frames": frames_total}

@@ -20,12 +20,17 @@ def linear_to_srgb(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def to_uint8(x: torch.Tensor | np.ndarray, srgb: bool = True) -> np.ndarray:
-    """Image ``(H, W)``, ``(H, W, 1|3|4)`` in [0, 1] -> uint8 ``(H, W, 3|4)``."""
+    """Image ``(H, W)``, ``(H, W, 1|3|4)`` in [0, 1] -> uint8 ``(H, W, 3|4)``.
+
+    A uint8 array is already encoded (e.g. from :func:`tile` or :func:`figure_to_array`) and is
+    returned as is (grey expanded to RGB): it is never rescaled a second time."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.ndim == 2:
         a = a[..., None]
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
+    if a.dtype == np.uint8:
+        return a
     if srgb:
         return linear_to_srgb(a)
     return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -51,13 +56,41 @@ def save_animation(path: str | Path, frames: Sequence, fps: int = 20, srgb: bool
     return path
 
 
-def tile(images: Sequence, cols: int | None = None, pad: int = 2) -> np.ndarray:
-    """Arrange equally sized images ``(H, W, C)`` in a grid with ``pad`` white pixels between them."""
-    arrs = [to_uint8(i, srgb=False) if not (isinstance(i, np.ndarray) and i.dtype == np.uint8) else i for i in images]
+def _label_strip(text: str, width: int, height: int = 16) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(img).text((4, 2), text, fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def tile(images: Sequence, cols: int | None = None, pad: int = 2, labels: Sequence[str] | None = None,
+         min_size: int = 0) -> np.ndarray:
+    """Arrange equally sized images ``(H, W, C)`` in a grid with ``pad`` white pixels between them.
+
+    Float images are taken as display values in [0, 1] (no sRGB encoding); uint8 images as is.
+    ``labels``: one caption per panel, written in a white strip above it. ``min_size``: enlarge
+    panels by an integer factor (nearest neighbour, pixels stay visible) until their shorter side
+    is at least this many pixels. Returns uint8 ``(rows * h', cols * w', C)``.
+    """
+    arrs = [to_uint8(i, srgb=False) for i in images]
+    if not arrs:
+        raise ValueError("images is empty")
+    if labels is not None and len(labels) != len(arrs):
+        raise ValueError(f"labels: need one per image ({len(arrs)}), got {len(labels)}")
+    h, w, c = arrs[0].shape
+    if any(a.shape != (h, w, c) for a in arrs):
+        raise ValueError("images must all have the same shape")
+    if min_size > min(h, w):
+        k = -(-min_size // min(h, w))
+        arrs = [np.repeat(np.repeat(a, k, 0), k, 1) for a in arrs]
+        h, w = h * k, w * k
+    if labels is not None:
+        arrs = [np.concatenate([_label_strip(str(t), w)[..., :c], a], 0) for t, a in zip(labels, arrs)]
+        h = arrs[0].shape[0]
     n = len(arrs)
     cols = cols or n
     rows = math.ceil(n / cols)
-    h, w, c = arrs[0].shape
     out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, c), 255, np.uint8)
     for k, a in enumerate(arrs):
         r, q = divmod(k, cols)

@@ -2,6 +2,7 @@ import json
 
 import torch
 
+from diffvc.testing import check_outputs
 from diffvc.examples import RunConfig, run_example
 from diffvc.examples.bounce import make_model, simulate
 from diffvc.testing import assert_grad_close, grad_check
@@ -34,3 +35,4 @@ def test_bounce_quick_reaches_target_and_writes_outputs(tmp_path):
     assert {"final_distance", "iterations", "seconds"} <= saved.keys()
     for f in ("curves.png", "trajectory.gif", "trajectory.png"):
         assert (tmp_path / f).stat().st_size > 1000
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move

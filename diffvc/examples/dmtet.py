@@ -98,8 +98,9 @@ def run(cfg) -> dict:
     v1, f1 = (x.detach() for x in surface())
     chamfer_final = chamfer_metric(sample_points(v1, f1, 20000, generator=g), target)
     vol_t, vol_1 = float(volume(tv, tf)), float(volume(v1, f1))
-    panels = tile([_render(v0, f0), _render(v1, f1), _render(tv, tf)], cols=3)
-    save_image(cfg.out / "shapes.png", panels / 255.0, srgb=False)
+    panels = tile([_render(v0, f0), _render(v1, f1), _render(tv, tf)], cols=3,
+                  labels=["start (sphere)", "result", "target"])
+    save_image(cfg.out / "shapes.png", panels, srgb=False)
     plot_curves(cfg.out / "curves.png", {"loss": hist.loss}, title="dmtet: Chamfer distance (squared, sampled)")
     metrics = {
         "chamfer": chamfer_final,

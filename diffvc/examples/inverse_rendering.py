@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from ..optim import Bounded, ParameterSet, Positive, optimize
 from ..render.pathtrace import path_trace
 from ..render.pt_scene import CORNELL_COLORS, CORNELL_LIGHT, CORNELL_SHORT_BOX, cornell_box, cornell_camera
-from ..viz import plot_curves, save_image, write_metrics
+from ..viz import plot_curves, save_image, tile, to_uint8, write_metrics
 
 DESCRIPTION = "Cornell box: recover wall colours, light radiance (path replay) and a box position (edge sampling)"
 
@@ -116,7 +115,9 @@ def run(cfg) -> dict:
     start_err = float(torch.tensor(START_OFFSET).norm())
 
     # ---------------------------------------------------------------- outputs
-    save_image(cfg.out / "images.png", _tiles([init_img, target, start_img, final_img]))
+    panels = [to_uint8(im, srgb=True) for im in (init_img, target, start_img, final_img)]
+    save_image(cfg.out / "images.png", tile(panels, labels=["colours: start", "target", "box: start", "box: result"],
+                                           min_size=256), srgb=False)
     plot_curves(cfg.out / "curves.png", {"materials+light loss": h1.loss, "box position loss": h2.loss},
                 title="inverse rendering (Cornell box)")
     metrics = {
@@ -134,13 +135,3 @@ def run(cfg) -> dict:
     }
     write_metrics(cfg.out / "metrics.json", metrics)
     return metrics
-
-
-def _tiles(images) -> np.ndarray:
-    """Side by side: initial guess, target, box start, box recovered (linear radiance, clipped)."""
-    ims = [im.detach().cpu().clamp(0, 1).numpy() for im in images]
-    pad = np.ones((ims[0].shape[0], 2, 3), dtype=ims[0].dtype)
-    row = []
-    for k, im in enumerate(ims):
-        row += [im] + ([pad] if k < len(ims) - 1 else [])
-    return np.concatenate(row, axis=1)

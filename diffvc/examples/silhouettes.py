@@ -26,7 +26,7 @@ from ..geometry import (LargeSteps, chamfer_distance, icosphere, sample_points, 
                         sdf_to_mesh, smooth_union)
 from ..optim import optimize
 from ..render import Cameras, antialias, mesh_topology, rasterize, sphere_eyes
-from ..viz import plot_curves, save_image, tile, write_metrics
+from ..viz import plot_curves, save_image, tile, to_uint8, write_metrics
 
 DESCRIPTION = "recover a non-convex shape from 20 silhouette views (icosphere + large steps)"
 
@@ -50,6 +50,19 @@ def make_target(resolution: int = 40, dtype=torch.float32, device="cpu"):
 def make_cameras(n: int, size: int, seed: int | None = None, dtype=torch.float32, device="cpu") -> Cameras:
     eyes = sphere_eyes(n, 3.0, seed=seed, dtype=dtype, device=device)
     return Cameras.look_at(eyes, width=size, height=size, fov_y=40.0).to(dtype, device)
+
+
+def shaded(cams: Cameras, verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Smooth-shaded renders (B, H, W, 3) of a mesh (pipeline rasterizer, one key light)."""
+    from ..pipeline import Scene, render_frame
+    from ..render import AmbientLight, DirectionalLight
+
+    dt, dev = verts.dtype, verts.device
+    scene = Scene(cams, [DirectionalLight.create([-0.5, -1.0, -0.7], [2.4, 2.4, 2.4], dtype=dt, device=dev),
+                         AmbientLight.create([0.1, 0.1, 0.12], dtype=dt, device=dev)],
+                  background=torch.tensor([0.9, 0.92, 0.95], dtype=dt, device=dev))
+    scene.add_shape("mesh", faces, verts, color=(0.75, 0.55, 0.35), smooth=True)
+    return render_frame(scene, None)
 
 
 def silhouettes(cams: Cameras, verts: torch.Tensor, faces: torch.Tensor, topo=None) -> torch.Tensor:
@@ -122,9 +135,19 @@ def run(cfg) -> dict:
         vr = ls.verts().detach()
         show = cams[[0, 5, 10, 15]]
         rows = [silhouettes(show, tv, tf), silhouettes(show, v0, f0), silhouettes(show, vr, f0)]
+        shade_t, shade_r = shaded(show, tv, tf), shaded(show, vr, f0)
+    panel = 128 if cfg.quick else 256
     for name, r in zip(("target", "start", "result"), rows):
-        save_image(cfg.out / f"{name}.png", tile([r[i] for i in range(r.shape[0])]), srgb=False)
-    save_image(cfg.out / "comparison.png", tile([rows[k][i] for k in range(3) for i in range(4)], cols=4), srgb=False)
+        save_image(cfg.out / f"{name}.png", tile([r[i] for i in range(r.shape[0])], min_size=panel,
+                                                 labels=[f"{name} (view {i})" for i in range(r.shape[0])]), srgb=False)
+    save_image(cfg.out / "comparison.png",
+               tile([rows[k][i] for k in range(3) for i in range(4)], cols=4, min_size=panel,
+                    labels=[f"{n} silhouette (view {i})" for n in ("target", "start", "result") for i in range(4)]),
+               srgb=False)
+    shades = [to_uint8(x, srgb=True) for x in list(shade_t) + list(shade_r)]
+    save_image(cfg.out / "shaded.png",
+               tile(shades, cols=4, min_size=panel,
+                    labels=[f"{n} shaded (view {i})" for n in ("target", "result") for i in range(4)]), srgb=False)
     plot_curves(cfg.out / "curves.png", {"silhouette loss": hist.loss}, title="silhouettes: loss")
 
     metrics = {

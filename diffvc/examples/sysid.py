@@ -273,11 +273,14 @@ def identify(exp, target: torch.Tensor, params: ParameterSet, adam_iters: int, l
     return hist, hist.seconds
 
 
-def _side_by_side(path, target, start, end, fps=10):
-    """GIF: per frame, [target | start | end] for each view stacked vertically."""
+def _side_by_side(path, target, start, end, fps=10, panel: int = 256):
+    """GIF: per frame, [target | start | result] for each view stacked vertically, labelled,
+    each panel enlarged to at least ``panel`` px."""
     frames = []
     for t in range(target.shape[0]):
-        rows = [tile([target[t, v], start[t, v], end[t, v]]) for v in range(target.shape[1])]
+        rows = [tile([target[t, v], start[t, v], end[t, v]], min_size=panel,
+                     labels=[f"target (view {v})", f"start (view {v})", f"result (view {v})"])
+                for v in range(target.shape[1])]
         frames.append(tile(rows, cols=1))
     save_animation(path, frames, fps=fps, srgb=False)
     import imageio.v3 as iio
@@ -328,7 +331,7 @@ def run_part(name: str, exp, cfg, adam_iters: int, lbfgs_iters: int, lr: float, 
         end_video = exp.video(params.values())
     est = params.snapshot()
     final_loss = float(pyramid_mse(end_video, target, levels=3))
-    _side_by_side(out / "side_by_side.gif", target, start_video, end_video)
+    _side_by_side(out / "side_by_side.gif", target, start_video, end_video, panel=128 if cfg.quick else 256)
     plot_history(out / "curves.png", hist, targets=truth, final=est, final_loss=final_loss,
                  title=f"sysid {name}: from pixels" + (f" ({noise:.0%} noise)" if noise > 0 else ""))
     m = {f"{name}_seconds": seconds, f"{name}_iterations": hist.iterations,

@@ -1,5 +1,6 @@
 import json
 
+from diffvc.testing import check_outputs
 from diffvc.examples import RunConfig, run_example
 
 
@@ -11,3 +12,4 @@ def test_dmtet_short_run_improves(tmp_path):
     for name in ("shapes.png", "curves.png", "metrics.json"):
         assert (tmp_path / name).exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["iterations"] == 12
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move

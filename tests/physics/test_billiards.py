@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from diffvc.testing import check_outputs
 from diffvc.examples import RunConfig, run_example
 from diffvc.examples import billiards
 from diffvc.testing import assert_grad_close
@@ -32,9 +33,11 @@ def test_short_billiards_run_reduces_the_loss_and_writes_outputs(tmp_path, monke
     for f in ("metrics.json", "curves.png", "table.gif", "table_before.png", "table_after.png"):
         assert (tmp_path / f).exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["balls"] == 4
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move
 
 
 @pytest.mark.slow
 def test_billiards_quick_reaches_the_target(tmp_path):
     m = run_example("billiards", RunConfig(out=tmp_path, quick=True, progress=False))
     assert m["final_distance"] < 0.01
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from diffvc.testing import check_outputs
 from diffvc.examples import RunConfig, run_example
 from diffvc.examples.mass_spring import WalkerController, make_robot, simulate
 
@@ -17,6 +18,7 @@ def test_walker_gradient_is_finite_and_a_few_steps_walk_forward(tmp_path):
     assert {"distance", "body_length", "initial_distance", "ratio"} <= saved.keys()
     for f in ("curves.png", "walk.gif", "walk.png"):
         assert (tmp_path / f).stat().st_size > 1000
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move
 
 
 def test_walker_checkpointed_gradient_equals_full_tape():
@@ -37,3 +39,4 @@ def test_mass_spring_quick_walks_more_than_a_body_length(tmp_path):
     metrics = run_example("mass_spring", RunConfig(out=tmp_path, quick=True, progress=False))
     assert metrics["distance"] > metrics["body_length"]
     assert metrics["distance"] >= 5 * abs(metrics["initial_distance"])
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move

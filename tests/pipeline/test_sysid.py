@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from diffvc.testing import check_outputs
 from diffvc.examples import RunConfig, run_example
 from diffvc.examples.sysid import DTYPE, RigidExperiment, RigidProblem, identify
 from diffvc.optim import pyramid_mse
@@ -37,6 +38,7 @@ def test_sysid_quick_meets_targets(tmp_path):
     assert m["soft_rel_error_damping"] < 5e-2
     for part in ("rigid", "soft"):
         assert (tmp_path / part / "side_by_side.gif").exists() and (tmp_path / part / "curves.png").exists()
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move
 
 
 @pytest.mark.slow
@@ -45,3 +47,4 @@ def test_sysid_noise_quick_within_five_percent(tmp_path):
     assert m["noise"] == 0.01
     for k in ("rigid_rel_error_mass", "rigid_rel_error_mu", "soft_rel_error_young", "soft_rel_error_damping"):
         assert m[k] < 0.05, (k, m[k])
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from diffvc.testing import check_outputs
 from diffvc.examples import EXAMPLES, RunConfig, run_example
 
 
@@ -17,6 +18,7 @@ def test_inverse_rendering_short_run_reduces_both_losses(tmp_path):
     for name in ("metrics.json", "curves.png", "images.png"):
         assert (tmp_path / name).exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["stage1_iterations"] == 3
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move
 
 
 @pytest.mark.slow
@@ -24,3 +26,4 @@ def test_inverse_rendering_quick_meets_targets(tmp_path):
     m = run_example("inverse_rendering", RunConfig(out=tmp_path, quick=True, progress=False))
     assert m["max_rel_err_colours_and_light"] < 0.02
     assert m["box_final_error_fraction_of_size"] < 0.01
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from diffvc.testing import check_outputs
 from diffvc.examples import RunConfig, run_example
 from diffvc.examples.silhouettes import make_target
 from diffvc.geometry import edges
@@ -31,6 +32,7 @@ def test_short_run_reduces_loss_and_improves_silhouettes(tmp_path):
     for name in ("target.png", "start.png", "result.png", "comparison.png", "curves.png", "metrics.json"):
         assert (tmp_path / name).exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["iterations"] == 25
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move
 
 
 @pytest.mark.slow
@@ -38,3 +40,4 @@ def test_quick_run_meets_targets(tmp_path):
     m = run_example("silhouettes", RunConfig(out=tmp_path, quick=True, progress=False))
     assert m["chamfer"] < 0.01
     assert m["iou"] > 0.97
+    check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move
