@@ -6,14 +6,14 @@ One MLS-MPM step (Hu et al. 2018, as in DiffTaichi's ``diffmpm.py``) is three la
   projection, Kirchhoff stress, actuation stress, then a scatter of momentum + affine stress
   impulse and mass onto the 3^d quadratic B-spline stencil of grid nodes;
 * :func:`grid_2d` / :func:`grid_3d` (one thread per node): velocity = momentum / mass, gravity,
-  wall conditions;
+  wall conditions (empty nodes: 0);
 * :func:`g2p_2d` / :func:`g2p_3d` (one thread per particle): gather velocity and affine field C,
   advect.
 
 P2G is a scatter. On CPU a Warp launch runs on one thread, and Warp's CPU atomics are not atomic
 across threads, so the split forward P2G gives every CPU thread its own grid (a ``slot``, the
-first axis of the grid buffers) and the grid kernel sums the slots in a fixed order (deterministic,
-no lost adds). Adjoint launches (whose generated code scatters into the grid adjoint and into
+first axis of the grid buffers), summed afterwards in a fixed order (deterministic, no lost
+adds). Adjoint launches (whose generated code scatters into the grid adjoint and into
 per-particle parameters) are never split. On CUDA there is one slot and atomics are real.
 
 :func:`mpm_segment` runs K steps as ONE torch autograd node: particle states of every step live in
@@ -112,53 +112,71 @@ def hardening_factor(jp: Any, xi: Any):
 # --------------------------------------------------------------------------------------------
 
 @wp.func
-def stress_2d(Fn: Any, jp: Any, mu: Any, lam: Any, material: int, theta_c: Any, theta_s: Any, xi: Any,
-              alpha: Any):
-    """Plastic projection and Kirchhoff stress of one 2D particle: returns (F_elastic, J_p, tau)."""
+def sand_2d(Fn: Any, jp: Any, mu: Any, lam: Any, alpha: Any):
+    """Drucker-Prager return mapping in Hencky strain (Klar et al. 2016) and the Hencky
+    St. Venant-Kirchhoff Kirchhoff stress: returns (F_elastic, log-volume correction, tau)."""
+    F = Fn
+    j = jp
+    U, sig, V = wp.svd2(F)
+    e0 = wp.log(wp.max(wp.abs(sig[0]), type(mu)(SAND_SIG_MIN)))
+    e1 = wp.log(wp.max(wp.abs(sig[1]), type(mu)(SAND_SIG_MIN)))
+    tr = e0 + e1 + jp
+    h0 = e0 - tr * type(mu)(0.5)
+    h1 = e1 - tr * type(mu)(0.5)
+    hn = wp.sqrt(h0 * h0 + h1 * h1 + type(mu)(1e-30))
+    if tr >= type(mu)(0.0):  # separation: stress free
+        e0 = mu - mu
+        e1 = mu - mu
+        j = tr
+    else:
+        j = mu - mu
+        dg = hn + (type(mu)(2.0) * lam + type(mu)(2.0) * mu) / (type(mu)(2.0) * mu) * tr * alpha
+        if dg > type(mu)(0.0):
+            e0 = e0 - dg / hn * h0
+            e1 = e1 - dg / hn * h1
+    F = U * wp.diag(wp.vector(wp.exp(e0), wp.exp(e1))) * wp.transpose(V)
+    te = e0 + e1
+    tau = U * wp.diag(wp.vector(type(mu)(2.0) * mu * e0 + lam * te, type(mu)(2.0) * mu * e1 + lam * te)) * wp.transpose(U)
+    return F, j, tau
+
+
+@wp.func
+def snow_2d(Fn: Any, jp: Any, mu: Any, lam: Any, theta_c: Any, theta_s: Any, xi: Any):
+    """Singular values clamped to [1 - theta_c, 1 + theta_s] (Stomakhin et al. 2013), then
+    hardened fixed-corotated stress: returns (F_elastic, J_p, tau)."""
     I = wp.identity(n=2, dtype=type(mu))
     one = type(mu)(1.0)
     F = Fn
     j = jp
+    U, sig, V = wp.svd2(F)  # the projection (and its gradient) only when a clamp is active
+    lo = one - theta_c
+    hi = one + theta_s
+    if sig[0] < lo or sig[0] > hi or sig[1] < lo or sig[1] > hi:
+        c0 = wp.clamp(sig[0], lo, hi)
+        c1 = wp.clamp(sig[1], lo, hi)
+        j = jp * (sig[0] * sig[1]) / (c0 * c1)
+        F = U * wp.diag(wp.vector(c0, c1)) * wp.transpose(V)
+    h = hardening_factor(j, xi)
+    return F, j, corotated_tau(F, polar2(F), I, mu * h, lam * h)
+
+
+@wp.func
+def stress_2d(Fn: Any, jp: Any, mu: Any, lam: Any, material: int, theta_c: Any, theta_s: Any, xi: Any,
+              alpha: Any):
+    """Plastic projection and Kirchhoff stress of one 2D particle: returns (F_elastic, J_p, tau).
+    One function per material so an adjoint only pays for the branch it takes."""
+    I = wp.identity(n=2, dtype=type(mu))
+    F = Fn
+    j = jp
     tau = I * (mu - mu)
-    if material == 1:
-        tau = neohookean_tau(F, I, mu, lam)
-    elif material == 3:
-        U, sig, V = wp.svd2(F)
-        e0 = wp.log(wp.max(wp.abs(sig[0]), type(mu)(SAND_SIG_MIN)))
-        e1 = wp.log(wp.max(wp.abs(sig[1]), type(mu)(SAND_SIG_MIN)))
-        tr = e0 + e1 + jp
-        h0 = e0 - tr * type(mu)(0.5)
-        h1 = e1 - tr * type(mu)(0.5)
-        hn = wp.sqrt(h0 * h0 + h1 * h1 + type(mu)(1e-30))
-        if tr >= type(mu)(0.0):  # separation: stress free
-            e0 = mu - mu
-            e1 = mu - mu
-            j = tr
-        else:
-            j = mu - mu
-            dg = hn + (type(mu)(2.0) * lam + type(mu)(2.0) * mu) / (type(mu)(2.0) * mu) * tr * alpha
-            if dg > type(mu)(0.0):
-                e0 = e0 - dg / hn * h0
-                e1 = e1 - dg / hn * h1
-        F = U * wp.diag(wp.vector(wp.exp(e0), wp.exp(e1))) * wp.transpose(V)
-        te = e0 + e1
-        tau = U * wp.diag(wp.vector(type(mu)(2.0) * mu * e0 + lam * te, type(mu)(2.0) * mu * e1 + lam * te)) * wp.transpose(U)
+    if material == 3:
+        F, j, tau = sand_2d(Fn, jp, mu, lam, alpha)
+    elif material == 2:
+        F, j, tau = snow_2d(Fn, jp, mu, lam, theta_c, theta_s, xi)
+    elif material == 1:
+        tau = neohookean_tau(Fn, I, mu, lam)
     else:
-        m = mu
-        l = lam
-        if material == 2:
-            U, sig, V = wp.svd2(F)  # the projection (and its gradient) only when a clamp is active
-            lo = one - theta_c
-            hi = one + theta_s
-            if sig[0] < lo or sig[0] > hi or sig[1] < lo or sig[1] > hi:
-                c0 = wp.clamp(sig[0], lo, hi)
-                c1 = wp.clamp(sig[1], lo, hi)
-                j = jp * (sig[0] * sig[1]) / (c0 * c1)
-                F = U * wp.diag(wp.vector(c0, c1)) * wp.transpose(V)
-            h = hardening_factor(j, xi)
-            m = mu * h
-            l = lam * h
-        tau = corotated_tau(F, polar2(F), I, m, l)
+        tau = corotated_tau(Fn, polar2(Fn), I, mu, lam)
     return F, j, tau
 
 
@@ -230,34 +248,12 @@ def p2g_2d(
         fi = fi + one
 
 
-@wp.kernel
-def grid_2d(
-    grid_mv: wp.array2d(dtype=Any),
-    grid_m: wp.array2d(dtype=Any),
-    slots: int,
-    gravity: wp.array(dtype=Any),
-    wall_kind: wp.array(dtype=wp.int32),
-    wall_mu: wp.array(dtype=Any),
-    dt: Any,
-    res_x: int,
-    res_y: int,
-    bound: int,
-    grid_v: wp.array(dtype=Any),
-):
-    """Node velocity from the summed slots, gravity, then walls (x-low, x-high, y-low, y-high)."""
-    node = wp.tid()
-    mv = grid_mv[0, node]
-    m = grid_m[0, node]
-    for s in range(1, MAX_SLOTS):  # unrolled; slots in a fixed order (deterministic sums)
-        if s < slots:
-            mv = mv + grid_mv[s, node]
-            m = m + grid_m[s, node]
-    vn = mv * (dt - dt)
-    if m > type(dt)(0.0):
-        vn = mv / m
-    vn = vn + gravity[0] * dt
-    i = node / res_y
-    j = node - i * res_y
+@wp.func
+def node_velocity_2d(mv: Any, m: Any, g: Any, dt: Any, i: int, j: int, res_x: int, res_y: int, bound: int,
+                     wall_kind: wp.array(dtype=wp.int32), wall_mu: wp.array(dtype=Any)):
+    """Velocity of a non-empty node: momentum / mass + dt g, then the walls (x-low, x-high, y-low,
+    y-high) whose band holds the node."""
+    vn = mv / m + g * dt
     one = type(dt)(1.0)
     zero = type(dt)(0.0)
     if i < bound:
@@ -268,7 +264,32 @@ def grid_2d(
         vn = wall(vn, type(vn)(zero, one), wall_kind[2], wall_mu[2])
     if j > res_y - bound:
         vn = wall(vn, type(vn)(zero, -one), wall_kind[3], wall_mu[3])
-    grid_v[node] = vn
+    return vn
+
+
+@wp.kernel
+def grid_2d(
+    grid_mv: wp.array(dtype=Any),
+    grid_m: wp.array(dtype=Any),
+    gravity: wp.array(dtype=Any),
+    wall_kind: wp.array(dtype=wp.int32),
+    wall_mu: wp.array(dtype=Any),
+    dt: Any,
+    res_x: int,
+    res_y: int,
+    bound: int,
+    grid_v: wp.array(dtype=Any),
+):
+    """Node velocities (:func:`node_velocity_2d`); 0 at empty nodes, which no particle reads with a
+    nonzero weight (skipping them is most of the grid, and most of the adjoint's cost)."""
+    node = wp.tid()
+    m = grid_m[node]
+    if m <= type(dt)(0.0):
+        grid_v[node] = grid_mv[node] * (dt - dt)
+        return
+    i = node / res_y
+    grid_v[node] = node_velocity_2d(grid_mv[node], m, gravity[0], dt, i, node - i * res_y, res_x, res_y, bound,
+                                    wall_kind, wall_mu)
 
 
 @wp.kernel
@@ -320,61 +341,79 @@ def g2p_2d(
 # --------------------------------------------------------------------------------------------
 
 @wp.func
-def stress_3d(Fn: Any, jp: Any, mu: Any, lam: Any, material: int, theta_c: Any, theta_s: Any, xi: Any,
-              alpha: Any):
-    """Plastic projection and Kirchhoff stress of one 3D particle: returns (F_elastic, J_p, tau)."""
+def sand_3d(Fn: Any, jp: Any, mu: Any, lam: Any, alpha: Any):
+    """Drucker-Prager return mapping in Hencky strain (Klar et al. 2016) and the Hencky
+    St. Venant-Kirchhoff Kirchhoff stress: returns (F_elastic, log-volume correction, tau)."""
+    F = Fn
+    j = jp
+    U, sig, V = wp.svd3(F)
+    e0 = wp.log(wp.max(wp.abs(sig[0]), type(mu)(SAND_SIG_MIN)))
+    e1 = wp.log(wp.max(wp.abs(sig[1]), type(mu)(SAND_SIG_MIN)))
+    e2 = wp.log(wp.max(wp.abs(sig[2]), type(mu)(SAND_SIG_MIN)))
+    tr = e0 + e1 + e2 + jp
+    third = type(mu)(1.0) / type(mu)(3.0)
+    h0 = e0 - tr * third
+    h1 = e1 - tr * third
+    h2 = e2 - tr * third
+    hn = wp.sqrt(h0 * h0 + h1 * h1 + h2 * h2 + type(mu)(1e-30))
+    if tr >= type(mu)(0.0):
+        e0 = mu - mu
+        e1 = mu - mu
+        e2 = mu - mu
+        j = tr
+    else:
+        j = mu - mu
+        dg = hn + (type(mu)(3.0) * lam + type(mu)(2.0) * mu) / (type(mu)(2.0) * mu) * tr * alpha
+        if dg > type(mu)(0.0):
+            e0 = e0 - dg / hn * h0
+            e1 = e1 - dg / hn * h1
+            e2 = e2 - dg / hn * h2
+    F = U * wp.diag(wp.vector(wp.exp(e0), wp.exp(e1), wp.exp(e2))) * wp.transpose(V)
+    te = e0 + e1 + e2
+    tm = type(mu)(2.0) * mu
+    tau = U * wp.diag(wp.vector(tm * e0 + lam * te, tm * e1 + lam * te, tm * e2 + lam * te)) * wp.transpose(U)
+    return F, j, tau
+
+
+@wp.func
+def snow_3d(Fn: Any, jp: Any, mu: Any, lam: Any, theta_c: Any, theta_s: Any, xi: Any):
+    """Singular values clamped to [1 - theta_c, 1 + theta_s] (Stomakhin et al. 2013), then
+    hardened fixed-corotated stress: returns (F_elastic, J_p, tau)."""
     I = wp.identity(n=3, dtype=type(mu))
     one = type(mu)(1.0)
     F = Fn
     j = jp
+    U, sig, V = wp.svd3(F)
+    lo = one - theta_c
+    hi = one + theta_s
+    out = sig[0] < lo or sig[0] > hi or sig[1] < lo or sig[1] > hi or sig[2] < lo or sig[2] > hi
+    if out:
+        c0 = wp.clamp(sig[0], lo, hi)
+        c1 = wp.clamp(sig[1], lo, hi)
+        c2 = wp.clamp(sig[2], lo, hi)
+        j = jp * (sig[0] * sig[1] * sig[2]) / (c0 * c1 * c2)
+        F = U * wp.diag(wp.vector(c0, c1, c2)) * wp.transpose(V)
+    h = hardening_factor(j, xi)
+    return F, j, corotated_tau(F, polar_rotation(F), I, mu * h, lam * h)
+
+
+@wp.func
+def stress_3d(Fn: Any, jp: Any, mu: Any, lam: Any, material: int, theta_c: Any, theta_s: Any, xi: Any,
+              alpha: Any):
+    """Plastic projection and Kirchhoff stress of one 3D particle: returns (F_elastic, J_p, tau).
+    One function per material so an adjoint only pays for the branch it takes."""
+    I = wp.identity(n=3, dtype=type(mu))
+    F = Fn
+    j = jp
     tau = I * (mu - mu)
-    if material == 1:
-        tau = neohookean_tau(F, I, mu, lam)
-    elif material == 3:
-        U, sig, V = wp.svd3(F)
-        e0 = wp.log(wp.max(wp.abs(sig[0]), type(mu)(SAND_SIG_MIN)))
-        e1 = wp.log(wp.max(wp.abs(sig[1]), type(mu)(SAND_SIG_MIN)))
-        e2 = wp.log(wp.max(wp.abs(sig[2]), type(mu)(SAND_SIG_MIN)))
-        tr = e0 + e1 + e2 + jp
-        third = type(mu)(1.0) / type(mu)(3.0)
-        h0 = e0 - tr * third
-        h1 = e1 - tr * third
-        h2 = e2 - tr * third
-        hn = wp.sqrt(h0 * h0 + h1 * h1 + h2 * h2 + type(mu)(1e-30))
-        if tr >= type(mu)(0.0):
-            e0 = mu - mu
-            e1 = mu - mu
-            e2 = mu - mu
-            j = tr
-        else:
-            j = mu - mu
-            dg = hn + (type(mu)(3.0) * lam + type(mu)(2.0) * mu) / (type(mu)(2.0) * mu) * tr * alpha
-            if dg > type(mu)(0.0):
-                e0 = e0 - dg / hn * h0
-                e1 = e1 - dg / hn * h1
-                e2 = e2 - dg / hn * h2
-        F = U * wp.diag(wp.vector(wp.exp(e0), wp.exp(e1), wp.exp(e2))) * wp.transpose(V)
-        te = e0 + e1 + e2
-        tm = type(mu)(2.0) * mu
-        tau = U * wp.diag(wp.vector(tm * e0 + lam * te, tm * e1 + lam * te, tm * e2 + lam * te)) * wp.transpose(U)
+    if material == 3:
+        F, j, tau = sand_3d(Fn, jp, mu, lam, alpha)
+    elif material == 2:
+        F, j, tau = snow_3d(Fn, jp, mu, lam, theta_c, theta_s, xi)
+    elif material == 1:
+        tau = neohookean_tau(Fn, I, mu, lam)
     else:
-        m = mu
-        l = lam
-        if material == 2:
-            U, sig, V = wp.svd3(F)
-            lo = one - theta_c
-            hi = one + theta_s
-            out = sig[0] < lo or sig[0] > hi or sig[1] < lo or sig[1] > hi or sig[2] < lo or sig[2] > hi
-            if out:
-                c0 = wp.clamp(sig[0], lo, hi)
-                c1 = wp.clamp(sig[1], lo, hi)
-                c2 = wp.clamp(sig[2], lo, hi)
-                j = jp * (sig[0] * sig[1] * sig[2]) / (c0 * c1 * c2)
-                F = U * wp.diag(wp.vector(c0, c1, c2)) * wp.transpose(V)
-            h = hardening_factor(j, xi)
-            m = mu * h
-            l = lam * h
-        tau = corotated_tau(F, polar_rotation(F), I, m, l)
+        tau = corotated_tau(Fn, polar_rotation(Fn), I, mu, lam)
     return F, j, tau
 
 
@@ -452,37 +491,11 @@ def p2g_3d(
         fi = fi + one
 
 
-@wp.kernel
-def grid_3d(
-    grid_mv: wp.array2d(dtype=Any),
-    grid_m: wp.array2d(dtype=Any),
-    slots: int,
-    gravity: wp.array(dtype=Any),
-    wall_kind: wp.array(dtype=wp.int32),
-    wall_mu: wp.array(dtype=Any),
-    dt: Any,
-    res_x: int,
-    res_y: int,
-    res_z: int,
-    bound: int,
-    grid_v: wp.array(dtype=Any),
-):
-    """3D twin of :func:`grid_2d`; walls x-low, x-high, y-low, y-high, z-low, z-high."""
-    node = wp.tid()
-    mv = grid_mv[0, node]
-    m = grid_m[0, node]
-    for s in range(1, MAX_SLOTS):  # unrolled; slots in a fixed order (deterministic sums)
-        if s < slots:
-            mv = mv + grid_mv[s, node]
-            m = m + grid_m[s, node]
-    vn = mv * (dt - dt)
-    if m > type(dt)(0.0):
-        vn = mv / m
-    vn = vn + gravity[0] * dt
-    k = node % res_z
-    ij = node / res_z
-    j = ij % res_y
-    i = ij / res_y
+@wp.func
+def node_velocity_3d(mv: Any, m: Any, g: Any, dt: Any, i: int, j: int, k: int, res_x: int, res_y: int, res_z: int,
+                     bound: int, wall_kind: wp.array(dtype=wp.int32), wall_mu: wp.array(dtype=Any)):
+    """3D twin of :func:`node_velocity_2d`; walls x-low, x-high, y-low, y-high, z-low, z-high."""
+    vn = mv / m + g * dt
     one = type(dt)(1.0)
     zero = type(dt)(0.0)
     if i < bound:
@@ -497,7 +510,34 @@ def grid_3d(
         vn = wall(vn, type(vn)(zero, zero, one), wall_kind[4], wall_mu[4])
     if k > res_z - bound:
         vn = wall(vn, type(vn)(zero, zero, -one), wall_kind[5], wall_mu[5])
-    grid_v[node] = vn
+    return vn
+
+
+@wp.kernel
+def grid_3d(
+    grid_mv: wp.array(dtype=Any),
+    grid_m: wp.array(dtype=Any),
+    gravity: wp.array(dtype=Any),
+    wall_kind: wp.array(dtype=wp.int32),
+    wall_mu: wp.array(dtype=Any),
+    dt: Any,
+    res_x: int,
+    res_y: int,
+    res_z: int,
+    bound: int,
+    grid_v: wp.array(dtype=Any),
+):
+    """3D twin of :func:`grid_2d`."""
+    node = wp.tid()
+    m = grid_m[node]
+    if m <= type(dt)(0.0):
+        grid_v[node] = grid_mv[node] * (dt - dt)
+        return
+    k = node % res_z
+    ij = node / res_z
+    j = ij % res_y
+    grid_v[node] = node_velocity_3d(grid_mv[node], m, gravity[0], dt, ij / res_y, j, k, res_x, res_y, res_z, bound,
+                                    wall_kind, wall_mu)
 
 
 @wp.kernel
@@ -592,6 +632,9 @@ class _Segment:
             buf[0] = t
         self.gmv = torch.zeros((slots, G, d), dtype=dtype, device=dev)
         self.gm = torch.zeros((slots, G), dtype=dtype, device=dev)
+        # the grid kernel reads the slot sum (torch's sum over the slot axis: a fixed order)
+        self.smv = self.gmv[0] if slots == 1 else torch.zeros((G, d), dtype=dtype, device=dev)
+        self.sm = self.gm[0] if slots == 1 else torch.zeros(G, dtype=dtype, device=dev)
         self.gv = torch.zeros((G, d), dtype=dtype, device=dev)
         self.rows = (_rows(self.xs, "vec"), _rows(self.vs, "vec"), _rows(self.Cs, "mat"), _rows(self.Fs, "mat"),
                      _rows(self.Jps, None))
@@ -611,6 +654,7 @@ class _Segment:
         self.w_kind, self.w_wmu = to_warp(wall_kind), to_warp(wall_mu)
         self.bound = int(bound)
         self.w_gmv, self.w_gm, self.w_gv = to_warp(self.gmv, "vec"), to_warp(self.gm), to_warp(self.gv, "vec")
+        self.w_smv, self.w_sm = to_warp(self.smv, "vec"), to_warp(self.sm)
         self.stream = _stream(dev)
         # recorded forward launches: one P2G per slot (particle sub-range), grid, G2P
         wx, wv, wC, wF, wJ = (to_warp(self.xs[0], "vec"), to_warp(self.vs[0], "vec"), to_warp(self.Cs[0], "mat"),
@@ -637,7 +681,7 @@ class _Segment:
 
     def _grid_inputs(self, gmv=None, gm=None, grav=None, wmu=None):
         pick = (lambda a, b: b if a is None else a)
-        return [pick(gmv, self.w_gmv), pick(gm, self.w_gm), self.slots, pick(grav, self.w_grav), self.w_kind,
+        return [pick(gmv, self.w_smv), pick(gm, self.w_sm), pick(grav, self.w_grav), self.w_kind,
                 pick(wmu, self.w_wmu), self.fdt, *self.res, self.bound]
 
     def _g2p_inputs(self, wx, gv=None):
@@ -660,6 +704,8 @@ class _Segment:
             futures = [_pool().submit(L.launch) for L in self.p2g_launches]
             for f in futures:
                 f.result()
+            torch.sum(self.gmv, 0, out=self.smv)
+            torch.sum(self.gm, 0, out=self.sm)
         else:
             self._launch(self.p2g_launches[0])
         self._launch(self.grid_launch)
@@ -696,7 +742,9 @@ def _adjoint(seg: _Segment, inputs, grads_out):
     aact = _rows(g_act, None)
     if act.shape[0] == 1:
         aact = aact * K
-    agmv, agm, agv = torch.zeros_like(seg.gmv), torch.zeros_like(seg.gm), torch.zeros_like(seg.gv)
+    # adjoint of the slot sum: every slot gets the summed grid's adjoint; the one-thread P2G adjoint
+    # reads slot 0
+    agmv, agm, agv = seg.gmv[:1].clone(), seg.gm[:1].clone(), torch.zeros_like(seg.gv)
     w_agmv, w_agm, w_agv = to_warp(agmv, "vec"), to_warp(agm), to_warp(agv, "vec")
     scratch_g = torch.zeros_like(gravity.reshape(1, -1))
     scratch_mu = torch.zeros_like(wall_mu)
@@ -712,7 +760,8 @@ def _adjoint(seg: _Segment, inputs, grads_out):
                                             actdir=to_warp(g_actdir, "vec")),
                  adj_outputs=[w_agmv, w_agm, aF0, aJ0])
     Lg = _record(grid, seg.G, seg._grid_inputs(), [seg.w_gv], dev,
-                 adj_inputs=seg._grid_inputs(w_agmv, w_agm, to_warp(scratch_g, "vec"), to_warp(scratch_mu)),
+                 adj_inputs=seg._grid_inputs(to_warp(agmv[0], "vec"), to_warp(agm[0]), to_warp(scratch_g, "vec"),
+                                             to_warp(scratch_mu)),
                  adj_outputs=[w_agv])
     L2 = _record(g2p, seg.n, seg._g2p_inputs(wx), [wx, wv, wC], dev,
                  adj_inputs=seg._g2p_inputs(ax0, w_agv), adj_outputs=[ax0, av0, aC0])

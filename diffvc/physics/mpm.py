@@ -9,7 +9,7 @@ spacing ``dx`` (node i sits at i dx; quadratic B-spline weights):
 2. Kirchhoff stress tau(F) plus actuation tau_a = a F d d^T F^T (a: the particle's control in Pa,
    d: its unit actuation direction ``act_dir``, DiffTaichi's ``A = diag(0, 1) * act``);
 3. P2G: node i gets w_ip (m v_p + (m C_p - dt V 4/dx^2 tau) (x_i - x_p)) and w_ip m;
-4. grid: v_i = momentum / mass (0 at empty nodes) + dt g, then walls (below);
+4. grid: v_i = momentum / mass + dt g, then walls (below); empty nodes 0;
 5. G2P: v_p = sum w_ip v_i, C_p = 4/dx^2 sum w_ip v_i (x_i - x_p)^T, x_p += dt v_p.
 
 Materials (Lame mu, lam from Young's modulus E and Poisson ratio nu, per particle):
@@ -491,9 +491,8 @@ def _step_torch(model: MPMModel, state: MPMState, dt: float, act: torch.Tensor) 
     gmv = torch.zeros(G, d, dtype=x.dtype, device=x.device).index_add(0, flat, contrib.reshape(-1, d))
     gm = torch.zeros(G, dtype=x.dtype, device=x.device).index_add(0, flat, (wgt * m[:, None]).reshape(-1))
     has = gm > 0
-    gv = torch.where(has[:, None], gmv / torch.where(has, gm, torch.ones_like(gm))[:, None], torch.zeros_like(gmv))
-    gv = gv + dt * model.gravity
-    gv = _walls_torch(model, gv)
+    gv = gmv / torch.where(has, gm, torch.ones_like(gm))[:, None] + dt * model.gravity
+    gv = torch.where(has[:, None], _walls_torch(model, gv), torch.zeros_like(gv))
     g = gv[node]  # (N, 3^d, d)
     nv = (wgt[..., None] * g).sum(1)
     nC = (4.0 * inv_dx) * ((wgt[..., None, None] * g[..., :, None] * (offs[None] - fx[:, None])[..., None, :]).sum(1))
