@@ -24,6 +24,7 @@ EXAMPLES: dict[str, str] = {
     "mass_spring": "diffvc.examples.mass_spring",
     "sysid": "diffvc.examples.sysid",
     "sysid_noise": "diffvc.examples.sysid_noise",
+    "topopt": "diffvc.examples.topopt",
 }
 
 
