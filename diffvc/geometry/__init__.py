@@ -57,6 +57,18 @@ from .neural import PositionalEncoding, HashGridEncoding, MLP, NeuralField
 from .diffusion import HeatDiffusion, heat_diffuse
 from .io import load_mesh, save_mesh, load_points, save_points
 from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
+from .splines import (
+    bezier_curve,
+    bspline_basis,
+    bspline_curve,
+    bspline_surface,
+    clamped_knots,
+    elevate_bezier,
+    insert_knot,
+    nurbs_circle,
+    surface_normals,
+    tessellate_surface,
+)
 
 __all__ = [
     "face_normals", "vertex_normals", "mesh_normals",
@@ -79,4 +91,6 @@ __all__ = [
     "HeatDiffusion", "heat_diffuse",
     "load_mesh", "save_mesh", "load_points", "save_points",
     "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
+    "bezier_curve", "bspline_basis", "bspline_curve", "bspline_surface", "clamped_knots", "elevate_bezier",
+    "insert_knot", "nurbs_circle", "surface_normals", "tessellate_surface",
 ]
