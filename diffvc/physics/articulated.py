@@ -81,16 +81,42 @@ def _skew(a: torch.Tensor) -> torch.Tensor:
                         torch.stack([-a[..., 1], a[..., 0], z], -1)], -2)
 
 
-def _axis_angle(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (..., 3, 3) for unit axes (..., 3) and angles (...) (Rodrigues)."""
-    K = _skew(axis)
-    s, c = torch.sin(angle)[..., None, None], torch.cos(angle)[..., None, None]
-    eye = torch.eye(3, dtype=axis.dtype, device=axis.device)
-    return eye + s * K + (1.0 - c) * (K @ K)
-
+# Small products stay batched matmuls: written elementwise (broadcast multiply + sum) they ran
+# 3-5x slower on this CPU for 1,024 3x3 matrices (torch's small reductions are the bottleneck).
 
 def _mv(R: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """R (..., 3, 3) @ v (..., 3)."""
     return (R @ v[..., None])[..., 0]
+
+
+def _mm3(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A (..., 3, 3) @ B (..., 3, 3)."""
+    return A @ B
+
+
+def _axis_angle(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) for unit axes (..., 3) and angles (...) (Rodrigues:
+    c I + s [a]x + (1 - c) a a^T)."""
+    s, c = torch.sin(angle)[..., None, None], torch.cos(angle)[..., None, None]
+    eye = torch.eye(3, dtype=axis.dtype, device=axis.device)
+    return c * eye + s * _skew(axis) + (1.0 - c) * (axis[..., :, None] * axis[..., None, :])
+
+
+def _mix(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out[b, n] = sum_k mask[n, k] x[b, k]`` for a topology matrix mask (N, K) and x (B, K, ...):
+    one matrix product over the folded trailing dimensions (a three-operand einsum broadcast a
+    (B, N, K, ...) temporary first and was the slowest op of a step)."""
+    B, K = x.shape[0], x.shape[1]
+    rest = x.shape[2:]
+    y = mask @ x.transpose(0, 1).reshape(K, -1)
+    return y.reshape(mask.shape[0], B, *rest).transpose(0, 1)
+
+
+def _imul(m: torch.Tensor, h: torch.Tensor, J: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Spatial inertia (mass m (..., 1), first moment h = m c (..., 3), rotational inertia about the
+    origin J (..., 3, 3)) times a spatial motion s = (w, v) (..., 6): (J w + h x v, m v - h x w)."""
+    w, v = s[..., :3], s[..., 3:]
+    return torch.cat([_mv(J, w) + torch.cross(h, v, dim=-1), m * v - torch.cross(h, w, dim=-1)], -1)
 
 
 def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -330,6 +356,7 @@ class ArticulatedModel:
             "amask": amask.to(device),             # (nv, nv) bool
             "amask_t": (amask.T & ~amask).to(device),
             "dof_body": db.to(device),
+            "desc_dof": anc[db].to(**fdt) if nv else torch.zeros(0, nb, **fdt),  # (nv, N): subtree of dof's body
             "point_body": torch.tensor(self.point_body, dtype=torch.long, device=device),
         }
         object.__setattr__(self, "_topo", topo)
@@ -407,33 +434,32 @@ class ArticulatedModel:
         nj = len(self.joint_type)
         for b, par in enumerate(self.parent):
             Rp, pp = (eye, zero3) if par < 0 else (Rs[par], ps[par])
-            R = Rp @ Rl[b]
-            p = pp + _mv(Rp, self.body_pos[b].expand(B, 3))
+            R = _mm3(Rp, Rl[b])
+            p = pp + Rp @ self.body_pos[b]
             while ji < nj and self.joint_body[ji] == b:
                 t, qa = self.joint_type[ji], self.qpos_adr[ji]
                 if t == "revolute":
-                    axis = _mv(R, self.joint_axis[ji].expand(B, 3))
-                    anchor = p + _mv(R, self.joint_pos[ji].expand(B, 3))
+                    axis = R @ self.joint_axis[ji]
+                    anchor = p + R @ self.joint_pos[ji]
                     S.append(torch.cat([axis, torch.cross(anchor, axis, dim=-1)], -1)[:, None])
-                    Rj = _axis_angle(axis, q[:, qa] - self.joint_ref[ji])
-                    R = Rj @ R
-                    p = anchor + _mv(Rj, p - anchor)
+                    R = _mm3(_axis_angle(axis, q[:, qa] - self.joint_ref[ji]), R)
+                    p = anchor - R @ self.joint_pos[ji]
                 elif t == "prismatic":
-                    axis = _mv(R, self.joint_axis[ji].expand(B, 3))
+                    axis = R @ self.joint_axis[ji]
                     S.append(torch.cat([torch.zeros_like(axis), axis], -1)[:, None])
                     p = p + axis * (q[:, qa] - self.joint_ref[ji])[:, None]
                 elif t == "ball":
-                    anchor = p + _mv(R, self.joint_pos[ji].expand(B, 3))
+                    anchor = p + R @ self.joint_pos[ji]
                     qq = q[:, qa:qa + 4]
-                    R = R @ quat_to_matrix(qq / qq.norm(dim=-1, keepdim=True))
-                    p = anchor - _mv(R, self.joint_pos[ji].expand(B, 3))
+                    R = _mm3(R, quat_to_matrix(qq / qq.norm(dim=-1, keepdim=True)))
+                    p = anchor - R @ self.joint_pos[ji]
                     ax = R.transpose(1, 2)  # rows: world directions of the body axes
                     S.append(torch.cat([ax, torch.cross(anchor[:, None].expand(B, 3, 3), ax, dim=-1)], -1))
                 else:  # free
                     qq = q[:, qa + 3:qa + 7]
                     R = quat_to_matrix(qq / qq.norm(dim=-1, keepdim=True))
                     p = q[:, qa:qa + 3]
-                    anchor = p + _mv(R, self.joint_pos[ji].expand(B, 3))
+                    anchor = p + R @ self.joint_pos[ji]
                     e = torch.eye(3, dtype=dtype, device=device).expand(B, 3, 3)
                     ax = R.transpose(1, 2)
                     S.append(torch.cat([torch.cat([torch.zeros_like(e), e], -1),
@@ -446,32 +472,38 @@ class ArticulatedModel:
 
     def body_velocities(self, S: torch.Tensor, qd: torch.Tensor) -> torch.Tensor:
         """(B, N, 6) world spatial velocities (angular, linear at the origin) of the bodies."""
-        return torch.einsum("bkx,nk,bk->bnx", S, self._topo["support"], qd)
+        return _mix(self._topo["support"], S * qd[..., None])
 
     def _spatial_inertia(self, R, p):
-        """Per-body world spatial inertia at the origin (B, N, 6, 6) and world centres of mass."""
-        c = p + _mv(R, self.body_com)
-        Ic = R @ self.body_inertia @ R.transpose(-1, -2)
-        m = self.body_mass[:, None, None]
-        cx = _skew(c)
+        """Per-body world spatial inertia at the origin as (mass (N, 1), first moment m c
+        (B, N, 3), rotational inertia about the origin (B, N, 3, 3)) and the world centres of mass."""
+        nb = self.num_bodies
+        # per body: products with the body's constant com/inertia fold into single matmuls
+        c = p + torch.stack([R[:, b] @ self.body_com[b] for b in range(nb)], 1)
+        Ic = torch.stack([(R[:, b] @ self.body_inertia[b]) @ R[:, b].transpose(-1, -2) for b in range(nb)], 1)
+        m = self.body_mass[:, None]
         eye = torch.eye(3, dtype=p.dtype, device=p.device)
-        top = torch.cat([Ic + m * (cx @ cx.transpose(-1, -2)), m * cx], -1)
-        bot = torch.cat([m * cx.transpose(-1, -2), m * eye.expand_as(Ic)], -1)
-        return torch.cat([top, bot], -2), c
+        J = Ic + m[..., None] * ((c * c).sum(-1)[..., None, None] * eye - c[..., :, None] * c[..., None, :])
+        return (m, m * c, J), c
 
     def mass_matrix(self, q: torch.Tensor) -> torch.Tensor:
         """Joint-space mass matrix M(q) (B, nv, nv) including armature (composite rigid bodies)."""
         R, p, S = self.forward_kinematics(q)
-        I6, _ = self._spatial_inertia(R, p)
-        return self._mass_matrix(S, I6)
+        inertia, _ = self._spatial_inertia(R, p)
+        return self._mass_matrix(S, inertia)
 
-    def _mass_matrix(self, S, I6):
+    def _mass_matrix(self, S, inertia):
         topo = self._topo
-        Icomp = torch.einsum("nd,bdxy->bnxy", topo["desc"], I6)
-        F = (Icomp[:, topo["dof_body"]] @ S[..., None])[..., 0]  # (B, nv, 6)
+        m, h, J = inertia
+        desc, db = topo["desc"], topo["dof_body"]
+        # composite inertia of each dof's subtree (sums over descendants are linear in m, h, J)
+        mk = (desc @ m)[db]
+        hk = _mix(topo["desc_dof"], h)
+        Jk = _mix(topo["desc_dof"], J)
+        F = _imul(mk, hk, Jk, S)  # (B, nv, 6)
         Mf = S @ F.transpose(1, 2)  # Mf[i, j] = s_i . Icomp_{body j} s_j
         M = torch.where(topo["amask"], Mf, torch.where(topo["amask_t"], Mf.transpose(1, 2), torch.zeros_like(Mf)))
-        return M + torch.diag_embed(self.dof_armature).expand_as(M)
+        return M + torch.diag_embed(self.dof_armature)
 
     # ---------------------------------------------------------------- forces
     def contact_wrenches(self, R, p, V) -> torch.Tensor:
@@ -548,18 +580,18 @@ class ArticulatedModel:
         q, qd = state.q, state.qd
         B = q.shape[0]
         R, p, S = self.forward_kinematics(q)
-        I6, _ = self._spatial_inertia(R, p)
-        M = self._mass_matrix(S, I6)
+        inertia, _ = self._spatial_inertia(R, p)
+        M = self._mass_matrix(S, inertia)
         topo = self._topo
-        V = self.body_velocities(S, qd)  # (B, N, 6)
-        Vc = torch.einsum("bjx,kj,bj->bkx", S, topo["carrier"], qd)
+        Sq = S * qd[..., None]
+        V = _mix(topo["support"], Sq)  # (B, N, 6) body velocities
+        Vc = _mix(topo["carrier"], Sq)
         cdot = _cross_motion(Vc, S)  # (B, nv, 6): d/dt s_k
         g = torch.cat([torch.zeros_like(self.gravity), -self.gravity])
-        A = g + torch.einsum("bkx,nk,bk->bnx", cdot, topo["support"], qd)  # bias accelerations
-        IV = (I6 @ V[..., None])[..., 0]
-        f = (I6 @ A[..., None])[..., 0] + _cross_force(V, IV) - self.contact_wrenches(R, p, V)
-        fc = torch.einsum("nd,bdx->bnx", topo["desc"], f)  # subtree sums
-        C = (S * fc[:, topo["dof_body"]]).sum(-1)  # (B, nv)
+        A = g + _mix(topo["support"], cdot * qd[..., None])  # bias accelerations
+        f = _imul(*inertia, A) + _cross_force(V, _imul(*inertia, V)) - self.contact_wrenches(R, p, V)
+        fc = _mix(topo["desc_dof"], f)  # subtree sums per dof
+        C = (S * fc).sum(-1)  # (B, nv)
         rhs = self.passive_forces(q, qd) - C
         tau = self._control_forces(control, B)
         if tau is not None:
@@ -610,8 +642,8 @@ class ArticulatedModel:
         """Total mechanical energy (B,) J: kinetic ``qd^T M qd / 2`` (armature included) +
         gravitational + joint-spring energy (contact and limit penalties not included)."""
         R, p, S = self.forward_kinematics(state.q)
-        I6, c = self._spatial_inertia(R, p)
-        M = self._mass_matrix(S, I6)
+        inertia, c = self._spatial_inertia(R, p)
+        M = self._mass_matrix(S, inertia)
         ke = 0.5 * (state.qd[:, None, :] @ M @ state.qd[:, :, None])[:, 0, 0]
         pe = -(self.body_mass * (c @ self.gravity)).sum(-1)
         for j, t in enumerate(self.joint_type):
