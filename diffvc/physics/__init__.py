@@ -38,6 +38,7 @@ from .fem import (FEMModel, FEMState, fem_implicit_step, fem_static_solve, fem_s
                   lame_parameters)
 from .mpm import MPMModel, MPMState
 from .cloth import ClothModel, ClothState, cloth_hinges
+from .smoke import SmokeModel, SmokeState
 from .articulated import ArticulatedModel, ArticulatedState, ArticulationBuilder
 from .mjcf import load_mjcf
 
@@ -71,6 +72,8 @@ __all__ = [
     "ClothModel",
     "ClothState",
     "cloth_hinges",
+    "SmokeModel",
+    "SmokeState",
     "ArticulatedModel",
     "ArticulatedState",
     "ArticulationBuilder",

@@ -14,6 +14,15 @@ from diffvc.testing import assert_grad_close
 D = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small meshes: torch's intra-op threads only add overhead (and stall on a loaded machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _sheet(n=3, size=0.4, height=0.0, dtype=D):
     v, f = grid(size, n, dtype=dtype)
     return v + torch.tensor([0.0, height, 0.0], dtype=dtype), f
