@@ -37,6 +37,7 @@ from .raster import _instantiate
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
+P_MIN = -5.6  # exp(-5.6) = 0.0037 < 1/255: below this power a Gaussian is skipped in any case
 
 
 @wp.kernel
@@ -66,6 +67,7 @@ def splat_forward(offset: int, means2d: wp.array(dtype=Any, ndim=3), conics: wp.
         amax = type(w0)(ALPHA_MAX)
         amin = type(w0)(ALPHA_MIN)
         tmin = type(w0)(T_MIN)
+        pmin = type(w0)(P_MIN)
         px = type(w0)(x) + half
         py = type(w0)(y) + half
         T = one
@@ -80,7 +82,8 @@ def splat_forward(offset: int, means2d: wp.array(dtype=Any, ndim=3), conics: wp.
             dx = px - means2d[b, g, 0]
             dy = py - means2d[b, g, 1]
             power = -half * (conics[b, g, 0] * dx * dx + conics[b, g, 2] * dy * dy) - conics[b, g, 1] * dx * dy
-            if power <= zero:
+            # power < -5.6 gives alpha < exp(-5.6) < 1/255 (opacity <= 1): skip without the exp
+            if power <= zero and power >= pmin:
                 a = wp.min(amax, opac[b, g] * wp.exp(power))
                 if a >= amin:
                     tn = T * (one - a)
@@ -131,6 +134,7 @@ def splat_backward(offset: int, means2d: wp.array(dtype=Any, ndim=3), conics: wp
         half = type(w0)(0.5)
         amax = type(w0)(ALPHA_MAX)
         amin = type(w0)(ALPHA_MIN)
+        pmin = type(w0)(P_MIN)
         px = type(w0)(x) + half
         py = type(w0)(y) + half
         Tf = trans[b, y, x]
@@ -155,7 +159,7 @@ def splat_backward(offset: int, means2d: wp.array(dtype=Any, ndim=3), conics: wp
             cb = conics[b, g, 1]
             cc = conics[b, g, 2]
             power = -half * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
-            if power <= zero:
+            if power <= zero and power >= pmin:
                 G = wp.exp(power)
                 o = opac[b, g]
                 a_raw = o * G

@@ -46,7 +46,7 @@ from .cameras import Cameras
 __all__ = ["Gaussians", "ProjectedGaussians", "TileBins", "SplatImage", "project_gaussians", "eval_sh",
            "sh_degree", "bin_gaussians", "rasterize_gaussians", "render_gaussians", "ssim", "splat_loss",
            "psnr", "DensityControl", "init_splat_params", "gaussians_from_params", "splat_optimizer",
-           "exponential_lr", "SH_C0", "rgb_to_sh"]
+           "exponential_lr", "SH_C0", "rgb_to_sh", "points_to_gaussians"]
 
 TILE = 16
 SH_C0 = 0.28209479177387814
@@ -491,6 +491,24 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, background=None, sh
         dirs = gaussians.means[None] - centers[:, None, :]
         colors = eval_sh(gaussians.sh[None].expand(centers.shape[0], -1, -1, -1), dirs, sh_degree)
     return rasterize_gaussians(proj, colors, gaussians.opacities, cameras.height, cameras.width, bg, backend)
+
+
+def points_to_gaussians(positions: torch.Tensor, radii: torch.Tensor, colors: torch.Tensor,
+                        opacities: torch.Tensor) -> Gaussians:
+    """Isotropic splats for particles: positions (N, 3) m, radii (N,) m (the Gaussian's standard
+    deviation), colors (N, 3) linear RGB (degree-0 SH, view-independent), opacities (N,) in
+    [0, 1]. Differentiable w.r.t. all four."""
+    n = positions.shape[0] if isinstance(positions, torch.Tensor) and positions.dim() == 2 else -1
+    _check_float(positions, "positions", ("N", 3))
+    _check_float(radii, "radii", (n,))
+    _check_float(colors, "colors", (n, 3))
+    _check_float(opacities, "opacities", (n,))
+    dt = positions.dtype
+    quats = torch.zeros((n, 4), dtype=dt, device=positions.device)
+    quats[:, 0] = 1
+    scales = radii.to(dt).clamp_min(0.0)[:, None].expand(n, 3)
+    return Gaussians(positions, scales, quats, opacities.to(dt).clamp(0.0, 1.0),
+                     rgb_to_sh(colors.to(dt)).reshape(n, 1, 3))
 
 
 # ---------------------------------------------------------------------------------------------
