@@ -25,6 +25,7 @@ EXAMPLES: dict[str, str] = {
     "sysid": "diffvc.examples.sysid",
     "sysid_noise": "diffvc.examples.sysid_noise",
     "topopt": "diffvc.examples.topopt",
+    "splat": "diffvc.examples.splat",
 }
 
 

@@ -57,6 +57,16 @@ from .neural import PositionalEncoding, HashGridEncoding, MLP, NeuralField
 from .diffusion import HeatDiffusion, heat_diffuse
 from .io import load_mesh, save_mesh, load_points, save_points
 from .regularizers import laplacian_smoothing_loss, normal_consistency_loss, edge_length_loss
+from .curvature import (
+    angle_defect,
+    angle_weighted_normals,
+    corner_angles,
+    gaussian_curvature,
+    mean_curvature,
+    mean_curvature_normal,
+    principal_curvatures,
+    voronoi_areas,
+)
 from .splines import (
     bezier_curve,
     bspline_basis,
@@ -91,6 +101,8 @@ __all__ = [
     "HeatDiffusion", "heat_diffuse",
     "load_mesh", "save_mesh", "load_points", "save_points",
     "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
+    "angle_defect", "angle_weighted_normals", "corner_angles", "gaussian_curvature", "mean_curvature",
+    "mean_curvature_normal", "principal_curvatures", "voronoi_areas",
     "bezier_curve", "bspline_basis", "bspline_curve", "bspline_surface", "clamped_knots", "elevate_bezier",
     "insert_knot", "nurbs_circle", "surface_normals", "tessellate_surface",
 ]
