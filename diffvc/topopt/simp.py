@@ -174,9 +174,15 @@ class SIMP:
                 dvv = dv
                 if self.passive is not None:
                     dvv = torch.where(self.passive.to(x.device) != 0, torch.ones_like(dvv), dvv)
+                if beta is None:
+                    # without projection the physical volume is affine in x (filter and passive
+                    # overrides are): sum(x_phys(x_new)) = sum(x_phys(x)) + <dv, x_new - x>, exactly
+                    v0 = float(vol_sum.detach())
+                    volume = lambda xn: v0 + float((dv * (xn - x)).sum())  # noqa: E731
+                else:
+                    volume = lambda xn: float(self.physical(xn, beta).sum())  # noqa: E731
                 with torch.no_grad():
-                    xnew = oc_update(x, dc, dvv, lambda xn: float(self.physical(xn, beta).sum()), target,
-                                     move=move, fixed=self.apply_passive)
+                    xnew = oc_update(x, dc, dvv, volume, target, move=move, fixed=self.apply_passive)
             else:
                 if c0 is None:
                     c0 = float(obj.detach())
