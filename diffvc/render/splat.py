@@ -194,7 +194,8 @@ def covariance_3d(scales: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
 
 
 def project_gaussians(means: torch.Tensor, scales: torch.Tensor, quats: torch.Tensor, cameras: Cameras,
-                      eps2d: float = 0.3, near: float = 0.01) -> ProjectedGaussians:
+                      eps2d: float = 0.3, near: float = 0.01,
+                      opacities: torch.Tensor | None = None) -> ProjectedGaussians:
     """EWA projection of 3D Gaussians into every view of ``cameras``.
 
     Args:
@@ -203,6 +204,10 @@ def project_gaussians(means: torch.Tensor, scales: torch.Tensor, quats: torch.Te
         eps2d: low-pass term added to the 2D covariance (px^2), so every splat covers about a
             pixel (anti-aliasing, and a finite inverse for degenerate Gaussians).
         near: Gaussians with view depth ``<= max(near, cameras.near)`` are culled.
+        opacities: (N,) optional; when given, the radius is ``min(3, sqrt(2 ln(255 o)))`` standard
+            deviations instead of 3 (beyond it ``alpha < 1/255`` and the compositor skips the
+            Gaussian anyway, so the image is unchanged and tile lists are shorter); Gaussians with
+            ``o < 1/255`` are culled.
 
     Returns:
         :class:`ProjectedGaussians`. Differentiable (plain torch) w.r.t. means, scales, quats and
@@ -250,7 +255,11 @@ def project_gaussians(means: torch.Tensor, scales: torch.Tensor, quats: torch.Te
     with torch.no_grad():
         mid = 0.5 * (a + c)
         lam = mid + torch.sqrt((mid * mid - det).clamp_min(0.1))
-        r = torch.ceil(3.0 * torch.sqrt(lam))
+        k = torch.full_like(lam, 3.0)
+        if opacities is not None:
+            o = opacities.detach().to(lam.dtype)[None, :]
+            k = torch.minimum(k, torch.sqrt(2 * torch.log((255.0 * o).clamp_min(1.0))))
+        r = torch.ceil(k * torch.sqrt(lam)) * (k > 0)
         inside = (u + r > 0) & (u - r < W) & (v + r > 0) & (v - r < H)
         radii = torch.where(valid & inside, r, torch.zeros_like(r)).clamp_max(4.0 * (H + W)).to(torch.int32)
     return ProjectedGaussians(means2d, conics, z, radii, torch.stack([a, b, c], -1))
@@ -483,7 +492,8 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, background=None, sh
     if background is not None:
         bg = background if isinstance(background, torch.Tensor) else torch.as_tensor(background, dtype=dt)
         bg = _check_float(bg.to(dtype=dt, device=gaussians.means.device), "background", (3,))
-    proj = project_gaussians(gaussians.means, gaussians.scales, gaussians.quats, cameras, eps2d=eps2d, near=near)
+    proj = project_gaussians(gaussians.means, gaussians.scales, gaussians.quats, cameras, eps2d=eps2d, near=near,
+                             opacities=gaussians.opacities)
     centers = cameras.centers.to(dt)
     if gaussians.sh.shape[1] == 1 or sh_degree == 0:
         colors = eval_sh(gaussians.sh[:, :1], gaussians.means)  # direction-free
