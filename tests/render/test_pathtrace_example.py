@@ -7,7 +7,7 @@ from diffvc.examples import EXAMPLES, RunConfig, run_example
 
 
 def test_inverse_rendering_is_registered():
-    assert EXAMPLES["inverse_rendering"][0] == "diffvc.examples.inverse_rendering"
+    assert EXAMPLES["inverse_rendering"] == "diffvc.examples.inverse_rendering"
 
 
 def test_inverse_rendering_short_run_reduces_both_losses(tmp_path):
