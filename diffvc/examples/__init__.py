@@ -26,6 +26,7 @@ EXAMPLES: dict[str, str] = {
     "sysid_noise": "diffvc.examples.sysid_noise",
     "topopt": "diffvc.examples.topopt",
     "splat": "diffvc.examples.splat",
+    "smoke": "diffvc.examples.smoke",
 }
 
 
