@@ -24,7 +24,9 @@ EXAMPLES: dict[str, str] = {
     "mass_spring": "diffvc.examples.mass_spring",
     "sysid": "diffvc.examples.sysid",
     "sysid_noise": "diffvc.examples.sysid_noise",
+    "tomography": "diffvc.examples.tomography",
     "topopt": "diffvc.examples.topopt",
+    "spline_fit": "diffvc.examples.spline_fit",
     "splat": "diffvc.examples.splat",
     "smoke": "diffvc.examples.smoke",
 }
