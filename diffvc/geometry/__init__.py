@@ -67,6 +67,7 @@ from .curvature import (
     principal_curvatures,
     voronoi_areas,
 )
+from .encoders import PointNetEncoder, EdgeConv, DGCNNEncoder, MeshConv, MeshEncoder, knn_graph, normalized_adjacency
 from .splines import (
     bezier_curve,
     bspline_basis,
@@ -103,6 +104,7 @@ __all__ = [
     "laplacian_smoothing_loss", "normal_consistency_loss", "edge_length_loss",
     "angle_defect", "angle_weighted_normals", "corner_angles", "gaussian_curvature", "mean_curvature",
     "mean_curvature_normal", "principal_curvatures", "voronoi_areas",
+    "PointNetEncoder", "EdgeConv", "DGCNNEncoder", "MeshConv", "MeshEncoder", "knn_graph", "normalized_adjacency",
     "bezier_curve", "bspline_basis", "bspline_curve", "bspline_surface", "clamped_knots", "elevate_bezier",
     "insert_knot", "nurbs_circle", "surface_normals", "tessellate_surface",
 ]
