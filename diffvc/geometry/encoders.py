@@ -123,7 +123,7 @@ def normalized_adjacency(faces: torch.Tensor, num_verts: int, dtype=torch.float3
     j = torch.cat([e[:, 1], e[:, 0]])
     deg = torch.zeros(num_verts, dtype=dtype, device=device).index_add_(0, i, torch.ones_like(i, dtype=dtype))
     w = 1.0 / deg[i]
-    return torch.sparse_coo_tensor(torch.stack([i, j]), w, (num_verts, num_verts)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([i, j]), w, (num_verts, num_verts), check_invariants=False).coalesce()
 
 
 class MeshConv(nn.Module):
