@@ -29,6 +29,7 @@ EXAMPLES: dict[str, str] = {
     "spline_fit": "diffvc.examples.spline_fit",
     "splat": "diffvc.examples.splat",
     "smoke": "diffvc.examples.smoke",
+    "cloth": "diffvc.examples.cloth",
 }
 
 

@@ -63,6 +63,17 @@ def _show(d: torch.Tensor) -> np.ndarray:
 
 
 def run(cfg) -> dict:
+    # grids of 4k-16k cells are too small for torch's intra-op threads to pay off (on a busy
+    # 2-core machine they stall: bench/smoke.py); run single-threaded and restore afterwards
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg) -> dict:
     n = 64 if cfg.quick else 128
     steps = 60 if cfg.quick else 99
     iters = cfg.iterations(full=200, quick=60)
