@@ -27,6 +27,7 @@ EXAMPLES: dict[str, str] = {
     "tomography": "diffvc.examples.tomography",
     "topopt": "diffvc.examples.topopt",
     "spline_fit": "diffvc.examples.spline_fit",
+    "shape_encoder": "diffvc.examples.shape_encoder",
     "splat": "diffvc.examples.splat",
     "smoke": "diffvc.examples.smoke",
     "cloth": "diffvc.examples.cloth",
