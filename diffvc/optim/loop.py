@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint as _ckpt
+from .distributed import all_reduce_, world_size
 from .parameters import ParameterSet
 
 
@@ -87,6 +89,15 @@ def optimize(
             ``"skip"`` (opt in): that iteration makes no update (its gradients are zeroed) and
             is recorded in ``History.skipped`` (examples report the count in ``metrics.json``).
 
+    Data parallel: when ``torch.distributed`` is initialised with several processes
+    (:mod:`diffvc.optim.distributed`), each process's ``loss_fn`` returns its share of the
+    total loss (a sum over its shard of views, frames, samples or environments); the loop sums
+    the gradients and the losses over processes before every step, so every process takes the
+    same step and the result does not depend on the number of processes.
+
+    Resumable: inside :func:`~diffvc.optim.run_context` the loop writes checkpoints and resumes
+    from them (:mod:`diffvc.optim.checkpoint`).
+
     Returns:
         :class:`History` with per-iteration loss and parameter values.
     """
@@ -123,7 +134,37 @@ def optimize(
     hist = History()
     t0 = time.perf_counter()
     best, stale = math.inf, 0
-    bar = tqdm(range(iters), desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    start = 0
+    run = _ckpt.current_run()
+    ck = None
+    if run is not None:
+        ck = _ckpt.Checkpointer(run, desc, {"desc": desc, "method": method, "iters": iters, "names": names,
+                                            "shapes": [tuple(t.shape) for t in tensors]})
+        saved = ck.load()
+        if saved is not None:
+            with torch.no_grad():
+                for t, v in zip(tensors, saved["params"]):
+                    t.copy_(v.to(dtype=t.dtype, device=t.device))
+            opt.load_state_dict(saved["optimizer"])
+            if sched is not None and saved["scheduler"] is not None:
+                sched.load_state_dict(saved["scheduler"])
+            _ckpt.set_rng_state(saved["rng"])
+            hist = saved["history"]
+            best, stale, start = saved["best"], saved["stale"], saved["next"]
+            if saved["finished"]:
+                return hist
+    elapsed0 = hist.seconds
+
+    def save(next_it: int, finished: bool) -> None:
+        hist.seconds = elapsed0 + time.perf_counter() - t0
+        ck.save({"params": [t.detach().cpu().clone() for t in tensors], "optimizer": opt.state_dict(),
+                 "scheduler": None if sched is None else sched.state_dict(), "rng": _ckpt.rng_state(),
+                 "history": hist, "best": best, "stale": stale, "next": next_it, "finished": finished})
+
+    distributed = world_size() > 1
+    bar = tqdm(range(start, iters), desc=desc, disable=not progress, dynamic_ncols=True, leave=True,
+               initial=start, total=iters)
+    done = False
     for it in bar:
         snap = pset.snapshot() if pset is not None else {}
 
@@ -135,6 +176,13 @@ def optimize(
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             loss.backward()
+            if distributed:  # every process takes the same step: sum gradients and losses
+                grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+                total = loss.detach().clone().reshape(1)
+                all_reduce_(grads + [total])
+                for t, g in zip(tensors, grads):
+                    t.grad = g
+                loss = total[0]
             bad = [n for n, t in zip(names, tensors) if t.grad is not None and not bool(torch.isfinite(t.grad).all())]
             if bad:
                 if nonfinite == "raise":
@@ -171,14 +219,23 @@ def optimize(
         if tol is not None:
             if lv < tol:
                 hist.stopped_early = it + 1 < iters
-                break
-            if lv < best * (1 - 1e-12):
+                done = True
+            elif lv < best * (1 - 1e-12):
                 best, stale = lv, 0
             else:
                 stale += 1
                 if stale >= patience:
                     hist.stopped_early = True
-                    break
+                    done = True
+        if ck is not None:
+            signum = ck.interrupted()
+            if done or it + 1 == iters or signum is not None or (it + 1 - start) % run.every == 0:
+                save(it + 1, done or it + 1 == iters)
+            if signum is not None and not (done or it + 1 == iters):
+                bar.close()
+                _ckpt.exit_for_signal(signum)
+        if done:
+            break
     bar.close()
-    hist.seconds = time.perf_counter() - t0
+    hist.seconds = elapsed0 + time.perf_counter() - t0
     return hist
