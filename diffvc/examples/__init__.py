@@ -31,6 +31,7 @@ EXAMPLES: dict[str, str] = {
     "splat": "diffvc.examples.splat",
     "smoke": "diffvc.examples.smoke",
     "cloth": "diffvc.examples.cloth",
+    "diffmpm": "diffvc.examples.diffmpm",
 }
 
 
