@@ -18,9 +18,10 @@ per-particle parameters) are never split. On CUDA there is one slot and atomics 
 
 :func:`mpm_segment` runs K steps as ONE torch autograd node: particle states of every step live in
 preallocated buffers (grids are not stored: backward recomputes each step's P2G and grid update,
-as DiffTaichi does), and the backward pass launches the adjoint kernels of each step in reverse.
-With ``recompute=True`` the node keeps only its inputs and re-runs its forward at the start of
-backward (a checkpoint segment).
+as DiffTaichi does, unless the segment's grids fit in ``GRID_STORE_BYTES``: then they are kept),
+and the backward pass launches the adjoint kernels of each step in reverse. With
+``recompute=True`` the node keeps only its inputs and re-runs its forward (keeping grids) at the
+start of backward (a checkpoint segment).
 
 Materials (``material`` per particle): 0 fixed-corotated, 1 Neo-Hookean, 2 snow (fixed-corotated
 with singular values clamped to [1 - theta_c, 1 + theta_s] and hardening exp(xi (1 - J_p))),
@@ -269,6 +270,7 @@ def node_velocity_2d(mv: Any, m: Any, g: Any, dt: Any, i: int, j: int, res_x: in
 
 @wp.kernel
 def grid_2d(
+    offset: int,
     grid_mv: wp.array(dtype=Any),
     grid_m: wp.array(dtype=Any),
     gravity: wp.array(dtype=Any),
@@ -282,7 +284,7 @@ def grid_2d(
 ):
     """Node velocities (:func:`node_velocity_2d`); 0 at empty nodes, which no particle reads with a
     nonzero weight (skipping them is most of the grid, and most of the adjoint's cost)."""
-    node = wp.tid()
+    node = wp.tid() + offset
     m = grid_m[node]
     if m <= type(dt)(0.0):
         grid_v[node] = grid_mv[node] * (dt - dt)
@@ -294,6 +296,7 @@ def grid_2d(
 
 @wp.kernel
 def g2p_2d(
+    offset: int,
     x: wp.array(dtype=Any),
     grid_v: wp.array(dtype=Any),
     dt: Any,
@@ -305,7 +308,7 @@ def g2p_2d(
     C_out: wp.array(dtype=Any),
 ):
     """Gather velocity and APIC affine field C = 4/dx^2 sum w v (x_i - x_p)^T; advect."""
-    p = wp.tid()
+    p = wp.tid() + offset
     xp = x[p]
     xg = xp * inv_dx
     bx = wp.clamp(int(wp.floor(xg[0] - type(dt)(0.5))), 0, res_x - 3)
@@ -515,6 +518,7 @@ def node_velocity_3d(mv: Any, m: Any, g: Any, dt: Any, i: int, j: int, k: int, r
 
 @wp.kernel
 def grid_3d(
+    offset: int,
     grid_mv: wp.array(dtype=Any),
     grid_m: wp.array(dtype=Any),
     gravity: wp.array(dtype=Any),
@@ -528,7 +532,7 @@ def grid_3d(
     grid_v: wp.array(dtype=Any),
 ):
     """3D twin of :func:`grid_2d`."""
-    node = wp.tid()
+    node = wp.tid() + offset
     m = grid_m[node]
     if m <= type(dt)(0.0):
         grid_v[node] = grid_mv[node] * (dt - dt)
@@ -542,6 +546,7 @@ def grid_3d(
 
 @wp.kernel
 def g2p_3d(
+    offset: int,
     x: wp.array(dtype=Any),
     grid_v: wp.array(dtype=Any),
     dt: Any,
@@ -554,7 +559,7 @@ def g2p_3d(
     C_out: wp.array(dtype=Any),
 ):
     """3D twin of :func:`g2p_2d`."""
-    p = wp.tid()
+    p = wp.tid() + offset
     xp = x[p]
     xg = xp * inv_dx
     h = type(dt)(0.5)
@@ -602,18 +607,58 @@ def _index(kernel) -> dict:
 # fused segment
 # --------------------------------------------------------------------------------------------
 
-def default_slots(device: torch.device, n: int, min_per_thread: int = 2048) -> int:
-    """Grid slots (= CPU threads) for the forward P2G: torch's thread count on CPU when every
-    thread gets at least ``min_per_thread`` particles, else 1; 1 on CUDA."""
+def default_slots(device: torch.device, n: int, min_per_thread: int = 16384) -> int:
+    """CPU threads (and grid copies of the forward P2G) for ``n`` particles: torch's thread count
+    when every thread gets at least ``min_per_thread`` particles, else 1; 1 on CUDA. (Each split
+    launch is a thread-pool round trip; on a loaded 2-core machine a round trip costs
+    milliseconds, so small problems -- DiffTaichi's 2,976-particle robot -- stay on one thread.)"""
     if device.type != "cpu":
         return 1
     return max(1, min(torch.get_num_threads(), MAX_SLOTS, n // min_per_thread))
 
 
-class _Segment:
-    """Buffers and recorded launches of one segment run (forward or its recomputation)."""
+def _parts(n: int, threads: int) -> list:
+    chunk = (n + threads - 1) // threads
+    return [(s * chunk, min(chunk, n - s * chunk)) for s in range(threads) if s * chunk < n]
 
-    def __init__(self, cfg, inputs):
+
+class _Group:
+    """One kernel's recorded launches over disjoint sub-ranges ``[offset, offset + count)``, run
+    on the thread pool when there are several (CPU), else as one launch. ``inputs(offset, part)``
+    builds the argument list of a part."""
+
+    def __init__(self, kernel, parts, inputs, outputs, dev, adj_inputs=None, adj_outputs=None):
+        self.index = _index(kernel)
+        self.launches = [_record(kernel, count, inputs(off, i), outputs, dev,
+                                 adj_inputs=None if adj_inputs is None else adj_inputs(off, i),
+                                 adj_outputs=adj_outputs) for i, (off, count) in enumerate(parts)]
+        self.stream = _stream(dev)
+
+    def set(self, pairs, adjoint: bool = False) -> None:
+        idx = self.index
+        for L in self.launches:
+            for key, c in pairs:
+                L.set_param_at_index_from_ctype(idx[key], c, adjoint=adjoint)
+
+    def run(self) -> None:
+        if len(self.launches) > 1:
+            futures = [_pool().submit(L.launch) for L in self.launches]
+            for f in futures:
+                f.result()
+        elif self.stream is not None:
+            self.launches[0].launch(stream=self.stream)
+        else:
+            self.launches[0].launch()
+
+
+class _Segment:
+    """Buffers and recorded launches of one segment run (forward or its recomputation).
+
+    With T = ``slots`` CPU threads, P2G, grid update and G2P run split in T parts (P2G into T grid
+    copies); in backward the P2G and grid adjoints (disjoint writes) are split too, the G2P
+    adjoint (which scatters into the grid adjoint) runs on one thread."""
+
+    def __init__(self, cfg, inputs, store_grids: bool = False):
         (K, dt, res, inv_dx, bound, slots, plastic) = cfg
         (x0, v0, C0, F0, Jp0, mass, volume, mu, lam, material, act, act_dir, gravity, wall_kind, wall_mu) = inputs
         d = x0.shape[1]
@@ -622,7 +667,10 @@ class _Segment:
         G = 1
         for r in res:
             G *= r
-        self.K, self.n, self.d, self.G, self.slots, self.dev = K, n, d, G, slots, dev
+        self.K, self.n, self.d, self.G, self.dev = K, n, d, G, dev
+        self.pparts = _parts(n, slots)
+        self.gparts = _parts(G, max(1, min(slots, G // 65536)))
+        self.slots = slots = len(self.pparts)
         self.xs = torch.empty((K + 1, n, d), dtype=dtype, device=dev)
         self.vs = torch.empty((K + 1, n, d), dtype=dtype, device=dev)
         self.Cs = torch.empty((K + 1, n, d, d), dtype=dtype, device=dev)
@@ -636,6 +684,12 @@ class _Segment:
         self.smv = self.gmv[0] if slots == 1 else torch.zeros((G, d), dtype=dtype, device=dev)
         self.sm = self.gm[0] if slots == 1 else torch.zeros(G, dtype=dtype, device=dev)
         self.gv = torch.zeros((G, d), dtype=dtype, device=dev)
+        # with store_grids, each step's summed grid and node velocities are kept so that backward
+        # need not recompute them (used for short segments: K (2d + 1) G values)
+        self.stored = None
+        if store_grids:
+            self.stored = (torch.empty((K, G, d), dtype=dtype, device=dev), torch.empty((K, G), dtype=dtype, device=dev),
+                           torch.empty((K, G, d), dtype=dtype, device=dev))
         self.rows = (_rows(self.xs, "vec"), _rows(self.vs, "vec"), _rows(self.Cs, "mat"), _rows(self.Fs, "mat"),
                      _rows(self.Jps, None))
         self.act_rows = _rows(act, None)
@@ -645,7 +699,6 @@ class _Segment:
         self.fdt, self.finv = S(dt), S(inv_dx)
         p2g, grid, g2p = _KERNELS[d]
         self.kernels = (p2g, grid, g2p)
-        self.ip, self.ig, self.i2 = _index(p2g), _index(grid), _index(g2p)
         self.res = [int(r) for r in res]
         self.plastic = [S(float(p)) for p in plastic]
         self.params = [to_warp(mass), to_warp(volume), to_warp(mu), to_warp(lam), to_warp(material)]
@@ -655,144 +708,140 @@ class _Segment:
         self.bound = int(bound)
         self.w_gmv, self.w_gm, self.w_gv = to_warp(self.gmv, "vec"), to_warp(self.gm), to_warp(self.gv, "vec")
         self.w_smv, self.w_sm = to_warp(self.smv, "vec"), to_warp(self.sm)
-        self.stream = _stream(dev)
-        # recorded forward launches: one P2G per slot (particle sub-range), grid, G2P
         wx, wv, wC, wF, wJ = (to_warp(self.xs[0], "vec"), to_warp(self.vs[0], "vec"), to_warp(self.Cs[0], "mat"),
                               to_warp(self.Fs[0], "mat"), to_warp(self.Jps[0]))
         self.wstate = (wx, wv, wC, wF, wJ)
-        wa = to_warp(act[0])
-        self.wa = wa
-        chunk = (n + slots - 1) // slots
-        self.p2g_launches = []
-        for s in range(slots):
-            start = s * chunk
-            count = max(0, min(chunk, n - start))
-            if count == 0:
-                continue
-            self.p2g_launches.append(_record(p2g, count, self._p2g_inputs(start, s, wx, wv, wC, wF, wJ, wa),
-                                             [self.w_gmv, self.w_gm, wF, wJ], dev))
-        self.grid_launch = _record(grid, G, self._grid_inputs(), [self.w_gv], dev)
-        self.g2p_launch = _record(g2p, n, self._g2p_inputs(wx), [wx, wv, wC], dev)
+        self.wa = wa = to_warp(act[0])
+        self.p2g = _Group(p2g, self.pparts, lambda off, s: self._p2g_inputs(off, s, wx, wv, wC, wF, wJ, wa),
+                          [self.w_gmv, self.w_gm, wF, wJ], dev)
+        self.grid = _Group(grid, self.gparts, lambda off, s: self._grid_inputs(off), [self.w_gv], dev)
+        self.g2p = _Group(g2p, self.pparts, lambda off, s: self._g2p_inputs(off, wx), [wx, wv, wC], dev)
 
     def _p2g_inputs(self, offset, slot, wx, wv, wC, wF, wJ, wa, params=None, actdir=None):
         params = self.params if params is None else params
         actdir = self.w_actdir if actdir is None else actdir
         return [offset, slot, wx, wv, wC, wF, wJ, *params, wa, actdir, self.fdt, self.finv, *self.res, *self.plastic]
 
-    def _grid_inputs(self, gmv=None, gm=None, grav=None, wmu=None):
+    def _grid_inputs(self, offset, gmv=None, gm=None, grav=None, wmu=None):
         pick = (lambda a, b: b if a is None else a)
-        return [pick(gmv, self.w_smv), pick(gm, self.w_sm), pick(grav, self.w_grav), self.w_kind,
+        return [offset, pick(gmv, self.w_smv), pick(gm, self.w_sm), pick(grav, self.w_grav), self.w_kind,
                 pick(wmu, self.w_wmu), self.fdt, *self.res, self.bound]
 
-    def _g2p_inputs(self, wx, gv=None):
-        return [wx, self.w_gv if gv is None else gv, self.fdt, self.finv, *self.res]
-
-    def _launch(self, launch):
-        launch.launch(stream=self.stream) if self.stream is not None else launch.launch()
+    def _g2p_inputs(self, offset, wx, gv=None):
+        return [offset, wx, self.w_gv if gv is None else gv, self.fdt, self.finv, *self.res]
 
     def p2g_grid(self, k: int) -> None:
-        """Zero the grid, scatter particles of step k (slots in parallel on CPU), grid update."""
+        """Zero the grid, scatter particles of step k (one grid copy per thread), grid update."""
         xc, vc, Cc, Fc, Jc = self.rows
         self.gmv.zero_()
         self.gm.zero_()
-        ip = self.ip
-        for L in self.p2g_launches:
-            for key, c in (("x", xc[k]), ("v", vc[k]), ("C", Cc[k]), ("F", Fc[k]), ("Jp", Jc[k]),
-                           ("act", self.act_rows[k]), ("F_out", Fc[k + 1]), ("Jp_out", Jc[k + 1])):
-                L.set_param_at_index_from_ctype(ip[key], c)
-        if len(self.p2g_launches) > 1:
-            futures = [_pool().submit(L.launch) for L in self.p2g_launches]
-            for f in futures:
-                f.result()
+        self.p2g.set((("x", xc[k]), ("v", vc[k]), ("C", Cc[k]), ("F", Fc[k]), ("Jp", Jc[k]),
+                      ("act", self.act_rows[k]), ("F_out", Fc[k + 1]), ("Jp_out", Jc[k + 1])))
+        self.p2g.run()
+        if self.slots > 1:
             torch.sum(self.gmv, 0, out=self.smv)
             torch.sum(self.gm, 0, out=self.sm)
-        else:
-            self._launch(self.p2g_launches[0])
-        self._launch(self.grid_launch)
+        self.grid.run()
 
     def forward(self) -> None:
         xc, vc, Cc, _, _ = self.rows
-        i2 = self.i2
-        if len(self.p2g_launches) > 1:
-            self.kernels[0].module.load(warp_device(self.dev))
         for k in range(self.K):
             self.p2g_grid(k)
-            L = self.g2p_launch
-            for key, c in (("x", xc[k]), ("x_out", xc[k + 1]), ("v_out", vc[k + 1]), ("C_out", Cc[k + 1])):
-                L.set_param_at_index_from_ctype(i2[key], c)
-            self._launch(L)
+            if self.stored is not None:
+                self.stored[0][k].copy_(self.smv)
+                self.stored[1][k].copy_(self.sm)
+                self.stored[2][k].copy_(self.gv)
+            self.g2p.set((("x", xc[k]), ("x_out", xc[k + 1]), ("v_out", vc[k + 1]), ("C_out", Cc[k + 1])))
+            self.g2p.run()
 
 
 def _adjoint(seg: _Segment, inputs, grads_out):
     (x0, v0, C0, F0, Jp0, mass, volume, mu, lam, material, act, act_dir, gravity, wall_kind, wall_mu) = inputs
     K, dev = seg.K, seg.dev
-    adj = [torch.zeros_like(b) for b in (seg.xs, seg.vs, seg.Cs, seg.Fs, seg.Jps)]
+    # two rolling adjoint buffers per field: [k % 2] holds d/d(state k), [(k + 1) % 2] d/d(state k+1)
+    adj = [torch.zeros((2,) + tuple(b.shape[1:]), dtype=b.dtype, device=b.device)
+           for b in (seg.xs, seg.vs, seg.Cs, seg.Fs, seg.Jps)]
     final, stacked = grads_out
-    for a, g in zip(adj, final):
+    for a, g, gs in zip(adj, final, stacked):
         if g is not None:
-            a[K] += g
-    for a, g in zip(adj, stacked):
-        if g is not None:
-            a[1:] += g
-    arows = (_rows(adj[0], "vec"), _rows(adj[1], "vec"), _rows(adj[2], "mat"), _rows(adj[3], "mat"),
-             _rows(adj[4], None))
+            a[K % 2] += g
+        if gs is not None:
+            a[K % 2] += gs[K - 1]
+    axc, avc, aCc, aFc, aJc = (_rows(adj[0], "vec"), _rows(adj[1], "vec"), _rows(adj[2], "mat"),
+                               _rows(adj[3], "mat"), _rows(adj[4], None))
     g_params = [torch.zeros_like(t) for t in (mass, volume, mu, lam)]
     g_act = torch.zeros_like(act)
     g_actdir = torch.zeros_like(act_dir)
     aact = _rows(g_act, None)
     if act.shape[0] == 1:
         aact = aact * K
-    # adjoint of the slot sum: every slot gets the summed grid's adjoint; the one-thread P2G adjoint
-    # reads slot 0
+    # the P2G adjoint reads the summed grid's adjoint (slot 0: the slot sum's adjoint is the same
+    # for every slot); its split parts write disjoint per-particle adjoints
     agmv, agm, agv = seg.gmv[:1].clone(), seg.gm[:1].clone(), torch.zeros_like(seg.gv)
     w_agmv, w_agm, w_agv = to_warp(agmv, "vec"), to_warp(agm), to_warp(agv, "vec")
-    scratch_g = torch.zeros_like(gravity.reshape(1, -1))
-    scratch_mu = torch.zeros_like(wall_mu)
+    scratch_g = [torch.zeros_like(gravity.reshape(1, -1)) for _ in seg.gparts]
+    scratch_mu = [torch.zeros_like(wall_mu) for _ in seg.gparts]
     p2g, grid, g2p = seg.kernels
     wx, wv, wC, wF, wJ = seg.wstate
     ax0, av0, aC0, aF0, aJ0 = (to_warp(adj[0][0], "vec"), to_warp(adj[1][0], "vec"), to_warp(adj[2][0], "mat"),
                                to_warp(adj[3][0], "mat"), to_warp(adj[4][0]))
     wa, wga = seg.wa, to_warp(g_act[0])
     a_params = [to_warp(g) for g in g_params] + [None]
-    # adjoint launches run on one thread over all particles (slot 0 holds the summed grid adjoint)
-    Lp = _record(p2g, seg.n, seg._p2g_inputs(0, 0, wx, wv, wC, wF, wJ, wa), [seg.w_gmv, seg.w_gm, wF, wJ], dev,
-                 adj_inputs=seg._p2g_inputs(0, 0, ax0, av0, aC0, aF0, aJ0, wga, params=a_params,
-                                            actdir=to_warp(g_actdir, "vec")),
-                 adj_outputs=[w_agmv, w_agm, aF0, aJ0])
-    Lg = _record(grid, seg.G, seg._grid_inputs(), [seg.w_gv], dev,
-                 adj_inputs=seg._grid_inputs(to_warp(agmv[0], "vec"), to_warp(agm[0]), to_warp(scratch_g, "vec"),
-                                             to_warp(scratch_mu)),
-                 adj_outputs=[w_agv])
-    L2 = _record(g2p, seg.n, seg._g2p_inputs(wx), [wx, wv, wC], dev,
-                 adj_inputs=seg._g2p_inputs(ax0, w_agv), adj_outputs=[ax0, av0, aC0])
+    w_gad = to_warp(g_actdir, "vec")
+    Lp = _Group(p2g, seg.pparts, lambda off, s: seg._p2g_inputs(off, 0, wx, wv, wC, wF, wJ, wa),
+                [seg.w_gmv, seg.w_gm, wF, wJ], dev,
+                adj_inputs=lambda off, s: seg._p2g_inputs(off, 0, ax0, av0, aC0, aF0, aJ0, wga, params=a_params,
+                                                          actdir=w_gad),
+                adj_outputs=[w_agmv, w_agm, aF0, aJ0])
+    Lg = _Group(grid, seg.gparts, lambda off, s: seg._grid_inputs(off), [seg.w_gv], dev,
+                adj_inputs=lambda off, s: seg._grid_inputs(off, to_warp(agmv[0], "vec"), to_warp(agm[0]),
+                                                           to_warp(scratch_g[s], "vec"), to_warp(scratch_mu[s])),
+                adj_outputs=[w_agv])
+    L2 = _Group(g2p, [(0, seg.n)], lambda off, s: seg._g2p_inputs(off, wx), [wx, wv, wC], dev,
+                adj_inputs=lambda off, s: seg._g2p_inputs(off, ax0, w_agv), adj_outputs=[ax0, av0, aC0])
     xc, vc, Cc, Fc, Jc = seg.rows
-    axc, avc, aCc, aFc, aJc = arows
-    ip, i2 = seg.ip, seg.i2
     for k in range(K - 1, -1, -1):
-        seg.p2g_grid(k)  # recompute this step's grid (not stored)
+        if seg.stored is not None:  # this step's grid, kept by the forward run
+            seg.smv.copy_(seg.stored[0][k])
+            seg.sm.copy_(seg.stored[1][k])
+            seg.gv.copy_(seg.stored[2][k])
+        else:
+            seg.p2g_grid(k)  # recompute this step's grid
+        for a, gs in zip(adj, stacked):
+            a[k % 2].zero_()
+            if gs is not None and k >= 1:
+                a[k % 2] += gs[k - 1]
         agmv.zero_()
         agm.zero_()
         agv.zero_()
-        for key, c in (("x", xc[k]), ("x_out", xc[k + 1]), ("v_out", vc[k + 1]), ("C_out", Cc[k + 1])):
-            L2.set_param_at_index_from_ctype(i2[key], c)
-        for key, c in (("x", axc[k]), ("x_out", axc[k + 1]), ("v_out", avc[k + 1]), ("C_out", aCc[k + 1])):
-            L2.set_param_at_index_from_ctype(i2[key], c, adjoint=True)
-        seg._launch(L2)
-        seg._launch(Lg)
-        for key, c in (("x", xc[k]), ("v", vc[k]), ("C", Cc[k]), ("F", Fc[k]), ("Jp", Jc[k]),
-                       ("act", seg.act_rows[k]), ("F_out", Fc[k + 1]), ("Jp_out", Jc[k + 1])):
-            Lp.set_param_at_index_from_ctype(ip[key], c)
-        for key, c in (("x", axc[k]), ("v", avc[k]), ("C", aCc[k]), ("F", aFc[k]), ("Jp", aJc[k]),
-                       ("act", aact[k]), ("F_out", aFc[k + 1]), ("Jp_out", aJc[k + 1])):
-            Lp.set_param_at_index_from_ctype(ip[key], c, adjoint=True)
-        seg._launch(Lp)
+        p, q = k % 2, (k + 1) % 2
+        L2.set((("x", xc[k]), ("x_out", xc[k + 1]), ("v_out", vc[k + 1]), ("C_out", Cc[k + 1])))
+        L2.set((("x", axc[p]), ("x_out", axc[q]), ("v_out", avc[q]), ("C_out", aCc[q])), adjoint=True)
+        L2.run()
+        Lg.run()
+        Lp.set((("x", xc[k]), ("v", vc[k]), ("C", Cc[k]), ("F", Fc[k]), ("Jp", Jc[k]), ("act", seg.act_rows[k]),
+                ("F_out", Fc[k + 1]), ("Jp_out", Jc[k + 1])))
+        Lp.set((("x", axc[p]), ("v", avc[p]), ("C", aCc[p]), ("F", aFc[p]), ("Jp", aJc[p]), ("act", aact[k]),
+                ("F_out", aFc[q]), ("Jp_out", aJc[q])), adjoint=True)
+        Lp.run()
     return (adj[0][0], adj[1][0], adj[2][0], adj[3][0], adj[4][0], *g_params, g_act)
+
+
+GRID_STORE_BYTES = 64 << 20  # a segment keeps its per-step grids for backward up to this size
+
+
+def _grid_bytes(cfg, inputs) -> int:
+    K, res, x0 = cfg[0], cfg[2], inputs[0]
+    G = 1
+    for r in res:
+        G *= r
+    return K * G * (2 * x0.shape[1] + 1) * x0.element_size()
 
 
 class _MPMSegment(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, recompute, return_all, *inputs):
-        seg = _Segment(cfg, inputs)
+        seg = _Segment(cfg, inputs, store_grids=not recompute and _grid_bytes(cfg, inputs) <= GRID_STORE_BYTES)
         seg.forward()
         ctx.cfg, ctx.recompute, ctx.return_all = cfg, recompute, return_all
         ctx.save_for_backward(*inputs)
@@ -808,8 +857,8 @@ class _MPMSegment(torch.autograd.Function):
     def backward(ctx, *grads):
         inputs = ctx.saved_tensors
         seg = ctx.seg
-        if seg is None:
-            seg = _Segment(ctx.cfg, inputs)
+        if seg is None:  # checkpoint: re-run the segment, keeping its grids when they fit
+            seg = _Segment(ctx.cfg, inputs, store_grids=_grid_bytes(ctx.cfg, inputs) <= GRID_STORE_BYTES)
             seg.forward()
         final = grads[:5]
         stacked = grads[5:10] if ctx.return_all else (None,) * 5

@@ -138,7 +138,7 @@ def test_split_p2g_loses_no_adds():
     inputs = (s.x, s.v, s.C, s.F, s.Jp, m.mass, m.volume, mu, lam, m.material, torch.zeros(1, n, dtype=F64),
               m.act_dir, m.gravity, kinds, fr)
     seg = _Segment((1, 1e-3, m.res, 16.0, m.bound, 2, (0.025, 0.0075, 10.0, 0.1)), inputs)
-    assert len(seg.p2g_launches) == 2
+    assert len(seg.p2g.launches) == 2 and seg.slots == 2
     seg.p2g_grid(0)
     grid_m = seg.gm.sum(0)
     grid_mv = seg.gmv.sum(0)
