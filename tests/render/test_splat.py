@@ -283,3 +283,20 @@ def test_density_control_clone_split_prune_keeps_adam_state():
     assert len(g) == 7 and g.degree == 1
     assert abs(exponential_lr(0, 1e-2, 1e-4, 10) - 1e-2) < 1e-15
     assert abs(exponential_lr(5, 1e-2, 1e-4, 10) - 1e-3) < 1e-12
+
+
+def test_opacity_aware_radius_leaves_image_unchanged():
+    """Shorter tile lists from the opacity-aware radius drop only pixels where alpha < 1/255."""
+    means, scales, quats, opac, sh = _scene(n=150, seed=4)
+    opac = opac * 0.4
+    cams = _cams()
+    a = render_gaussians(Gaussians(means, scales, quats, opac, sh), cams, background=BG)
+    p3 = project_gaussians(means, scales, quats, cams)  # plain 3-sigma boxes
+    colors = eval_sh(sh[None].expand(2, -1, -1, -1), means[None] - cams.centers[:, None])
+    b = rasterize_gaussians(p3, colors, opac, cams.height, cams.width, torch.tensor(BG, dtype=DT))
+    for k in ("color", "alpha", "depth"):
+        torch.testing.assert_close(getattr(a, k), getattr(b, k), rtol=1e-12, atol=1e-12)
+    pa = a.projected
+    n_a = bin_gaussians(pa.means2d, pa.radii, pa.depths, cams.height, cams.width).num_pairs
+    n_3 = bin_gaussians(p3.means2d, p3.radii, p3.depths, cams.height, cams.width).num_pairs
+    assert n_a < n_3
