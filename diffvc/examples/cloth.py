@@ -108,7 +108,7 @@ def run(cfg) -> dict:
 def _run(cfg) -> dict:
     exp = ClothDrape(size=48 if cfg.quick else 64, device=cfg.device)
     frames = 12 if cfg.quick else FRAMES   # quick: the first 0.72 s (fall, contact, drape)
-    iters = cfg.iterations(full=40, quick=12)
+    iters = cfg.iterations(full=40, quick=20)
     with torch.no_grad():
         target = exp.video({k: torch.tensor(v, dtype=DTYPE) for k, v in TRUE.items()}, frames)
     params = ParameterSet(mu=Positive(START["mu"], dtype=DTYPE, device=cfg.device),
@@ -120,7 +120,7 @@ def _run(cfg) -> dict:
         return pyramid_mse(exp.video(params.values(), frames), target, levels=3)
 
     t0 = time.perf_counter()
-    hist = optimize(params, loss_fn, iters=iters, lr=0.15, lr_final=0.03, method="adam", progress=cfg.progress,
+    hist = optimize(params, loss_fn, iters=iters, lr=0.3, lr_final=0.03, method="adam", progress=cfg.progress,
                     desc="cloth")
     seconds = time.perf_counter() - t0
     est = params.snapshot()

@@ -90,7 +90,10 @@ class _Poisson:
     """PCG for ``A phi = b``, ``A = -div grad`` on the grid of a :class:`SmokeModel`."""
 
     def __init__(self, model: "SmokeModel", dtype, device):
-        self.m = model
+        import dataclasses
+
+        # the grid operators only (no buoyancy tensor, which may carry an autograd graph)
+        self.m = dataclasses.replace(model, buoyancy=0.0)
         self.stats = {"iterations": 0}
         self.basis = None
         self.fourier = None
