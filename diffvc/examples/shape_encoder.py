@@ -139,7 +139,7 @@ def _run(cfg) -> dict:
             frames.append(_panel(test_clouds[show], e[3][show], decoder, f"iteration {i + 1}"))
 
     t0 = time.perf_counter()
-    hist = optimize(list(net.parameters()), loss_fn, iters=iters, lr=1e-3, lr_final=2e-4, method="adam",
+    hist = optimize(list(net.parameters()), loss_fn, iters=iters, lr=3e-3, lr_final=3e-4, method="adam",
                     progress=cfg.progress, desc="shape_encoder", callback=callback)
     seconds = time.perf_counter() - t0
     e1 = evaluate()
