@@ -135,7 +135,7 @@ def _run(cfg) -> dict:
         p3 = cantilever_3d(48, 16, 8, dtype=dtype, device=dev)
         s3 = SIMP(p3, 0.2, 3.0, rmin=1.5, filter="density")
         t0 = time.perf_counter()
-        c3 = s3.optimize("oc", max_iter=cfg.iterations(80, 80), snapshot_every=2, progress=cfg.progress)
+        c3 = s3.optimize("oc", max_iter=cfg.iterations(60, 60), snapshot_every=2, progress=cfg.progress)
         runs.append(("3D cantilever 48x16x8 (front / top mean density)", c3, 2))
         metrics.update({"cantilever3d_compliance_initial": c3.compliance[0], "cantilever3d_compliance": c3.compliance[-1],
                         "cantilever3d_iterations": c3.iterations, "cantilever3d_volume": float(c3.density.mean()),

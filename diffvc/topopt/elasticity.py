@@ -154,9 +154,11 @@ class ElasticityGrid:
         shape: element counts ``(nelx, nely)`` or ``(nelx, nely, nelz)``.
         fixed: bool ``(ndof,)``, True where the displacement is held at 0.
         nu: Poisson ratio.
-        solver: ``"mgcg"``, ``"direct"`` or ``"auto"`` (direct on CPU -- measured faster there --,
-            mgcg elsewhere when the grid can be coarsened at least once, i.e. every element count
-            is even).
+        solver: ``"mgcg"``, ``"direct"`` or ``"auto"``: direct for 2D grids on CPU (measured
+            faster: 120x40 MBB design, 0.09-0.13 s direct vs 0.3-0.5 s mgcg), mgcg for 3D grids
+            (48x16x8 cantilever, 22,491 dofs: direct 15.8 s, mgcg 2.0 s, one solve) and on
+            other devices, whenever the grid can be coarsened at least once (every element count
+            even); else direct.
         tol: relative residual ``|f - K u| / |f|`` at which CG stops (per right-hand side).
         max_iter: CG iteration cap. coarse_dofs: coarsen while a level has more dofs than this.
         smoothing: damped-Jacobi sweeps before and after the coarse correction; omega: its damping
@@ -186,7 +188,8 @@ class ElasticityGrid:
                 self.dim * math.prod(s + 1 for s in self.level_shapes[-1]) > coarse_dofs:
             self.level_shapes.append(tuple(s // 2 for s in self.level_shapes[-1]))
         if solver == "auto":
-            solver = "direct" if self.device.type == "cpu" or len(self.level_shapes) == 1 else "mgcg"
+            direct = (self.device.type == "cpu" and self.dim == 2) or len(self.level_shapes) == 1
+            solver = "direct" if direct else "mgcg"
         self.solver = solver
         self.last_iterations = 0
 
