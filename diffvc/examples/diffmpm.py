@@ -31,6 +31,7 @@ DESCRIPTION = "DiffTaichi's diffmpm: an MPM soft robot learns open-loop actuatio
 N_GRID, DT, STEPS = 128, 1e-3, 1024  # DiffTaichi advances steps - 1 = 1,023 times
 GRAVITY, ACT_STRENGTH, OMEGA, N_SIN = 3.8, 4.0, 20.0, 4
 SEGMENT = 64  # steps per checkpointed segment
+VIS_STEPS, VIS_EVERY = 1500, 31  # the animation's rollout (DiffTaichi shows 1,500 steps) and frame spacing
 
 
 def robot_scene(dtype=torch.float32, device="cpu"):
@@ -163,8 +164,8 @@ def _run(cfg) -> dict:
     seconds = time.perf_counter() - t0
 
     # visualise (like DiffTaichi, a longer 1,500-step rollout) with the initial and learned actuation;
-    # frames every 31 steps, so frame 33 is the loss's step 1,023
-    vis_steps, every = 1500, 31
+    # frames every 31 steps, so frame 33 is the loss's step 1,023 (k_loss)
+    vis_steps, every = VIS_STEPS, VIS_EVERY
     w_init = torch.as_tensor(hist.params[0]["weights"], dtype=dtype)
     b_init = torch.as_tensor(hist.params[0]["bias"], dtype=dtype)
     with torch.no_grad():
@@ -172,7 +173,7 @@ def _run(cfg) -> dict:
         u1 = actuation(params["weights"], params["bias"], ids, vis_steps)
         _, tr0 = simulate(model, state0, lambda k, m: u0[k:k + m], vis_steps, record_every=every)
         _, tr1 = simulate(model, state0, lambda k, m: u1[k:k + m], vis_steps, record_every=every)
-    k_loss = steps // every
+    k_loss = min(steps // every, len(tr0) - 1)
     video = render_video([tr0, tr1], ids.cpu())
     frames = [tile(list(v), cols=1, labels=[f"initial actuation  t = {k * every * DT:.2f} s  "
                                             f"mean x = {float(tr0[k][:, 0].mean()):.3f}",
@@ -184,7 +185,7 @@ def _run(cfg) -> dict:
 
     iio.imwrite(cfg.out / "robot.png", frames[k_loss])
     plot_curves(cfg.out / "curves.png", {"mean x after 1,023 steps (= -loss)": [-l for l in hist.loss]},
-                title="diffmpm: the robot's mean x after 1,023 steps, per gradient step", logy=False)
+                title="diffmpm: learning to move right", logy=False)
     metrics = {
         "particles": int(x0.shape[0]),
         "grid": N_GRID,
