@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["as_tensor", "as_float", "as_int", "check_tensor", "check_shape", "check_float", "check_finite",
            "check_positive", "check_index", "check_faces", "check_dt", "check_same_dtype", "check_same_device",
-           "check_choice", "describe", "IndexRangeError", "check_like"]
+           "check_choice", "describe", "as_tuple", "IndexRangeError", "check_like"]
 
 
 
@@ -97,6 +97,23 @@ def as_int(x, name: str, minimum: int | None = None, allow_none: bool = False) -
     if minimum is not None and v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
+
+
+def as_tuple(x, name: str, n: int, integer: bool = False, positive: bool = False,
+             minimum: int | None = None) -> tuple:
+    """``n`` numbers from a scalar (repeated) or a sequence/tensor of length ``n``; each checked
+    like :func:`as_float` (``positive``) or :func:`as_int` (``minimum``)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().reshape(-1).tolist() if x.numel() != 1 else x.detach().reshape(()).item()
+    if isinstance(x, (list, tuple)):
+        items = list(x)
+        if len(items) != n:
+            raise ValueError(f"{name} must be a number or {n} numbers, got {len(items)}")
+    else:
+        items = [x] * n
+    if integer:
+        return tuple(as_int(v, name, minimum=minimum) for v in items)
+    return tuple(as_float(v, name, positive=positive) for v in items)
 
 
 def check_dt(dt, name: str = "dt") -> float:
@@ -211,10 +228,9 @@ def check_index(idx, name: str, size: int, shape: Sequence | None = None, device
 
 
 def check_faces(faces, num_verts: int, name: str = "faces", device=None, k: int = 3,
-                dtype: torch.dtype = torch.int64) -> torch.Tensor:
+                dtype: torch.dtype = torch.int64, size_name: str = "the number of vertices") -> torch.Tensor:
     """The one face-index validator: ``faces`` (F, k) integers indexing ``[0, num_verts)``."""
-    return check_index(faces, name, num_verts, shape=("F", k), device=device, dtype=dtype,
-                       size_name="the number of vertices")
+    return check_index(faces, name, num_verts, shape=("F", k), device=device, dtype=dtype, size_name=size_name)
 
 
 def check_like(x, name: str, shape: Sequence, like: torch.Tensor, like_name: str = "the model",

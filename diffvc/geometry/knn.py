@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_int, check_float, check_same_device, check_same_dtype
 from ._checks import check_points
 
 
@@ -43,10 +44,13 @@ def knn(x: torch.Tensor, y: torch.Tensor, k: int = 1, method: str = "auto", chun
     Returns:
         ``(sq_dists (N, k), idx (N, k) long)`` sorted by distance; ``sq_dists`` is differentiable.
     """
-    check_points(x, "x", dim=x.shape[-1] if x.dim() == 2 else 3)
-    check_points(y, "y", dim=x.shape[1])
-    if x.dtype != y.dtype or x.device != y.device:
-        raise ValueError(f"x ({x.dtype}, {x.device}) and y ({y.dtype}, {y.device}) must share dtype and device")
+    check_float(x, "x", shape=("N", "D"), coerce=False)
+    check_float(y, "y", shape=("M", "D"), coerce=False)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must hold points of one dimension, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    check_same_dtype(("x", x), ("y", y))
+    check_same_device(("x", x), ("y", y))
+    k = as_int(k, "k")
     if not 1 <= k <= y.shape[0]:
         raise ValueError(f"k must lie in [1, {y.shape[0]}] (the number of points in y), got {k}")
     if method == "auto":

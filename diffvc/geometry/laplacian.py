@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import check_same_device, check_same_dtype, describe
+from .._validate import check_faces as _check_faces
+from .._validate import as_int, check_finite, check_same_device, check_same_dtype, describe
 from ._checks import check_faces, check_mesh, safe_norm
 from .topology import edges as _edges
 
@@ -31,8 +32,10 @@ def uniform_laplacian(faces: torch.Tensor, num_verts: int, dtype=torch.float32, 
     Returns:
         ``(V, V)`` sparse COO (coalesced), ``dtype`` on ``device`` (default: faces' device).
     """
+    num_verts = as_int(num_verts, "num_verts", minimum=0)
+    faces = _check_faces(faces, num_verts, device=faces.device if isinstance(faces, torch.Tensor) else None,
+                         size_name="num_verts")
     device = faces.device if device is None else torch.device(device)
-    faces = check_faces(faces, num_verts, faces.device)
     e = _edges(faces).to(device)
     w = torch.ones(e.shape[0], dtype=dtype, device=device)
     return _assemble(e[:, 0], e[:, 1], w, num_verts)
@@ -97,6 +100,9 @@ def laplacian_apply(L: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"L must be a square (V, V) sparse tensor, got {describe(L)}")
     if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2) or x.shape[0] != L.shape[1]:
         raise ValueError(f"x must have shape ({L.shape[1]}, C) or ({L.shape[1]},), got {describe(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+    check_finite(x, "x")
     check_same_dtype(("L", L), ("x", x))
     check_same_device(("L", L), ("x", x))
     if x.dim() == 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import as_tensor, check_finite
+from .._validate import as_tensor, check_positive
 from ._checks import check_mesh, safe_norm
 from .normals import _face_cross
 
@@ -81,7 +81,7 @@ def mass_properties(verts: torch.Tensor, faces: torch.Tensor, density: float | t
     density = as_tensor(density, "density", dtype=verts.dtype, device=verts.device)
     if density.numel() != 1:
         raise ValueError(f"density must be a scalar, got shape {tuple(density.shape)}")
-    density = check_finite(density.reshape(()), "density")
+    density = check_positive(density.reshape(()), "density", strict=False)
     eye = torch.eye(3, dtype=verts.dtype, device=verts.device)
     inertia = density * (torch.diagonal(cov).sum() * eye - cov)
     return density * vol, origin + com_rel, inertia

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_int
 from ._checks import check_mesh, safe_normalize
 from .normals import _face_cross
 
@@ -29,8 +30,7 @@ def sample_points(verts: torch.Tensor, faces: torch.Tensor, n: int, return_norma
         total area raises ``ValueError``.
     """
     verts, faces = check_mesh(verts, faces)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    n = as_int(n, "n", minimum=1)
     cross = _face_cross(verts, faces)
     with torch.no_grad():
         areas = cross.norm(dim=-1).to(torch.float64)

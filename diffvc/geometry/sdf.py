@@ -38,18 +38,18 @@ def _t(x, like: torch.Tensor, name: str = "value", kind: str = "scalar", positiv
 def _check(p: torch.Tensor, name: str = "points") -> torch.Tensor:
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{name} must be a floating tensor of shape (..., 3), got {type(p).__name__}")
-    return check_float(p, name, shape=(..., 3), finite=False)
+    return check_float(p, name, shape=(..., 3))
 
 
 def sdf_sphere(p: torch.Tensor, center=(0.0, 0.0, 0.0), radius=1.0) -> torch.Tensor:
     """Sphere of ``radius`` at ``center``: ``|p - c| - r``."""
-    _check(p)
+    _check(p, "p")
     return safe_norm(p - _t(center, p, "center", "vec3")) - _t(radius, p, "radius", nonneg=True)
 
 
 def sdf_box(p: torch.Tensor, half_size=(0.5, 0.5, 0.5), center=(0.0, 0.0, 0.0), rounding=0.0) -> torch.Tensor:
     """Axis-aligned box with half extents ``half_size`` (optionally rounded by ``rounding``)."""
-    _check(p)
+    _check(p, "p")
     half_size = _t(half_size, p, "half_size", "vec3", nonneg=True)
     rounding = _t(rounding, p, "rounding", nonneg=True)
     q = (p - _t(center, p, "center", "vec3")).abs() - half_size + rounding
@@ -60,7 +60,7 @@ def sdf_box(p: torch.Tensor, half_size=(0.5, 0.5, 0.5), center=(0.0, 0.0, 0.0), 
 
 def sdf_torus(p: torch.Tensor, major_radius=1.0, minor_radius=0.25, center=(0.0, 0.0, 0.0)) -> torch.Tensor:
     """Torus around the y axis (matches :func:`diffvc.geometry.torus`)."""
-    _check(p)
+    _check(p, "p")
     q = p - _t(center, p, "center", "vec3")
     ring = safe_norm(q[..., [0, 2]]) - _t(major_radius, p, "major_radius", nonneg=True)
     return safe_norm(torch.stack([ring, q[..., 1]], -1)) - _t(minor_radius, p, "minor_radius", nonneg=True)
@@ -68,7 +68,7 @@ def sdf_torus(p: torch.Tensor, major_radius=1.0, minor_radius=0.25, center=(0.0,
 
 def sdf_capsule(p: torch.Tensor, a=(0.0, -0.5, 0.0), b=(0.0, 0.5, 0.0), radius=0.25) -> torch.Tensor:
     """Capsule: points within ``radius`` of the segment ``a``-``b``."""
-    _check(p)
+    _check(p, "p")
     a, b = _t(a, p, "a", "vec3"), _t(b, p, "b", "vec3")
     pa, ba = p - a, b - a
     h = ((pa * ba).sum(-1) / (ba * ba).sum(-1).clamp_min(1e-30)).clamp(0.0, 1.0)
@@ -77,7 +77,7 @@ def sdf_capsule(p: torch.Tensor, a=(0.0, -0.5, 0.0), b=(0.0, 0.5, 0.0), radius=0
 
 def sdf_cylinder(p: torch.Tensor, radius=0.5, height=1.0, center=(0.0, 0.0, 0.0)) -> torch.Tensor:
     """Capped cylinder along y (matches :func:`diffvc.geometry.cylinder`)."""
-    _check(p)
+    _check(p, "p")
     q = p - _t(center, p, "center", "vec3")
     d = torch.stack([safe_norm(q[..., [0, 2]]) - _t(radius, p, "radius", nonneg=True),
                      q[..., 1].abs() - _t(height, p, "height", nonneg=True) / 2], -1)
@@ -86,7 +86,7 @@ def sdf_cylinder(p: torch.Tensor, radius=0.5, height=1.0, center=(0.0, 0.0, 0.0)
 
 def sdf_plane(p: torch.Tensor, normal=(0.0, 1.0, 0.0), offset=0.0) -> torch.Tensor:
     """Half-space ``n . p - offset`` (``normal`` normalised inside; negative below)."""
-    _check(p)
+    _check(p, "p")
     n = _t(normal, p, "normal", "vec3")
     if bool((n.detach().abs().sum(-1) == 0).any()):
         raise ValueError("normal must be non-zero")
@@ -101,6 +101,10 @@ def smooth_union(a: torch.Tensor, b: torch.Tensor, k=0.1) -> torch.Tensor:
     if not isinstance(b, torch.Tensor) or not b.is_floating_point():
         raise TypeError(f"b must be a floating tensor of distances, got {describe(b)}")
     check_same_dtype(("a", a), ("b", b))
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must broadcast (distances at the same points)") from None
     k = _t(k, a, "k", nonneg=True)
     ks = k.clamp_min(torch.finfo(a.dtype).tiny)
     h = (0.5 + 0.5 * (b - a) / ks).clamp(0.0, 1.0)
@@ -129,7 +133,7 @@ def intersection(*ds: torch.Tensor) -> torch.Tensor:
 
 def sdf_normal(sdf_fn, p: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """Unit gradient of ``sdf_fn`` at ``p (N, 3)`` by autograd (the outward surface normal)."""
-    _check(p)
+    _check(p, "p")
     with torch.enable_grad():
         x = p if p.requires_grad else p.detach().requires_grad_(True)
         d = sdf_fn(x)

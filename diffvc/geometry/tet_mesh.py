@@ -10,6 +10,7 @@ import itertools
 
 import torch
 
+from .._validate import as_tuple, check_index
 from ._checks import check_faces, check_points
 
 
@@ -89,14 +90,9 @@ def tet_box(size=1.0, resolution=4, center=(0.0, 0.0, 0.0), dtype=torch.float32,
         Vertex ``(i, j, k)`` (i along x) has index ``(i (ny+1) + j) (nz+1) + k``, so e.g. the
         ``x = min`` face is ``verts[:, 0] == verts[:, 0].min()``.
     """
-    s = torch.as_tensor(size, dtype=torch.float64).reshape(-1).expand(3) if torch.as_tensor(size).numel() == 1 \
-        else torch.as_tensor(size, dtype=torch.float64).reshape(-1)
-    if s.numel() != 3 or bool((s <= 0).any()):
-        raise ValueError(f"size must be a positive scalar or 3 positive numbers, got {size}")
-    res = [int(resolution)] * 3 if isinstance(resolution, int) else [int(r) for r in resolution]
-    if len(res) != 3 or min(res) < 1:
-        raise ValueError(f"resolution must be a positive int or 3 positive ints, got {resolution}")
-    c = torch.as_tensor(center, dtype=torch.float64).reshape(3)
+    s = torch.tensor(as_tuple(size, "size", 3, positive=True), dtype=torch.float64)
+    res = list(as_tuple(resolution, "resolution", 3, integer=True, minimum=1))
+    c = torch.tensor(as_tuple(center, "center", 3), dtype=torch.float64)
     v, t = _kuhn_lattice(c - s / 2, c + s / 2, res)
     return v.to(dtype=dtype, device=device), t.to(device)
 
@@ -115,9 +111,8 @@ def tet_boundary_faces(tets: torch.Tensor) -> torch.Tensor:
 
     Needs positively oriented tets (see :func:`orient_tets`). Indices refer to the tet vertices.
     """
-    if tets.dim() != 2 or tets.shape[1] != 4:
-        raise ValueError(f"tets must have shape (T, 4), got {tuple(tets.shape)}")
-    f = tet_faces(tets.long())
+    tets = check_index(tets, "tets", 2 ** 62, shape=("T", 4), size_name="any vertex index")
+    f = tet_faces(tets)
     key = f.sort(1).values
     _, inv, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
     return f[counts[inv] == 1]

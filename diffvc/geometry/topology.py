@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_int, check_index
+from .._validate import check_faces as _check_faces
 from ._checks import check_faces
 
 
 def _faces_arg(faces, num_verts=None):
+    """Faces checked by the one face validator; without ``num_verts`` any index >= 0 is a vertex."""
     if num_verts is None:
-        num_verts = int(faces.max()) + 1 if isinstance(faces, torch.Tensor) and faces.numel() else 0
-    return check_faces(faces, num_verts, faces.device if isinstance(faces, torch.Tensor) else "cpu")
+        return check_index(faces, "faces", 2 ** 62, shape=("F", 3), size_name="any vertex index")
+    num_verts = as_int(num_verts, "num_verts", minimum=0)
+    return _check_faces(faces, num_verts, device=faces.device if isinstance(faces, torch.Tensor) else None,
+                        size_name="num_verts")
 
 
 def edges(faces: torch.Tensor, return_inverse: bool = False):
@@ -50,7 +55,7 @@ def edge_face_counts(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def boundary_vertices(faces: torch.Tensor, num_verts: int | None = None) -> torch.Tensor:
     """Boolean mask ``(V,)`` of vertices on a boundary edge (an edge used by exactly one face)."""
     faces = _faces_arg(faces, num_verts)
-    n = num_verts if num_verts is not None else (int(faces.max()) + 1 if faces.numel() else 0)
+    n = int(num_verts) if num_verts is not None else (int(faces.max()) + 1 if faces.numel() else 0)
     e, counts = edge_face_counts(faces)
     mask = torch.zeros(n, dtype=torch.bool, device=faces.device)
     b = e[counts == 1].reshape(-1)

@@ -19,8 +19,7 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     Uses Rodrigues' formula with a Taylor expansion near zero angle, so the gradient at the
     identity is finite and exact.
     """
-    if axis_angle.shape[-1] != 3:
-        raise ValueError(f"axis_angle must have shape (..., 3), got {tuple(axis_angle.shape)}")
+    check_float(axis_angle, "axis_angle", shape=(..., 3), coerce=False)
     th2 = (axis_angle * axis_angle).sum(-1)
     small = th2 < 1e-8
     th2s = torch.where(small, torch.ones_like(th2), th2)
@@ -36,8 +35,7 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``(..., 3, 3)`` from quaternions ``(..., 4)`` as (w, x, y, z); normalised inside."""
-    if q.shape[-1] != 4:
-        raise ValueError(f"q must have shape (..., 4) as (w, x, y, z), got {tuple(q.shape)}")
+    check_float(q, "q", shape=(..., 4), coerce=False)
     q = q / safe_norm(q, keepdim=True).clamp_min(1e-12)
     w, x, y, z = q.unbind(-1)
     m = torch.stack([
@@ -50,18 +48,24 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
 def quaternion_apply(q: torch.Tensor, v: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """Rotate vectors ``v (..., 3)`` by unit quaternions ``q (..., 4)`` as (w, x, y, z)
     (broadcast; ``inverse``: by the conjugate). ``q`` is used as given (not normalised)."""
-    if q.shape[-1] != 4:
-        raise ValueError(f"q must have shape (..., 4) as (w, x, y, z), got {tuple(q.shape)}")
-    if v.shape[-1] != 3:
-        raise ValueError(f"v must have shape (..., 3), got {tuple(v.shape)}")
-    u = -q[..., 1:] if inverse else q[..., 1:]
+    check_float(q, "q", shape=(..., 4), coerce=False)
+    check_float(v, "v", shape=(..., 3), coerce=False)
+    check_same_dtype(("q", q), ("v", v))
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-1], v.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"q {tuple(q.shape)} and v {tuple(v.shape)} must broadcast over their leading "
+                         "dimensions") from None
+    u = (-q[..., 1:] if inverse else q[..., 1:]).expand(*batch, 3)
     s = q[..., :1]
+    v = v.expand(*batch, 3)
     t = 2.0 * torch.linalg.cross(u, v, dim=-1)
     return v + s * t + torch.linalg.cross(u, t, dim=-1)
 
 
 def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
     """Rotation ``Rz(c) @ Ry(b) @ Rx(a)`` from ``angles (..., 3) = (a, b, c)`` in radians."""
+    check_float(angles, "angles", shape=(..., 3), coerce=False)
     eye = torch.eye(3, dtype=angles.dtype, device=angles.device)
     rx = axis_angle_to_matrix(angles[..., 0:1] * eye[0])
     ry = axis_angle_to_matrix(angles[..., 1:2] * eye[1])

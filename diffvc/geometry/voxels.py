@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_points
+from .._validate import as_int, as_tuple
+from ._checks import check_mesh, check_points
 
 
 def _bounds(bounds, like):
@@ -21,9 +22,7 @@ def _bounds(bounds, like):
 
 def grid_points(resolution, bounds=(-1.0, 1.0), dtype=torch.float32, device="cpu") -> torch.Tensor:
     """Node positions ``(nx, ny, nz, 3)`` of a grid with ``resolution`` nodes per axis (int or 3 ints)."""
-    res = [int(resolution)] * 3 if isinstance(resolution, int) else [int(r) for r in resolution]
-    if min(res) < 2:
-        raise ValueError(f"resolution must be >= 2 nodes per axis, got {resolution}")
+    res = list(as_tuple(resolution, "resolution", 3, integer=True, minimum=2))
     z = torch.zeros((), dtype=dtype, device=device)
     lo, hi = _bounds(bounds, z)
     axes = [torch.linspace(float(lo[d]), float(hi[d]), res[d], dtype=dtype, device=device) for d in range(3)]
@@ -97,6 +96,8 @@ def voxelize(verts: torch.Tensor, faces: torch.Tensor, resolution: int = 32, bou
     from .distance import mesh_to_sdf
     from .winding import occupancy
 
+    verts, _ = check_mesh(verts, faces)
+    resolution = as_int(resolution, "resolution", minimum=2)
     p = grid_points(resolution, bounds, verts.dtype, verts.device).reshape(-1, 3)
     out = mesh_to_sdf(verts, faces, p) if sdf else occupancy(verts, faces, p)
     return out.reshape((resolution,) * 3)

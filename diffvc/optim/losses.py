@@ -9,6 +9,8 @@ zero. Every level is a plain MSE, so the global minimum (identical images) is un
 from __future__ import annotations
 
 import torch
+
+from .._validate import check_float, check_same_dtype
 import torch.nn.functional as F
 
 __all__ = ["pyramid_mse", "downsample"]
@@ -33,6 +35,9 @@ def pyramid_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 3, weigh
         levels: number of levels (1 = plain MSE); stops early when an image side would drop below 1.
         weights: per-level weights (default all 1).
     """
+    check_float(pred, "pred", coerce=False)
+    check_float(target, "target", coerce=False)
+    check_same_dtype(("pred", pred), ("target", target))
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have equal shapes")
     if not isinstance(levels, int) or levels < 1:

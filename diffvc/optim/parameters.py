@@ -19,12 +19,14 @@ from typing import Iterator
 
 import torch
 
+from .._validate import as_float, as_tensor, check_finite
+
 
 class Param:
     """A named, possibly constrained, optimizable tensor. ``value`` is differentiable w.r.t. ``raw``."""
 
     def __init__(self, value, dtype=None, device=None):
-        v = torch.as_tensor(value, dtype=dtype or torch.get_default_dtype(), device=device)
+        v = as_tensor(value, "value", dtype=dtype or torch.get_default_dtype(), device=device)
         if not torch.isfinite(v).all():
             raise ValueError(f"{type(self).__name__}: initial value must be finite, got {v}")
         self._check(v)
@@ -45,7 +47,8 @@ class Param:
         return self._forward(self.raw)
 
     def set(self, value) -> None:
-        v = torch.as_tensor(value, dtype=self.raw.dtype, device=self.raw.device)
+        v = as_tensor(value, "value", dtype=self.raw.dtype, device=self.raw.device)
+        check_finite(v, "value")
         self._check(v)
         with torch.no_grad():
             self.raw.copy_(self._inverse(v))
@@ -95,6 +98,7 @@ class Bounded(Param):
     """Parameter in the open interval ``(low, high)``, ``value = low + (high - low) * sigmoid(raw)``."""
 
     def __init__(self, value, low: float, high: float, dtype=None, device=None):
+        low, high = as_float(low, "low"), as_float(high, "high")
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"Bounded: need finite low < high, got low={low}, high={high}")
         self.low, self.high = float(low), float(high)

@@ -51,8 +51,9 @@ import torch
 
 from .._kernels import launch, parallel_launch
 from .._kernels import raster as K
-from .._validate import as_int, check_choice, check_same_dtype
-from .rasterize import BACKENDS, Fragments, check_faces
+from .._validate import as_int, check_choice, check_float, check_same_dtype
+from .._validate import check_faces as _check_faces
+from .rasterize import BACKENDS, Fragments
 
 
 def face_neighbors(faces: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,7 @@ def mesh_topology(faces: torch.Tensor, num_verts: int | None = None) -> MeshTopo
         num_verts = int(faces.max()) + 1 if isinstance(faces, torch.Tensor) and faces.numel() and \
             not faces.is_floating_point() else 0
     V = as_int(num_verts, "num_verts", minimum=0)
-    faces = check_faces(faces, V, "faces")
+    faces = _check_faces(faces, V, dtype=torch.int32, size_name="num_verts")
     fl = faces.long()
     F = fl.shape[0]
     vid = fl.reshape(-1)
@@ -124,6 +125,7 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
     if not isinstance(frags, Fragments):
         raise TypeError(f"frags must be the Fragments of rasterize, got {type(frags).__name__}")
     B, H, W = frags.shape
+    check_float(color, "color", coerce=False)
     if not isinstance(color, torch.Tensor) or color.dim() != 4 or color.shape[:3] != (B, H, W):
         raise ValueError(f"color must have shape ({B}, {H}, {W}, C), got "
                          f"{tuple(color.shape) if isinstance(color, torch.Tensor) else type(color).__name__}")

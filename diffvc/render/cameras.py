@@ -148,9 +148,12 @@ class Cameras:
         width, height = as_int(width, "width", minimum=1), as_int(height, "height", minimum=1)
         R, t = look_at(eye, target, up)
         B = R.shape[0]
+        fov_y = as_float(fov_y, "fov_y", positive=True)
         if orthographic:
             f = height / (as_float(ortho_scale, "ortho_scale", positive=True) if ortho_scale is not None else 2.0)
         else:
+            if fov_y >= 180:
+                raise ValueError(f"fov_y must lie in (0, 180) degrees, got {fov_y}")
             f = focal_from_fov(fov_y, height)
         K = torch.tensor([f, f, width / 2, height / 2], dtype=R.dtype, device=R.device).expand(B, 4).clone()
         return Cameras(R, t, K, int(width), int(height), orthographic, near)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import check_finite, check_same_dtype
+
 from .._kernels import raster as K
 from .rasterize import BACKENDS, Fragments
 
@@ -21,10 +23,14 @@ def interpolate(attr: torch.Tensor, frags: Fragments, backend: str = "warp") -> 
         ``frags.bary``, the vertex positions. No gradient for visibility changes (see
         :func:`~diffvc.render.antialias`).
     """
+    if not isinstance(frags, Fragments):
+        raise TypeError(f"frags must be the Fragments of rasterize, got {type(frags).__name__}")
     B, H, W = frags.shape
     V = frags.screen.shape[1]
     if not isinstance(attr, torch.Tensor) or not attr.is_floating_point():
         raise TypeError("attr must be a floating torch.Tensor")
+    check_finite(attr, "attr")
+    check_same_dtype(("frags", frags.screen), ("attr", attr))
     if attr.dim() == 2:
         attr = attr.unsqueeze(0)
     if attr.dim() != 3 or attr.shape[1] != V or attr.shape[0] not in (1, B):

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .._validate import as_float, check_float, check_same_dtype
 import torch.nn.functional as Fn
 
 from .cameras import Cameras
@@ -49,12 +51,16 @@ def soft_silhouette(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, 
 
     Differentiable w.r.t. ``verts`` and the cameras everywhere (sigma > 0).
     """
-    if not (sigma > 0):
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    if not (0 < eps < 1):
+    sigma = as_float(sigma, "sigma", positive=True)
+    eps = as_float(eps, "eps", positive=True)
+    if not eps < 1:
         raise ValueError(f"eps must be in (0, 1), got {eps}")
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
     if not isinstance(verts, torch.Tensor) or verts.shape[-1:] != (3,) or verts.dim() not in (2, 3):
         raise ValueError("verts must be a tensor of shape (V, 3) or (B, V, 3)")
+    check_float(verts, "verts", coerce=False)
+    check_same_dtype(("cameras", cameras.R), ("verts", verts))
     if not torch.isfinite(verts).all():
         raise ValueError("verts contains non-finite values (NaN or inf)")
     H, W = check_size(cameras.height, cameras.width)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .._validate import check_float, check_same_dtype
 import torch.nn.functional as Fn
 
 WRAPS = ("repeat", "clamp")
@@ -25,6 +27,9 @@ FILTERS = ("bilinear", "mipmap")
 
 
 def _check(tex: torch.Tensor, uv: torch.Tensor):
+    check_float(tex, "tex", coerce=False)
+    check_float(uv, "uv", coerce=False)
+    check_same_dtype(("tex", tex), ("uv", uv))
     if not isinstance(tex, torch.Tensor) or not tex.is_floating_point() or tex.dim() not in (3, 4):
         raise ValueError(f"tex must be a floating tensor (Ht, Wt, C) or (B, Ht, Wt, C), got "
                          f"{tuple(tex.shape) if isinstance(tex, torch.Tensor) else type(tex).__name__}")
