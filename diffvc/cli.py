@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.add_argument("--renderer", default="raster",
                    help="renderer for examples that render through the pipeline (raster, pathtrace, ...)")
+    r.add_argument("--nproc", type=_positive_int, default=1,
+                   help="split the example's work over N local processes (gloo on loopback)")
+    r.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue the run whose output directory is DIR from its checkpoints")
+    r.add_argument("--checkpoint-every", type=_positive_int, default=10, metavar="K",
+                   help="write an optimisation checkpoint every K iterations (and at SIGINT/SIGTERM)")
     b = sub.add_parser("bench", help="run a benchmark from bench/ and print (or write) its JSON")
     b.add_argument("name")
     b.add_argument("--json", type=Path, default=None, help="write the JSON result to this file")
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "run":
         from .examples import EXAMPLES, RunConfig, run_example
+        from .optim import CheckpointError
 
         if args.name not in EXAMPLES:
             sys.stderr.write(f"diffvc: error: unknown example {args.name!r}; choose from {', '.join(sorted(EXAMPLES))}\n")
@@ -85,7 +92,32 @@ def main(argv: list[str] | None = None) -> int:
             if not cuda_available():
                 sys.stderr.write("diffvc: error: --device cuda requested but no CUDA device is available\n")
                 return 2
-        out = args.out if args.out is not None else Path("out") / args.name
+        if args.resume is not None:
+            if args.out is not None and Path(args.out) != args.resume:
+                sys.stderr.write("diffvc: error: --resume DIR is the output directory; do not also give --out\n")
+                return 2
+            if not (args.resume / "checkpoints").is_dir():
+                sys.stderr.write(f"diffvc: error: --resume: {args.resume} holds no checkpoints/ directory\n")
+                return 2
+        out = args.resume if args.resume is not None else (args.out if args.out is not None else Path("out") / args.name)
+        from .optim import distributed
+
+        if args.nproc > 1:
+            from .examples import load
+
+            if not getattr(load(args.name), "SHARDS", None):
+                sys.stderr.write(f"diffvc: error: --nproc: example {args.name!r} does not split its work over processes\n")
+                return 2
+            child = list(argv if argv is not None else sys.argv[1:])
+            if "--nproc" in child:
+                k = child.index("--nproc")
+                child = child[:k] + child[k + 2:]
+            child = [a for a in child if not a.startswith("--nproc=")]
+            if args.out is None and args.resume is None:
+                child += ["--out", str(out)]
+            return distributed.launch(["-m", "diffvc.cli", *child], args.nproc)
+        distributed.init_from_env()
+        rank = distributed.rank()
         from .examples import load
 
         supported = tuple(getattr(load(args.name), "RENDERERS", ("raster",)))
@@ -94,10 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(supported)}\n")
             return 2
         cfg = RunConfig(out=out, quick=args.quick, device=args.device, seed=args.seed, iters=args.iters,
-                        progress=not args.no_progress, renderer=args.renderer)
-        metrics = run_example(args.name, cfg)
-        print(json.dumps(metrics, indent=2, sort_keys=True))
-        print(f"wrote {out}/")
+                        progress=not args.no_progress and rank == 0, renderer=args.renderer,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume is not None)
+        try:
+            metrics = run_example(args.name, cfg)
+        except CheckpointError as e:
+            sys.stderr.write(f"diffvc: error: {e}\n")
+            return 2
+        finally:
+            distributed.shutdown()
+        if rank == 0:
+            print(json.dumps(metrics, indent=2, sort_keys=True))
+            print(f"wrote {out}/")
         return 0
     if args.cmd == "bench":
         names = _bench_names()

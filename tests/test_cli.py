@@ -40,3 +40,20 @@ def test_cuda_without_cuda_is_a_clear_error():
         assert r.returncode == 0
     else:
         assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_and_nproc_errors_are_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "diffvc.cli", "run", *args], capture_output=True, text=True,
+                              timeout=300)
+
+    r = run("bounce", "--resume", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "holds no checkpoints" in r.stderr and "Traceback" not in r.stderr
+    r = run("bounce", "--nproc", "2")
+    assert r.returncode == 2 and "does not split its work" in r.stderr
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    r = run("bounce", "--resume", str(tmp_path / "run"))
+    assert r.returncode == 2 and "no checkpoint in" in r.stderr and "Traceback" not in r.stderr

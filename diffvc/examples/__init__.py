@@ -5,7 +5,11 @@ An example module defines ``DESCRIPTION`` (a one-line string literal) and
 ``metrics.json`` into ``cfg.out`` and returns the metrics. Register it in :data:`EXAMPLES`
 (name -> module); ``diffvc list`` reads each description from the module's source. An example
 that renders through the pipeline may declare ``RENDERERS = ("raster", "pathtrace", ...)``: the
-renderers ``diffvc run NAME --renderer R`` accepts (``cfg.renderer``; default ``"raster"``).
+renderers ``diffvc run NAME --renderer R`` accepts (``cfg.renderer``; default ``"raster"``). An
+example that splits its work over processes (``diffvc run NAME --nproc N``, or ``torchrun``)
+declares ``SHARDS`` (what it shards, e.g. ``"camera views"``), takes its share with
+:func:`diffvc.optim.distributed.shard` and writes outputs on rank 0 only. Every run checkpoints its
+optimisation in ``out/checkpoints``, so ``diffvc run NAME --resume OUT`` can continue it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class RunConfig:
     iters: int | None = None
     progress: bool = True
     renderer: str = "raster"
+    checkpoint_every: int = 10      # iterations between checkpoints (diffvc.optim.run_context)
+    resume: bool = False            # continue from the checkpoints in out/checkpoints
 
     def iterations(self, full: int, quick: int) -> int:
         """``--iters`` if given, else the example's quick or full default."""
@@ -85,9 +91,15 @@ def run_example(name: str, cfg: RunConfig) -> dict:
 
     cfg.out = Path(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    from ..optim import distributed, run_context
+
     torch.manual_seed(cfg.seed)
     module = load(name)
     supported = tuple(getattr(module, "RENDERERS", ("raster",)))
     if cfg.renderer not in supported:
         raise ValueError(f"renderer: example {name!r} renders with {list(supported)}, not {cfg.renderer!r}")
-    return module.run(cfg)
+    if distributed.world_size() > 1 and not getattr(module, "SHARDS", None):
+        raise ValueError(f"nproc: example {name!r} does not split its work over processes")
+    ck = cfg.out / "checkpoints" if distributed.rank() == 0 else cfg.out / "checkpoints" / f"rank{distributed.rank()}"
+    with run_context(ck, every=cfg.checkpoint_every, resume=cfg.resume):
+        return module.run(cfg)

@@ -32,13 +32,14 @@ pyramid loss (a wide basin) then L-BFGS on the same loss (a precise minimum).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
 from ..geometry import box, mass_properties, tet_boundary_faces, tetrahedralize
-from ..optim import Bounded, ParameterSet, Positive, optimize, plot_history, pyramid_mse, relative_error
+from ..optim import Bounded, ParameterSet, Positive, distributed, optimize, plot_history, pyramid_mse, relative_error
 from ..physics import rollout
 from ..physics.fem import FEMModel, fem_step
 from ..physics.rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step
@@ -49,6 +50,7 @@ from ..viz import save_animation, tile, write_metrics
 
 DESCRIPTION = "system identification from video: box mass & friction, soft body Young's modulus & damping"
 RENDERERS = ("raster", "pathtrace")
+SHARDS = "camera views (each process renders and differentiates its views of every video)"
 
 # path tracer settings for the video (a target and an estimate share the seed: common random numbers)
 PATHTRACE = dict(spp=8, max_depth=2, edge_samples=4096, edge_spp=2, secondary_spp=1, interior_spp=1, seed=0)
@@ -56,6 +58,13 @@ PATHTRACE = dict(spp=8, max_depth=2, edge_samples=4096, edge_spp=2, secondary_sp
 
 def _renderer_options(renderer: str) -> dict:
     return dict(PATHTRACE) if renderer == "pathtrace" else {}
+
+
+def _views(scene: Scene, views) -> Scene:
+    """The scene seen from a subset of its cameras (a data-parallel shard)."""
+    if views is None:
+        return scene
+    return dataclasses.replace(scene, cameras=scene.cameras[list(views)])
 
 DTYPE = torch.float64
 
@@ -145,8 +154,10 @@ class RigidExperiment:
         b = scene.body("box")
         return scene, self.simulate(b["mass"], b["mu"])
 
-    def video(self, values: dict) -> torch.Tensor:
-        return render_trajectory(*self.simulate_scene(values), renderer=self.p.renderer,
+    def video(self, values: dict, views=None) -> torch.Tensor:
+        """``(T, V, H, W, 3)`` video for parameter ``values`` (``views``: camera indices, default all)."""
+        scene, states = self.simulate_scene(values)
+        return render_trajectory(_views(scene, views), states, renderer=self.p.renderer,
                                  **_renderer_options(self.p.renderer))
 
     def params(self, start=None) -> ParameterSet:
@@ -229,8 +240,9 @@ class SoftExperiment:
         b = scene.body("jelly")
         return scene, self.simulate(b["young"], b["damping"])
 
-    def video(self, values: dict) -> torch.Tensor:
-        return render_trajectory(*self.simulate_scene(values))
+    def video(self, values: dict, views=None) -> torch.Tensor:
+        scene, states = self.simulate_scene(values)
+        return render_trajectory(_views(scene, views), states)
 
     def params(self, start=None) -> ParameterSet:
         E, beta = self.p.start if start is None else start
@@ -251,8 +263,17 @@ def identify(exp, target: torch.Tensor, params: ParameterSet, adam_iters: int, l
     """Adam on a 3-level pyramid loss, then L-BFGS on the same loss. Returns (history, seconds)."""
     from ..optim import History
 
+    # data parallel: this process's camera views; the mean over all views is the sum over
+    # processes of (views here / all views) x the mean over the views here
+    n_views = target.shape[1]
+    if distributed.world_size() > n_views:
+        raise ValueError(f"nproc: sysid has {n_views} camera views to split, not {distributed.world_size()} processes")
+    mine = distributed.shard(range(n_views))
+    share = len(mine) / n_views
+
     def loss_fn():
-        return pyramid_mse(exp.video(params.values()), target, levels=3)
+        views = None if len(mine) == n_views else mine
+        return share * pyramid_mse(exp.video(params.values(), views), target[:, mine], levels=3)
 
     t0 = time.perf_counter()
     hist = History()
@@ -324,9 +345,12 @@ def run_part(name: str, exp, cfg, adam_iters: int, lbfgs_iters: int, lr: float, 
             g = torch.Generator(device="cpu").manual_seed(cfg.seed)
             target = target + noise * torch.randn(target.shape, generator=g, dtype=DTYPE).to(target.device)
     params = exp.params()
-    with torch.no_grad():
-        start_video = exp.video(params.values())
+    if distributed.rank() == 0:
+        with torch.no_grad():
+            start_video = exp.video(params.values())
     hist, seconds = identify(exp, target, params, adam_iters, lbfgs_iters, lr, cfg.progress, name, lbfgs_kwargs)
+    if distributed.rank() != 0:
+        return {}              # outputs and metrics are rank 0's
     with torch.no_grad():
         end_video = exp.video(params.values())
     est = params.snapshot()
@@ -354,7 +378,8 @@ def run(cfg, noise: float = 0.0) -> dict:
     and each path-traced video costs about 20x a rasterized one.
     """
     renderer = getattr(cfg, "renderer", "raster")
-    metrics: dict = {"noise": noise, "quick": str(bool(cfg.quick)), "renderer": renderer}
+    metrics: dict = {"noise": noise, "quick": str(bool(cfg.quick)), "renderer": renderer,
+                     "processes": distributed.world_size()}
     t0 = time.perf_counter()
     lb = {"max_iter": 10}
     if renderer == "pathtrace":
@@ -365,11 +390,13 @@ def run(cfg, noise: float = 0.0) -> dict:
                             lr=0.08, noise=noise, lbfgs_kwargs=lb))
     if renderer != "raster":
         metrics["seconds"] = time.perf_counter() - t0
-        write_metrics(cfg.out / "metrics.json", metrics)
+        if distributed.rank() == 0:
+            write_metrics(cfg.out / "metrics.json", metrics)
         return metrics
     soft = SoftExperiment(SoftProblem(device=cfg.device))
     metrics.update(run_part("soft", soft, cfg, adam_iters=cfg.iterations(30, 10), lbfgs_iters=cfg.iterations(15, 4),
                             lr=0.1, noise=noise, lbfgs_kwargs=lb))
     metrics["seconds"] = time.perf_counter() - t0
-    write_metrics(cfg.out / "metrics.json", metrics)
+    if distributed.rank() == 0:
+        write_metrics(cfg.out / "metrics.json", metrics)
     return metrics
