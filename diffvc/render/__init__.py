@@ -13,6 +13,7 @@ from .texture import level_of_detail, mipmaps, texture
 from .soft import soft_silhouette
 from .volume import (VolumeRender, composite_rays, importance_samples, ray_aabb, read_vol, render_field, render_grid,
                      render_volume, stratified_samples, write_vol)
+from .sphere_trace import SDFHits, render_sdf, sphere_trace
 from .splat import (DensityControl, Gaussians, SplatImage, gaussians_from_params, init_splat_params,
                     points_to_gaussians, project_gaussians, rasterize_gaussians, render_gaussians, splat_loss,
                     splat_optimizer, ssim)
