@@ -29,7 +29,7 @@ __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes
            "TriangleBVH", "RayHits", "intersect", "occluded", "render_gbuffer", "PathTracingScene", "PTMaterial",
            "cornell_box", "cornell_camera", "path_trace",
            "VolumeRender", "ray_aabb", "stratified_samples", "importance_samples", "composite_rays", "render_grid",
-           "render_field", "render_volume", "read_vol", "write_vol",
+           "render_field", "render_volume", "read_vol", "write_vol", "SDFHits", "sphere_trace", "render_sdf",
            "Gaussians", "SplatImage", "project_gaussians", "rasterize_gaussians", "render_gaussians",
            "points_to_gaussians", "ssim", "splat_loss", "DensityControl", "init_splat_params", "gaussians_from_params",
            "splat_optimizer"]
