@@ -41,6 +41,7 @@ from .cloth import ClothModel, ClothState, cloth_hinges
 from .smoke import SmokeModel, SmokeState
 from .articulated import ArticulatedModel, ArticulatedState, ArticulationBuilder
 from .mjcf import load_mjcf
+from .urdf import load_urdf
 
 __all__ = [
     "ParticleModel",
@@ -78,4 +79,5 @@ __all__ = [
     "ArticulatedState",
     "ArticulationBuilder",
     "load_mjcf",
+    "load_urdf",
 ]
