@@ -1,5 +1,6 @@
-"""Cloth rollout, forward + backward: diffvc's closed-form cloth forces vs the same model with its
-forces taken by autograd from the energy (the direct way to write it in PyTorch).
+"""Cloth rollout, forward + backward: diffvc's cloth (Warp kernels), its plain-torch twin, and the
+same model with its forces taken by autograd from the energy (the direct way to write it in
+PyTorch).
 
 A square cloth (32 x 32 cells: 1,089 vertices, 2,048 triangles, 3,008 hinges; 24 x 24 with
 ``--quick``) dropped from 0.6 m onto a ball (smoothed contact with friction, ground plane), StVK
@@ -72,7 +73,8 @@ def _variant(v, f, steps, dt, mode, threads):
                 for _ in range(steps):
                     st = _energy_step(m, st, dt)
             else:
-                st = rollout(m, st, steps, dt=dt, checkpoint_every=50 if mode == "checkpointed" else None)
+                st = rollout(m, st, steps, dt=dt, checkpoint_every=50 if mode == "checkpointed" else None,
+                             backend="torch" if mode == "twin" else "warp")
             loss = st.x.sum() + st.v.sum()
             t1 = time.perf_counter()
             g = torch.autograd.grad(loss, [mu, kb, v0])
@@ -96,6 +98,7 @@ def run(quick: bool = False) -> dict:
     v, f = make(n)
     variants = {"diffvc_1thread": _variant(v, f, steps, dt, "tape", 1),
                 "diffvc_checkpointed": _variant(v, f, steps, dt, "checkpointed", 1),
+                "torch_twin": _variant(v, f, steps, dt, "twin", 1),
                 "autograd_energy": _variant(v, f, steps, dt, "energy", 1)}
     if not quick:
         variants["diffvc_2threads"] = _variant(v, f, steps, dt, "tape", 2)
@@ -119,6 +122,7 @@ def run(quick: bool = False) -> dict:
             "steps": steps, "dt": dt, "dtype": "float32", "device": "cpu", "repeats": repeats,
             "loadavg_1min_start": load0, "loadavg_1min_end": os.getloadavg()[0], "results": res,
             "speedup_vs_autograd_energy": res["autograd_energy"]["total_s"] / res["diffvc_1thread"]["total_s"],
+            "speedup_vs_torch_twin": res["torch_twin"]["total_s"] / res["diffvc_1thread"]["total_s"],
             "relative_difference_to_diffvc_1thread": agree,
             "final_min_height": float(ref.final[:, 1].min()), "final_max_height": float(ref.final[:, 1].max())}
 

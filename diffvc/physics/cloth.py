@@ -40,9 +40,11 @@ passing through +-pi (a folded-flat hinge; not reached in practice). Degenerate 
 triangles give finite forces (lengths are taken with a 1e-12 m^2 floor).
 
 Gradients reach the initial state, every floating model tensor (``mu``, ``lam``, ``kb``,
-damping, mass, gravity, obstacle parameters, contact parameters) and the pin controls. The
-model's ``step`` is plain torch (fully vectorised; per-triangle work is a handful of batched
-ops), so ``step_torch`` is the same function; forward mode (``rollout_jvp``) works through it.
+damping, mass, gravity, obstacle parameters, contact parameters) and the pin controls.
+``step`` runs three Warp kernels (:mod:`diffvc._kernels.cloth`: triangle forces, hinge forces,
+contact + velocity update; their adjoints give the gradients); ``step_torch`` is the plain-torch
+twin (same function, checked to 1e-10; forward mode via ``rollout(..., backend="torch")``).
+At most 8 planes, 8 spheres and 8 boxes.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._kernels import Out, kernel_op, mat, vec
+from .._kernels.cloth import MAX_OBSTACLES, cloth_hinge_forces, cloth_integrate, cloth_triangle_forces
 from .particles import check_planes
 from .rigid import _contact_law
 
@@ -419,18 +423,7 @@ class ClothModel:
                 "total": kinetic + grav + membrane + bending}
 
     # ------------------------------------------------------------------ the step (contract)
-    def step(self, state: ClothState, dt: float, control: torch.Tensor | None = None) -> ClothState:
-        """Advance the cloth by ``dt`` seconds (semi-implicit Euler).
-
-        control: ``None`` (pinned vertices stay put) or pin targets ``(P, 3)`` m, the positions
-        the pinned vertices ``pins`` reach at the end of this step (moving handles; gradients
-        flow to them). Returns a new :class:`ClothState`.
-        """
-        self._check_state(state)
-        x, v = state.x, state.v
-        f = self._membrane(x, v) + self._bending(x, v) + self._contact(x, v)
-        a = f / self.mass[:, None] + self.gravity
-        v1 = (v + dt * a) / (1.0 + self.damping[2] * dt)
+    def _pins(self, x, v1, dt, control):
         if self.pins.numel():
             p = self.pins
             if control is None:
@@ -445,6 +438,66 @@ class ClothModel:
             raise ValueError("control: this cloth has no pins to drive (pass control=None)")
         return ClothState(x + dt * v1, v1)
 
+    def _kernel_args(self):
+        """Per-model kernel inputs (int32 topology, padded obstacle tables), built once."""
+        cache = self.__dict__.get("_kcache")
+        if cache is None:
+            def padded(t, k):
+                n = t.shape[0]
+                if n > MAX_OBSTACLES:
+                    raise ValueError(f"at most {MAX_OBSTACLES} obstacles of each kind, got {n}")
+                return t if n else torch.zeros(1, k, dtype=t.dtype, device=t.device), n
+
+            dev = self.mass.device
+            planes, npl = padded(self.planes, 4)
+            spheres, nsp = padded(self.spheres, 4)
+            boxes, nbx = padded(self.boxes, 6)
+            nf, nh = self.faces.shape[0], self.hinges.shape[0]
+            cache = {
+                "faces": self.faces.to(torch.int32).contiguous(),
+                "hinges": self.hinges.to(torch.int32).contiguous(),
+                "mu": self.mu.expand(nf).contiguous() if self.mu.dim() == 0 else self.mu.contiguous(),
+                "lam": self.lam.expand(nf).contiguous() if self.lam.dim() == 0 else self.lam.contiguous(),
+                "kb": self.kb.expand(nh).contiguous() if self.kb.dim() == 0 else self.kb.contiguous(),
+                "inv_mass": 1.0 / self.mass,
+                "planes": planes.contiguous(), "spheres": spheres.contiguous(), "boxes": boxes.contiguous(),
+                "counts": torch.tensor([npl, nsp, nbx], dtype=torch.int32, device=dev),
+            }
+            object.__setattr__(self, "_kcache", cache)
+        return cache
+
+    def step(self, state: ClothState, dt: float, control: torch.Tensor | None = None) -> ClothState:
+        """Advance the cloth by ``dt`` seconds (semi-implicit Euler; three Warp kernels: triangle
+        forces, hinge forces, contact + velocity update).
+
+        control: ``None`` (pinned vertices stay put) or pin targets ``(P, 3)`` m, the positions
+        the pinned vertices ``pins`` reach at the end of this step (moving handles; gradients
+        flow to them). Returns a new :class:`ClothState`.
+        """
+        self._check_state(state)
+        x, v = state.x, state.v
+        k = self._kernel_args()
+        nv, nf, nh = x.shape[0], self.faces.shape[0], self.hinges.shape[0]
+        f = kernel_op(cloth_triangle_forces, nf,
+                      [vec(x), vec(v), k["faces"], mat(self.Dm_inv.contiguous()), self.area, k["mu"], k["lam"],
+                       self.damping], [Out((nv, 3), "vec")])
+        if nh:
+            f = f + kernel_op(cloth_hinge_forces, nh,
+                              [vec(x), vec(v), k["hinges"], self.hinge_rest, self.hinge_weight, k["kb"],
+                               self.damping], [Out((nv, 3), "vec")])
+        v1 = kernel_op(cloth_integrate, nv,
+                       [vec(x), vec(v), vec(f), k["inv_mass"], k["planes"], k["spheres"], k["boxes"], k["counts"],
+                        self.contact, self.thickness.reshape(1), vec(self.gravity.reshape(1, 3)), self.damping,
+                        float(dt)],
+                       [Out((nv, 3), "vec")])
+        return self._pins(x, v1, dt, control)
+
     def step_torch(self, state: ClothState, dt: float, control: torch.Tensor | None = None) -> ClothState:
-        """The plain-torch twin: :meth:`step` is itself plain torch, so this is the same function."""
-        return self.step(state, dt, control)
+        """Plain-torch twin of :meth:`step` (same function; tests, forward mode via
+        ``rollout(..., backend="torch")``)."""
+        self._check_state(state)
+        x, v = state.x, state.v
+        f = self._membrane(x, v) + self._bending(x, v) + self._contact(x, v)
+        a = f / self.mass[:, None] + self.gravity
+        v1 = (v + dt * a) / (1.0 + self.damping[2] * dt)
+        return self._pins(x, v1, dt, control)
