@@ -192,6 +192,10 @@ class ElasticityGrid:
             solver = "direct" if direct else "mgcg"
         self.solver = solver
         self.last_iterations = 0
+        if solver == "direct":  # one-time setup: SciPy's solver module and the CSC pattern
+            import scipy.sparse.linalg  # noqa: F401
+
+            self._direct_pattern()
 
     def KE(self, dtype) -> torch.Tensor:
         if dtype not in self._KE:
