@@ -148,7 +148,7 @@ def _run(cfg) -> dict:
                np.concatenate([frames[0], _panel(test_clouds[show], e1[3][show], decoder,
                                                  f"after {iters} iterations: red = input points, blue = predicted NURBS")], 0),
                srgb=False)
-    plot_curves(cfg.out / "curves.png", {"train chamfer": hist.loss, "held-out param error": hist_err},
+    plot_curves(cfg.out / "curves.png", {"train chamfer": hist.loss, f"held-out param error (x{every} iterations)": hist_err},
                 title="PointNet -> NURBS ellipsoid, trained through the surface")
     metrics = {"iterations": hist.iterations, "seconds": seconds,
                "heldout_center_mae_initial": e0[0], "heldout_radius_mae_initial": e0[1],
