@@ -313,7 +313,7 @@ def test_steps_reject_bad_dt(dt):
 
 def test_nan_parameters_and_negative_radius_are_rejected_everywhere_a_model_is_built():
     nan = float("nan")
-    with pytest.raises(ValueError, match="contact"):
+    with pytest.raises(ValueError, match="mu contains non-finite"):
         ParticleModel.create(torch.ones(3), 0.1, mu=nan)
     with pytest.raises(ValueError, match="gravity"):
         ParticleModel.create(torch.ones(3), 0.1, gravity=(0.0, nan, 0.0))
@@ -324,12 +324,16 @@ def test_nan_parameters_and_negative_radius_are_rejected_everywhere_a_model_is_b
         dataclasses.replace(pm, radius=-pm.radius)
     with pytest.raises(ValueError, match="gravity"):
         dataclasses.replace(pm, gravity=torch.tensor([0.0, nan, 0.0]))
-    with pytest.raises(ValueError, match="contact"):
+    with pytest.raises(ValueError, match="friction_smoothing contains non-finite"):
         SpringModel.create(torch.rand(3, 3), [[0, 1]], friction_smoothing=nan)
-    with pytest.raises(ValueError, match="contact"):
+    with pytest.raises(ValueError, match="mu contains non-finite"):
         RigidBodyModel.spheres([0.1], [1.0], mu=nan)
-    with pytest.raises(ValueError, match="point_radius must be >= 0"):
+    with pytest.raises(ValueError, match="contact contains non-finite"):  # a model built directly
+        dataclasses.replace(pm, contact=torch.tensor([1e4, 10.0, nan, 0.01]))
+    with pytest.raises(ValueError, match="radius must be > 0"):
         RigidBodyModel.spheres([-0.1], [1.0])
+    with pytest.raises(ValueError, match="point_radius must be >= 0"):
+        RigidBodyModel.create([1.0], torch.eye(3), [[0.0, 0.0, 0.0]], point_radius=-0.1)
     tv, tt = G.tet_box((0.1, 0.1, 0.1), 1)
     with pytest.raises(ValueError, match="gravity"):
         FEMModel.create(tv, tt, gravity=(0.0, nan, 0.0))

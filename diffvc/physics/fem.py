@@ -38,9 +38,9 @@ import torch
 
 from .._kernels import Out, kernel_op, mat, vec
 from .._kernels.fem import COROTATED, NEOHOOKEAN, POLAR_ITERS, integrate_vertices, tet_forces
-from .._validate import (as_int, as_tensor, check_choice, check_dt, check_float, check_index, check_like,
-                         check_positive, check_same_device, check_same_dtype)
-from .particles import check_contact, check_planes
+from .._validate import (as_int, as_tensor, check_choice, check_dt, check_finite, check_float, check_index,
+                         check_like, check_positive, check_same_device, check_same_dtype)
+from .particles import check_contact, check_planes, plane_contact_stability
 from .rigid import _contact_law
 
 __all__ = ["lame_parameters", "FEMModel", "FEMState", "fem_step", "fem_step_torch", "fem_forces_torch",
@@ -53,10 +53,8 @@ def lame_parameters(youngs_modulus, poisson_ratio):
     """Lame parameters ``(mu, lam)`` in Pa from Young's modulus E (Pa) and Poisson's ratio nu
     (-1 < nu < 0.5): ``mu = E / (2 (1 + nu))``, ``lam = E nu / ((1 + nu)(1 - 2 nu))``.
     Floats or tensors (differentiable)."""
-    E = torch.as_tensor(youngs_modulus)
-    nu = torch.as_tensor(poisson_ratio)
-    if (E.detach() <= 0).any():
-        raise ValueError(f"youngs_modulus must be > 0, got {youngs_modulus}")
+    E = check_positive(as_tensor(youngs_modulus, "youngs_modulus"), "youngs_modulus")
+    nu = check_finite(as_tensor(poisson_ratio, "poisson_ratio"), "poisson_ratio")
     if ((nu.detach() <= -1) | (nu.detach() >= 0.5)).any():
         raise ValueError(f"poisson_ratio must be in (-1, 0.5), got {poisson_ratio}")
     return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
@@ -233,6 +231,8 @@ class FEMModel:
 
 
 def _check_state(state: FEMState, model: FEMModel) -> None:
+    if not isinstance(model, FEMModel):
+        raise TypeError(f"model must be a FEMModel, got {type(model).__name__}")
     if not isinstance(state, FEMState):
         raise TypeError(f"state must be a FEMState, got {type(state).__name__}")
     n = model.rest.shape[0]
@@ -258,6 +258,8 @@ def fem_step(model: FEMModel, state: FEMState, dt: float, external: torch.Tensor
     _check_state(state, model)
     dt = check_dt(dt)
     n, nt = model.rest.shape[0], model.tets.shape[0]
+    plane_contact_stability("fem_step", dt, state.x, state.v, model.inv_mass() * model.free(),
+                            torch.zeros_like(model.mass), model.planes, model.contact)
     if external is not None:
         check_like(external, "external", (n, 3), model.rest)
     x, v = state.x.contiguous(), state.v.contiguous()

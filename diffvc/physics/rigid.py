@@ -31,7 +31,10 @@ contact starts depends on the initial state, the final state then carries a saw-
 one time step: e.g. a head-on elastic collision's d(v_out)/d(v_in) came out as -0.6/1.6 instead
 of the physical 0/1 exchange. ``delta > 0`` (comparable to the distance moved per step or more) makes the
 force field smooth, the saw-tooth vanishes and the same derivative matches the physical one
-(tests: 1e-2). Use ``delta > 0`` whenever gradients w.r.t. the timing of impacts matter.
+(tests: 1e-2). The default is therefore ``delta = 2 mm`` (and ``vs = 0.05 m/s``); set
+``contact_smoothing=0`` only for a sharp onset whose timing gradients you do not need. Every step
+warns once (:mod:`diffvc.physics.stability`) when its explicit contact or friction update is
+outside its stability bound, naming the parameter to change.
 ``vs`` (``friction_smoothing``) turns friction viscous below ``vs``: there is no stick/slip
 switch, so a sliding box that comes to rest does so smoothly and its final position is a smooth
 function of mass, friction, contact parameters and the initial state. With ``kd > 0`` and time
@@ -54,7 +57,7 @@ from .._kernels.rigid import integrate_bodies, rigid_contact_forces
 from .._validate import (as_tensor, check_dt, check_float, check_index, check_like, check_positive,
                          check_same_device, check_same_dtype)
 from ..geometry.transforms import quaternion_apply, quaternion_to_matrix
-from .particles import check_contact, check_planes
+from .particles import check_contact, check_planes, plane_contact_stability, scalar_param, vec3_param
 
 __all__ = ["RigidBodyModel", "RigidBodyState", "rigid_step", "rigid_step_torch", "apply_impulse",
            "quat_rotate", "quat_to_matrix"]
@@ -120,7 +123,7 @@ class RigidBodyModel:
     # ---------------------------------------------------------------- construction
     @staticmethod
     def create(mass, inertia, points, point_body=None, point_radius=0.0, pairs="auto", planes=None,
-               ke=1e4, kd=10.0, mu=0.5, friction_smoothing=0.01, contact_smoothing=0.0,
+               ke=1e4, kd=10.0, mu=0.5, friction_smoothing=0.05, contact_smoothing=2e-3,
                pair_ke=None, pair_kd=None, pair_mu=None, pair_friction_smoothing=None,
                pair_contact_smoothing=None,
                gravity=(0.0, -9.81, 0.0), damping=(0.0, 0.0), dtype=torch.float32, device="cpu"):
@@ -130,20 +133,26 @@ class RigidBodyModel:
         (no body-body contact) or a (C, 2) integer tensor. planes: default the ground y = 0.
         pair_*: body-body contact parameters (default: the plane ones).
         """
-        mass = _t(mass, dtype, device).reshape(-1)
+        mass = _t(mass, dtype, device, "mass").reshape(-1)
         nb = mass.shape[0]
-        inertia = _t(inertia, dtype, device).reshape(nb, 3, 3)
-        points = _t(points, dtype, device).reshape(-1, 3)
+        inertia = _t(inertia, dtype, device, "inertia")
+        if inertia.numel() != nb * 9:
+            raise ValueError(f"inertia must have shape ({nb}, 3, 3) (one per mass), got {tuple(inertia.shape)}")
+        inertia = inertia.reshape(nb, 3, 3)
+        points = _t(points, dtype, device, "points")
+        if points.numel() % 3:
+            raise ValueError(f"points must have shape (P, 3), got {tuple(points.shape)}")
+        points = points.reshape(-1, 3)
         npnt = points.shape[0]
         if point_body is None:
             if nb != 1:
                 raise ValueError("point_body is required when there is more than one body")
             point_body = torch.zeros(npnt, dtype=torch.int32, device=device)
-        point_body = torch.as_tensor(point_body, device=device).to(torch.int32).reshape(-1)
-        if point_body.shape != (npnt,):
-            raise ValueError(f"point_body must have shape ({npnt},), got {tuple(point_body.shape)}")
-        point_radius = _t(point_radius, dtype, device)
+        point_body = check_index(point_body, "point_body", nb, shape=(npnt,), device=device, dtype=torch.int32,
+                                 size_name="the number of bodies")
+        point_radius = _t(point_radius, dtype, device, "point_radius")
         point_radius = point_radius.expand(npnt) if point_radius.dim() == 0 else point_radius.reshape(-1)
+        check_positive(check_float(point_radius, "point_radius", shape=(npnt,)), "point_radius", strict=False)
         if isinstance(pairs, str):
             if pairs != "auto":
                 raise ValueError(f"pairs must be 'auto', None or a (C, 2) tensor, got {pairs!r}")
@@ -152,22 +161,29 @@ class RigidBodyModel:
             pairs = torch.stack([i[keep], j[keep]], 1)
         elif pairs is None:
             pairs = torch.zeros(0, 2, dtype=torch.int32, device=device)
-        pairs = torch.as_tensor(pairs, device=device).to(torch.int32).reshape(-1, 2)
-        planes = _t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes, dtype, device).reshape(-1, 4)
+        pairs = check_index(pairs, "pairs", npnt, shape=("C", 2), device=device, dtype=torch.int32,
+                            size_name="the number of points")
+        planes = _t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes, dtype, device, "planes").reshape(-1, 4)
 
         def c5(*vals):
-            return torch.cat([_t(a, dtype, device).reshape(1) for a in vals])
+            return torch.cat([scalar_param(a, k, dtype, device) for a, k in vals])
 
-        def pick(a, b):
-            return b if a is None else a
+        def pick(a, k, b, kb):
+            return (b, kb) if a is None else (a, k)
 
-        contact = c5(ke, kd, mu, friction_smoothing, contact_smoothing)
-        pair_contact = c5(pick(pair_ke, ke), pick(pair_kd, kd), pick(pair_mu, mu),
-                          pick(pair_friction_smoothing, friction_smoothing),
-                          pick(pair_contact_smoothing, contact_smoothing))
+        contact = c5((ke, "ke"), (kd, "kd"), (mu, "mu"), (friction_smoothing, "friction_smoothing"),
+                     (contact_smoothing, "contact_smoothing"))
+        pair_contact = c5(pick(pair_ke, "pair_ke", ke, "ke"), pick(pair_kd, "pair_kd", kd, "kd"),
+                          pick(pair_mu, "pair_mu", mu, "mu"),
+                          pick(pair_friction_smoothing, "pair_friction_smoothing", friction_smoothing,
+                               "friction_smoothing"),
+                          pick(pair_contact_smoothing, "pair_contact_smoothing", contact_smoothing,
+                               "contact_smoothing"))
+        damping = _t(damping, dtype, device, "damping")
+        if damping.numel() != 2:
+            raise ValueError(f"damping must be (linear, angular), got shape {tuple(damping.shape)}")
         return RigidBodyModel(mass, inertia, points, point_body, point_radius, pairs, planes, contact,
-                              pair_contact, _t(gravity, dtype, device, "gravity").reshape(3),
-                              _t(damping, dtype, device, "damping").reshape(2))
+                              pair_contact, vec3_param(gravity, "gravity", dtype, device), damping.reshape(2))
 
     def __post_init__(self):
         self.validate()  # every way of building the model (constructor, create, dataclasses.replace)
@@ -197,9 +213,10 @@ class RigidBodyModel:
     def spheres(radius, mass, **kw) -> "RigidBodyModel":
         """B solid spheres (one collision sphere each, inertia 2/5 m r^2), all pairs in contact."""
         dtype, device = kw.get("dtype", torch.float32), kw.get("device", "cpu")
-        mass = _t(mass, dtype, device).reshape(-1)
-        radius = _t(radius, dtype, device)
+        mass = check_positive(_t(mass, dtype, device, "mass").reshape(-1), "mass")
+        radius = _t(radius, dtype, device, "radius")
         radius = radius.expand(mass.shape[0]) if radius.dim() == 0 else radius.reshape(-1)
+        check_positive(check_float(radius, "radius", shape=(mass.shape[0],)), "radius")
         eye = torch.eye(3, dtype=dtype, device=device)
         inertia = (0.4 * mass * radius ** 2)[:, None, None] * eye
         nb = mass.shape[0]
@@ -307,6 +324,8 @@ def inv3(A: torch.Tensor) -> torch.Tensor:
 
 
 def _check_state(state: RigidBodyState, model: RigidBodyModel) -> None:
+    if not isinstance(model, RigidBodyModel):
+        raise TypeError(f"model must be a RigidBodyModel, got {type(model).__name__}")
     if not isinstance(state, RigidBodyState):
         raise TypeError(f"state must be a RigidBodyState, got {type(state).__name__}")
     nb = model.mass.shape[0]
@@ -371,6 +390,13 @@ def rigid_step(model: RigidBodyModel, state: RigidBodyState, dt: float,
     for name, load in (("force", force), ("torque", torque)):
         if load is not None:
             check_like(load, name, (nb, 3), model.mass)
+    if model.planes.shape[0]:
+        with torch.no_grad():  # explicit contact stability (warned once), at each collision point
+            b = model.point_body.long()
+            p = state.x.detach()[b] + quaternion_apply(state.q.detach()[b], model.points.detach())
+            u = state.v.detach()[b] + torch.linalg.cross(state.w.detach()[b], p - state.x.detach()[b], dim=-1)
+            plane_contact_stability("rigid_step", dt, p, u, 1.0 / model.mass.detach()[b], model.point_radius,
+                                    model.planes, model.contact)
     body = _packed_body(state)
     ft = _contact_ft(model, body)
     if force is not None or torque is not None:
@@ -483,13 +509,11 @@ def apply_impulse(model: RigidBodyModel, state: RigidBodyState, impulse: torch.T
     Differentiable in everything."""
     _check_state(state, model)
     nb = model.mass.shape[0]
-    if impulse.shape != (nb, 3):
-        raise ValueError(f"impulse must have shape ({nb}, 3), got {tuple(impulse.shape)}")
+    check_like(impulse, "impulse", (nb, 3), model.mass, finite=True)
     v = state.v + impulse / model.mass[:, None]
     if point is None:
         return RigidBodyState(state.x, state.q, v, state.w)
-    if point.shape != (nb, 3):
-        raise ValueError(f"point must have shape ({nb}, 3), got {tuple(point.shape)}")
+    check_like(point, "point", (nb, 3), model.mass, finite=True)
     dl = torch.cross(point - state.x, impulse, dim=-1)
     dw_body = (model.inv_inertia() @ quat_rotate(state.q, dl, inverse=True)[..., None])[..., 0]
     return RigidBodyState(state.x, state.q, v, state.w + quat_rotate(state.q, dw_body))

@@ -33,7 +33,7 @@ from .._kernels.particles import integrate_particles
 from .._kernels.springs import LENGTH_EPS2, spring_forces, spring_segment
 from .._validate import (as_tensor, check_dt, check_faces, check_float, check_index, check_like, check_positive,
                          check_same_device, check_same_dtype)
-from .particles import ParticleState, check_contact, check_planes
+from .particles import ParticleState, check_contact, check_planes, plane_contact_stability, scalar_param, vec3_param
 
 __all__ = ["SpringModel", "spring_step", "spring_step_torch", "springs_from_mesh"]
 
@@ -61,7 +61,7 @@ class SpringModel:
 
     @staticmethod
     def create(x, springs, mass=1.0, radius=0.0, rest=None, ke=1e3, kd=1.0, gain=0.0, planes=None,
-               contact_ke=1e4, contact_kd=10.0, mu=0.5, friction_smoothing=0.01, gravity=(0.0, -9.81, 0.0),
+               contact_ke=1e4, contact_kd=10.0, mu=0.5, friction_smoothing=0.05, gravity=(0.0, -9.81, 0.0),
                dtype=None, device=None) -> "SpringModel":
         """Build a model. ``x`` (N, 3) rest positions give ``rest`` lengths when it is None; scalars
         broadcast per particle / spring; ``planes=None`` is the ground y = 0 (pass ``[]`` for none).
@@ -90,11 +90,12 @@ class SpringModel:
         if rest is None:
             rest = (x[springs[:, 1].long()] - x[springs[:, 0].long()]).norm(dim=1).detach()
         planes = t([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes, "planes").reshape(-1, 4)
-        contact = torch.cat([t(contact_ke, "contact_ke").reshape(1), t(contact_kd, "contact_kd").reshape(1),
-                             t(mu, "mu").reshape(1), t(friction_smoothing, "friction_smoothing").reshape(1)])
+        contact = torch.cat([scalar_param(v, k, dtype, device) for v, k in
+                             ((contact_ke, "contact_ke"), (contact_kd, "contact_kd"), (mu, "mu"),
+                              (friction_smoothing, "friction_smoothing"))])
         return SpringModel(per(mass, n, "mass"), per(radius, n, "radius"), springs, per(rest, s, "rest"),
                            per(ke, s, "ke"), per(kd, s, "kd"), per(gain, s, "gain"), planes, contact,
-                           t(gravity, "gravity").reshape(3))
+                           vec3_param(gravity, "gravity", dtype, device))
 
     def __post_init__(self):
         self.validate()  # every way of building the model (constructor, create, dataclasses.replace)
@@ -160,6 +161,8 @@ class SpringModel:
         dt = check_dt(dt)
         act = _check(self, state, control, None).reshape(1, -1)
         inv_mass, si, sj, planes, _ = _prepare(self)
+        plane_contact_stability("SpringModel.segment", dt, state.x, state.v, inv_mass, self.radius, self.planes,
+                                self.contact)
         out = spring_segment(n, float(dt), state.x, state.v, inv_mass, self.radius, planes, self.contact,
                              self.gravity, si, sj, self.rest, self.ke, self.kd, self.gain, act, None,
                              recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
@@ -177,6 +180,8 @@ def _planes(model: SpringModel) -> torch.Tensor:
 
 
 def _check(model: SpringModel, state: ParticleState, actuation, external) -> torch.Tensor:
+    if not isinstance(model, SpringModel):
+        raise TypeError(f"model must be a SpringModel, got {type(model).__name__}")
     n, s = model.num_particles, model.num_springs
     if not isinstance(state, ParticleState):
         raise TypeError(f"state must be a ParticleState, got {type(state).__name__}")
@@ -218,7 +223,10 @@ def spring_step(model: SpringModel, state: ParticleState, dt: float, actuation: 
     external: (N, 3) extra force in N. Gradients reach the state, every model tensor, the
     actuation and the external force."""
     act = _check(model, state, actuation, external)
-    return _step(model, _prepare(model), state, check_dt(dt), act, external)
+    dt = check_dt(dt)
+    prep = _prepare(model)
+    plane_contact_stability("spring_step", dt, state.x, state.v, prep[0], model.radius, model.planes, model.contact)
+    return _step(model, prep, state, dt, act, external)
 
 
 def spring_forces_torch(model: SpringModel, state: ParticleState, actuation: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .._validate import check_float, check_index
+from .._validate import check_float, check_index, check_same_dtype
 from ..geometry.transforms import quaternion_to_matrix
 
 __all__ = ["rigid_vertices", "soft_vertices", "RigidBinding", "SoftBinding", "StaticBinding"]
@@ -49,6 +49,7 @@ def rigid_vertices(verts: torch.Tensor, position: torch.Tensor, rotation: torch.
     _check_verts(verts, "verts")
     check_float(position, "position", shape=(..., 3), coerce=False)
     check_float(rotation, "rotation", coerce=False)
+    check_same_dtype(("verts", verts), ("position", position), ("rotation", rotation))
     if rotation.shape[-2:] == (3, 3):
         R = rotation
     elif rotation.shape[-1] == 4:
