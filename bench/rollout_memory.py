@@ -16,6 +16,12 @@ Memory is measured from ``/proc/self/status``: the peak resident set size (``VmH
 the extra memory the forward + backward pass needed at its peak. (tracemalloc does not see torch's
 C++ allocations, so RSS is the honest measure on CPU.)
 
+Default paths (the hardening issue's item 4): 1,000 particles (10x10x10 lattice), the settings
+a user gets without choosing any (``rollout(model, state, n, dt=...)``, ``checkpoint_every="auto"``),
+100 and 10,000 steps, on the fused path (``SpringModel`` has a fused segment) and the per-step path
+(the same model behind a wrapper without ``segment``); each measurement in a fresh process. The
+figure of merit is the 10,000-step peak over the 100-step peak, per path (target <= 1.2).
+
     python -m bench.rollout_memory [--quick]     or     diffvc bench rollout_memory
 """
 
@@ -30,6 +36,7 @@ from pathlib import Path
 
 STEPS, CKPT = 10_000, 100
 VARIANTS = ("per_step_full", "per_step_checkpointed", "fused_full", "fused_checkpointed")
+DEFAULT_PATHS = ("fused_default", "per_step_default")
 
 
 def _status_kb(key: str) -> int:
@@ -82,6 +89,68 @@ def _child(variant: str, steps: int) -> dict:
             "grad_v0_sum": float(gv.sum()), "grad_ke_sum": float(gk.sum())}
 
 
+def _child_default(variant: str, steps: int) -> dict:
+    """Peak extra RSS of a default-settings rollout (forward + backward), 1,000 particles."""
+    import gc
+    from dataclasses import dataclass, replace
+
+    import torch
+
+    from bench.mass_spring import make_system
+    from diffvc.physics import ParticleState, SpringModel, rollout
+
+    @dataclass(frozen=True)
+    class PerStep:  # the same model without a fused segment: rollout steps it one call at a time
+        m: SpringModel
+
+        def step(self, state, dt, control=None):
+            return self.m.step(state, dt, control)
+
+    torch.set_num_threads(1)
+    model, s0 = make_system(n_side=10, n_springs=10_000)
+
+    def go(n):
+        ke = model.ke.clone().requires_grad_()
+        v0 = s0.v.clone().requires_grad_()
+        m = replace(model, ke=ke)
+        sim = m if variant == "fused_default" else PerStep(m)
+        final = rollout(sim, ParticleState(s0.x, v0), n, dt=1e-3)  # every other setting: its default
+        return torch.autograd.grad(final.x.sum(), [v0, ke])
+
+    go(300)  # warm-up: kernel modules, allocator
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    gv, gk = go(steps)
+    seconds = time.perf_counter() - t0
+    peak = _status_kb("VmHWM")
+    return {"peak_extra_mb": (peak - before) / 1024.0, "seconds": seconds, "grad_v0_sum": float(gv.sum()),
+            "grad_ke_sum": float(gk.sum()), "particles": int(s0.x.shape[0])}
+
+
+def run_default_paths(quick: bool = False) -> dict:
+    """10,000 (quick: 2,000) vs 100 steps at default settings, fused and per-step paths."""
+    long_steps = 2_000 if quick else STEPS
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = {}
+    for v in DEFAULT_PATHS:
+        for n in (100, long_steps):
+            out = subprocess.run([sys.executable, "-m", "bench.rollout_memory", "--child-default", v, str(n)],
+                                 cwd=root, env=env, capture_output=True, text=True, check=True)
+            res[f"{v}_{n}"] = json.loads(out.stdout.strip().splitlines()[-1])
+    ratios = {v: res[f"{v}_{long_steps}"]["peak_extra_mb"] / max(res[f"{v}_100"]["peak_extra_mb"], 1e-3)
+              for v in DEFAULT_PATHS}
+    return {"steps": [100, long_steps], "particles": res[f"fused_default_100"]["particles"], "dtype": "float32",
+            "settings": "rollout(model, state, n, dt=1e-3), checkpoint_every='auto' (the default)",
+            "measure": "peak RSS (VmHWM after clear_refs) minus RSS before the rollout, fresh process each",
+            "results": res, f"peak_ratio_{long_steps}_over_100": ratios}
+
+
 def run(quick: bool = False) -> dict:
     steps = 2_000 if quick else STEPS
     root = Path(__file__).resolve().parents[1]
@@ -91,6 +160,7 @@ def run(quick: bool = False) -> dict:
         out = subprocess.run([sys.executable, "-m", "bench.rollout_memory", "--child", v, str(steps)], cwd=root,
                              env=env, capture_output=True, text=True, check=True)
         results[v] = json.loads(out.stdout.strip().splitlines()[-1])
+    default_paths = run_default_paths(quick)
     ref = results["per_step_full"]
     agree = {v: max(abs(r["grad_v0_sum"] - ref["grad_v0_sum"]) / max(abs(ref["grad_v0_sum"]), 1e-30),
                     abs(r["grad_ke_sum"] - ref["grad_ke_sum"]) / max(abs(ref["grad_ke_sum"]), 1e-30))
@@ -102,11 +172,15 @@ def run(quick: bool = False) -> dict:
         "memory_ratio_per_step": results["per_step_full"]["peak_extra_mb"] / max(results["per_step_checkpointed"]["peak_extra_mb"], 1e-3),
         "memory_ratio_fused": results["fused_full"]["peak_extra_mb"] / max(results["fused_checkpointed"]["peak_extra_mb"], 1e-3),
         "gradient_relative_difference_to_per_step_full": agree,
+        "default_paths": default_paths,
     }
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv:
+    if "--child-default" in sys.argv:
+        i = sys.argv.index("--child-default")
+        print(json.dumps(_child_default(sys.argv[i + 1], int(sys.argv[i + 2]))))
+    elif "--child" in sys.argv:
         i = sys.argv.index("--child")
         print(json.dumps(_child(sys.argv[i + 1], int(sys.argv[i + 2]))))
     else:

@@ -16,8 +16,13 @@ States are frozen dataclasses of tensors (like :class:`~diffvc.physics.ParticleS
 or a tuple of tensors. Any tensor in the state, in the model, or in a controller module may
 require grad.
 
-Memory (reverse mode). Without checkpointing the autograd tape keeps every intermediate of every
-step. ``checkpoint_every=k`` keeps only every k-th frame's state and recomputes a segment's steps
+Memory (reverse mode). By default (``checkpoint_every="auto"``) rollouts longer than 128 frames
+checkpoint every ``ceil(sqrt(steps))`` frames: a model with a fused segment recomputes its
+segments, and a dataclass model without one runs each segment as a single autograd node that
+keeps only its inputs (:class:`_ModelSegment`: no per-step bookkeeping), so the peak memory of a
+10,000-step rollout stays near that of a 100-step one (bench/rollout_memory.py, default paths).
+``checkpoint_every=None`` keeps the full tape. Without checkpointing the autograd tape keeps
+every intermediate of every step. ``checkpoint_every=k`` keeps only every k-th frame's state and recomputes a segment's steps
 in the backward pass (``torch.utils.checkpoint``, non-reentrant, so tensors captured by closures
 and controller modules receive gradients and Warp ``kernel_op`` steps are recomputed like any
 other op). The recomputation runs the same deterministic ops on the same inputs, so gradients are
@@ -50,7 +55,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.utils.checkpoint as _ckpt
 
-__all__ = ["step", "rollout", "rollout_jvp", "flatten_state", "unflatten_state"]
+__all__ = ["step", "rollout", "rollout_jvp", "flatten_state", "unflatten_state", "auto_checkpoint"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +130,58 @@ def _functorch_active() -> bool:
 # rollout
 # --------------------------------------------------------------------------------------------
 
+AUTO_CHECKPOINT_MIN = 128  # frames; longer differentiable rollouts checkpoint by default
+
+
+def auto_checkpoint(steps: int) -> int | None:
+    """The default ``checkpoint_every`` of a rollout of ``steps`` frames: ``None`` (full tape) up
+    to :data:`AUTO_CHECKPOINT_MIN` frames, else ``ceil(sqrt(steps))`` -- about sqrt(T) stored
+    states plus one recomputed segment's tape, so the peak memory of a long rollout stays near
+    that of a short one (bench/rollout_memory.py)."""
+    if steps <= AUTO_CHECKPOINT_MIN:
+        return None
+    return int(-(-steps ** 0.5 // 1))
+
+
+class _ModelSegment(torch.autograd.Function):
+    """``n`` frames of a model's steps as one autograd node that stores only its inputs (state and
+    the model's tensors) and re-runs the frames under autograd in backward. Unlike torch's
+    non-reentrant checkpoint it keeps no per-step autograd bookkeeping (measured ~20-40 KB per
+    step), so memory does not grow with the number of steps inside a segment."""
+
+    @staticmethod
+    def forward(ctx, run, n_state, n_model, *tensors):
+        ctx.run, ctx.n_state, ctx.n_model = run, n_state, n_model
+        ctx.save_for_backward(*tensors)
+        with torch.no_grad():
+            out = run(tensors[:n_state], tensors[n_state:n_state + n_model])
+        return tuple(t.clone() if any(t is u for u in tensors) else t for t in out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in saved]
+        with torch.enable_grad():
+            out = ctx.run(inputs[:ctx.n_state], inputs[ctx.n_state:ctx.n_state + ctx.n_model])
+        pairs = [(o, g) for o, g in zip(out, grads) if g is not None and o.requires_grad]
+        wants = [t for t in inputs if t.requires_grad]
+        got = torch.autograd.grad([o for o, _ in pairs], wants, [g for _, g in pairs], allow_unused=True) \
+            if pairs and wants else [None] * len(wants)
+        it = iter(got)
+        return (None, None, None, *[next(it) if t.requires_grad else None for t in inputs])
+
+
+def _model_tensors(model):
+    """(tensors, rebuild) for a dataclass model whose fields are tensors or plain values, else None."""
+    if not (dataclasses.is_dataclass(model) and not isinstance(model, type)):
+        return None
+    try:
+        tensors, spec = flatten_state(model)
+    except TypeError:
+        return None
+    return tensors, (lambda ts, _spec=spec: unflatten_state(list(ts), _spec))
+
+
 def _check_int(name: str, value, minimum: int, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
@@ -196,7 +253,7 @@ def rollout(
     *,
     dt: float | None = None,
     substeps: int = 1,
-    checkpoint_every: int | None = None,
+    checkpoint_every: int | None | str = "auto",
     truncate: int | None = None,
     controller: Callable | None = None,
     control=None,
@@ -216,7 +273,9 @@ def rollout(
         substeps: steps per frame; the control is held over a frame's substeps and
             ``observe``/``record`` see one state per frame.
         checkpoint_every: keep the state of every k-th frame and recompute the frames between in
-            backward (gradients equal to the full tape's). ``None``: full tape.
+            backward (gradients equal to the full tape's). ``None``: full tape. Default
+            ``"auto"``: :func:`auto_checkpoint` (full tape up to 128 frames, else every
+            ``ceil(sqrt(steps))`` frames), so long rollouts have bounded memory by default.
         truncate: detach the state every ``truncate`` frames (truncated BPTT; see module doc).
         controller: ``controller(state, frame) -> control`` called once per frame (``frame`` is
             the int frame index); e.g. an ``nn.Module``. Its parameters receive gradients.
@@ -239,6 +298,10 @@ def rollout(
     """
     _check_int("steps", steps, 0, allow_none=False)
     _check_int("substeps", substeps, 1, allow_none=False)
+    if isinstance(checkpoint_every, str):
+        if checkpoint_every != "auto":
+            raise ValueError(f"checkpoint_every must be an int >= 1, None or 'auto', got {checkpoint_every!r}")
+        checkpoint_every = auto_checkpoint(steps)
     _check_int("checkpoint_every", checkpoint_every, 1)
     _check_int("truncate", truncate, 1)
     if controller is not None and not callable(controller):
@@ -249,6 +312,9 @@ def rollout(
         raise TypeError(f"observe must be callable, got {type(observe).__name__}")
     step, fused = _as_step(model, dt, backend, control)
     flatten_state(state)  # validates the state's structure
+    # the bookkeeping-free checkpoint needs the model's tensors (a dataclass model, Warp backend)
+    model_tensors = _model_tensors(model) if (backend == "warp" and callable(getattr(model, "step", None))) else None
+    dt_ = _check_dt(dt) if model_tensors is not None else None
 
     def frame(st, k):
         if controller is not None:
@@ -282,6 +348,22 @@ def rollout(
             chunk_states = inter[substeps - 1::substeps] if want_all else []
             chunk_obs = [observe(s, k + 1 + j) for j, s in enumerate(chunk_states)] if observe is not None else []
             state = final
+        elif use_ckpt and controller is None and control is None and not want_all and model_tensors is not None:
+            # a model's segment as one node that keeps only its inputs (no per-step bookkeeping)
+            tensors, spec = flatten_state(state)
+            m_tensors, rebuild = model_tensors
+
+            def run(st_ts, m_ts, _spec=spec, _n=n, _start=k):
+                m = rebuild(m_ts)
+                st = unflatten_state(list(st_ts), _spec)
+                for j in range(_n):
+                    for _ in range(substeps):
+                        st = m.step(st, dt_, control)
+                return tuple(flatten_state(st)[0])
+
+            out = _ModelSegment.apply(run, len(tensors), len(m_tensors), *tensors, *m_tensors)
+            state = unflatten_state(list(out), flatten_state(state)[1])
+            chunk_states, chunk_obs = [], []
         elif use_ckpt:
             tensors, spec = flatten_state(state)
             start = k
