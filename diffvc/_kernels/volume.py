@@ -14,7 +14,7 @@ Two ops, each a forward kernel and a hand-written backward kernel (no Warp gener
 
 Compositing (both ops), per ray with samples ``i = 0..S-1``::
 
-    tau_i = relu(sigma_i) * delta_i,  T_0 = 1,  T_{i+1} = T_i exp(-tau_i),  w_i = T_i - T_{i+1}
+    tau_i = max(sigma_i, 0) * delta_i  (derivative 1 at sigma_i = 0, as torch's clamp),  T_0 = 1,  T_{i+1} = T_i exp(-tau_i),  w_i = T_i - T_{i+1}
     colour = sum_i w_i c_i + T_end * background,  transmittance = T_end,  depth = sum_i w_i t_i
 
 Early termination: the march stops before sample ``i`` once ``T_i < t_stop`` (``T_end`` is then
@@ -59,6 +59,15 @@ def _cell(u: Any, n: int):
     f = uc - type(u)(i0)
     m = wp.where(u >= z and u <= top, type(u)(1.0), z)
     return i0, f, m
+
+
+@wp.func
+def _occupied(occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any), px: Any, py: Any, pz: Any):
+    """Is the occupancy cell containing world point p marked (index clamped to the grid)?"""
+    i = wp.clamp(int(wp.floor(px * xo[0, 0] + xo[1, 0])), 0, occ.shape[0] - 1)
+    j = wp.clamp(int(wp.floor(py * xo[0, 1] + xo[1, 1])), 0, occ.shape[1] - 1)
+    k = wp.clamp(int(wp.floor(pz * xo[0, 2] + xo[1, 2])), 0, occ.shape[2] - 1)
+    return occ[i, j, k] != wp.uint8(0)
 
 
 @wp.func
@@ -201,7 +210,7 @@ def composite_backward(offset: int, sigma: wp.array2d(dtype=Any), col: wp.array3
             d_col[r, s, c] = g_color[r, c] * w
         prefix = prefix + wp.float64(w * v)
         dtau = Tn * v - type(z)(total - prefix)
-        if sg > z:
+        if sg >= z:
             d_sigma[r, s] = dtau * delta[r, s]
             d_delta[r, s] = dtau * sg
         d_tval[r, s] = g_depth[r] * w
@@ -217,7 +226,8 @@ def composite_backward(offset: int, sigma: wp.array2d(dtype=Any), col: wp.array3
 def march_forward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dtype=Any),
                   basis: wp.array2d(dtype=Any), orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any),
                   tn: wp.array(dtype=Any), tf: wp.array(dtype=Any), jit: wp.array(dtype=Any),
-                  xf: wp.array2d(dtype=Any), bg: wp.array2d(dtype=Any), n_samples: int, n_chan: int,
+                  xf: wp.array2d(dtype=Any), occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any),
+                  bg: wp.array2d(dtype=Any), n_samples: int, n_chan: int,
                   n_basis: int, emission: int, sigmoid: int, t_stop: Any,
                   color: wp.array2d(dtype=Any), trans: wp.array(dtype=Any), depth: wp.array(dtype=Any)):
     r = wp.tid() + offset
@@ -239,9 +249,14 @@ def march_forward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dty
             if T < t_stop:
                 break
             t = t0 + (type(z)(s) + jit[r]) * delta
-            ux = (orig[r, 0] + t * dirs[r, 0]) * xf[0, 0] + xf[1, 0]
-            uy = (orig[r, 1] + t * dirs[r, 1]) * xf[0, 1] + xf[1, 1]
-            uz = (orig[r, 2] + t * dirs[r, 2]) * xf[0, 2] + xf[1, 2]
+            px = orig[r, 0] + t * dirs[r, 0]
+            py = orig[r, 1] + t * dirs[r, 1]
+            pz = orig[r, 2] + t * dirs[r, 2]
+            if not _occupied(occ, xo, px, py, pz):
+                continue
+            ux = px * xf[0, 0] + xf[1, 0]
+            uy = py * xf[0, 1] + xf[1, 1]
+            uz = pz * xf[0, 2] + xf[1, 2]
             i, fx, mx = _cell(ux, nx)
             j, fy, my = _cell(uy, ny)
             k, fz, mz = _cell(uz, nz)
@@ -270,7 +285,8 @@ def march_forward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dty
 def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dtype=Any),
                    basis: wp.array2d(dtype=Any), orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any),
                    tn: wp.array(dtype=Any), tf: wp.array(dtype=Any), jit: wp.array(dtype=Any),
-                   xf: wp.array2d(dtype=Any), n_samples: int, n_chan: int, n_basis: int, emission: int,
+                   xf: wp.array2d(dtype=Any), occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any),
+                   n_samples: int, n_chan: int, n_basis: int, emission: int,
                    sigmoid: int, t_stop: Any,
                    color: wp.array2d(dtype=Any), trans: wp.array(dtype=Any), depth: wp.array(dtype=Any),
                    g_color: wp.array2d(dtype=Any), g_trans: wp.array(dtype=Any), g_depth: wp.array(dtype=Any),
@@ -314,6 +330,8 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
                 break
             frac = (type(z)(s) + jit[r]) / fS
             t = t0 + frac * span
+            if not _occupied(occ, xo, ox + t * dx, oy + t * dy, oz + t * dz):
+                continue
             ux = (ox + t * dx) * xf[0, 0] + xf[1, 0]
             uy = (oy + t * dy) * xf[0, 1] + xf[1, 1]
             uz = (oz + t * dz) * xf[0, 2] + xf[1, 2]
@@ -340,7 +358,7 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
             gux = z
             guy = z
             guz = z
-            if sg > z:
+            if sg >= z:
                 gs = dtau * delta
                 _scatter3(d_dens, i, j, k, fx, fy, fz, gs)
                 gux = gux + gs * sgx
@@ -496,25 +514,25 @@ def composite(sigma, col, delta, tval, bg, t_stop: float):
 
 class _MarchFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, opts):
+    def forward(ctx, dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, occ, xo, opts):
         n_samples, n_chan, n_basis, emission, sigmoid, t_stop = opts
         N = orig.shape[0]
         dev = orig.device
         color = torch.empty(N, n_chan, dtype=orig.dtype, device=dev)
         trans = torch.empty(N, dtype=orig.dtype, device=dev)
         depth = torch.empty(N, dtype=orig.dtype, device=dev)
-        args = [_w(dens), _w(feat), _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(bg),
-                n_samples, n_chan, n_basis, emission, sigmoid, _scalar(t_stop, orig), _w(color), _w(trans),
+        args = [_w(dens), _w(feat), _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(occ), _w(xo),
+                _w(bg), n_samples, n_chan, n_basis, emission, sigmoid, _scalar(t_stop, orig), _w(color), _w(trans),
                 _w(depth)]
         _launch(march_forward, N, lambda w: args, dev, _workers(dev, N), orig.dtype)
-        ctx.save_for_backward(dens, feat, basis, orig, dirs, tn, tf, jit, xf, color, trans, depth)
+        ctx.save_for_backward(dens, feat, basis, orig, dirs, tn, tf, jit, xf, occ, xo, color, trans, depth)
         ctx.opts = opts
         ctx.bg_rows = bg.shape[0]
         return color, trans, depth
 
     @staticmethod
     def backward(ctx, g_color, g_trans, g_depth):
-        dens, feat, basis, orig, dirs, tn, tf, jit, xf, color, trans, depth = ctx.saved_tensors
+        dens, feat, basis, orig, dirs, tn, tf, jit, xf, occ, xo, color, trans, depth = ctx.saved_tensors
         n_samples, n_chan, n_basis, emission, sigmoid, t_stop = ctx.opts
         N = orig.shape[0]
         dev = orig.device
@@ -530,7 +548,8 @@ class _MarchFn(torch.autograd.Function):
         d_dirs = torch.zeros_like(dirs)
         d_tn = torch.zeros_like(tn)
         d_tf = torch.zeros_like(tf)
-        shared = [_w(dens), _w(feat), _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), n_samples,
+        shared = [_w(dens), _w(feat), _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(occ), _w(xo),
+                  n_samples,
                   n_chan, n_basis, emission, sigmoid, _scalar(t_stop, orig), _w(color), _w(trans), _w(depth),
                   _w(g_color), _w(g_trans), _w(g_depth)]
         wd = [_w(x) for x in d_dens]
@@ -548,20 +567,26 @@ class _MarchFn(torch.autograd.Function):
         d_bg = g_color * trans[:, None]
         if ctx.bg_rows == 1:
             d_bg = d_bg.sum(0, keepdim=True)
-        return gd, gf, d_basis, d_orig, d_dirs, d_tn, d_tf, None, d_bg, None, None
+        return gd, gf, d_basis, d_orig, d_dirs, d_tn, d_tf, None, d_bg, None, None, None, None
 
 
 def march_grid(dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, n_samples: int, emission: bool, sigmoid: bool,
-               t_stop: float):
+               t_stop: float, occ=None, xo=None):
     """Fused Warp march through dense grids. dens (X, Y, Z); feat (X, Y, Z, C*K) channels last
     (ignored unless ``emission``); basis (N, K); orig, dirs (N, 3); tn, tf, jit (N,); bg (1 or N, C);
-    xf (2, 3): per-axis index map ``u = x * xf[0] + xf[1]``. Returns colour (N, C), transmittance
+    xf (2, 3): per-axis index map ``u = x * xf[0] + xf[1]``; occ (A, B, C) uint8 occupancy cells
+    (samples in a zero cell are skipped) with its map ``xo`` (cell = floor(x * xo[0] + xo[1])), or
+    None. Returns colour (N, C), transmittance
     (N,), depth (N,). Inputs are trusted (validated by :func:`diffvc.render.volume.render_grid`)."""
     n_chan = bg.shape[1]
     n_basis = basis.shape[1]
     opts = (int(n_samples), int(n_chan), int(n_basis), int(bool(emission)), int(bool(sigmoid)), float(t_stop))
     c = lambda t: t.contiguous()  # noqa: E731
-    return _MarchFn.apply(c(dens), c(feat), c(basis), c(orig), c(dirs), c(tn), c(tf), c(jit), c(bg), c(xf), opts)
+    if occ is None:  # one occupied cell covering everything
+        occ = torch.ones(1, 1, 1, dtype=torch.uint8, device=orig.device)
+        xo = torch.zeros(2, 3, dtype=orig.dtype, device=orig.device)
+    return _MarchFn.apply(c(dens), c(feat), c(basis), c(orig), c(dirs), c(tn), c(tf), c(jit), c(bg), c(xf),
+                          c(occ.to(torch.uint8)), c(xo.to(orig.dtype)), opts)
 
 
 __all__ = ["composite", "march_grid"]

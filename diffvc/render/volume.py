@@ -21,6 +21,7 @@ Pieces (each differentiable, Warp kernel + plain-torch twin selected by ``backen
   colour features ``(X, Y, Z, 3)`` (RGB) or ``(X, Y, Z, 3 (L+1)^2)`` (spherical harmonics of
   degree ``L <= 3``, colour ``sigmoid(sum_k Y_k(d) f_k)``) sampled trilinearly in the kernel. Its
   backward re-marches each ray: memory O(rays + grid), no per-sample activations.
+* :class:`OccupancyGrid` - empty-space skipping (cells marked from running density maxima).
 * :func:`render_volume` - images ``(B, H, W, C)`` from :class:`~diffvc.render.Cameras`.
 * :func:`read_vol` / :func:`write_vol` - Mitsuba 3 ``gridvolume`` ``.vol`` files.
 
@@ -33,7 +34,8 @@ Outside the box the density is zero.
 
 Gradients: to densities, colours / SH coefficients, grid values, ``NeuralField`` weights (through
 torch), ray origins and directions (hence camera poses and intrinsics) and ``t_near`` / ``t_far``.
-Negative densities are clamped to zero (zero gradient there). Trilinear interpolation is C0: the
+Negative densities are clamped to zero (zero gradient there; at exactly zero the gradient is the
+one-sided derivative from above, so empty voxels can become dense). Trilinear interpolation is C0: the
 gradient w.r.t. positions is piecewise per cell, and zero outside ``[0, n - 1]`` (the clamp). The
 box boundary is a discontinuity that gets no boundary term (a ray that misses the box has zero
 gradient); densities are normally ~0 there. Early termination (``t_stop > 0``) returns the
@@ -53,7 +55,7 @@ from .._kernels import volume as K
 from .cameras import Cameras, generate_rays
 from .lights import sh_basis
 
-__all__ = ["VolumeRender", "ray_aabb", "stratified_samples", "importance_samples", "composite_rays", "render_grid",
+__all__ = ["VolumeRender", "OccupancyGrid", "ray_aabb", "stratified_samples", "importance_samples", "composite_rays", "render_grid",
            "render_field", "render_volume", "sh_basis_volume", "grid_index_map", "read_vol", "write_vol"]
 
 _BACKENDS = ("warp", "torch")
@@ -310,6 +312,84 @@ def composite_rays(sigma: torch.Tensor, color: torch.Tensor | None, delta: torch
 
 
 # ----------------------------------------------------------------------------------------------
+# empty-space skipping
+# ----------------------------------------------------------------------------------------------
+
+
+class OccupancyGrid:
+    """A coarse grid of occupied cells for empty-space skipping (nerfacc / Instant-NGP style).
+
+    The box ``[bbox_min, bbox_max]`` is split into ``resolution^3`` cells; :func:`render_grid`
+    skips every sample whose cell is not occupied (no lookups, no contribution, no gradient).
+    :meth:`update` keeps a per-cell running estimate ``ema = max(decay * ema, sigma_max)`` of the
+    largest density seen at random points of the cell and marks cells with
+    ``ema > min(threshold, mean(ema))``, dilated by one cell (trilinear footprints cross cell
+    borders). Call it every few training iterations.
+
+    Gradient consequence: densities in skipped cells get no gradient from the skipped samples,
+    so a cell can only turn occupied again through :meth:`update` (its density must rise through
+    samples of neighbouring occupied cells, or :meth:`update` must see it); the rendered value
+    differs from the unskipped one by the skipped samples' optical depth, which is what the
+    threshold bounds.
+    """
+
+    def __init__(self, resolution: int = 32, bbox_min=-1.0, bbox_max=1.0, threshold: float = 0.01,
+                 decay: float = 0.95, dtype=torch.float32, device="cpu"):
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+            raise ValueError(f"resolution must be an int >= 1, got {resolution!r}")
+        if not (threshold >= 0 and 0 <= decay <= 1):
+            raise ValueError(f"threshold must be >= 0 and decay in [0, 1], got {threshold}, {decay}")
+        like = torch.zeros((), dtype=dtype, device=device)
+        self.bbox_min, self.bbox_max = _box(bbox_min, bbox_max, like)
+        self.resolution, self.threshold, self.decay = resolution, float(threshold), float(decay)
+        self.ema = torch.zeros((resolution,) * 3, dtype=dtype, device=device)
+        self.occupied = torch.ones((resolution,) * 3, dtype=torch.bool, device=device)
+
+    def index_map(self, like: torch.Tensor) -> torch.Tensor:
+        """(2, 3) map from world position to cell coordinate: ``cell = floor(x * a + b)``."""
+        lo = self.bbox_min.to(dtype=like.dtype, device=like.device)
+        hi = self.bbox_max.to(dtype=like.dtype, device=like.device)
+        a = self.resolution / (hi - lo)
+        return torch.stack([a, -lo * a])
+
+    @torch.no_grad()
+    def update(self, density, points_per_cell: int = 4, generator: torch.Generator | None = None,
+               cell_centered: bool = True) -> "OccupancyGrid":
+        """Refresh from ``density``: a grid ``(X, Y, Z)`` filling the same box (see
+        :func:`render_grid` for ``cell_centered``), or a callable ``points (M, 3) -> sigma (M,)``."""
+        R = self.resolution
+        dt, dev = self.ema.dtype, self.ema.device
+        u = torch.rand((R, R, R, points_per_cell, 3), generator=generator, dtype=dt).to(dev)
+        cell = torch.stack(torch.meshgrid(*[torch.arange(R, dtype=dt, device=dev)] * 3, indexing="ij"), -1)
+        pts = self.bbox_min + (cell[..., None, :] + u) / R * (self.bbox_max - self.bbox_min)
+        pts = pts.reshape(-1, 3)
+        if callable(density) and not isinstance(density, torch.Tensor):
+            sig = density(pts)
+        else:
+            _check_tensor(density, "density", (None, None, None))
+            xf = grid_index_map(density.shape, self.bbox_min, self.bbox_max, cell_centered, pts)
+            sig = _sample_grid_torch(density.to(dt), pts, xf)
+        sig = sig.reshape(R, R, R, points_per_cell).clamp_min(0).amax(-1).to(dt)
+        self.ema = torch.maximum(self.ema * self.decay, sig)
+        thr = min(self.threshold, float(self.ema.mean()))
+        occ = (self.ema > thr).to(dt)
+        occ = torch.nn.functional.max_pool3d(occ[None, None], 3, stride=1, padding=1)[0, 0]
+        self.occupied = occ > 0
+        return self
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of cells marked occupied."""
+        return float(self.occupied.float().mean())
+
+    def mask_at(self, points: torch.Tensor) -> torch.Tensor:
+        """Occupancy (bool) of the cells containing ``points`` (N, 3) (index clamped)."""
+        xo = self.index_map(points)
+        c = torch.floor(points * xo[0] + xo[1]).long().clamp(0, self.resolution - 1)
+        return self.occupied[c[:, 0], c[:, 1], c[:, 2]]
+
+
+# ----------------------------------------------------------------------------------------------
 # dense grids
 # ----------------------------------------------------------------------------------------------
 
@@ -366,7 +446,8 @@ def _sample_grid_torch(grid: torch.Tensor, points: torch.Tensor, xf: torch.Tenso
     return out[:, 0] if squeeze else out
 
 
-def _march_torch(dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, n_samples, emission, sigmoid, t_stop):
+def _march_torch(dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, n_samples, emission, sigmoid, t_stop,
+                 occupancy=None):
     """Plain-torch twin of the fused march: the same maths with every sample materialised."""
     S = n_samples
     s = torch.arange(S, dtype=tn.dtype, device=tn.device)
@@ -375,6 +456,8 @@ def _march_torch(dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, n_samples, 
     delta = (span / S)[:, None].expand(-1, S)
     pts = orig[:, None, :] + t[..., None] * dirs[:, None, :]
     sigma = _sample_grid_torch(dens, pts.reshape(-1, 3), xf).reshape(t.shape)
+    if occupancy is not None:
+        sigma = sigma * occupancy.mask_at(pts.reshape(-1, 3)).reshape(t.shape).to(sigma.dtype)
     if emission:
         C, Kb = bg.shape[1], basis.shape[1]
         f = _sample_grid_torch(feat, pts.reshape(-1, 3), xf).reshape(*t.shape, C, Kb)
@@ -390,7 +473,7 @@ def render_grid(density: torch.Tensor, origins: torch.Tensor, directions: torch.
                 bbox_max=1.0, n_samples: int = 128, features: torch.Tensor | None = None,
                 sh_degree: int | None = None, background=None, jitter: torch.Tensor | None = None,
                 t_stop: float = 0.0, cell_centered: bool = True, near: float = 0.0,
-                backend: str = "warp") -> VolumeRender:
+                occupancy: OccupancyGrid | None = None, backend: str = "warp") -> VolumeRender:
     """Render dense grids along rays: fused stratified march + trilinear lookups + compositing.
 
     Args:
@@ -406,7 +489,8 @@ def render_grid(density: torch.Tensor, origins: torch.Tensor, directions: torch.
         background: scalar, (C,) or (N, C); jitter: (N,) per-ray stratum shift in [0, 1) or None
             (midpoints); t_stop: early-termination transmittance (0 = never);
         cell_centered: True for Mitsuba's voxel-centre layout, False for DenseGrid's nodes.
-        near: smallest ``t``; backend: ``"warp"`` (fused kernel) or ``"torch"`` (twin).
+        near: smallest ``t``; occupancy: an :class:`OccupancyGrid` whose empty cells are skipped
+            (None: every sample is taken); backend: ``"warp"`` (fused kernel) or ``"torch"`` (twin).
 
     Returns:
         :class:`VolumeRender`. Differentiable w.r.t. density, features, origins, directions and
@@ -450,15 +534,19 @@ def render_grid(density: torch.Tensor, origins: torch.Tensor, directions: torch.
     jit = _jitter(jitter, origins[:, 0])
     xf = grid_index_map(density.shape, bbox_min, bbox_max, cell_centered, origins)
     tn, tf, _ = ray_aabb(origins, directions, bbox_min, bbox_max, near)
+    if occupancy is not None and not isinstance(occupancy, OccupancyGrid):
+        raise TypeError(f"occupancy must be an OccupancyGrid or None, got {type(occupancy).__name__}")
     if N == 0:
         e = origins.new_zeros(0)
         return VolumeRender(origins.new_zeros(0, C) if emission else None, e, e)
     if backend == "warp":
+        occ = None if occupancy is None else occupancy.occupied.to(device=origins.device)
+        xo = None if occupancy is None else occupancy.index_map(origins)
         col, trans, depth = K.march_grid(density, feat, basis, origins, directions, tn, tf, jit, bg, xf, n_samples,
-                                         emission, sh_degree is not None, float(t_stop))
+                                         emission, sh_degree is not None, float(t_stop), occ, xo)
     else:
         col, trans, depth = _march_torch(density, feat, basis, origins, directions, tn, tf, jit, bg, xf, n_samples,
-                                         emission, sh_degree is not None, float(t_stop))
+                                         emission, sh_degree is not None, float(t_stop), occupancy)
     return VolumeRender(col if emission else None, trans, depth)
 
 

@@ -313,3 +313,40 @@ def test_render_field_neural_field_weights_fd():
     b = render_field(field, o, d, n_samples=8, n_importance=8, backend="torch")
     torch.testing.assert_close(a.color, b.color)
     assert (a.transmittance < 0.999).any()
+
+
+def test_occupancy_grid_skipping():
+    from diffvc.render.volume import OccupancyGrid
+
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    c = (torch.arange(n, dtype=D64) + 0.5) / n * 2 - 1
+    x, y, z = torch.meshgrid(c, c, c, indexing="ij")
+    # near-empty space (1e-5, not exactly 0: zero density is a kink where finite precision picks the side)
+    dens = torch.where(x ** 2 + y ** 2 + z ** 2 < 0.3, 2 + torch.rand(n, n, n, generator=g, dtype=D64),
+                       torch.full((n, n, n), 1e-5, dtype=D64))
+    feat = torch.rand(n, n, n, 3, generator=g, dtype=D64)
+    occ = OccupancyGrid(8, dtype=D64).update(dens, generator=g)
+    assert 0.1 < occ.fraction < 0.9
+    o, d = _rays(200)
+    jit = torch.rand(200, generator=g, dtype=D64)
+    outs = []
+    for backend, grid in (("warp", occ), ("torch", occ), ("warp", None)):
+        dd, ff = dens.clone().requires_grad_(), feat.clone().requires_grad_()
+        out = render_grid(dd, o, d, n_samples=24, features=ff, jitter=jit, occupancy=grid, backend=backend)
+        (out.color.sum() + out.transmittance.sum() + out.depth.sum()).backward()
+        outs.append((out.color, out.transmittance, out.depth, dd.grad, ff.grad))
+    for a, b in zip(outs[0], outs[1]):  # kernel == twin with skipping
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+    for a, b in zip(outs[0][:3], outs[2][:3]):  # only near-empty space was skipped: the same image
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    inside = dens > 1  # and the same gradients for the dense voxels
+    torch.testing.assert_close(outs[0][3][inside], outs[2][3][inside], atol=1e-4, rtol=1e-3)
+    # a stale grid that marks everything empty renders nothing and passes no gradient
+    occ.occupied.zero_()
+    dd = dens.clone().requires_grad_()
+    out = render_grid(dd, o, d, n_samples=24, occupancy=occ)
+    out.transmittance.sum().backward()
+    assert (out.transmittance == 1).all() and (dd.grad == 0).all()
+    with pytest.raises(TypeError, match="occupancy"):
+        render_grid(dens, o, d, occupancy=dens)
