@@ -36,6 +36,7 @@ EXAMPLES: dict[str, str] = {
     "smoke": "diffvc.examples.smoke",
     "cloth": "diffvc.examples.cloth",
     "diffmpm": "diffvc.examples.diffmpm",
+    "cartpole": "diffvc.examples.cartpole",
 }
 
 
