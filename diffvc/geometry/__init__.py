@@ -1,7 +1,9 @@
 """diffvc.geometry: differentiable geometry (meshes, point clouds, fields, conversions, regularizers).
 
-Functions take plain tensors ``verts (V, 3)`` float and ``faces (F, 3)`` long; :class:`Meshes`
-batches meshes of different sizes.
+Functions take plain tensors ``verts (V, 3)`` float and ``faces (F, 3)`` integer (a list of ints is
+accepted too), one mesh per call. There is no batched mesh type: no op accepted one, so
+several meshes are concatenated with offset faces (as :func:`diffvc.pipeline.scene_geometry`
+merges a scene's shapes) or handled in a loop.
 """
 
 from .normals import face_normals, vertex_normals, mesh_normals
@@ -20,7 +22,6 @@ from .transforms import (
     normalize_to_unit_box,
 )
 from .primitives import icosphere, uv_sphere, box, grid, plane, cylinder, torus
-from .meshes import Meshes, join_meshes
 from .large_steps import AdamUniform, LargeSteps, SparseSolver, system_matrix, solve, to_differential, from_differential
 from .sdf import (
     sdf_sphere,
@@ -89,7 +90,6 @@ __all__ = [
     "axis_angle_to_matrix", "quaternion_to_matrix", "quaternion_apply", "euler_to_matrix", "transform_points", "rigid_transform",
     "scale", "translate", "normalize_to_unit_box",
     "icosphere", "uv_sphere", "box", "grid", "plane", "cylinder", "torus",
-    "Meshes", "join_meshes",
     "AdamUniform", "LargeSteps", "SparseSolver", "system_matrix", "solve", "to_differential", "from_differential",
     "sdf_sphere", "sdf_box", "sdf_torus", "sdf_capsule", "sdf_cylinder", "sdf_plane",
     "smooth_union", "smooth_intersection", "smooth_difference", "union", "intersection", "sdf_normal",

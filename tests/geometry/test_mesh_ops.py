@@ -238,33 +238,6 @@ def test_bad_inputs_raise_naming_argument():
         G.volume(bad, f)
     with pytest.raises(TypeError, match="verts"):
         G.volume(v.long(), f)
-    with pytest.raises(ValueError, match="verts\\[1\\]"):
-        G.Meshes([v, v.double()], [f, f])
-
-
-def test_meshes_views():
-    v1, f1 = G.icosphere(1)
-    v2, f2 = G.box(1.0)
-    m = G.Meshes([v1, v2], [f1, f2])
-    assert len(m) == 2
-    assert m.num_verts_per_mesh().tolist() == [42, 8]
-    vp, fp = m.verts_packed(), m.faces_packed()
-    assert vp.shape == (50, 3) and fp.shape == (92, 3)
-    assert torch.equal(fp[80:], f2 + 42)
-    vpad, fpad = m.verts_padded(), m.faces_padded()
-    assert vpad.shape == (2, 42, 3) and fpad.shape == (2, 80, 3)
-    assert (fpad[1, 12:] == -1).all() and (vpad[1, 8:] == 0).all()
-    m2 = G.Meshes(vpad, fpad)
-    assert [t.shape for t in m2.verts_list()] == [(42, 3), (8, 3)]
-    assert torch.allclose(m.volumes(), torch.stack([G.volume(v1, f1), G.volume(v2, f2)]))
-    assert torch.allclose(m.surface_areas(), torch.stack([G.surface_area(v1, f1), G.surface_area(v2, f2)]))
-    assert m.verts_packed_to_mesh_idx().bincount().tolist() == [42, 8]
-    off = torch.zeros_like(vp)
-    off[42:] += 1.0
-    m3 = m.offset_verts(off)
-    assert torch.allclose(m3.verts_list()[1], v2 + 1)
-    assert torch.allclose(m.vertex_normals_packed()[:42], G.vertex_normals(v1, f1))
-    assert len(m.extend(3)) == 6 and len(m[0]) == 1
 
 
 def test_grad_affine_helpers():
