@@ -51,6 +51,7 @@ class RunState:
     resume: bool = False
     calls: int = 0
     interrupted: list = field(default_factory=list)   # signal numbers received
+    active: bool = False                               # an optimize loop is running
 
 
 _RUN: RunState | None = None
@@ -83,6 +84,8 @@ def run_context(directory, every: int = 10, resume: bool = False):
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum, frame):
+            if not state.active:          # outside an optimisation loop: leave at once, as usual
+                exit_for_signal(signum)
             state.interrupted.append(signum)
 
         for sig in (signal.SIGINT, signal.SIGTERM):

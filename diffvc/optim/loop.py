@@ -164,78 +164,84 @@ def optimize(
     distributed = world_size() > 1
     bar = tqdm(range(start, iters), desc=desc, disable=not progress, dynamic_ncols=True, leave=True,
                initial=start, total=iters)
-    done = False
-    for it in bar:
-        snap = pset.snapshot() if pset is not None else {}
+    if run is not None:
+        run.active = True
+    try:
+        done = False
+        for it in bar:
+            snap = pset.snapshot() if pset is not None else {}
 
-        skip = []
+            skip = []
 
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn()
-            if loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-            loss.backward()
-            if distributed:  # every process takes the same step: sum gradients and losses
-                grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
-                total = loss.detach().clone().reshape(1)
-                all_reduce_(grads + [total])
-                for t, g in zip(tensors, grads):
-                    t.grad = g
-                loss = total[0]
-            bad = [n for n, t in zip(names, tensors) if t.grad is not None and not bool(torch.isfinite(t.grad).all())]
-            if bad:
-                if nonfinite == "raise":
-                    raise NonFiniteGradientError(
-                        f"non-finite gradient of {', '.join(bad)} at iteration {it} (loss {float(loss.detach()):.6g}); "
-                        f"pass nonfinite='skip' to skip such iterations")
-                skip.append(it)
-                for t in tensors:
-                    if t.grad is not None:
-                        t.grad.zero_()
-            if grad_clip is not None and method != "lbfgs":
-                torch.nn.utils.clip_grad_norm_(tensors, grad_clip)
-            return loss
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn()
+                if loss.dim() != 0:
+                    raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+                loss.backward()
+                if distributed:  # every process takes the same step: sum gradients and losses
+                    grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+                    total = loss.detach().clone().reshape(1)
+                    all_reduce_(grads + [total])
+                    for t, g in zip(tensors, grads):
+                        t.grad = g
+                    loss = total[0]
+                bad = [n for n, t in zip(names, tensors) if t.grad is not None and not bool(torch.isfinite(t.grad).all())]
+                if bad:
+                    if nonfinite == "raise":
+                        raise NonFiniteGradientError(
+                            f"non-finite gradient of {', '.join(bad)} at iteration {it} (loss {float(loss.detach()):.6g}); "
+                            f"pass nonfinite='skip' to skip such iterations")
+                    skip.append(it)
+                    for t in tensors:
+                        if t.grad is not None:
+                            t.grad.zero_()
+                if grad_clip is not None and method != "lbfgs":
+                    torch.nn.utils.clip_grad_norm_(tensors, grad_clip)
+                return loss
 
-        if method == "lbfgs":
-            loss = opt.step(closure)
-        else:
-            loss = closure()
-            if not skip:
-                opt.step()
-            if sched is not None:
-                sched.step()
-        if skip:
-            hist.skipped.append(it)
-        lv = float(loss.detach())
-        hist.loss.append(lv)
-        hist.params.append(snap)
-        if progress:
-            post = {"loss": f"{lv:.4g}"}
-            post.update({k: _format(v) for k, v in list(snap.items())[:4]})
-            bar.set_postfix(post, refresh=False)
-        if callback is not None:
-            callback(it, lv)
-        if tol is not None:
-            if lv < tol:
-                hist.stopped_early = it + 1 < iters
-                done = True
-            elif lv < best * (1 - 1e-12):
-                best, stale = lv, 0
+            if method == "lbfgs":
+                loss = opt.step(closure)
             else:
-                stale += 1
-                if stale >= patience:
-                    hist.stopped_early = True
+                loss = closure()
+                if not skip:
+                    opt.step()
+                if sched is not None:
+                    sched.step()
+            if skip:
+                hist.skipped.append(it)
+            lv = float(loss.detach())
+            hist.loss.append(lv)
+            hist.params.append(snap)
+            if progress:
+                post = {"loss": f"{lv:.4g}"}
+                post.update({k: _format(v) for k, v in list(snap.items())[:4]})
+                bar.set_postfix(post, refresh=False)
+            if callback is not None:
+                callback(it, lv)
+            if tol is not None:
+                if lv < tol:
+                    hist.stopped_early = it + 1 < iters
                     done = True
-        if ck is not None:
-            signum = ck.interrupted()
-            if done or it + 1 == iters or signum is not None or (it + 1 - start) % run.every == 0:
-                save(it + 1, done or it + 1 == iters)
-            if signum is not None and not (done or it + 1 == iters):
-                bar.close()
-                _ckpt.exit_for_signal(signum)
-        if done:
-            break
+                elif lv < best * (1 - 1e-12):
+                    best, stale = lv, 0
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        hist.stopped_early = True
+                        done = True
+            if ck is not None:
+                signum = ck.interrupted()
+                if done or it + 1 == iters or signum is not None or (it + 1 - start) % run.every == 0:
+                    save(it + 1, done or it + 1 == iters)
+                if signum is not None and not (done or it + 1 == iters):
+                    bar.close()
+                    _ckpt.exit_for_signal(signum)
+            if done:
+                break
+    finally:
+        if run is not None:
+            run.active = False
     bar.close()
     hist.seconds = elapsed0 + time.perf_counter() - t0
     return hist
