@@ -26,7 +26,7 @@ Path tracer conventions
 Host side (end of this module): torch-in, torch-out functions, the only way the rest of diffvc
 reaches these kernels. :func:`prepare_scene` turns a scene's tensors into an opaque
 :class:`PreparedScene` (BVH + Warp struct); :func:`render`, :func:`replay`,
-:func:`radiance_at_points`, :func:`secondary_records`, :func:`interior_records`,
+:func:`radiance_at_points`, :func:`path_derivative`,
 :func:`closest_hits`, :func:`bsdf_values` and :func:`bsdf_directions` launch the kernels through
 the bridge's one split launch (:func:`~diffvc._kernels.bridge.parallel_launch`) and stream policy.
 A camera is the tuple ``(origin, d00, dx, dy, width, height)`` of
@@ -735,174 +735,290 @@ def sample_bsdf_dirs(offset: int, kind: int, rough: float, n: wp.array(dtype=wp.
 
 
 # ----------------------------------------------------------------------------------------------
-# Secondary visibility: edge sampling at the primary hit (Li et al. 2018, secondary edges)
+# Geometry derivatives at every path vertex (solid-angle parameterisation; Li et al. 2018)
 # ----------------------------------------------------------------------------------------------
 
 
+
+MAX_EDGES_SCANNED = wp.constant(512)
+STATIC_EDGE_WEIGHT = wp.constant(0.1)
+
+
+@wp.func
+def edge_weight(scene: Scene, edges: wp.array(dtype=wp.int32, ndim=2), j: int, p: wp.vec3, n: wp.vec3,
+                moving: int):
+    """Selection weight of edge ``j`` seen from ``p``: the angle it subtends when it can be above
+    the horizon, times ``STATIC_EDGE_WEIGHT`` for an edge of static faces seen from a static
+    point (it only matters when what lies behind it moves)."""
+    A = scene.verts[edges[j, 0]] - p
+    B = scene.verts[edges[j, 1]] - p
+    la = wp.length(A)
+    lb = wp.length(B)
+    if la <= 0.0 or lb <= 0.0 or wp.max(wp.dot(n, A), wp.dot(n, B)) <= 0.0:
+        return 0.0
+    w = wp.acos(wp.clamp(wp.dot(A, B) / (la * lb), -1.0, 1.0))
+    if moving == 0 and edges[j, 2] == 0:
+        w = w * STATIC_EDGE_WEIGHT
+    return w
+
+
+@wp.func
+def pick_edge_point(scene: Scene, edges: wp.array(dtype=wp.int32, ndim=2), ne: int, p: wp.vec3, n: wp.vec3,
+                    moving: int, u: float, v: float):
+    """A point on one of the ``ne`` edges (rows ``(v0, v1, dynamic)``) for edge sampling at ``p``
+    (normal ``n``; ``moving``: does ``p`` move): ``(edge, t, w_len, w_ang)`` with
+    ``1 / pdf(t) = w_len + w_ang / |d omega / dt|``. Up to ``MAX_EDGES_SCANNED`` edges: an edge
+    is chosen in proportion to :func:`edge_weight` and the point uniformly in the angle it
+    subtends (this cancels the 1 / distance growth of an edge's image near ``p``); beyond that,
+    uniformly in edge and ``t`` (``w_len = ne``)."""
+    if ne > MAX_EDGES_SCANNED:
+        return wp.min(int(u * float(ne)), ne - 1), v, float(ne), float(0.0)
+    total = float(0.0)
+    for j in range(ne):
+        total = total + edge_weight(scene, edges, j, p, n, moving)
+    if total <= 0.0:
+        return 0, 0.5, 0.0, 0.0
+    x = u * total
+    pick = int(-1)
+    w_pick = float(0.0)
+    for j in range(ne):
+        if pick < 0:
+            w = edge_weight(scene, edges, j, p, n, moving)
+            if w > 0.0 and (x <= w or j == ne - 1):
+                pick = j
+                w_pick = w
+            else:
+                x = x - w
+    if pick < 0:
+        return 0, 0.5, 0.0, 0.0
+    A = scene.verts[edges[pick, 0]] - p
+    B = scene.verts[edges[pick, 1]] - p
+    la = wp.length(A)
+    lb = wp.length(B)
+    phi_e = wp.acos(wp.clamp(wp.dot(A, B) / (la * lb), -1.0, 1.0))
+    phi = wp.clamp(v, 0.0, 1.0) * phi_e
+    sa = la * wp.sin(phi)
+    sb = lb * wp.sin(phi_e - phi)
+    t = float(0.5)
+    if sa + sb > 0.0:
+        t = sa / (sa + sb)
+    # pdf(t) = (w_pick / total) (1 / phi_e) |d omega / dt|
+    return pick, t, float(0.0), total * phi_e / w_pick
+
+
 @wp.kernel
-def secondary_edge_samples(offset: int, scene: Scene, grads: Grads, cam: Camera, edges: wp.array(dtype=wp.int32, ndim=2),
-                           n_edges: int, dynamic: wp.array(dtype=wp.int32), spp: int, seed: int, max_depth: int,
-                           rr_depth: int, adj_image: wp.array(dtype=wp.vec3), rec_t: wp.array(dtype=wp.float32),
-                           rec_x: wp.array(dtype=wp.vec3), rec_n: wp.array(dtype=wp.vec3),
-                           rec_coef: wp.array(dtype=wp.float32), rec_edge: wp.array(dtype=wp.int32)):
-    """One record per (pixel, sample): at the camera ray's first hit ``x`` (on a static face), one
-    candidate edge is
-    chosen uniformly and a point on it uniformly; the incident radiance integrand
-    ``F = f cos L`` is path traced just on both sides of the edge's projection on the sphere of
-    directions (same random numbers) and ``coef = adj . (F_minus - F_plus) |d omega / dt| n_edges``
-    is recorded with ``x``, ``t`` and the unit normal ``n`` of the projected edge; torch then
-    differentiates ``n . omega(theta)`` w.r.t. the edge's vertices."""
+def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera,
+                            edges: wp.array(dtype=wp.int32, ndim=2), n_edges: int, dynamic: wp.array(dtype=wp.int32),
+                            spp: int, seed: int, max_depth: int, rr_depth: int, do_edges: int, do_interior: int,
+                            adj_image: wp.array(dtype=wp.vec3),
+                            rec_face: wp.array(dtype=wp.int32, ndim=2), rec_pos: wp.array(dtype=wp.vec3, ndim=2),
+                            rec_lkind: wp.array(dtype=wp.int32, ndim=2), rec_lface: wp.array(dtype=wp.int32, ndim=2),
+                            rec_lpos: wp.array(dtype=wp.vec3, ndim=2), rec_cn: wp.array(dtype=wp.float32, ndim=2),
+                            rec_edge: wp.array(dtype=wp.int32, ndim=2), rec_t: wp.array(dtype=wp.float32, ndim=2),
+                            rec_nv: wp.array(dtype=wp.vec3, ndim=2), rec_cm: wp.array(dtype=wp.float32, ndim=2),
+                            rec_cp: wp.array(dtype=wp.float32, ndim=2), rec_fm: wp.array(dtype=wp.int32, ndim=2),
+                            rec_fp: wp.array(dtype=wp.int32, ndim=2), rec_ym: wp.array(dtype=wp.vec3, ndim=2),
+                            rec_yp: wp.array(dtype=wp.vec3, ndim=2)):
+    """One camera path per (pixel, sample), continued by BSDF sampling for up to ``max_depth``
+    vertices. Per vertex ``k`` it records the face hit and the hit point (``rec_face``,
+    ``rec_pos``; torch turns them into material points), and
+
+    * (``do_interior``) one next-event sample without MIS: ``rec_lkind`` 1 area light (face
+      ``rec_lface``, barycentric weights ``rec_lpos``), 2 point light (position), 3 directional
+      light (direction), 4 environment (direction); ``rec_cn = adj . contribution``;
+    * (``do_edges``) one edge sample: a point at parameter ``rec_t`` of edge ``rec_edge`` (chosen
+      by :func:`pick_edge_point`), the unit normal ``rec_nv`` of the edge's image on the sphere of
+      directions, and on each side of it the first hit (``rec_fm``/``rec_ym`` on the ``-nv``
+      side, ``rec_fp``/``rec_yp`` on the other; face -1 and the direction when the ray escapes)
+      and ``rec_cm``/``rec_cp = adj . beta F / pdf`` with ``F = f cos L`` path traced just beside
+      the edge (the same random numbers on both sides).
+
+    Unused entries have ``rec_face = -1``, ``rec_lkind = 0``, ``rec_edge = -1``."""
     i = wp.tid() + offset
     pix = i // spp
-    rec_coef[i] = 0.0
-    rec_edge[i] = 0
+    for k in range(max_depth):
+        rec_face[i, k] = -1
+        rec_lkind[i, k] = 0
+        rec_cn[i, k] = 0.0
+        rec_edge[i, k] = -1
+        rec_cm[i, k] = 0.0
+        rec_cp[i, k] = 0.0
     x = pix % cam.width
     y = pix // cam.width
     state = wp.rand_init(seed, i)
     jx = wp.randf(state)
     jy = wp.randf(state)
     d = wp.normalize(camera_ray_dir(cam, float(x) + jx, float(y) + jy))
-    q = wp.mesh_query_ray(scene.mesh, cam.origin, d, 1.0e30)
-    if not q.result or n_edges == 0 or max_depth < 1:
-        return
-    f = q.face
-    if dynamic[f] != 0:
-        # the shading point itself moves with the vertices (interior term): not handled here
-        return
-    p = cam.origin + d * q.t
-    ng = face_normal(scene, f)
-    lng = wp.length(ng)
-    if lng <= 0.0:
-        return
-    ng = ng / lng
-    n = ng
-    if wp.dot(ng, d) > 0.0:
-        n = -ng
-    m = scene.face_mat[f]
-    kind = scene.mat_kind[m]
-    alpha = wp.max(scene.mat_rough[m] * scene.mat_rough[m], 1.0e-3)
-    albedo = material_albedo(scene, m, f, p)
-    wo = -d
-    k = wp.min(int(wp.randf(state) * float(n_edges)), n_edges - 1)
-    t = wp.randf(state)
-    a = scene.verts[edges[k, 0]]
-    b = scene.verts[edges[k, 1]]
-    pe = a + (b - a) * t
-    r = pe - p
-    dist = wp.length(r)
-    if dist <= 0.0:
-        return
-    om = r / dist
-    if wp.dot(n, om) <= 0.0:
-        return
-    if not visible(scene, p, n, om, dist):
-        return
-    e = b - a
-    dom = (e - om * wp.dot(om, e)) / dist  # d omega / dt
-    jac = wp.length(dom)
-    nv = wp.cross(om, dom)
-    lnv = wp.length(nv)
-    if jac <= 0.0 or lnv <= 0.0:
-        return
-    nv = nv / lnv
-    # aim from the offset origin at points just beside the edge (aiming along om +- eps nv from
-    # the offset origin could put both rays on the same side of the edge)
-    o = offset_origin(p, n, om)
-    side = nv * (1.0e-4 * dist)
-    om_p = wp.normalize(pe + side - o)
-    om_m = wp.normalize(pe - side - o)
-    rng = wp.rand_init(seed + 1, i)  # the same random numbers on both sides
-    Lp = trace_path(scene, grads, o, om_p, rng, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0), 1)
-    Lm = trace_path(scene, grads, o, om_m, rng, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0), 1)
-    abp = bsdf_ab(kind, alpha, n, wo, om_p)
-    abm = bsdf_ab(kind, alpha, n, wo, om_m)
-    Fp = cmul(albedo * abp[0] + wp.vec3(abp[1]), Lp) * wp.max(wp.dot(n, om_p), 0.0)
-    Fm = cmul(albedo * abm[0] + wp.vec3(abm[1]), Lm) * wp.max(wp.dot(n, om_m), 0.0)
+    o = cam.origin
     adj = adj_image[pix] / float(spp)
-    rec_coef[i] = wp.dot(adj, Fm - Fp) * jac * float(n_edges)
-    rec_edge[i] = k
-    rec_t[i] = t
-    rec_x[i] = p
-    rec_n[i] = nv
-
-
-# ----------------------------------------------------------------------------------------------
-# Interior term at first hits on moving faces (area-measure reparameterisation of the next vertex)
-# ----------------------------------------------------------------------------------------------
-
-
-@wp.kernel
-def interior_samples(offset: int, scene: Scene, grads: Grads, cam: Camera, dynamic: wp.array(dtype=wp.int32),
-                     spp: int, seed: int, max_depth: int, rr_depth: int, adj_image: wp.array(dtype=wp.vec3),
-                     rec_face: wp.array(dtype=wp.int32), rec_d: wp.array(dtype=wp.vec3),
-                     rec_x2: wp.array(dtype=wp.vec3), rec_n2: wp.array(dtype=wp.vec3),
-                     rec_kind: wp.array(dtype=wp.int32), rec_coef: wp.array(dtype=wp.float32)):
-    """One record per (pixel, sample) whose camera ray first hits a moving face at ``x``: a BSDF
-    sample from ``x`` is traced to its next vertex ``x2`` (normal ``n2``; or a direction if it
-    escapes) and on to the end of the path (plain BSDF sampling, no NEE, so the link is one
-    term); ``coef = adj . (f cos / pdf) L``. Torch differentiates the link's geometry factor
-    ``G(x(theta), x2) / G_0`` with ``x(theta)`` the camera ray's intersection with the moving
-    triangle and ``x2`` fixed (area measure). rec_kind: 0 none, 1 finite ``x2``, 2 escaped."""
-    i = wp.tid() + offset
-    pix = i // spp
-    rec_kind[i] = 0
-    rec_coef[i] = 0.0
-    x = pix % cam.width
-    y = pix // cam.width
-    state = wp.rand_init(seed, i)
-    jx = wp.randf(state)
-    jy = wp.randf(state)
-    d = wp.normalize(camera_ray_dir(cam, float(x) + jx, float(y) + jy))
-    q = wp.mesh_query_ray(scene.mesh, cam.origin, d, 1.0e30)
-    if not q.result or max_depth < 1:
-        return
-    f = q.face
-    if dynamic[f] == 0:
-        return
-    p = cam.origin + d * q.t
-    ng = face_normal(scene, f)
-    lng = wp.length(ng)
-    if lng <= 0.0:
-        return
-    ng = ng / lng
-    n = ng
-    if wp.dot(ng, d) > 0.0:
-        n = -ng
-    m = scene.face_mat[f]
-    kind = scene.mat_kind[m]
-    alpha = wp.max(scene.mat_rough[m] * scene.mat_rough[m], 1.0e-3)
-    albedo = material_albedo(scene, m, f, p)
-    wo = -d
-    v0 = wp.randf(state)
-    v1 = wp.randf(state)
-    v2 = wp.randf(state)
-    wi = bsdf_sample(kind, alpha, n, wo, v0, v1, v2)
-    ci = wp.dot(n, wi)
-    pdf = bsdf_pdf(kind, alpha, n, wo, wi)
-    if ci <= 0.0 or pdf <= 0.0:
-        return
-    ab = bsdf_ab(kind, alpha, n, wo, wi)
-    w = (albedo * ab[0] + wp.vec3(ab[1])) * (ci / pdf)
-    o = offset_origin(p, n, wi)
-    q2 = wp.mesh_query_ray(scene.mesh, o, wi, 1.0e30)
-    # the rest of the path, by BSDF sampling only (the emission at x2 counts in full)
-    L = trace_path(scene, grads, o, wi, state, max_depth - 1, rr_depth - 1, 0, wp.vec3(0.0), wp.vec3(0.0), 0)
-    adj = adj_image[pix] / float(spp)
-    rec_face[i] = f
-    rec_d[i] = d
-    rec_coef[i] = wp.dot(adj, cmul(w, L))
-    if q2.result:
-        n2 = face_normal(scene, q2.face)
-        ln2 = wp.length(n2)
-        if ln2 <= 0.0:
-            rec_coef[i] = 0.0
-            return
-        rec_x2[i] = o + wi * q2.t
-        rec_n2[i] = n2 / ln2
-        rec_kind[i] = 1
-    else:
-        rec_x2[i] = wi
-        rec_kind[i] = 2
+    beta = wp.vec3(1.0)
+    n_src = scene.n_pl + scene.n_dl
+    if scene.n_emit > 0:
+        n_src = n_src + 1
+    if scene.has_env != 0:
+        n_src = n_src + 1
+    p_sel = float(0.0)
+    if n_src > 0:
+        p_sel = 1.0 / float(n_src)
+    for k in range(max_depth):
+        q = wp.mesh_query_ray(scene.mesh, o, d, 1.0e30)
+        if not q.result:
+            break
+        f = q.face
+        p = o + d * q.t
+        ng = face_normal(scene, f)
+        lng = wp.length(ng)
+        if lng <= 0.0:
+            break
+        ng = ng / lng
+        n = ng
+        if wp.dot(ng, d) > 0.0:
+            n = -ng
+        rec_face[i, k] = f
+        rec_pos[i, k] = p
+        m = scene.face_mat[f]
+        kind = scene.mat_kind[m]
+        alpha = wp.max(scene.mat_rough[m] * scene.mat_rough[m], 1.0e-3)
+        albedo = material_albedo(scene, m, f, p)
+        wo = -d
+        if do_interior != 0 and n_src > 0:
+            u_sel = wp.randf(state)
+            u1 = wp.randf(state)
+            u2 = wp.randf(state)
+            u3 = wp.randf(state)
+            src = wp.min(int(u_sel * float(n_src)), n_src - 1)
+            wi = wp.vec3(0.0)
+            li = wp.vec3(0.0)
+            geo = float(0.0)
+            dist = float(1.0e30)
+            lkind = int(0)
+            lface = int(-1)
+            lpos = wp.vec3(0.0)
+            if src < scene.n_pl:
+                r = scene.pl_pos[src] - p
+                dist = wp.length(r)
+                if dist > 0.0:
+                    wi = r / dist
+                    li = scene.pl_int[src]
+                    geo = 1.0 / (dist * dist * p_sel)
+                    lkind = 2
+                    lpos = scene.pl_pos[src]
+            elif src < scene.n_pl + scene.n_dl:
+                wi = scene.dl_dir[src - scene.n_pl]
+                li = scene.dl_irr[src - scene.n_pl]
+                geo = 1.0 / p_sel
+                lkind = 3
+                lpos = wi
+            elif scene.n_emit > 0 and src == scene.n_pl + scene.n_dl:
+                ei = pick_emitter(scene, u1)
+                ef = scene.emit_faces[ei]
+                a = scene.verts[scene.faces[ef, 0]]
+                b = scene.verts[scene.faces[ef, 1]]
+                c3 = scene.verts[scene.faces[ef, 2]]
+                su = wp.sqrt(u2)
+                w3 = wp.vec3(1.0 - su, su * (1.0 - u3), su * u3)
+                pl = a * w3[0] + b * w3[1] + c3 * w3[2]
+                r = pl - p
+                dist = wp.length(r)
+                en = wp.cross(b - a, c3 - a)
+                le_n = wp.length(en)
+                if dist > 0.0 and le_n > 0.0:
+                    wi = r / dist
+                    cos_l = -wp.dot(en / le_n, wi)
+                    if cos_l > 0.0:
+                        li = scene.mat_emit[scene.face_mat[ef]]
+                        geo = cos_l * scene.emit_cdf[scene.n_emit - 1] / (dist * dist * p_sel)
+                        lkind = 1
+                        lface = ef
+                        lpos = w3
+            else:
+                z = 1.0 - 2.0 * u1
+                rr = wp.sqrt(wp.max(0.0, 1.0 - z * z))
+                phi = 2.0 * PI * u2
+                wi = wp.vec3(rr * wp.cos(phi), z, rr * wp.sin(phi))
+                li = env_radiance(scene, wi)
+                geo = 1.0 / (p_sel * INV_4PI)
+                lkind = 4
+                lpos = wi
+            ci = wp.dot(n, wi)
+            if lkind > 0 and geo > 0.0 and ci > 0.0:
+                ab = bsdf_ab(kind, alpha, n, wo, wi)
+                fcol = albedo * ab[0] + wp.vec3(ab[1])
+                if max3(fcol) > 0.0 and visible(scene, p, n, wi, dist):
+                    rec_lkind[i, k] = lkind
+                    rec_lface[i, k] = lface
+                    rec_lpos[i, k] = lpos
+                    rec_cn[i, k] = wp.dot(adj, cmul(cmul(beta, fcol), li)) * (ci * geo)
+        if do_edges != 0 and n_edges > 0:
+            kk, t, w_len, w_ang = pick_edge_point(scene, edges, n_edges, p, n, dynamic[f], wp.randf(state),
+                                                  wp.randf(state))
+            a = scene.verts[edges[kk, 0]]
+            b = scene.verts[edges[kk, 1]]
+            pe = a + (b - a) * t
+            r = pe - p
+            dist = wp.length(r)
+            if dist > 0.0 and w_len + w_ang > 0.0:
+                om = r / dist
+                if wp.dot(n, om) > 0.0 and visible(scene, p, n, om, dist):
+                    e = b - a
+                    dom = (e - om * wp.dot(om, e)) / dist  # d omega / dt
+                    jac = wp.length(dom)
+                    nv = wp.cross(om, dom)
+                    lnv = wp.length(nv)
+                    if jac > 0.0 and lnv > 0.0:
+                        nv = nv / lnv
+                        # aim from the offset origin at points just beside the edge
+                        o2 = offset_origin(p, n, om)
+                        side = nv * (1.0e-4 * dist)
+                        om_p = wp.normalize(pe + side - o2)
+                        om_m = wp.normalize(pe - side - o2)
+                        rng = wp.rand_init(seed + 1, i * max_depth + k)  # the same random numbers on both sides
+                        Lp = trace_path(scene, grads, o2, om_p, rng, max_depth - k - 1, rr_depth - k - 1, 0,
+                                        wp.vec3(0.0), wp.vec3(0.0), 1)
+                        Lm = trace_path(scene, grads, o2, om_m, rng, max_depth - k - 1, rr_depth - k - 1, 0,
+                                        wp.vec3(0.0), wp.vec3(0.0), 1)
+                        abp = bsdf_ab(kind, alpha, n, wo, om_p)
+                        abm = bsdf_ab(kind, alpha, n, wo, om_m)
+                        Fp = cmul(albedo * abp[0] + wp.vec3(abp[1]), Lp) * wp.max(wp.dot(n, om_p), 0.0)
+                        Fm = cmul(albedo * abm[0] + wp.vec3(abm[1]), Lm) * wp.max(wp.dot(n, om_m), 0.0)
+                        w = jac * w_len + w_ang
+                        rec_edge[i, k] = kk
+                        rec_t[i, k] = t
+                        rec_nv[i, k] = nv
+                        rec_cm[i, k] = wp.dot(adj, cmul(beta, Fm)) * w
+                        rec_cp[i, k] = wp.dot(adj, cmul(beta, Fp)) * w
+                        qm = wp.mesh_query_ray(scene.mesh, o2, om_m, 1.0e30)
+                        rec_fm[i, k] = -1
+                        rec_ym[i, k] = om_m
+                        if qm.result:
+                            rec_fm[i, k] = qm.face
+                            rec_ym[i, k] = o2 + om_m * qm.t
+                        qp = wp.mesh_query_ray(scene.mesh, o2, om_p, 1.0e30)
+                        rec_fp[i, k] = -1
+                        rec_yp[i, k] = om_p
+                        if qp.result:
+                            rec_fp[i, k] = qp.face
+                            rec_yp[i, k] = o2 + om_p * qp.t
+        # continue the path by BSDF sampling
+        v0 = wp.randf(state)
+        v1 = wp.randf(state)
+        v2 = wp.randf(state)
+        wi = bsdf_sample(kind, alpha, n, wo, v0, v1, v2)
+        ci = wp.dot(n, wi)
+        pdf = bsdf_pdf(kind, alpha, n, wo, wi)
+        if ci <= 0.0 or pdf <= 0.0:
+            break
+        ab = bsdf_ab(kind, alpha, n, wo, wi)
+        beta = cmul(beta, albedo * ab[0] + wp.vec3(ab[1])) * (ci / pdf)
+        if max3(beta) <= 0.0:
+            break
+        if k + 1 >= rr_depth:
+            qs = wp.min(max3(beta), 0.95)
+            if wp.randf(state) >= qs:
+                break
+            beta = beta / qs
+        o = offset_origin(p, n, wi)
+        d = wi
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1117,45 +1233,35 @@ def radiance_at_points(prep: PreparedScene, cam, points: torch.Tensor, spp: int,
     return out
 
 
-def secondary_records(prep: PreparedScene, cam, edges: torch.Tensor, dynamic: torch.Tensor, spp: int, seed: int,
-                      max_depth: int, rr_depth: int, adj_image: torch.Tensor) -> dict:
-    """The records of :func:`secondary_edge_samples` for ``H * W * spp`` samples: ``t`` (N,),
-    ``x`` (N, 3), ``n`` (N, 3), ``coef`` (N,) float32 and ``edge`` (N,) int32 (index into
-    ``edges`` (E, 2)); ``dynamic`` (F,) marks the moving faces."""
+def path_derivative(prep: PreparedScene, cam, edges: torch.Tensor, dynamic: torch.Tensor, spp: int, seed: int,
+                    max_depth: int, rr_depth: int, do_edges: bool, do_interior: bool, adj_image: torch.Tensor) -> dict:
+    """The records of :func:`path_derivative_records` for ``H * W * spp`` camera paths of up to
+    ``max_depth`` vertices, as tensors of shape (N, max_depth[, 3]) named after the kernel's
+    ``rec_*`` arguments. ``edges`` (E, 3): the candidate edges (two vertex indices and 1 when the
+    edge belongs to a moving face); ``dynamic`` (F,): the moving faces; ``adj_image`` (H * W, 3):
+    the adjoint image."""
     c = _camera(cam)
     N = c.height * c.width * spp
+    D = max(int(max_depth), 1)
     dev = prep.device
-    rec = {"t": torch.zeros(N, device=dev), "x": torch.zeros(N, 3, device=dev), "n": torch.zeros(N, 3, device=dev),
-           "coef": torch.zeros(N, device=dev), "edge": torch.zeros(N, dtype=torch.int32, device=dev)}
-    e32 = edges.to(torch.int32).contiguous()
+    names_i = ("face", "lkind", "lface", "edge", "fm", "fp")
+    names_f = ("cn", "t", "cm", "cp")
+    names_v = ("pos", "lpos", "nv", "ym", "yp")
+    rec = {k: torch.zeros(N, D, dtype=torch.int32, device=dev) for k in names_i}
+    rec.update({k: torch.zeros(N, D, device=dev) for k in names_f})
+    rec.update({k: torch.zeros(N, D, 3, device=dev) for k in names_v})
+    n_edges = int(edges.shape[0])
+    if n_edges == 0:  # Warp arrays need storage
+        edges = torch.zeros(1, 3, dtype=torch.int32, device=dev)
+    e32 = edges.to(device=dev, dtype=torch.int32).contiguous()
     dyn = dynamic.to(device=dev, dtype=torch.int32).contiguous()
     _, g = prep.new_grads()
-    args = [prep.struct, g, c, wp.from_torch(e32, dtype=wp.int32), int(edges.shape[0]),
-            wp.from_torch(dyn, dtype=wp.int32), spp, seed, max_depth, rr_depth,
-            wp.from_torch(_f(adj_image), dtype=wp.vec3), wp.from_torch(rec["t"]),
-            wp.from_torch(rec["x"], dtype=wp.vec3), wp.from_torch(rec["n"], dtype=wp.vec3),
-            wp.from_torch(rec["coef"]), wp.from_torch(rec["edge"])]
-    _launch(secondary_edge_samples, N, prep, lambda k: args)
-    return rec
-
-
-def interior_records(prep: PreparedScene, cam, dynamic: torch.Tensor, spp: int, seed: int, max_depth: int,
-                     rr_depth: int, adj_image: torch.Tensor) -> dict:
-    """The records of :func:`interior_samples` for ``H * W * spp`` samples: ``face`` (N,) int32,
-    ``d`` (N, 3), ``x2`` (N, 3), ``n2`` (N, 3), ``kind`` (N,) int32, ``coef`` (N,) float32."""
-    c = _camera(cam)
-    N = c.height * c.width * spp
-    dev = prep.device
-    rec = {"face": torch.zeros(N, dtype=torch.int32, device=dev), "d": torch.zeros(N, 3, device=dev),
-           "x2": torch.zeros(N, 3, device=dev), "n2": torch.zeros(N, 3, device=dev),
-           "kind": torch.zeros(N, dtype=torch.int32, device=dev), "coef": torch.zeros(N, device=dev)}
-    dyn = dynamic.to(device=dev, dtype=torch.int32).contiguous()
-    _, g = prep.new_grads()
-    args = [prep.struct, g, c, wp.from_torch(dyn, dtype=wp.int32), spp, seed, max_depth, rr_depth,
-            wp.from_torch(_f(adj_image), dtype=wp.vec3), wp.from_torch(rec["face"]),
-            wp.from_torch(rec["d"], dtype=wp.vec3), wp.from_torch(rec["x2"], dtype=wp.vec3),
-            wp.from_torch(rec["n2"], dtype=wp.vec3), wp.from_torch(rec["kind"]), wp.from_torch(rec["coef"])]
-    _launch(interior_samples, N, prep, lambda k: args)
+    w = {k: wp.from_torch(x, dtype=wp.vec3) if k in names_v else wp.from_torch(x) for k, x in rec.items()}
+    args = [prep.struct, g, c, wp.from_torch(e32, dtype=wp.int32), n_edges, wp.from_torch(dyn, dtype=wp.int32), spp,
+            seed, int(max_depth), rr_depth, int(do_edges), int(do_interior), wp.from_torch(_f(adj_image), dtype=wp.vec3)]
+    args += [w[k] for k in ("face", "pos", "lkind", "lface", "lpos", "cn", "edge", "t", "nv", "cm", "cp", "fm", "fp",
+                            "ym", "yp")]
+    _launch(path_derivative_records, N, prep, lambda k: args)
     return rec
 
 

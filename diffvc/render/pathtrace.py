@@ -23,24 +23,23 @@ Gradients
     inside and just outside the edge is path traced (the same random numbers on both sides) and
     the image gradient is ``(L_in - L_out) * (n . d x_edge / d theta) * length / pdf``, with
     ``x_edge`` the edge point's projection (differentiable torch). Vertices and camera.
-  - *secondary visibility at the camera rays' first hits* (``secondary_spp``): at a first hit
-    ``x`` on a static face, a candidate edge of the dynamic faces and a point on it are sampled
-    uniformly; the incident integrand ``f cos L`` is path traced just beside the edge on both
-    sides, and torch differentiates the direction ``omega = normalize(x_edge - x)``. This is what
-    moves soft shadows and everything else a static surface sees of a moving object. Vertices.
+  - *every later path vertex* (``secondary_spp``, ``interior_spp``; ``pt_edges.path_terms``):
+    camera paths are traced for up to ``max_depth`` vertices. The first vertex slides along its
+    camera ray; every later vertex and every light sample is a material point of its face and
+    moves with it (path-space differentiable rendering, Zhang et al. 2020). ``interior_spp``
+    paths per pixel differentiate the geometry factor (and area element) of every link and of
+    one next-event connection per vertex; the BSDF value is held fixed (exact for diffuse
+    surfaces). ``secondary_spp`` paths per pixel sample one edge per vertex, chosen in proportion
+    to the angle it subtends: ``f cos L`` is path traced just beside it on both sides, and torch
+    differentiates each side's direction to the edge relative to the material point seen on that
+    side (so only what is uncovered counts). Together they move shadows, reflections and
+    inter-reflections seen at every bounce. Vertices.
 
-  - *interior term at the camera rays' hits on moving faces* (``interior_spp``): the hit point
-    moves along the fixed camera ray; the next path vertex is held fixed in area measure, so
-    the first bounce's geometry factor ``G(x, x2)`` changes (BSDF sampling only: area lights
-    and the environment, not point/directional lights; the BSDF value is held fixed, exact for
-    diffuse surfaces). Its variance is high where the moving surface touches another one (the
-    geometry factor's derivative grows like 1 / distance).
-
-  Not included: visibility changes seen from moving points (e.g. a static object's shadow
-  sliding over a moving box) and from later bounces, and interior terms beyond the first
-  bounce. Where those vanish the gradient matches finite differences (tests); on the Cornell
-  box (translating the short box) ``bench/pathtrace.py`` reports the aggregate error against
-  finite differences for each combination of terms (``cornell_box_translation_grad_rel_err_*``).
+  Not included: shadows of point and directional lights (no boundary term), BSDF changes of
+  glossy surfaces under rotation. Variance is high where a moving surface touches another one
+  (the geometry factor's derivative grows like 1 / distance). Tests compare against central
+  finite differences: a lifted tall box in the Cornell box at 3 bounces matches within 10%;
+  ``bench/pathtrace.py`` reports the Cornell box's translation errors.
 
 The image is the box-filtered pixel integral ``(H, W, 3)`` of linear radiance.
 """
@@ -51,7 +50,7 @@ import torch
 
 from .._kernels import pathtrace as K
 from .cameras import Cameras
-from .pt_edges import edge_term, interior_term, secondary_term
+from .pt_edges import edge_term, path_terms
 from .pt_scene import _KINDS, PathTracingScene
 
 
@@ -140,12 +139,12 @@ def path_trace(scene: PathTracingScene, camera: Cameras, spp: int = 16, max_dept
         edge_samples: number of edge samples for the geometry/camera gradient (0 disables the
             boundary term; it is only computed when vertices or camera tensors require grad).
         edge_spp: paths traced on each side of each edge sample.
-        secondary_spp: edge samples per pixel for the secondary-visibility boundary term at the
-            camera rays' first hits (shadows and everything else those points see move with the
-            vertices); 0 disables it.
-        interior_spp: samples per pixel for the interior term at camera-ray hits on moving faces
-            (their first-bounce geometry factor, next vertex fixed in area measure; area lights and
-            the environment, not point/directional lights); 0 disables it.
+        secondary_spp: camera paths per pixel for the visibility (boundary) term at every path
+            vertex: shadows and everything else the path's points see move with the vertices;
+            0 disables it.
+        interior_spp: camera paths per pixel for the interior term at every path vertex (geometry
+            factors of the links and next-event connections); 0 disables it. Equal
+            ``secondary_spp`` and ``interior_spp`` share one set of paths.
 
     Returns:
         (H, W, 3) linear radiance, dtype of ``scene.albedo``. Differentiable w.r.t. albedo,
@@ -164,12 +163,9 @@ def path_trace(scene: PathTracingScene, camera: Cameras, spp: int = 16, max_dept
     if edge_samples > 0 and needs_geo and torch.is_grad_enabled():
         image = image + edge_term(prep, scene, camera, cam, int(edge_samples), int(edge_spp), int(seed) + 7919,
                                   int(max_depth), int(rr_depth)).to(image.dtype)
-    if secondary_spp > 0 and scene.vertices.requires_grad and torch.is_grad_enabled():
-        image = image + secondary_term(prep, scene, cam, camera.height, camera.width, int(secondary_spp),
-                                       int(seed) + 104729, int(max_depth), int(rr_depth)).to(image.dtype)
-    if interior_spp > 0 and scene.vertices.requires_grad and torch.is_grad_enabled():
-        image = image + interior_term(prep, scene, cam, camera, camera.height, camera.width, int(interior_spp),
-                                      int(seed) + 15485863, int(max_depth), int(rr_depth)).to(image.dtype)
+    if (secondary_spp > 0 or interior_spp > 0) and scene.vertices.requires_grad and torch.is_grad_enabled():
+        image = image + path_terms(prep, scene, cam, camera.height, camera.width, int(secondary_spp), int(interior_spp),
+                                   int(seed) + 104729, int(max_depth), int(rr_depth)).to(image.dtype)
     return image
 
 

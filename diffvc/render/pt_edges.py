@@ -151,9 +151,10 @@ def edge_term(prep, scene, camera: Cameras, cam, n_samples: int, edge_spp: int, 
     return _EdgeFn.apply(samples, meta, scene.vertices, camera.R, camera.t, camera.intrinsics)
 
 
-def secondary_candidate_edges(scene) -> torch.Tensor:
-    """(E, 2) edges of ``scene.dynamic_faces`` that can bound what a surface point sees:
-    boundaries, creases and material boundaries (silhouettes from any point are creases)."""
+def secondary_candidate_edges(scene, dynamic_only: bool = True) -> torch.Tensor:
+    """(E, 2) edges that can bound what a surface point sees: boundaries, creases and material
+    boundaries (silhouettes from any point are creases); only edges of ``scene.dynamic_faces``
+    when ``dynamic_only``."""
     faces = scene.faces.long()
     if faces.shape[0] == 0:
         return torch.zeros(0, 2, dtype=torch.long, device=faces.device)
@@ -170,66 +171,129 @@ def secondary_candidate_edges(scene) -> torch.Tensor:
     n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
     n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     keep = (counts == 1) | ((n[f1] * n[f2]).sum(-1) < 1 - 1e-6) | (scene.face_material[f1] != scene.face_material[f2])
-    if scene.dynamic_faces is not None:
+    if dynamic_only and scene.dynamic_faces is not None:
         dyn = scene.dynamic_faces.bool()
         keep &= dyn[f1] | dyn[f2]
     return uniq[keep]
 
 
-class _SecondaryFn(torch.autograd.Function):
-    """Value: zeros (H, W, 3). Backward: the secondary-visibility boundary term at primary hits
-    (edge sampling on the sphere of directions) w.r.t. the vertices."""
+_CHUNK = 1 << 15  # paths differentiated per torch pass (bounds the autograd graph's memory)
 
-    @staticmethod
-    def forward(ctx, info, vertices):
-        ctx.info = info
-        ctx.save_for_backward(vertices)
-        H, W = info["H"], info["W"]
-        return torch.zeros(H, W, 3, dtype=vertices.dtype, device=vertices.device)
 
-    @staticmethod
-    def backward(ctx, grad_image):
-        (vertices,) = ctx.saved_tensors
-        info = ctx.info
-        H, W = info["H"], info["W"]
-        rec = K.secondary_records(info["prep"], info["cam"], info["edges"], info["dynamic"], info["spp"], info["seed"],
-                                  info["max_depth"], info["rr_depth"], grad_image.reshape(H * W, 3))
-        edges = info["edges"]
-        use = rec["coef"] != 0
-        if not use.any():
-            return None, torch.zeros_like(vertices)
-        ed = edges[rec["edge"][use].long()]
-        t = rec["t"][use].to(vertices.dtype)[:, None]
-        x = rec["x"][use].to(vertices.dtype)
-        nv = rec["n"][use].to(vertices.dtype)
-        coef = rec["coef"][use].to(vertices.dtype)
+def _material(v: torch.Tensor, faces: torch.Tensor, face: torch.Tensor, point0: torch.Tensor):
+    """Points of ``face`` (M,) with the barycentric coordinates that ``point0`` (M, 3) has at the
+    current vertex values: they move with the face. Returns ``(points, unit normals, area ratio
+    to the current area)``, differentiable w.r.t. ``v``."""
+    tri = v[faces[face]]
+    t0 = tri.detach()
+    e1, e2, w = t0[:, 1] - t0[:, 0], t0[:, 2] - t0[:, 0], point0 - t0[:, 0]
+    d00, d01, d11 = (e1 * e1).sum(-1), (e1 * e2).sum(-1), (e2 * e2).sum(-1)
+    d20, d21 = (w * e1).sum(-1), (w * e2).sum(-1)
+    den = d00 * d11 - d01 * d01
+    den = torch.where(den.abs() > 1e-30, den, torch.ones_like(den))
+    b1 = (d11 * d20 - d01 * d21) / den
+    b2 = (d00 * d21 - d01 * d20) / den
+    pts = tri[:, 0] * (1 - b1 - b2)[:, None] + tri[:, 1] * b1[:, None] + tri[:, 2] * b2[:, None]
+    cr = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    area = cr.norm(dim=-1).clamp_min(1e-30)
+    return pts, cr / area[:, None], area / area.detach()
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor,
+                  origin: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. ``vertices`` of the terms recorded by
+    :func:`diffvc._kernels.pathtrace.path_derivative` (see :func:`path_terms`)."""
+    use_i = (rec["lkind"] > 0) & (rec["cn"] != 0)
+    use_e = (rec["edge"] >= 0) & ((rec["cm"] != 0) | (rec["cp"] != 0))
+    rows = torch.nonzero((use_i | use_e).any(1)).reshape(-1)
+    gv = torch.zeros_like(vertices)
+    if rows.numel() == 0:
+        return gv
+    dt = vertices.dtype
+    for c0 in range(0, rows.numel(), _CHUNK):
+        r = rows[c0:c0 + _CHUNK]
+        R = {k: x[r] for k, x in rec.items()}
+        ui, ue = use_i[r], use_e[r]
+        D = int(torch.nonzero((ui | ue).any(0)).max()) + 1  # vertices needed: x_0 .. x_{D-1}
+        R = {k: x[:, :D] for k, x in R.items()}
+        ui, ue = ui[:, :D], ue[:, :D]
+        face = R["face"].long()
+        valid = face >= 0
+        fidx = face.clamp_min(0)
+        pos0 = R["pos"].to(dt)
+        cn = torch.where(ui, R["cn"].to(dt), torch.zeros((), dtype=dt))
+        o = origin.to(dt)
         with torch.enable_grad():
             v = vertices.detach().requires_grad_(True)
-            pe = v[ed[:, 0]] * (1 - t) + v[ed[:, 1]] * t
-            r = pe - x
-            om = r / r.norm(dim=-1, keepdim=True)
-            S = (coef * (om * nv).sum(-1)).sum()
-            (gv,) = torch.autograd.grad(S, [v])
-        return None, gv
+            # vertices 1.. are material points of their faces; vertex 0 slides along its camera ray
+            X, Nrm, J = (z.reshape(r.numel(), D, -1) for z in _material(v, faces, fidx.reshape(-1),
+                                                                         pos0.reshape(-1, 3)))
+            d0 = _unit(pos0[:, 0] - o)
+            h0 = hit_from_face(v, faces, fidx[:, 0], o.expand_as(d0), d0)
+            X = torch.cat([h0.point[:, None], X[:, 1:]], 1)
+            Nrm = torch.cat([h0.normal[:, None], Nrm[:, 1:]], 1)
+            J = J[..., 0]
+            S = torch.zeros((), dtype=dt)
+            if D > 1:
+                # the geometry factor of each sampled link x_j -> x_{j+1} (and the area element at
+                # x_{j+1}) carries every later connection
+                rem = cn.flip(1).cumsum(1).flip(1)[:, 1:]
+                rv = X[:, 1:] - X[:, :-1]
+                r2 = (rv * rv).sum(-1).clamp_min(1e-20)
+                rh = rv / r2.sqrt()[..., None]
+                G = (Nrm[:, :-1] * rh).sum(-1).abs() * (Nrm[:, 1:] * rh).sum(-1).abs() / r2 * J[:, 1:]
+                G0 = G.detach()
+                ok = valid[:, 1:] & (G0 > 0) & (rem != 0)
+                S = S + (rem[ok] * G[ok] / G0[ok]).sum()
+            pi, ki = torch.nonzero(ui, as_tuple=True)
+            if pi.numel():  # next-event connections: area lights in area measure (material points)
+                xk, nk = X[pi, ki], Nrm[pi, ki]
+                kind = R["lkind"][pi, ki]
+                lpos = R["lpos"][pi, ki].to(dt)
+                lf = R["lface"][pi, ki].long().clamp_min(0)
+                tri = v[faces[lf]]
+                y = (lpos[:, :, None] * tri).sum(1)
+                cr = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+                area = cr.norm(dim=-1).clamp_min(1e-30)
+                ny = cr / area[:, None]
+                rv = torch.where((kind == 1)[:, None], y, lpos) - xk
+                r2 = (rv * rv).sum(-1).clamp_min(1e-20)
+                rh = rv / r2.sqrt()[:, None]
+                g_area = (nk * rh).sum(-1).abs() * (ny * rh).sum(-1).abs() / r2 * (area / area.detach())
+                g_point = (nk * rh).sum(-1).abs() / r2
+                g_dir = (nk * lpos).sum(-1).abs()
+                G = torch.where(kind == 1, g_area, torch.where(kind == 2, g_point, g_dir))
+                G0 = G.detach()
+                ok = G0 > 0
+                S = S + (cn[pi, ki][ok] * G[ok] / G0[ok]).sum()
+            pe_, ke = torch.nonzero(ue, as_tuple=True)
+            if pe_.numel():  # visibility boundaries, relative to the material points on each side
+                ed = edges[R["edge"][pe_, ke].long()]
+                t = R["t"][pe_, ke].to(dt)[:, None]
+                xk = X[pe_, ke]
+                om = _unit(v[ed[:, 0]] * (1 - t) + v[ed[:, 1]] * t - xk)
+                nv = R["nv"][pe_, ke].to(dt)
+                for side, sign in (("m", 1.0), ("p", -1.0)):
+                    fs = R["f" + side][pe_, ke].long()
+                    ys = R["y" + side][pe_, ke].to(dt)
+                    hit = fs >= 0
+                    ym, _, _ = _material(v, faces, fs.clamp_min(0), ys)
+                    oms = torch.where(hit[:, None], _unit(ym - xk), ys)
+                    c = R["c" + side][pe_, ke].to(dt)
+                    S = S + sign * (c * (nv * (om - oms)).sum(-1)).sum()
+            if S.requires_grad:
+                (g,) = torch.autograd.grad(S, [v])
+                gv = gv + g
+    return gv
 
 
-def secondary_term(prep, scene, cam, H: int, W: int, spp: int, seed: int, max_depth: int,
-                   rr_depth: int) -> torch.Tensor:
-    """Zero image whose backward adds the secondary-visibility boundary gradient at primary hits."""
-    edges = secondary_candidate_edges(scene)
-    if edges.shape[0] == 0 or spp <= 0:
-        return torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
-    F = scene.faces.shape[0]
-    dyn = (scene.dynamic_faces if scene.dynamic_faces is not None else torch.ones(F, dtype=torch.bool))
-    dyn = dyn.to(device=scene.vertices.device, dtype=torch.int32).contiguous()
-    info = {"prep": prep, "cam": cam, "edges": edges, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
-            "max_depth": max_depth, "rr_depth": rr_depth}
-    return _SecondaryFn.apply(info, scene.vertices)
-
-
-class _InteriorFn(torch.autograd.Function):
-    """Value: zeros (H, W, 3). Backward: the interior term at camera-ray hits on moving faces
-    (the hit point moves along the ray, the next path vertex stays put in area measure)."""
+class _PathTermsFn(torch.autograd.Function):
+    """Value: zeros (H, W, 3). Backward: the geometry derivative at every vertex of camera paths
+    (interior and boundary terms, see :func:`path_terms`) w.r.t. the vertices."""
 
     @staticmethod
     def forward(ctx, info, vertices):
@@ -242,50 +306,52 @@ class _InteriorFn(torch.autograd.Function):
         (vertices,) = ctx.saved_tensors
         info = ctx.info
         H, W = info["H"], info["W"]
-        rec = K.interior_records(info["prep"], info["cam"], info["dynamic"], info["spp"], info["seed"],
-                                 info["max_depth"], info["rr_depth"], grad_image.reshape(H * W, 3))
-        use = (rec["kind"] > 0) & (rec["coef"] != 0)
-        if not use.any():
-            return None, torch.zeros_like(vertices)
-        dt = vertices.dtype
-        face = rec["face"][use].long()
-        d = rec["d"][use].to(dt)
-        o = info["origin"].to(dt).expand_as(d)
-        x2 = rec["x2"][use].to(dt)
-        n2 = rec["n2"][use].to(dt)
-        finite = rec["kind"][use] == 1
-        coef = rec["coef"][use].to(dt)
-        faces = info["faces"]
-
-        def link_g(v):
-            h = hit_from_face(v, faces, face, o, d)
-            n = h.normal * torch.where((h.normal * d).sum(-1, keepdim=True) > 0, -1.0, 1.0).to(dt)
-            r = x2 - h.point
-            r2 = (r * r).sum(-1).clamp_min(1e-12)
-            rhat = r / r2.sqrt()[:, None]
-            g_fin = (n * rhat).sum(-1).abs() * (n2 * rhat).sum(-1).abs() / r2
-            g_inf = (n * x2).sum(-1).abs()
-            return torch.where(finite, g_fin, g_inf)
-
-        with torch.no_grad():
-            g0 = link_g(vertices.detach())
-        ok = g0 > 0
-        with torch.enable_grad():
-            v = vertices.detach().requires_grad_(True)
-            S = (coef[ok] * link_g(v)[ok] / g0[ok]).sum()
-            (gv,) = torch.autograd.grad(S, [v])
+        gv = torch.zeros_like(vertices)
+        for spp, seed, do_edges, do_interior in info["passes"]:
+            rec = K.path_derivative(info["prep"], info["cam"], info["edges"], info["dynamic"], spp, seed,
+                                    info["max_depth"], info["rr_depth"], do_edges, do_interior,
+                                    grad_image.reshape(H * W, 3))
+            gv = gv + _records_grad(rec, vertices, info["faces"], info["edges"][:, :2].long(), info["origin"])
         return None, gv
 
 
-def interior_term(prep, scene, cam, camera, H: int, W: int, spp: int, seed: int, max_depth: int,
-                  rr_depth: int) -> torch.Tensor:
-    """Zero image whose backward adds the interior term at camera-ray hits on moving faces."""
+def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_spp: int, seed: int, max_depth: int,
+               rr_depth: int) -> torch.Tensor:
+    """Zero image whose backward adds the geometry derivative at every vertex of camera paths of
+    up to ``max_depth`` bounces. Parameterisation: the first vertex slides along its camera ray
+    (the image-space boundary is :func:`edge_term`'s), every later vertex and every light sample
+    is a material point of its face (it moves with the face: path-space differentiable
+    rendering, Zhang et al. 2020):
+
+    * ``interior_spp`` paths per pixel: the derivative of the geometry factor (and area element)
+      of every sampled link and of one next-event connection per vertex. BSDF values are held
+      fixed (exact for diffuse surfaces).
+    * ``secondary_spp`` paths per pixel: one edge sample per vertex for the visibility boundary
+      (Li et al. 2018, secondary edges): the jump ``F_minus - F_plus`` of ``f cos L`` across an
+      edge's image, each side weighted by the edge's motion relative to the material point seen
+      on that side (so the occluding side cancels and only what is uncovered counts). Edges of
+      static faces seen from static points are sampled with a tenth of their weight (they only
+      matter when what lies behind them moves).
+
+    Shadows of point and directional lights have no boundary term here."""
+    zero = torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
     F = scene.faces.shape[0]
-    dyn = (scene.dynamic_faces if scene.dynamic_faces is not None else torch.ones(F, dtype=torch.bool))
-    dyn = dyn.to(device=scene.vertices.device, dtype=torch.int32).contiguous()
-    if F == 0 or spp <= 0:
-        return torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
-    info = {"prep": prep, "cam": cam, "dynamic": dyn, "H": H, "W": W, "spp": spp, "seed": seed,
-            "max_depth": max_depth, "rr_depth": rr_depth, "faces": scene.faces.long(),
-            "origin": camera.centers[0].detach()}
-    return _InteriorFn.apply(info, scene.vertices)
+    if F == 0 or max_depth < 1 or (secondary_spp <= 0 and interior_spp <= 0):
+        return zero
+    dyn = scene.dynamic_faces if scene.dynamic_faces is not None else torch.ones(F, dtype=torch.bool)
+    dyn = dyn.to(scene.vertices.device)
+    all_e = secondary_candidate_edges(scene, dynamic_only=False)
+    dyn_v = torch.zeros(scene.vertices.shape[0], dtype=torch.bool, device=dyn.device)
+    dyn_v[scene.faces[dyn].reshape(-1).long()] = True
+    edges = torch.cat([all_e, (dyn_v[all_e[:, 0]] | dyn_v[all_e[:, 1]]).long()[:, None]], 1)
+    passes = []
+    if secondary_spp > 0 and secondary_spp == interior_spp:
+        passes.append((secondary_spp, seed, True, True))
+    else:
+        if secondary_spp > 0:
+            passes.append((secondary_spp, seed, True, False))
+        if interior_spp > 0:
+            passes.append((interior_spp, seed + 15485863, False, True))
+    info = {"prep": prep, "cam": cam, "edges": edges, "dynamic": dyn, "H": H, "W": W, "passes": passes,
+            "max_depth": max_depth, "rr_depth": rr_depth, "faces": scene.faces.long(), "origin": cam[0]}
+    return _PathTermsFn.apply(info, scene.vertices)

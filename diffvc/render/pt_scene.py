@@ -211,18 +211,19 @@ CORNELL_TALL_BOX = ((-0.34, 0.6, -0.28), (0.6, 1.2, 0.6), 0.3)
 
 
 def cornell_box(short_box_center=None, wall_colors=None, light_radiance=None, dtype=torch.float32,
-                device="cpu") -> tuple[PathTracingScene, dict]:
+                device="cpu", tall_box_center=None) -> tuple[PathTracingScene, dict]:
     """The Cornell box, in metres: walls x in [-1, 1], y in [0, 2], z in [-1, 1] (open towards +z),
     a 0.5 x 0.4 ceiling light at y = 1.98 facing down, a short and a tall box. All diffuse.
 
     Args:
         short_box_center: (3,) tensor or tuple; default ``CORNELL_SHORT_BOX[0]``.
+        tall_box_center: (3,) tensor or tuple; default ``CORNELL_TALL_BOX[0]``.
         wall_colors: dict with "white", "red", "green" (3,) albedos (tensors keep autograd).
         light_radiance: (3,) emitted radiance of the light.
 
     Returns:
-        ``(scene, info)`` with info["materials"] = names of the material indices and
-        info["short_box_faces"] = a (F,) bool mask of the short box's faces.
+        ``(scene, info)`` with info["materials"] = names of the material indices,
+        info["short_box_faces"] and info["tall_box_faces"] = (F,) bool masks of the boxes' faces.
     """
     colors = dict(CORNELL_COLORS)
     colors.update(wall_colors or {})
@@ -240,13 +241,15 @@ def cornell_box(short_box_center=None, wall_colors=None, light_radiance=None, dt
         (*quad((-0.25, 1.98, -0.2), (0.25, 1.98, -0.2), (0.25, 1.98, 0.2), (-0.25, 1.98, 0.2), **kw), 3),  # light
     ]
     c, s, a = CORNELL_TALL_BOX
-    meshes.append((*oriented_box(c, s, a, **kw), 0))
+    meshes.append((*oriented_box(tall_box_center if tall_box_center is not None else c, s, a, **kw), 0))
     c, s, a = CORNELL_SHORT_BOX
     meshes.append((*oriented_box(short_box_center if short_box_center is not None else c, s, a, **kw), 0))
     scene = PathTracingScene.from_meshes(meshes, mats, dtype=dtype, device=device)
-    mask = torch.zeros(scene.faces.shape[0], dtype=torch.bool, device=device)
-    mask[-12:] = True
-    return scene, {"materials": names, "short_box_faces": mask}
+    short = torch.zeros(scene.faces.shape[0], dtype=torch.bool, device=device)
+    short[-12:] = True
+    tall = torch.zeros_like(short)
+    tall[-24:-12] = True
+    return scene, {"materials": names, "short_box_faces": short, "tall_box_faces": tall}
 
 
 def cornell_camera(width: int = 64, height: int = 64, dtype=torch.float32, device="cpu"):
