@@ -120,7 +120,7 @@ def _run(cfg) -> dict:
         return pyramid_mse(exp.video(params.values(), frames), target, levels=3)
 
     t0 = time.perf_counter()
-    hist = optimize(params, loss_fn, iters=iters, lr=0.3, lr_final=0.03, method="adam", progress=cfg.progress,
+    hist = optimize(params, loss_fn, iters=iters, lr=0.3, lr_final=0.1, method="adam", progress=cfg.progress,
                     desc="cloth")
     seconds = time.perf_counter() - t0
     est = params.snapshot()
