@@ -22,6 +22,10 @@ Variants, each in a fresh subprocess (memory is per process):
   ``$DIFFTAICHI_REPO/examples/diffmpm.py``). Without them the issue's anchor (2.40 s per
   iteration, 722 MiB peak, measured on this 2-core machine kind) is quoted instead.
 
+Time: wall-clock seconds per iteration (median over iterations after a warm-up) and process CPU
+seconds (all threads; diffvc runs its kernels on one thread here, DiffTaichi on its thread pool),
+with the load average at start and end: the machine is shared, so read ratios from one run.
+
 Memory from ``/proc/self/status``: ``peak_rss_mib`` is the process's peak resident set
 (``VmHWM``); ``import_rss_mib`` the resident set after importing the library (and ``ti.init``);
 ``sim_peak_mib`` their difference, the memory the simulation and its gradients needed.
@@ -58,6 +62,8 @@ def _child(variant: str, iters: int, steps: int) -> dict:
 
     import diffvc.physics  # noqa: F401  (imports Warp and torch: the import baseline)
 
+    torch.set_num_threads(1)  # as the example: torch's share is small, its 2-thread pool is costly under load
+
     rss_import = _status_mib("VmRSS")
     from diffvc.examples.diffmpm import DT, actuation, robot_model, robot_scene, simulate
     from diffvc.physics import rollout
@@ -68,9 +74,9 @@ def _child(variant: str, iters: int, steps: int) -> dict:
     np.random.seed(0)
     weights = torch.tensor(np.random.randn(4, 4) * 0.01, dtype=torch.float32)
     bias = torch.zeros(4, dtype=torch.float32)
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for it in range(iters + 1):  # iteration 0 is a warm-up (kernel loads)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         w = weights.clone().requires_grad_()
         b = bias.clone().requires_grad_()
         if variant == "diffvc_checkpointed":
@@ -88,8 +94,10 @@ def _child(variant: str, iters: int, steps: int) -> dict:
             bias -= 0.1 * gb
         if it > 0:
             times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
-    return {"seconds_per_iteration": statistics.median(times), "seconds_min": min(times), "iterations": iters,
+            cpu.append(time.process_time() - c0)
+        losses.append(float(loss.detach()))
+    return {"seconds_per_iteration": statistics.median(times), "seconds_min": min(times),
+            "cpu_seconds_per_iteration": statistics.median(cpu), "iterations": iters,
             "steps": steps, "losses": losses, "grad_weights_norm_last": float(gw.norm()),
             "import_rss_mib": rss_import, "peak_rss_mib": _status_mib("VmHWM"),
             "sim_peak_mib": _status_mib("VmHWM") - rss_import, "torch_threads": torch.get_num_threads()}
@@ -130,9 +138,9 @@ for i in range(scene.n_particles):
     m.F[0, i] = [[1, 0], [0, 1]]
     m.actuator_id[i] = scene.actuator_id[i]
     m.particle_type[i] = scene.particle_type[i]
-times, losses = [], []
+times, cpu, losses = [], [], []
 for it in range(iters + 1):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ti.ad.Tape(m.loss):
         m.forward()
     l = m.loss[None]
@@ -142,9 +150,12 @@ for it in range(iters + 1):
         m.bias[i] -= 0.1 * m.bias.grad[i]
     if it > 0:
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     losses.append(float(l))
 times.sort()
+cpu.sort()
 print("RESULT " + json.dumps({"seconds_per_iteration": times[len(times) // 2], "seconds_min": times[0],
+      "cpu_seconds_per_iteration": cpu[len(cpu) // 2], "cpu_threads": ti.lang.impl.current_cfg().cpu_max_num_threads,
       "iterations": iters, "steps": m.steps - 1, "particles": scene.n_particles, "losses": losses,
       "import_rss_mib": rss_import, "peak_rss_mib": mib("VmHWM"), "sim_peak_mib": mib("VmHWM") - rss_import,
       "taichi_version": ".".join(map(str, ti.__version__))}))
@@ -208,6 +219,8 @@ def run(quick: bool = False) -> dict:
     out["difftaichi"] = dt_res if dt_res is not None else {"anchor": ANCHOR}
     out["difftaichi_measured_side_by_side"] = dt_res is not None
     out["time_ratio_to_difftaichi"] = ours["seconds_per_iteration"] / ref["seconds_per_iteration"]
+    if dt_res is not None:
+        out["cpu_time_ratio_to_difftaichi"] = ours["cpu_seconds_per_iteration"] / dt_res["cpu_seconds_per_iteration"]
     out["peak_rss_ratio_to_difftaichi"] = ours["peak_rss_mib"] / ref["peak_rss_mib"]
     if dt_res is not None:
         out["sim_peak_ratio_to_difftaichi"] = ours["sim_peak_mib"] / dt_res["sim_peak_mib"]

@@ -40,10 +40,13 @@ sigma_j^2 - sigma_i^2 clamped away from 0 (1e-6 float32, 1e-12 float64): with (n
 singular values under an active projection that gradient is approximate. Elastic particles
 never go through the SVD.
 
-CPU parallelism: the forward P2G splits particles over CPU threads, each scattering into its own
-copy of the grid (summed in a fixed order: deterministic, no lost adds); adjoint launches run on
-one thread. :meth:`MPMModel.segment` fuses many steps into one autograd node (grids are
-recomputed in backward, states kept per step; ``recompute=True`` keeps only the input).
+CPU parallelism (``slots`` threads; by default one per torch thread once each gets >= 16,384
+particles, else one): the forward P2G splits particles over threads, each scattering into its
+own copy of the grid (summed in a fixed order: deterministic, no lost adds); grid update, G2P and
+the P2G and grid adjoints split too (disjoint writes); the G2P adjoint, which scatters into the
+grid adjoint, runs on one thread. :meth:`MPMModel.segment` fuses many steps into one autograd
+node (states kept per step, grids too when they fit in 64 MB, else recomputed in backward;
+``recompute=True`` keeps only the input and re-runs the segment in backward).
 """
 
 from __future__ import annotations
@@ -283,8 +286,8 @@ class MPMModel:
         control: ``(N,)`` held over the segment or ``(n, N)`` one row per step. ``recompute``:
         keep only the input state and re-run the steps in backward (a checkpoint). Returns
         ``(final_state, states)``, ``states`` the n states after each step if ``return_all``.
-        ``slots``: grid copies of the split CPU P2G (default: one per torch thread when each gets
-        >= 2048 particles). Gradients equal those of n calls to :meth:`step`."""
+        ``slots``: CPU threads / grid copies of the split launches (default: one per torch thread
+        when each gets >= 16,384 particles). Gradients equal those of n calls to :meth:`step`."""
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be a finite number > 0 (s), got {dt!r}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -465,7 +468,11 @@ def _walls_torch(model: MPMModel, v):
             vt = v - lin[:, None] * n
             lit = torch.sqrt((vt * vt).sum(-1) + 1e-20)
             stick = lit + mu * lin <= 0
-            fric = torch.where(stick[:, None], torch.zeros_like(v), vt * (1.0 + mu * lin / lit)[:, None])
+            # the sliding factor only where it is used: elsewhere mu lin / lit may overflow, and a
+            # where() would send 0 * inf = NaN back through it
+            slide = (lin < 0) & ~stick
+            lin_s = torch.where(slide, lin, torch.zeros_like(lin))
+            fric = torch.where(stick[:, None], torch.zeros_like(v), vt * (1.0 + mu * lin_s / lit)[:, None])
             new = torch.where((lin < 0)[:, None], fric, v)
         v = torch.where(mask[:, None], new, v)
     return v

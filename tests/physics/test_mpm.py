@@ -259,3 +259,22 @@ def test_bad_input_names_the_argument():
         m.step(s, 0.0)
     with pytest.raises(TypeError, match="state"):
         m.step((s.x, s.v), 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_infinite_friction_walls_gradients_finite_and_equal_to_twin(dtype):
+    """DiffTaichi's walls (friction=inf: a node moving into a wall stops): the twin's unused
+    sliding branch must not send 0 * inf = NaN back (it did, in float32, over the diffmpm robot)."""
+    model, s, act = _system(2, n=24, near_ground=True, friction=float("inf"), dtype=dtype)
+    # falling straight down (no tangential velocity at the wall nodes: the worst case)
+    v0 = torch.zeros_like(s.v)
+    v0[:, 1] = -1.0
+    v0.requires_grad_()
+    s = model.initial_state(s.x)
+    grads = []
+    for twin in (False, True):
+        out = _roll(model, MPMState(s.x, v0, s.C, s.F, s.Jp), 4, act, twin=twin)
+        grads.append(torch.autograd.grad(out.x.sum() + out.v.sum(), v0)[0])
+    assert torch.isfinite(grads[1]).all()
+    tol = 1e-3 if dtype == torch.float32 else 1e-9
+    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol)
