@@ -3,7 +3,7 @@
 A body has a mass, an inertia tensor about its centre of mass in its own frame, and collision
 points fixed in that frame: mesh vertices (radius 0) or spheres (radius > 0). The state holds
 the centre of mass ``x``, the orientation quaternion ``q = (w, x, y, z)`` (body -> world; the
-convention of :mod:`diffvc.geometry.transforms`; the Warp kernels' ``wp.quat`` order is an
+convention of :mod:`diffvc.geometry.transforms`; the kernels' (x, y, z, w) quaternion order is an
 internal detail converted at the kernel boundary), the
 linear velocity ``v`` and the angular velocity ``w`` (world frame). :func:`rigid_step` is a pure
 function ``(model, state, dt) -> new state``; :func:`diffvc.physics.rollout` drives it.
