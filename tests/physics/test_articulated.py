@@ -241,7 +241,7 @@ def test_gradient_to_initial_state_and_controls_through_joint_limits():
     assert_grad_close(run, (q0, qd0, u), rtol=1e-5, eps=1e-6, max_elements=12)
 
 
-def test_gradient_to_masses_lengths_and_joint_parameters():
+def test_gradient_to_masses_inertias_lengths_and_joint_parameters():
     base = double_pendulum()
     mass = base.body_mass.clone().requires_grad_()
     pos = base.body_pos.clone().requires_grad_()  # link 2's offset = link 1's length
@@ -249,16 +249,18 @@ def test_gradient_to_masses_lengths_and_joint_parameters():
     damping = torch.tensor([0.1, 0.2], dtype=F64, requires_grad=True)
     armature = torch.tensor([0.01, 0.02], dtype=F64, requires_grad=True)
     axis = base.joint_axis.clone().requires_grad_()
+    inertia = torch.diagonal(base.body_inertia, dim1=1, dim2=2).clone().requires_grad_()  # principal moments
 
-    def run(mass, pos, com, damping, armature, axis):
+    def run(mass, pos, com, damping, armature, axis, inertia):
         model = base.replace(body_mass=mass, body_pos=pos, body_com=com, dof_damping=damping,
-                             dof_armature=armature, joint_axis=axis / axis.norm(dim=-1, keepdim=True))
+                             dof_armature=armature, joint_axis=axis / axis.norm(dim=-1, keepdim=True),
+                             body_inertia=torch.diag_embed(inertia))
         st = model.initial_state(1, q=torch.tensor([1.0, -0.5], dtype=F64))
         for _ in range(25):
             st = model.step(st, 4e-3)
         return torch.cat([st.q, st.qd], 1)
 
-    assert_grad_close(run, (mass, pos, com, damping, armature, axis), rtol=1e-5, eps=1e-6, max_elements=4)
+    assert_grad_close(run, (mass, pos, com, damping, armature, axis, inertia), rtol=1e-5, eps=1e-6, max_elements=4)
 
 
 def test_gradient_through_ground_contact_of_a_free_body():
