@@ -182,6 +182,15 @@ def _attach(f, x_star, params, backward, backward_tol, backward_maxiter):
     return x_star
 
 
+def _dense(op, fn, x):
+    """A dense Jacobian/Hessian by vectorised VJPs (vmap), falling back to a loop of VJPs for
+    functions vmap cannot batch (e.g. ones that call Warp kernels)."""
+    try:
+        return op(fn, x, vectorize=True)
+    except RuntimeError:
+        return op(fn, x, vectorize=False)
+
+
 def _newton(f, x0, params, tol, maxiter):
     """Damped Newton with a dense Jacobian (from VJPs) and backtracking on |f|."""
     x = x0.detach().clone()
@@ -193,8 +202,7 @@ def _newton(f, x0, params, tol, maxiter):
         fn = float(fx.norm())
         if fn <= tol:
             break
-        J = torch.autograd.functional.jacobian(lambda z: f(z.reshape(shape), *ps).reshape(-1), x.reshape(-1),
-                                               vectorize=False)
+        J = _dense(torch.autograd.functional.jacobian, lambda z: f(z.reshape(shape), *ps).reshape(-1), x.reshape(-1))
         dx = torch.linalg.lstsq(J.reshape(n, n), -fx.reshape(-1, 1)).solution.reshape(shape)
         t = 1.0
         for _ in range(30):
@@ -304,7 +312,7 @@ def minimize(fun: Callable[..., torch.Tensor], x0: torch.Tensor, *params: torch.
                 if float(gx.norm()) <= tol:
                     break
                 with torch.enable_grad():
-                    H = torch.autograd.functional.hessian(lambda z: fun(z.reshape(shape), *ps), x.reshape(-1))
+                    H = _dense(torch.autograd.functional.hessian, lambda z: fun(z.reshape(shape), *ps), x.reshape(-1))
                 H = 0.5 * (H + H.T).reshape(n, n)
                 try:
                     L = torch.linalg.cholesky(H)
