@@ -159,7 +159,11 @@ class SpringModel:
         backward (checkpointing). Gradients equal those of ``n`` calls to :meth:`step`.
         """
         dt = check_dt(dt)
-        act = _check(self, state, control, None).reshape(1, -1)
+        if control is None:
+            _check(self, state, None, None)
+            act = _indices(self)[2]  # zero actuation, shared by every segment of this model
+        else:
+            act = _check(self, state, control, None).reshape(1, -1)
         inv_mass, si, sj, planes, _ = _prepare(self)
         plane_contact_stability("SpringModel.segment", dt, state.x, state.v, inv_mass, self.radius, self.planes,
                                 self.contact)
@@ -194,11 +198,23 @@ def _check(model: SpringModel, state: ParticleState, actuation, external) -> tor
     return check_like(actuation, "actuation", (s,), model.mass)
 
 
+def _indices(model: SpringModel) -> tuple:
+    """The springs' end indices as contiguous columns and a zero actuation (no autograd history),
+    made once per model: checkpointed segments store their inputs, and per-call copies of these
+    were most of what a long rollout kept per segment."""
+    cache = model.__dict__.get("_index_cache")
+    if cache is None:
+        sp = model.springs
+        cache = (sp[:, 0].contiguous(), sp[:, 1].contiguous(),
+                 torch.zeros(1, sp.shape[0], dtype=model.mass.dtype, device=model.mass.device))
+        object.__setattr__(model, "_index_cache", cache)
+    return cache
+
+
 def _prepare(model: SpringModel) -> tuple:
     """Per-model tensors every step needs."""
-    sp = model.springs
-    return (model.inv_mass, sp[:, 0].contiguous(), sp[:, 1].contiguous(), _planes(model),
-            model.gravity.reshape(1, 3))
+    si, sj, _ = _indices(model)
+    return (model.inv_mass, si, sj, _planes(model), model.gravity.reshape(1, 3))
 
 
 def _step(model: SpringModel, prep: tuple, state: ParticleState, dt: float, act: torch.Tensor,
