@@ -140,7 +140,9 @@ def _run(cfg) -> dict:
         metrics.update({"cantilever3d_compliance_initial": c3.compliance[0], "cantilever3d_compliance": c3.compliance[-1],
                         "cantilever3d_iterations": c3.iterations, "cantilever3d_volume": float(c3.density.mean()),
                         "cantilever3d_seconds": time.perf_counter() - t0})
-        save_image(cfg.out / "cantilever3d.png", _projections(c3.density, 6), srgb=False)
+        save_image(cfg.out / "cantilever3d.png",
+                   tile([_projections(c3.density, 8)], labels=[f"3D cantilever 48x16x8: front (mean over z) / top "
+                                                             f"(mean over y), c = {c3.compliance[-1]:.4g}"]), srgb=False)
 
     w = max(i.shape[1] for i in images)
     padded = []
