@@ -37,6 +37,7 @@ EXAMPLES: dict[str, str] = {
     "cloth": "diffvc.examples.cloth",
     "diffmpm": "diffvc.examples.diffmpm",
     "cartpole": "diffvc.examples.cartpole",
+    "quasistatic": "diffvc.examples.quasistatic",
 }
 
 
