@@ -140,8 +140,8 @@ def run(cfg) -> dict:
 
     plot_curves(cfg.out / "curves.png", {"loss (sum over candidates)": hist.loss}, title="cartpole swing-up")
     _trajectory_plot(cfg.out / "trajectory.png", q, qd, u)
-    frames = _frames(q, u)
-    save_animation(cfg.out / "swingup.gif", frames, fps=20, srgb=False)
+    frames = _frames(q, u, every=4 if cfg.quick else 2)
+    save_animation(cfg.out / "swingup.gif", frames, fps=10 if cfg.quick else 20, srgb=False)
     import imageio.v3 as iio
 
     strip = [frames[min(i, len(frames) - 1)] for i in (0, len(frames) // 4, len(frames) // 2, 3 * len(frames) // 4, len(frames) - 1)]

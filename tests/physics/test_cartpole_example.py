@@ -17,10 +17,10 @@ def test_swingup_gradient_reaches_every_knot_and_a_few_iterations_lower_the_cost
     c = cost(simulate(model, a)).sum()
     g, = torch.autograd.grad(c, a)
     assert torch.isfinite(g).all() and (g.abs() > 0).all()
-    assert controls(a).shape == (2, T) and float(controls(a).abs().max()) < 1
-    m = run_example("cartpole", RunConfig(out=tmp_path, quick=True, iters=3, progress=False))
+    assert controls(a).shape == (2, T) and float(controls(a.detach()).abs().max()) < 1
+    m = run_example("cartpole", RunConfig(out=tmp_path, quick=True, iters=2, progress=False))
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["iterations"] == 3 and saved["final_cost_best"] <= saved["initial_cost_best"]
+    assert saved["iterations"] == 2 and saved["final_cost_best"] <= saved["initial_cost_best"]
     for f in ("curves.png", "trajectory.png", "frames.png", "swingup.gif"):
         assert (tmp_path / f).stat().st_size > 1000
     assert set(m) >= {"final_angle_from_upright_deg", "final_angular_velocity_rad_s", "final_cart_velocity_m_s"}

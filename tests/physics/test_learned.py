@@ -71,7 +71,7 @@ def test_residual_network_gradient_matches_finite_differences():
     torch.testing.assert_close(ad.reshape(-1)[sel], fd[sel], rtol=1e-6, atol=1e-9)
 
 
-def test_residual_closes_unknown_damping_on_held_out_trajectories():
+def _train_and_evaluate(iterations):
     torch.manual_seed(0)
     base, true = _mismatch()
     dt, horizon = 0.01, 40
@@ -93,7 +93,7 @@ def test_residual_closes_unknown_damping_on_held_out_trajectories():
 
     before = error(base, held)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for it in range(60):
+    for it in range(iterations):
         start = int(torch.randint(0, horizon - 10, ()))  # 10-step windows from observed states
         pred = predict(model, obs[start], 10)
         loss = ((pred - obs[start + 1:start + 11]) ** 2).mean()
@@ -101,5 +101,16 @@ def test_residual_closes_unknown_damping_on_held_out_trajectories():
         loss.backward()
         opt.step()
     after = error(model, held)
-    print(f"held-out RMS error over {horizon} steps: base {before:.4f}, residual {after:.4f}")
-    assert after < 0.4 * before
+    print(f"held-out RMS error over {horizon} steps after {iterations} iterations: base {before:.4f}, residual {after:.4f}")
+    return before, after
+
+
+def test_residual_training_through_truncated_rollouts_reduces_held_out_error():
+    before, after = _train_and_evaluate(15)
+    assert after < 0.85 * before
+
+
+@pytest.mark.slow
+def test_residual_closes_unknown_damping_on_held_out_trajectories():
+    before, after = _train_and_evaluate(60)
+    assert after < 0.4 * before  # measured: 0.3724 -> 0.1445
