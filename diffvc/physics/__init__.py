@@ -12,7 +12,8 @@ Every simulator in diffvc (and any a user adds) is three things:
   state (nothing is mutated). ``control`` is the model's input for the step, documented in its
   ``step`` docstring (``None``: none): :class:`ParticleModel` an external force ``(N, 3)``,
   :class:`SpringModel` an actuation ``(S,)``, :class:`RigidBodyModel` a wrench ``(B, 6)``,
-  :class:`FEMModel` nodal forces ``(N, 3)``.
+  :class:`FEMModel` nodal forces ``(N, 3)``, :class:`ArticulatedModel` actuator inputs / joint
+  forces ``(B, nu)``.
 
 Optional capabilities, used when present and never required:
 
