@@ -238,7 +238,7 @@ def test_ssim_and_loss():
     assert float(splat_loss(x, x)) < 1e-12 and float(splat_loss(x, y)) > 0.05
     assert abs(psnr(x, x + 0.1) - 20.0) < 1e-9
     xr = x.clone().requires_grad_()
-    assert_grad_close(lambda a: ssim(a[:, :8, :8], y[:, :8, :8]), [xr], max_elements=30)
+    assert_grad_close(lambda a: ssim(a[:, :8, :8], y[:, :8, :8]), [xr], max_elements=12)
 
 
 def test_density_control_clone_split_prune_keeps_adam_state():

@@ -9,7 +9,7 @@ from diffvc.examples import RunConfig, run_example
 
 
 def _check_outputs(out, m):
-    for f in ("heldout.png", "views.gif", "curves.png", "metrics.json"):
+    for f in ("heldout.png", "views.gif", "curves.png"):
         assert (out / f).stat().st_size > 1000, f
     assert json.loads((out / "metrics.json").read_text())["iterations"] == m["iterations"]
     assert m["train_views"] >= 24 and m["heldout_views"] >= 8 and m["resolution"] == 128
@@ -17,7 +17,7 @@ def _check_outputs(out, m):
 
 
 def test_splat_example_short(tmp_path):
-    m = run_example("splat", RunConfig(out=tmp_path, quick=True, iters=12, progress=False))
+    m = run_example("splat", RunConfig(out=tmp_path, quick=True, iters=10, progress=False))
     _check_outputs(tmp_path, m)
     assert m["heldout_psnr_db"] > m["initial_heldout_psnr_db"] + 0.5
 

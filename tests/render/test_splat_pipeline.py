@@ -22,10 +22,11 @@ def _scene(dtype=DT, W=32, H=24):
 
 def _simulate(v0, steps=6):
     n = v0.shape[0]
-    model = ParticleModel.create(mass=[1.0] * n, radius=0.05, planes=[[0.0, 1.0, 0.0, 0.0]], dtype=v0.dtype)
+    model = ParticleModel.create(mass=[1.0] * n, radius=0.05, planes=[[0.0, 1.0, 0.0, 0.0]], ke=1e3, kd=5.0,
+                                 dtype=v0.dtype)
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(n, 3, generator=g, dtype=v0.dtype) - 0.5) * 0.8 + torch.tensor([0.0, 0.6, 0.0], dtype=v0.dtype)
-    _, states = rollout(model, ParticleState(x0, v0), steps, dt=1.0 / 30, substeps=2, record=True)
+    _, states = rollout(model, ParticleState(x0, v0), steps, dt=1.0 / 60, substeps=2, record=True)
     return states
 
 
