@@ -69,6 +69,22 @@ def test_gradients_match_finite_differences(d):
     assert_grad_close(f, ins, rtol=1e-4, atol=1e-9, max_elements=8)
 
 
+@pytest.mark.parametrize("walls", ["separate", "slip", "sticky"])
+def test_gradients_through_wall_contact_match_finite_differences(walls):
+    """Half the particles start inside the ground's wall band moving down: kernel gradients to the
+    initial state, E and the actuation through the engaged walls vs float64 FD."""
+    model, s, act = _system(2, n=16, near_ground=True, walls=walls, friction=0.5)
+    wall_nodes = (s.x[:, 1] * RES[2][1] - 0.5).floor() < model.bound  # stencil reaches the band
+    assert wall_nodes.sum() >= 4
+
+    def f(x, v, E, a):
+        out = _roll(dataclasses.replace(model, E=E), MPMState(x, v, s.C, s.F, s.Jp), 3, a)
+        return out.x, out.v
+
+    ins = [t.clone().requires_grad_() for t in (s.x, s.v, model.E, act)]
+    assert_grad_close(f, ins, rtol=1e-4, atol=1e-9, max_elements=8)
+
+
 def test_plastic_branches_are_active_in_the_gradient_test_state():
     """The FD test above goes through the plastic projections, not only the elastic branch."""
     model, s, _ = _system(2, n=24)
