@@ -38,6 +38,7 @@ EXAMPLES: dict[str, str] = {
     "diffmpm": "diffvc.examples.diffmpm",
     "cartpole": "diffvc.examples.cartpole",
     "quasistatic": "diffvc.examples.quasistatic",
+    "learned_dynamics": "diffvc.examples.learned_dynamics",
 }
 
 
