@@ -353,7 +353,9 @@ class SmokeModel:
         if self.boundary == "periodic":
             for k in range(self.dim):
                 n = f.shape[k]
-                g.append(torch.remainder(c[k] - off[k], float(n)) * (2.0 / n) - 1.0)
+                x = c[k] - off[k]
+                x = x - torch.floor(x * (1.0 / n)) * n          # wrap into [0, n) (faster than remainder)
+                g.append(x * (2.0 / n) - 1.0)
             fp = F.pad(f[None, None], [0, 1] * self.dim, mode="circular")
         else:
             for k in range(self.dim):
