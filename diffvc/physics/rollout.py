@@ -17,8 +17,9 @@ or a tuple of tensors. Any tensor in the state, in the model, or in a controller
 require grad.
 
 Memory (reverse mode). By default (``checkpoint_every="auto"``) rollouts longer than 128 frames
-checkpoint every ``ceil(sqrt(steps))`` frames: a model with a fused segment recomputes its
-segments, and a dataclass model without one runs each segment as a single autograd node that
+checkpoint every ``ceil(sqrt(steps))`` frames (beyond 2,048 frames, for a dataclass model, on two
+levels: outer segments of ``T^(2/3)`` frames re-run in backward with checkpoints every ``T^(1/3)``):
+a model with a fused segment recomputes its segments, and a dataclass model without one runs each segment as a single autograd node that
 keeps only its inputs (:class:`_ModelSegment`: no per-step bookkeeping), so the peak memory of a
 10,000-step rollout stays near that of a 100-step one (bench/rollout_memory.py, default paths).
 ``checkpoint_every=None`` keeps the full tape. Without checkpointing the autograd tape keeps
@@ -131,6 +132,7 @@ def _functorch_active() -> bool:
 # --------------------------------------------------------------------------------------------
 
 AUTO_CHECKPOINT_MIN = 128  # frames; longer differentiable rollouts checkpoint by default
+AUTO_TWO_LEVEL_MIN = 2048  # frames; longer ones (of a dataclass model) checkpoint on two levels
 
 
 def auto_checkpoint(steps: int) -> int | None:
@@ -298,7 +300,8 @@ def rollout(
     """
     _check_int("steps", steps, 0, allow_none=False)
     _check_int("substeps", substeps, 1, allow_none=False)
-    if isinstance(checkpoint_every, str):
+    auto = isinstance(checkpoint_every, str)
+    if auto:
         if checkpoint_every != "auto":
             raise ValueError(f"checkpoint_every must be an int >= 1, None or 'auto', got {checkpoint_every!r}")
         checkpoint_every = auto_checkpoint(steps)
@@ -315,6 +318,29 @@ def rollout(
     # the bookkeeping-free checkpoint needs the model's tensors (a dataclass model, Warp backend)
     model_tensors = _model_tensors(model) if (backend == "warp" and callable(getattr(model, "step", None))) else None
     dt_ = _check_dt(dt) if model_tensors is not None else None
+    if (auto and steps > AUTO_TWO_LEVEL_MIN and model_tensors is not None and controller is None and control is None
+            and observe is None and not record and truncate is None and torch.is_grad_enabled()
+            and not _functorch_active()):
+        # two levels: outer segments of ~T^(2/3) frames keep only their inputs; in backward each
+        # is re-run with checkpoints every ~T^(1/3) frames, so the stored states and the one live
+        # tape are both ~T^(1/3) frames (three forward passes in all)
+        k1 = int(-(-steps ** (2.0 / 3.0) // 1))
+        k2 = int(-(-k1 ** 0.5 // 1))
+        m_tensors, rebuild = model_tensors
+        k = 0
+        while k < steps:
+            n = min(k1, steps - k)
+            tensors, spec = flatten_state(state)
+
+            def run_outer(st_ts, m_ts, _spec=spec, _n=n):
+                inner = rollout(rebuild(m_ts), unflatten_state(list(st_ts), _spec), _n, dt=dt_, substeps=substeps,
+                                checkpoint_every=k2 if torch.is_grad_enabled() else None, backend=backend)
+                return tuple(flatten_state(inner)[0])
+
+            out = _ModelSegment.apply(run_outer, len(tensors), len(m_tensors), *tensors, *m_tensors)
+            state = unflatten_state(list(out), spec)
+            k += n
+        return state
 
     def frame(st, k):
         if controller is not None:
