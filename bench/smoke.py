@@ -10,8 +10,8 @@ descent. Time step 1 and cell size 1 (velocities in cells per step), float32, CP
 The two solvers do not compute the same numbers: DiffTaichi uses a collocated grid and 10 Jacobi
 iterations per projection (its velocity stays visibly divergent), diffvc a MAC grid with a PCG
 projection to a relative residual of 1e-5 (exact spectral preconditioner, implicitly
-differentiated; one-step Euler back-trace, as DiffTaichi). Both are the task as each library
-writes it.
+differentiated; one-step Euler back-trace, as DiffTaichi, whose semi-Lagrangian passes run as a
+Warp kernel with torch autograd around it). Both are the task as each library writes it.
 
 Variants (each in its own subprocess, so peak RSS is the variant's own; importing torch, Warp and
 diffvc alone takes ~365 MiB, reported as ``rss_after_import_mib``):
@@ -86,7 +86,7 @@ def _worker_diffvc(threads: int, iters: int, checkpoint: int | None) -> dict:
         if it > 0:  # the first iteration builds the solver's spectral basis and caches
             times.append(dt)
         losses.append(float(loss.detach()))
-    div = float(model.divergence(final.velocity).abs().max())
+    div = float(model.divergence(final.velocity).detach().abs().max())
     return {"s_per_iteration_median": statistics.median(times), "s_per_iteration_min": min(times),
             "iterations": len(times), "loss_first": losses[0], "loss_last": losses[-1],
             "final_max_abs_divergence": div, "rss_after_import_mib": rss_import,

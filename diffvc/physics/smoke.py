@@ -35,9 +35,11 @@ the velocity (through the traced-back positions) jumps when a traced point cross
 MacCormack's limiter contributes the gradient of the bound where it clamps. Everything else is
 smooth. Gradients reach the initial density and velocity, the buoyancy and the controls.
 
-The step is plain torch (``grid_sample`` for interpolation, dense separable transforms for the
-preconditioner), so ``step_torch`` is the same function. Reverse mode only: torch's
-``grid_sample`` has no forward-mode derivative, so ``rollout_jvp`` does not apply.
+In 2-D with the one-step Euler back-trace the semi-Lagrangian passes of ``step`` run as a Warp
+kernel (:mod:`diffvc._kernels.smoke`); ``step_torch`` is the plain-torch twin (``grid_sample``
+interpolation; values and gradients checked against the kernel). The projection is torch
+(FFT / dense separable transforms for the preconditioner). Reverse mode only: neither the kernel
+nor torch's ``grid_sample`` has a forward-mode derivative, so ``rollout_jvp`` does not apply.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .._kernels import Out, kernel_op
+from .._kernels.smoke import advect2d
 
 __all__ = ["SmokeModel", "SmokeState"]
 
@@ -428,16 +433,28 @@ class SmokeModel:
         hi = F.grid_sample(mx[None, None], g, mode="nearest", padding_mode="border", align_corners=True)[0, 0]
         return lo, hi
 
-    def _advect(self, f: torch.Tensor, u, dt: float, a: int | None) -> torch.Tensor:
+    def _semi_lagrangian(self, f, u, dt: float, a: int | None, warp: bool):
+        """One semi-Lagrangian pass; returns (advected field, traced points or None)."""
+        if warp and self.dim == 2 and self.backtrace == "euler":
+            out = kernel_op(advect2d, tuple(f.shape),
+                            [f.contiguous(), u[0].contiguous(), u[1].contiguous(), -1 if a is None else a,
+                             1 if self.boundary == "periodic" else 0, self.resolution[0], self.resolution[1],
+                             float(dt / self.dx)], [Out(tuple(f.shape))])
+            return out, None
         src = self._backtrace(u, a, dt, f.dtype, f.device)
-        out = self._sample(f, src, a)
+        return self._sample(f, src, a), src
+
+    def _advect(self, f: torch.Tensor, u, dt: float, a: int | None, warp: bool = False) -> torch.Tensor:
+        out, src = self._semi_lagrangian(f, u, dt, a, warp)
         if self.advection == "maccormack":
             if a is not None:
                 # wall faces carry no flow (their own trace sits exactly on the clamp border,
                 # a kink of the interpolation): zero them before tracing back
                 out = self._wall_mask(out, a)
-            back = self._sample(out, self._backtrace(u, a, -dt, f.dtype, f.device), a)
+            back = self._semi_lagrangian(out, u, -dt, a, warp)[0]
             corrected = out + 0.5 * (f - back)
+            if src is None:
+                src = self._backtrace(u, a, dt, f.dtype, f.device)
             lo, hi = self._stencil_bounds(f, src, a)
             out = torch.maximum(torch.minimum(corrected, hi), lo)
         return out
@@ -469,10 +486,19 @@ class SmokeModel:
     # ------------------------------------------------------------------ the step (contract)
     def step(self, state: SmokeState, dt: float, control=None) -> SmokeState:
         """Advance the smoke by ``dt`` seconds (advect velocity, forces, project, advect density).
+        In 2-D with ``backtrace="euler"`` the semi-Lagrangian passes run as a Warp kernel
+        (:mod:`diffvc._kernels.smoke`); everything else is torch.
 
         control: ``None`` or a tuple of d per-face accelerations (m/s^2), shaped like the
         velocity components, held over the step. Returns a new :class:`SmokeState`.
         """
+        return self._step(state, dt, control, warp=True)
+
+    def step_torch(self, state: SmokeState, dt: float, control=None) -> SmokeState:
+        """Plain-torch twin of :meth:`step` (``grid_sample`` interpolation throughout)."""
+        return self._step(state, dt, control, warp=False)
+
+    def _step(self, state: SmokeState, dt: float, control, warp: bool) -> SmokeState:
         self._check_state(state)
         u = tuple(state.velocity)
         if control is not None:
@@ -480,15 +506,11 @@ class SmokeModel:
                     not isinstance(c, torch.Tensor) or tuple(c.shape) != self.face_shape(a) for a, c in enumerate(control)):
                 raise ValueError(f"control must be a tuple of {self.dim} face accelerations shaped like "
                                  f"the velocity components {[self.face_shape(a) for a in range(self.dim)]}")
-        adv = [self._advect(ua, u, dt, a) for a, ua in enumerate(u)]
+        adv = [self._advect(ua, u, dt, a, warp) for a, ua in enumerate(u)]
         adv[1] = adv[1] + dt * self._buoyancy(state.density)
         if control is not None:
             adv = [ua + dt * ca.to(ua) for ua, ca in zip(adv, control)]
         adv = [self._wall_mask(ua, a) for a, ua in enumerate(adv)]
         u1 = self.project(adv)
-        d1 = self._advect(state.density, u1, dt, None)
+        d1 = self._advect(state.density, u1, dt, None, warp)
         return SmokeState(d1, u1)
-
-    def step_torch(self, state: SmokeState, dt: float, control=None) -> SmokeState:
-        """The plain-torch twin: :meth:`step` is itself plain torch, so this is the same function."""
-        return self.step(state, dt, control)
