@@ -118,10 +118,10 @@ def run(cfg) -> dict:
     torch.manual_seed(cfg.seed)
     dt = torch.float32
     res = 128
-    iters = cfg.iterations(full=1500, quick=300)
+    iters = cfg.iterations(full=400, quick=200)
     n_init = 3000 if cfg.quick else 5000
     max_degree = 1 if cfg.quick else 3
-    batch = 4
+    batch = 2 if cfg.quick else 4
     train_cams = cameras(24, res, dtype=dt)
     test_cams = cameras(8, res, seed=cfg.seed + 1, dtype=dt)
     with torch.no_grad():
@@ -129,14 +129,14 @@ def run(cfg) -> dict:
         test_img = render_frame(make_scene(test_cams), None).clamp(0, 1)
 
     pts = surface_points(n_init, cfg.seed, dt)
-    params = init_splat_params(pts, sh_degree=max_degree, opacity=0.1)
+    params = init_splat_params(pts, sh_degree=max_degree, opacity=0.3)
     extent = float((pts - pts.mean(0)).norm(dim=-1).max()) * 1.1
     lr_means = 1.6e-3 * extent
     lrs = {"means": lr_means, "scales": 1e-2, "quats": 2e-3, "opacities": 5e-2, "sh0": 1e-2, "shN": 1e-2 / 20}
     opt = splat_optimizer(params, lrs)
     dc = DensityControl(extent, grad_threshold=2e-4, percent_dense=0.01)
-    densify_every = 50
-    max_gaussians = 12000 if cfg.quick else 30000
+    densify_every = 40 if cfg.quick else 50
+    max_gaussians = 8000 if cfg.quick else 30000
     densify_until = int(0.6 * iters)
     degree_every = max(iters // 6, 1)
     gen = torch.Generator().manual_seed(cfg.seed)
