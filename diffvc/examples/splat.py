@@ -8,7 +8,11 @@ and are trained as in 3DGS: (0.8 L1 + 0.2 (1 - SSIM)) on random batches of train
 Adam with one learning rate per parameter group (exponentially decaying for the means),
 adaptive density control (clone / split / prune from view-space gradients) and SH degree raised
 one band at a time. Reported: PSNR / SSIM on the held-out views, the number of Gaussians and the
-time per iteration.
+time per iteration. 128 x 128 pixels; ``--quick``: 3,000 initial splats, SH degree 1, 200
+iterations of 2 views; full: 5,000, SH degree 3, 400 iterations of 4 views.
+
+Measured on the shared 2-core dev machine (load average 9-19 from other jobs): ``--quick``
+held-out PSNR 28.0 dB (min 25.1), SSIM 0.946, 4,234 Gaussians, 769 s wall.
 
     diffvc run splat [--quick]
 """
