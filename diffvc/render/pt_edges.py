@@ -15,6 +15,10 @@ Candidate edges: edges of ``scene.dynamic_faces`` (all faces by default) that ar
 silhouettes seen from the camera, creases (the adjacent normals differ) or material boundaries.
 Edges with an endpoint behind the camera are skipped.
 
+:func:`path_terms` adds the geometry derivative at every later path vertex (interior terms of
+the links' geometry factors and next-event connections, and a visibility boundary term per
+vertex), with the path's vertices as material points of their faces (Zhang et al. 2020).
+
 Layering: :mod:`diffvc.render.pathtrace` imports this module (never the other way round); both
 reach the kernels only through the torch-only functions of :mod:`diffvc._kernels.pathtrace`.
 """
