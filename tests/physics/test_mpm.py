@@ -294,3 +294,32 @@ def test_infinite_friction_walls_gradients_finite_and_equal_to_twin(dtype):
     assert torch.isfinite(grads[1]).all()
     tol = 1e-3 if dtype == torch.float32 else 1e-9
     assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol)
+
+
+def test_split_launches_forward_and_adjoint_equal_one_thread():
+    """Every split path (P2G into 2 grid copies, grid update and G2P forward, P2G and grid
+    adjoints; the grid is large enough to split too) gives the one-thread values and gradients."""
+    g = torch.Generator().manual_seed(5)
+    n, res = 4000, (384, 384)
+    x = 0.3 + 0.4 * torch.rand(n, 2, generator=g, dtype=F64)
+    m = MPMModel.create(x, res, 1 / 384, E=50.0, nu=0.3, density=1.0, material=["fixed_corotated", "snow"] * (n // 2))
+    s = m.initial_state(x, 0.3 * torch.randn(n, 2, generator=g, dtype=F64))
+    act = torch.randn(n, generator=g, dtype=F64)
+    out = []
+    for slots in (1, 2):
+        v0 = s.v.clone().requires_grad_()
+        E = m.E.clone().requires_grad_()
+        a = act.clone().requires_grad_()
+        mm = dataclasses.replace(m, E=E)
+        fin = mm.segment(MPMState(s.x, v0, s.C, s.F, s.Jp), 1e-3, 3, control=a, slots=slots)[0]
+        loss = (fin.x ** 2).sum() + (fin.v ** 2).sum()
+        out.append((fin.x.detach(), *torch.autograd.grad(loss, [v0, E, a])))
+    from diffvc._kernels.mpm import _Segment
+
+    seg = _Segment((1, 1e-3, res, 384.0, 3, 2, (0.025, 0.0075, 10.0, 0.1)),
+                   (s.x, s.v, s.C, s.F, s.Jp, m.mass, m.volume, *m.lame(), m.material, act[None], m.act_dir,
+                    m.gravity, *m._walls))
+    assert len(seg.p2g.launches) == 2 and len(seg.grid.launches) == 2 and len(seg.g2p.launches) == 2
+    for a, b in zip(*out):
+        assert b.abs().max() > 0
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13), float((a - b).abs().max())
