@@ -17,7 +17,8 @@ steps, load average 16). Ratios compare with MuJoCo's faster thread count. Figur
 (``B * T / seconds``), medians over interleaved repeats (every variant's repeat r, then r+1), so
 the shared machine's load hits them alike; the load average is recorded. Also reported: agreement
 with MuJoCo (float64, max |q - q_mujoco| over 3 s) and the energy drift of the undamped double
-pendulum (3 s at dt = 1 ms and 0.1 ms), which are what the validation tests assert.
+pendulum (3 s; semi-implicit Euler at dt = 1 ms and 0.1 ms, RK4 at 1 ms), which are what the
+validation tests assert.
 
     python -m bench.articulated [--quick]
 """
@@ -132,6 +133,15 @@ def _energy_drift(dts):
                 if k % 10 == 0:
                     worst = max(worst, abs(float(model.energy(st)) - e0))
         out[f"double_pendulum_energy_drift_J_dt{dt:g}"] = worst
+    rk4 = model.replace(integrator="rk4")
+    st = rk4.initial_state(1, q=torch.tensor([1.0, -0.5], dtype=torch.float64))
+    worst = 0.0
+    with torch.no_grad():
+        for k in range(int(round(3.0 / dts[0]))):
+            st = rk4.step(st, dts[0])
+            if k % 10 == 0:
+                worst = max(worst, abs(float(rk4.energy(st)) - e0))
+    out[f"double_pendulum_energy_drift_J_rk4_dt{dts[0]:g}"] = worst
     out["double_pendulum_initial_energy_J"] = e0
     # motion energy scale: E0 minus the energy hanging at rest
     rest = float(model.energy(model.initial_state(1)))

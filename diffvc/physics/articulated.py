@@ -25,8 +25,10 @@ ABA in this setting.
 
     M(q) qdd = tau_control + tau_passive + tau_contact - C(q, qd)
 
-Integrator: semi-implicit Euler (MuJoCo's ``Euler``): ``(M + dt D) qdd = f``,
-``qd' = qd + dt qdd``, ``q' = q (+) dt qd'`` (quaternions by the exponential map).
+Integrators (``integrator``): ``"euler"``, semi-implicit Euler (MuJoCo's ``Euler``):
+``(M + dt D) qdd = f``, ``qd' = qd + dt qdd``, ``q' = q (+) dt qd'`` (quaternions by the
+exponential map); ``"rk4"``, the classical 4-stage Runge-Kutta on (q, qd) with stage positions
+``q (+) dt sum_j a_ij qd_j`` (MuJoCo's ``RK4``; damping explicit).
 
 Passive forces: joint springs ``-stiffness (q - springref)``, damping ``-damping qd``, and joint
 limits (revolute/prismatic with ``limited``) through the smoothed contact law of
@@ -103,13 +105,13 @@ def _axis_angle(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 
 
 def _mix(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``out[b, n] = sum_k mask[n, k] x[b, k]`` for a topology matrix mask (N, K) and x (B, K, ...):
-    one matrix product over the folded trailing dimensions (a three-operand einsum broadcast a
-    (B, N, K, ...) temporary first and was the slowest op of a step)."""
-    B, K = x.shape[0], x.shape[1]
-    rest = x.shape[2:]
-    y = mask @ x.transpose(0, 1).reshape(K, -1)
-    return y.reshape(mask.shape[0], B, *rest).transpose(0, 1)
+    """``out[b, n] = sum_k mask[n, k] x[b, k]`` for a topology matrix mask (N, K) and x (B, K, ...).
+
+    Broadcast multiply + sum. Measured on this 2-core machine (B = 1,024): a matrix product over
+    the folded trailing dimensions took 32 ms with torch's 2 threads under load (0.3 ms this way),
+    a three-operand einsum was as slow, and a padded gather's backward took 20 ms."""
+    m = mask.reshape(1, *mask.shape, *([1] * (x.dim() - 2)))
+    return (m * x[:, None]).sum(2)
 
 
 def _imul(m: torch.Tensor, h: torch.Tensor, J: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -226,6 +228,7 @@ class ArticulatedModel:
     gravity: torch.Tensor
     names: dict = field(default_factory=dict, compare=False, hash=False)
     geoms: tuple = ()
+    integrator: str = "euler"
     # derived topology (filled in __post_init__)
     nq: int = field(init=False)
     nv: int = field(init=False)
@@ -298,6 +301,8 @@ class ArticulatedModel:
         if self.pairs.numel() and (self.pairs.min() < 0 or self.pairs.max() >= npnt):
             raise ValueError(f"pairs must index points 0..{npnt - 1}")
         check_planes(self.planes)
+        if self.integrator not in ("euler", "rk4"):
+            raise ValueError(f"integrator must be 'euler' or 'rk4', got {self.integrator!r}")
         c = self.contact.detach()
         if (c[:3] < 0).any() or c[3] <= 0 or c[4] < 0:
             raise ValueError("contact must be (ke >= 0, kd >= 0, mu >= 0, friction_smoothing > 0, contact_smoothing >= 0)")
@@ -601,7 +606,8 @@ class ArticulatedModel:
 
     # ---------------------------------------------------------------- contract
     def step(self, state: ArticulatedState, dt: float, control: torch.Tensor | None = None) -> ArticulatedState:
-        """Advance ``dt`` seconds (semi-implicit Euler with implicit joint damping).
+        """Advance ``dt`` seconds with the model's ``integrator`` (default semi-implicit Euler with
+        implicit joint damping; ``"rk4"``: classical Runge-Kutta, control held over the step).
 
         control: actuator inputs (B, nu) or (nu,) (None: no actuation); joint forces are
         ``clamp(control, ctrl_range) @ gear`` (for a model built without actuators ``gear`` is
@@ -610,9 +616,24 @@ class ArticulatedModel:
         """
         self.check_state(state)
         dt = check_dt(dt)
+        if self.integrator == "rk4":
+            return self._rk4(state, dt, control)
         qdd, _ = self.dynamics(state, control, dt)
         qd = state.qd + dt * qdd
         return ArticulatedState(self.integrate_q(state.q, qd, dt), qd)
+
+    def _rk4(self, state: ArticulatedState, dt: float, control) -> ArticulatedState:
+        q0, v0 = state.q, state.qd
+        vs, accs = [v0], [self.dynamics(state, control)[0]]
+        for c in (0.5, 0.5, 1.0):  # the classical tableau: each stage uses the previous one only
+            q = self.integrate_q(q0, vs[-1], c * dt)
+            v = v0 + (c * dt) * accs[-1]
+            vs.append(v)
+            accs.append(self.dynamics(ArticulatedState(q, v), control)[0])
+        w = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
+        v_avg = sum(wi * vi for wi, vi in zip(w, vs))
+        a_avg = sum(wi * ai for wi, ai in zip(w, accs))
+        return ArticulatedState(self.integrate_q(q0, v_avg, dt), v0 + dt * a_avg)
 
     def step_torch(self, state: ArticulatedState, dt: float, control: torch.Tensor | None = None) -> ArticulatedState:
         """The plain-torch twin of :meth:`step`: the model is plain torch, so this is :meth:`step`
@@ -796,7 +817,7 @@ class ArticulationBuilder:
         self.actuators.append(dict(joint=joint, gear=gear, range=ctrl_range, name=name or f"motor{len(self.actuators)}"))
         return len(self.actuators) - 1
 
-    def build(self, dtype=torch.float32, device="cpu", pairs="auto") -> ArticulatedModel:
+    def build(self, dtype=torch.float32, device="cpu", pairs="auto", integrator: str = "euler") -> ArticulatedModel:
         """The model. ``pairs``: ``"auto"`` (every pair of spheres on bodies that are neither the
         same nor parent/child), ``None`` (no body-body contact) or a (C, 2) tensor. Without
         actuators, ``gear`` is the identity (control = joint forces)."""
@@ -880,7 +901,7 @@ class ArticulationBuilder:
             planes=stack(self.planes, (4,)) if self.planes else torch.zeros(0, 4, dtype=dtype, device=device),
             contact=torch.stack([T(c).reshape(()) for c in self.contact]),
             limit=torch.stack([T(c).reshape(()) for c in self.limit]),
-            gravity=T(self.gravity).reshape(3), names=names, geoms=tuple(self.geoms))
+            gravity=T(self.gravity).reshape(3), names=names, geoms=tuple(self.geoms), integrator=integrator)
 
 
 def _unit_rows(a: torch.Tensor) -> torch.Tensor:

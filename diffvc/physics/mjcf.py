@@ -3,7 +3,7 @@
 Supported (everything else raises a ``ValueError`` naming the element or attribute):
 
 * ``<mujoco>`` with ``<compiler angle="degree|radian" eulerseq="xyz" inertiafromgeom autolimits
-  coordinate="local">``, ``<option timestep gravity integrator="Euler">``, ``<default>`` classes
+  coordinate="local">``, ``<option timestep gravity integrator="Euler|RK4">``, ``<default>`` classes
   (nested, ``childclass``/``class``) for ``joint``, ``geom`` and ``motor``;
 * ``<worldbody>`` with nested ``<body name pos quat|euler|axisangle childclass>``;
 * ``<joint type="hinge|slide|ball|free" axis pos ref springref range limited damping armature
@@ -195,8 +195,8 @@ class _Parser:
         if "gravity" in el.attrib:
             self.gravity = tuple(_floats(el.get("gravity"), 3, "option gravity"))
         integ = el.get("integrator", "Euler")
-        if integ not in ("Euler",):
-            raise ValueError(f"MJCF: unsupported integrator '{integ}' (diffvc steps with semi-implicit Euler)")
+        if integ not in ("Euler", "RK4"):
+            raise ValueError(f"MJCF: unsupported integrator '{integ}' (diffvc has Euler and RK4)")
         self.info["integrator"] = integ
 
     def _default(self, el, name, parent: dict):
@@ -468,5 +468,6 @@ def load_mjcf(source: str | os.PathLike, dtype=torch.float32, device="cpu", pair
                                           contact_smoothing=contact_smoothing, limit_ke=limit_ke,
                                           limit_kd=limit_kd, limit_smoothing=limit_smoothing))
     b = p.parse()
-    model: ArticulatedModel = b.build(dtype=dtype, device=device, pairs=pairs)
+    model: ArticulatedModel = b.build(dtype=dtype, device=device, pairs=pairs,
+                                      integrator="rk4" if p.info["integrator"] == "RK4" else "euler")
     return (model, p.info) if return_info else model

@@ -142,6 +142,22 @@ def test_energy_drift_without_damping_is_first_order_in_dt():
     assert 2.5 < drift[2e-3] / drift[5e-4] < 6.0  # first order: 4x for a 4x smaller step
 
 
+def test_rk4_drifts_far_less_than_euler():
+    xml = (ASSETS / "double_pendulum.xml").read_text().replace('integrator="Euler"', 'integrator="RK4"')
+    rk4 = load_mjcf(xml, dtype=F64)
+    assert rk4.integrator == "rk4"
+    drift = {}
+    for model in (rk4, rk4.replace(integrator="euler")):
+        st = model.initial_state(1, q=torch.tensor([1.0, -0.5]))
+        e0 = float(model.energy(st))
+        worst = 0.0
+        for _ in range(100):
+            st = model.step(st, 5e-3)
+            worst = max(worst, abs(float(model.energy(st)) - e0))
+        drift[model.integrator] = worst
+    assert drift["rk4"] < 1e-2 * drift["euler"]
+
+
 def test_joint_limit_stops_the_pendulum_and_damping_dissipates():
     b = ArticulationBuilder(gravity=(0.0, -9.81, 0.0), limit_ke=2e3, limit_kd=20.0, limit_smoothing=1e-3)
     link = b.add_body(-1, mass=1.0, com=(0.5, 0.0, 0.0), inertia=(1e-3, 1e-3, 1e-3))
@@ -370,7 +386,7 @@ def test_mjcf_unsupported_elements_and_attributes_are_named():
     with pytest.raises(ValueError, match="'frobnicate'"):
         load_mjcf('<mujoco><worldbody><body><joint frobnicate="1"/><geom size="0.1"/></body></worldbody></mujoco>')
     with pytest.raises(ValueError, match="integrator"):
-        load_mjcf('<mujoco><option integrator="RK4"/><worldbody/></mujoco>')
+        load_mjcf('<mujoco><option integrator="implicitfast"/><worldbody/></mujoco>')
 
 
 def test_mjcf_defaults_degrees_and_geom_inertia():

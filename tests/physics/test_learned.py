@@ -12,6 +12,16 @@ from diffvc.physics.learned import ResidualModel
 ASSETS = Path(__import__("diffvc.physics", fromlist=["x"]).__file__).parent / "assets"
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matmuls (the residual MLP) took 12-20 ms each with torch's 2 threads on the loaded
+    shared machine and ~10 us with one; run these tests single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def _mismatch():
     base = load_mjcf(ASSETS / "double_pendulum.xml", dtype=torch.float32)
     true = base.replace(dof_damping=torch.tensor([0.4, 0.15]))  # the unknown friction

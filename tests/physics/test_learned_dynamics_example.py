@@ -5,9 +5,20 @@ by more than half, is marked slow."""
 import json
 
 import pytest
+import torch
 
 from diffvc.examples import RunConfig, run_example
 
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matmuls (the residual MLP) took 12-20 ms each with torch's 2 threads on the loaded
+    shared machine and ~10 us with one; run these tests single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 def test_learned_dynamics_runs_and_writes_outputs(tmp_path):
     m = run_example("learned_dynamics", RunConfig(out=tmp_path, quick=True, iters=3, progress=False))
