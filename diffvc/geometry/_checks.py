@@ -42,3 +42,36 @@ def safe_normalize(v: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.
     """``v / |v|``; a zero vector maps to zero (finite gradient), never NaN."""
     n = safe_norm(v, dim=dim, keepdim=True, eps=eps * eps)
     return v / n.clamp_min(eps)
+
+
+def exact_norm(v: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """Euclidean norm without any floor: exact at every scale, ``0`` (with a zero gradient, not
+    NaN) for the zero vector.
+
+    Computed as ``m * |v / m|`` with ``m = max |v_i|`` (detached), so the squares neither
+    underflow nor overflow whatever the magnitude (float32 included); the gradient is ``v / |v|``.
+    """
+    m = v.detach().abs().amax(dim=dim, keepdim=True) if v.numel() else v.detach().abs().sum(dim, keepdim=True)
+    ok = m > 0
+    u = v / torch.where(ok, m, torch.ones_like(m))
+    s = (u * u).sum(dim=dim, keepdim=True)
+    n = torch.where(ok, m * torch.sqrt(torch.where(ok, s, torch.ones_like(s))), torch.zeros_like(s))
+    return n if keepdim else n.squeeze(dim)
+
+
+def safe_div(a: torch.Tensor, b: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
+    """``a / b`` where ``ok`` (default ``b != 0``), else ``0``; finite values and gradients
+    everywhere (the masked branch never divides by zero)."""
+    ok = (b != 0) if ok is None else ok
+    return torch.where(ok, a / torch.where(ok, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+def exact_normalize(v: torch.Tensor, dim: int = -1, degenerate: torch.Tensor | None = None) -> torch.Tensor:
+    """``v / |v|`` with no absolute floor (unit length at every scale); the zero vector, and rows
+    flagged ``degenerate`` (a boolean mask broadcastable to ``|v|``, e.g. "zero up to rounding"
+    relative to the row's own scale), map to zero with a zero gradient, never NaN."""
+    n = exact_norm(v, dim=dim, keepdim=True)
+    ok = n > 0
+    if degenerate is not None:
+        ok = ok & ~degenerate.reshape(n.shape)
+    return safe_div(v, n, ok)

@@ -34,7 +34,10 @@ class HeatDiffusion:
         v = verts.detach()
         if laplacian == "cotangent":
             L = cotangent_laplacian(v, faces).detach()
-            m = vertex_areas(v, faces).detach().clamp_min(torch.finfo(v.dtype).eps)
+            m = vertex_areas(v, faces).detach()
+            # isolated vertices get a floor relative to the mesh's own areas (scale-covariant)
+            m = m.clamp_min(torch.finfo(v.dtype).eps * (m.max() if n else m.new_zeros(())))
+            m = torch.where(m > 0, m, torch.ones_like(m))
         elif laplacian == "uniform":
             L = uniform_laplacian(faces, n, dtype=v.dtype, device=v.device)
             m = torch.ones(n, dtype=v.dtype, device=v.device)

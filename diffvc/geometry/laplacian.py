@@ -10,7 +10,8 @@ import torch
 
 from .._validate import check_faces as _check_faces
 from .._validate import as_int, check_finite, check_same_device, check_same_dtype, describe
-from ._checks import check_faces, check_mesh, safe_norm
+from ._checks import check_faces, check_mesh, exact_norm, safe_div
+from .normals import _degenerate_faces, _face_cross
 from .topology import edges as _edges
 
 
@@ -44,7 +45,10 @@ def uniform_laplacian(faces: torch.Tensor, num_verts: int, dtype=torch.float32, 
 def cotangent_weights(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Per-face cotangents ``(F, 3)``: entry k is the cotangent of the angle at corner k.
 
-    Degenerate (zero-area) faces get finite values (the cross-product norm is clamped).
+    ``cot = (a . b) / |a x b|`` with no absolute floor, so scale-free at every scale. A degenerate
+    face (zero area up to rounding relative to its own longest edge squared, see
+    :func:`diffvc.geometry.face_normals`) gets cotangents 0 with a zero gradient: it contributes
+    nothing to the Laplacian (its stiffness is undefined), never a huge or NaN weight.
     """
     verts, faces = check_mesh(verts, faces)
     return _cotangent_weights(verts, faces)
@@ -52,11 +56,14 @@ def cotangent_weights(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 def _cotangent_weights(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     v = [verts[faces[:, k]] for k in range(3)]
+    cross = _face_cross(verts, faces)  # |a x b| is twice the area at every corner
+    c = exact_norm(cross)
+    ok = ~_degenerate_faces(verts, faces, cross)
     cots = []
     for k in range(3):
         a = v[(k + 1) % 3] - v[k]
         b = v[(k + 2) % 3] - v[k]
-        cots.append((a * b).sum(-1) / safe_norm(torch.cross(a, b, dim=-1)).clamp_min(1e-12))
+        cots.append(safe_div((a * b).sum(-1), c, ok))
     return torch.stack(cots, dim=1)
 
 

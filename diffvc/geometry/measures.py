@@ -10,14 +10,18 @@ from __future__ import annotations
 import torch
 
 from .._validate import as_tensor, check_positive
-from ._checks import check_mesh, safe_norm
+from ._checks import check_mesh, exact_norm
 from .normals import _face_cross
 
 
 def face_areas(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area of each face, ``(F,)``. Zero-area faces give 0 with a zero (finite) gradient."""
+    """Area of each face, ``(F,)`` (units of ``verts`` squared).
+
+    ``|(v1-v0) x (v2-v0)| / 2`` with no floor, so exact (covariant, ``s^2``) at every scale; a
+    zero-area face gives exactly 0 with a zero (finite) gradient.
+    """
     verts, faces = check_mesh(verts, faces)
-    return 0.5 * safe_norm(_face_cross(verts, faces))
+    return 0.5 * exact_norm(_face_cross(verts, faces))
 
 
 def surface_area(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -54,8 +58,8 @@ def mass_properties(verts: torch.Tensor, faces: torch.Tensor, density: float | t
 
     Returns:
         ``(mass, com, inertia)``: scalar, ``(3,)``, ``(3, 3)`` (kg m^2, world axes). An empty or
-        zero-volume mesh (|volume| below ``100 eps`` times its bounding box's volume, i.e. zero up
-        to rounding) gives zero mass, the vertex mean as the centre and zero inertia (finite
+        zero-volume mesh (|volume| at most ``100 eps`` times its bounding box's volume, i.e. zero up
+        to rounding; relative, so the result is covariant at every scale) gives zero mass, the vertex mean as the centre and zero inertia (finite
         gradients). An open surface is closed by the cone from the vertex mean to its boundary
         (the signed tetrahedra from that point): the result is that solid's, not a guess at a
         missing face.
@@ -71,8 +75,8 @@ def mass_properties(verts: torch.Tensor, faces: torch.Tensor, density: float | t
              + s[:, :, None] * s[:, None, :])
     second = (det[:, None, None] * outer).sum(0) / 120.0
     ext = (verts.detach().amax(0) - verts.detach().amin(0)).max() if verts.shape[0] else verts.new_zeros(())
-    tiny = torch.clamp(100 * torch.finfo(verts.dtype).eps * ext ** 3, min=torch.finfo(verts.dtype).tiny ** 0.5)
-    solid = vol.detach().abs() > tiny
+    tiny = 100 * torch.finfo(verts.dtype).eps * ext ** 3
+    solid = (vol.detach().abs() > tiny) & (vol.detach() != 0)
     vol = torch.where(solid, vol, torch.zeros_like(vol))
     vol_safe = torch.where(solid, vol, torch.full_like(vol, 1.0))
     com_rel = torch.where(solid, first / vol_safe, torch.zeros_like(first))

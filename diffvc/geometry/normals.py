@@ -1,15 +1,52 @@
-"""Face and vertex normals of triangle meshes."""
+"""Face and vertex normals of triangle meshes.
+
+Scale-covariant: no absolute floor anywhere, so the normals are unit length and identical for a
+mesh and any scaled copy of it (float32 and float64, tested from 2^-20 to 2^20). A face is
+degenerate when ``|(v1-v0) x (v2-v0)|`` is zero up to rounding *relative to its own edges*
+(``<= 4 eps * max |e|^2``); a vertex when its summed normal is zero up to rounding relative to the
+sum of its faces' ``|cross|``. Degenerate faces/vertices get the zero normal with a zero gradient.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_mesh, safe_normalize
+from ._checks import check_mesh, exact_norm, exact_normalize
 
 
 def _face_cross(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     v0, v1, v2 = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
     return torch.cross(v1 - v0, v2 - v0, dim=-1)
+
+
+_REL_TOL = 4.0  # multiples of the dtype's eps: "zero up to rounding", relative to the element's own scale
+
+
+def _degenerate_faces(verts: torch.Tensor, faces: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """``(F,)`` bool: ``|cross|`` is zero up to rounding relative to the face's longest edge squared
+    (scale-free; an exactly zero-area face is always degenerate)."""
+    with torch.no_grad():
+        v = verts.detach()
+        v0, v1, v2 = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+        lmax = torch.stack([exact_norm(v1 - v0), exact_norm(v2 - v0), exact_norm(v2 - v1)], -1).amax(-1) \
+            if faces.shape[0] else v.new_zeros(0)
+        c = exact_norm(cross.detach())
+        return c <= _REL_TOL * torch.finfo(verts.dtype).eps * lmax * lmax
+
+
+def _unit_face_normals(verts: torch.Tensor, faces: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    return exact_normalize(cross, degenerate=_degenerate_faces(verts, faces, cross))
+
+
+def _unit_vertex_normals(verts: torch.Tensor, faces: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    acc = _scatter_corners(verts, faces, cross)
+    with torch.no_grad():
+        c = exact_norm(cross.detach())
+        scale = torch.zeros(verts.shape[0], dtype=verts.dtype, device=verts.device)
+        for k in range(3):
+            scale = scale.index_add(0, faces[:, k], c)
+        deg = exact_norm(acc.detach()) <= _REL_TOL * torch.finfo(verts.dtype).eps * scale
+    return exact_normalize(acc, degenerate=deg)
 
 
 def _scatter_corners(verts: torch.Tensor, faces: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -32,11 +69,12 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor, normalize: bool = Tru
         normalize: unit normals if True, else the area-weighted ``(v1-v0) x (v2-v0)`` (length = 2 * area).
 
     Returns:
-        ``(F, 3)``. A zero-area face gets the zero normal and a finite gradient.
+        ``(F, 3)``. A zero-area face (zero up to rounding relative to its own edge lengths) gets the
+        zero normal and a zero gradient; no absolute floor, so unit length at any scale.
     """
     verts, faces = check_mesh(verts, faces)
     n = _face_cross(verts, faces)
-    return safe_normalize(n) if normalize else n
+    return _unit_face_normals(verts, faces, n) if normalize else n
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -46,12 +84,11 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         verts: ``(V, 3)``; faces: ``(F, 3)``.
 
     Returns:
-        ``(V, 3)`` unit normals; isolated vertices (or only degenerate incident faces) get zero.
+        ``(V, 3)`` unit normals; isolated vertices, and vertices whose summed normal is zero up to
+        rounding (relative to their faces' ``|cross|``), get zero with a zero gradient.
     """
     verts, faces = check_mesh(verts, faces)
-    n = _face_cross(verts, faces)
-    acc = _scatter_corners(verts, faces, n)
-    return safe_normalize(acc)
+    return _unit_vertex_normals(verts, faces, _face_cross(verts, faces))
 
 
 def mesh_normals(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,5 +96,4 @@ def mesh_normals(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor
     (one validation, one cross product), same values as :func:`face_normals` / :func:`vertex_normals`."""
     verts, faces = check_mesh(verts, faces)
     n = _face_cross(verts, faces)
-    acc = _scatter_corners(verts, faces, n)
-    return safe_normalize(n), safe_normalize(acc)
+    return _unit_face_normals(verts, faces, n), _unit_vertex_normals(verts, faces, n)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_mesh, safe_normalize
+from ._checks import check_mesh, safe_div
 from .laplacian import cotangent_laplacian, uniform_laplacian, vertex_areas
-from .normals import _face_cross
+from .normals import _face_cross, _unit_face_normals
 from .topology import edges, face_adjacency
 
 
@@ -20,6 +20,8 @@ def laplacian_smoothing_loss(verts: torch.Tensor, faces: torch.Tensor, method: s
     ``method="uniform"``: ``x_i - mean_{j ~ i} x_j`` (the umbrella operator);
     ``method="cotangent"``: ``(L_cot x)_i / (2 A_i)`` with barycentric area ``A_i`` (the mean-
     curvature normal; weights rebuilt at the current positions, gradient through them).
+    Scale: ``s^2`` (uniform) and ``s^-2`` (cotangent) for the mesh scaled by ``s``, exactly (no
+    floors); a vertex with zero area contributes 0.
     """
     verts, faces = check_mesh(verts, faces)
     n = verts.shape[0]
@@ -33,7 +35,7 @@ def laplacian_smoothing_loss(verts: torch.Tensor, faces: torch.Tensor, method: s
     elif method == "cotangent":
         L = cotangent_laplacian(verts, faces)
         a = vertex_areas(verts, faces)
-        d = torch.sparse.mm(L, verts) / (2 * a.clamp_min(torch.finfo(verts.dtype).eps))[:, None]
+        d = safe_div(torch.sparse.mm(L, verts), (2 * a)[:, None])  # 0 where the area is 0; no floor
     else:
         raise ValueError(f"method must be 'uniform' or 'cotangent', got {method!r}")
     return (d * d).sum(-1).mean()
@@ -45,7 +47,7 @@ def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor) -> torch.T
     pairs, _ = face_adjacency(faces)
     if pairs.shape[0] == 0:
         return verts.sum() * 0.0
-    n = safe_normalize(_face_cross(verts, faces))
+    n = _unit_face_normals(verts, faces, _face_cross(verts, faces))
     return (1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(-1)).mean()
 
 

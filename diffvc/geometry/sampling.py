@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from .._validate import as_int
-from ._checks import check_mesh, safe_normalize
-from .normals import _face_cross
+from ._checks import check_mesh, exact_norm
+from .normals import _face_cross, _unit_face_normals
 
 
 def sample_points(verts: torch.Tensor, faces: torch.Tensor, n: int, return_normals: bool = False,
@@ -33,7 +33,7 @@ def sample_points(verts: torch.Tensor, faces: torch.Tensor, n: int, return_norma
     n = as_int(n, "n", minimum=1)
     cross = _face_cross(verts, faces)
     with torch.no_grad():
-        areas = cross.norm(dim=-1).to(torch.float64)
+        areas = exact_norm(cross).to(torch.float64)
         if faces.shape[0] == 0 or not bool(areas.sum() > 0):
             raise ValueError("faces: the mesh has zero total area, nothing to sample")
         fi = torch.multinomial(areas, n, replacement=True, generator=generator)
@@ -46,7 +46,7 @@ def sample_points(verts: torch.Tensor, faces: torch.Tensor, n: int, return_norma
     pts = w0[:, None] * verts[f[:, 0]] + w1[:, None] * verts[f[:, 1]] + w2[:, None] * verts[f[:, 2]]
     out = [pts]
     if return_normals:
-        out.append(safe_normalize(cross[fi]))
+        out.append(_unit_face_normals(verts, faces, cross)[fi])
     if return_faces:
         out.append(fi)
     return out[0] if len(out) == 1 else tuple(out)

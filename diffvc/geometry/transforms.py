@@ -139,5 +139,6 @@ def normalize_to_unit_box(points: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     check_points(points, "points")
     lo, hi = points.min(0).values, points.max(0).values
     center = (lo + hi) / 2
-    s = (hi - lo).max().clamp_min(1e-12)
+    s = (hi - lo).max()
+    s = torch.where(s > 0, s, torch.ones_like(s))  # no absolute floor: covariant at every scale; a point set of one point keeps scale 1
     return (points - center) / s, center, s
