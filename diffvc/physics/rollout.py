@@ -17,8 +17,10 @@ or a tuple of tensors. Any tensor in the state, in the model, or in a controller
 require grad.
 
 Memory (reverse mode). By default (``checkpoint_every="auto"``) rollouts longer than 128 frames
-checkpoint every ``ceil(sqrt(steps))`` frames (beyond 2,048 frames, for a dataclass model, on two
-levels: outer segments of ``T^(2/3)`` frames re-run in backward with checkpoints every ``T^(1/3)``):
+checkpoint every ``ceil(sqrt(steps))`` frames (beyond 2,048 frames, for a dataclass model without a
+fused segment, on two levels: outer segments of ``T^(2/3)`` frames re-run in backward with
+checkpoints every ``T^(1/3)``; with fused segments the two-level scheme measured a higher peak,
+bench/rollout_memory.py, so they stay on one level):
 a model with a fused segment recomputes its segments, and a dataclass model without one runs each segment as a single autograd node that
 keeps only its inputs (:class:`_ModelSegment`: no per-step bookkeeping), so the peak memory of a
 10,000-step rollout stays near that of a 100-step one (bench/rollout_memory.py, default paths).
@@ -132,7 +134,7 @@ def _functorch_active() -> bool:
 # --------------------------------------------------------------------------------------------
 
 AUTO_CHECKPOINT_MIN = 128  # frames; longer differentiable rollouts checkpoint by default
-AUTO_TWO_LEVEL_MIN = 2048  # frames; longer ones (of a dataclass model) checkpoint on two levels
+AUTO_TWO_LEVEL_MIN = 2048  # frames; longer ones (dataclass model, no fused segment) checkpoint on two levels
 
 
 def auto_checkpoint(steps: int) -> int | None:
@@ -318,7 +320,8 @@ def rollout(
     # the bookkeeping-free checkpoint needs the model's tensors (a dataclass model, Warp backend)
     model_tensors = _model_tensors(model) if (backend == "warp" and callable(getattr(model, "step", None))) else None
     dt_ = _check_dt(dt) if model_tensors is not None else None
-    if (auto and steps > AUTO_TWO_LEVEL_MIN and model_tensors is not None and controller is None and control is None
+    if (auto and steps > AUTO_TWO_LEVEL_MIN and model_tensors is not None and fused is None and controller is None
+            and control is None
             and observe is None and not record and truncate is None and torch.is_grad_enabled()
             and not _functorch_active()):
         # two levels: outer segments of ~T^(2/3) frames keep only their inputs; in backward each
@@ -333,8 +336,9 @@ def rollout(
             tensors, spec = flatten_state(state)
 
             def run_outer(st_ts, m_ts, _spec=spec, _n=n):
+                # chunks of k2 frames also without grad: a fused segment allocates its frames' buffers
                 inner = rollout(rebuild(m_ts), unflatten_state(list(st_ts), _spec), _n, dt=dt_, substeps=substeps,
-                                checkpoint_every=k2 if torch.is_grad_enabled() else None, backend=backend)
+                                checkpoint_every=k2, backend=backend)
                 return tuple(flatten_state(inner)[0])
 
             out = _ModelSegment.apply(run_outer, len(tensors), len(m_tensors), *tensors, *m_tensors)
