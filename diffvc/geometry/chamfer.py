@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_points, safe_norm
+from ._checks import check_points, exact_norm
 from .knn import nearest_neighbor
 
 
@@ -36,8 +36,8 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor, x_normals: torch.Tensor |
     dxy, ixy = nearest_neighbor(x, y, method)
     dyx, iyx = nearest_neighbor(y, x, method)
     if not squared:
-        dxy = safe_norm(x - y[ixy])
-        dyx = safe_norm(y - x[iyx])
+        dxy = exact_norm(x - y[ixy])
+        dyx = exact_norm(y - x[iyx])
     red = torch.mean if reduction == "mean" else torch.sum
     loss = red(dxy) + red(dyx)
     if (x_normals is None) != (y_normals is None):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_mesh, check_points, safe_norm
+from ._checks import check_mesh, check_points, exact_norm, safe_div
 from .winding import winding_number
 
 
-def _div(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    ok = d.abs() > 1e-30
-    return torch.where(ok, n / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(n))
+def _div(n: torch.Tensor, d: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
+    """``n / d`` where ``ok`` (default ``d != 0``), else 0: no absolute floor (scale-covariant)."""
+    return safe_div(n, d, ok)
 
 
 def closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -35,9 +35,10 @@ def closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     vb = d5 * d2 - d1 * d6
     va = d3 * d6 - d5 * d4
     # interior (default)
-    den = va + vb + vc
-    v = _div(vb, den)
-    w = _div(vc, den)
+    den = va + vb + vc  # = |ab x ac|^2; degenerate when zero up to rounding relative to |ab|^2 |ac|^2
+    ok = den > 16 * torch.finfo(den.dtype).eps * (ab * ab).sum(-1) * (ac * ac).sum(-1)
+    v = _div(vb, den, ok)
+    w = _div(vc, den, ok)
     res = a + ab * v[..., None] + ac * w[..., None]
     e = lambda m: m[..., None]  # noqa: E731
     # regions in reverse priority so earlier tests win
@@ -101,7 +102,7 @@ def point_mesh_distance(verts: torch.Tensor, faces: torch.Tensor, points: torch.
     """Unsigned distance ``(Q,)`` from each point to the surface (squared if asked; finite gradient on the surface)."""
     cp, _ = closest_points(verts, faces, points, method=method)
     d2 = ((points - cp) ** 2).sum(-1)
-    return d2 if squared else safe_norm(points - cp)
+    return d2 if squared else exact_norm(points - cp)
 
 
 def mesh_to_sdf(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, method: str = "auto") -> torch.Tensor:

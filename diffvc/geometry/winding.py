@@ -13,20 +13,24 @@ import math
 
 import torch
 
-from ._checks import check_mesh, check_points, safe_norm
+from ._checks import check_mesh, check_points, exact_norm
 
 
 def _solid_angles_sum(q: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
     a = a0[None] - q[:, None]
     b = b0[None] - q[:, None]
     c = c0[None] - q[:, None]
-    la, lb, lc = safe_norm(a), safe_norm(b), safe_norm(c)
+    la, lb, lc = exact_norm(a), exact_norm(b), exact_norm(c)
     num = (a * torch.cross(b, c, dim=-1)).sum(-1)
     den = la * lb * lc + (a * b).sum(-1) * lc + (a * c).sum(-1) * lb + (b * c).sum(-1) * la
     # a query on a vertex or edge gives atan2(0, 0) whose gradient is 0/0: substitute (0, 1) there
-    flat = num * num + den * den <= torch.finfo(num.dtype).tiny
-    num = torch.where(flat, torch.zeros_like(num), num)
-    den = torch.where(flat, torch.ones_like(den), den)
+    # atan2 is scale-free: divide both by a detached common magnitude first, so neither the flat
+    # test nor the gradient depends on the mesh's absolute scale (no under/overflow of num^2 + den^2)
+    m = torch.maximum(num.detach().abs(), den.detach().abs())
+    flat = m == 0
+    m = torch.where(flat, torch.ones_like(m), m)
+    num = torch.where(flat, torch.zeros_like(num), num / m)
+    den = torch.where(flat, torch.ones_like(den), den / m)
     return 2.0 * torch.atan2(num, den).sum(1)
 
 

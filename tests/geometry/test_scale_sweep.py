@@ -199,3 +199,28 @@ def test_old_floors_would_fail_here():
     exact = G.surface_area(v * s, f)
     assert abs(float(floored / exact) - 1) > 0.1
     assert abs(float(exact / (s * s * G.surface_area(v, f))) - 1) < 1e-14
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_point_queries_covariant(dtype):
+    """Distances (``s``), Chamfer (``s^2`` squared, ``s`` not), winding numbers (``s^0``)."""
+    rtol = 10 * RTOL[dtype]
+    v0, f = _meshes(dtype)["torus"]
+    q0 = torch.rand(40, 3, generator=torch.Generator().manual_seed(3), dtype=dtype) * 3 - 1.5
+    y0 = v0[::3] + 0.01
+
+    def ops(v, q, y):
+        return {
+            "point_mesh_distance": (G.point_mesh_distance(v, f, q, method="brute"), 1),
+            "closest_points": (G.closest_points(v, f, q, method="brute")[0], 1),
+            "winding_number": (G.winding_number(v, f, q, method="torch"), 0),
+            "chamfer.squared": (G.chamfer_distance(q, y, method="brute"), 2),
+            "chamfer": (G.chamfer_distance(q, y, squared=False, method="brute"), 1),
+        }
+
+    ref = ops(v0, q0, y0)
+    for k in KS:
+        s = 2.0 ** k
+        got = ops(v0 * s, q0 * s, y0 * s)
+        for name, (val, p) in got.items():
+            assert torch.isfinite(val).all() and _close(val / s ** p, ref[name][0], rtol), (name, k)
