@@ -4,8 +4,7 @@ Same MJCF file loaded by both, same integrator (semi-implicit Euler with implici
 and step; float64. Stated tolerance: joint positions agree within 1e-6 (rad or m) over 3 s.
 Measured (MuJoCo 4.0.0, this machine): double pendulum with motors 8.6e-15 rad, cart-pole with
 damping, armature and a clamped motor 6.8e-14, the free/ball/hinge+slide model 6.4e-14 over 2 s,
-the double pendulum with RK4 at 5 ms 6.1e-9 (a constant ~1.2e-8 velocity offset appears in the
-first step and stays; it does not grow).
+the double pendulum with RK4 at 5 ms 6.0e-15.
 
 Run with ``pytest -m validation tests/physics/test_articulated_mujoco.py`` (needs ``mujoco``;
 without it these tests fail with an ImportError that says how to install it).
