@@ -16,38 +16,40 @@ from .bridge import wp
 
 
 @wp.func
-def _wrap(i: int, n: int):
-    return ((i % n) + n) % n
-
-
-@wp.func
 def _sample2(f: wp.array2d(dtype=Any), x: Any, y: Any, periodic: int):
     """Bilinear sample of ``f`` at index coordinates (x, y): clamped to the array (walls) or
     wrapped (periodic)."""
     nx = f.shape[0]
     ny = f.shape[1]
     zero = x - x
+    fnx = type(x)(float(nx))
+    fny = type(y)(float(ny))
     if periodic == 0:
-        x = wp.min(wp.max(x, zero), type(x)(float(nx - 1)))
-        y = wp.min(wp.max(y, zero), type(y)(float(ny - 1)))
+        x = wp.min(wp.max(x, zero), fnx - type(x)(1.0))
+        y = wp.min(wp.max(y, zero), fny - type(y)(1.0))
+    else:
+        x = x - wp.floor(x / fnx) * fnx          # into [0, n): no integer modulo
+        y = y - wp.floor(y / fny) * fny
     fx = wp.floor(x)
     fy = wp.floor(y)
     wx = x - fx
     wy = y - fy
     i0 = int(fx)
     j0 = int(fy)
-    i1 = i0 + 1
-    j1 = j0 + 1
     if periodic == 0:
         i0 = wp.min(i0, nx - 1)
         j0 = wp.min(j0, ny - 1)
+    else:  # rounding may put the wrapped coordinate at exactly n, the same point as 0
+        i0 = wp.where(i0 >= nx, i0 - nx, i0)
+        j0 = wp.where(j0 >= ny, j0 - ny, j0)
+    i1 = i0 + 1
+    j1 = j0 + 1
+    if periodic == 0:
         i1 = wp.min(i1, nx - 1)
         j1 = wp.min(j1, ny - 1)
     else:
-        i0 = _wrap(i0, nx)
-        j0 = _wrap(j0, ny)
-        i1 = _wrap(i1, nx)
-        j1 = _wrap(j1, ny)
+        i1 = wp.where(i1 == nx, 0, i1)
+        j1 = wp.where(j1 == ny, 0, j1)
     one = wx - wx + type(wx)(1.0)
     a = f[i0, j0] * (one - wy) + f[i0, j1] * wy
     b = f[i1, j0] * (one - wy) + f[i1, j1] * wy
@@ -61,11 +63,11 @@ def _centre_u(u: wp.array2d(dtype=Any), i: int, j: int, axis: int, periodic: int
     if axis == 0:
         i1 = i + 1
         if periodic == 1:
-            i1 = _wrap(i1, u.shape[0])
+            i1 = wp.where(i1 == u.shape[0], 0, i1)
         return (u[i, j] + u[i1, j]) * half
     j1 = j + 1
     if periodic == 1:
-        j1 = _wrap(j1, u.shape[1])
+        j1 = wp.where(j1 == u.shape[1], 0, j1)
     return (u[i, j] + u[i, j1]) * half
 
 
@@ -98,7 +100,7 @@ def advect2d(
         ia = i - 1
         ib = i
         if periodic == 1:
-            ia = _wrap(ia, nx)
+            ia = wp.where(ia < 0, nx - 1, ia)
         else:
             ia = wp.max(ia, 0)
             ib = wp.min(ib, nx - 1)
@@ -109,7 +111,7 @@ def advect2d(
         ja = j - 1
         jb = j
         if periodic == 1:
-            ja = _wrap(ja, ny)
+            ja = wp.where(ja < 0, ny - 1, ja)
         else:
             ja = wp.max(ja, 0)
             jb = wp.min(jb, ny - 1)
