@@ -63,7 +63,7 @@ class DensitySlab:
     """Binding: a 2-D smoke state -> a :class:`~diffvc.pipeline.Volume` slab ``[0, 1]^2 x [0, 0.05]``
     m whose extinction is ``sigma * density`` (emission-absorption, warm white)."""
 
-    def __init__(self, sigma: float = 60.0, thickness: float = 0.05):
+    def __init__(self, sigma: float = 12.0, thickness: float = 0.05):
         self.sigma, self.thickness = sigma, thickness
 
     def __call__(self, state) -> "Volume":
