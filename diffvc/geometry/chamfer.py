@@ -36,8 +36,8 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor, x_normals: torch.Tensor |
     dxy, ixy = nearest_neighbor(x, y, method)
     dyx, iyx = nearest_neighbor(y, x, method)
     if not squared:
-        dxy = exact_norm(x - y[ixy])
-        dyx = exact_norm(y - x[iyx])
+        dxy = exact_norm(x - y[ixy], rescale=False)
+        dyx = exact_norm(y - x[iyx], rescale=False)
     red = torch.mean if reduction == "mean" else torch.sum
     loss = red(dxy) + red(dyx)
     if (x_normals is None) != (y_normals is None):

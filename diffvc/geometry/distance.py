@@ -102,7 +102,7 @@ def point_mesh_distance(verts: torch.Tensor, faces: torch.Tensor, points: torch.
     """Unsigned distance ``(Q,)`` from each point to the surface (squared if asked; finite gradient on the surface)."""
     cp, _ = closest_points(verts, faces, points, method=method)
     d2 = ((points - cp) ** 2).sum(-1)
-    return d2 if squared else exact_norm(points - cp)
+    return d2 if squared else exact_norm(points - cp, rescale=False)
 
 
 def mesh_to_sdf(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, method: str = "auto") -> torch.Tensor:

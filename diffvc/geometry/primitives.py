@@ -124,7 +124,8 @@ def box(size=1.0, segments: int = 1, dtype=torch.float32, device="cpu"):
                 p[:, ua], p[:, va] = V, U
             faces.append(_grid_faces(n, n) + sum(x.shape[0] for x in verts))
             verts.append(p)
-    v, f = _weld(torch.cat(verts) * (s / 2), torch.cat(faces))
+    v, f = _weld(torch.cat(verts), torch.cat(faces))  # weld at unit size: the tolerance is relative to the box
+    v = v * (s / 2)
     return _out(v, f, dtype, device)
 
 

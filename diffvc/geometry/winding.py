@@ -20,7 +20,7 @@ def _solid_angles_sum(q: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor, c0: t
     a = a0[None] - q[:, None]
     b = b0[None] - q[:, None]
     c = c0[None] - q[:, None]
-    la, lb, lc = exact_norm(a), exact_norm(b), exact_norm(c)
+    la, lb, lc = (exact_norm(x, rescale=False) for x in (a, b, c))  # exact, no floor
     num = (a * torch.cross(b, c, dim=-1)).sum(-1)
     den = la * lb * lc + (a * b).sum(-1) * lc + (a * c).sum(-1) * lb + (b * c).sum(-1) * la
     # a query on a vertex or edge gives atan2(0, 0) whose gradient is 0/0: substitute (0, 1) there

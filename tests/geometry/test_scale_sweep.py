@@ -155,7 +155,7 @@ def test_degenerate_faces_finite_and_zero_area_exact(dtype):
         assert a[4].item() == pytest.approx(sliver, rel=1e-4 if dtype == torch.float32 else 1e-12)
         fn = G.face_normals(v, f)
         assert float(fn[[0, 1, 3]].detach().abs().max()) == 0.0  # degenerate faces: zero normal
-        assert float((fn[[2, 4]].norm(dim=-1) - 1).abs().max()) < 1e-5
+        assert float((fn[[2, 4]].detach().norm(dim=-1) - 1).abs().max()) < 1e-5
         cw = G.cotangent_weights(v, f)
         assert float(cw[[0, 1, 3]].abs().max()) == 0.0
         L = G.cotangent_laplacian(v, f)
@@ -224,3 +224,13 @@ def test_point_queries_covariant(dtype):
         got = ops(v0 * s, q0 * s, y0 * s)
         for name, (val, p) in got.items():
             assert torch.isfinite(val).all() and _close(val / s ** p, ref[name][0], rtol), (name, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_box_primitive_covariant(dtype):
+    """A box built with size ``s`` is ``s`` times the unit box (its vertex welding is relative)."""
+    v1, f1 = G.box(size=1.0, segments=2, dtype=dtype)
+    for k in (-32, -20, -12, 12, 20):  # 2^-32 is below the weld tolerance 1e-9 of the unit box
+        s = 2.0 ** k
+        vb, fb = G.box(size=s, segments=2, dtype=dtype)
+        assert torch.equal(fb, f1) and _close(vb / s, v1, RTOL[dtype]), k
