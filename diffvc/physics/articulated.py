@@ -195,7 +195,8 @@ class ArticulatedModel:
     (ke N/m, kd N s/m, mu, friction_smoothing m/s, contact_smoothing m); ``limit`` (3,) =
     (ke, kd, delta) of the joint-limit penalty; ``gravity`` (3,) m/s^2.
     ``names``: optional dict of name tuples (bodies, joints, actuators); ``geoms``: optional
-    tuple of geometry descriptions for drawing (each ``(body, kind, size, pos, quat)``).
+    tuple of geometry descriptions for drawing (each ``(body, kind, size, pos, quat)``);
+    ``integrator``: ``"euler"`` (semi-implicit, implicit damping) or ``"rk4"`` (module doc).
     """
 
     parent: tuple
