@@ -21,7 +21,7 @@ RTOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 
 
 def _meshes(dtype):
-    vi, fi = G.icosphere(2, dtype=dtype)
+    vi, fi = G.icosphere(3, dtype=dtype)  # level 3: the mesh of the issue (old code: area 37%, cot L 32% off at 2^-14)
     vt, ft = G.torus(1.0, 0.3, 16, 8, dtype=dtype)
     # a non-uniform, non-symmetric copy of the torus: anisotropic stretch plus a smooth bump
     vt = vt * torch.tensor([1.0, 0.7, 1.3], dtype=dtype) + 0.05 * torch.sin(3 * vt[:, [1, 2, 0]])
@@ -157,7 +157,7 @@ def test_degenerate_faces_finite_and_zero_area_exact(dtype):
         assert float(fn[[0, 1, 3]].detach().abs().max()) == 0.0  # degenerate faces: zero normal
         assert float((fn[[2, 4]].detach().norm(dim=-1) - 1).abs().max()) < 1e-5
         cw = G.cotangent_weights(v, f)
-        assert float(cw[[0, 1, 3]].abs().max()) == 0.0
+        assert float(cw[[0, 1, 3]].detach().abs().max()) == 0.0
         L = G.cotangent_laplacian(v, f)
         fnn, vnn = G.mesh_normals(v, f)
         m, com, inertia = G.mass_properties(v, f)
