@@ -287,7 +287,7 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
                    tn: wp.array(dtype=Any), tf: wp.array(dtype=Any), jit: wp.array(dtype=Any),
                    xf: wp.array2d(dtype=Any), occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any),
                    n_samples: int, n_chan: int, n_basis: int, emission: int,
-                   sigmoid: int, t_stop: Any,
+                   sigmoid: int, want_rays: int, t_stop: Any,
                    color: wp.array2d(dtype=Any), trans: wp.array(dtype=Any), depth: wp.array(dtype=Any),
                    g_color: wp.array2d(dtype=Any), g_trans: wp.array(dtype=Any), g_depth: wp.array(dtype=Any),
                    d_dens: wp.array3d(dtype=Any), d_feat: wp.array4d(dtype=Any), d_basis: wp.array2d(dtype=Any),
@@ -376,13 +376,14 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
                         sgm = one / (one + wp.exp(-pre))
                         gc = gc * sgm * (one - sgm)
                     for b in range(n_basis):
-                        fv, ex, ey, ez = _tri4(feat, i, j, k, c * n_basis + b, fx, fy, fz)
                         bb = basis[r, b]
                         _scatter4(d_feat, i, j, k, c * n_basis + b, fx, fy, fz, gc * bb)
-                        d_basis[r, b] = d_basis[r, b] + gc * fv
-                        gux = gux + gc * bb * ex
-                        guy = guy + gc * bb * ey
-                        guz = guz + gc * bb * ez
+                        if want_rays != 0:  # feature values and slopes only for ray / basis gradients
+                            fv, ex, ey, ez = _tri4(feat, i, j, k, c * n_basis + b, fx, fy, fz)
+                            d_basis[r, b] = d_basis[r, b] + gc * fv
+                            gux = gux + gc * bb * ex
+                            guy = guy + gc * bb * ey
+                            guz = guz + gc * bb * ez
             # u = (o + t d) * scale + offset, with the clamp's derivative mask
             gpx = gux * mx * xf[0, 0]
             gpy = guy * my * xf[0, 1]
@@ -548,10 +549,10 @@ class _MarchFn(torch.autograd.Function):
         d_dirs = torch.zeros_like(dirs)
         d_tn = torch.zeros_like(tn)
         d_tf = torch.zeros_like(tf)
+        want_rays = int(any(ctx.needs_input_grad[2:7]))  # basis, origins, directions, t_near, t_far
         shared = [_w(dens), _w(feat), _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(occ), _w(xo),
-                  n_samples,
-                  n_chan, n_basis, emission, sigmoid, _scalar(t_stop, orig), _w(color), _w(trans), _w(depth),
-                  _w(g_color), _w(g_trans), _w(g_depth)]
+                  n_samples, n_chan, n_basis, emission, sigmoid, want_rays, _scalar(t_stop, orig), _w(color),
+                  _w(trans), _w(depth), _w(g_color), _w(g_trans), _w(g_depth)]
         wd = [_w(x) for x in d_dens]
         wf = [_w(x) for x in d_feat]
         tail = [_w(d_basis), _w(d_orig), _w(d_dirs), _w(d_tn), _w(d_tf)]
