@@ -50,8 +50,8 @@ def exact_norm(v: torch.Tensor, dim: int = -1, keepdim: bool = False, rescale: b
 
     With ``rescale`` it is computed as ``m * |v / m|`` with ``m = max |v_i|`` (detached), so the
     squares neither underflow nor overflow whatever the magnitude (float32 included); the gradient
-    is ``v / |v|``. ``rescale=False`` is ~2.5x cheaper (measured on 1M vectors, forward+backward)
-    and exact while ``|v|^2`` stays in the dtype's normal range (``|v|`` in about
+    is ``v / |v|``. ``rescale=False`` is about 2x cheaper (1M vectors, forward+backward, one
+    thread: median 0.039 s against 0.093 s, as fast as the floored ``safe_norm``) and exact while ``|v|^2`` stays in the dtype's normal range (``|v|`` in about
     ``[1e-19, 1e19]`` for float32): for per-point fields evaluated on large grids (SDFs).
     """
     if not rescale:
