@@ -34,14 +34,97 @@ def _owns_tie(dx: Any, dy: Any):
 
 
 @wp.func
-def _tri_ok(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, near: Any):
+def _tri_ok(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, near: Any,
+            perspective: int):
+    """Whether triangle f is drawn in view b: perspective views need one vertex beyond ``near``
+    (the rest is clipped), orthographic views all three; edge-on triangles are skipped."""
     i0 = faces[f, 0]
     i1 = faces[f, 1]
     i2 = faces[f, 2]
-    ok = screen[b, i0, 2] > near and screen[b, i1, 2] > near and screen[b, i2, 2] > near
+    a0 = screen[b, i0, 2] > near
+    a1 = screen[b, i1, 2] > near
+    a2 = screen[b, i2, 2] > near
+    ok = a0 and a1 and a2
+    if perspective != 0:
+        ok = a0 or a1 or a2
     area = _edge(screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], screen[b, i2, 0], screen[b, i2, 1])
     tiny = near - near + type(near)(1e-12)
     return ok and wp.abs(area) > tiny
+
+
+@wp.func
+def _clipped(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, near: Any,
+             perspective: int):
+    """1 when a perspective triangle has a vertex at or before the near plane (it is clipped)."""
+    c = int(0)
+    if perspective != 0:
+        if screen[b, faces[f, 0], 2] <= near or screen[b, faces[f, 1], 2] <= near or screen[b, faces[f, 2], 2] <= near:
+            c = 1
+    return c
+
+
+@wp.func
+def _tri_box(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, near: Any,
+             W: int, H: int):
+    """Inclusive pixel-centre ranges (x_lo, x_hi, y_lo, y_hi), clamped to the image, of the
+    screen bounding box of triangle f clipped to ``d > near``: its vertices beyond the plane and
+    the points where its edges cross the plane (interpolated in homogeneous coordinates
+    ``(u d, v d, d)``). For an unclipped triangle this is the box of its three vertices."""
+    s00 = screen[b, 0, 0]
+    big = type(s00)(1e30)
+    lox = big
+    hix = -big
+    loy = big
+    hiy = -big
+    for j in range(3):
+        ia = faces[f, j]
+        ib = faces[f, (j + 1) % 3]
+        ua = screen[b, ia, 0]
+        va = screen[b, ia, 1]
+        da = screen[b, ia, 2]
+        db = screen[b, ib, 2]
+        if da > near:
+            lox = wp.min(lox, ua)
+            hix = wp.max(hix, ua)
+            loy = wp.min(loy, va)
+            hiy = wp.max(hiy, va)
+        if (da > near) != (db > near):
+            t = (near - da) / (db - da)
+            uc = (ua * da + t * (screen[b, ib, 0] * db - ua * da)) / near
+            vc = (va * da + t * (screen[b, ib, 1] * db - va * da)) / near
+            lox = wp.min(lox, uc)
+            hix = wp.max(hix, uc)
+            loy = wp.min(loy, vc)
+            hiy = wp.max(hiy, vc)
+    half = type(s00)(0.5)
+    lim = type(s00)(W + H + 2)
+    lox = wp.clamp(lox, -lim, lim)
+    hix = wp.clamp(hix, -lim, lim)
+    loy = wp.clamp(loy, -lim, lim)
+    hiy = wp.clamp(hiy, -lim, lim)
+    return wp.vec4i(wp.max(int(wp.ceil(lox - half)), 0), wp.min(int(wp.floor(hix - half)), W - 1),
+                    wp.max(int(wp.ceil(loy - half)), 0), wp.min(int(wp.floor(hiy - half)), H - 1))
+
+
+@wp.func
+def _key_clipped(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any, d0: Any, d1: Any, d2: Any, area: Any,
+                 px: Any, py: Any, near: Any):
+    """Depth key of a clipped (perspective) triangle at (px, py): the pixel ray meets the
+    triangle's plane at depth 1 / S, S = sum_k l_k / d_k (l = screen-space barycentrics of the
+    projected vertices, valid for vertices behind the camera too); covered when the
+    perspective-correct barycentrics q_k / S are all >= 0 and 1 / S > near. Key -S, or +1e30."""
+    l0 = _edge(x1, y1, x2, y2, px, py) / area
+    l1 = _edge(x2, y2, x0, y0, px, py) / area
+    l2 = _edge(x0, y0, x1, y1, px, py) / area
+    q0 = l0 / d0
+    q1 = l1 / d1
+    q2 = l2 / d2
+    S = q0 + q1 + q2
+    z = area - area
+    key = type(area)(1e30)
+    if S > z and S * near < type(area)(1.0) and q0 >= z and q1 >= z and q2 >= z:
+        key = -S
+    return key
 
 
 @wp.func
@@ -80,7 +163,7 @@ def _key_at(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any, d0: Any, d1: A
 
 @wp.func
 def _cover_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int,
-               px: Any, py: Any, perspective: int):
+               px: Any, py: Any, perspective: int, near: Any):
     """Depth key (smaller = nearer) of triangle f at pixel centre (px, py); +1e30 if not covered."""
     i0 = faces[f, 0]
     i1 = faces[f, 1]
@@ -96,23 +179,24 @@ def _cover_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.i
     t0 = _owns_tie((x2 - x1) * s, (y2 - y1) * s)
     t1 = _owns_tie((x0 - x2) * s, (y0 - y2) * s)
     t2 = _owns_tie((x1 - x0) * s, (y1 - y0) * s)
+    if _clipped(screen, faces, b, f, near, perspective) != 0:
+        return _key_clipped(x0, y0, x1, y1, x2, y2, screen[b, i0, 2], screen[b, i1, 2], screen[b, i2, 2], area,
+                            px, py, near)
     return _key_at(x0, y0, x1, y1, x2, y2, screen[b, i0, 2], screen[b, i1, 2], screen[b, i2, 2], area, s,
                    t0, t1, t2, px, py, perspective)
 
 
 @wp.kernel
-def bin_count(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any, H: int, W: int,
-              tile: int, tiles_x: int, tiles_y: int, counts: wp.array(dtype=wp.int32)):
+def bin_count(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any,
+              perspective: int, H: int, W: int, tile: int, tiles_x: int, tiles_y: int, counts: wp.array(dtype=wp.int32)):
     t = wp.tid()
     F = faces.shape[0]
     b = t // F
     f = t - b * F
-    if _tri_ok(screen, faces, b, f, near):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
-        rx = _pixel_range(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0], W)
-        ry = _pixel_range(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1], H)
+    if _tri_ok(screen, faces, b, f, near, perspective):
+        r = _tri_box(screen, faces, b, f, near, W, H)
+        rx = wp.vec2i(r[0], r[1])
+        ry = wp.vec2i(r[2], r[3])
         if rx[0] <= rx[1] and ry[0] <= ry[1]:
             base = b * tiles_x * tiles_y
             for ty in range(ry[0] // tile, ry[1] // tile + 1):
@@ -121,19 +205,17 @@ def bin_count(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.in
 
 
 @wp.kernel
-def bin_fill(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any, H: int, W: int,
-             tile: int, tiles_x: int, tiles_y: int, starts: wp.array(dtype=wp.int32),
+def bin_fill(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any,
+             perspective: int, H: int, W: int, tile: int, tiles_x: int, tiles_y: int, starts: wp.array(dtype=wp.int32),
              cursor: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32)):
     t = wp.tid()
     F = faces.shape[0]
     b = t // F
     f = t - b * F
-    if _tri_ok(screen, faces, b, f, near):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
-        rx = _pixel_range(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0], W)
-        ry = _pixel_range(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1], H)
+    if _tri_ok(screen, faces, b, f, near, perspective):
+        r = _tri_box(screen, faces, b, f, near, W, H)
+        rx = wp.vec2i(r[0], r[1])
+        ry = wp.vec2i(r[2], r[3])
         if rx[0] <= rx[1] and ry[0] <= ry[1]:
             base = b * tiles_x * tiles_y
             for ty in range(ry[0] // tile, ry[1] // tile + 1):
@@ -146,7 +228,7 @@ def bin_fill(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int
 @wp.kernel
 def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
                  starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), H: int, W: int, tile: int,
-                 tiles_x: int, tiles_y: int, perspective: int,
+                 tiles_x: int, tiles_y: int, perspective: int, near: Any,
                  zbuf: wp.array(dtype=Any, ndim=3), face_id: wp.array(dtype=wp.int32, ndim=3)):
     """One thread per (view, tile); loops over the tile's triangles and their pixel boxes."""
     t = wp.tid() + offset
@@ -176,8 +258,9 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
         y1 = screen[b, i1, 1]
         x2 = screen[b, i2, 0]
         y2 = screen[b, i2, 1]
-        rx = _pixel_range(x0, x1, x2, W)
-        ry = _pixel_range(y0, y1, y2, H)
+        r = _tri_box(screen, faces, b, f, near, W, H)
+        rx = wp.vec2i(r[0], r[1])
+        ry = wp.vec2i(r[2], r[3])
         ya = wp.max(ry[0], y0t)
         yb = wp.min(ry[1], y1t)
         xa = wp.max(rx[0], x0t)
@@ -191,11 +274,16 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
             t0 = _owns_tie((x2 - x1) * s, (y2 - y1) * s)
             t1 = _owns_tie((x0 - x2) * s, (y0 - y2) * s)
             t2 = _owns_tie((x1 - x0) * s, (y1 - y0) * s)
+            clip = _clipped(screen, faces, b, f, near, perspective)
             for y in range(ya, yb + 1):
                 py = type(half)(y) + half
                 for x in range(xa, xb + 1):
-                    key = _key_at(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, s, t0, t1, t2, type(half)(x) + half, py,
-                                  perspective)
+                    key = type(half)(1e30)
+                    if clip != 0:
+                        key = _key_clipped(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, type(half)(x) + half, py, near)
+                    else:
+                        key = _key_at(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, s, t0, t1, t2, type(half)(x) + half,
+                                      py, perspective)
                     cur = zbuf[b, y, x]
                     if key < cur or (key == cur and key < type(half)(1e30) and f < face_id[b, y, x]):
                         zbuf[b, y, x] = key
@@ -205,7 +293,7 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
 @wp.kernel
 def raster_pixels(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
                   starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), H: int, W: int, tile: int,
-                  tiles_x: int, tiles_y: int, perspective: int,
+                  tiles_x: int, tiles_y: int, perspective: int, near: Any,
                   zbuf: wp.array(dtype=Any, ndim=3), face_id: wp.array(dtype=wp.int32, ndim=3)):
     """One thread per pixel (the CUDA layout); loops over the pixel's tile list."""
     p = wp.tid() + offset
@@ -222,7 +310,7 @@ def raster_pixels(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.ar
     best_f = int(-1)
     for e in range(starts[t], starts[t + 1]):
         f = items[e]
-        key = _cover_key(screen, faces, b, f, px, py, perspective)
+        key = _cover_key(screen, faces, b, f, px, py, perspective, near)
         if key < best or (key == best and key < type(half)(1e30) and f < best_f):
             best = key
             best_f = f

@@ -94,7 +94,14 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         tile: bin size in pixels for the Warp backend (default 16).
 
     Returns:
-        :class:`Fragments`. Triangles with a vertex nearer than ``cameras.near`` are not drawn.
+        :class:`Fragments`. Perspective views clip triangles against the near plane
+        ``d = cameras.near``: a triangle crossing it (vertices nearer than ``near``, on the camera
+        plane or behind the camera) draws exactly the pixels whose ray meets it beyond ``near``,
+        with the perspective-correct barycentrics and depth of the ORIGINAL triangle (so
+        :func:`interpolate` and the vertex/camera gradients are those of the whole triangle; the
+        clip boundary itself, like any visibility edge, gets no gradient here, and
+        :func:`antialias` does not blend along it). Orthographic views drop triangles with a
+        vertex nearer than ``near``.
     """
     if not isinstance(cameras, Cameras):
         raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
@@ -115,13 +122,19 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
                          f"({cameras.height}, {cameras.width})")
     faces = check_faces(faces, verts.shape[-2])
     screen = cameras.project(verts)
+    if not cameras.orthographic:
+        # a vertex on the camera plane (d = 0) projects with the divisor 1e-12 (Cameras.project):
+        # give it that depth, so the homogeneous point (u d, v d, d) stays consistent and finite
+        d = screen[..., 2]
+        screen = torch.cat([screen[..., :2], torch.where(d.abs() > 1e-12, d, torch.full_like(d, 1e-12))[..., None]], -1)
     return rasterize_screen(screen, faces, H, W, perspective=not cameras.orthographic, near=cameras.near,
                             backend=backend, tile=tile)
 
 
 def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int, perspective: bool = True,
                      near: float = 1e-3, backend: str = "warp", tile: int | None = None) -> Fragments:
-    """Rasterize screen-space vertices ``screen`` (B, V, 3) = ``(u, v, d)`` (see :func:`rasterize`)."""
+    """Rasterize screen-space vertices ``screen`` (B, V, 3) = ``(u, v, d)`` (see :func:`rasterize`;
+    perspective triangles crossing ``d = near`` are clipped; vertices need ``d != 0``)."""
     H, W = check_size(height, width)
     screen = _check_screen(screen)
     faces = check_faces(faces, screen.shape[1])
@@ -157,17 +170,17 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     near = float(near)
     counts = torch.zeros(nt, dtype=torch.int32, device=dev)
     # binning accumulates with atomics: one launch, never split across CPU threads
-    launch(K.bin_count, B * F, [screen, faces, near, H, W, tile, tx, ty], [counts])
+    launch(K.bin_count, B * F, [screen, faces, near, int(perspective), H, W, tile, tx, ty], [counts])
     starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
     starts[1:] = torch.cumsum(counts, 0)
     total = int(starts[-1])
     items = torch.empty(max(total, 1), dtype=torch.int32, device=dev)
     cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
-    launch(K.bin_fill, B * F, [screen, faces, near, H, W, tile, tx, ty, starts, cursor], [items])
+    launch(K.bin_fill, B * F, [screen, faces, near, int(perspective), H, W, tile, tx, ty, starts, cursor], [items])
     # both layouts write every pixel (the tile kernel initialises its own tile first)
     zbuf = torch.empty((B, H, W), dtype=screen.dtype, device=dev)
     face_id = torch.empty((B, H, W), dtype=torch.int32, device=dev)
-    args = [screen, faces, starts, items, H, W, tile, tx, ty, int(perspective)]
+    args = [screen, faces, starts, items, H, W, tile, tx, ty, int(perspective), near]
     layout = layout or ("pixels" if dev.type == "cuda" else "tiles")
     if layout == "pixels":
         parallel_launch(K.raster_pixels, B * H * W, args, [zbuf, face_id])
@@ -180,14 +193,41 @@ def _edge(ax, ay, bx, by, px, py):
     return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
 
 
-def pixel_box_pairs(screen: torch.Tensor, faces: torch.Tensor, H: int, W: int, valid: torch.Tensor, pad: float = 0.0):
+def clipped_boxes(tri: torch.Tensor, near: float):
+    """Screen bounding boxes ``lo, hi`` (B, F, 2) of triangles ``tri`` (B, F, 3, 3) clipped to
+    ``d > near`` (twin of the kernels' ``_tri_box``): vertices beyond the plane and the edges'
+    crossings, interpolated in homogeneous coordinates ``(u d, v d, d)``."""
+    big = torch.full_like(tri[..., 0, :2], 1e30)
+    lo, hi = big, -big
+    for j in range(3):
+        a, b = tri[..., j, :], tri[..., (j + 1) % 3, :]
+        da, db = a[..., 2:3], b[..., 2:3]
+        ina, inb = da > near, db > near
+        lo = torch.where(ina, torch.minimum(lo, a[..., :2]), lo)
+        hi = torch.where(ina, torch.maximum(hi, a[..., :2]), hi)
+        den = torch.where(ina != inb, db - da, torch.ones_like(da))
+        t = (near - da) / den
+        c = (a[..., :2] * da + t * (b[..., :2] * db - a[..., :2] * da)) / near
+        lo = torch.where(ina != inb, torch.minimum(lo, c), lo)
+        hi = torch.where(ina != inb, torch.maximum(hi, c), hi)
+    return lo, hi
+
+
+def pixel_box_pairs(screen: torch.Tensor, faces: torch.Tensor, H: int, W: int, valid: torch.Tensor, pad: float = 0.0,
+                    near: float | None = None):
     """All (view, face, pixel) triples with the pixel centre inside the face's screen bounding
     box grown by ``pad`` pixels, for faces with ``valid`` (B, F). Returns ``(b, f, x, y)`` long
-    tensors. (The plain-torch way to visit triangles' pixels.)"""
+    tensors. (The plain-torch way to visit triangles' pixels.) With ``near``, the boxes are those
+    of the triangles clipped to ``d > near`` (:func:`clipped_boxes`)."""
     B, F = valid.shape
     tri = screen.detach()[:, faces.long()]  # (B, F, 3, 3)
-    lo = tri[..., :2].amin(2) - pad
-    hi = tri[..., :2].amax(2) + pad
+    if near is None:
+        lo = tri[..., :2].amin(2) - pad
+        hi = tri[..., :2].amax(2) + pad
+    else:
+        lo, hi = clipped_boxes(tri, near)
+        lim = float(W + H + 2)
+        lo, hi = lo.clamp(-lim, lim) - pad, hi.clamp(-lim, lim) + pad
     x0 = torch.ceil(lo[..., 0] - 0.5).clamp(0, W).long()
     x1 = torch.floor(hi[..., 0] - 0.5).clamp(-1, W - 1).long()
     y0 = torch.ceil(lo[..., 1] - 0.5).clamp(0, H).long()
@@ -214,8 +254,9 @@ def face_ids_torch(screen, faces, H, W, perspective, near):
     fl = faces.long()
     tri = screen[:, fl]  # (B, F, 3, 3)
     area = _edge(tri[..., 0, 0], tri[..., 0, 1], tri[..., 1, 0], tri[..., 1, 1], tri[..., 2, 0], tri[..., 2, 1])
-    valid = (tri[..., 2] > near).all(-1) & (area.abs() > 1e-12)
-    b, f, x, y = pixel_box_pairs(screen, faces, H, W, valid)
+    front = tri[..., 2] > near
+    valid = (front.any(-1) if perspective else front.all(-1)) & (area.abs() > 1e-12)
+    b, f, x, y = pixel_box_pairs(screen, faces, H, W, valid, near=float(near))
     face_id = torch.full((B * H * W,), -1, dtype=torch.int32, device=screen.device)
     if b.numel() == 0:
         return face_id.reshape(B, H, W)
@@ -235,6 +276,18 @@ def face_ids_torch(screen, faces, H, W, perspective, near):
     l0, l1, l2 = w0 / aa, w1 / aa, w2 / aa
     if perspective:
         key = -(l0 / t[:, 0, 2] + l1 / t[:, 1, 2] + l2 / t[:, 2, 2])
+        # clipped triangles (a vertex at or before the near plane): the pixel ray meets the plane
+        # at depth 1 / S; covered when all perspective-correct barycentrics are >= 0 and 1 / S > near
+        clip = (t[:, :, 2] <= near).any(-1)
+        if bool(clip.any()):
+            a0 = a  # signed area: the clipped test uses unsigned-orientation barycentrics
+            q0 = _edge(x1, y1, x2, y2, px, py) / a0 / t[:, 0, 2]
+            q1 = _edge(x2, y2, x0, y0, px, py) / a0 / t[:, 1, 2]
+            q2 = _edge(x0, y0, x1, y1, px, py) / a0 / t[:, 2, 2]
+            S = q0 + q1 + q2
+            cin = (S > 0) & (S * near < 1) & (q0 >= 0) & (q1 >= 0) & (q2 >= 0)
+            inside = torch.where(clip, cin, inside)
+            key = torch.where(clip, -S, key)
     else:
         key = l0 * t[:, 0, 2] + l1 * t[:, 1, 2] + l2 * t[:, 2, 2]
     pix = (b * H + y) * W + x

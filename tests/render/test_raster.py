@@ -207,13 +207,14 @@ def test_silhouette_vertex_gradients_match_finite_differences():
 
 
 def test_degenerate_and_clipped_geometry_is_finite():
-    # a zero-area triangle, a triangle behind the camera, and a normal one
+    # a zero-area triangle, a triangle with a vertex behind the camera (clipped at the near plane:
+    # drawn where its plane lies beyond it, test_raster_clip.py), and a normal one
     screen = torch.tensor([[[5.0, 5.0, 2.0], [10.0, 10.0, 2.0], [15.0, 15.0, 2.0],
                             [1.0, 1.0, -1.0], [30.0, 2.0, 2.0], [2.0, 30.0, 2.0],
                             [3.0, 3.0, 3.0], [20.0, 4.0, 3.0], [4.0, 20.0, 3.0]]], dtype=D64, requires_grad=True)
     faces = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
     fr = rasterize_screen(screen, faces, 24, 24)
-    assert set(fr.face_id.unique().tolist()) == {-1, 2}
+    assert set(fr.face_id.unique().tolist()) == {-1, 1, 2}
     img = antialias(interpolate(screen[0], fr), fr)
     img.sum().backward()
     assert torch.isfinite(img).all() and torch.isfinite(screen.grad).all()
