@@ -7,6 +7,12 @@ Screen-space vertices are ``screen[b, v] = (u, v, d)``: pixel coordinates (pixel
 triangle wins: perspective compares ``1/d`` interpolated linearly in screen space, orthographic
 compares ``d``; exact ties go to the lower face id, so results do not depend on thread order.
 
+Near-plane clipping (perspective): a triangle with a vertex at or before ``d = near`` is drawn
+where the pixel ray meets it beyond ``near`` (``_key_clipped``: the perspective-correct
+barycentrics of the ORIGINAL triangle, computed from the projected vertices, which stay
+meaningful for vertices behind the camera, are all >= 0 and the hit depth exceeds ``near``);
+its bins come from the clipped polygon's screen box (``_tri_box``).
+
 Binning (``bin_count`` then ``bin_fill``) writes, per view and tile, the list of triangles whose
 pixel bounding box touches the tile. Those two kernels accumulate with atomics and therefore run
 as ONE launch (never split) on CPU; they are correct on CUDA as is. ``raster_tiles`` (CPU: one
@@ -125,18 +131,6 @@ def _key_clipped(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any, d0: Any, 
     if S > z and S * near < type(area)(1.0) and q0 >= z and q1 >= z and q2 >= z:
         key = -S
     return key
-
-
-@wp.func
-def _pixel_range(a: Any, b: Any, c: Any, n: int):
-    """Inclusive index range of pixel centres (k + 0.5) within [min, max] of three coordinates,
-    clamped to [0, n-1]; returned as vec2i (lo, hi), empty when lo > hi."""
-    lo = wp.min(wp.min(a, b), c)
-    hi = wp.max(wp.max(a, b), c)
-    half = type(a)(0.5)
-    ilo = int(wp.ceil(lo - half))
-    ihi = int(wp.floor(hi - half))
-    return wp.vec2i(wp.max(ilo, 0), wp.min(ihi, n - 1))
 
 
 @wp.func

@@ -89,8 +89,8 @@ class Cameras:
     R: (B, 3, 3) world-to-camera rotations; t: (B, 3) translations (``x_cam = R x + t``);
     intrinsics: (B, 4) ``(fx, fy, cx, cy)`` in pixels (orthographic: fx, fy in pixels per world
     unit); width, height: image size in pixels; orthographic: projection kind; near: view depth
-    (world units) below which geometry is not rendered (rasterization discards triangles with a
-    vertex nearer than ``near``).
+    (world units) below which geometry is not rendered (perspective rasterization clips triangles
+    at ``d = near``; orthographic rasterization drops triangles with a vertex nearer than ``near``).
     """
 
     R: torch.Tensor
