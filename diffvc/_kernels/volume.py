@@ -32,14 +32,12 @@ threads), summed afterwards. Per-ray gradients are disjoint and shared.
 
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from .bridge import to_warp, warp_device, wp
+from .bridge import _pool, _stream, to_warp, warp_device, wp
 
 wp.set_module_options({"enable_backward": False})
 
@@ -412,16 +410,6 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
 # launching
 # ----------------------------------------------------------------------------------------------
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
-    return _POOL
-
-
 def _workers(device: torch.device, n: int, min_per_thread: int = 64) -> int:
     if device.type != "cpu":
         return 1
@@ -438,25 +426,23 @@ def _launch(kernel, n: int, args_for, device: torch.device, workers: int, dtype:
     if n == 0:
         return
     wdev = warp_device(device)
-    if device.type == "cuda":  # Warp launches on its own stream: let torch's pending work finish
-        torch.cuda.synchronize(device)
+    stream = _stream(device)   # the bridge's stream policy: Warp runs on torch's current stream
     key = (kernel.key, dtype, wdev)
     if key not in _WARM:
         # the first launch of a generic kernel's specialisation resolves it: never concurrently
         with _WARM_LOCK:
-            wp.launch(kernel, dim=n, inputs=[0] + args_for(0), device=wdev, record_tape=False)
+            wp.launch(kernel, dim=n, inputs=[0] + args_for(0), device=wdev, stream=stream, record_tape=False)
             _WARM.add(key)
     elif workers <= 1:
-        wp.launch(kernel, dim=n, inputs=[0] + args_for(0), device=wdev, record_tape=False)
+        wp.launch(kernel, dim=n, inputs=[0] + args_for(0), device=wdev, stream=stream, record_tape=False)
     else:
         kernel.module.load(wdev)
         chunk = (n + workers - 1) // workers
         futs = [_pool().submit(wp.launch, kernel, dim=min(chunk, n - w * chunk), inputs=[w * chunk] + args_for(w),
-                               device=wdev, record_tape=False) for w in range(workers) if w * chunk < n]
+                               device=wdev, stream=stream, record_tape=False)
+                for w in range(workers) if w * chunk < n]   # the bridge's one launch pool
         for f in futs:
             f.result()
-    if device.type == "cuda":
-        wp.synchronize_device(wdev)
 
 
 def _w(t: torch.Tensor):
