@@ -17,18 +17,16 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import pathtrace as K
+from .._validate import check_faces
 from .cameras import Cameras, generate_rays
 
 
 def _check_mesh(vertices, faces):
     if not isinstance(vertices, torch.Tensor) or vertices.dim() != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices must be a tensor of shape (V, 3), got {getattr(vertices, 'shape', None)}")
-    if not isinstance(faces, torch.Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.is_floating_point():
-        raise ValueError(f"faces must be an integer tensor of shape (F, 3), got {getattr(faces, 'shape', None)}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= vertices.shape[0]):
-        raise ValueError(f"faces index vertices out of range [0, {vertices.shape[0]})")
-    if faces.device != vertices.device:
-        raise ValueError(f"faces is on {faces.device} but vertices on {vertices.device}")
+    if not isinstance(faces, torch.Tensor):
+        raise TypeError(f"faces must be an integer torch.Tensor of shape (F, 3), got {type(faces).__name__}")
+    check_faces(faces, vertices.shape[0], device=vertices.device, dtype=torch.int64)
 
 
 def _check_rays(origins, directions, vertices):
