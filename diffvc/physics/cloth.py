@@ -93,24 +93,21 @@ class ClothState:
 def cloth_hinges(faces: torch.Tensor) -> torch.Tensor:
     """Interior edges of a consistently oriented triangle mesh as hinges ``(H, 4)`` long:
     ``(a, b, c, d)`` with the shared edge ``a -> b`` as it runs in triangle ``(a, b, c)`` and
-    ``d`` the opposite vertex of the other triangle ``(b, a, d)``. Edges with more than two
-    triangles (non-manifold) are ignored beyond their first two faces."""
-    from ..geometry import edges
+    ``d`` the opposite vertex of the other triangle ``(b, a, d)``. Edges shared by more than two
+    triangles (non-manifold) have no hinge. Built on the one edge-face adjacency of
+    :mod:`diffvc.geometry.topology`."""
+    from ..geometry.topology import _interior_edge_corners
 
     faces = faces.long()
-    _, inv = edges(faces, return_inverse=True)
-    eid = inv.reshape(-1)
-    a = faces.reshape(-1)
-    b = faces.roll(-1, dims=1).reshape(-1)
-    c = faces.roll(-2, dims=1).reshape(-1)
-    order = torch.argsort(eid, stable=True)
-    eid, a, b, c = eid[order], a[order], b[order], c[order]
-    same = eid[1:] == eid[:-1]
-    first = torch.ones_like(eid, dtype=torch.bool)
-    first[1:] = ~same
-    keep = same & first[:-1]  # the first two faces of each edge
-    i = torch.nonzero(keep).reshape(-1)
-    return torch.stack([a[i], b[i], c[i], c[i + 1]], 1)
+    _, i, j = _interior_edge_corners(faces)
+    flat = faces.reshape(-1)
+    fi, ki = i // 3, i % 3
+    fj, kj = j // 3, j % 3
+    a = flat[3 * fi + ki]
+    b = flat[3 * fi + (ki + 1) % 3]
+    c = flat[3 * fi + (ki + 2) % 3]
+    d = flat[3 * fj + (kj + 2) % 3]
+    return torch.stack([a, b, c, d], 1)
 
 
 def _tri_frames(X: torch.Tensor, faces: torch.Tensor):
