@@ -109,3 +109,17 @@ def face_neighbors(faces: torch.Tensor) -> torch.Tensor:
     out[i] = j // 3
     out[j] = i // 3
     return out.reshape(-1, 3)
+
+
+def edge_owners(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every unique edge with the faces that use it: ``(edges (E, 2) sorted pairs, first face
+    (E,), last face (E,), face count (E,))``; boundary edges have count 1 (first == last),
+    non-manifold edges count > 2. Edges are in ``torch.unique`` order of their sorted pairs."""
+    faces = _faces_arg(faces)
+    F = faces.shape[0]
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    owner = torch.arange(F, device=faces.device).repeat(3)
+    uniq, inv, counts = torch.unique(e.sort(dim=1)[0], dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)
+    start = torch.cumsum(counts, 0) - counts
+    return uniq, owner[order[start]], owner[order[start + counts - 1]], counts

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from .._kernels import pathtrace as K
+from ..geometry.topology import edge_owners
 from .cameras import Cameras
 from .raytrace import hit_from_face
 
@@ -40,15 +41,7 @@ def candidate_edges(scene, camera: Cameras) -> torch.Tensor:
     F = faces.shape[0]
     if F == 0:
         return torch.zeros(0, 2, dtype=torch.long, device=faces.device)
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    owner = torch.arange(F, device=faces.device).repeat(3)
-    e_sorted, _ = e.sort(dim=1)
-    uniq, inv, counts = torch.unique(e_sorted, dim=0, return_inverse=True, return_counts=True)
-    # first and last owner face of each unique edge
-    order = torch.argsort(inv, stable=True)
-    start = torch.cumsum(counts, 0) - counts
-    f1 = owner[order[start]]
-    f2 = owner[order[start + counts - 1]]
+    uniq, f1, f2, counts = edge_owners(faces)   # first and last owner face of each unique edge
     v = scene.vertices.detach().to(torch.float64)
     tri = v[faces]
     n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
@@ -162,14 +155,7 @@ def secondary_candidate_edges(scene, dynamic_only: bool = True) -> torch.Tensor:
     faces = scene.faces.long()
     if faces.shape[0] == 0:
         return torch.zeros(0, 2, dtype=torch.long, device=faces.device)
-    F = faces.shape[0]
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    owner = torch.arange(F, device=faces.device).repeat(3)
-    uniq, inv, counts = torch.unique(e.sort(dim=1)[0], dim=0, return_inverse=True, return_counts=True)
-    order = torch.argsort(inv, stable=True)
-    start = torch.cumsum(counts, 0) - counts
-    f1 = owner[order[start]]
-    f2 = owner[order[start + counts - 1]]
+    uniq, f1, f2, counts = edge_owners(faces)
     v = scene.vertices.detach().to(torch.float64)
     tri = v[faces]
     n = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
