@@ -81,6 +81,25 @@ class RunConfig:
         return quick if self.quick else full
 
 
+def single_threaded(run):
+    """Decorator for an example's ``run(cfg)`` whose tensors are too small for torch's intra-op
+    threads (on a shared 2-core CPU they stall): run with one torch thread, restore afterwards."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(cfg):
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return run(cfg)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
 def load(name: str):
     """Import the example module registered as ``name``."""
     if name not in EXAMPLES:

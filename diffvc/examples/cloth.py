@@ -33,6 +33,7 @@ from ..physics import ClothModel, rollout
 from ..pipeline import Scene, SoftBinding, render_trajectory
 from ..render import AmbientLight, Cameras, DirectionalLight
 from ..viz import save_animation, tile, write_metrics
+from . import single_threaded
 
 DESCRIPTION = "cloth draping over a ball: recover stretch and bending stiffness from video pixels"
 
@@ -98,18 +99,10 @@ def _side_by_side(path, target, start, end, panel: int):
     iio.imwrite(path.with_suffix(".png"), frames[-1])
 
 
+# a 121-vertex cloth is far too small for torch's intra-op threads (on a busy 2-core machine
+# they stall); run single-threaded and restore afterwards
+@single_threaded
 def run(cfg) -> dict:
-    # a 121-vertex cloth is far too small for torch's intra-op threads (on a busy 2-core machine
-    # they stall); run single-threaded and restore afterwards
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(cfg) -> dict:
     exp = ClothDrape(size=48 if cfg.quick else 64, device=cfg.device)
     frames = 12 if cfg.quick else FRAMES   # quick: the first 0.72 s (fall, contact, drape)
     iters = cfg.iterations(full=40, quick=20)

@@ -25,6 +25,7 @@ import torch
 from ..optim import Free, ParameterSet, optimize
 from ..physics import MPMModel, MPMState
 from ..viz import plot_curves, save_animation, tile, write_metrics
+from . import single_threaded
 
 DESCRIPTION = "DiffTaichi's diffmpm: an MPM soft robot learns open-loop actuation to move right"
 
@@ -132,18 +133,10 @@ def render_video(trajs: list, ids: torch.Tensor, width: int = 384, height: int =
     return np.stack([render_trajectory(scene, tr, renderer="splat")[:, 0].clamp(0, 1).numpy() for tr in trajs], 1)
 
 
+# torch's share here is small (actuation signals); its 2-thread pool cost seconds per iteration
+# on the loaded 2-core dev machine, so this example runs torch on one thread
+@single_threaded
 def run(cfg) -> dict:
-    # torch's share here is small (actuation signals); its 2-thread pool cost seconds per iteration
-    # on the loaded 2-core dev machine, so this example runs torch on one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(cfg) -> dict:
     dtype = torch.float32
     steps = STEPS - 1
     x0, ids = robot_scene(dtype, cfg.device)

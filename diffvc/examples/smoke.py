@@ -27,6 +27,7 @@ import torch
 from ..optim import optimize
 from ..physics import SmokeModel, SmokeState, rollout
 from ..viz import linear_to_srgb, plot_curves, save_animation, save_image, tile, write_metrics
+from . import single_threaded
 
 DESCRIPTION = "smoke control (DiffTaichi's task): optimise the initial velocity so the density forms a target image"
 
@@ -92,18 +93,10 @@ def _show(d: torch.Tensor) -> np.ndarray:
     return d.detach().clamp(0, 1).T.flip(0).cpu().numpy()
 
 
+# grids of 4k-16k cells are too small for torch's intra-op threads to pay off (on a busy
+# 2-core machine they stall: bench/smoke.py); run single-threaded and restore afterwards
+@single_threaded
 def run(cfg) -> dict:
-    # grids of 4k-16k cells are too small for torch's intra-op threads to pay off (on a busy
-    # 2-core machine they stall: bench/smoke.py); run single-threaded and restore afterwards
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(cfg) -> dict:
     n = 64 if cfg.quick else 128
     steps = 60 if cfg.quick else 99
     iters = cfg.iterations(full=200, quick=60)

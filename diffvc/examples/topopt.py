@@ -23,6 +23,7 @@ import torch
 from ..topopt import SIMP, VOID, cantilever, cantilever_3d, mbb_beam, with_passive
 from ..topopt.top88 import top88
 from ..viz import figure_to_array, plot_curves, save_animation, save_image, tile, write_metrics
+from . import single_threaded
 
 DESCRIPTION = "SIMP topology optimisation: top88's MBB beam, a two-load cantilever (MMA, Heaviside), a 3D cantilever"
 
@@ -65,18 +66,10 @@ def _frames(runs: list[tuple[str, object, int]], n_frames: int = 40) -> list[np.
     return frames
 
 
+# small tensors in a Python loop: one torch thread (a second one mostly spins on a shared
+# CPU; the top88 port beside it is single-threaded too)
+@single_threaded
 def run(cfg) -> dict:
-    # small tensors in a Python loop: one torch thread (a second one mostly spins on a shared
-    # CPU; the top88 port beside it is single-threaded too)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(cfg) -> dict:
     quick = cfg.quick
     dtype = torch.float64
     dev = cfg.device
