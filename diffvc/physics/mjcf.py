@@ -447,6 +447,18 @@ def _combine_inertia(geoms):
     return mass, com, I
 
 
+def xml_root(source: str | os.PathLike) -> ET.Element:
+    """The root element of an XML model given as a file path or as the XML text itself."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path or an XML string, got {type(source).__name__}")
+    text = str(source)
+    if text.lstrip().startswith("<"):
+        return ET.fromstring(text)
+    if not os.path.exists(text):
+        raise ValueError(f"source: no such file {text!r}")
+    return ET.parse(text).getroot()
+
+
 def load_mjcf(source: str | os.PathLike, dtype=torch.float32, device="cpu", pairs="auto", ke=1e4, kd=10.0,
               mu=0.5, friction_smoothing=0.01, contact_smoothing=0.0, limit_ke=1e4, limit_kd=10.0,
               limit_smoothing=0.0, return_info: bool = False):
@@ -455,15 +467,7 @@ def load_mjcf(source: str | os.PathLike, dtype=torch.float32, device="cpu", pair
     Contact/limit parameters are diffvc's penalty parameters (MJCF's solref/solimp are ignored).
     Returns the model, or ``(model, info)`` with ``return_info`` (``info['timestep']`` etc.).
     """
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path or an XML string, got {type(source).__name__}")
-    text = str(source)
-    if text.lstrip().startswith("<"):
-        root = ET.fromstring(text)
-    else:
-        if not os.path.exists(text):
-            raise ValueError(f"source: no such file {text!r}")
-        root = ET.parse(text).getroot()
+    root = xml_root(source)
     p = _Parser(root, dtype, device, dict(ke=ke, kd=kd, mu=mu, friction_smoothing=friction_smoothing,
                                           contact_smoothing=contact_smoothing, limit_ke=limit_ke,
                                           limit_kd=limit_kd, limit_smoothing=limit_smoothing))

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import math
 import os
-import xml.etree.ElementTree as ET
 
 import torch
 
 from .articulated import ArticulatedModel, ArticulationBuilder
-from .mjcf import _axis_quat, _qmul, _quat_to_mat
+from .mjcf import _axis_quat, _qmul, _quat_to_mat, xml_root
 
 __all__ = ["load_urdf"]
 
@@ -65,15 +64,7 @@ def load_urdf(source: str | os.PathLike, floating_base: bool = False, dtype=torc
     """Build an :class:`ArticulatedModel` from a URDF file path or XML string (subset: module
     doc). ``contact``: the penalty/limit parameters of :class:`ArticulationBuilder` (``ke``,
     ``kd``, ``mu``, ``friction_smoothing``, ``contact_smoothing``, ``limit_ke`` ...)."""
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path or an XML string, got {type(source).__name__}")
-    text = str(source)
-    if text.lstrip().startswith("<"):
-        root = ET.fromstring(text)
-    else:
-        if not os.path.exists(text):
-            raise ValueError(f"source: no such file {text!r}")
-        root = ET.parse(text).getroot()
+    root = xml_root(source)
     if root.tag != "robot":
         raise ValueError(f"URDF: the root element must be <robot>, got <{root.tag}>")
     links, joints = {}, []
