@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .bridge import _SCALAR, _pool, _stream, to_warp, warp_device, wp
+from .bridge import _SCALAR, _pool, _stream, to_warp, wp
 from .fem import polar_rotation
 from .springs import _record, _rows
 

@@ -87,15 +87,12 @@ def advect2d(
     faces of velocity component 0/1; ``s = dt / dx`` (cells per unit velocity)."""
     i, j = wp.tid()
     half = s - s + type(s)(0.5)
-    ox = s - s
-    oy = s - s
     vx = s - s
     vy = s - s
     if kind == -1:
         vx = _centre_u(u0, i, j, 0, periodic)
         vy = _centre_u(u1, i, j, 1, periodic)
     elif kind == 0:
-        ox = -half
         vx = u0[i, j]
         ia = i - 1
         ib = i
@@ -106,7 +103,6 @@ def advect2d(
             ib = wp.min(ib, nx - 1)
         vy = (_centre_u(u1, ia, j, 1, periodic) + _centre_u(u1, ib, j, 1, periodic)) * half
     else:
-        oy = -half
         vy = u1[i, j]
         ja = j - 1
         jb = j

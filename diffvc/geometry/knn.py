@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from .._validate import as_int, check_float, check_same_device, check_same_dtype
-from ._checks import check_points
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 
 from .._validate import check_faces as _check_faces
 from .._validate import as_int, check_finite, check_same_device, check_same_dtype, describe
-from ._checks import check_faces, check_mesh, exact_norm, safe_div
+from ._checks import check_mesh, exact_norm, safe_div
 from .normals import _degenerate_faces, _face_cross
 from .topology import edges as _edges
 

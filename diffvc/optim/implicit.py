@@ -31,7 +31,7 @@ returns its least-squares iterate and the gradient is not meaningful. Only tenso
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 

@@ -71,6 +71,8 @@ __all__ = [
     "fem_implicit_step",
     "fem_static_solve",
     "lame_parameters",
+    "MPMModel",
+    "MPMState",
     "ClothModel",
     "ClothState",
     "cloth_hinges",

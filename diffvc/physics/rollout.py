@@ -234,11 +234,14 @@ def _as_step(model, dt, backend, control):
         def stepper(st, u=None):
             return fn(st, dt, control if u is None else u)
 
-        fused = None
-        if callable(seg):
-            def fused(st, n, recompute=False, return_all=False, control=None, _seg=seg, _held=control):
-                return _seg(st, dt, n, control=_held if control is None else control, recompute=recompute,
-                            return_all=return_all)
+        if not callable(seg):
+            return stepper, None
+        held = control
+
+        def fused(st, n, recompute=False, return_all=False, control=None):
+            return seg(st, dt, n, control=control if control is not None else held, recompute=recompute,
+                       return_all=return_all)
+
         return stepper, fused
     if not callable(model):
         raise TypeError(f"model must follow the simulator contract (model.step(state, dt, control)) or be a "
