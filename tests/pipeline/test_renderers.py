@@ -125,3 +125,26 @@ def test_renderer_errors_name_the_argument():
         render_trajectory(sc, states, renderer="pathtrace", spp=0)
     with pytest.raises(ValueError, match="backend"):
         render_trajectory(sc, states, renderer="raster", backend="cuda-ish")
+
+
+def test_primitives_and_shape_registration_name_the_bad_argument():
+    from diffvc.pipeline import Volume
+
+    x = torch.zeros(4, 3, dtype=D)
+    with pytest.raises(ValueError, match="radii"):
+        Points(x, torch.ones(3, dtype=D), torch.ones(4, 3, dtype=D), torch.ones(4, dtype=D))
+    with pytest.raises(TypeError, match="positions"):
+        Points.create(torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="density"):
+        Volume(torch.ones(4, 4, dtype=D), torch.ones(3, dtype=D), torch.zeros(3, dtype=D), torch.ones(3, dtype=D))
+    with pytest.raises(ValueError, match="bbox_max"):
+        Volume(torch.ones(2, 2, 2, dtype=D), torch.ones(3, dtype=D), torch.ones(3, dtype=D), torch.zeros(3, dtype=D))
+    sc, v, f = _scene(size=8)
+    with pytest.raises(ValueError, match="radius"):
+        sc.add_points("p", lambda s: x, radius=-1.0)
+    with pytest.raises(TypeError, match="binding"):
+        sc.add_volume("vol", 3)
+    with pytest.raises(ValueError, match="name"):
+        sc.add_points("box", lambda s: x)        # taken by a mesh shape
+    with pytest.raises(ValueError, match="name"):
+        register_renderer("", _CountingRenderer)
