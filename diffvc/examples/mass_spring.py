@@ -89,13 +89,19 @@ class WalkerController(torch.nn.Module):
         self.to(dtype)
 
     def forward(self, state: ParticleState, frame: int) -> torch.Tensor:
+        """Actuation per spring: (S,) for one walker's state (x, v of shape (N, 3)), (B, S) for a
+        batch of walkers (x, v of shape (B, N, 3), :func:`diffvc.physics.batch_model`)."""
         t = frame * DT * SUBSTEPS
-        clock = torch.sin(2 * math.pi * FREQ * t + self.phases)
-        xy = state.x[:, :2]
-        rel = xy - xy.mean(0)
-        inp = torch.cat([clock, rel.reshape(-1) * 5.0, state.v[:, :2].reshape(-1)])
-        a = torch.tanh(self.out(torch.tanh(self.hidden(inp))))
-        return a[self.actuator_of_spring]  # (S,) actuation per spring (gain 0 on passive springs)
+        x, v = state.x, state.v
+        batched = x.dim() == 3
+        if not batched:
+            x, v = x[None], v[None]
+        xy = x[..., :2]
+        rel = xy - xy.mean(-2, keepdim=True)
+        clock = torch.sin(2 * math.pi * FREQ * t + self.phases).expand(x.shape[0], N_SIN)
+        inp = torch.cat([clock, rel.reshape(x.shape[0], -1) * 5.0, v[..., :2].reshape(x.shape[0], -1)], -1)
+        a = torch.tanh(self.out(torch.tanh(self.hidden(inp))))[:, self.actuator_of_spring]
+        return a if batched else a[0]  # actuation per spring (gain 0 on passive springs)
 
 
 def simulate(model, x0, controller, frames: int, record: bool = False, checkpoint_every: int | None = None):

@@ -43,6 +43,7 @@ from .smoke import SmokeModel, SmokeState
 from .articulated import ArticulatedModel, ArticulatedState, ArticulationBuilder
 from .mjcf import load_mjcf
 from .urdf import load_urdf
+from .batch import BatchedModel, batch_model, batch_state, unbatch
 
 __all__ = [
     "ParticleModel",
@@ -83,4 +84,8 @@ __all__ = [
     "ArticulationBuilder",
     "load_mjcf",
     "load_urdf",
+    "BatchedModel",
+    "batch_model",
+    "batch_state",
+    "unbatch",
 ]
