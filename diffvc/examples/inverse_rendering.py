@@ -15,6 +15,13 @@ The optimisation renders with the same seed and sample count as the target ("sam
 so the loss is exactly zero at the true parameters; Russian roulette is off (``rr_depth`` above
 ``max_depth``) so the estimator is smooth in the albedos.
 
+Every render is the mean of ``SPP_CHUNKS`` renders of ``spp / SPP_CHUNKS`` samples, chunk ``k`` with
+seed ``rank_seed(seed, k)`` (and ``1 / SPP_CHUNKS`` of the edge samples). ``diffvc run
+inverse_rendering --nproc N`` (N <= ``SPP_CHUNKS``) splits the chunks over processes: each renders its
+chunks, the chunk images are exchanged (the full image is the same sum in chunk order on every
+process, so it does not depend on N), and each process back-propagates the loss through its own
+chunks; :func:`~diffvc.optim.optimize` sums the gradients.
+
     diffvc run inverse_rendering [--quick]
 """
 
@@ -24,7 +31,7 @@ import time
 
 import torch
 
-from ..optim import Bounded, ParameterSet, Positive, optimize
+from ..optim import Bounded, ParameterSet, Positive, distributed, optimize
 from ..render.pathtrace import path_trace
 from ..render.pt_scene import CORNELL_COLORS, CORNELL_LIGHT, CORNELL_SHORT_BOX, cornell_box, cornell_camera
 from ..viz import plot_curves, save_image, tile, to_uint8, write_metrics
@@ -33,6 +40,41 @@ DESCRIPTION = "Cornell box: recover wall colours, light radiance (path replay) a
 
 BOX_SIZE = CORNELL_SHORT_BOX[1][0]
 START_OFFSET = (0.15, 0.0, -0.12)  # initial displacement of the short box (m)
+SPP_CHUNKS = 4  # every render: this many chunks of spp / SPP_CHUNKS samples, the unit of sharding
+SHARDS = f"samples per pixel ({SPP_CHUNKS} chunks of every render, each with its own seed; 1 to {SPP_CHUNKS} processes)"
+
+
+def _render(scene, cam, spp: int, seed: int, **kw) -> torch.Tensor:
+    """``path_trace`` as the mean of ``SPP_CHUNKS`` chunks of ``spp // SPP_CHUNKS`` samples (chunk k:
+    seed ``rank_seed(seed, k)``; ``edge_samples``, ``secondary_spp`` and ``interior_spp`` split
+    alike, at least 1 each), this process rendering chunks ``shard_range(SPP_CHUNKS)``.
+
+    Returns the full (H, W, 3) image on every process: the chunk images are exchanged (each chunk
+    comes from one process, so the sum is exact and in chunk order: the image does not depend on the
+    process count). With grad enabled, its gradient reaches this process's chunks only; the other
+    chunks' shares come from the other processes (:func:`~diffvc.optim.optimize` sums gradients).
+    """
+    per = {k: max(1, v // SPP_CHUNKS) for k, v in kw.items() if k in ("edge_samples", "secondary_spp", "interior_spp")
+           and v > 0}
+    mine = {k: path_trace(scene, cam, spp=max(1, spp // SPP_CHUNKS), seed=distributed.rank_seed(seed, k),
+                          **{**kw, **per}) for k in distributed.shard_range(SPP_CHUNKS)}
+    ref = next(iter(mine.values()))
+    buf = torch.zeros(SPP_CHUNKS, *ref.shape, dtype=ref.dtype, device=ref.device)
+    for k, im in mine.items():
+        buf[k] = im.detach()
+    distributed.all_reduce_([buf])
+    full = buf.sum(0) / SPP_CHUNKS
+    if not (torch.is_grad_enabled() and ref.requires_grad):
+        return full
+    own = torch.stack(list(mine.values())).sum(0) / SPP_CHUNKS
+    return full + (own - own.detach())
+
+
+def _share(loss: torch.Tensor) -> torch.Tensor:
+    """This process's share of ``loss`` computed from a :func:`_render` image: its value is
+    ``loss / N`` (optimize sums the processes' values back to ``loss``) and its gradient is this
+    process's chunks' part of the gradient of ``loss``."""
+    return loss.detach() / distributed.world_size() + (loss - loss.detach())
 
 
 def _loss(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -45,11 +87,14 @@ def run(cfg) -> dict:
     size = 32 if cfg.quick else 64
     spp, depth, rr = 8, 8, 100
     seed = cfg.seed
+    if distributed.world_size() > SPP_CHUNKS:
+        raise ValueError(f"nproc: inverse_rendering splits {SPP_CHUNKS} sample chunks, not {distributed.world_size()} "
+                         f"processes")
     cam = cornell_camera(size, size, device=dev)
     true_center = torch.tensor(CORNELL_SHORT_BOX[0], device=dev)
     scene_true, info = cornell_box(device=dev)
     with torch.no_grad():
-        target = path_trace(scene_true, cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
+        target = _render(scene_true, cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
 
     # ---------------------------------------------------------------- stage 1: colours + light
     names = ["white", "red", "green"]
@@ -66,10 +111,11 @@ def run(cfg) -> dict:
         return s
 
     with torch.no_grad():
-        init_img = path_trace(scene_with(params), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
+        init_img = _render(scene_with(params), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
 
     def loss1():
-        return _loss(path_trace(scene_with(params), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr), target)
+        return _share(_loss(_render(scene_with(params), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr),
+                            target))
 
     # the same-seed objective is smooth and deterministic in these parameters: L-BFGS
     iters1 = cfg.iterations(full=30, quick=20)
@@ -96,12 +142,12 @@ def run(cfg) -> dict:
     edge_samples = 4000 if cfg.quick else 8000
 
     def loss2():
-        img = path_trace(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr,
+        img = _render(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr,
                          edge_samples=edge_samples, edge_spp=2)
-        return _loss(img, target)
+        return _share(_loss(img, target))
 
     with torch.no_grad():
-        start_img = path_trace(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
+        start_img = _render(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
     # the edge-sampled gradient changes with the sample placement: Adam with a decaying step
     iters2 = cfg.iterations(full=150, quick=150)
     t0 = time.perf_counter()
@@ -110,18 +156,21 @@ def run(cfg) -> dict:
     t2 = time.perf_counter() - t0
     with torch.no_grad():
         final_center = center_of(offset).cpu()
-        final_img = path_trace(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
+        final_img = _render(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)
     pos_err = float((final_center - true_center.cpu()).norm())
     start_err = float(torch.tensor(START_OFFSET).norm())
 
     # ---------------------------------------------------------------- outputs
+    if distributed.rank() != 0:
+        return {}  # outputs and metrics are rank 0's
     panels = [to_uint8(im, srgb=True) for im in (init_img, target, start_img, final_img)]
     save_image(cfg.out / "images.png", tile(panels, labels=["colours: start", "target", "box: start", "box: result"],
                                            min_size=256), srgb=False)
     plot_curves(cfg.out / "curves.png", {"materials+light loss": h1.loss, "box position loss": h2.loss},
                 title="inverse rendering (Cornell box)")
     metrics = {
-        "resolution": size, "spp": spp, "max_depth": depth,
+        "resolution": size, "spp": spp, "spp_chunks": SPP_CHUNKS, "processes": distributed.world_size(),
+        "max_depth": depth,
         "stage1_iterations": h1.iterations, "stage1_seconds": t1,
         "stage1_initial_loss": h1.loss[0], "stage1_final_loss": h1.loss[-1],
         **{f"rel_err_{k}": v for k, v in rel.items()},
