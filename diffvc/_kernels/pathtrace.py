@@ -834,7 +834,8 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
                             rec_nv: wp.array(dtype=wp.vec3, ndim=2), rec_cm: wp.array(dtype=wp.float32, ndim=2),
                             rec_cp: wp.array(dtype=wp.float32, ndim=2), rec_fm: wp.array(dtype=wp.int32, ndim=2),
                             rec_fp: wp.array(dtype=wp.int32, ndim=2), rec_ym: wp.array(dtype=wp.vec3, ndim=2),
-                            rec_yp: wp.array(dtype=wp.vec3, ndim=2)):
+                            rec_yp: wp.array(dtype=wp.vec3, ndim=2), rec_em: wp.array(dtype=wp.float32, ndim=2),
+                            rec_ep: wp.array(dtype=wp.float32, ndim=2), rec_beta: wp.array(dtype=wp.vec3, ndim=2)):
     """One camera path per (pixel, sample), continued by BSDF sampling for up to ``max_depth``
     vertices. Per vertex ``k`` it records the face hit and the hit point (``rec_face``,
     ``rec_pos``; torch turns them into material points), and
@@ -847,7 +848,10 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
       directions, and on each side of it the first hit (``rec_fm``/``rec_ym`` on the ``-nv``
       side, ``rec_fp``/``rec_yp`` on the other; face -1 and the direction when the ray escapes)
       and ``rec_cm``/``rec_cp = adj . beta F / pdf`` with ``F = f cos L`` path traced just beside
-      the edge (the same random numbers on both sides).
+      the edge (the same random numbers on both sides), and ``rec_em``/``rec_ep``: the part of
+      ``rec_cm``/``rec_cp`` that is emission of the first hit beside the edge (its derivative is
+      taken in area measure, as next-event estimation samples it);
+    * ``rec_beta = adj * beta``: the adjoint times the path throughput up to vertex ``k``.
 
     Unused entries have ``rec_face = -1``, ``rec_lkind = 0``, ``rec_edge = -1``."""
     i = wp.tid() + offset
@@ -859,6 +863,8 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
         rec_edge[i, k] = -1
         rec_cm[i, k] = 0.0
         rec_cp[i, k] = 0.0
+        rec_em[i, k] = 0.0
+        rec_ep[i, k] = 0.0
     x = pix % cam.width
     y = pix // cam.width
     state = wp.rand_init(seed, i)
@@ -892,6 +898,7 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
             n = -ng
         rec_face[i, k] = f
         rec_pos[i, k] = p
+        rec_beta[i, k] = cmul(adj, beta)
         m = scene.face_mat[f]
         kind = scene.mat_kind[m]
         alpha = wp.max(scene.mat_rough[m] * scene.mat_rough[m], 1.0e-3)
@@ -1009,12 +1016,20 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
                         if qm.result:
                             rec_fm[i, k] = qm.face
                             rec_ym[i, k] = o2 + om_m * qm.t
+                            if wp.dot(face_normal(scene, qm.face), om_m) < 0.0:
+                                le_m = scene.mat_emit[scene.face_mat[qm.face]]
+                                rec_em[i, k] = wp.dot(adj, cmul(beta, cmul(albedo * abm[0] + wp.vec3(abm[1]), le_m))) * (
+                                    wp.max(wp.dot(n, om_m), 0.0) * w)
                         qp = wp.mesh_query_ray(scene.mesh, o2, om_p, 1.0e30)
                         rec_fp[i, k] = -1
                         rec_yp[i, k] = om_p
                         if qp.result:
                             rec_fp[i, k] = qp.face
                             rec_yp[i, k] = o2 + om_p * qp.t
+                            if wp.dot(face_normal(scene, qp.face), om_p) < 0.0:
+                                le_p = scene.mat_emit[scene.face_mat[qp.face]]
+                                rec_ep[i, k] = wp.dot(adj, cmul(beta, cmul(albedo * abp[0] + wp.vec3(abp[1]), le_p))) * (
+                                    wp.max(wp.dot(n, om_p), 0.0) * w)
         # continue the path by BSDF sampling
         v0 = wp.randf(state)
         v1 = wp.randf(state)
@@ -1259,8 +1274,8 @@ def path_derivative(prep: PreparedScene, cam, edges: torch.Tensor, dynamic: torc
     D = max(int(max_depth), 1)
     dev = prep.device
     names_i = ("face", "lkind", "lface", "edge", "fm", "fp")
-    names_f = ("cn", "t", "cm", "cp")
-    names_v = ("pos", "lpos", "nv", "ym", "yp")
+    names_f = ("cn", "t", "cm", "cp", "em", "ep")
+    names_v = ("pos", "lpos", "nv", "ym", "yp", "beta")
     rec = {k: torch.zeros(N, D, dtype=torch.int32, device=dev) for k in names_i}
     rec.update({k: torch.zeros(N, D, device=dev) for k in names_f})
     rec.update({k: torch.zeros(N, D, 3, device=dev) for k in names_v})
@@ -1274,7 +1289,7 @@ def path_derivative(prep: PreparedScene, cam, edges: torch.Tensor, dynamic: torc
     args = [prep.struct, g, c, wp.from_torch(e32, dtype=wp.int32), n_edges, wp.from_torch(dyn, dtype=wp.int32), spp,
             seed, int(max_depth), rr_depth, int(do_edges), int(do_interior), wp.from_torch(_f(adj_image), dtype=wp.vec3)]
     args += [w[k] for k in ("face", "pos", "lkind", "lface", "lpos", "cn", "edge", "t", "nv", "cm", "cp", "fm", "fp",
-                            "ym", "yp")]
+                            "ym", "yp", "em", "ep", "beta")]
     _launch(path_derivative_records, N, prep, lambda k: args)
     return rec
 

@@ -219,26 +219,27 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
         o = origin.to(dt)
         with torch.enable_grad():
             v = vertices.detach().requires_grad_(True)
-            # vertices 1.. are material points of their faces; vertex 0 slides along its camera ray
-            X, Nrm, J = (z.reshape(r.numel(), D, -1) for z in _material(v, faces, fidx.reshape(-1),
-                                                                         pos0.reshape(-1, 3)))
-            d0 = _unit(pos0[:, 0] - o)
-            h0 = hit_from_face(v, faces, fidx[:, 0], o.expand_as(d0), d0)
-            X = torch.cat([h0.point[:, None], X[:, 1:]], 1)
-            Nrm = torch.cat([h0.normal[:, None], Nrm[:, 1:]], 1)
-            J = J[..., 0]
+            # every vertex slides along its sampled direction (solid-angle parameterisation): x_0
+            # along its camera ray, x_{k+1} along the direction sampled at x_k
+            Xs, Ns, dirs = [], [], []
+            prev = o.expand(r.numel(), 3)
+            for k in range(D):
+                dk = _unit(pos0[:, k] - (o if k == 0 else pos0[:, k - 1]))
+                h = hit_from_face(v, faces, fidx[:, k], prev, dk)
+                Xs.append(torch.where(valid[:, k, None], h.point, pos0[:, k]))
+                Ns.append(h.normal)
+                dirs.append(dk)
+                prev = Xs[-1]
+            X, Nrm, Dir = torch.stack(Xs, 1), torch.stack(Ns, 1), torch.stack(dirs, 1)
             S = torch.zeros((), dtype=dt)
             if D > 1:
-                # the geometry factor of each sampled link x_j -> x_{j+1} (and the area element at
-                # x_{j+1}) carries every later connection
+                # the cosine of each sampled link x_j -> x_{j+1} (at x_j; it is in the throughput of
+                # every later connection; the BSDF and the sampling density are held fixed)
                 rem = cn.flip(1).cumsum(1).flip(1)[:, 1:]
-                rv = X[:, 1:] - X[:, :-1]
-                r2 = (rv * rv).sum(-1).clamp_min(1e-20)
-                rh = rv / r2.sqrt()[..., None]
-                G = (Nrm[:, :-1] * rh).sum(-1).abs() * (Nrm[:, 1:] * rh).sum(-1).abs() / r2 * J[:, 1:]
-                G0 = G.detach()
-                ok = valid[:, 1:] & (G0 > 0) & (rem != 0)
-                S = S + (rem[ok] * G[ok] / G0[ok]).sum()
+                cj = (Nrm[:, :-1] * Dir[:, 1:]).sum(-1).abs()
+                cj0 = cj.detach()
+                ok = valid[:, 1:] & (cj0 > 0) & (rem != 0)
+                S = S + (rem[ok] * cj[ok] / cj0[ok]).sum()
             pi, ki = torch.nonzero(ui, as_tuple=True)
             if pi.numel():  # next-event connections: area lights in area measure (material points)
                 xk, nk = X[pi, ki], Nrm[pi, ki]
@@ -268,13 +269,17 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
                 om = _unit(v[ed[:, 0]] * (1 - t) + v[ed[:, 1]] * t - xk)
                 nv = R["nv"][pe_, ke].to(dt)
                 for side, sign in (("m", 1.0), ("p", -1.0)):
+                    # radiance beside the edge moves with the edge's image (solid angle), except the
+                    # emission of the first hit, which is differentiated in area measure (as next-event
+                    # estimation samples it): that part counts relative to the emitter's material point
                     fs = R["f" + side][pe_, ke].long()
                     ys = R["y" + side][pe_, ke].to(dt)
                     hit = fs >= 0
                     ym, _, _ = _material(v, faces, fs.clamp_min(0), ys)
                     oms = torch.where(hit[:, None], _unit(ym - xk), ys)
                     c = R["c" + side][pe_, ke].to(dt)
-                    S = S + sign * (c * (nv * (om - oms)).sum(-1)).sum()
+                    ce = R["e" + side][pe_, ke].to(dt)
+                    S = S + sign * (c * (nv * om).sum(-1) - ce * (nv * oms).sum(-1)).sum()
             if S.requires_grad:
                 (g,) = torch.autograd.grad(S, [v])
                 gv = gv + g
