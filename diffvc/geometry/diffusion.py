@@ -13,6 +13,7 @@ import torch
 
 from ._checks import check_mesh
 from .laplacian import cotangent_laplacian, uniform_laplacian, vertex_areas
+from .._validate import as_float, as_int, check_float
 from .large_steps import SparseSolver, solve
 
 
@@ -28,8 +29,8 @@ class HeatDiffusion:
     def __init__(self, verts: torch.Tensor, faces: torch.Tensor, t: float, steps: int = 1,
                  laplacian: str = "cotangent", method: str = "auto"):
         verts, faces = check_mesh(verts, faces)
-        if t < 0 or steps < 1:
-            raise ValueError(f"t must be >= 0 and steps >= 1, got t={t}, steps={steps}")
+        t = as_float(t, "t", nonneg=True)
+        steps = as_int(steps, "steps", minimum=1)
         n = verts.shape[0]
         v = verts.detach()
         if laplacian == "cotangent":
@@ -51,7 +52,8 @@ class HeatDiffusion:
 
     def __call__(self, signal: torch.Tensor) -> torch.Tensor:
         """Diffuse ``signal (V,)`` or ``(V, C)``; returns the same shape."""
-        if signal.shape[0] != self.mass.shape[0]:
+        signal = check_float(signal, "signal", coerce=False)
+        if signal.dim() not in (1, 2) or signal.shape[0] != self.mass.shape[0]:
             raise ValueError(f"signal must have {self.mass.shape[0]} rows (one per vertex), got {tuple(signal.shape)}")
         u = signal
         m = self.mass.to(signal.dtype)

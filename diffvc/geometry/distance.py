@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_mesh, check_points, exact_norm, safe_div
+from ._checks import check_float, check_mesh, check_points, check_same_dtype, exact_norm, safe_div
 from .winding import winding_number
 
 
@@ -25,6 +25,16 @@ def closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
 
     Degenerate triangles give a finite point on the triangle's extent and finite gradients.
     """
+    named = [(n, check_float(x, n, shape=(..., 3), coerce=False)) for n, x in (("p", p), ("a", a), ("b", b), ("c", c))]
+    check_same_dtype(*named)
+    try:
+        torch.broadcast_shapes(*(x.shape for _, x in named))
+    except RuntimeError:
+        raise ValueError("p, a, b and c must broadcast: " + ", ".join(f"{n} {tuple(x.shape)}" for n, x in named)) from None
+    return _closest_point_on_triangle(p, a, b, c)
+
+
+def _closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     ab, ac, ap = b - a, c - a, p - a
     d1, d2 = (ab * ap).sum(-1), (ac * ap).sum(-1)
     bp = p - b
@@ -61,7 +71,7 @@ def _nearest_face(verts, faces, points, chunk_elems):
     out = []
     for i in range(0, points.shape[0], step):
         q = points[i:i + step, None]
-        cp = closest_point_on_triangle(q, a0[None], b0[None], c0[None])
+        cp = _closest_point_on_triangle(q, a0[None], b0[None], c0[None])
         out.append(((cp - q) ** 2).sum(-1).argmin(1))
     return torch.cat(out)
 
@@ -93,7 +103,7 @@ def closest_points(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tenso
 
         fi = nearest_faces(verts, faces, points)
     f = faces[fi]
-    cp = closest_point_on_triangle(points, verts[f[:, 0]], verts[f[:, 1]], verts[f[:, 2]])
+    cp = _closest_point_on_triangle(points, verts[f[:, 0]], verts[f[:, 1]], verts[f[:, 2]])
     return cp, fi
 
 

@@ -18,7 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import as_int, check_faces, check_float
 from .topology import edges as mesh_edges
+
+
+def _sizes(**sizes) -> tuple:
+    """Layer sizes: each an int >= 1 (the error names the argument)."""
+    return tuple(as_int(v, k, minimum=1) for k, v in sizes.items())
 
 
 def _mlp(dims, last_act: bool = True) -> nn.Sequential:
@@ -49,6 +55,8 @@ class PointNetEncoder(nn.Module):
 
     def __init__(self, in_dim: int = 3, out_dim: int = 64, widths=(64, 128, 256)):
         super().__init__()
+        in_dim, out_dim = _sizes(in_dim=in_dim, out_dim=out_dim)
+        widths = tuple(as_int(w, "widths", minimum=1) for w in widths)
         self.in_dim = in_dim
         self.point_mlp = _mlp((in_dim,) + tuple(widths))
         self.head = _mlp((widths[-1], widths[-1] // 2, out_dim), last_act=False)
@@ -66,7 +74,11 @@ class PointNetEncoder(nn.Module):
 
 def knn_graph(x: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``(B, N, k)`` of each point's ``k`` nearest neighbours (itself included) in
-    ``x (B, N, C)`` (brute force; ``O(N^2)`` memory)."""
+    ``x (B, N, C)`` or ``(N, C)`` (brute force; ``O(N^2)`` memory); ``k`` is capped at ``N``."""
+    check_float(x, "x", shape=(..., "N", "C"), coerce=False)
+    k = as_int(k, "k", minimum=1)
+    if x.shape[-2] == 0:
+        raise ValueError("x holds no points")
     d = torch.cdist(x.detach(), x.detach())
     return d.topk(min(k, x.shape[1]), dim=-1, largest=False).indices
 
@@ -76,7 +88,8 @@ class EdgeConv(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, k: int = 16):
         super().__init__()
-        self.k = int(k)
+        in_dim, out_dim, k = _sizes(in_dim=in_dim, out_dim=out_dim, k=k)
+        self.k = k
         self.mlp = _mlp((2 * in_dim, out_dim, out_dim))
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,6 +107,8 @@ class DGCNNEncoder(nn.Module):
 
     def __init__(self, in_dim: int = 3, out_dim: int = 64, widths=(64, 64, 128), k: int = 16, emb: int = 256):
         super().__init__()
+        in_dim, out_dim, k, emb = _sizes(in_dim=in_dim, out_dim=out_dim, k=k, emb=emb)
+        widths = tuple(as_int(w, "widths", minimum=1) for w in widths)
         self.in_dim = in_dim
         dims = (in_dim,) + tuple(widths)
         self.convs = nn.ModuleList([EdgeConv(dims[i], dims[i + 1], k) for i in range(len(widths))])
@@ -114,10 +129,8 @@ class DGCNNEncoder(nn.Module):
 def normalized_adjacency(faces: torch.Tensor, num_verts: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """Row-normalised vertex adjacency ``D^-1 A`` ``(V, V)`` (torch sparse COO) of a triangle mesh;
     isolated vertices get an all-zero row."""
-    if not isinstance(faces, torch.Tensor) or faces.dim() != 2 or faces.shape[1] != 3:
-        raise ValueError(f"faces must be an integer tensor (F, 3), got {tuple(getattr(faces, 'shape', ()))}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_verts):
-        raise ValueError(f"faces index vertices outside [0, {num_verts})")
+    num_verts = as_int(num_verts, "num_verts", minimum=1)
+    faces = check_faces(faces, num_verts, device=device)
     e = mesh_edges(faces.to(device))
     i = torch.cat([e[:, 0], e[:, 1]])
     j = torch.cat([e[:, 1], e[:, 0]])
@@ -132,6 +145,7 @@ class MeshConv(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
+        in_dim, out_dim = _sizes(in_dim=in_dim, out_dim=out_dim)
         self.self_lin = nn.Linear(in_dim, out_dim)
         self.nb_lin = nn.Linear(in_dim, out_dim, bias=False)
 
@@ -151,6 +165,8 @@ class MeshEncoder(nn.Module):
 
     def __init__(self, in_dim: int = 3, out_dim: int = 64, widths=(32, 64, 128)):
         super().__init__()
+        in_dim, out_dim = _sizes(in_dim=in_dim, out_dim=out_dim)
+        widths = tuple(as_int(w, "widths", minimum=1) for w in widths)
         dims = (in_dim,) + tuple(widths)
         self.in_dim = in_dim
         self.convs = nn.ModuleList([MeshConv(dims[i], dims[i + 1]) for i in range(len(widths))])

@@ -24,12 +24,24 @@ import weakref
 import numpy as np
 import torch
 
+from .._validate import as_float, describe
 from ._checks import check_mesh, check_points
 from .laplacian import cotangent_laplacian, uniform_laplacian
 
 
+def _check_laplacian(L, name: str = "L") -> torch.Tensor:
+    if not isinstance(L, torch.Tensor) or not L.is_sparse or L.dim() != 2 or L.shape[0] != L.shape[1]:
+        raise TypeError(f"{name} must be a square torch sparse (COO) matrix (V, V), e.g. from uniform_laplacian, "
+                        f"got {describe(L)}")
+    if not L.is_floating_point():
+        raise TypeError(f"{name} must be a floating sparse matrix, got {L.dtype}")
+    return L
+
+
 def system_matrix(L: torch.Tensor, lam: float) -> torch.Tensor:
-    """``M = I + lam * L`` as a coalesced sparse tensor (``L``: sparse ``(V, V)``)."""
+    """``M = I + lam * L`` as a coalesced sparse tensor (``L``: sparse ``(V, V)``; ``lam >= 0``)."""
+    _check_laplacian(L)
+    lam = as_float(lam, "lam", nonneg=True)
     n = L.shape[0]
     ar = torch.arange(n, device=L.device)
     eye = torch.sparse_coo_tensor(torch.stack([ar, ar]), torch.ones(n, dtype=L.dtype, device=L.device), (n, n),
@@ -49,8 +61,7 @@ class SparseSolver:
     """
 
     def __init__(self, M: torch.Tensor, method: str = "auto", tol: float | None = None, iters: int = 1000):
-        if not M.is_sparse or M.dim() != 2 or M.shape[0] != M.shape[1]:
-            raise ValueError(f"M must be a square torch sparse matrix, got {M.layout} {tuple(M.shape)}")
+        _check_laplacian(M, "M")
         if method == "auto":
             method = "lu" if M.device.type == "cpu" else "cg"
         if method not in ("lu", "cg"):
@@ -144,7 +155,9 @@ def _cached_solver(L: torch.Tensor, lam: float, method: str) -> SparseSolver:
 
 def to_differential(L: torch.Tensor, x: torch.Tensor, lam: float) -> torch.Tensor:
     """``u = (I + lam L) x`` for ``x (V, 3)`` and a sparse Laplacian ``L (V, V)`` (differentiable in ``x``)."""
-    check_points(x, "x", dim=x.shape[-1] if x.dim() == 2 else 3)
+    _check_laplacian(L)
+    lam = as_float(lam, "lam", nonneg=True)
+    check_points(x, "x", dim=x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() == 2 else 3)
     if L.shape[0] != x.shape[0]:
         raise ValueError(f"L is {tuple(L.shape)} but x has {x.shape[0]} rows")
     return x + float(lam) * torch.sparse.mm(L.detach().to(x.dtype), x)
@@ -152,7 +165,9 @@ def to_differential(L: torch.Tensor, x: torch.Tensor, lam: float) -> torch.Tenso
 
 def from_differential(L: torch.Tensor, u: torch.Tensor, lam: float, method: str = "auto") -> torch.Tensor:
     """``x = (I + lam L)^{-1} u`` with the solver cached per ``(L, lam, method)`` (differentiable in ``u``)."""
-    check_points(u, "u", dim=u.shape[-1] if u.dim() == 2 else 3)
+    _check_laplacian(L)
+    lam = as_float(lam, "lam", nonneg=True)
+    check_points(u, "u", dim=u.shape[-1] if isinstance(u, torch.Tensor) and u.dim() == 2 else 3)
     if L.shape[0] != u.shape[0]:
         raise ValueError(f"L is {tuple(L.shape)} but u has {u.shape[0]} rows")
     return solve(_cached_solver(L, lam, method), u)
@@ -168,8 +183,9 @@ class AdamUniform(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-8):
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        lr = as_float(lr, "lr", positive=True)
+        if params is None or isinstance(params, (str, torch.Tensor)):
+            raise TypeError(f"params must be an iterable of tensors (e.g. [LargeSteps.u]), got {describe(params)}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
 
     @torch.no_grad()
@@ -219,8 +235,7 @@ class LargeSteps(torch.nn.Module):
                  method: str = "auto"):
         super().__init__()
         verts, faces = check_mesh(verts, faces)
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
+        lam = as_float(lam, "lam", nonneg=True)
         if laplacian == "uniform":
             L = uniform_laplacian(faces, verts.shape[0], dtype=verts.dtype, device=verts.device)
         elif laplacian == "cotangent":

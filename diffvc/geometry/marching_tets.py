@@ -127,6 +127,8 @@ def sdf_to_mesh(sdf_fn, resolution: int = 32, bounds=(-1.0, 1.0), dtype=torch.fl
 
     Returns ``(verts (V, 3), faces (F, 3))``, outward-oriented, closed if the surface lies inside ``bounds``.
     """
+    if not callable(sdf_fn):
+        raise TypeError(f"sdf_fn must be a callable points (N, 3) -> distances (N,), got {type(sdf_fn).__name__}")
     gv, gt = tet_grid(resolution, bounds, dtype=dtype, device=device)
     s = sdf_fn(gv)
     if not isinstance(s, torch.Tensor):

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .._validate import as_float, as_int, check_float
+
 
 class PositionalEncoding(torch.nn.Module):
     """``[x, sin(2^0 pi x), cos(2^0 pi x), ..., sin(2^{L-1} pi x), cos(2^{L-1} pi x)]`` per coordinate.
@@ -20,6 +22,7 @@ class PositionalEncoding(torch.nn.Module):
 
     def __init__(self, in_dim: int = 3, num_freqs: int = 6, include_input: bool = True):
         super().__init__()
+        in_dim, num_freqs = as_int(in_dim, "in_dim", minimum=1), as_int(num_freqs, "num_freqs", minimum=0)
         self.in_dim, self.num_freqs, self.include_input = in_dim, num_freqs, include_input
         self.register_buffer("freqs", (2.0 ** torch.arange(num_freqs)) * math.pi, persistent=False)
 
@@ -28,6 +31,7 @@ class PositionalEncoding(torch.nn.Module):
         return self.in_dim * (2 * self.num_freqs + int(self.include_input))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float(x, "x", shape=(..., self.in_dim), coerce=False)
         xf = x[..., None] * self.freqs.to(x.dtype)  # (N, D, L)
         enc = torch.cat([torch.sin(xf), torch.cos(xf)], -1).flatten(-2)
         return torch.cat([x, enc], -1) if self.include_input else enc
@@ -52,6 +56,13 @@ class HashGridEncoding(torch.nn.Module):
     def __init__(self, levels: int = 12, features: int = 2, log2_table: int = 17, base_resolution: int = 16,
                  max_resolution: int = 512, bounds=(-1.0, 1.0), init_scale: float = 1e-4):
         super().__init__()
+        levels, features = as_int(levels, "levels", minimum=1), as_int(features, "features", minimum=1)
+        log2_table = as_int(log2_table, "log2_table", minimum=1)
+        if log2_table > 30:
+            raise ValueError(f"log2_table must be <= 30 (a table of 2^log2_table rows per level), got {log2_table}")
+        base_resolution = as_int(base_resolution, "base_resolution", minimum=1)
+        max_resolution = as_int(max_resolution, "max_resolution", minimum=base_resolution)
+        init_scale = as_float(init_scale, "init_scale", nonneg=True)
         self.levels, self.features, self.bounds = levels, features, bounds
         self.table_size = 2 ** log2_table
         b = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(1, levels - 1))
@@ -69,6 +80,7 @@ class HashGridEncoding(torch.nn.Module):
         return self.levels * self.features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float(x, "x", shape=("N", 3), coerce=False)
         lo = torch.as_tensor(self.bounds[0], dtype=x.dtype, device=x.device)
         hi = torch.as_tensor(self.bounds[1], dtype=x.dtype, device=x.device)
         u = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
@@ -98,8 +110,10 @@ class MLP(torch.nn.Module):
         super().__init__()
         acts = {"relu": torch.nn.ReLU, "softplus": lambda: torch.nn.Softplus(beta=100), "silu": torch.nn.SiLU,
                 "tanh": torch.nn.Tanh}
-        if activation not in acts:
+        if not isinstance(activation, str) or activation not in acts:
             raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
+        in_dim, out_dim = as_int(in_dim, "in_dim", minimum=1), as_int(out_dim, "out_dim", minimum=1)
+        hidden, layers = as_int(hidden, "hidden", minimum=1), as_int(layers, "layers", minimum=0)
         dims = [in_dim] + [hidden] * layers + [out_dim]
         mods = []
         for i in range(len(dims) - 1):
@@ -128,6 +142,9 @@ class NeuralField(torch.nn.Module):
                  activation: str = "softplus", sphere_init: float | None = None, squeeze: bool = True,
                  **encoding_kwargs):
         super().__init__()
+        out_dim = as_int(out_dim, "out_dim", minimum=1)
+        if sphere_init is not None:
+            sphere_init = as_float(sphere_init, "sphere_init")
         if encoding == "hash":
             self.encoding = HashGridEncoding(**encoding_kwargs)
             in_dim = self.encoding.out_dim + 3
@@ -145,6 +162,7 @@ class NeuralField(torch.nn.Module):
         self.squeeze = squeeze and out_dim == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float(x, "x", shape=(..., 3), coerce=False)
         if self.encoding is None:
             h = x
         elif self.kind == "hash":

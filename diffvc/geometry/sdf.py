@@ -94,17 +94,24 @@ def sdf_plane(p: torch.Tensor, normal=(0.0, 1.0, 0.0), offset=0.0) -> torch.Tens
     return (p * n).sum(-1) - _t(offset, p, "offset")
 
 
+def _check_distances(*named) -> None:
+    """Floating distance tensors of one dtype whose shapes broadcast (values at the same points)."""
+    if not named:
+        raise ValueError("ds: give at least one tensor of distances")
+    for name, d in named:
+        if not isinstance(d, torch.Tensor) or not d.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor of distances, got {describe(d)}")
+    check_same_dtype(*named)
+    try:
+        torch.broadcast_shapes(*(d.shape for _, d in named))
+    except RuntimeError:
+        shapes = ", ".join(f"{n} {tuple(d.shape)}" for n, d in named)
+        raise ValueError(f"distances must broadcast (values at the same points): {shapes}") from None
+
+
 def smooth_union(a: torch.Tensor, b: torch.Tensor, k=0.1) -> torch.Tensor:
     """Smooth minimum of two distances with blend radius ``k`` (>= 0; 0 = hard union)."""
-    if not isinstance(a, torch.Tensor) or not a.is_floating_point():
-        raise TypeError(f"a must be a floating tensor of distances, got {describe(a)}")
-    if not isinstance(b, torch.Tensor) or not b.is_floating_point():
-        raise TypeError(f"b must be a floating tensor of distances, got {describe(b)}")
-    check_same_dtype(("a", a), ("b", b))
-    try:
-        torch.broadcast_shapes(a.shape, b.shape)
-    except RuntimeError:
-        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must broadcast (distances at the same points)") from None
+    _check_distances(("a", a), ("b", b))
     k = _t(k, a, "k", nonneg=True)
     ks = k.clamp_min(torch.finfo(a.dtype).tiny)
     h = (0.5 + 0.5 * (b - a) / ks).clamp(0.0, 1.0)
@@ -113,26 +120,32 @@ def smooth_union(a: torch.Tensor, b: torch.Tensor, k=0.1) -> torch.Tensor:
 
 def smooth_intersection(a: torch.Tensor, b: torch.Tensor, k=0.1) -> torch.Tensor:
     """Smooth maximum (intersection) with blend radius ``k``."""
+    _check_distances(("a", a), ("b", b))
     return -smooth_union(-a, -b, k)
 
 
 def smooth_difference(a: torch.Tensor, b: torch.Tensor, k=0.1) -> torch.Tensor:
     """``a`` minus ``b`` (``a`` intersected with the complement of ``b``), blend radius ``k``."""
+    _check_distances(("a", a), ("b", b))
     return smooth_intersection(a, -b, k)
 
 
 def union(*ds: torch.Tensor) -> torch.Tensor:
-    """Hard union (minimum) of any number of distances."""
+    """Hard union (minimum) of any number of distances (tensors that broadcast)."""
+    _check_distances(*((f"ds[{i}]", d) for i, d in enumerate(ds)))
     return torch.stack(torch.broadcast_tensors(*ds)).min(0).values
 
 
 def intersection(*ds: torch.Tensor) -> torch.Tensor:
-    """Hard intersection (maximum) of any number of distances."""
+    """Hard intersection (maximum) of any number of distances (tensors that broadcast)."""
+    _check_distances(*((f"ds[{i}]", d) for i, d in enumerate(ds)))
     return torch.stack(torch.broadcast_tensors(*ds)).max(0).values
 
 
 def sdf_normal(sdf_fn, p: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """Unit gradient of ``sdf_fn`` at ``p (N, 3)`` by autograd (the outward surface normal)."""
+    if not callable(sdf_fn):
+        raise TypeError(f"sdf_fn must be a callable p (N, 3) -> distances (N,), got {describe(sdf_fn)}")
     _check(p, "p")
     with torch.enable_grad():
         x = p if p.requires_grad else p.detach().requires_grad_(True)

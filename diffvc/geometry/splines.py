@@ -21,10 +21,13 @@ import math
 
 import torch
 
+from .._validate import as_float, as_int, check_float, check_same_dtype
+
 
 def clamped_knots(n_ctrl: int, degree: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """Uniform clamped (open) knot vector on ``[0, 1]``: ``degree + 1`` zeros, equally spaced
     interior knots, ``degree + 1`` ones; ``(n_ctrl + degree + 1,)``."""
+    n_ctrl, degree = as_int(n_ctrl, "n_ctrl", minimum=1), as_int(degree, "degree", minimum=0)
     if degree < 0 or n_ctrl < degree + 1:
         raise ValueError(f"n_ctrl must be >= degree + 1 >= 1, got n_ctrl={n_ctrl}, degree={degree}")
     inner = torch.linspace(0, 1, n_ctrl - degree + 1, dtype=dtype, device=device)[1:-1]
@@ -32,7 +35,13 @@ def clamped_knots(n_ctrl: int, degree: int, dtype=torch.float64, device=None) ->
                       torch.ones(degree + 1, dtype=dtype, device=device)])
 
 
+def _params(t, name: str, like: torch.Tensor) -> torch.Tensor:
+    """Curve/surface parameters: a finite floating ``(T,)`` tensor, cast to ``like``'s dtype."""
+    return check_float(t, name, shape=("T",), coerce=False).to(like.dtype)
+
+
 def _check_knots(knots: torch.Tensor, n_ctrl: int, degree: int, name: str = "knots") -> None:
+    check_float(knots, name, coerce=False)
     if knots.dim() != 1 or knots.shape[0] != n_ctrl + degree + 1:
         raise ValueError(f"{name} must have n_ctrl + degree + 1 = {n_ctrl + degree + 1} entries, got {tuple(knots.shape)}")
     if bool((knots[1:] < knots[:-1]).any()):
@@ -52,7 +61,11 @@ def bspline_basis(t: torch.Tensor, knots: torch.Tensor, degree: int, derivatives
     Returns:
         ``[N, dN/dt, ..., d^k N/dt^k]``, each ``(T, n)``. (Derivatives above ``p`` are zero.)
     """
-    p = int(degree)
+    p = as_int(degree, "degree", minimum=0)
+    as_int(derivatives, "derivatives", minimum=0)
+    t = check_float(t, "t", shape=("T",), coerce=False)
+    check_float(knots, "knots", shape=("K",), coerce=False)
+    _check_knots(knots, knots.shape[0] - p - 1, p)
     n = knots.shape[0] - p - 1
     U = knots.to(t.dtype)
     t = t.clamp(U[p], U[n])
@@ -88,7 +101,10 @@ def bspline_basis(t: torch.Tensor, knots: torch.Tensor, degree: int, derivatives
 
 
 def _check_ctrl(ctrl: torch.Tensor, weights, n_dims: int, name: str = "ctrl"):
-    if not isinstance(ctrl, torch.Tensor) or not ctrl.is_floating_point() or ctrl.dim() != n_dims + 1:
+    check_float(ctrl, name, coerce=False)
+    if weights is not None:
+        check_float(weights, "weights", coerce=False)
+    if ctrl.dim() != n_dims + 1:
         raise ValueError(f"{name} must be a float tensor with {n_dims} control-point axes and a coordinate axis, "
                          f"got {tuple(getattr(ctrl, 'shape', ()))}")
     if weights is not None:
@@ -110,6 +126,8 @@ def bspline_curve(ctrl: torch.Tensor, t: torch.Tensor, degree: int = 3, knots: t
             for rational curves).
     """
     _check_ctrl(ctrl, weights, 1)
+    degree, derivatives = as_int(degree, "degree", minimum=0), as_int(derivatives, "derivatives", minimum=0)
+    t = _params(t, "t", ctrl)
     n = ctrl.shape[0]
     if n < degree + 1:
         raise ValueError(f"ctrl: need at least degree + 1 = {degree + 1} control points, got {n}")
@@ -143,6 +161,7 @@ def bernstein(degree: int, t: torch.Tensor) -> torch.Tensor:
 def bezier_curve(ctrl: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None, derivatives: int = 0):
     """Bézier (rational if ``weights``) curve of degree ``n - 1`` from ``ctrl (n, D)`` at ``t (T,)`` in
     [0, 1]; same returns as :func:`bspline_curve`."""
+    _check_ctrl(ctrl, weights, 1)
     p = ctrl.shape[0] - 1
     knots = torch.cat([torch.zeros(p + 1), torch.ones(p + 1)]).to(ctrl.dtype).to(ctrl.device)
     return bspline_curve(ctrl, t, p, knots, weights, derivatives)
@@ -162,6 +181,7 @@ def bspline_surface(ctrl: torch.Tensor, u: torch.Tensor, v: torch.Tensor, degree
         ``S (U, V, D)``, or ``(S, S_u, S_v)`` with ``derivatives=True``.
     """
     _check_ctrl(ctrl, weights, 2)
+    u, v = _params(u, "u", ctrl), _params(v, "v", ctrl)
     p, q = (int(degree), int(degree)) if isinstance(degree, int) else (int(degree[0]), int(degree[1]))
     nu, nv = ctrl.shape[:2]
     if nu < p + 1 or nv < q + 1:
@@ -192,6 +212,11 @@ def bspline_surface(ctrl: torch.Tensor, u: torch.Tensor, v: torch.Tensor, degree
 def surface_normals(Su: torch.Tensor, Sv: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
     """Unit normals ``(S_u x S_v) / |S_u x S_v|`` (``(..., 3)``); where the surface is degenerate
     (``|S_u x S_v| = 0``, e.g. a sphere's poles) the result is 0 with a zero gradient."""
+    check_float(Su, "Su", shape=(..., 3), coerce=False)
+    check_float(Sv, "Sv", shape=(..., 3), coerce=False)
+    check_same_dtype(("Su", Su), ("Sv", Sv))
+    if Su.shape != Sv.shape:
+        raise ValueError(f"Su {tuple(Su.shape)} and Sv {tuple(Sv.shape)} must have the same shape")
     n = torch.linalg.cross(Su, Sv, dim=-1)
     nn = (n * n).sum(-1, keepdim=True)
     ok = nn > eps
@@ -212,6 +237,7 @@ def tessellate_surface(ctrl: torch.Tensor, resolution=(32, 32), degree=(3, 3), k
     """Sample a B-spline / NURBS surface on a uniform parameter grid over its domain and return a
     triangle mesh ``(verts (U V, D), faces (2 (U-1)(V-1), 3))`` for the renderers; ``verts``
     are differentiable in ``ctrl`` and ``weights``. Closed surfaces keep their seam duplicated."""
+    _check_ctrl(ctrl, weights, 2)
     p, q = (degree, degree) if isinstance(degree, int) else degree
     nu, nv = ctrl.shape[:2]
     ku = clamped_knots(nu, p, ctrl.dtype, ctrl.device) if knots[0] is None else knots[0]
@@ -230,11 +256,12 @@ def insert_knot(ctrl: torch.Tensor, knots: torch.Tensor, degree: int, t: float, 
 
     Returns ``(ctrl (n+1, D), knots (n+p+2,), weights (n+1,) or None)``; the new control points
     are affine combinations of the old ones (differentiable)."""
-    p = int(degree)
+    _check_ctrl(ctrl, weights, 1)
+    p = as_int(degree, "degree", minimum=0)
     n = ctrl.shape[0]
     _check_knots(knots, n, p)
     U = knots.to(ctrl.dtype)
-    t = float(t)
+    t = as_float(t, "t")
     if not float(U[p]) <= t <= float(U[n]):
         raise ValueError(f"t must lie in the domain [{float(U[p])}, {float(U[n])}], got {t}")
     k = int(torch.searchsorted(U, torch.tensor([t], dtype=U.dtype), right=True)[0]) - 1
@@ -259,6 +286,7 @@ def insert_knot(ctrl: torch.Tensor, knots: torch.Tensor, degree: int, t: float, 
 def elevate_bezier(ctrl: torch.Tensor, weights: torch.Tensor | None = None):
     """Degree elevation of a (rational) Bézier curve: ``n`` control points -> ``n + 1`` describing
     the same curve (in homogeneous coordinates ``Q_i = i/(p+1) P_{i-1} + (1 - i/(p+1)) P_i``)."""
+    _check_ctrl(ctrl, weights, 1)
     n = ctrl.shape[0]
     p = n - 1
     w = torch.ones(n, dtype=ctrl.dtype, device=ctrl.device) if weights is None else weights
@@ -272,7 +300,7 @@ def nurbs_circle(radius: float = 1.0, center=(0.0, 0.0), dtype=torch.float64, de
     """The exact NURBS circle (degree 2, 9 control points on a square, weights 1 and sqrt(2)/2,
     knots ``[0,0,0,1/4,1/4,1/2,1/2,3/4,3/4,1,1,1]``), counter-clockwise from ``(r, 0)``.
     Returns ``(ctrl (9, 2), weights (9,), knots (12,))``; the parameter is not arc length."""
-    r = float(radius)
+    r = as_float(radius, "radius", positive=True)
     pts = torch.tensor([[1, 0], [1, 1], [0, 1], [-1, 1], [-1, 0], [-1, -1], [0, -1], [1, -1], [1, 0]], dtype=dtype) * r
     pts = pts + torch.tensor(center, dtype=dtype)
     s = math.sqrt(0.5)

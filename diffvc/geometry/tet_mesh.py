@@ -10,7 +10,7 @@ import itertools
 
 import torch
 
-from .._validate import as_tuple, check_index
+from .._validate import as_int, as_tuple, check_index
 from ._checks import check_faces, check_points
 
 
@@ -52,6 +52,8 @@ def tet_volumes(verts: torch.Tensor, tets: torch.Tensor) -> torch.Tensor:
 
 def orient_tets(verts: torch.Tensor, tets: torch.Tensor) -> torch.Tensor:
     """Swap two indices of negatively oriented tets so every tet has positive volume."""
+    check_points(verts, "verts")
+    tets = check_faces(tets, verts.shape[0], verts.device, "tets", k=4)
     neg = signed_tet_volumes(verts.detach(), tets) < 0
     return torch.where(neg[:, None], tets[:, [0, 2, 1, 3]], tets)
 
@@ -66,9 +68,7 @@ def tet_grid(resolution: int = 16, bounds=(-1.0, 1.0), dtype=torch.float32, devi
     Returns:
         ``(verts ((n+1)^3, 3), tets (6 n^3, 4) long)``, positively oriented.
     """
-    n = int(resolution)
-    if n < 1:
-        raise ValueError(f"resolution must be >= 1, got {resolution}")
+    n = as_int(resolution, "resolution", minimum=1)
     lo = torch.as_tensor(bounds[0], dtype=torch.float64).expand(3)
     hi = torch.as_tensor(bounds[1], dtype=torch.float64).expand(3)
     if bool((hi <= lo).any()):
@@ -103,6 +103,7 @@ _OUT_FACES = torch.tensor([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])
 def tet_faces(tets: torch.Tensor) -> torch.Tensor:
     """All ``4 T`` faces ``(4T, 3)`` of positively oriented tets, oriented outward from their tet
     (face ``k`` of tet ``t`` is row ``k T + t`` and is opposite corner ``k``)."""
+    tets = check_index(tets, "tets", 2 ** 62, shape=("T", 4), size_name="any vertex index")
     return tets[:, _OUT_FACES.to(tets.device)].permute(1, 0, 2).reshape(-1, 3)
 
 
@@ -119,7 +120,14 @@ def tet_boundary_faces(tets: torch.Tensor) -> torch.Tensor:
 
 
 def remove_unreferenced(verts: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop vertices no cell uses and reindex ``cells`` (faces or tets)."""
+    """Drop vertices no cell uses and reindex ``cells`` (faces or tets).
+
+    Args:
+        verts: ``(V, D)`` vertex positions (any ``D``; finite).
+        cells: ``(C, k)`` integer indices into ``verts`` (faces ``k = 3``, tets ``k = 4``, ...).
+    """
+    check_points(verts, "verts", dim=verts.shape[-1] if isinstance(verts, torch.Tensor) and verts.dim() else 3)
+    cells = check_index(cells, "cells", verts.shape[0], shape=("C", "k"), device=verts.device)
     used = torch.zeros(verts.shape[0], dtype=torch.bool, device=verts.device)
     used[cells.reshape(-1)] = True
     new_id = torch.cumsum(used.long(), 0) - 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_int
 from ._checks import check_mesh
 from .distance import closest_points
 from .tet_mesh import _kuhn_lattice, remove_unreferenced, signed_tet_volumes, tet_boundary_faces
@@ -58,8 +59,7 @@ def tetrahedralize(verts: torch.Tensor, faces: torch.Tensor, resolution: int = 1
     verts, faces = check_mesh(verts, faces)
     if faces.shape[0] == 0:
         raise ValueError("faces is empty: nothing to tetrahedralize")
-    if resolution < 1:
-        raise ValueError(f"resolution must be >= 1, got {resolution}")
+    resolution = as_int(resolution, "resolution", minimum=1)
     dtype, device = verts.dtype, verts.device
     v64 = verts.detach().double().cpu()
     f = faces.cpu()

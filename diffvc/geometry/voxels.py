@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import as_int, as_tuple
+from .._validate import as_int, as_tuple, check_float
 from ._checks import check_mesh, check_points
 
 
@@ -43,6 +43,7 @@ def trilinear_sample(values: torch.Tensor, points: torch.Tensor, bounds=(-1.0, 1
         (the interpolant is C0 across cell faces).
     """
     check_points(points, "points")
+    check_float(values, "values", coerce=False)
     if values.dim() not in (3, 4):
         raise ValueError(f"values must have shape (nx, ny, nz) or (C, nx, ny, nz), got {tuple(values.shape)}")
     if values.dtype != points.dtype or values.device != points.device:
@@ -68,6 +69,8 @@ class DenseGrid(torch.nn.Module):
     def __init__(self, resolution: int = 32, channels: int | None = None, bounds=(-1.0, 1.0), init=0.0,
                  dtype=torch.float32, device="cpu"):
         super().__init__()
+        resolution = as_int(resolution, "resolution", minimum=2)
+        channels = as_int(channels, "channels", minimum=1, allow_none=True)
         shape = (resolution,) * 3 if channels is None else (channels,) + (resolution,) * 3
         if isinstance(init, torch.Tensor):
             vals = init.to(dtype=dtype, device=device).clone()
@@ -111,7 +114,8 @@ def grid_to_mesh(values: torch.Tensor, bounds=(-1.0, 1.0)):
     from .marching_tets import marching_tetrahedra
     from .tet_mesh import tet_grid
 
-    if values.dim() != 3 or len(set(values.shape)) != 1:
+    check_float(values, "values", coerce=False)
+    if values.dim() != 3 or len(set(values.shape)) != 1 or values.shape[0] < 2:
         raise ValueError(f"values must be a cubic grid (n+1, n+1, n+1), got {tuple(values.shape)}")
     gv, gt = tet_grid(values.shape[0] - 1, bounds, dtype=values.dtype, device=values.device)
     return marching_tetrahedra(gv, gt, values.reshape(-1))

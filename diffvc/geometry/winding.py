@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from .._validate import as_float
 from ._checks import check_mesh, check_points, exact_norm
 
 
@@ -75,6 +76,7 @@ def occupancy(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, th
         raise ValueError(f"method must be 'auto', 'exact' or 'fast', got {method!r}")
     verts, faces = check_mesh(verts, faces)
     check_points(points, "points")
+    threshold = as_float(threshold, "threshold")
     if method == "auto":
         method = "exact" if points.shape[0] * faces.shape[0] <= 2e8 or threshold != 0.5 else "fast"
     if method == "fast" and faces.shape[0] and points.shape[0]:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -67,6 +68,7 @@ def run_case(target: specs.Target, arg: str, label: str) -> tuple[str, str]:
 
 def main(start: int, stop: int) -> None:
     torch.manual_seed(0)
+    os.chdir(tempfile.mkdtemp(prefix="diffvc_fuzz_"))  # a mutated path must not write into the checkout
     by_name = {t.name: t for t in specs.targets()}
     for i, (name, arg, label) in enumerate(specs.cases()[start:stop], start):
         outcome, msg = run_case(by_name[name], arg, label)
