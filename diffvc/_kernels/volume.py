@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .bridge import _pool, _stream, to_warp, warp_device, wp
+from .bridge import _pool, _stream, to_warp, vec, warp_device, wp
 
 wp.set_module_options({"enable_backward": False})
 
@@ -66,82 +66,6 @@ def _occupied(occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any), px: An
     j = wp.clamp(int(wp.floor(py * xo[0, 1] + xo[1, 1])), 0, occ.shape[1] - 1)
     k = wp.clamp(int(wp.floor(pz * xo[0, 2] + xo[1, 2])), 0, occ.shape[2] - 1)
     return occ[i, j, k] != wp.uint8(0)
-
-
-@wp.func
-def _tri3(g: wp.array3d(dtype=Any), i: int, j: int, k: int, fx: Any, fy: Any, fz: Any):
-    """Trilinear value and its derivatives w.r.t. (fx, fy, fz) of a 3-D grid."""
-    one = type(fx)(1.0)
-    a00 = g[i, j, k]
-    a01 = g[i, j, k + 1]
-    a10 = g[i, j + 1, k]
-    a11 = g[i, j + 1, k + 1]
-    b00 = g[i + 1, j, k]
-    b01 = g[i + 1, j, k + 1]
-    b10 = g[i + 1, j + 1, k]
-    b11 = g[i + 1, j + 1, k + 1]
-    a0 = a00 * (one - fz) + a01 * fz
-    a1 = a10 * (one - fz) + a11 * fz
-    b0 = b00 * (one - fz) + b01 * fz
-    b1 = b10 * (one - fz) + b11 * fz
-    a = a0 * (one - fy) + a1 * fy
-    b = b0 * (one - fy) + b1 * fy
-    val = a * (one - fx) + b * fx
-    dx = b - a
-    dy = (a1 - a0) * (one - fx) + (b1 - b0) * fx
-    dz = ((a01 - a00) * (one - fy) + (a11 - a10) * fy) * (one - fx) + ((b01 - b00) * (one - fy) + (b11 - b10) * fy) * fx
-    return val, dx, dy, dz
-
-
-@wp.func
-def _tri4(g: wp.array4d(dtype=Any), i: int, j: int, k: int, c: int, fx: Any, fy: Any, fz: Any):
-    """Trilinear value and derivatives of channel ``c`` of a channels-last 4-D grid."""
-    one = type(fx)(1.0)
-    a00 = g[i, j, k, c]
-    a01 = g[i, j, k + 1, c]
-    a10 = g[i, j + 1, k, c]
-    a11 = g[i, j + 1, k + 1, c]
-    b00 = g[i + 1, j, k, c]
-    b01 = g[i + 1, j, k + 1, c]
-    b10 = g[i + 1, j + 1, k, c]
-    b11 = g[i + 1, j + 1, k + 1, c]
-    a0 = a00 * (one - fz) + a01 * fz
-    a1 = a10 * (one - fz) + a11 * fz
-    b0 = b00 * (one - fz) + b01 * fz
-    b1 = b10 * (one - fz) + b11 * fz
-    a = a0 * (one - fy) + a1 * fy
-    b = b0 * (one - fy) + b1 * fy
-    val = a * (one - fx) + b * fx
-    dx = b - a
-    dy = (a1 - a0) * (one - fx) + (b1 - b0) * fx
-    dz = ((a01 - a00) * (one - fy) + (a11 - a10) * fy) * (one - fx) + ((b01 - b00) * (one - fy) + (b11 - b10) * fy) * fx
-    return val, dx, dy, dz
-
-
-@wp.func
-def _scatter3(g: wp.array3d(dtype=Any), i: int, j: int, k: int, fx: Any, fy: Any, fz: Any, v: Any):
-    one = type(fx)(1.0)
-    wp.atomic_add(g, i, j, k, v * (one - fx) * (one - fy) * (one - fz))
-    wp.atomic_add(g, i, j, k + 1, v * (one - fx) * (one - fy) * fz)
-    wp.atomic_add(g, i, j + 1, k, v * (one - fx) * fy * (one - fz))
-    wp.atomic_add(g, i, j + 1, k + 1, v * (one - fx) * fy * fz)
-    wp.atomic_add(g, i + 1, j, k, v * fx * (one - fy) * (one - fz))
-    wp.atomic_add(g, i + 1, j, k + 1, v * fx * (one - fy) * fz)
-    wp.atomic_add(g, i + 1, j + 1, k, v * fx * fy * (one - fz))
-    wp.atomic_add(g, i + 1, j + 1, k + 1, v * fx * fy * fz)
-
-
-@wp.func
-def _scatter4(g: wp.array4d(dtype=Any), i: int, j: int, k: int, c: int, fx: Any, fy: Any, fz: Any, v: Any):
-    one = type(fx)(1.0)
-    wp.atomic_add(g, i, j, k, c, v * (one - fx) * (one - fy) * (one - fz))
-    wp.atomic_add(g, i, j, k + 1, c, v * (one - fx) * (one - fy) * fz)
-    wp.atomic_add(g, i, j + 1, k, c, v * (one - fx) * fy * (one - fz))
-    wp.atomic_add(g, i, j + 1, k + 1, c, v * (one - fx) * fy * fz)
-    wp.atomic_add(g, i + 1, j, k, c, v * fx * (one - fy) * (one - fz))
-    wp.atomic_add(g, i + 1, j, k + 1, c, v * fx * (one - fy) * fz)
-    wp.atomic_add(g, i + 1, j + 1, k, c, v * fx * fy * (one - fz))
-    wp.atomic_add(g, i + 1, j + 1, k + 1, c, v * fx * fy * fz)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,22 +142,115 @@ def composite_backward(offset: int, sigma: wp.array2d(dtype=Any), col: wp.array3
 # ----------------------------------------------------------------------------------------------
 # fused march through dense grids
 # ----------------------------------------------------------------------------------------------
+#
+# The grids arrive packed in one table of short vectors: voxel v = (i * Y + j) * Z + k holds Q
+# vectors of length L, table[v * Q + q], whose elements are [density, feature 0, ..., feature F-1]
+# (zero padded). Emission: L = 4 (Q = ceil((1 + F) / 4)); absorption: L = 1, Q = 1 (the density
+# grid itself, no copy). The 8 corners of a sample's cell are the elements o + x sx + y sy + z Q
+# (sy = Z Q, sx = Y Z Q; x, y, z in {0, 1}); its 8 trilinear weights are computed once, and every
+# lookup is a short-vector multiply-add, every gradient scatter a short-vector add.
+
+
+@wp.func
+def _weights(fx: Any, fy: Any, fz: Any):
+    """The 8 trilinear weights; corner order by (x, y, z) bits: 000, 001, 010, 011, 100, ..., 111."""
+    one = type(fx)(1.0)
+    a = (one - fx) * (one - fy)
+    b = (one - fx) * fy
+    c = fx * (one - fy)
+    d = fx * fy
+    return a * (one - fz), a * fz, b * (one - fz), b * fz, c * (one - fz), c * fz, d * (one - fz), d * fz
+
+
+@wp.func
+def _interp(g: wp.array(dtype=Any), a: int, sz: int, sy: int, sx: int, w0: Any, w1: Any, w2: Any, w3: Any,
+            w4: Any, w5: Any, w6: Any, w7: Any):
+    """Trilinear value of the table vectors at corner elements ``a + {0, sz, sy, ...}``."""
+    return (g[a] * w0 + g[a + sz] * w1 + g[a + sy] * w2 + g[a + sy + sz] * w3 + g[a + sx] * w4
+            + g[a + sx + sz] * w5 + g[a + sx + sy] * w6 + g[a + sx + sy + sz] * w7)
+
+
+@wp.func
+def _slopes(g: wp.array(dtype=Any), a: int, sz: int, sy: int, sx: int, fx: Any, fy: Any, fz: Any):
+    """Derivatives w.r.t. (fx, fy, fz) of the trilinear interpolant of the table vectors."""
+    one = type(fx)(1.0)
+    c000 = g[a]
+    c001 = g[a + sz]
+    c010 = g[a + sy]
+    c011 = g[a + sy + sz]
+    c100 = g[a + sx]
+    c101 = g[a + sx + sz]
+    c110 = g[a + sx + sy]
+    c111 = g[a + sx + sy + sz]
+    a0 = c000 * (one - fz) + c001 * fz
+    a1 = c010 * (one - fz) + c011 * fz
+    b0 = c100 * (one - fz) + c101 * fz
+    b1 = c110 * (one - fz) + c111 * fz
+    a_ = a0 * (one - fy) + a1 * fy
+    b_ = b0 * (one - fy) + b1 * fy
+    dx = b_ - a_
+    dy = (a1 - a0) * (one - fx) + (b1 - b0) * fx
+    dz = ((c001 - c000) * (one - fy) + (c011 - c010) * fy) * (one - fx) + \
+        ((c101 - c100) * (one - fy) + (c111 - c110) * fy) * fx
+    return dx, dy, dz
+
+
+@wp.func
+def _scatter(g: wp.array(dtype=Any), a: int, sz: int, sy: int, sx: int, v: Any, w0: Any, w1: Any, w2: Any,
+             w3: Any, w4: Any, w5: Any, w6: Any, w7: Any):
+    """Add ``v`` times the 8 trilinear weights to the corner vectors (plain adds on CPU, where each
+    worker owns its buffer; atomic on CUDA)."""
+    wp.atomic_add(g, a, v * w0)
+    wp.atomic_add(g, a + sz, v * w1)
+    wp.atomic_add(g, a + sy, v * w2)
+    wp.atomic_add(g, a + sy + sz, v * w3)
+    wp.atomic_add(g, a + sx, v * w4)
+    wp.atomic_add(g, a + sx + sz, v * w5)
+    wp.atomic_add(g, a + sx + sy, v * w6)
+    wp.atomic_add(g, a + sx + sy + sz, v * w7)
+
+
+@wp.func
+def _colour_pre(table: wp.array(dtype=Any), a: int, sz: int, sy: int, sx: int, n_vec: int, n_len: int, n_feat: int,
+                n_basis: int, basis: wp.array2d(dtype=Any), r: int, acc: wp.array2d(dtype=Any), v0: Any,
+                w0: Any, w1: Any, w2: Any, w3: Any, w4: Any, w5: Any, w6: Any, w7: Any):
+    """acc[r, c] = sum_b basis[r, b] f_{c n_basis + b}: the pre-activation colours of a sample whose
+    first table vector (interpolated) is ``v0``."""
+    c = int(0)
+    b = int(0)
+    vq = v0
+    for q in range(n_vec):
+        if q > 0:
+            vq = _interp(table, a + q, sz, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+        for e in range(n_len):
+            f = q * n_len + e - 1  # element 0 is the density
+            if f >= 0 and f < n_feat:
+                if b == 0:
+                    acc[r, c] = basis[r, b] * vq[e]
+                else:
+                    acc[r, c] = acc[r, c] + basis[r, b] * vq[e]
+                b = b + 1
+                if b == n_basis:
+                    b = 0
+                    c = c + 1
+    return c
 
 
 @wp.kernel
-def march_forward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dtype=Any),
+def march_forward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int, nz: int, n_vec: int, n_len: int,
                   basis: wp.array2d(dtype=Any), orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any),
                   tn: wp.array(dtype=Any), tf: wp.array(dtype=Any), jit: wp.array(dtype=Any),
                   xf: wp.array2d(dtype=Any), occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any),
-                  bg: wp.array2d(dtype=Any), n_samples: int, n_chan: int,
-                  n_basis: int, emission: int, sigmoid: int, t_stop: Any,
+                  use_occ: int, bg: wp.array2d(dtype=Any), n_samples: int, n_chan: int,
+                  n_basis: int, emission: int, sigmoid: int, t_stop: Any, acc: wp.array2d(dtype=Any),
                   color: wp.array2d(dtype=Any), trans: wp.array(dtype=Any), depth: wp.array(dtype=Any)):
     r = wp.tid() + offset
     z = t_stop - t_stop
     one = z + type(z)(1.0)
-    nx = dens.shape[0]
-    ny = dens.shape[1]
-    nz = dens.shape[2]
+    sz = n_vec
+    sy = nz * n_vec
+    sx = ny * nz * n_vec
+    n_feat = n_chan * n_basis
     T = one
     D = z
     for c in range(n_chan):
@@ -241,33 +258,40 @@ def march_forward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dty
     t0 = tn[r]
     t1 = tf[r]
     if t1 > t0:
-        span = t1 - t0
-        delta = span / type(z)(n_samples)
+        delta = (t1 - t0) / type(z)(n_samples)
+        ox = orig[r, 0]
+        oy = orig[r, 1]
+        oz = orig[r, 2]
+        dx = dirs[r, 0]
+        dy = dirs[r, 1]
+        dz = dirs[r, 2]
+        jr = jit[r]
         for s in range(n_samples):
             if T < t_stop:
                 break
-            t = t0 + (type(z)(s) + jit[r]) * delta
-            px = orig[r, 0] + t * dirs[r, 0]
-            py = orig[r, 1] + t * dirs[r, 1]
-            pz = orig[r, 2] + t * dirs[r, 2]
-            if not _occupied(occ, xo, px, py, pz):
+            t = t0 + (type(z)(s) + jr) * delta
+            px = ox + t * dx
+            py = oy + t * dy
+            pz = oz + t * dz
+            if use_occ != 0:
+                if not _occupied(occ, xo, px, py, pz):
+                    continue
+            i, fx, mx = _cell(px * xf[0, 0] + xf[1, 0], nx)
+            j, fy, my = _cell(py * xf[0, 1] + xf[1, 1], ny)
+            k, fz, mz = _cell(pz * xf[0, 2] + xf[1, 2], nz)
+            a = ((i * ny + j) * nz + k) * n_vec
+            w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
+            v0 = _interp(table, a, sz, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            sg = v0[0]
+            if sg <= z:  # no absorption and no emission here (weight exactly 0)
                 continue
-            ux = px * xf[0, 0] + xf[1, 0]
-            uy = py * xf[0, 1] + xf[1, 1]
-            uz = pz * xf[0, 2] + xf[1, 2]
-            i, fx, mx = _cell(ux, nx)
-            j, fy, my = _cell(uy, ny)
-            k, fz, mz = _cell(uz, nz)
-            sg, gx, gy, gz = _tri3(dens, i, j, k, fx, fy, fz)
-            tau = wp.max(sg, z) * delta
-            Tn = T * wp.exp(-tau)
+            Tn = T * wp.exp(-sg * delta)
             w = T - Tn
             if emission != 0:
+                _colour_pre(table, a, sz, sy, sx, n_vec, n_len, n_feat, n_basis, basis, r, acc, v0,
+                            w0, w1, w2, w3, w4, w5, w6, w7)
                 for c in range(n_chan):
-                    pre = z
-                    for b in range(n_basis):
-                        fv, ex, ey, ez = _tri4(feat, i, j, k, c * n_basis + b, fx, fy, fz)
-                        pre = pre + basis[r, b] * fv
+                    pre = acc[r, c]
                     if sigmoid != 0:
                         pre = one / (one + wp.exp(-pre))
                     color[r, c] = color[r, c] + w * pre
@@ -280,23 +304,24 @@ def march_forward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dty
 
 
 @wp.kernel
-def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dtype=Any),
+def march_backward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int, nz: int, n_vec: int, n_len: int,
                    basis: wp.array2d(dtype=Any), orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any),
                    tn: wp.array(dtype=Any), tf: wp.array(dtype=Any), jit: wp.array(dtype=Any),
                    xf: wp.array2d(dtype=Any), occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any),
-                   n_samples: int, n_chan: int, n_basis: int, emission: int,
+                   use_occ: int, n_samples: int, n_chan: int, n_basis: int, emission: int,
                    sigmoid: int, want_rays: int, t_stop: Any,
                    color: wp.array2d(dtype=Any), trans: wp.array(dtype=Any), depth: wp.array(dtype=Any),
                    g_color: wp.array2d(dtype=Any), g_trans: wp.array(dtype=Any), g_depth: wp.array(dtype=Any),
-                   d_dens: wp.array3d(dtype=Any), d_feat: wp.array4d(dtype=Any), d_basis: wp.array2d(dtype=Any),
+                   acc: wp.array2d(dtype=Any), d_table: wp.array(dtype=Any), d_basis: wp.array2d(dtype=Any),
                    d_orig: wp.array2d(dtype=Any), d_dirs: wp.array2d(dtype=Any), d_tn: wp.array(dtype=Any),
                    d_tf: wp.array(dtype=Any)):
     r = wp.tid() + offset
     z = t_stop - t_stop
     one = z + type(z)(1.0)
-    nx = dens.shape[0]
-    ny = dens.shape[1]
-    nz = dens.shape[2]
+    sz = n_vec
+    sy = nz * n_vec
+    sx = ny * nz * n_vec
+    n_feat = n_chan * n_basis
     t0 = tn[r]
     t1 = tf[r]
     if t1 > t0:
@@ -312,6 +337,8 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
         dx = dirs[r, 0]
         dy = dirs[r, 1]
         dz = dirs[r, 2]
+        jr = jit[r]
+        gdep = g_depth[r]
         T = one
         prefix = wp.float64(0.0)
         g_delta = z
@@ -326,62 +353,70 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
         for s in range(n_samples):
             if T < t_stop:
                 break
-            frac = (type(z)(s) + jit[r]) / fS
+            frac = (type(z)(s) + jr) / fS
             t = t0 + frac * span
-            if not _occupied(occ, xo, ox + t * dx, oy + t * dy, oz + t * dz):
+            px = ox + t * dx
+            py = oy + t * dy
+            pz = oz + t * dz
+            if use_occ != 0:
+                if not _occupied(occ, xo, px, py, pz):
+                    continue
+            i, fx, mx = _cell(px * xf[0, 0] + xf[1, 0], nx)
+            j, fy, my = _cell(py * xf[0, 1] + xf[1, 1], ny)
+            k, fz, mz = _cell(pz * xf[0, 2] + xf[1, 2], nz)
+            a = ((i * ny + j) * nz + k) * n_vec
+            w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
+            v0 = _interp(table, a, sz, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            sg = v0[0]
+            if sg < z:  # clamped to 0: no value and no gradient
                 continue
-            ux = (ox + t * dx) * xf[0, 0] + xf[1, 0]
-            uy = (oy + t * dy) * xf[0, 1] + xf[1, 1]
-            uz = (oz + t * dz) * xf[0, 2] + xf[1, 2]
-            i, fx, mx = _cell(ux, nx)
-            j, fy, my = _cell(uy, ny)
-            k, fz, mz = _cell(uz, nz)
-            sg, sgx, sgy, sgz = _tri3(dens, i, j, k, fx, fy, fz)
-            tau = wp.max(sg, z) * delta
-            Tn = T * wp.exp(-tau)
+            Tn = T * wp.exp(-sg * delta)
             w = T - Tn
-            v = g_depth[r] * t
+            v = gdep * t
             if emission != 0:
+                _colour_pre(table, a, sz, sy, sx, n_vec, n_len, n_feat, n_basis, basis, r, acc, v0,
+                            w0, w1, w2, w3, w4, w5, w6, w7)
                 for c in range(n_chan):
-                    pre = z
-                    for b in range(n_basis):
-                        fv, ex, ey, ez = _tri4(feat, i, j, k, c * n_basis + b, fx, fy, fz)
-                        pre = pre + basis[r, b] * fv
+                    pre = acc[r, c]
+                    slope = one
                     if sigmoid != 0:
                         pre = one / (one + wp.exp(-pre))
+                        slope = pre * (one - pre)
                     v = v + g_color[r, c] * pre
+                    acc[r, c] = g_color[r, c] * w * slope  # now: d loss / d pre-activation c
             prefix = prefix + wp.float64(w * v)
             dtau = Tn * v - type(z)(total - prefix)
-            # gradient w.r.t. the index coordinates (u) of this sample
+            gs = dtau * delta
+            g_delta = g_delta + dtau * sg
+            # per table vector: the gradient w.r.t. its interpolated value, scattered to the corners
             gux = z
             guy = z
             guz = z
-            if sg >= z:
-                gs = dtau * delta
-                _scatter3(d_dens, i, j, k, fx, fy, fz, gs)
-                gux = gux + gs * sgx
-                guy = guy + gs * sgy
-                guz = guz + gs * sgz
-                g_delta = g_delta + dtau * sg
-            if emission != 0:
-                for c in range(n_chan):
-                    gc = g_color[r, c] * w
-                    pre = z
-                    if sigmoid != 0:
-                        for b in range(n_basis):
-                            fv, ex, ey, ez = _tri4(feat, i, j, k, c * n_basis + b, fx, fy, fz)
-                            pre = pre + basis[r, b] * fv
-                        sgm = one / (one + wp.exp(-pre))
-                        gc = gc * sgm * (one - sgm)
-                    for b in range(n_basis):
-                        bb = basis[r, b]
-                        _scatter4(d_feat, i, j, k, c * n_basis + b, fx, fy, fz, gc * bb)
-                        if want_rays != 0:  # feature values and slopes only for ray / basis gradients
-                            fv, ex, ey, ez = _tri4(feat, i, j, k, c * n_basis + b, fx, fy, fz)
-                            d_basis[r, b] = d_basis[r, b] + gc * fv
-                            gux = gux + gc * bb * ex
-                            guy = guy + gc * bb * ey
-                            guz = guz + gc * bb * ez
+            c = int(0)
+            b = int(0)
+            for q in range(n_vec):
+                gq = v0 * z
+                vq = v0
+                if want_rays != 0 and q > 0:
+                    vq = _interp(table, a + q, sz, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+                for e in range(n_len):
+                    f = q * n_len + e - 1
+                    if f < 0:
+                        gq[e] = gs
+                    elif f < n_feat:
+                        gq[e] = acc[r, c] * basis[r, b]
+                        if want_rays != 0:
+                            d_basis[r, b] = d_basis[r, b] + acc[r, c] * vq[e]
+                        b = b + 1
+                        if b == n_basis:
+                            b = 0
+                            c = c + 1
+                _scatter(d_table, a + q, sz, sy, sx, gq, w0, w1, w2, w3, w4, w5, w6, w7)
+                if want_rays != 0:  # grid slopes only for ray / basis gradients
+                    ex, ey, ez = _slopes(table, a + q, sz, sy, sx, fx, fy, fz)
+                    gux = gux + wp.dot(gq, ex)
+                    guy = guy + wp.dot(gq, ey)
+                    guz = guz + wp.dot(gq, ez)
             # u = (o + t d) * scale + offset, with the clamp's derivative mask
             gpx = gux * mx * xf[0, 0]
             gpy = guy * my * xf[0, 1]
@@ -392,7 +427,7 @@ def march_backward(offset: int, dens: wp.array3d(dtype=Any), feat: wp.array4d(dt
             gdx = gdx + gpx * t
             gdy = gdy + gpy * t
             gdz = gdz + gpz * t
-            gt = gpx * dx + gpy * dy + gpz * dz + g_depth[r] * w
+            gt = gpx * dx + gpy * dy + gpz * dz + gdep * w
             g_t0 = g_t0 + gt * (one - frac)
             g_t1 = g_t1 + gt * frac
             T = Tn
@@ -420,14 +455,15 @@ _WARM: set = set()
 _WARM_LOCK = threading.Lock()
 
 
-def _launch(kernel, n: int, args_for, device: torch.device, workers: int, dtype: torch.dtype) -> None:
+def _launch(kernel, n: int, args_for, device: torch.device, workers: int, spec) -> None:
     """Launch ``kernel(offset, *args)`` over ``n`` threads, in ``workers`` chunks on CPU
-    (``args_for(w)`` gives chunk ``w`` its arguments, e.g. its own gradient buffers)."""
+    (``args_for(w)`` gives chunk ``w`` its arguments, e.g. its own gradient buffers). ``spec``
+    names the kernel's specialisation (its argument types: dtype, table vector length)."""
     if n == 0:
         return
     wdev = warp_device(device)
     stream = _stream(device)   # the bridge's stream policy: Warp runs on torch's current stream
-    key = (kernel.key, dtype, wdev)
+    key = (kernel.key, spec, wdev)
     if key not in _WARM:
         # the first launch of a generic kernel's specialisation resolves it: never concurrently
         with _WARM_LOCK:
@@ -499,19 +535,36 @@ def composite(sigma, col, delta, tval, bg, t_stop: float):
                               bg.contiguous(), float(t_stop))
 
 
+def _pack(dens: torch.Tensor, feat: torch.Tensor, emission: int) -> tuple[torch.Tensor, int, int]:
+    """The kernels' grid table (see the section comment above the march kernels): (V * Q, L) with
+    its Q and L."""
+    if not emission:
+        return dens.reshape(-1, 1), 1, 1
+    V, F = dens.numel(), feat.shape[3]
+    Q = (F + 4) // 4
+    table = dens.new_empty(V, 4 * Q)
+    table[:, 0] = dens.reshape(-1)
+    table[:, 1:1 + F] = feat.reshape(V, F)
+    table[:, 1 + F:] = 0
+    return table.reshape(V * Q, 4), Q, 4
+
+
 class _MarchFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, occ, xo, opts):
-        n_samples, n_chan, n_basis, emission, sigmoid, t_stop = opts
+        n_samples, n_chan, n_basis, emission, sigmoid, t_stop, use_occ = opts
         N = orig.shape[0]
         dev = orig.device
         color = torch.empty(N, n_chan, dtype=orig.dtype, device=dev)
         trans = torch.empty(N, dtype=orig.dtype, device=dev)
         depth = torch.empty(N, dtype=orig.dtype, device=dev)
-        args = [_w(dens), _w(feat), _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(occ), _w(xo),
-                _w(bg), n_samples, n_chan, n_basis, emission, sigmoid, _scalar(t_stop, orig), _w(color), _w(trans),
-                _w(depth)]
-        _launch(march_forward, N, lambda w: args, dev, _workers(dev, N), orig.dtype)
+        acc = orig.new_empty(N, n_chan)  # per-ray scratch: a sample's colours before activation
+        table, Q, L = _pack(dens, feat, emission)
+        args = [to_warp(vec(table)), *dens.shape, Q, L, _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit),
+                _w(xf), _w(occ), _w(xo), use_occ, _w(bg), n_samples, n_chan, n_basis, emission, sigmoid,
+                _scalar(t_stop, orig), _w(acc), _w(color), _w(trans), _w(depth)]
+        _launch(march_forward, N, lambda w: args, dev, _workers(dev, N), (orig.dtype, L))
+        del table  # re-packed in backward: the forward keeps no copy of the grids
         ctx.save_for_backward(dens, feat, basis, orig, dirs, tn, tf, jit, xf, occ, xo, color, trans, depth)
         ctx.opts = opts
         ctx.bg_rows = bg.shape[0]
@@ -520,37 +573,39 @@ class _MarchFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_color, g_trans, g_depth):
         dens, feat, basis, orig, dirs, tn, tf, jit, xf, occ, xo, color, trans, depth = ctx.saved_tensors
-        n_samples, n_chan, n_basis, emission, sigmoid, t_stop = ctx.opts
+        n_samples, n_chan, n_basis, emission, sigmoid, t_stop, use_occ = ctx.opts
         N = orig.shape[0]
         dev = orig.device
         g_color = torch.zeros_like(color) if g_color is None else g_color.contiguous()
         g_trans = torch.zeros_like(trans) if g_trans is None else g_trans.contiguous()
         g_depth = torch.zeros_like(depth) if g_depth is None else g_depth.contiguous()
         workers = _workers(dev, N)
-        # private grid-gradient buffers per CPU worker (CPU atomics are not atomic across threads)
-        d_dens = [torch.zeros_like(dens) for _ in range(workers)]
-        d_feat = [torch.zeros_like(feat) for _ in range(workers)] if emission else [feat.new_zeros(feat.shape)] * workers
+        table, Q, L = _pack(dens, feat, emission)
+        # private table-gradient buffers per CPU worker (CPU atomics are not atomic across threads)
+        d_table = [torch.zeros_like(table) for _ in range(workers)]
         d_basis = torch.zeros_like(basis)
         d_orig = torch.zeros_like(orig)
         d_dirs = torch.zeros_like(dirs)
         d_tn = torch.zeros_like(tn)
         d_tf = torch.zeros_like(tf)
+        acc = orig.new_empty(N, n_chan)
         want_rays = int(any(ctx.needs_input_grad[2:7]))  # basis, origins, directions, t_near, t_far
-        shared = [_w(dens), _w(feat), _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(occ), _w(xo),
-                  n_samples, n_chan, n_basis, emission, sigmoid, want_rays, _scalar(t_stop, orig), _w(color),
-                  _w(trans), _w(depth), _w(g_color), _w(g_trans), _w(g_depth)]
-        wd = [_w(x) for x in d_dens]
-        wf = [_w(x) for x in d_feat]
+        shared = [to_warp(vec(table)), *dens.shape, Q, L, _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit),
+                  _w(xf), _w(occ), _w(xo), use_occ, n_samples, n_chan, n_basis, emission, sigmoid, want_rays,
+                  _scalar(t_stop, orig), _w(color), _w(trans), _w(depth), _w(g_color), _w(g_trans), _w(g_depth),
+                  _w(acc)]
+        wt = [to_warp(vec(x)) for x in d_table]
         tail = [_w(d_basis), _w(d_orig), _w(d_dirs), _w(d_tn), _w(d_tf)]
-        _launch(march_backward, N, lambda w: shared + [wd[w], wf[w]] + tail, dev, workers, orig.dtype)
-        gd = d_dens[0]
-        for x in d_dens[1:]:
-            gd = gd + x
+        _launch(march_backward, N, lambda w: shared + [wt[w]] + tail, dev, workers, (orig.dtype, L))
+        del table
+        gt = d_table[0]
+        for x in d_table[1:]:
+            gt += x
+        gt = gt.reshape(dens.numel(), Q * L)
+        gd = gt[:, 0].reshape(dens.shape)
         gf = None
         if emission and ctx.needs_input_grad[1]:
-            gf = d_feat[0]
-            for x in d_feat[1:]:
-                gf = gf + x
+            gf = gt[:, 1:1 + feat.shape[3]].reshape(feat.shape)
         d_bg = g_color * trans[:, None]
         if ctx.bg_rows == 1:
             d_bg = d_bg.sum(0, keepdim=True)
@@ -567,9 +622,10 @@ def march_grid(dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, n_samples: in
     (N,), depth (N,). Inputs are trusted (validated by :func:`diffvc.render.volume.render_grid`)."""
     n_chan = bg.shape[1]
     n_basis = basis.shape[1]
-    opts = (int(n_samples), int(n_chan), int(n_basis), int(bool(emission)), int(bool(sigmoid)), float(t_stop))
+    use_occ = int(occ is not None)
+    opts = (int(n_samples), int(n_chan), int(n_basis), int(bool(emission)), int(bool(sigmoid)), float(t_stop), use_occ)
     c = lambda t: t.contiguous()  # noqa: E731
-    if occ is None:  # one occupied cell covering everything
+    if occ is None:  # not read (use_occ = 0)
         occ = torch.ones(1, 1, 1, dtype=torch.uint8, device=orig.device)
         xo = torch.zeros(2, 3, dtype=orig.dtype, device=orig.device)
     return _MarchFn.apply(c(dens), c(feat), c(basis), c(orig), c(dirs), c(tn), c(tf), c(jit), c(bg), c(xf),
