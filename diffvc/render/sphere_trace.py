@@ -29,7 +29,7 @@ import torch
 from .cameras import Cameras, generate_rays
 from .volume import _check_rays, ray_aabb
 
-__all__ = ["SDFHits", "sphere_trace", "render_sdf"]
+__all__ = ["SDFHits", "sphere_trace", "shade_sdf", "render_sdf"]
 
 
 @dataclass(frozen=True)
@@ -172,24 +172,59 @@ def sphere_trace(sdf, origins: torch.Tensor, directions: torch.Tensor, bbox_min=
     return SDFHits(hit, t_out, points, normals, gn, f_min, coverage)
 
 
+def _per_ray(x, n: int, name: str, like: torch.Tensor) -> torch.Tensor:
+    v = torch.as_tensor(x, dtype=like.dtype, device=like.device)
+    if v.shape not in ((3,), (n, 3)):
+        raise ValueError(f"{name} must have shape (3,) or ({n}, 3), got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite")
+    return v
+
+
+def shade_sdf(hits: SDFHits, albedo=(0.8, 0.8, 0.8), light_dir=(0.4, 0.8, 0.6), ambient: float = 0.2,
+              background=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """Colours ``(N, 3)`` of the rays of :func:`sphere_trace`: Lambert shading
+    ``albedo * (ambient + max(n . l, 0))`` of the hit normal ``n`` under a directional light
+    (``light_dir`` points towards the light, normalised here), blended with ``background`` by the
+    relaxed ``coverage``: ``c * shade + (1 - c) * background``. ``albedo``, ``light_dir`` and
+    ``background`` are ``(3,)`` or per ray ``(N, 3)``. No shadows. Differentiable w.r.t. the
+    normals and coverage (hence the SDF and the rays), ``albedo``, ``light_dir`` and
+    ``background``; ``max(n . l, 0)`` has gradient 0 where ``n . l < 0``."""
+    if not isinstance(hits, SDFHits):
+        raise TypeError(f"hits must be the SDFHits of sphere_trace, got {type(hits).__name__}")
+    n = hits.normals.shape[0]
+    like = hits.normals
+    l = _per_ray(light_dir, n, "light_dir", like)
+    ln = l.norm(dim=-1, keepdim=True)
+    if bool((ln == 0).any()):
+        raise ValueError("light_dir must be non-zero")
+    l = (l / ln).expand(n, 3)
+    a = _per_ray(albedo, n, "albedo", like)
+    bg = _per_ray(background, n, "background", like)
+    if not float(ambient) >= 0:
+        raise ValueError(f"ambient must be >= 0, got {ambient}")
+    shade = a * (ambient + (hits.normals * l).sum(-1).clamp_min(0))[:, None]
+    c = hits.coverage[:, None]
+    return c * shade + (1 - c) * bg
+
+
 def render_sdf(cameras: Cameras, sdf, albedo=(0.8, 0.8, 0.8), light_dir=(0.4, 0.8, 0.6), ambient: float = 0.2,
                background=(0.0, 0.0, 0.0), bbox_min=-1.0, bbox_max=1.0, **trace_options):
-    """Images ``(B, H, W, 3)`` of an SDF: Lambert shading ``albedo * (ambient + max(n . l, 0))``
-    under a directional light (``light_dir`` points towards the light), blended with the
-    background by the relaxed coverage of :func:`sphere_trace` (``trace_options`` go there).
+    """Images ``(B, H, W, 3)`` of an SDF: :func:`sphere_trace` (``trace_options`` go there) and
+    :func:`shade_sdf` (Lambert shading ``albedo * (ambient + max(n . l, 0))`` under a directional
+    light, blended with the background by the relaxed coverage). ``light_dir`` is ``(3,)`` (one
+    light in world space) or ``(B, 3)`` (one per camera, e.g. a light attached to each camera).
     Also returns the :class:`SDFHits`. Differentiable w.r.t. the SDF's parameters, the cameras,
-    ``albedo`` and ``background``."""
+    ``albedo``, ``light_dir`` and ``background``."""
     if not isinstance(cameras, Cameras):
         raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
     o, d = generate_rays(cameras)
     B, H, W = cameras.batch_size, cameras.height, cameras.width
     hits = sphere_trace(sdf, o.reshape(-1, 3), d.reshape(-1, 3), bbox_min, bbox_max, **trace_options)
-    dt, dev = o.dtype, o.device
-    l = torch.as_tensor(light_dir, dtype=dt, device=dev)
-    l = l / l.norm()
-    a = torch.as_tensor(albedo, dtype=dt, device=dev)
-    bg = torch.as_tensor(background, dtype=dt, device=dev)
-    shade = a * (ambient + (hits.normals @ l).clamp_min(0))[:, None]
-    c = hits.coverage[:, None]
-    img = c * shade + (1 - c) * bg
+    l = torch.as_tensor(light_dir, dtype=o.dtype, device=o.device)
+    if l.shape == (B, 3):
+        l = l[:, None, :].expand(B, H * W, 3).reshape(-1, 3)
+    elif l.shape != (3,):
+        raise ValueError(f"light_dir must have shape (3,) or ({B}, 3) (one per camera), got {tuple(l.shape)}")
+    img = shade_sdf(hits, albedo, l, ambient, background)
     return img.reshape(B, H, W, 3), hits
