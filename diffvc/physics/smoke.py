@@ -20,7 +20,7 @@ One step (``model.step(state, dt, control)``), in DiffTaichi's smoke order:
    ``u -= grad(phi)``, which makes ``u`` discretely divergence free up to the solver tolerance;
 4. **advect** the density by the projected velocity.
 
-Pressure solve. Preconditioned conjugate gradients on the 5-point (7-point) Laplacian, to a
+Pressure solve (``projection="pcg"``, the default). Preconditioned conjugate gradients on the 5-point (7-point) Laplacian, to a
 relative residual ``tol`` (so ``|div u| <= tol |div u_before|``). The preconditioner
 ``"spectral"`` is the exact pseudo-inverse of the obstacle-free box Laplacian by separable
 eigen-decomposition (a DCT for walls, a Fourier basis for periodic boundaries) -- on the plain
@@ -29,15 +29,28 @@ box PCG then converges in one iteration; ``None`` is plain CG. The solve is diff
 symmetric operator applied to the incoming gradient -- never a replay of CG's iterations -- so
 the gradient is that of the exact solution, whatever the number of iterations.
 
+Fixed-work projection (``projection="jacobi"``): exactly ``jacobi_iters`` Jacobi sweeps from
+``phi = 0``, ``phi <- D^-1 (b + N phi)`` with ``A = D - N`` (``D`` the neighbour counts / dx^2),
+the mean removed before and after -- DiffTaichi's smoke projection (10 sweeps), for comparisons at
+equal work. The velocity is then only approximately divergence free (the sweeps damp the short
+wavelengths of the divergence; long ones remain). The map ``b -> phi`` is linear and symmetric
+(``J_K = sum_{k<K} (D^-1 N)^k D^-1``), so its exact gradient -- backpropagation through the sweeps
+-- is the same ``K`` sweeps applied to the incoming gradient, which is how the backward runs.
+
 Gradient contract. Semi-Lagrangian interpolation is piecewise multilinear: the gradient w.r.t.
 the velocity (through the traced-back positions) jumps when a traced point crosses a grid line
 (the derivative of the active cell is taken) and is zero across clamped borders of wall boxes;
 MacCormack's limiter contributes the gradient of the bound where it clamps. Everything else is
 smooth. Gradients reach the initial density and velocity, the buoyancy and the controls.
 
-In 2-D with the one-step Euler back-trace the semi-Lagrangian passes of ``step`` run as a Warp
-kernel (:mod:`diffvc._kernels.smoke`); ``step_torch`` is the plain-torch twin (``grid_sample``
-interpolation; values and gradients checked against the kernel). The projection is torch
+In 2-D with the one-step Euler back-trace and semi-Lagrangian advection, ``step`` and
+``segment`` run the whole step as recorded Warp launches (:func:`diffvc._kernels.smoke.
+smoke_segment2d`: advection, forces, divergence, gradient subtraction, Jacobi sweeps; only the
+PCG solve is torch), ``n`` steps as one autograd node whose backward replays Warp's adjoint
+kernels in reverse (``recompute=True`` re-runs the forward in backward: a checkpoint segment). In
+other configurations the semi-Lagrangian passes of 2-D Euler back-traces run as a Warp kernel and
+the rest is torch. ``step_torch`` is the plain-torch twin (``grid_sample`` interpolation; values
+and gradients checked against the kernels). The projection is torch
 (FFT / dense separable transforms for the preconditioner). Reverse mode only: neither the kernel
 nor torch's ``grid_sample`` has a forward-mode derivative, so ``rollout_jvp`` does not apply.
 """
@@ -51,13 +64,15 @@ import torch
 import torch.nn.functional as F
 
 from .._kernels import Out, kernel_op
-from .._kernels.smoke import advect2d
+from .._validate import check_dt
+from .._kernels.smoke import Jacobi2D, advect2d, smoke_segment2d
 
 __all__ = ["SmokeModel", "SmokeState"]
 
 _BOUNDARIES = ("wall", "periodic")
 _ADVECTION = ("semi_lagrangian", "maccormack")
 _BACKTRACE = ("rk2", "euler")
+_PROJECTION = ("pcg", "jacobi")
 _GRID_CACHE: dict = {}
 
 
@@ -102,7 +117,19 @@ class _Poisson:
         self.stats = {"iterations": 0}
         self.basis = None
         self.fourier = None
-        if model.preconditioner == "spectral" and model.boundary == "periodic":
+        self.jacobi = None
+        self.dtype, self.device = dtype, device
+        if model.projection == "jacobi":
+            # the diagonal of A: (number of neighbours) / dx^2 (walls: no neighbour across a wall)
+            d = len(model.resolution)
+            D = 0.0
+            for a, n in enumerate(model.resolution):
+                c = torch.full((n,), 2.0, dtype=dtype, device=device)
+                if model.boundary == "wall":
+                    c[0] = c[-1] = 1.0
+                D = D + c.reshape([-1 if k == a else 1 for k in range(d)])
+            self.jacobi = D / model.dx ** 2
+        elif model.preconditioner == "spectral" and model.boundary == "periodic":
             # the periodic Laplacian is diagonal in the Fourier basis: eigenvalues
             # sum_a (2 - 2 cos(2 pi k_a / n_a)) / dx^2 on rfftn's frequency grid
             d = len(model.resolution)
@@ -143,9 +170,24 @@ class _Poisson:
             y = torch.movedim(torch.tensordot(y, Q, dims=([a], [1])), -1, a)      # Q along axis a
         return y
 
+    def jacobi_warp(self):
+        """The 2-D fixed-sweep Jacobi solve as recorded Warp launches (same map as :meth:`solve`)."""
+        if not hasattr(self, "_jacobi_warp"):
+            m = self.m
+            self._jacobi_warp = Jacobi2D(*m.resolution, m.jacobi_iters, m.dx, m.boundary == "periodic",
+                                         self.dtype, self.device)
+        return self._jacobi_warp
+
     def solve(self, b):
         m = self.m
         b = b - b.mean()                      # the consistent part (constants are the null space)
+        if self.jacobi is not None:
+            # fixed sweeps from 0: x_{k+1} = x_k + (b - A x_k) / D = D^-1 (b + N x_k)
+            x = torch.zeros_like(b)
+            for _ in range(m.jacobi_iters):
+                x = x + (b - self.apply(x)) / self.jacobi
+            self.stats["iterations"] = m.jacobi_iters
+            return x - x.mean()
         bn = float(torch.linalg.vector_norm(b))
         x = torch.zeros_like(b)
         if bn == 0.0:
@@ -204,7 +246,9 @@ class SmokeModel:
     ``"periodic"``; buoyancy: scalar tensor, upward acceleration per unit density (m/s^2);
     advection: ``"semi_lagrangian"`` or ``"maccormack"``; backtrace: ``"rk2"`` or ``"euler"``;
     tol: relative residual of the pressure solve; max_iter: PCG iteration cap;
-    preconditioner: ``"spectral"`` or ``None``.
+    preconditioner: ``"spectral"`` or ``None``; projection: ``"pcg"`` (to the tolerance) or
+    ``"jacobi"`` (exactly ``jacobi_iters`` Jacobi sweeps from zero, DiffTaichi's fixed work; the
+    result is *not* divergence free, see the module docstring).
     """
 
     resolution: tuple
@@ -216,6 +260,8 @@ class SmokeModel:
     tol: float = 1e-6
     max_iter: int = 500
     preconditioner: str | None = "spectral"
+    projection: str = "pcg"
+    jacobi_iters: int = 10
 
     def __post_init__(self):
         res = self.resolution
@@ -223,8 +269,9 @@ class SmokeModel:
                 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in res)):
             raise ValueError(f"resolution must be a tuple of 2 or 3 ints >= 2, got {res!r}")
         object.__setattr__(self, "resolution", tuple(int(n) for n in res))
-        if isinstance(self.dx, bool) or not isinstance(self.dx, (int, float)) or not (self.dx > 0):
-            raise ValueError(f"dx must be a number > 0 (m), got {self.dx!r}")
+        if (isinstance(self.dx, bool) or not isinstance(self.dx, (int, float)) or not (self.dx > 0)
+                or self.dx == float("inf")):
+            raise ValueError(f"dx must be a finite number > 0 (m), got {self.dx!r}")
         if self.boundary not in _BOUNDARIES:
             raise ValueError(f"boundary must be one of {_BOUNDARIES}, got {self.boundary!r}")
         if self.advection not in _ADVECTION:
@@ -237,13 +284,19 @@ class SmokeModel:
             object.__setattr__(self, "buoyancy", b)
         if b.dim() != 0 or not torch.isfinite(b.detach()):
             raise ValueError("buoyancy must be a finite scalar")
-        if not (0 < self.tol < 1):
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not (0 < self.tol < 1):
             raise ValueError(f"tol must be in (0, 1), got {self.tol!r}")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
         if self.preconditioner not in ("spectral", None):
             raise ValueError(f"preconditioner must be 'spectral' or None, got {self.preconditioner!r}")
-        key = (self.resolution, float(self.dx), self.boundary, self.preconditioner, self.tol, self.max_iter)
+        if self.projection not in _PROJECTION:
+            raise ValueError(f"projection must be one of {_PROJECTION}, got {self.projection!r}")
+        if (not isinstance(self.jacobi_iters, int) or isinstance(self.jacobi_iters, bool)
+                or self.jacobi_iters < 1):
+            raise ValueError(f"jacobi_iters must be an int >= 1, got {self.jacobi_iters!r}")
+        key = (self.resolution, float(self.dx), self.boundary, self.preconditioner, self.tol, self.max_iter,
+               self.projection, self.jacobi_iters)
         if key not in _GRID_CACHE:
             if len(_GRID_CACHE) > 16:
                 _GRID_CACHE.clear()
@@ -266,6 +319,9 @@ class SmokeModel:
         """A state (zeros where not given); tensors keep their autograd history."""
         if density is None:
             density = torch.zeros(self.resolution, dtype=dtype, device=device)
+        if (not isinstance(density, torch.Tensor) or not density.is_floating_point()
+                or tuple(density.shape) != self.resolution or not bool(torch.isfinite(density.detach()).all())):
+            raise ValueError(f"density must be a finite floating tensor of shape {self.resolution}")
         dtype, device = density.dtype, density.device
         if velocity is None:
             velocity = tuple(torch.zeros(self.face_shape(a), dtype=dtype, device=device) for a in range(self.dim))
@@ -486,26 +542,87 @@ class SmokeModel:
     # ------------------------------------------------------------------ the step (contract)
     def step(self, state: SmokeState, dt: float, control=None) -> SmokeState:
         """Advance the smoke by ``dt`` seconds (advect velocity, forces, project, advect density).
-        In 2-D with ``backtrace="euler"`` the semi-Lagrangian passes run as a Warp kernel
-        (:mod:`diffvc._kernels.smoke`); everything else is torch.
+        In 2-D with ``backtrace="euler"`` and semi-Lagrangian advection the whole step runs as
+        Warp launches (:meth:`segment` with ``n = 1``); other 2-D Euler configurations run the
+        semi-Lagrangian passes as a Warp kernel and the rest in torch (module docstring).
 
         control: ``None`` or a tuple of d per-face accelerations (m/s^2), shaped like the
         velocity components, held over the step. Returns a new :class:`SmokeState`.
         """
+        if self._fused():
+            return self.segment(state, dt, 1, control)[0]
         return self._step(state, dt, control, warp=True)
+
+    def _fused(self) -> bool:
+        return self.dim == 2 and self.backtrace == "euler" and self.advection == "semi_lagrangian"
+
+    def segment(self, state: SmokeState, dt: float, n: int, control=None, recompute: bool = False,
+                return_all: bool = False):
+        """``n`` steps as one autograd node (the contract's optional fused capability).
+
+        Fused Warp launches in 2-D with ``backtrace="euler"`` and ``advection="semi_lagrangian"``
+        (see the module docstring); otherwise ``n`` calls of :meth:`step` (under
+        ``torch.utils.checkpoint`` when ``recompute``). ``control``: held over the segment.
+        ``recompute``: keep only the segment's input and re-run it in backward. Returns
+        ``(final_state, states)``, ``states`` the states after each step if ``return_all`` (else
+        empty). Gradients equal those of ``n`` calls of :meth:`step`.
+        """
+        self._check_state(state)
+        self._check_control(control)
+        dt = check_dt(dt)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        if n == 0:
+            return state, []
+        if not self._fused():
+            return self._segment_steps(state, dt, n, control, recompute, return_all)
+        d = state.density
+        solver = self._solver(d.dtype, d.device)
+        solve = solver.jacobi_warp() if self.projection == "jacobi" else solver.solve
+        c = control if control is not None else tuple(
+            torch.zeros(self.face_shape(a), dtype=d.dtype, device=d.device) for a in range(2))
+        out = smoke_segment2d(n, float(dt), self.dx, self.boundary == "periodic", d, state.velocity[0],
+                              state.velocity[1], self.buoyancy.to(d).reshape(1), c[0].to(d), c[1].to(d), solve,
+                              recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
+        final = SmokeState(out[0], (out[1], out[2]))
+        if return_all:
+            return final, [SmokeState(out[3][k], (out[4][k], out[5][k])) for k in range(n)]
+        return final, []
+
+    def _segment_steps(self, state, dt, n, control, recompute, return_all):
+        def run(*ts):
+            st = SmokeState(ts[0], tuple(ts[1:]))
+            outs = []
+            for _ in range(n):
+                st = self._step(st, dt, control, warp=True)
+                if return_all:
+                    outs.append(st)
+            return st, outs
+
+        if recompute and torch.is_grad_enabled() and not return_all:
+            import torch.utils.checkpoint as ckpt
+
+            ts = ckpt.checkpoint(lambda *a: (lambda s: (s.density, *s.velocity))(run(*a)[0]),
+                                 state.density, *state.velocity, use_reentrant=False)
+            return SmokeState(ts[0], tuple(ts[1:])), []
+        return run(state.density, *state.velocity)
 
     def step_torch(self, state: SmokeState, dt: float, control=None) -> SmokeState:
         """Plain-torch twin of :meth:`step` (``grid_sample`` interpolation throughout)."""
         return self._step(state, dt, control, warp=False)
 
-    def _step(self, state: SmokeState, dt: float, control, warp: bool) -> SmokeState:
-        self._check_state(state)
-        u = tuple(state.velocity)
+    def _check_control(self, control) -> None:
         if control is not None:
             if not isinstance(control, (tuple, list)) or len(control) != self.dim or any(
                     not isinstance(c, torch.Tensor) or tuple(c.shape) != self.face_shape(a) for a, c in enumerate(control)):
                 raise ValueError(f"control must be a tuple of {self.dim} face accelerations shaped like "
                                  f"the velocity components {[self.face_shape(a) for a in range(self.dim)]}")
+
+    def _step(self, state: SmokeState, dt: float, control, warp: bool) -> SmokeState:
+        self._check_state(state)
+        u = tuple(state.velocity)
+        self._check_control(control)
+        dt = check_dt(dt)
         adv = [self._advect(ua, u, dt, a, warp) for a, ua in enumerate(u)]
         adv[1] = adv[1] + dt * self._buoyancy(state.density)
         if control is not None:

@@ -188,3 +188,104 @@ def test_warp_advection_matches_torch_twin(boundary, advection):
     torch.testing.assert_close(res[0][0], res[1][0], rtol=1e-12, atol=1e-12)
     for a, b in zip(res[0][1], res[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ fixed-sweep Jacobi projection
+# and the fused 2-D segment (recorded Warp launches)
+
+@pytest.mark.parametrize("boundary", ["wall", "periodic"])
+def test_jacobi_projection_is_the_stated_linear_map(boundary):
+    """K Jacobi sweeps are P J_K P with J_K = sum_{k<K} (D^-1 N)^k D^-1 (A = D - N, built densely
+    here from the operator), a symmetric map (its own adjoint, which is how its backward runs);
+    the Warp sweeps compute the same map; 10 sweeps reduce but do not remove divergence."""
+    res = (6, 5)
+    K = 10
+    mj = SmokeModel(res, dx=0.1, boundary=boundary, projection="jacobi", jacobi_iters=K)
+    s = mj._solver(D, "cpu")
+    n = res[0] * res[1]
+    A = torch.stack([s.apply(e.reshape(res)).reshape(-1) for e in torch.eye(n, dtype=D)], 1)
+    Dg = torch.diag(torch.diagonal(A))
+    Nm = Dg - A
+    Di = torch.linalg.inv(Dg)
+    J = sum(torch.linalg.matrix_power(Di @ Nm, k) @ Di for k in range(K))
+    P = torch.eye(n, dtype=D) - 1.0 / n
+    M = P @ J @ P
+    torch.testing.assert_close(M, M.T, rtol=0, atol=1e-12)
+    torch.manual_seed(3)
+    a = torch.randn(res, dtype=D)
+    torch.testing.assert_close(s.solve(a).reshape(-1), M @ a.reshape(-1), rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(s.jacobi_warp()(a), s.solve(a), rtol=1e-12, atol=1e-12)
+    u = _random_velocity(mj)
+    div0 = float(mj.divergence(u).norm())
+    div10 = float(mj.divergence(mj.project(u)).norm())
+    assert 0.01 * div0 < div10 < 0.9 * div0
+
+
+@pytest.mark.parametrize("boundary", ["wall", "periodic"])
+def test_jacobi_gradients_match_finite_differences(boundary):
+    """The fused Warp segment with the 10-sweep projection: initial density and velocity,
+    buoyancy and control vs float64 central FD."""
+    res = (8, 7)
+    m0 = SmokeModel(res, dx=0.1, boundary=boundary)
+
+    def run(d0, vx, vy, b, cx, cy):
+        m = SmokeModel(res, dx=0.1, boundary=boundary, buoyancy=b, backtrace="euler", projection="jacobi")
+        st, _ = m.segment(SmokeState(d0, (vx, vy)), 0.05, 3, (cx, cy))
+        return st.density, st.velocity[0], st.velocity[1]
+
+    torch.manual_seed(4)
+    d0 = torch.rand(res, dtype=D).requires_grad_()
+    vx, vy = (x.requires_grad_() for x in _random_velocity(m0, 0.4))
+    b = torch.tensor(0.8, dtype=D, requires_grad=True)
+    cx, cy = (x.requires_grad_() for x in _random_velocity(m0, 0.5))
+    assert_grad_close(run, (d0, vx, vy, b, cx, cy), rtol=1e-5, atol=1e-9, max_elements=10)
+
+
+@pytest.mark.parametrize("projection", ["pcg", "jacobi"])
+def test_fused_segment_equals_torch_twin_steps_and_checkpoints(projection):
+    """segment (one autograd node, recorded Warp launches; recompute=True re-runs it in backward)
+    against step_torch step by step: states after every step, gradients of a loss on all of them,
+    and rollout with checkpoint_every equal to the full tape."""
+    m = SmokeModel((9, 8), dx=0.1, boundary="wall", backtrace="euler", projection=projection,
+                   buoyancy=torch.tensor(1.3, dtype=D, requires_grad=True))
+    torch.manual_seed(5)
+    d0 = torch.rand(9, 8, dtype=D).requires_grad_()
+    u = [x.requires_grad_() for x in _random_velocity(m, 0.5)]
+    w = torch.randn(4, 9, 8, dtype=D)
+
+    def loss_of(states):
+        return sum((s.density * w[k]).sum() + (s.velocity[1] ** 2).sum() for k, s in enumerate(states))
+
+    out = []
+    for recompute in (False, True):
+        final, states = m.segment(SmokeState(d0, tuple(u)), 0.06, 4, recompute=recompute, return_all=True)
+        out.append(([s.density.detach() for s in states], torch.autograd.grad(loss_of(states), [d0, *u, m.buoyancy])))
+    st, ref = SmokeState(d0, tuple(u)), []
+    for _ in range(4):
+        st = m.step_torch(st, 0.06)
+        ref.append(st)
+    ref_out = ([s.density.detach() for s in ref], torch.autograd.grad(loss_of(ref), [d0, *u, m.buoyancy]))
+    for o in out:
+        for a, b in zip(o[0], ref_out[0]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        for a, b in zip(o[1], ref_out[1]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+    def loss(**kw):
+        s = rollout(m, SmokeState(d0, tuple(u)), 7, dt=0.06, **kw)
+        return (s.density ** 2).sum() + (s.velocity[0] ** 2).sum()
+
+    g_full = torch.autograd.grad(loss(checkpoint_every=None), [d0, *u, m.buoyancy])
+    g_ck = torch.autograd.grad(loss(checkpoint_every=3), [d0, *u, m.buoyancy])
+    for a, b in zip(g_ck, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_projection_arguments_are_checked():
+    with pytest.raises(ValueError, match="projection"):
+        SmokeModel((8, 8), projection="multigrid")
+    with pytest.raises(ValueError, match="jacobi_iters"):
+        SmokeModel((8, 8), projection="jacobi", jacobi_iters=0)
+    m = SmokeModel((8, 8), backtrace="euler")
+    with pytest.raises(ValueError, match="n must"):
+        m.segment(m.state(), 0.1, -1)
