@@ -264,6 +264,9 @@ def sphere_eyes(n: int, radius: float = 3.0, seed: int | None = None, dtype=None
     With ``seed`` the lattice is rotated randomly (for held-out views). Poles are avoided so
     ``look_at`` with up = +y stays well defined.
     """
+    n = as_int(n, "n", minimum=1)
+    radius = as_float(radius, "radius", positive=True)
+    seed = as_int(seed, "seed", allow_none=True)
     dtype = dtype or torch.get_default_dtype()
     i = torch.arange(n, dtype=torch.float64) + 0.5
     y = 1 - 2 * i / n

@@ -14,6 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .._validate import check_float, check_same_dtype
+
+
+def _fields(obj, *names, last: int = 3) -> None:
+    """A light's fields: finite floating tensors of shape ``(..., last)`` and one dtype."""
+    for n in names:
+        check_float(getattr(obj, n), n, shape=(..., last), coerce=False)
+    check_same_dtype(*((n, getattr(obj, n)) for n in names))
+
 
 def _t(x, dtype=None, device=None) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
@@ -28,6 +37,9 @@ class PointLight:
 
     position: torch.Tensor
     intensity: torch.Tensor
+
+    def __post_init__(self):
+        _fields(self, "position", "intensity")
 
     @staticmethod
     def create(position, intensity=(1.0, 1.0, 1.0), dtype=None, device=None) -> "PointLight":
@@ -47,6 +59,11 @@ class DirectionalLight:
     direction: torch.Tensor
     irradiance_value: torch.Tensor
 
+    def __post_init__(self):
+        _fields(self, "direction", "irradiance_value")
+        if not bool((self.direction.detach() != 0).any()):
+            raise ValueError("direction must be a non-zero vector (the direction light travels)")
+
     @staticmethod
     def create(direction, irradiance=(1.0, 1.0, 1.0), dtype=None, device=None) -> "DirectionalLight":
         return DirectionalLight(_t(direction, dtype, device), _t(irradiance, dtype, device))
@@ -62,6 +79,9 @@ class AmbientLight:
 
     radiance_value: torch.Tensor
 
+    def __post_init__(self):
+        _fields(self, "radiance_value")
+
     @staticmethod
     def create(radiance=(0.1, 0.1, 0.1), dtype=None, device=None) -> "AmbientLight":
         return AmbientLight(_t(radiance, dtype, device))
@@ -76,6 +96,11 @@ class AmbientLight:
 def sh_basis(dirs: torch.Tensor) -> torch.Tensor:
     """Real spherical harmonics up to band 2 (9 functions) at unit directions (..., 3) -> (..., 9).
     Order: Y00, Y1-1, Y10, Y11, Y2-2, Y2-1, Y20, Y21, Y22 (x, y, z world axes)."""
+    check_float(dirs, "dirs", shape=(..., 3), coerce=False)
+    return _sh_basis(dirs)
+
+
+def _sh_basis(dirs: torch.Tensor) -> torch.Tensor:
     x, y, z = dirs.unbind(-1)
     return torch.stack([
         torch.full_like(x, 0.282095),
@@ -99,16 +124,16 @@ class SHEnvironment:
 
     coeffs: torch.Tensor
 
+    def __post_init__(self):
+        check_float(self.coeffs, "coeffs", shape=(9, 3), coerce=False)
+
     @staticmethod
     def create(coeffs, dtype=None, device=None) -> "SHEnvironment":
-        c = _t(coeffs, dtype, device)
-        if c.shape != (9, 3):
-            raise ValueError(f"coeffs must have shape (9, 3), got {tuple(c.shape)}")
-        return SHEnvironment(c)
+        return SHEnvironment(_t(coeffs, dtype, device))
 
     def radiance(self, dirs: torch.Tensor) -> torch.Tensor:
-        return sh_basis(dirs) @ self.coeffs
+        return _sh_basis(dirs) @ self.coeffs
 
     def irradiance(self, normals: torch.Tensor) -> torch.Tensor:
         A = torch.tensor(_SH_COSINE, dtype=self.coeffs.dtype, device=self.coeffs.device)
-        return sh_basis(normals) @ (self.coeffs * A[:, None])
+        return _sh_basis(normals) @ (self.coeffs * A[:, None])

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._validate import check_float, check_same_dtype, check_shape
+
 _EPS = 1e-7
 
 
@@ -35,34 +37,93 @@ def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def lambert(albedo: torch.Tensor) -> torch.Tensor:
-    """Lambertian BRDF value ``albedo / pi`` (..., C), independent of the directions."""
+def _lambert(albedo: torch.Tensor) -> torch.Tensor:
     return albedo / math.pi
 
 
-def ggx_distribution(n_dot_h: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
-    """GGX normal distribution D(h) (1/sr) for ``n.h`` (..., 1) and perceptual roughness."""
+def _ggx_distribution(n_dot_h: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
     a2 = (roughness * roughness) ** 2
     c = n_dot_h.clamp(0.0, 1.0)
     den = c * c * (a2 - 1) + 1
     return a2 / (math.pi * den * den).clamp_min(_EPS)
 
 
-def smith_g1(n_dot_w: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
-    """Smith masking G1 for GGX (height-uncorrelated form), values in [0, 1]."""
+def _smith_g1(n_dot_w: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
     a2 = (roughness * roughness) ** 2
     c = n_dot_w.clamp_min(_EPS)
     return 2 * c / (c + torch.sqrt(a2 + (1 - a2) * c * c))
 
 
+def _smith_g(n_dot_wi: torch.Tensor, n_dot_wo: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
+    return _smith_g1(n_dot_wi, roughness) * _smith_g1(n_dot_wo, roughness)
+
+
+def _fresnel_schlick(cos_theta: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+    return f0 + (1 - f0) * (1 - cos_theta.clamp(0.0, 1.0)) ** 5
+
+
+def _ggx_specular(n: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, roughness: torch.Tensor,
+                 f0: torch.Tensor) -> torch.Tensor:
+    h = _normalize(wi + wo)
+    ni, no = _dot(n, wi), _dot(n, wo)
+    D = _ggx_distribution(_dot(n, h), roughness)
+    G = _smith_g(ni, no, roughness)
+    F = _fresnel_schlick(_dot(wo, h), f0)
+    val = D * G * F / (4 * ni.clamp_min(_EPS) * no.clamp_min(_EPS))
+    return torch.where((ni > 0) & (no > 0), val, torch.zeros_like(val))
+
+
+def _ggx_brdf(n, wi, wo, albedo, roughness, f0) -> torch.Tensor:
+    ni, no = _dot(n, wi), _dot(n, wo)
+    diffuse = _lambert(albedo) * ((ni > 0) & (no > 0)).to(albedo.dtype)
+    return diffuse + _ggx_specular(n, wi, wo, roughness, f0)
+
+
+def _checked(**named) -> list:
+    """Shading inputs: finite floating tensors (scalars allowed) of one dtype that broadcast."""
+    out = [check_float(v, k, coerce=False) for k, v in named.items()]
+    check_same_dtype(*zip(named, out))
+    try:
+        torch.broadcast_shapes(*(t.shape for t in out))
+    except RuntimeError:
+        raise ValueError("arguments must broadcast: " + ", ".join(f"{k} {tuple(t.shape)}" for k, t in zip(named, out))) \
+            from None
+    return out
+
+
+def _unit(**named) -> None:
+    for k, v in named.items():
+        check_shape(v, k, (..., 3))
+
+
+def lambert(albedo: torch.Tensor) -> torch.Tensor:
+    """Lambertian BRDF value ``albedo / pi`` (..., C), independent of the directions."""
+    _checked(albedo=albedo)
+    return _lambert(albedo)
+
+
+def ggx_distribution(n_dot_h: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
+    """GGX normal distribution D(h) (1/sr) for ``n.h`` (..., 1) and perceptual roughness."""
+    _checked(n_dot_h=n_dot_h, roughness=roughness)
+    return _ggx_distribution(n_dot_h, roughness)
+
+
+def smith_g1(n_dot_w: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
+    """Smith masking G1 for GGX (height-uncorrelated form), values in [0, 1]."""
+    _checked(n_dot_w=n_dot_w, roughness=roughness)
+    return _smith_g1(n_dot_w, roughness)
+
+
 def smith_g(n_dot_wi: torch.Tensor, n_dot_wo: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
     """Separable Smith shadowing-masking ``G1(wi) G1(wo)``."""
-    return smith_g1(n_dot_wi, roughness) * smith_g1(n_dot_wo, roughness)
+    _checked(n_dot_wi=n_dot_wi, n_dot_wo=n_dot_wo, roughness=roughness)
+    return _smith_g(n_dot_wi, n_dot_wo, roughness)
 
 
 def fresnel_schlick(cos_theta: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
     """Schlick's Fresnel approximation ``f0 + (1 - f0)(1 - cos)^5``."""
-    return f0 + (1 - f0) * (1 - cos_theta.clamp(0.0, 1.0)) ** 5
+    _checked(cos_theta=cos_theta, f0=f0)
+    return _fresnel_schlick(cos_theta, f0)
 
 
 def ggx_specular(n: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, roughness: torch.Tensor,
@@ -72,20 +133,18 @@ def ggx_specular(n: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, roughness:
     n, wi, wo: (..., 3) unit vectors; roughness: (..., 1) or scalar tensor in (0, 1]; f0: (..., C)
     reflectance at normal incidence (0.04 for dielectrics, the base colour for metals).
     """
-    h = _normalize(wi + wo)
-    ni, no = _dot(n, wi), _dot(n, wo)
-    D = ggx_distribution(_dot(n, h), roughness)
-    G = smith_g(ni, no, roughness)
-    F = fresnel_schlick(_dot(wo, h), f0)
-    val = D * G * F / (4 * ni.clamp_min(_EPS) * no.clamp_min(_EPS))
-    return torch.where((ni > 0) & (no > 0), val, torch.zeros_like(val))
+    _checked(n=n, wi=wi, wo=wo)
+    _unit(n=n, wi=wi, wo=wo)
+    _checked(roughness=roughness, f0=f0)
+    return _ggx_specular(n, wi, wo, roughness, f0)
 
 
 def ggx_brdf(n, wi, wo, albedo, roughness, f0) -> torch.Tensor:
     """Lambert diffuse + GGX specular: ``albedo / pi + f_s``; zero below the horizon."""
-    ni, no = _dot(n, wi), _dot(n, wo)
-    diffuse = lambert(albedo) * ((ni > 0) & (no > 0)).to(albedo.dtype)
-    return diffuse + ggx_specular(n, wi, wo, roughness, f0)
+    _checked(n=n, wi=wi, wo=wo)
+    _unit(n=n, wi=wi, wo=wo)
+    _checked(albedo=albedo, roughness=roughness, f0=f0)
+    return _ggx_brdf(n, wi, wo, albedo, roughness, f0)
 
 
 @dataclass(frozen=True)
@@ -97,6 +156,12 @@ class Material:
     albedo: torch.Tensor
     roughness: torch.Tensor
     f0: torch.Tensor
+
+    def __post_init__(self):
+        check_float(self.albedo, "albedo", shape=(..., 3), coerce=False)
+        check_float(self.roughness, "roughness", shape=(..., 1), coerce=False)
+        check_float(self.f0, "f0", shape=(..., 3), coerce=False)
+        check_same_dtype(("albedo", self.albedo), ("roughness", self.roughness), ("f0", self.f0))
 
     @staticmethod
     def create(albedo=(0.8, 0.8, 0.8), roughness=0.5, f0=0.04, dtype=None, device=None) -> "Material":
@@ -117,6 +182,12 @@ def shade(positions: torch.Tensor, normals: torch.Tensor, view_dirs: torch.Tenso
     for ambient/environment lights, ``irradiance(normals)``). With ``specular=False`` only the
     Lambertian term is evaluated. Differentiable w.r.t. everything.
     """
+    _checked(positions=positions, normals=normals, view_dirs=view_dirs)
+    _unit(positions=positions, normals=normals, view_dirs=view_dirs)
+    if not isinstance(material, Material):
+        raise TypeError(f"material must be a Material, got {type(material).__name__}")
+    if isinstance(lights, (str, bytes)) or not hasattr(lights, "__iter__"):
+        raise TypeError(f"lights must be a list of lights, got {type(lights).__name__}")
     out = torch.zeros(torch.broadcast_shapes(positions.shape, normals.shape), dtype=normals.dtype,
                       device=normals.device)
     for light in lights:
@@ -124,10 +195,10 @@ def shade(positions: torch.Tensor, normals: torch.Tensor, view_dirs: torch.Tenso
             wi, L = light.incident(positions)
             cos = _dot(normals, wi).clamp_min(0.0)
             if specular:
-                f = ggx_brdf(normals, wi, view_dirs, material.albedo, material.roughness, material.f0)
+                f = _ggx_brdf(normals, wi, view_dirs, material.albedo, material.roughness, material.f0)
             else:
-                f = lambert(material.albedo) * (cos > 0)
+                f = _lambert(material.albedo) * (cos > 0)
             out = out + f * L * cos
         else:
-            out = out + lambert(material.albedo) * light.irradiance(normals)
+            out = out + _lambert(material.albedo) * light.irradiance(normals)
     return out

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._validate import as_float, as_int, check_float, check_same_dtype
 from ..geometry.transforms import quaternion_to_matrix
 from .cameras import Cameras
 
@@ -53,15 +54,7 @@ SH_C0 = 0.28209479177387814
 
 
 def _check_float(x, name: str, shape: tuple) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
-    if x.dim() != len(shape) or any(isinstance(s, int) and x.shape[i] != s for i, s in enumerate(shape)):
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return x
+    return check_float(x, name, shape=shape, coerce=False)
 
 
 def sh_degree(num_coeffs: int) -> int:
@@ -215,6 +208,14 @@ def project_gaussians(means: torch.Tensor, scales: torch.Tensor, quats: torch.Te
     """
     if not isinstance(cameras, Cameras):
         raise TypeError(f"cameras must be diffvc.render.Cameras, got {type(cameras).__name__}")
+    _check_float(means, "means", ("N", 3))
+    n = means.shape[0]
+    _check_float(scales, "scales", (n, 3))
+    _check_float(quats, "quats", (n, 4))
+    if opacities is not None:
+        _check_float(opacities, "opacities", (n,))
+    check_same_dtype(("means", means), ("scales", scales), ("quats", quats), ("opacities", opacities))
+    eps2d, near = as_float(eps2d, "eps2d", nonneg=True), as_float(near, "near", nonneg=True)
     dt = means.dtype
     R, t, K = cameras.R.to(dt), cameras.t.to(dt), cameras.intrinsics.to(dt)
     B, H, W = cameras.batch_size, cameras.height, cameras.width
@@ -532,9 +533,17 @@ def _gauss_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
     return g[:, None] * g[None, :]
 
 
+def _check_images(pred, target) -> None:
+    check_float(pred, "pred", shape=(..., "H", "W", "C"), coerce=False)
+    check_float(target, "target", shape=(..., "H", "W", "C"), coerce=False)
+    check_same_dtype(("pred", pred), ("target", target))
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Mean structural similarity of images ``(..., H, W, C)`` with values in [0, 1] (Wang et al.
     2004; 11x11 Gaussian window, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2, zero padding as in 3DGS)."""
+    _check_images(pred, target)
+    window, sigma = as_int(window, "window", minimum=1), as_float(sigma, "sigma", positive=True)
     if pred.shape != target.shape or pred.dim() < 3:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must be equal (..., H, W, C)")
     H, W, C = pred.shape[-3:]
@@ -556,6 +565,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: floa
 
 def splat_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
     """3DGS's photometric loss ``(1 - l) * L1 + l * (1 - SSIM)``, images ``(..., H, W, C)``."""
+    _check_images(pred, target)
+    lambda_dssim = as_float(lambda_dssim, "lambda_dssim", nonneg=True)
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have equal shapes")
     l1 = (pred - target).abs().mean()
@@ -594,8 +605,10 @@ def init_splat_params(points: torch.Tensor, colors: torch.Tensor | None = None, 
     from ..geometry.knn import knn
 
     _check_float(points, "points", ("N", 3))
-    if not 0 <= int(sh_degree) <= 3:
+    sh_degree = as_int(sh_degree, "sh_degree", minimum=0)
+    if sh_degree > 3:
         raise ValueError(f"sh_degree must lie in [0, 3], got {sh_degree}")
+    opacity = as_float(opacity, "opacity")
     if not 0 < opacity < 1:
         raise ValueError(f"opacity must lie in (0, 1), got {opacity}")
     n, dt, dev = points.shape[0], points.dtype, points.device
@@ -689,8 +702,11 @@ class DensityControl:
 
     def __init__(self, scene_extent: float, grad_threshold: float = 2e-4, percent_dense: float = 0.01,
                  min_opacity: float = 0.005, n_split: int = 2, max_screen_radius: float | None = None):
-        if not scene_extent > 0:
-            raise ValueError(f"scene_extent must be > 0, got {scene_extent}")
+        scene_extent = as_float(scene_extent, "scene_extent", positive=True)
+        n_split = as_int(n_split, "n_split", minimum=1)
+        grad_threshold = as_float(grad_threshold, "grad_threshold", nonneg=True)
+        percent_dense = as_float(percent_dense, "percent_dense", nonneg=True)
+        min_opacity = as_float(min_opacity, "min_opacity", nonneg=True)
         self.extent, self.grad_threshold, self.percent_dense = float(scene_extent), float(grad_threshold), \
             float(percent_dense)
         self.min_opacity, self.n_split, self.max_screen_radius = float(min_opacity), int(n_split), max_screen_radius

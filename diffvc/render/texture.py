@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .._validate import check_float, check_same_dtype
+from .._validate import as_int, check_float, check_same_dtype
 import torch.nn.functional as Fn
 
 WRAPS = ("repeat", "clamp")
@@ -69,6 +69,8 @@ def _bilinear(tex: torch.Tensor, uv: torch.Tensor, wrap: str) -> torch.Tensor:
 def mipmaps(tex: torch.Tensor, levels: int | None = None) -> list[torch.Tensor]:
     """Pyramid of 2x2 box-filtered levels of ``tex`` (B, Ht, Wt, C), down to 1 texel (or
     ``levels`` levels); odd sizes drop the last row/column. Differentiable."""
+    check_float(tex, "tex", shape=("B", "Ht", "Wt", "C"), coerce=False)
+    levels = as_int(levels, "levels", minimum=1, allow_none=True)
     out = [tex]
     n = levels if levels is not None else int(math.floor(math.log2(max(tex.shape[1], tex.shape[2])))) + 1
     while len(out) < n and min(out[-1].shape[1], out[-1].shape[2]) >= 2:
