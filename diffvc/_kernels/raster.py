@@ -395,12 +395,24 @@ def interpolate_attr(offset: int, attr: wp.array(dtype=Any, ndim=3), faces: wp.a
 
 
 @wp.func
-def _facing(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int):
+def _facing(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, perspective: int):
+    """+1 / -1: orientation of face f towards the camera of view b. The sign of the projected area,
+    flipped once per vertex behind the camera in perspective views (the projected area is the
+    camera-space orientation divided by d0 d1 d2)."""
     i0 = faces[f, 0]
     i1 = faces[f, 1]
     i2 = faces[f, 2]
     a = _edge(screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], screen[b, i2, 0], screen[b, i2, 1])
-    return wp.where(a > a - a, 1, -1)
+    z = a - a
+    s = wp.where(a > z, 1, -1)
+    if perspective != 0:
+        if screen[b, i0, 2] < z:
+            s = -s
+        if screen[b, i1, 2] < z:
+            s = -s
+        if screen[b, i2, 2] < z:
+            s = -s
+    return s
 
 
 @wp.func
@@ -427,17 +439,79 @@ def _plane_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.i
 
 
 @wp.func
-def _edge_cross(screen: wp.array(dtype=Any, ndim=3), b: int, ia: int, ib: int, horizontal: int, cx: Any, cy: Any,
-                sign: Any):
+def _edge_ends(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, k: int,
+               near: Any, perspective: int):
+    """The visible part of edge k of face f (k = 0, 1, 2: from vertex k to k + 1; k = 3: the
+    near-plane clip edge of a clipped face) as two endpoints, each a vertex pair (i, j): i == j is
+    vertex i, i != j the point where edge i-j crosses ``d = near``. (-1, -1, -1, -1) if nothing of
+    it lies beyond ``near``."""
+    r0 = int(-1)
+    r1 = int(-1)
+    r2 = int(-1)
+    r3 = int(-1)
+    if k < 3:
+        ia = faces[f, k]
+        ib = faces[f, (k + 1) % 3]
+        ina = True
+        inb = True
+        if perspective != 0:
+            ina = screen[b, ia, 2] > near
+            inb = screen[b, ib, 2] > near
+        if ina and inb:
+            r0 = ia
+            r1 = ia
+            r2 = ib
+            r3 = ib
+        elif ina:
+            r0 = ia
+            r1 = ia
+            r2 = ia
+            r3 = ib
+        elif inb:
+            r0 = ia
+            r1 = ib
+            r2 = ib
+            r3 = ib
+    elif perspective != 0:
+        n = int(0)
+        for j in range(3):
+            i = faces[f, j]
+            i2 = faces[f, (j + 1) % 3]
+            if (screen[b, i, 2] > near) != (screen[b, i2, 2] > near):
+                if n == 0:
+                    r0 = i
+                    r1 = i2
+                else:
+                    r2 = i
+                    r3 = i2
+                n = n + 1
+        if n != 2:
+            r0 = -1
+    return wp.vec4i(r0, r1, r2, r3)
+
+
+@wp.func
+def _end_coord(screen: wp.array(dtype=Any, ndim=3), b: int, i: int, j: int, c: int, near: Any):
+    """Screen coordinate c (0: u, 1: v) of endpoint (i, j) (see ``_edge_ends``): vertex i, or the
+    crossing of edge i-j with ``d = near`` (homogeneous interpolation of (u d, v d, d))."""
+    r = screen[b, i, c]
+    if i != j:
+        di = screen[b, i, 2]
+        dj = screen[b, j, 2]
+        t = (near - di) / (dj - di)
+        r = (screen[b, i, c] * di + t * (screen[b, j, c] * dj - screen[b, i, c] * di)) / near
+    return r
+
+
+@wp.func
+def _cross(ax: Any, ay: Any, bx: Any, by: Any, horizontal: int, cx: Any, cy: Any, sign: Any):
     """Distance s in [0, 1] from the centre (cx, cy) along the pair direction (+x or +y, times
-    ``sign``) to the crossing with edge (ia, ib); -1 when the edge does not cross the unit
-    segment (or is parallel to it)."""
+    ``sign``) to the crossing with the segment (ax, ay)-(bx, by); -1 when the segment does not
+    cross the unit segment (or is parallel to it)."""
     z = cx - cx
     one = z + type(cx)(1.0)
-    ax = screen[b, ia, 0]
-    ay = screen[b, ia, 1]
-    dx = screen[b, ib, 0] - ax
-    dy = screen[b, ib, 1] - ay
+    dx = bx - ax
+    dy = by - ay
     s = z - one
     if horizontal != 0:
         if wp.abs(dy) > z:
@@ -455,37 +529,98 @@ def _edge_cross(screen: wp.array(dtype=Any, ndim=3), b: int, ia: int, ib: int, h
 
 
 @wp.func
-def _find_edge(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-               neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32), b: int, f: int,
-               other: int, horizontal: int, cx: Any, cy: Any, sign: Any, perspective: int):
-    """The silhouette edge of face f crossing the unit segment from (cx, cy) towards +x
-    (horizontal) or +y, times ``sign``, farthest from (cx, cy); (-1, -1) if none. When ``other``
-    >= 0 an edge counts only if f is nearer than ``other`` at the crossing."""
-    res = wp.vec2i(-1, -1)
-    best = cx - cx - type(cx)(1.0)
-    ff = facing[b, f]
-    for k in range(3):
+def _code_cross(screen: wp.array(dtype=Any, ndim=3), b: int, e: wp.vec4i, horizontal: int, cx: Any, cy: Any,
+                sign: Any, near: Any):
+    return _cross(_end_coord(screen, b, e[0], e[1], 0, near), _end_coord(screen, b, e[0], e[1], 1, near),
+                  _end_coord(screen, b, e[2], e[3], 0, near), _end_coord(screen, b, e[2], e[3], 1, near),
+                  horizontal, cx, cy, sign)
+
+
+@wp.func
+def _covered_side(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, k: int,
+                  px: Any, py: Any, near: Any, perspective: int):
+    """Whether (px, py) lies on the side of edge k of face f where the face is (k = 3: the near
+    side of the clip edge, 0 < S < 1 / near): the perspective-correct barycentric of the
+    opposite vertex, l / d, is positive there (l alone for orthographic views)."""
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    x0 = screen[b, i0, 0]
+    y0 = screen[b, i0, 1]
+    x1 = screen[b, i1, 0]
+    y1 = screen[b, i1, 1]
+    x2 = screen[b, i2, 0]
+    y2 = screen[b, i2, 1]
+    area = _edge(x0, y0, x1, y1, x2, y2)
+    z = area - area
+    ok = False
+    if k < 3:
+        ia = faces[f, k]
+        ib = faces[f, (k + 1) % 3]
+        l = _edge(screen[b, ia, 0], screen[b, ia, 1], screen[b, ib, 0], screen[b, ib, 1], px, py) / area
+        if perspective != 0:
+            l = l / screen[b, faces[f, (k + 2) % 3], 2]
+        ok = l > z
+    else:
+        S = (_edge(x1, y1, x2, y2, px, py) / screen[b, i0, 2] + _edge(x2, y2, x0, y0, px, py) / screen[b, i1, 2]
+             + _edge(x0, y0, x1, y1, px, py) / screen[b, i2, 2]) / area
+        ok = S > z and S * near < type(area)(1.0)
+    return ok
+
+
+@wp.func
+def _sil_edge(neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32), clipped: int, b: int,
+              f: int, k: int):
+    """Edge k of face f is a silhouette in view b: a boundary (or non-manifold) edge, an edge
+    whose two faces face opposite ways, or (k = 3) the clip edge of a clipped face."""
+    sil = False
+    if k < 3:
         nb = neighbors[f, k]
         sil = nb < 0
         if not sil:
-            sil = facing[b, nb] != ff
-        if sil:
-            ia = faces[f, k]
-            ib = faces[f, (k + 1) % 3]
-            s = _edge_cross(screen, b, ia, ib, horizontal, cx, cy, sign)
-            if s > best:
-                ok = True
-                if other >= 0:
-                    qx = cx
-                    qy = cy
-                    if horizontal != 0:
-                        qx = cx + s * sign
-                    else:
-                        qy = cy + s * sign
-                    ok = _plane_key(screen, faces, b, f, qx, qy, perspective) <= _plane_key(screen, faces, b, other, qx, qy, perspective)
-                if ok:
-                    res = wp.vec2i(ia, ib)
-                    best = s
+            sil = facing[b, nb] != facing[b, f]
+    else:
+        sil = clipped != 0
+    return sil
+
+
+@wp.func
+def _accept(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, k: int,
+            other: int, s: Any, horizontal: int, cx: Any, cy: Any, sign: Any, near: Any, perspective: int):
+    """Whether the edge (f, k) crossing at distance s from the centre (cx, cy) bounds the pixel at
+    (cx, cy): that pixel is on the face's side of it and, where the other pixel shows a face
+    (``other`` >= 0), the edge is not behind that face's plane at the crossing."""
+    ok = _covered_side(screen, faces, b, f, k, cx, cy, near, perspective)
+    if ok and other >= 0:
+        qx = cx
+        qy = cy
+        if horizontal != 0:
+            qx = cx + s * sign
+        else:
+            qy = cy + s * sign
+        ok = _plane_key(screen, faces, b, f, qx, qy, perspective) <= _plane_key(screen, faces, b, other, qx, qy, perspective)
+    return ok
+
+
+@wp.func
+def _find_edge(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+               neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32), b: int, f: int,
+               other: int, horizontal: int, cx: Any, cy: Any, sign: Any, near: Any, perspective: int, best: Any):
+    """The silhouette edge of face f crossing the unit segment from (cx, cy) towards +x
+    (horizontal) or +y, times ``sign``, farther than ``best`` and farthest from (cx, cy), that
+    ``_accept`` takes; its endpoint code (-1, ...) if none."""
+    res = wp.vec4i(-1, -1, -1, -1)
+    bs = best
+    clipped = _clipped(screen, faces, b, f, near, perspective)
+    for k in range(4):
+        if _sil_edge(neighbors, facing, clipped, b, f, k):
+            e = _edge_ends(screen, faces, b, f, k, near, perspective)
+            if e[0] >= 0:
+                s = _code_cross(screen, b, e, horizontal, cx, cy, sign, near)
+                if s > bs:
+                    if _accept(screen, faces, b, f, k, other, s, horizontal, cx, cy, sign, near, perspective):
+                        res = e
+                        bs = s
     return res
 
 
@@ -494,55 +629,90 @@ def _find_silhouette(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtyp
                      neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32),
                      has_sil: wp.array2d(dtype=wp.int32), vstart: wp.array(dtype=wp.int32),
                      vfaces: wp.array(dtype=wp.int32), b: int, f: int, other: int, horizontal: int,
-                     cx: Any, cy: Any, sign: Any, perspective: int):
-    """The outermost (largest s) qualifying silhouette edge among face f and the faces sharing a
+                     cx: Any, cy: Any, sign: Any, near: Any, perspective: int):
+    """The outermost (largest s) accepted silhouette edge among face f and the faces sharing a
     vertex with f (near silhouette vertices and cusps the crossing edge belongs to a neighbour)."""
-    res = wp.vec2i(-1, -1)
-    if has_sil[b, f] != 0:
-        res = _find_edge(screen, faces, neighbors, facing, b, f, other, horizontal, cx, cy, sign, perspective)
+    res = wp.vec4i(-1, -1, -1, -1)
     best = cx - cx - type(cx)(1.0)
-    if res[0] >= 0:
-        best = _edge_cross(screen, b, res[0], res[1], horizontal, cx, cy, sign)
+    if has_sil[b, f] != 0:
+        res = _find_edge(screen, faces, neighbors, facing, b, f, other, horizontal, cx, cy, sign, near, perspective, best)
+        if res[0] >= 0:
+            best = _code_cross(screen, b, res, horizontal, cx, cy, sign, near)
     for j in range(3):
         vi = faces[f, j]
         for e in range(vstart[vi], vstart[vi + 1]):
             g = vfaces[e]
             if g != f and has_sil[b, g] != 0:
-                r2 = _find_edge(screen, faces, neighbors, facing, b, g, other, horizontal, cx, cy, sign, perspective)
+                r2 = _find_edge(screen, faces, neighbors, facing, b, g, other, horizontal, cx, cy, sign, near,
+                                perspective, best)
                 if r2[0] >= 0:
-                    s2 = _edge_cross(screen, b, r2[0], r2[1], horizontal, cx, cy, sign)
-                    if s2 > best:
-                        best = s2
-                        res = r2
+                    best = _code_cross(screen, b, r2, horizontal, cx, cy, sign, near)
+                    res = r2
+    return res
+
+
+@wp.func
+def _find_binned(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                 entries: wp.array2d(dtype=wp.int32), component: wp.array(dtype=wp.int32),
+                 starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), t: int, b: int, fc: int,
+                 other: int, horizontal: int, cx: Any, cy: Any, sign: Any, near: Any, perspective: int):
+    """The outermost accepted silhouette edge among the entries binned to tile t (ties: the lower
+    entry index) whose face lies in the same connected component as ``fc`` (the face seen at
+    (cx, cy)); its endpoint code, (-1, ...) if none."""
+    res = wp.vec4i(-1, -1, -1, -1)
+    best = cx - cx - type(cx)(1.0)
+    best_i = int(-1)
+    for i in range(starts[t], starts[t + 1]):
+        en = items[i]
+        f = entries[en, 1]
+        if component[f] == component[fc]:
+            k = entries[en, 2]
+            e = _edge_ends(screen, faces, b, f, k, near, perspective)
+            s = _code_cross(screen, b, e, horizontal, cx, cy, sign, near)
+            if s > best or (s == best and s >= cx - cx and en < best_i):
+                if _accept(screen, faces, b, f, k, other, s, horizontal, cx, cy, sign, near, perspective):
+                    res = e
+                    best = s
+                    best_i = en
     return res
 
 
 @wp.kernel
 def face_facing(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                facing: wp.array2d(dtype=wp.int32)):
-    """facing[b, f] = +1 / -1: sign of the face's screen-space area (its orientation in view b)."""
+                perspective: int, facing: wp.array2d(dtype=wp.int32)):
+    """facing[b, f] = +1 / -1: orientation of the face towards view b's camera (``_facing``)."""
     t = wp.tid() + offset
     F = faces.shape[0]
     b = t // F
     f = t - b * F
-    facing[b, f] = _facing(screen, faces, b, f)
+    facing[b, f] = _facing(screen, faces, b, f, perspective)
 
 
 @wp.kernel
-def face_has_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), neighbors: wp.array2d(dtype=wp.int32),
-                        facing: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32)):
-    """has_sil[b, f] = 1 when one of f's edges is a silhouette in view b."""
+def face_has_silhouette(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                        neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32), near: Any,
+                        perspective: int, has_sil: wp.array2d(dtype=wp.int32), entry: wp.array(dtype=wp.int32, ndim=3)):
+    """has_sil[b, f] = 1 when one of f's edges (or its clip edge) is a silhouette in view b;
+    entry[b, f, k] = 1 for the silhouette edges listed for the binned search: each visible
+    silhouette edge once (a fold by its lower face index) and the clip edges."""
     t = wp.tid() + offset
     F = faces.shape[0]
     b = t // F
     f = t - b * F
     h = int(0)
-    for k in range(3):
-        nb = neighbors[f, k]
-        if nb < 0:
+    clipped = _clipped(screen, faces, b, f, near, perspective)
+    drawn = _tri_ok(screen, faces, b, f, near, perspective)
+    for k in range(4):
+        v = int(0)
+        if _sil_edge(neighbors, facing, clipped, b, f, k):
             h = 1
-        elif facing[b, nb] != facing[b, f]:
-            h = 1
+            if drawn and _edge_ends(screen, faces, b, f, k, near, perspective)[0] >= 0:
+                v = 1
+                if k < 3:
+                    nb = neighbors[f, k]
+                    if nb >= 0 and nb < f:
+                        v = 0
+        entry[b, f, k] = v
     has_sil[b, f] = h
 
 
@@ -565,7 +735,7 @@ def vertex_silhouette(faces: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dty
 def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vert_sil: wp.array2d(dtype=wp.int32),
                          near_sil: wp.array2d(dtype=wp.int32)):
     """near_sil[b, f] = 1 when a face sharing a vertex with f (or f) has a silhouette edge: only
-    then can the edge search of ``silhouette_pairs`` starting at f find anything."""
+    then can the vertex-fan search of ``silhouette_pairs`` starting at f find anything."""
     t = wp.tid() + offset
     F = faces.shape[0]
     b = t // F
@@ -573,57 +743,141 @@ def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vert_si
     near_sil[b, f] = wp.max(wp.max(vert_sil[b, faces[f, 0]], vert_sil[b, faces[f, 1]]), vert_sil[b, faces[f, 2]])
 
 
+@wp.func
+def _entry_range(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                 entries: wp.array2d(dtype=wp.int32), en: int, near: Any, perspective: int, H: int, W: int):
+    """Padded-pixel index ranges (x_lo, x_hi, y_lo, y_hi) whose centres lie within one pixel of
+    the box of entry en's visible segment (padded pixel i has its centre at i - 0.5), clamped to
+    the padded image [0, W + 1] x [0, H + 1]."""
+    b = entries[en, 0]
+    e = _edge_ends(screen, faces, b, entries[en, 1], entries[en, 2], near, perspective)
+    ax = _end_coord(screen, b, e[0], e[1], 0, near)
+    ay = _end_coord(screen, b, e[0], e[1], 1, near)
+    bx = _end_coord(screen, b, e[2], e[3], 0, near)
+    by = _end_coord(screen, b, e[2], e[3], 1, near)
+    half = type(ax)(1.5)
+    lim = type(ax)(W + H + 8)
+    x0 = wp.clamp(wp.min(ax, bx), -lim, lim)
+    x1 = wp.clamp(wp.max(ax, bx), -lim, lim)
+    y0 = wp.clamp(wp.min(ay, by), -lim, lim)
+    y1 = wp.clamp(wp.max(ay, by), -lim, lim)
+    return wp.vec4i(wp.max(int(wp.ceil(x0 - half)) + 1, 0), wp.min(int(wp.floor(x1 + half)), W + 1),
+                    wp.max(int(wp.ceil(y0 - half)) + 1, 0), wp.min(int(wp.floor(y1 + half)), H + 1))
+
+
+@wp.kernel
+def edge_bin_count(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                   entries: wp.array2d(dtype=wp.int32), near: Any, perspective: int, H: int, W: int, tile: int,
+                   tiles_x: int, tiles_y: int, counts: wp.array(dtype=wp.int32)):
+    """Counts the silhouette entries per tile of the padded image (atomics: one unsplit launch)."""
+    en = wp.tid()
+    r = _entry_range(screen, faces, entries, en, near, perspective, H, W)
+    if r[0] <= r[1] and r[2] <= r[3]:
+        base = entries[en, 0] * tiles_x * tiles_y
+        for ty in range(r[2] // tile, r[3] // tile + 1):
+            for tx in range(r[0] // tile, r[1] // tile + 1):
+                wp.atomic_add(counts, base + ty * tiles_x + tx, 1)
+
+
+@wp.kernel
+def edge_bin_fill(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                  entries: wp.array2d(dtype=wp.int32), near: Any, perspective: int, H: int, W: int, tile: int,
+                  tiles_x: int, tiles_y: int, starts: wp.array(dtype=wp.int32), cursor: wp.array(dtype=wp.int32),
+                  items: wp.array(dtype=wp.int32)):
+    en = wp.tid()
+    r = _entry_range(screen, faces, entries, en, near, perspective, H, W)
+    if r[0] <= r[1] and r[2] <= r[3]:
+        base = entries[en, 0] * tiles_x * tiles_y
+        for ty in range(r[2] // tile, r[3] // tile + 1):
+            for tx in range(r[0] // tile, r[1] // tile + 1):
+                k = base + ty * tiles_x + tx
+                slot = wp.atomic_add(cursor, k, 1)
+                items[starts[k] + slot] = en
+
+
+@wp.func
+def _padded_face(face_id: wp.array(dtype=wp.int32, ndim=3), b: int, py: int, px: int):
+    H = face_id.shape[1]
+    W = face_id.shape[2]
+    f = int(-1)
+    if py >= 1 and py <= H and px >= 1 and px <= W:
+        f = face_id[b, py - 1, px - 1]
+    return f
+
+
 @wp.kernel
 def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
                      neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32),
                      has_sil: wp.array2d(dtype=wp.int32), near_sil: wp.array2d(dtype=wp.int32),
                      vstart: wp.array(dtype=wp.int32), vfaces: wp.array(dtype=wp.int32),
-                     face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int, edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
-    """For pixel p and its right (d=0) / lower (d=1) neighbour q with different face ids, find the
-    silhouette edge separating them: edges[b, y, x, 2d:2d+2] = (va, vb) or (-1, -1); side = 0 when p
-    is covered by the edge's face, 1 when q is."""
+                     entries: wp.array2d(dtype=wp.int32), component: wp.array(dtype=wp.int32),
+                     starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), tile: int, tiles_x: int,
+                     tiles_y: int, face_id: wp.array(dtype=wp.int32, ndim=3), near: Any, perspective: int,
+                     border: int, edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
+    """One thread per padded pixel p = (py, px) of the (H + 2, W + 2) image with a ring of virtual
+    background pixels (padded pixel (py, px) is image pixel (py - 1, px - 1)). For p and its right
+    (d = 0) / lower (d = 1) neighbour q, both in the image (or one of them in the ring when
+    ``border``), with different face ids: the silhouette edge separating them, edges[b, py, px,
+    4 d : 4 d + 4] = its endpoint code (``_edge_ends``) or -1; side = 0 when p is on the edge's face side, 1
+    when q is. Search order: the vertex fan of p's face, of q's face, then the binned entries
+    from p's side, from q's side."""
     p = wp.tid() + offset
     H = face_id.shape[1]
     W = face_id.shape[2]
-    b = p // (H * W)
-    r = p - b * H * W
-    y = r // W
-    x = r - y * W
-    fa = face_id[b, y, x]
+    Hp = H + 1
+    Wp = W + 1
+    b = p // (Hp * Wp)
+    r = p - b * Hp * Wp
+    py = r // Wp
+    px = r - py * Wp
+    fa = _padded_face(face_id, b, py, px)
     s00 = screen[b, 0, 0]
-    cx = type(s00)(x) + type(s00)(0.5)
-    cy = type(s00)(y) + type(s00)(0.5)
+    half = type(s00)(0.5)
+    cx = type(s00)(px) - half
+    cy = type(s00)(py) - half
     one = type(s00)(1.0)
+    t = b * tiles_x * tiles_y + (py // tile) * tiles_x + px // tile
     for d in range(2):
-        edges[b, y, x, 2 * d] = -1
-        edges[b, y, x, 2 * d + 1] = -1
-        side[b, y, x, d] = 0
-        qx = x + 1 - d
-        qy = y + d
-        if qx < W and qy < H:
-            fb = face_id[b, qy, qx]
-            near = False
-            if fa >= 0:
-                near = near_sil[b, fa] != 0
-            if fb >= 0:
-                near = near or near_sil[b, fb] != 0
-            if fa != fb and near:
+        for j in range(4):
+            edges[b, py, px, 4 * d + j] = -1
+        side[b, py, px, d] = 0
+        qx = px + 1 - d
+        qy = py + d
+        ok = False
+        if d == 0:
+            ok = py >= 1 and py <= H and (border != 0 or (px >= 1 and qx <= W))
+        else:
+            ok = px >= 1 and px <= W and (border != 0 or (py >= 1 and qy <= H))
+        if ok:
+            fb = _padded_face(face_id, b, qy, qx)
+            if fa != fb:
                 horizontal = 1 - d
-                res = wp.vec2i(-1, -1)
+                qcx = type(s00)(qx) - half
+                qcy = type(s00)(qy) - half
+                res = wp.vec4i(-1, -1, -1, -1)
                 sd = 0
                 if fa >= 0:
-                    res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fa, fb, horizontal, cx, cy,
-                                           one, perspective)
+                    if near_sil[b, fa] != 0:
+                        res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fa, fb,
+                                               horizontal, cx, cy, one, near, perspective)
                 if res[0] < 0 and fb >= 0:
-                    qcx = type(s00)(qx) + type(s00)(0.5)
-                    qcy = type(s00)(qy) + type(s00)(0.5)
-                    res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fb, fa, horizontal, qcx, qcy,
-                                           -one, perspective)
-                    sd = 1
+                    if near_sil[b, fb] != 0:
+                        res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fb, fa,
+                                               horizontal, qcx, qcy, -one, near, perspective)
+                        sd = 1
+                if res[0] < 0 and starts[t + 1] > starts[t]:
+                    sd = 0
+                    if fa >= 0:
+                        res = _find_binned(screen, faces, entries, component, starts, items, t, b, fa, fb, horizontal,
+                                           cx, cy, one, near, perspective)
+                    if res[0] < 0 and fb >= 0:
+                        res = _find_binned(screen, faces, entries, component, starts, items, t, b, fb, fa, horizontal,
+                                           qcx, qcy, -one, near, perspective)
+                        sd = 1
                 if res[0] >= 0:
-                    edges[b, y, x, 2 * d] = res[0]
-                    edges[b, y, x, 2 * d + 1] = res[1]
-                    side[b, y, x, d] = sd
+                    for j in range(4):
+                        edges[b, py, px, 4 * d + j] = res[j]
+                    side[b, py, px, d] = sd
 
 
 def _instantiate(kernel) -> None:
@@ -640,7 +894,7 @@ def _instantiate(kernel) -> None:
 
 
 for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
-           face_facing):
+           face_facing, face_has_silhouette, edge_bin_count, edge_bin_fill):
     _instantiate(_k)
 
 

@@ -71,15 +71,36 @@ class MeshTopology:
 
     neighbors: (F, 3) int32 face across each edge (:func:`face_neighbors`); vert_face_start:
     (V + 1,) int32 and vert_faces: (3F,) int32, the faces around each vertex in CSR form;
-    fans: (V, max_valence) int64 the same padded with -1 (for the torch twin); faces: (F, 3)
-    int32, the faces it was built from (:func:`antialias` checks that they are the rendered ones).
+    fans: (V, max_valence) int64 the same padded with -1 (for the torch twin); component: (F,)
+    int32 connected-component label of each face (faces sharing a vertex are connected); faces:
+    (F, 3) int32, the faces it was built from (:func:`antialias` checks that they are the
+    rendered ones).
     """
 
     neighbors: torch.Tensor
     vert_face_start: torch.Tensor
     vert_faces: torch.Tensor
     fans: torch.Tensor
+    component: torch.Tensor
     faces: torch.Tensor
+
+
+def _components(fl: torch.Tensor, V: int) -> torch.Tensor:
+    """(F,) label per face, equal for faces connected through shared vertices (min-label
+    propagation with pointer jumping)."""
+    if fl.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int32, device=fl.device)
+    lab = torch.arange(V, device=fl.device)
+    flat = fl.reshape(-1)
+    while True:
+        m = lab[fl].amin(1).repeat_interleave(3)
+        new = lab.scatter_reduce(0, flat, m, reduce="amin")
+        for _ in range(4):
+            new = new[new]
+        if torch.equal(new, lab):
+            break
+        lab = new
+    return lab[fl[:, 0]].to(torch.int32)
 
 
 def mesh_topology(faces: torch.Tensor, num_verts: int | None = None) -> MeshTopology:
@@ -103,11 +124,29 @@ def mesh_topology(faces: torch.Tensor, num_verts: int | None = None) -> MeshTopo
     slot = torch.arange(vid.shape[0], device=faces.device) - start[vid[order]]
     fans[vid[order], slot] = vfaces
     return MeshTopology(face_neighbors(faces), start.to(torch.int32), vfaces.to(torch.int32).contiguous(), fans,
-                        faces)
+                        _components(fl, V), faces)
+
+
+TILE = 16  # tile size (padded pixels) of the binned silhouette-edge search
+
+
+def _background(background, color):
+    """(C,) colour of the ring of virtual pixels beyond the image border, or None."""
+    if background is None:
+        return None
+    C = color.shape[-1]
+    bg = torch.as_tensor(background, dtype=color.dtype, device=color.device)
+    if not bool(torch.isfinite(bg).all()):
+        raise ValueError("background contains non-finite values (NaN or inf)")
+    if bg.dim() == 0:
+        bg = bg.expand(C)
+    if bg.shape != (C,):
+        raise ValueError(f"background must be a scalar or have shape ({C},), got {tuple(bg.shape)}")
+    return bg
 
 
 def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | None = None,
-              backend: str = "warp") -> torch.Tensor:
+              backend: str = "warp", background=None) -> torch.Tensor:
     """Blend colours across silhouette edges (see module docstring for the argument).
 
     Args:
@@ -117,10 +156,15 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
             carries the gradient to the vertex positions.
         topology: optional :func:`mesh_topology` of ``frags.faces`` (cache it when rendering the
             same faces repeatedly).
-        backend: ``"warp"`` (edge detection kernel) or ``"torch"`` (twin).
+        backend: ``"warp"`` (edge detection kernels) or ``"torch"`` (twin).
+        background: the colour seen beyond the image border (a scalar or (C,)): with it, edges
+            crossing the outer half of a border pixel covered by their face are blended towards
+            it (e.g. 0 for a coverage mask, the composited background colour of a shaded image);
+            ``None`` (default): edges at the image border are not blended.
 
     Returns:
-        (B, H, W, C) antialiased image, differentiable w.r.t. ``color`` and ``frags.screen``.
+        (B, H, W, C) antialiased image, differentiable w.r.t. ``color``, ``frags.screen`` and
+        ``background``.
     """
     if not isinstance(frags, Fragments):
         raise TypeError(f"frags must be the Fragments of rasterize, got {type(frags).__name__}")
@@ -131,6 +175,7 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
                          f"{tuple(color.shape) if isinstance(color, torch.Tensor) else type(color).__name__}")
     check_choice(backend, "backend", BACKENDS)
     check_same_dtype(("frags", frags.screen), ("color", color))
+    bg = _background(background, color)
     if frags.faces.shape[0] == 0:
         return color
     if topology is None:
@@ -140,44 +185,89 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         # a topology of other faces would send the kernels through wrong (or out-of-range) indices
         raise ValueError("topology must be the mesh_topology(faces) of the rendered faces")
     screen = frags.screen.detach().contiguous()
+    near = float(frags.near)
+    persp = int(frags.perspective)
+    border = int(bg is not None)
     if backend == "warp":
         F = frags.faces.shape[0]
         dev = color.device
         facing = torch.empty((B, F), dtype=torch.int32, device=dev)
         has_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
+        entry = torch.empty((B, F, 4), dtype=torch.int32, device=dev)
         near_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
-        parallel_launch(K.face_facing, B * F, [screen, frags.faces], [facing])
-        parallel_launch(K.face_has_silhouette, B * F, [frags.faces, topology.neighbors, facing], [has_sil])
+        parallel_launch(K.face_facing, B * F, [screen, frags.faces, persp], [facing])
+        parallel_launch(K.face_has_silhouette, B * F, [screen, frags.faces, topology.neighbors, facing, near, persp],
+                        [has_sil, entry])
         vert_sil = torch.zeros((B, frags.screen.shape[1]), dtype=torch.int32, device=dev)
         launch(K.vertex_silhouette, B * F, [frags.faces, has_sil], [vert_sil])  # same-value stores: unsplit
         parallel_launch(K.face_near_silhouette, B * F, [frags.faces, vert_sil], [near_sil])
-        edges = torch.empty((B, H, W, 4), dtype=torch.int32, device=dev)
-        side = torch.empty((B, H, W, 2), dtype=torch.int32, device=dev)
-        parallel_launch(K.silhouette_pairs, B * H * W,
+        # silhouette edges (each once) binned to tiles of the padded image
+        entries = entry.nonzero().to(torch.int32).contiguous()  # (E, 3): view, face, edge
+        tx, ty = (W + 2 + TILE - 1) // TILE, (H + 2 + TILE - 1) // TILE
+        nt = B * tx * ty
+        counts = torch.zeros(nt, dtype=torch.int32, device=dev)
+        starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
+        E = entries.shape[0]
+        if E:  # binning accumulates with atomics: unsplit launches
+            launch(K.edge_bin_count, E, [screen, frags.faces, entries, near, persp, H, W, TILE, tx, ty], [counts])
+            starts[1:] = torch.cumsum(counts, 0)
+        items = torch.empty(max(int(starts[-1]), 1), dtype=torch.int32, device=dev)
+        if E:
+            cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
+            launch(K.edge_bin_fill, E, [screen, frags.faces, entries, near, persp, H, W, TILE, tx, ty, starts, cursor],
+                   [items])
+        else:
+            entries = torch.zeros((1, 3), dtype=torch.int32, device=dev)
+        edges = torch.empty((B, H + 1, W + 1, 8), dtype=torch.int32, device=dev)
+        side = torch.empty((B, H + 1, W + 1, 2), dtype=torch.int32, device=dev)
+        parallel_launch(K.silhouette_pairs, B * (H + 1) * (W + 1),
                         [screen, frags.faces, topology.neighbors, facing, has_sil, near_sil, topology.vert_face_start,
-                         topology.vert_faces, frags.face_id, int(frags.perspective)], [edges, side])
-        edges = edges.reshape(B, H, W, 2, 2)
-        sel = (edges[..., 0] >= 0).nonzero()  # (K, 4): b, y, x, d
-        va = edges[sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3], 0].long()
-        vb = edges[sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3], 1].long()
-        sd = side[sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3]]
-        b, y, x, d = sel.unbind(1)
+                         topology.vert_faces, entries, topology.component, starts, items, TILE, tx, ty,
+                         frags.face_id, near, persp, border], [edges, side])
+        edges = edges.reshape(B, H + 1, W + 1, 2, 4)
+        sel = (edges[..., 0] >= 0).nonzero()  # (K, 4): b, py, px, d
+        b, py, px, d = sel.unbind(1)
+        codes = edges[b, py, px, d].long()
+        sd = side[b, py, px, d]
     else:
-        b, y, x, d, va, vb, sd = silhouette_pairs_torch(screen, frags.faces, topology, frags.face_id, frags.perspective)
-    return blend(color, frags.screen, b, y, x, d, va, vb, sd)
+        b, py, px, d, codes, sd = silhouette_pairs_torch(screen, frags.faces, topology, frags.face_id,
+                                                         frags.perspective, near, bool(border))
+    return blend(color, frags.screen, b, py, px, d, codes, sd, near, bg)
 
 
-def blend(color, screen, b, y, x, d, va, vb, sd) -> torch.Tensor:
+def _end_xy(screen, b, i, j, near):
+    """(K, 2) screen points of endpoint codes (i, j): vertex i where i == j, else the crossing of
+    edge i-j with ``d = near`` (homogeneous interpolation; differentiable)."""
+    Pi = screen[b, i]
+    clip = i != j
+    if not bool(clip.any()):
+        return Pi[:, :2]
+    Pj = screen[b, j]
+    di, dj = Pi[:, 2:3], Pj[:, 2:3]
+    den = torch.where(clip[:, None], dj - di, torch.ones_like(di))
+    t = (near - di) / den
+    c = (Pi[:, :2] * di + t * (Pj[:, :2] * dj - Pi[:, :2] * di)) / near
+    return torch.where(clip[:, None], c, Pi[:, :2])
+
+
+def blend(color, screen, b, py, px, d, codes, sd, near=1.0, background=None) -> torch.Tensor:
     """The differentiable part of :func:`antialias`: crossings of the detected silhouette edges
-    (va, vb) with the pixel pairs (b, y, x, d) and the coverage blend (torch, K pairs)."""
+    (endpoint ``codes`` (K, 4), see the kernels' ``_edge_ends``) with the pixel pairs (b, py, px,
+    d) of the padded image (padded pixel (py, px) is image pixel (py - 1, px - 1); q is its right
+    (d = 0) or lower (d = 1) neighbour; ``sd`` = 1 when q is the covered pixel) and the coverage
+    blend (torch, K pairs). ``background`` (C,): colour of the virtual ring of padded pixels."""
     B, H, W, C = color.shape
     if b.numel() == 0:
         return color
     dt = screen.dtype
-    A = screen[b, va, :2]
-    Bv = screen[b, vb, :2]
-    cx = x.to(dt) + 0.5
-    cy = y.to(dt) + 0.5
+    Hp, Wp = H + 2, W + 2
+    ring = background if background is not None else torch.zeros(C, dtype=color.dtype, device=color.device)
+    padded = ring.to(color.dtype).expand(B, Hp, Wp, C).clone()
+    padded[:, 1:H + 1, 1:W + 1] = color
+    A = _end_xy(screen, b, codes[:, 0], codes[:, 1], near)
+    Bv = _end_xy(screen, b, codes[:, 2], codes[:, 3], near)
+    cx = px.to(dt) - 0.5
+    cy = py.to(dt) - 0.5
     horiz = d == 0
     # horizontal pair: crossing of the edge with the row y = cy; vertical: with the column x = cx
     den_h = torch.where(horiz, Bv[:, 1] - A[:, 1], Bv[:, 0] - A[:, 0])
@@ -185,13 +275,13 @@ def blend(color, screen, b, y, x, d, va, vb, sd) -> torch.Tensor:
     t_h = torch.where(horiz, (cy - A[:, 1]), (cx - A[:, 0])) / den_h
     s_p = torch.where(horiz, A[:, 0] + t_h * (Bv[:, 0] - A[:, 0]) - cx, A[:, 1] + t_h * (Bv[:, 1] - A[:, 1]) - cy)
     s = torch.where(sd == 0, s_p, 1 - s_p)
-    qx = x + (1 - d)
-    qy = y + d
-    p_lin = (b * H + y) * W + x
-    q_lin = (b * H + qy) * W + qx
+    qx = px + (1 - d)
+    qy = py + d
+    p_lin = (b * Hp + py) * Wp + px
+    q_lin = (b * Hp + qy) * Wp + qx
     c_lin = torch.where(sd == 0, p_lin, q_lin)
     o_lin = torch.where(sd == 0, q_lin, p_lin)
-    flat = color.reshape(B * H * W, C)
+    flat = padded.reshape(B * Hp * Wp, C)
     Cc = flat[c_lin]
     Co = flat[o_lin]
     # each edge is antialiased along rows and along columns; the two estimates are mixed with
@@ -201,15 +291,24 @@ def blend(color, screen, b, y, x, d, va, vb, sd) -> torch.Tensor:
     w_o = ((s - 0.5).clamp_min(0) * wdir).unsqueeze(-1).to(color.dtype)
     w_c = ((0.5 - s).clamp_min(0) * wdir).unsqueeze(-1).to(color.dtype)
     out = flat.index_add(0, o_lin, w_o * (Cc - Co)).index_add(0, c_lin, w_c * (Co - Cc))
-    return out.reshape(B, H, W, C)
+    return out.reshape(B, Hp, Wp, C)[:, 1:H + 1, 1:W + 1]
 
+
+# ---------------------------------------------------------------------------------------------
+# plain-torch twin of the edge search kernels (same decisions, vectorised over pixel pairs)
+# ---------------------------------------------------------------------------------------------
 
 def _edge2(ax, ay, bx, by, px, py):
     return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
 
 
-def _plane_key_torch(screen, faces, b, f, px, py, perspective):
+def _tri(screen, faces, b, f):
     t = screen[b[:, None], faces.long()[f]]  # (K, 3, 3)
+    return t
+
+
+def _plane_key_torch(screen, faces, b, f, px, py, perspective):
+    t = _tri(screen, faces, b, f)
     x0, y0, x1, y1, x2, y2 = t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1], t[:, 2, 0], t[:, 2, 1]
     area = _edge2(x0, y0, x1, y1, x2, y2)
     l0 = _edge2(x1, y1, x2, y2, px, py) / area
@@ -220,25 +319,78 @@ def _plane_key_torch(screen, faces, b, f, px, py, perspective):
     return l0 * t[:, 0, 2] + l1 * t[:, 1, 2] + l2 * t[:, 2, 2]
 
 
-def silhouette_flags_torch(screen, faces, topo):
-    """Per view and face: ``facing`` (+1/-1, sign of the screen-space area), ``has_sil`` (an
-    edge of the face is a silhouette) and ``near_sil`` (a face sharing a vertex has one), (B, F)
-    each; the torch twin of the ``face_*`` kernels."""
+def silhouette_flags_torch(screen, faces, topo, perspective=False, near=0.0):
+    """Per view and face: ``facing`` (+1/-1, orientation towards the camera: the sign of the
+    screen-space area, flipped per vertex behind a perspective camera), ``clipped`` (a vertex at
+    or before ``near``), ``has_sil`` (an edge or the clip edge is a silhouette), ``near_sil`` (a
+    face sharing a vertex has one), (B, F) each, and ``entry`` (B, F, 4) the edges listed for the
+    binned search; the torch twin of the ``face_*`` kernels."""
     fl = faces.long()
     t = screen[:, fl]  # (B, F, 3, 3)
     a = _edge2(t[..., 0, 0], t[..., 0, 1], t[..., 1, 0], t[..., 1, 1], t[..., 2, 0], t[..., 2, 1])
     facing = torch.where(a > 0, 1, -1)
+    dep = t[..., 2]
+    if perspective:
+        facing = facing * torch.where((dep < 0).sum(-1) % 2 == 1, -1, 1)
+        clipped = (dep <= near).any(-1)
+        drawn = (dep > near).any(-1) & (a.abs() > 1e-12)
+    else:
+        clipped = torch.zeros_like(a, dtype=torch.bool)
+        drawn = (dep > near).all(-1) & (a.abs() > 1e-12)
     nb = topo.neighbors.long()
-    has_sil = ((nb < 0)[None] | (facing[:, nb.clamp_min(0)] != facing[:, :, None])).any(-1)
+    sil_k = (nb < 0)[None] | (facing[:, nb.clamp_min(0)] != facing[:, :, None])  # (B, F, 3)
+    has_sil = sil_k.any(-1) | clipped
     fan = topo.fans[fl]  # (F, 3, maxdeg)
-    near = (has_sil[:, fan.clamp_min(0)] & (fan >= 0)[None]).flatten(2).any(-1)
-    return facing, has_sil, near
+    near_sil = (has_sil[:, fan.clamp_min(0)] & (fan >= 0)[None]).flatten(2).any(-1)
+    F = fl.shape[0]
+    ar = torch.arange(F, device=fl.device)
+    B = screen.shape[0]
+    bb = torch.arange(B, device=fl.device)[:, None].expand(B, F).reshape(-1)
+    ff = ar[None].expand(B, F).reshape(-1)
+    entry = torch.zeros((B, F, 4), dtype=torch.bool, device=fl.device)
+    for k in range(4):
+        vis = _edge_ends_torch(screen, faces, bb, ff, k, near, perspective)[:, 0].reshape(B, F) >= 0
+        if k < 3:
+            once = (nb[:, k] < 0) | (nb[:, k] > ar)
+            entry[..., k] = sil_k[..., k] & once[None] & vis & drawn
+        else:
+            entry[..., k] = clipped & vis & drawn
+    return facing, clipped, has_sil, near_sil, entry
 
 
-def _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign):
-    """Twin of the kernel's ``_edge_cross``: s in [0, 1] or -1."""
-    ax, ay = screen[b, ia, 0], screen[b, ia, 1]
-    dx, dy = screen[b, ib, 0] - ax, screen[b, ib, 1] - ay
+def _edge_ends_torch(screen, faces, b, f, k, near, perspective):
+    """Twin of the kernels' ``_edge_ends`` for K (view, face) and a Python int k: (K, 4) long."""
+    fl = faces.long()
+    neg = torch.full((f.shape[0], 4), -1, dtype=torch.long, device=f.device)
+    if k < 3:
+        ia, ib = fl[f, k], fl[f, (k + 1) % 3]
+        if not perspective:
+            return torch.stack([ia, ia, ib, ib], 1)
+        ina = screen[b, ia, 2] > near
+        inb = screen[b, ib, 2] > near
+        out = torch.where((ina & inb)[:, None], torch.stack([ia, ia, ib, ib], 1), neg)
+        out = torch.where((ina & ~inb)[:, None], torch.stack([ia, ia, ia, ib], 1), out)
+        return torch.where((~ina & inb)[:, None], torch.stack([ia, ib, ib, ib], 1), out)
+    if not perspective:
+        return neg
+    out = neg.clone()
+    n = torch.zeros_like(f)
+    for j in range(3):
+        i, i2 = fl[f, j], fl[f, (j + 1) % 3]
+        cr = (screen[b, i, 2] > near) != (screen[b, i2, 2] > near)
+        first = cr & (n == 0)
+        second = cr & (n > 0)
+        out[first, 0], out[first, 1] = i[first], i2[first]
+        out[second, 2], out[second, 3] = i[second], i2[second]
+        n = n + cr.long()
+    out[n != 2, 0] = -1
+    return out
+
+
+def _cross_torch(A, Bv, horizontal, cx, cy, sign):
+    """Twin of the kernels' ``_cross``: s in [0, 1] or -1."""
+    ax, ay = A[:, 0], A[:, 1]
+    dx, dy = Bv[:, 0] - ax, Bv[:, 1] - ay
     if horizontal:
         okdir = dy.abs() > 0
         tt = (cy - ay) / torch.where(okdir, dy, torch.ones_like(dy))
@@ -251,39 +403,72 @@ def _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign):
     return torch.where(ok, s, torch.full_like(s, -1.0))
 
 
-def _find_edge_torch(screen, faces, nbrs, facing, b, f, other, horizontal, cx, cy, sign, perspective):
-    """Vectorised twin of the kernel's ``_find_edge`` over K pairs; f >= 0 everywhere."""
-    res_a = torch.full(f.shape, -1, dtype=torch.long, device=f.device)
-    res_b = res_a.clone()
-    best = torch.full(f.shape, -1.0, dtype=screen.dtype, device=f.device)
-    ff = facing[b, f]
-    fl = faces.long()
-    has_other = other >= 0
-    for k in range(3):
-        nb = nbrs.long()[f, k]
-        sil = (nb < 0) | (facing[b, nb.clamp_min(0)] != ff)
-        ia = fl[f, k]
-        ib = fl[f, (k + 1) % 3]
-        s = _edge_cross_torch(screen, b, ia, ib, horizontal, cx, cy, sign)
-        qx = cx + s * sign if horizontal else cx
-        qy = cy if horizontal else cy + s * sign
-        kf = _plane_key_torch(screen, faces, b, f, qx, qy, perspective)
-        ko = _plane_key_torch(screen, faces, b, other.clamp_min(0), qx, qy, perspective)
-        hit = sil & (s > best) & (~has_other | (kf <= ko))
-        res_a = torch.where(hit, ia, res_a)
-        res_b = torch.where(hit, ib, res_b)
-        best = torch.where(hit, s, best)
-    return res_a, res_b
+def _code_cross_torch(screen, b, e, horizontal, cx, cy, sign, near):
+    valid = e[:, 0] >= 0
+    ec = e.clamp_min(0)
+    s = _cross_torch(_end_xy(screen, b, ec[:, 0], ec[:, 1], near), _end_xy(screen, b, ec[:, 2], ec[:, 3], near),
+                     horizontal, cx, cy, sign)
+    return torch.where(valid, s, torch.full_like(s, -1.0))
 
 
-def _find_silhouette_torch(screen, faces, topo, flags, b, f, other, horizontal, cx, cy, sign, perspective):
+def _covered_side_torch(screen, faces, b, f, k, px, py, near, perspective):
+    """Twin of the kernels' ``_covered_side`` (k a Python int)."""
+    t = _tri(screen, faces, b, f)
+    x0, y0, x1, y1, x2, y2 = t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1], t[:, 2, 0], t[:, 2, 1]
+    area = _edge2(x0, y0, x1, y1, x2, y2)
+    if k < 3:
+        a, c = t[:, k], t[:, (k + 1) % 3]
+        lam = _edge2(a[:, 0], a[:, 1], c[:, 0], c[:, 1], px, py) / area
+        if perspective:
+            lam = lam / t[:, (k + 2) % 3, 2]
+        return lam > 0
+    S = (_edge2(x1, y1, x2, y2, px, py) / t[:, 0, 2] + _edge2(x2, y2, x0, y0, px, py) / t[:, 1, 2]
+         + _edge2(x0, y0, x1, y1, px, py) / t[:, 2, 2]) / area
+    return (S > 0) & (S * near < 1)
+
+
+def _accept_torch(screen, faces, b, f, k, other, s, horizontal, cx, cy, sign, near, perspective):
+    ok = _covered_side_torch(screen, faces, b, f, k, cx, cy, near, perspective)
+    qx = cx + s * sign if horizontal else cx
+    qy = cy if horizontal else cy + s * sign
+    kf = _plane_key_torch(screen, faces, b, f, qx, qy, perspective)
+    ko = _plane_key_torch(screen, faces, b, other.clamp_min(0), qx, qy, perspective)
+    return ok & ((other < 0) | (kf <= ko))
+
+
+def _find_edge_torch(screen, faces, topo, flags, b, f, other, horizontal, cx, cy, sign, near, perspective, best):
+    """Vectorised twin of the kernel's ``_find_edge`` over K pairs; f >= 0 everywhere. Returns
+    (codes (K, 4), s (K,)), s = ``best`` where nothing farther is accepted."""
+    facing, clipped = flags[0], flags[1]
+    res = torch.full((f.shape[0], 4), -1, dtype=torch.long, device=f.device)
+    bs = best.clone()
+    nbrs = topo.neighbors.long()
+    for k in range(4):
+        if k < 3:
+            nb = nbrs[f, k]
+            sil = (nb < 0) | (facing[b, nb.clamp_min(0)] != facing[b, f])
+        else:
+            sil = clipped[b, f]
+        e = _edge_ends_torch(screen, faces, b, f, k, near, perspective)
+        s = _code_cross_torch(screen, b, e, horizontal, cx, cy, sign, near)
+        hit = sil & (e[:, 0] >= 0) & (s > bs)
+        hit = hit & _accept_torch(screen, faces, b, f, k, other, s, horizontal, cx, cy, sign, near, perspective)
+        res = torch.where(hit[:, None], e, res)
+        bs = torch.where(hit, s, bs)
+    return res, bs
+
+
+def _find_silhouette_torch(screen, faces, topo, flags, b, f, other, horizontal, cx, cy, sign, near, perspective):
     """Twin of the kernel's ``_find_silhouette``: the outermost edge over f and its vertex fans
-    (faces without a silhouette edge are skipped, as in the kernel; it changes nothing but time)."""
-    nbrs = topo.neighbors
-    facing, has_sil, _ = flags
-    ra, rb = _find_edge_torch(screen, faces, nbrs, facing, b, f, other, horizontal, cx, cy, sign, perspective)
-    best = torch.where(ra >= 0, _edge_cross_torch(screen, b, ra.clamp_min(0), rb.clamp_min(0), horizontal, cx, cy, sign),
-                       torch.full_like(cx, -1.0))
+    (faces without a silhouette edge are skipped, as in the kernel)."""
+    has_sil = flags[2]
+    best = torch.full(f.shape, -1.0, dtype=screen.dtype, device=f.device)
+    res = torch.full((f.shape[0], 4), -1, dtype=torch.long, device=f.device)
+    m0 = has_sil[b, f]
+    if bool(m0.any()):
+        r, s = _find_edge_torch(screen, faces, topo, flags, b[m0], f[m0], other[m0], horizontal, cx[m0], cy[m0], sign,
+                                near, perspective, best[m0])
+        res[m0], best[m0] = r, s
     fl = faces.long()
     for j in range(3):
         fan = topo.fans[fl[f, j]]  # (K, maxdeg)
@@ -291,53 +476,133 @@ def _find_silhouette_torch(screen, faces, topo, flags, b, f, other, horizontal, 
             g = fan[:, k]
             m = (g >= 0) & (g != f)
             m = m & has_sil[b, g.clamp_min(0)]
-            if m.any():
-                ga, gb = _find_edge_torch(screen, faces, nbrs, facing, b[m], g[m], other[m], horizontal, cx[m], cy[m],
-                                          sign, perspective)
-                s2 = torch.where(ga >= 0, _edge_cross_torch(screen, b[m], ga.clamp_min(0), gb.clamp_min(0), horizontal,
-                                                            cx[m], cy[m], sign), torch.full_like(cx[m], -1.0))
-                better = (ga >= 0) & (s2 > best[m])
+            if bool(m.any()):
+                r, s = _find_edge_torch(screen, faces, topo, flags, b[m], g[m], other[m], horizontal, cx[m], cy[m],
+                                        sign, near, perspective, best[m])
+                better = r[:, 0] >= 0
                 idx = m.nonzero().squeeze(1)[better]
-                ra[idx], rb[idx], best[idx] = ga[better], gb[better], s2[better]
-    return ra, rb
+                res[idx], best[idx] = r[better], s[better]
+    return res
 
 
-def silhouette_pairs_torch(screen, faces, topo, face_id, perspective):
+def _entry_geometry(screen, faces, entries, near, perspective):
+    """Endpoint codes (E, 4) and screen endpoints (E, 2) x 2 of the listed silhouette edges."""
+    E = entries.shape[0]
+    codes = torch.full((E, 4), -1, dtype=torch.long, device=entries.device)
+    for k in range(4):
+        m = entries[:, 2] == k
+        if bool(m.any()):
+            codes[m] = _edge_ends_torch(screen, faces, entries[m, 0], entries[m, 1], k, near, perspective)
+    c = codes.clamp_min(0)
+    return codes, _end_xy(screen, entries[:, 0], c[:, 0], c[:, 1], near), _end_xy(screen, entries[:, 0], c[:, 2], c[:, 3], near)
+
+
+def _find_binned_torch(screen, faces, topo, entries, geom, b, fc, other, horizontal, cx, cy, sign, near, perspective,
+                       chunk=1 << 22):
+    """Twin of the kernel's ``_find_binned`` (all entries of the view instead of the tile's:
+    binning drops no entry that can cross the pair's segment)."""
+    K = b.shape[0]
+    res = torch.full((K, 4), -1, dtype=torch.long, device=b.device)
+    E = entries.shape[0]
+    if K == 0 or E == 0:
+        return res
+    codes_e, A_e, B_e = geom
+    lo_e = torch.minimum(A_e, B_e) - 1
+    hi_e = torch.maximum(A_e, B_e) + 1
+    comp = topo.component.long()
+    comp_e = comp[entries[:, 1]]
+    step = max(1, chunk // max(E, 1))
+    for lo in range(0, K, step):
+        sl = slice(lo, min(K, lo + step))
+        kb, kf, ko = b[sl], fc[sl], other[sl]
+        kcx, kcy = cx[sl], cy[sl]
+        # candidate (pair, entry) combinations: same view and component, the pair's centre near the edge's box
+        near_box = ((kcx[:, None] >= lo_e[None, :, 0]) & (kcx[:, None] <= hi_e[None, :, 0])
+                    & (kcy[:, None] >= lo_e[None, :, 1]) & (kcy[:, None] <= hi_e[None, :, 1]))
+        pi, ei = (near_box & (entries[None, :, 0] == kb[:, None]) & (comp_e[None] == comp[kf][:, None])).nonzero(
+            as_tuple=True)
+        if pi.numel() == 0:
+            continue
+        s = _cross_torch(A_e[ei], B_e[ei], horizontal, kcx[pi], kcy[pi], sign)
+        keep = s >= 0
+        pi, ei, s = pi[keep], ei[keep], s[keep]
+        acc = torch.zeros(pi.shape[0], dtype=torch.bool, device=b.device)
+        ek = entries[ei, 2]
+        for k in range(4):
+            m = ek == k
+            if bool(m.any()):
+                acc[m] = _accept_torch(screen, faces, entries[ei[m], 0], entries[ei[m], 1], k, ko[pi[m]], s[m],
+                                       horizontal, kcx[pi[m]], kcy[pi[m]], sign, near, perspective)
+        pi, ei, s = pi[acc], ei[acc], s[acc]
+        if pi.numel() == 0:
+            continue
+        # per pair: the largest s, ties to the lower entry index
+        n = sl.stop - sl.start
+        smax = torch.full((n,), -1.0, dtype=screen.dtype, device=b.device).scatter_reduce(0, pi, s, reduce="amax")
+        top = s == smax[pi]
+        imin = torch.full((n,), E, dtype=torch.long, device=b.device).scatter_reduce(0, pi[top], ei[top], reduce="amin")
+        win = top & (ei == imin[pi])
+        res[lo + pi[win]] = codes_e[ei[win]]
+    return res
+
+
+def silhouette_pairs_torch(screen, faces, topo, face_id, perspective, near=1e-3, border=False):
     """Plain-torch twin of the ``silhouette_pairs`` kernel; returns the detected pairs as
-    ``(b, y, x, d, va, vb, side)`` tensors (K,), ordered like ``nonzero`` over (b, y, x, d)."""
+    ``(b, py, px, d, codes, side)`` tensors (K,) / (K, 4) in padded-image coordinates, ordered like
+    ``nonzero`` over (b, py, px, d)."""
     B, H, W = face_id.shape
-    flags = silhouette_flags_torch(screen, faces, topo)
-    near_sil = flags[2]
+    flags = silhouette_flags_torch(screen, faces, topo, perspective, near)
+    near_sil, entry = flags[3], flags[4]
+    entries = entry.nonzero()  # (E, 3), ordered like the kernel path's nonzero
+    geom = _entry_geometry(screen, faces, entries, near, perspective)
+    fid = torch.full((B, H + 2, W + 2), -1, dtype=torch.long, device=face_id.device)
+    fid[:, 1:H + 1, 1:W + 1] = face_id.long()
     bidx = torch.arange(B, device=face_id.device)[:, None, None]
-    fid = face_id.long()
     near_img = near_sil[bidx, fid.clamp_min(0)] & (fid >= 0)
     outs = []
     for d in (0, 1):
-        fa_img = face_id[:, : H - d, : W - (1 - d)]
-        fb_img = face_id[:, d:, (1 - d):]
-        near = near_img[:, : H - d, : W - (1 - d)] | near_img[:, d:, (1 - d):]
-        b, y, x = ((fa_img != fb_img) & near).nonzero().unbind(1)
-        fa = fa_img[b, y, x].long()
-        fb = fb_img[b, y, x].long()
-        cx = x.to(screen.dtype) + 0.5
-        cy = y.to(screen.dtype) + 0.5
-        va = torch.full_like(fa, -1)
-        vb = torch.full_like(fa, -1)
+        fa_img = fid[:, : H + 1, : W + 1]
+        fb_img = fid[:, d: H + 1 + d, 1 - d: W + 2 - d]
+        pyg, pxg = torch.meshgrid(torch.arange(H + 1, device=fid.device), torch.arange(W + 1, device=fid.device),
+                                  indexing="ij")
+        if d == 0:
+            ok = (pyg >= 1) & (pyg <= H) & (torch.tensor(border) | ((pxg >= 1) & (pxg + 1 <= W)))
+        else:
+            ok = (pxg >= 1) & (pxg <= W) & (torch.tensor(border) | ((pyg >= 1) & (pyg + 1 <= H)))
+        b, py, px = ((fa_img != fb_img) & ok[None]).nonzero().unbind(1)
+        fa = fa_img[b, py, px]
+        fb = fb_img[b, py, px]
+        cx = px.to(screen.dtype) - 0.5
+        cy = py.to(screen.dtype) - 0.5
+        qcx, qcy = cx + (1 - d), cy + d
+        codes = torch.full((b.shape[0], 4), -1, dtype=torch.long, device=b.device)
         sd = torch.zeros_like(fa)
-        m = fa >= 0
-        if m.any():
-            ra, rb = _find_silhouette_torch(screen, faces, topo, flags, b[m], fa[m], fb[m], d == 0, cx[m], cy[m], 1.0, perspective)
-            va[m], vb[m] = ra, rb
-        m2 = (va < 0) & (fb >= 0)
-        if m2.any():
-            qcx = cx[m2] + (1 - d)
-            qcy = cy[m2] + d
-            ra, rb = _find_silhouette_torch(screen, faces, topo, flags, b[m2], fb[m2], fa[m2], d == 0, qcx, qcy, -1.0, perspective)
-            va[m2], vb[m2] = ra, rb
-            sd[m2] = torch.where(ra >= 0, 1, 0)
-        keep = va >= 0
-        outs.append((b[keep], y[keep], x[keep], torch.full_like(b[keep], d), va[keep], vb[keep], sd[keep]))
-    cat = [torch.cat([o[i] for o in outs]) for i in range(7)]
-    b, y, x, d = cat[:4]
-    order = torch.argsort(((b * H + y) * W + x) * 2 + d)
+        na = near_img[b, py, px]
+        nq = near_img[b, py + d, px + 1 - d]
+        m = (fa >= 0) & na
+        if bool(m.any()):
+            codes[m] = _find_silhouette_torch(screen, faces, topo, flags, b[m], fa[m], fb[m], d == 0, cx[m], cy[m],
+                                              1.0, near, perspective)
+        m2 = (codes[:, 0] < 0) & (fb >= 0) & nq
+        if bool(m2.any()):
+            r = _find_silhouette_torch(screen, faces, topo, flags, b[m2], fb[m2], fa[m2], d == 0, qcx[m2], qcy[m2],
+                                       -1.0, near, perspective)
+            codes[m2] = r
+            sd[m2] = 1
+        m3 = (codes[:, 0] < 0) & (fa >= 0)
+        sd[codes[:, 0] < 0] = 0
+        if bool(m3.any()):
+            codes[m3] = _find_binned_torch(screen, faces, topo, entries, geom, b[m3], fa[m3], fb[m3], d == 0, cx[m3], cy[m3],
+                                           1.0, near, perspective)
+        m4 = (codes[:, 0] < 0) & (fb >= 0)
+        if bool(m4.any()):
+            r = _find_binned_torch(screen, faces, topo, entries, geom, b[m4], fb[m4], fa[m4], d == 0, qcx[m4], qcy[m4],
+                                   -1.0, near, perspective)
+            codes[m4] = r
+            sd[m4] = torch.where(r[:, 0] >= 0, 1, 0)
+        keep = codes[:, 0] >= 0
+        outs.append((b[keep], py[keep], px[keep], torch.full_like(b[keep], d), codes[keep], sd[keep]))
+    cat = [torch.cat([o[i] for o in outs]) for i in range(6)]
+    b, py, px, d = cat[:4]
+    order = torch.argsort(((b * (H + 1) + py) * (W + 1) + px) * 2 + d)
     return tuple(c[order] for c in cat)

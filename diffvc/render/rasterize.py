@@ -39,7 +39,8 @@ class Fragments:
     bary: (B, H, W, 3) perspective-correct barycentrics (zeros on background), differentiable
     w.r.t. ``screen``; depth: (B, H, W) view depth (world units; zero on background),
     differentiable; screen: (B, V, 3) the projected vertices ``(u, v, d)`` the fragments came
-    from (kept for :func:`antialias`); faces: (F, 3) int32; perspective: projection kind.
+    from (kept for :func:`antialias`); faces: (F, 3) int32; perspective: projection kind; near:
+    the near-plane depth the triangles were clipped at (:func:`antialias` clips edges there too).
     """
 
     face_id: torch.Tensor
@@ -48,6 +49,7 @@ class Fragments:
     screen: torch.Tensor
     faces: torch.Tensor
     perspective: bool
+    near: float = 1e-3
 
     @property
     def mask(self) -> torch.Tensor:
@@ -155,7 +157,7 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, wid
         bary, depth = K.barycentrics_op(screen, faces, face_id, int(perspective))
     else:
         bary, depth = barycentrics_torch(screen, faces, face_id, perspective)
-    return Fragments(face_id, bary, depth, screen, faces, bool(perspective))
+    return Fragments(face_id, bary, depth, screen, faces, bool(perspective), float(near))
 
 
 def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
