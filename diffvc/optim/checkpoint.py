@@ -62,7 +62,6 @@ def current_run() -> RunState | None:
     return _RUN
 
 
-@contextlib.contextmanager
 def run_context(directory, every: int = 10, resume: bool = False):
     """Checkpoint every :func:`~diffvc.optim.optimize` call inside the block (module doc).
 
@@ -70,11 +69,19 @@ def run_context(directory, every: int = 10, resume: bool = False):
         directory: where checkpoints go (created).
         every: write a checkpoint every ``every`` iterations (>= 1).
         resume: continue from the checkpoints in ``directory`` (it must hold at least one).
+
+    The arguments are checked when it is called (not only when the block is entered).
     """
-    global _RUN
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an int >= 1, got {every!r}")
-    directory = Path(directory)
+    if not isinstance(directory, (str, os.PathLike)) or (isinstance(directory, str) and not directory):
+        raise TypeError(f"directory must be a path (str or pathlib.Path), got {type(directory).__name__}")
+    return _run_context(Path(directory), every, bool(resume))
+
+
+@contextlib.contextmanager
+def _run_context(directory: Path, every: int, resume: bool):
+    global _RUN
     if resume:
         if not directory.is_dir() or not any(directory.glob("*.pt")):
             raise CheckpointError(f"resume: no checkpoint in {directory} (nothing to resume; run without --resume)")

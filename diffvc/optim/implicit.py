@@ -35,6 +35,8 @@ from typing import Callable
 
 import torch
 
+from .._validate import as_float, as_int, check_float, check_same_dtype, describe
+
 __all__ = ["root_solve", "fixed_point", "minimize", "qp_solve", "gmres", "cg"]
 
 
@@ -42,10 +44,21 @@ __all__ = ["root_solve", "fixed_point", "minimize", "qp_solve", "gmres", "cg"]
 # Krylov solvers on flat vectors
 # --------------------------------------------------------------------------------------------
 
+def _check_krylov(A, b, x0, tol, maxiter) -> float:
+    if not callable(A):
+        raise TypeError(f"A must be a callable v -> A v, got {describe(A)}")
+    check_float(b, "b", coerce=False)
+    if x0 is not None:
+        check_float(x0, "x0", shape=tuple(b.shape), coerce=False)
+    as_int(maxiter, "maxiter", minimum=1, allow_none=True)
+    return as_float(tol, "tol", positive=True)
+
+
 def cg(A: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor | None = None,
        tol: float = 1e-10, maxiter: int | None = None) -> torch.Tensor:
     """Conjugate gradients for ``A x = b`` with ``A`` symmetric positive definite, given as a
     function ``A(v) -> A v`` on tensors shaped like ``b``. Stops at ``|r| <= tol |b|``."""
+    tol = _check_krylov(A, b, x0, tol, maxiter)
     maxiter = maxiter or 10 * b.numel()
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - A(x) if x0 is not None else b.clone()
@@ -74,6 +87,8 @@ def gmres(A: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.
           tol: float = 1e-10, restart: int = 50, maxiter: int | None = None) -> torch.Tensor:
     """Restarted GMRES for ``A x = b`` with ``A`` given as ``A(v) -> A v`` (any square operator).
     Stops at ``|b - A x| <= tol |b|`` or after ``maxiter`` operator applications."""
+    tol = _check_krylov(A, b, x0, tol, maxiter)
+    restart = as_int(restart, "restart", minimum=1)
     shape = b.shape
     bf = b.reshape(-1)
     n = bf.numel()
@@ -162,18 +177,17 @@ class _ImplicitRoot(torch.autograd.Function):
         return (None, None, None, *out)
 
 
-def _check_common(x0, params, backward, tol, maxiter):
-    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
-        raise TypeError(f"x0 must be a floating tensor, got {type(x0).__name__}")
+def _check_common(x0, params, backward, tol, maxiter, fn, fn_name: str):
+    if not callable(fn):
+        raise TypeError(f"{fn_name} must be a callable, got {describe(fn)}")
+    check_float(x0, "x0", coerce=False)
+    tol = as_float(tol, "tol", positive=True)
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"params[{i}] must be a tensor (pass every differentiable input), got {type(p).__name__}")
     if backward not in _BACKWARDS:
         raise ValueError(f"backward must be one of {_BACKWARDS}, got {backward!r}")
-    if not (tol > 0):
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    if not isinstance(maxiter, int) or maxiter < 1:
-        raise ValueError(f"maxiter must be a positive int, got {maxiter!r}")
+    as_int(maxiter, "maxiter", minimum=1)
 
 
 def _attach(f, x_star, params, backward, backward_tol, backward_maxiter):
@@ -237,7 +251,7 @@ def root_solve(f: Callable[..., torch.Tensor], x0: torch.Tensor, *params: torch.
     Returns:
         ``x*`` (shape of ``x0``); gradient by the implicit function theorem (module doc).
     """
-    _check_common(x0, params, backward, tol, maxiter)
+    _check_common(x0, params, backward, tol, maxiter, f, "f")
     with torch.no_grad():
         if solve is None:
             x_star = _newton(f, x0, params, tol, maxiter)
@@ -255,7 +269,7 @@ def fixed_point(g: Callable[..., torch.Tensor], x0: torch.Tensor, *params: torch
 
     Stops when ``|g(x) - x| <= tol (1 + |x|)``. ``g`` should be a contraction near ``x*``.
     """
-    _check_common(x0, params, backward, tol, maxiter)
+    _check_common(x0, params, backward, tol, maxiter, g, "g")
     if not isinstance(anderson, int) or anderson < 0:
         raise ValueError(f"anderson must be an int >= 0, got {anderson!r}")
     with torch.no_grad():
@@ -293,7 +307,7 @@ def minimize(fun: Callable[..., torch.Tensor], x0: torch.Tensor, *params: torch.
     ``grad_x fun(x*, params) = 0``: CG on Hessian-vector products (the Hessian is symmetric
     positive definite at a strict minimum), then a mixed second-derivative VJP.
     """
-    _check_common(x0, params, backward, tol, maxiter)
+    _check_common(x0, params, backward, tol, maxiter, fun, "fun")
     if method not in ("newton", "lbfgs"):
         raise ValueError(f"method must be 'newton' or 'lbfgs', got {method!r}")
 
@@ -425,11 +439,15 @@ def qp_solve(Q: torch.Tensor, p: torch.Tensor, G: torch.Tensor | None = None, h:
     active constraint the KKT Jacobian is singular and the gradient undefined.
     Gradients reach Q, p, G, h, A and b. Returns x* (n,), or (x*, lam, nu) with ``return_duals``.
     """
-    if not isinstance(Q, torch.Tensor) or Q.dim() != 2 or Q.shape[0] != Q.shape[1]:
-        raise ValueError(f"Q must be a square (n, n) tensor, got {getattr(Q, 'shape', type(Q))}")
+    check_float(Q, "Q", coerce=False)
+    if Q.dim() != 2 or Q.shape[0] != Q.shape[1]:
+        raise ValueError(f"Q must be a square (n, n) tensor, got {tuple(Q.shape)}")
     n = Q.shape[0]
-    if not isinstance(p, torch.Tensor) or p.shape != (n,):
-        raise ValueError(f"p must have shape ({n},), got {tuple(getattr(p, 'shape', ()))}")
+    check_float(p, "p", shape=(n,), coerce=False)
+    for name, t in (("G", G), ("h", h), ("A", A), ("b", b)):
+        if t is not None:
+            check_float(t, name, coerce=False)
+    check_same_dtype(("Q", Q), ("p", p), ("G", G), ("h", h), ("A", A), ("b", b))
     dt, dev = Q.dtype, Q.device
     if (G is None) != (h is None):
         raise ValueError("G and h must be given together")

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .._validate import as_float, describe
 from . import checkpoint as _ckpt
 from .distributed import all_reduce_, world_size
 from .parameters import ParameterSet
@@ -105,11 +106,14 @@ def optimize(
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")
-    if not (lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    lr = as_float(lr, "lr", positive=True)
     if nonfinite not in _NONFINITE:
         raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a callable () -> scalar loss tensor, got {describe(loss_fn)}")
     pset = params if isinstance(params, ParameterSet) else None
+    if pset is None and (params is None or isinstance(params, (str, torch.Tensor)) or not hasattr(params, "__iter__")):
+        raise TypeError(f"params must be a ParameterSet or a sequence of tensors, got {describe(params)}")
     tensors = pset.raw() if pset is not None else list(params)
     names = list(pset) if pset is not None else [f"params[{i}]" for i in range(len(tensors))]
     if not tensors or not all(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):

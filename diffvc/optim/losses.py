@@ -18,6 +18,7 @@ __all__ = ["pyramid_mse", "downsample"]
 
 def downsample(images: torch.Tensor) -> torch.Tensor:
     """2x2 average pooling of ``(..., H, W, C)`` images (odd sizes lose their last row/column)."""
+    check_float(images, "images", coerce=False)
     if images.dim() < 3:
         raise ValueError(f"images must have shape (..., H, W, C), got {tuple(images.shape)}")
     lead = images.shape[:-3]

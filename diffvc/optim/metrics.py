@@ -10,6 +10,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from .._validate import as_tensor, check_float
+
 from .loop import History
 
 __all__ = ["relative_error", "relative_errors", "parameter_curves", "plot_history"]
@@ -17,8 +19,8 @@ __all__ = ["relative_error", "relative_errors", "parameter_curves", "plot_histor
 
 def relative_error(estimate, target) -> float:
     """``|estimate - target| / |target|`` (2-norms for vectors; absolute error where ``target == 0``)."""
-    e = torch.as_tensor(estimate, dtype=torch.float64).detach().cpu().reshape(-1)
-    t = torch.as_tensor(target, dtype=torch.float64).detach().cpu().reshape(-1)
+    e = check_float(as_tensor(estimate, "estimate", dtype=torch.float64).detach().cpu().reshape(-1), "estimate")
+    t = check_float(as_tensor(target, "target", dtype=torch.float64).detach().cpu().reshape(-1), "target")
     if e.shape != t.shape:
         raise ValueError(f"estimate has {e.numel()} elements but target has {t.numel()}")
     num = float((e - t).norm())

@@ -79,7 +79,7 @@ class Softplus(Param):
     """Parameter above ``minimum``, ``value = minimum + softplus(raw)``."""
 
     def __init__(self, value, minimum: float = 0.0, dtype=None, device=None):
-        self.minimum = float(minimum)
+        self.minimum = as_float(minimum, "minimum")
         super().__init__(value, dtype, device)
 
     def _check(self, v):

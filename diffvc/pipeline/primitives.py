@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._validate import check_faces, check_float
+
 __all__ = ["MeshItem", "Points", "Volume", "FrameGeometry"]
 
 
 def _floating(t, name: str, shape_tail: tuple) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}")
-    if shape_tail and tuple(t.shape[-len(shape_tail):]) != shape_tail:
-        raise ValueError(f"{name} must end in shape {shape_tail}, got {tuple(t.shape)}")
-    return t
+    """A finite floating tensor whose shape ends in ``shape_tail``."""
+    return check_float(t, name, shape=(...,) + tuple(shape_tail), coerce=False)
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,11 @@ class MeshItem:
     faces: torch.Tensor
     color: torch.Tensor
     smooth: bool = False
+
+    def __post_init__(self):
+        check_float(self.verts, "verts", shape=("V", 3), coerce=False)
+        object.__setattr__(self, "faces", check_faces(self.faces, self.verts.shape[0], device=self.verts.device))
+        check_float(self.color, "color", shape=(3,), coerce=False)
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,8 @@ class Points:
     opacities: torch.Tensor
 
     def __post_init__(self):
-        n = self.positions.shape[0] if isinstance(self.positions, torch.Tensor) else -1
-        _floating(self.positions, "positions", (3,))
-        if self.positions.dim() != 2:
-            raise ValueError(f"positions must have shape (N, 3), got {tuple(self.positions.shape)}")
+        check_float(self.positions, "positions", shape=("N", 3), coerce=False)
+        n = self.positions.shape[0]
         for name, tail in (("radii", ()), ("colors", (3,)), ("opacities", ())):
             t = _floating(getattr(self, name), name, tail)
             if tuple(t.shape) != (n,) + tail:

@@ -47,6 +47,11 @@ def _points(s, p) -> Points:
     return p
 
 
+def _check_scene(scene) -> None:
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a diffvc.pipeline.Scene, got {type(scene).__name__}")
+
+
 def scene_geometry(scene: Scene, state: Any) -> FrameGeometry:
     """Place every shape of ``scene`` for ``state``.
 
@@ -60,6 +65,7 @@ def scene_geometry(scene: Scene, state: Any) -> FrameGeometry:
         :class:`MeshItem` (world vertices, faces, colour, shading mode), point sets and volumes by
         name, in the scene's shape order. Differentiable: the bindings' outputs are kept as is.
     """
+    _check_scene(scene)
     if not scene.shapes:
         raise ValueError("scene has no shapes")
     frame = FrameGeometry()
@@ -111,6 +117,7 @@ def render_trajectory(scene: Scene, states: Sequence[Any], every: int = 1, rende
     if not states:
         raise ValueError("states is empty")
     rend = get_renderer(renderer, **options)
+    _check_scene(scene)
     if not scene.shapes:
         raise ValueError("scene has no shapes")
     check_consumes(rend, scene, renderer if isinstance(renderer, str) else type(renderer).__name__)
