@@ -8,10 +8,19 @@ positions relative to the centre of mass and their velocities -> one hidden tanh
 actuation per actuator, evaluated every frame (5 substeps of 2 ms). Ground contact is the
 penalty model with regularised Coulomb friction of :mod:`diffvc.physics.particles`.
 
-The loss is minus the x displacement of the centre of mass after the rollout; Adam on the
-controller's weights, gradients through every step and contact (the Warp step's adjoint); the
-best controller seen during training is kept. The initial controller has small random weights:
-it twitches in place.
+One controller is trained on ``ENVS`` walker environments at once (domain randomisation):
+environment 0 is the nominal robot, the others have their own body mass and spring stiffness
+scales (0.8 to 1.25) and drop height (0 to 4 cm), drawn from ``rank_seed(seed, e)``. They run as
+ONE batched simulation (:func:`diffvc.physics.batch_model`: every step is one kernel launch over
+all environments). The loss is minus the mean over environments of the x displacement of the
+centre of mass after the rollout; Adam on the controller's weights, gradients through every
+step and contact (the Warp step's adjoint); the best controller seen during training is kept.
+The initial controller has small random weights: it twitches in place.
+
+``diffvc run mass_spring --nproc N`` (N <= ``ENVS``) splits the environments over processes
+(each simulates its share as one batch, :func:`~diffvc.optim.optimize` sums the gradients), so
+the objective and its gradient are those of one process for any N (up to float rounding of the
+sums' order).
 
     diffvc run mass_spring [--quick]
 """
@@ -24,8 +33,9 @@ import time
 import numpy as np
 import torch
 
-from ..optim import optimize
-from ..physics import ParticleState, SpringModel, rollout
+from ..optim import distributed, optimize
+from . import single_threaded
+from ..physics import ParticleState, SpringModel, batch_model, rollout, unbatch
 from ..viz import figure_to_array, plot_curves, save_animation, write_metrics
 
 DESCRIPTION = "spring robot walker: optimise a closed-loop neural controller to walk as far as possible"
@@ -35,6 +45,8 @@ DT, SUBSTEPS = 2e-3, 5  # s; the controller acts once per frame of 10 ms
 GAIN = 0.25
 N_SIN, HIDDEN = 4, 32
 FREQ = 2.0  # Hz of the controller's clock
+ENVS = 4  # walker environments trained at once (environment 0: the nominal robot)
+SHARDS = f"walker environments ({ENVS}, each process simulating its share as one batch)"
 
 
 def make_robot(dtype=torch.float32, device="cpu"):
@@ -104,13 +116,42 @@ class WalkerController(torch.nn.Module):
         return a if batched else a[0]  # actuation per spring (gain 0 on passive springs)
 
 
+def make_envs(model: SpringModel, x0: torch.Tensor, envs, seed: int = 0):
+    """Walker environments ``envs`` (indices) as one batch: returns ``(BatchedModel, x0 (B, N, 3))``.
+
+    Environment 0 is the nominal robot; environment e > 0 scales the particle masses and the
+    spring stiffnesses by factors in [0.8, 1.25] and lifts the robot by 0 to 4 cm, drawn from
+    ``rank_seed(seed, e)`` (so an environment is the same whichever process simulates it)."""
+    envs = list(envs)
+    mass, ke, lift = [], [], []
+    for e in envs:
+        g = torch.Generator().manual_seed(distributed.rank_seed(seed, e))
+        a, b, h = torch.rand(3, generator=g, dtype=torch.float64).tolist()
+        nominal = e == 0
+        mass.append(1.0 if nominal else 0.8 * (1.25 / 0.8) ** a)
+        ke.append(1.0 if nominal else 0.8 * (1.25 / 0.8) ** b)
+        lift.append(0.0 if nominal else 0.04 * h)
+
+    def col(v):
+        return torch.tensor(v, dtype=x0.dtype, device=x0.device)
+
+    bm = batch_model(model, len(envs), mass=model.mass.detach()[None] * col(mass)[:, None],
+                     ke=model.ke.detach()[None] * col(ke)[:, None])
+    xb = x0[None] + torch.stack([torch.zeros_like(col(lift)), col(lift), torch.zeros_like(col(lift))], -1)[:, None]
+    return bm, xb
+
+
 def simulate(model, x0, controller, frames: int, record: bool = False, checkpoint_every: int | None = None):
-    """Roll the walker out; returns the centre-of-mass x displacement (and states per frame)."""
+    """Roll the walker out; returns the centre-of-mass x displacement (and states per frame).
+
+    One walker: ``model`` a :class:`SpringModel`, ``x0`` (N, 3), displacement a scalar; a batch:
+    ``model`` a :class:`~diffvc.physics.BatchedModel` (:func:`make_envs`), ``x0`` (B, N, 3),
+    displacements (B,)."""
     state = ParticleState(x0, torch.zeros_like(x0))
     out = rollout(model, state, frames, dt=DT, substeps=SUBSTEPS,
                   controller=controller, record=record, checkpoint_every=checkpoint_every)
     final, states = (out if record else (out, None))
-    dist = final.x[:, 0].mean() - x0[:, 0].mean()
+    dist = final.x[..., 0].mean(-1) - x0[..., 0].mean(-1)
     return (dist, states) if record else dist
 
 
@@ -144,6 +185,7 @@ def _frames(model, runs, labels, every=3, size=(640, 260)):
     return out
 
 
+@single_threaded  # small tensors: torch's intra-op threads stall a batch of 4 walkers ~8x on a loaded CPU
 def run(cfg) -> dict:
     dtype = torch.float32
     torch.manual_seed(cfg.seed)
@@ -152,17 +194,24 @@ def run(cfg) -> dict:
     frames = 150 if cfg.quick else 300  # 1.5 s or 3 s
     iters = cfg.iterations(full=200, quick=60)
     body_length = float(x0[:, 0].max() - x0[:, 0].min())
+    if distributed.world_size() > ENVS:
+        raise ValueError(f"nproc: mass_spring has {ENVS} environments to split, not {distributed.world_size()} processes")
+    mine = list(distributed.shard_range(ENVS))
+    bm, xb = make_envs(model, x0, mine, cfg.seed)          # this process's environments, one batch
+    bm_all, xb_all = make_envs(model, x0, range(ENVS), cfg.seed)
 
     with torch.no_grad():
-        d0, traj0 = simulate(model, x0, ctrl, frames, record=True)
-    initial_distance = float(d0)
+        d0, traj0 = simulate(bm_all, xb_all, ctrl, frames, record=True)
+    initial_distance = float(d0.mean())
     dist_hist: list[float] = []
 
     best = {"distance": -math.inf, "state": None}
 
     def loss_fn():
-        d = simulate(model, x0, ctrl, frames)
-        dv = float(d.detach())
+        d = simulate(bm, xb, ctrl, frames).sum() / ENVS     # this process's share of the mean
+        total = d.detach().clone().reshape(1)
+        distributed.all_reduce_([total])                    # the mean over all environments
+        dv = float(total[0])
         dist_hist.append(dv)
         if dv > best["distance"]:  # keep the best controller seen (the weights of this forward pass)
             best["distance"], best["state"] = dv, {k: v.detach().clone() for k, v in ctrl.state_dict().items()}
@@ -173,19 +222,30 @@ def run(cfg) -> dict:
                     grad_clip=1.0, progress=cfg.progress, desc="mass_spring")
     seconds = time.perf_counter() - t0
     ctrl.load_state_dict(best["state"])
+    if distributed.rank() != 0:
+        return {}  # outputs and metrics are rank 0's
     with torch.no_grad():
-        d1, traj1 = simulate(model, x0, ctrl, frames, record=True)
-    distance = float(d1)
+        d1, traj1 = simulate(bm_all, xb_all, ctrl, frames, record=True)
+    distance = float(d1.mean())
+    env0 = [unbatch(s)[0] for s in traj0], [unbatch(s)[0] for s in traj1]
+    heavy = int(torch.argmax(bm_all.model.mass.reshape(ENVS, -1)[:, 0]))
+    env_h = [unbatch(s)[heavy] for s in traj1]
 
-    plot_curves(cfg.out / "curves.png", {"distance (m)": dist_hist}, logy=False,
-                title="mass_spring: distance walked per iteration", targets={"distance (m)": body_length})
-    frames_img = _frames(model, [traj0, traj1], ["initial controller", "optimised controller"])
+    plot_curves(cfg.out / "curves.png", {"mean distance (m)": dist_hist}, logy=False,
+                title=f"mass_spring: mean distance walked over {ENVS} environments per iteration",
+                targets={"mean distance (m)": body_length})
+    frames_img = _frames(model, [env0[0], env0[1], env_h],
+                         ["initial controller (env 0)", "optimised controller (env 0, nominal)",
+                          f"optimised controller (env {heavy}, heaviest)"])
     save_animation(cfg.out / "walk.gif", frames_img, fps=15, srgb=False)
     import imageio.v3 as iio
 
     iio.imwrite(cfg.out / "walk.png", frames_img[-1])
     metrics = {
         "distance": distance,
+        **{f"distance_env{e}": float(v) for e, v in enumerate(d1)},
+        "envs": ENVS,
+        "processes": distributed.world_size(),
         "initial_distance": initial_distance,
         "body_length": body_length,
         "distance_in_body_lengths": distance / body_length,
