@@ -882,6 +882,7 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
     p_sel = float(0.0)
     if n_src > 0:
         p_sel = 1.0 / float(n_src)
+    moving = int(0)
     for k in range(max_depth):
         q = wp.mesh_query_ray(scene.mesh, o, d, 1.0e30)
         if not q.result:
@@ -973,7 +974,9 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
                     rec_lpos[i, k] = lpos
                     rec_cn[i, k] = wp.dot(adj, cmul(cmul(beta, fcol), li)) * (ci * geo)
         if do_edges != 0 and n_edges > 0:
-            kk, t, w_len, w_ang = pick_edge_point(scene, edges, n_edges, p, n, dynamic[f], wp.randf(state),
+            # a vertex moves when its face moves or an earlier vertex did (it slides along its ray)
+            moving = wp.max(moving, dynamic[f])
+            kk, t, w_len, w_ang = pick_edge_point(scene, edges, n_edges, p, n, moving, wp.randf(state),
                                                   wp.randf(state))
             a = scene.verts[edges[kk, 0]]
             b = scene.verts[edges[kk, 1]]

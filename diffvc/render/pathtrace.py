@@ -24,22 +24,29 @@ Gradients
     the image gradient is ``(L_in - L_out) * (n . d x_edge / d theta) * length / pdf``, with
     ``x_edge`` the edge point's projection (differentiable torch). Vertices and camera.
   - *every later path vertex* (``secondary_spp``, ``interior_spp``; ``pt_edges.path_terms``):
-    camera paths are traced for up to ``max_depth`` vertices. The first vertex slides along its
-    camera ray; every later vertex and every light sample is a material point of its face and
-    moves with it (path-space differentiable rendering, Zhang et al. 2020). ``interior_spp``
-    paths per pixel differentiate the geometry factor (and area element) of every link and of
-    one next-event connection per vertex; the BSDF value is held fixed (exact for diffuse
-    surfaces). ``secondary_spp`` paths per pixel sample one edge per vertex, chosen in proportion
-    to the angle it subtends: ``f cos L`` is path traced just beside it on both sides, and torch
-    differentiates each side's direction to the edge relative to the material point seen on that
-    side (so only what is uncovered counts). Together they move shadows, reflections and
-    inter-reflections seen at every bounce. Vertices.
+    camera paths are traced for up to ``max_depth`` vertices; every vertex slides along the
+    direction it was sampled in (the first along its camera ray; solid-angle parameterisation,
+    Li et al. 2018), light samples are material points of the emitters (area measure, as
+    next-event estimation samples them). ``interior_spp`` paths per pixel differentiate one
+    next-event connection per vertex (geometry factor, area element) and the cosine of every
+    sampled link; the BSDF value is held fixed (exact for diffuse surfaces). ``secondary_spp``
+    paths per pixel sample one edge per vertex, chosen in proportion to the angle it subtends
+    (edges of static faces get a tenth of the weight until the path has touched a moving face):
+    ``f cos L`` is path traced just beside it on both sides and torch differentiates the edge's
+    direction from the (moving) vertex; the emission of the first hit beside the edge counts
+    relative to the emitter's material point. Sliding vertices instead of material ones
+    (Zhang et al. 2020) leave no geometry factor between a moving and a static surface to
+    differentiate, whose 1 / distance growth made the contact band heavy-tailed.
+  - *shadows of point and directional lights* (with ``secondary_spp``): points on the shadow
+    lines (the ray from the light through a silhouette edge, continued to the receiver) are
+    connected to the camera (image space) and to one camera-path vertex each (solid angle), and
+    the lit side's radiance times the line's normal motion is added. Diffuse receivers and
+    diffuse connecting vertices (others get no term); textures are read as the material albedo.
 
-  Not included: shadows of point and directional lights (no boundary term), BSDF changes of
-  glossy surfaces under rotation. Variance is high where a moving surface touches another one
-  (the geometry factor's derivative grows like 1 / distance). Tests compare against central
-  finite differences: a lifted tall box in the Cornell box at 3 bounces matches within 10%;
-  ``bench/pathtrace.py`` reports the Cornell box's translation errors.
+  Not included: BSDF changes of glossy surfaces under rotation. Tests compare against central
+  finite differences and closed forms (``tests/render/test_pathtrace_accuracy.py``);
+  ``bench/pathtrace.py`` reports the Cornell box's translation gradient against finite
+  differences, image and 8x8 blocks, at max_depth 1 and 7.
 
 The image is the box-filtered pixel integral ``(H, W, 3)`` of linear radiance.
 """
@@ -140,8 +147,8 @@ def path_trace(scene: PathTracingScene, camera: Cameras, spp: int = 16, max_dept
             boundary term; it is only computed when vertices or camera tensors require grad).
         edge_spp: paths traced on each side of each edge sample.
         secondary_spp: camera paths per pixel for the visibility (boundary) term at every path
-            vertex: shadows and everything else the path's points see move with the vertices;
-            0 disables it.
+            vertex (shadows, reflections, inter-reflections), and ``max(4096, H W secondary_spp)``
+            samples of the shadow lines of point and directional lights; 0 disables both.
         interior_spp: camera paths per pixel for the interior term at every path vertex (geometry
             factors of the links and next-event connections); 0 disables it. Equal
             ``secondary_spp`` and ``interior_spp`` share one set of paths.

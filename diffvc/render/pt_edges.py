@@ -16,8 +16,11 @@ silhouettes seen from the camera, creases (the adjacent normals differ) or mater
 Edges with an endpoint behind the camera are skipped.
 
 :func:`path_terms` adds the geometry derivative at every later path vertex (interior terms of
-the links' geometry factors and next-event connections, and a visibility boundary term per
-vertex), with the path's vertices as material points of their faces (Zhang et al. 2020).
+the next-event connections and of the links' cosines, and a visibility boundary term per
+vertex), with every vertex sliding along the direction it was sampled in (solid angle, Li et
+al. 2018) and light samples as material points of the emitters (area measure, Zhang et al.
+2020), and the boundary term of the shadow lines of point and directional lights
+(:func:`shadow_pool`).
 
 Layering: :mod:`diffvc.render.pathtrace` imports this module (never the other way round); both
 reach the kernels only through the torch-only functions of :mod:`diffvc._kernels.pathtrace`.
@@ -194,12 +197,21 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor,
-                  origin: torch.Tensor) -> torch.Tensor:
+                  origin: torch.Tensor, shadow: dict | None = None) -> torch.Tensor:
     """Gradient w.r.t. ``vertices`` of the terms recorded by
-    :func:`diffvc._kernels.pathtrace.path_derivative` (see :func:`path_terms`)."""
+    :func:`diffvc._kernels.pathtrace.path_derivative` (see :func:`path_terms`). ``shadow``: the
+    :func:`shadow_pool` (key ``pool``) and what connecting path vertices to it needs (``prep``,
+    ``gen``, ``max_depth``, ``face_albedo`` (F, 3): albedo / pi of diffuse faces, 0 otherwise)."""
     use_i = (rec["lkind"] > 0) & (rec["cn"] != 0)
     use_e = (rec["edge"] >= 0) & ((rec["cm"] != 0) | (rec["cp"] != 0))
-    rows = torch.nonzero((use_i | use_e).any(1)).reshape(-1)
+    if shadow is not None:
+        Dm = rec["face"].shape[1]
+        first = torch.arange(Dm, device=rec["face"].device)[None] <= shadow["max_depth"] - 2
+        fa = shadow["face_albedo"][rec["face"].long().clamp_min(0)]
+        use_s = (rec["face"] >= 0) & first & (fa.amax(-1) > 0) & (rec["beta"].abs().amax(-1) > 0)
+    else:
+        use_s = torch.zeros_like(use_i)
+    rows = torch.nonzero((use_i | use_e | use_s).any(1)).reshape(-1)
     gv = torch.zeros_like(vertices)
     if rows.numel() == 0:
         return gv
@@ -207,10 +219,10 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
     for c0 in range(0, rows.numel(), _CHUNK):
         r = rows[c0:c0 + _CHUNK]
         R = {k: x[r] for k, x in rec.items()}
-        ui, ue = use_i[r], use_e[r]
-        D = int(torch.nonzero((ui | ue).any(0)).max()) + 1  # vertices needed: x_0 .. x_{D-1}
+        ui, ue, us = use_i[r], use_e[r], use_s[r]
+        D = int(torch.nonzero((ui | ue | us).any(0)).max()) + 1  # vertices needed: x_0 .. x_{D-1}
         R = {k: x[:, :D] for k, x in R.items()}
-        ui, ue = ui[:, :D], ue[:, :D]
+        ui, ue, us = ui[:, :D], ue[:, :D], us[:, :D]
         face = R["face"].long()
         valid = face >= 0
         fidx = face.clamp_min(0)
@@ -280,10 +292,226 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
                     c = R["c" + side][pe_, ke].to(dt)
                     ce = R["e" + side][pe_, ke].to(dt)
                     S = S + sign * (c * (nv * om).sum(-1) - ce * (nv * oms).sum(-1)).sum()
+            ps, ks = torch.nonzero(us, as_tuple=True)
+            if ps.numel():  # shadow lines of point and directional lights seen from x_k
+                prev = torch.where((ks == 0)[:, None], o.expand(ps.numel(), 3), pos0[ps, (ks - 1).clamp_min(0)])
+                win = _unit(prev - pos0[ps, ks])
+                n0 = Nrm[ps, ks].detach()
+                n0 = n0 * torch.where((n0 * win).sum(-1) < 0, -1.0, 1.0).to(dt)[:, None]
+                coef = R["beta"][ps, ks].to(dt) * shadow["face_albedo"][face[ps, ks]].to(dt)
+                S = S + _shadow_vertex_grad(shadow["pool"], v, faces, shadow["prep"], X[ps, ks], pos0[ps, ks], n0,
+                                            coef, shadow["gen"])
             if S.requires_grad:
                 (g,) = torch.autograd.grad(S, [v])
                 gv = gv + g
     return gv
+
+
+def _closest(prep, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor):
+    """Closest hits (face (N,) long, t (N,) float64) of rays with unit directions (float64 in)."""
+    f, t = K.closest_hits(prep.bvh, o.float(), d.float(), tmax.float().clamp_max(1e30))
+    return f.long(), t.double()
+
+
+def _plane_hit(a, n, o, d):
+    """Points where rays ``o + s d`` meet the planes through ``a`` with normals ``n`` (all (N, 3))."""
+    den = (n * d).sum(-1)
+    den = torch.where(den.abs() > 1e-30, den, torch.full_like(den, 1e-30))
+    return o + d * (((a - o) * n).sum(-1) / den)[:, None]
+
+
+def shadow_pool(prep, scene, n_samples: int, seed: int):
+    """Points on the boundaries of the shadows that point and directional lights cast (no
+    gradients). For each light, ``n_samples`` points stratified by length along the edges that
+    are silhouettes seen from the light (or mesh boundaries); the ray from the light through the
+    edge point, continued past it, meets the receiver at ``x_s`` (face ``face``). Kept where the
+    edge point itself is lit and exactly one side of the shadow line on the receiver is lit.
+    Returns None or a dict of float64/long tensors: ``edge`` (N, 2) vertex indices, ``t``,
+    ``face``, ``x`` (receiver points), ``m`` (unit vector in the receiver's plane across the
+    shadow line, towards the side ``sign`` = +1 lit / -1 dark), ``light`` (N, 3) point position or
+    unit direction towards a directional light, ``kind`` (1 point, 2 directional), ``dL`` (N, 3)
+    the lit side's radiance jump (diffuse receivers: ``albedo / pi * E``, ``E`` the irradiance),
+    ``w`` the inverse density per unit edge parameter ``t`` (over ``n_samples``), ``nl`` the
+    receiver's unit normal on the light's side, ``x2`` the shadow line's point at ``t +- h`` and
+    ``t2sign`` = +-1 / h (``(x2 - x) * t2sign`` is the line's tangent per unit ``t``)."""
+    lights = []
+    if scene.point_position is not None:
+        lights += [(1, scene.point_position[i].detach().double(), scene.point_intensity[i].detach().double())
+                   for i in range(scene.point_position.shape[0])]
+    if scene.directional_direction is not None:
+        lights += [(2, scene.directional_direction[i].detach().double(), scene.directional_irradiance[i].detach().double())
+                    for i in range(scene.directional_direction.shape[0])]
+    faces = scene.faces.long()
+    if not lights or faces.shape[0] == 0 or n_samples <= 0:
+        return None
+    v = scene.vertices.detach().double()
+    dev = v.device
+    uniq, f1, f2, counts = edge_owners(faces)
+    tri = v[faces]
+    nf = _unit(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1))
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for kind, lp, li in lights:
+        to_l = (lp - tri[:, 0]) if kind == 1 else lp.expand_as(tri[:, 0])
+        facing = (nf * to_l).sum(-1) > 0
+        e = uniq[(counts == 1) | (facing[f1] != facing[f2])]
+        if e.shape[0] == 0:
+            continue
+        a, b = v[e[:, 0]], v[e[:, 1]]
+        length = (b - a).norm(dim=-1)
+        total = length.sum()
+        cdf = torch.cumsum(length, 0)
+        u = ((torch.arange(n_samples, dtype=torch.float64) + torch.rand(n_samples, generator=gen, dtype=torch.float64))
+             * (total / n_samples)).to(dev)
+        pick = torch.searchsorted(cdf, u, right=True).clamp_max(e.shape[0] - 1)
+        t = ((u - (cdf[pick] - length[pick])) / length[pick].clamp_min(1e-30)).clamp(0.0, 1.0)
+        a, b = a[pick], b[pick]
+        pe = a + (b - a) * t[:, None]
+        scale = 1.0 + pe.abs().amax(-1)
+        if kind == 1:
+            r = pe - lp
+            dist = r.norm(dim=-1).clamp_min(1e-30)
+            d = r / dist[:, None]
+            fb, _ = _closest(prep, lp.expand_as(pe), d, dist * (1 - 1e-4))
+            lit = fb < 0
+        else:
+            d = -lp.expand_as(pe)
+            fb, _ = _closest(prep, pe - d * 1e-4 * scale[:, None], -d, torch.full_like(scale, 1e30))
+            lit = fb < 0
+        fr, tr = _closest(prep, pe + d * 1e-4 * scale[:, None], d, torch.full_like(scale, 1e30))
+        ok = lit & (fr >= 0)
+        if not bool(ok.any()):
+            continue
+        e_, t, pe, d, fr, a, b = e[pick][ok], t[ok], pe[ok], d[ok], fr[ok], a[ok], b[ok]
+        xs = pe + d * (tr[ok] + 1e-4 * scale[ok])[:, None]
+        nr = nf[fr]
+        # the shadow line on the receiver: tangent from the neighbouring edge point
+        h = 1e-3
+        t2 = torch.where(t + h <= 1, t + h, t - h)
+        pe2 = a + (b - a) * t2[:, None]
+        d2 = _unit(pe2 - lp) if kind == 1 else d
+        xs2 = _plane_hit(tri[fr, 0], nr, pe2, d2)
+        tang = (xs2 - xs) * torch.sign(t2 - t)[:, None]
+        m = _unit(torch.linalg.cross(nr, tang, dim=-1))
+        delta = (1e-3 * (xs - pe).norm(dim=-1) + 1e-6)[:, None]
+        toward = lp - xs if kind == 1 else lp.expand_as(xs)
+        nl = nr * torch.sign((nr * toward).sum(-1))[:, None]  # receiver normal on the light's side
+        vis = []
+        for sgn in (1.0, -1.0):
+            q = xs + sgn * delta * m + nl * 1e-4 * scale[ok][:, None]
+            if kind == 1:
+                rq = lp - q
+                dq = rq.norm(dim=-1).clamp_min(1e-30)
+                fq, _ = _closest(prep, q, rq / dq[:, None], dq * (1 - 1e-4))
+            else:
+                fq, _ = _closest(prep, q, lp.expand_as(q), torch.full_like(q[:, 0], 1e30))
+            vis.append(fq < 0)
+        jump = vis[0] != vis[1]
+        diffuse = scene.material_kind[scene.face_material[fr]] == 0
+        keep = jump & diffuse
+        if not bool(keep.any()):
+            continue
+        sign = torch.where(vis[0], 1.0, -1.0).to(torch.float64)
+        alb = scene.albedo.detach().double()[scene.face_material[fr]]
+        if kind == 1:
+            rl = lp - xs
+            r2 = (rl * rl).sum(-1)
+            E = li[None] * ((nr * rl).sum(-1).abs() / r2.sqrt() / r2)[:, None]
+        else:
+            E = li[None] * (nr * lp).sum(-1).abs()[:, None]
+        k = keep
+        out.append({"edge": e_[k], "t": t[k], "face": fr[k], "x": xs[k], "m": m[k] * sign[k, None],
+                    "light": lp.expand(int(k.sum()), 3), "kind": torch.full((int(k.sum()),), kind, device=dev),
+                    "dL": alb[k] / torch.pi * E[k], "w": (total / length[pick][ok][k]) / n_samples,
+                    "nl": nl[k], "x2": xs2[k], "t2sign": torch.sign(t2 - t)[k] / h})
+    if not out:
+        return None
+    return {key: torch.cat([o[key] for o in out]) for key in out[0]}
+
+
+def _shadow_points(v: torch.Tensor, faces: torch.Tensor, pool: dict) -> torch.Tensor:
+    """Receiver points of the shadow-line samples as functions of ``v`` (differentiable): the ray
+    from the light through the moving edge point meets the (moving) receiver's plane."""
+    ed = pool["edge"]
+    t = pool["t"].to(v.dtype)[:, None]
+    pe = v[ed[:, 0]] * (1 - t) + v[ed[:, 1]] * t
+    lp = pool["light"].to(v.dtype)
+    point = (pool["kind"] == 1)[:, None]
+    o = torch.where(point, lp, pe)
+    d = torch.where(point, pe - lp, -lp)
+    h = hit_from_face(v, faces, pool["face"], o, d)
+    return h.point
+
+
+def _shadow_camera_grad(pool: dict, v: torch.Tensor, faces: torch.Tensor, prep, cam, H: int, W: int,
+                        adj: torch.Tensor) -> torch.Tensor:
+    """The shadow lines' boundary term seen directly by the camera (image space), summed with the
+    adjoint image ``adj`` (H * W, 3); differentiable w.r.t. ``v`` (a scalar to backpropagate)."""
+    o, d00, dx, dy = (x.to(v.dtype) for x in cam[:4])
+    Minv = torch.linalg.inv(torch.stack([dx, dy, d00], 1))
+
+    def proj(x):
+        abc = (x - o) @ Minv.T
+        return abc[:, :2] / abc[:, 2:3]
+
+    xs0 = pool["x"]
+    u0 = proj(xs0)
+    inside = (u0[:, 0] >= 0) & (u0[:, 0] < W) & (u0[:, 1] >= 0) & (u0[:, 1] < H)
+    rc = xs0 - o
+    dist = rc.norm(dim=-1).clamp_min(1e-30)
+    fc, tc = _closest(prep, o.expand_as(xs0), rc / dist[:, None], dist * (1 + 1e-4))
+    seen = (fc == pool["face"]) | (tc >= dist * (1 - 1e-4))
+    same_side = ((pool["nl"] * (o - xs0)).sum(-1) > 0)
+    use = inside & seen & same_side
+    if not bool(use.any()):
+        return torch.zeros((), dtype=v.dtype)
+    P = {k: x[use] for k, x in pool.items()}
+    u0 = u0[use]
+    tang = (proj(P["x2"]) - u0) * P["t2sign"][:, None]
+    ltan = tang.norm(dim=-1).clamp_min(1e-30)
+    m_img = torch.stack([-tang[:, 1], tang[:, 0]], -1) / ltan[:, None]
+    across = proj(P["x"] + 1e-4 * (P["x"] - o).norm(dim=-1)[:, None] * P["m"]) - u0
+    m_img = m_img * torch.sign((m_img * across).sum(-1))[:, None]
+    pix = u0[:, 1].floor().long().clamp(0, H - 1) * W + u0[:, 0].floor().long().clamp(0, W - 1)
+    coef = (adj[pix].to(v.dtype) * P["dL"].to(v.dtype)).sum(-1) * P["w"].to(v.dtype) * ltan
+    u = proj(_shadow_points(v, faces, P))
+    return -(coef * (m_img * u).sum(-1)).sum()
+
+
+def _shadow_vertex_grad(pool: dict, v: torch.Tensor, faces: torch.Tensor, prep, X: torch.Tensor,
+                        X0: torch.Tensor, Nrm0: torch.Tensor, coef_rgb: torch.Tensor,
+                        gen: torch.Generator) -> torch.Tensor:
+    """The shadow lines' boundary term seen from path vertices ``X`` (n, 3) (differentiable; ``X0``
+    their values, ``Nrm0`` unit normals on the side the path came from, ``coef_rgb`` (n, 3) = adjoint x throughput x diffuse BSDF at the vertex): each
+    vertex connects to one pool sample chosen uniformly (solid angle at the vertex)."""
+    n = X.shape[0]
+    N = pool["x"].shape[0]
+    j = torch.randint(N, (n,), generator=gen).to(X.device)
+    P = {k: x[j] for k, x in pool.items()}
+    r = P["x"] - X0
+    dist = r.norm(dim=-1).clamp_min(1e-30)
+    om = r / dist[:, None]
+    cos = (Nrm0 * om).sum(-1)
+    same = ((P["nl"] * -om).sum(-1) > 0) & (cos > 0)
+    o = X0 + Nrm0 * 1e-4 * (1 + X0.abs().amax(-1))[:, None]
+    ro = P["x"] - o
+    do = ro.norm(dim=-1).clamp_min(1e-30)
+    fc, tc = _closest(prep, o, ro / do[:, None], do * (1 + 1e-4))
+    seen = (fc == P["face"]) | (tc >= do * (1 - 1e-4))
+    use = same & seen
+    if not bool(use.any()):
+        return torch.zeros((), dtype=v.dtype)
+    P = {k: x[use] for k, x in P.items()}
+    om, X0u = om[use], X0[use]
+    om2 = _unit(P["x2"] - X0u)
+    tang = (om2 - om) * P["t2sign"][:, None]
+    ltan = tang.norm(dim=-1).clamp_min(1e-30)
+    m_ang = _unit(torch.linalg.cross(om, tang, dim=-1))
+    across = _unit(P["x"] + 1e-4 * dist[use][:, None] * P["m"] - X0u) - om
+    m_ang = m_ang * torch.sign((m_ang * across).sum(-1))[:, None]
+    coef = (coef_rgb[use].to(v.dtype) * P["dL"].to(v.dtype)).sum(-1) * cos[use].to(v.dtype) * P["w"].to(v.dtype) * ltan
+    oms = _unit(_shadow_points(v, faces, P) - X[use])
+    return -(coef * (m_ang.to(v.dtype) * oms).sum(-1)).sum()
 
 
 class _PathTermsFn(torch.autograd.Function):
@@ -302,11 +530,22 @@ class _PathTermsFn(torch.autograd.Function):
         info = ctx.info
         H, W = info["H"], info["W"]
         gv = torch.zeros_like(vertices)
+        adj = grad_image.reshape(H * W, 3)
+        pool = info["shadow_pool"]
         for spp, seed, do_edges, do_interior in info["passes"]:
             rec = K.path_derivative(info["prep"], info["cam"], info["edges"], info["dynamic"], spp, seed,
-                                    info["max_depth"], info["rr_depth"], do_edges, do_interior,
-                                    grad_image.reshape(H * W, 3))
-            gv = gv + _records_grad(rec, vertices, info["faces"], info["edges"][:, :2].long(), info["origin"])
+                                    info["max_depth"], info["rr_depth"], do_edges, do_interior, adj)
+            shadow = None
+            if do_edges and pool is not None:
+                shadow = {"pool": pool, "prep": info["prep"], "max_depth": info["max_depth"],
+                          "gen": torch.Generator().manual_seed(seed + 3), "face_albedo": info["face_albedo"]}
+            gv = gv + _records_grad(rec, vertices, info["faces"], info["edges"][:, :2].long(), info["origin"], shadow)
+        if pool is not None:
+            with torch.enable_grad():
+                v = vertices.detach().requires_grad_(True)
+                S = _shadow_camera_grad(pool, v, info["faces"], info["prep"], info["cam"], H, W, adj)
+                if S.requires_grad:
+                    gv = gv + torch.autograd.grad(S, [v])[0]
         return None, gv
 
 
@@ -314,21 +553,25 @@ def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_sp
                rr_depth: int) -> torch.Tensor:
     """Zero image whose backward adds the geometry derivative at every vertex of camera paths of
     up to ``max_depth`` bounces. Parameterisation: the first vertex slides along its camera ray
-    (the image-space boundary is :func:`edge_term`'s), every later vertex and every light sample
-    is a material point of its face (it moves with the face: path-space differentiable
-    rendering, Zhang et al. 2020):
+    (the image-space boundary is :func:`edge_term`'s), every later vertex slides along the
+    direction sampled at the one before (solid angle, Li et al. 2018); light samples are
+    material points of the emitters (area measure, as next-event estimation samples them).
+    Sliding vertices leave no geometry factor between a moving and a static surface to
+    differentiate (in the material form of Zhang et al. 2020 it grows like 1 / distance where a
+    moving surface touches a static one: a heavy tail in the contact band).
 
-    * ``interior_spp`` paths per pixel: the derivative of the geometry factor (and area element)
-      of every sampled link and of one next-event connection per vertex. BSDF values are held
-      fixed (exact for diffuse surfaces).
+    * ``interior_spp`` paths per pixel: the derivative of one next-event connection per vertex
+      (geometry factor and the emitter's area element) and of the cosine of every sampled link
+      (it changes when faces turn). BSDF values are held fixed (exact for diffuse surfaces).
     * ``secondary_spp`` paths per pixel: one edge sample per vertex for the visibility boundary
       (Li et al. 2018, secondary edges): the jump ``F_minus - F_plus`` of ``f cos L`` across an
-      edge's image, each side weighted by the edge's motion relative to the material point seen
-      on that side (so the occluding side cancels and only what is uncovered counts). Edges of
-      static faces seen from static points are sampled with a tenth of their weight (they only
-      matter when what lies behind them moves).
-
-    Shadows of point and directional lights have no boundary term here."""
+      edge's image times the edge's angular motion seen from the moving vertex; the emission of
+      the first hit beside the edge counts relative to the emitter's material point (next-event
+      estimation differentiates it in area measure). Edges of static faces are sampled with a
+      tenth of their weight until the path has touched a moving face.
+    * with ``secondary_spp``: the shadow lines of point and directional lights
+      (:func:`shadow_pool`, ``max(4096, H W secondary_spp)`` samples) seen by the camera and
+      from one vertex of each path."""
     zero = torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
     F = scene.faces.shape[0]
     if F == 0 or max_depth < 1 or (secondary_spp <= 0 and interior_spp <= 0):
@@ -347,6 +590,10 @@ def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_sp
             passes.append((secondary_spp, seed, True, False))
         if interior_spp > 0:
             passes.append((interior_spp, seed + 15485863, False, True))
+    pool = shadow_pool(prep, scene, max(4096, H * W * secondary_spp), seed + 7) if secondary_spp > 0 else None
+    diffuse = scene.material_kind[scene.face_material] == 0
+    face_albedo = scene.albedo.detach()[scene.face_material] / torch.pi * diffuse[:, None]
     info = {"prep": prep, "cam": cam, "edges": edges, "dynamic": dyn, "H": H, "W": W, "passes": passes,
-            "max_depth": max_depth, "rr_depth": rr_depth, "faces": scene.faces.long(), "origin": cam[0]}
+            "max_depth": max_depth, "rr_depth": rr_depth, "faces": scene.faces.long(), "origin": cam[0],
+            "shadow_pool": pool, "face_albedo": face_albedo}
     return _PathTermsFn.apply(info, scene.vertices)
