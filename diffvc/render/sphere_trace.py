@@ -56,6 +56,8 @@ def _eval(sdf, x: torch.Tensor) -> torch.Tensor:
     f = sdf(x)
     if not isinstance(f, torch.Tensor) or f.shape != x.shape[:1]:
         raise ValueError(f"sdf must map points (M, 3) to distances (M,), got {getattr(f, 'shape', type(f))}")
+    if not bool(torch.isfinite(f.detach()).all()):
+        raise ValueError("sdf returned non-finite distances (NaN or inf) inside the box")
     return f
 
 

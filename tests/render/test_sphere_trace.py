@@ -8,7 +8,7 @@ import torch
 
 from diffvc.geometry import DenseGrid, NeuralField, sdf_sphere, sdf_torus
 from diffvc.render import Cameras
-from diffvc.render.sphere_trace import render_sdf, sphere_trace
+from diffvc.render.sphere_trace import render_sdf, shade_sdf, sphere_trace
 from diffvc.testing import assert_grad_close
 
 D64 = torch.float64
@@ -136,3 +136,73 @@ def test_bad_input():
     far = torch.tensor([[5.0, 5.0, 5.0]], dtype=D64).expand(4, 3)
     h = sphere_trace(lambda p: sdf_sphere(p, (0, 0, 0), 0.5), far, d)
     assert not h.hit.any() and torch.isfinite(h.coverage).all() and torch.isfinite(h.normals).all()
+
+
+def test_non_finite_sdf_and_bad_options():
+    o, d = _rays(4)
+    with pytest.raises(ValueError, match="non-finite"):
+        sphere_trace(lambda p: sdf_sphere(p, (0, 0, 0), 0.5) / (p[:, 0] * 0), o, d)
+    with pytest.raises(ValueError, match="max_steps"):
+        sphere_trace(lambda p: sdf_sphere(p), o, d, max_steps=0)
+    with pytest.raises(ValueError, match="origins"):
+        sphere_trace(lambda p: sdf_sphere(p), o[:, :2], d)
+
+
+def test_shade_sdf_closed_form_and_bad_input():
+    """A fully covered hit shades ``albedo * (ambient + n . l)``; per-ray lights and albedos work."""
+    o = torch.tensor([[0.0, 0.0, 3.0], [0.3, 0.2, 3.0]], dtype=D64)
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]], dtype=D64)
+    hits = sphere_trace(lambda p: sdf_sphere(p, (0, 0, 0), 0.6), o, d, eps=1e-10, smoothing=1e-3)
+    n = torch.stack([torch.tensor([0.0, 0.0, 1.0], dtype=D64),
+                     torch.tensor([0.3, 0.2, (0.36 - 0.13) ** 0.5], dtype=D64) / 0.6])
+    light = torch.tensor([[0.0, 0.0, 2.0], [1.0, 0.0, 0.0]], dtype=D64)
+    albedo = torch.tensor([[0.5, 0.6, 0.7], [1.0, 1.0, 1.0]], dtype=D64)
+    c = shade_sdf(hits, albedo, light, ambient=0.1, background=(1.0, 0.0, 0.0))
+    expect = albedo * (0.1 + (n * light / light.norm(dim=-1, keepdim=True)).sum(-1).clamp_min(0))[:, None]
+    torch.testing.assert_close(c, expect, atol=1e-8, rtol=0)
+    with pytest.raises(ValueError, match="light_dir"):
+        shade_sdf(hits, light_dir=torch.zeros(3, 3, dtype=D64))
+    with pytest.raises(ValueError, match="light_dir must be non-zero"):
+        shade_sdf(hits, light_dir=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="albedo"):
+        shade_sdf(hits, albedo=(1.0, float("nan"), 0.0))
+    with pytest.raises(TypeError, match="hits"):
+        shade_sdf(c)
+
+
+def test_render_sdf_per_camera_lights_match_single_renders_and_fd():
+    cams = Cameras.look_at([[0.3, 0.4, 2.5], [-2.0, 0.5, 1.2]], width=6, height=6, fov_y=40, dtype=D64)
+    sdf = lambda p: sdf_torus(p, 0.5, 0.2)  # noqa: E731
+    lights = torch.tensor([[0.2, 1.0, 0.3], [-1.0, 0.2, 0.5]], dtype=D64)
+    both, _ = render_sdf(cams, sdf, light_dir=lights)
+    for i in range(2):
+        one, _ = render_sdf(cams[[i]], sdf, light_dir=lights[i])
+        torch.testing.assert_close(both[i], one[0])
+    with pytest.raises(ValueError, match="light_dir"):
+        render_sdf(cams, sdf, light_dir=torch.ones(3, 3, dtype=D64))
+
+    def f(light):
+        return render_sdf(cams, sdf, light_dir=light, eps=1e-10, max_steps=200)[0]
+
+    assert_grad_close(f, [lights.clone().requires_grad_()], rtol=1e-5, atol=1e-8, eps=1e-6)
+
+
+def test_eikonal_double_backward_hash_neural_field_fd():
+    """The hash-grid NeuralField trains an eikonal loss through the tracer (second derivatives of
+    the trilinear hash interpolation and the MLP), checked against central FD."""
+    torch.manual_seed(1)
+    net = NeuralField(out_dim=1, encoding="hash", hidden=8, layers=2, sphere_init=0.5, levels=2, features=2,
+                      log2_table=8, base_resolution=3, max_resolution=5, init_scale=0.05).double()
+    names = [n for n, _ in net.named_parameters()]
+    o, d = _rays(12, seed=4)
+
+    def f(*ps):
+        sd = dict(zip(names, ps))
+        hits = sphere_trace(lambda p: torch.func.functional_call(net, sd, (p,)), o, d, eps=1e-10, max_steps=200)
+        m = hits.hit
+        return ((hits.grad_norm[m] - 1) ** 2).sum(), hits.t
+
+    ps = [p.detach().clone().requires_grad_(k in (0, 1)) for k, (_, p) in enumerate(net.named_parameters())]
+    assert names[0].endswith("table")
+    assert int(sphere_trace(net, o, d).hit.sum()) > 4
+    assert_grad_close(f, ps, rtol=1e-4, atol=1e-8, eps=1e-6, max_elements=12)
