@@ -188,3 +188,66 @@ def cloth_integrate(
             fi = fi + smooth_contact_force(n, nd[3] - r, vi, ke, kd, mu, vs, delta)
     one = dt - dt + type(dt)(1.0)
     v_out[i] = (vi + (fi * inv_mass[i] + gravity[0]) * dt) / (one + damping[2] * dt)
+
+
+@wp.func
+def _quat_apply(q: wp.array2d(dtype=Any), b: int, p: Any, sign: Any):
+    """Rotate ``p`` by quaternion row ``b`` of ``q`` (w, x, y, z) -- by its conjugate when
+    ``sign = -1``: ``p + w t + u x t`` with ``t = 2 u x p`` (as
+    :func:`diffvc.geometry.transforms.quaternion_apply`; q used as given)."""
+    u = type(p)(q[b, 1], q[b, 2], q[b, 3]) * sign
+    t = wp.cross(u, p) * (sign - sign + type(sign)(2.0))
+    return p + t * q[b, 0] + wp.cross(u, t)
+
+
+@wp.kernel
+def cloth_body_contact(
+    x: wp.array(dtype=Any),
+    v: wp.array(dtype=Any),
+    bx: wp.array(dtype=Any),
+    bq: wp.array2d(dtype=Any),
+    bv: wp.array(dtype=Any),
+    bw: wp.array(dtype=Any),
+    spheres: wp.array2d(dtype=Any),
+    sphere_body: wp.array(dtype=wp.int32),
+    boxes: wp.array2d(dtype=Any),
+    box_body: wp.array(dtype=wp.int32),
+    counts: wp.array(dtype=wp.int32),
+    contact: wp.array(dtype=Any),
+    thickness: wp.array(dtype=Any),
+    f: wp.array(dtype=Any),
+):
+    """Contact force on one vertex from obstacles attached to rigid bodies: spheres (rows: centre
+    in the body frame, radius) and boxes (rows: centre in the body frame, half size) of bodies
+    ``sphere_body`` / ``box_body`` at the poses (bx, bq) moving with (bv, bw). The law is
+    :func:`smooth_contact_force` with the vertex velocity relative to the body's velocity at the
+    vertex, ``v - (bv + bw x (x - bx))``."""
+    i = wp.tid()
+    xi = x[i]
+    vi = v[i]
+    zero = thickness[0] - thickness[0]
+    one = zero + type(zero)(1.0)
+    r = thickness[0]
+    ke = contact[0]
+    kd = contact[1]
+    mu = contact[2]
+    vs = contact[3]
+    delta = contact[4]
+    fi = xi * zero
+    for k in range(MAX_OBSTACLES):
+        if k < counts[0]:
+            b = sphere_body[k]
+            c = bx[b] + _quat_apply(bq, b, type(xi)(spheres[k, 0], spheres[k, 1], spheres[k, 2]), one)
+            d = xi - c
+            dist = wp.sqrt(wp.dot(d, d) + type(r)(1e-18))
+            ub = bv[b] + wp.cross(bw[b], xi - bx[b])
+            fi = fi + smooth_contact_force(d / dist, dist - spheres[k, 3] - r, vi - ub, ke, kd, mu, vs, delta)
+    for k in range(MAX_OBSTACLES):
+        if k < counts[1]:
+            b = box_body[k]
+            pb = _quat_apply(bq, b, xi - bx[b], -one)
+            nd = box_distance(pb, boxes, k)
+            n = _quat_apply(bq, b, type(xi)(nd[0], nd[1], nd[2]), one)
+            ub = bv[b] + wp.cross(bw[b], xi - bx[b])
+            fi = fi + smooth_contact_force(n, nd[3] - r, vi - ub, ke, kd, mu, vs, delta)
+    f[i] = fi

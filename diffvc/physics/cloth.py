@@ -21,6 +21,15 @@ Model (all forces in closed form, vectorised torch ops over triangles / hinges /
   (:mod:`diffvc.physics.rigid`: ``contact = (ke, kd, mu, friction_smoothing,
   contact_smoothing)``, same names, units and meaning) with the obstacle's analytic normal;
   obstacles are static (their parameters may require grad).
+* **Moving rigid bodies**: spheres ``body_spheres (R, 4)`` (centre in the body frame, radius)
+  and boxes ``body_boxes (R, 6)`` (centre in the body frame, half size) attached to rigid bodies
+  (``body_sphere_ids``, ``body_box_ids``: body indices) take their pose from a
+  :class:`~diffvc.physics.RigidBodyState` given with each step (``control=ClothControl(bodies=
+  ...)``, or the state itself; e.g. a controller returning the frames of a rigid rollout). A
+  vertex feels the same smoothed law with the obstacle's normal (the box's body-frame SDF
+  normal rotated to the world) and its velocity relative to the body's at the vertex,
+  ``v - (v_b + w_b x (x - x_b))``. One-way coupling: the bodies feel no reaction. Gradients
+  reach the body states (``x``, ``q`` as given, unnormalised; ``v``, ``w``) and the shapes.
 
 Integration is semi-implicit (symplectic) Euler: ``v' = (v + dt (f/m + g)) / (1 + drag dt)``,
 ``x' = x + dt v'``. It is explicit: ``dt`` must resolve the stiffest element,
@@ -50,7 +59,7 @@ damping, mass, gravity, obstacle parameters, contact parameters) and the pin con
 ``step`` runs three Warp kernels (:mod:`diffvc._kernels.cloth`: triangle forces, hinge forces,
 contact + velocity update; their adjoints give the gradients); ``step_torch`` is the plain-torch
 twin (same function, checked to 1e-10; forward mode via ``rollout(..., backend="torch")``).
-At most 8 planes, 8 spheres and 8 boxes.
+At most 8 planes, 8 spheres and 8 boxes, static and attached each.
 """
 
 from __future__ import annotations
@@ -60,11 +69,13 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import Out, kernel_op, mat, vec
-from .._kernels.cloth import MAX_OBSTACLES, cloth_hinge_forces, cloth_integrate, cloth_triangle_forces
+from .._kernels.cloth import (MAX_OBSTACLES, cloth_body_contact, cloth_hinge_forces, cloth_integrate,
+                              cloth_triangle_forces)
+from ..geometry.transforms import quaternion_apply
 from .particles import check_planes
-from .rigid import _contact_law
+from .rigid import RigidBodyState, _contact_law
 
-__all__ = ["ClothModel", "ClothState", "cloth_hinges"]
+__all__ = ["ClothModel", "ClothState", "ClothControl", "cloth_hinges"]
 
 _EPS2 = 1e-12  # m^2 floor under squared lengths / doubled areas: finite at degenerate triangles
 
@@ -88,6 +99,19 @@ class ClothState:
 
     x: torch.Tensor
     v: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClothControl:
+    """What drives a cloth step from outside: ``pins`` -- targets ``(P, 3)`` (m) the pinned
+    vertices reach at the end of the step, or None (they stay put); ``bodies`` -- the
+    :class:`~diffvc.physics.RigidBodyState` (pose and velocity, e.g. one frame of a rigid
+    rollout) of the bodies the model's body-attached obstacles belong to, or None. A plain
+    tensor control means ``ClothControl(pins=control)``, a ``RigidBodyState`` control
+    ``ClothControl(bodies=control)``."""
+
+    pins: torch.Tensor | None = None
+    bodies: RigidBodyState | None = None
 
 
 def cloth_hinges(faces: torch.Tensor) -> torch.Tensor:
@@ -170,6 +194,21 @@ def _box_sdf(p: torch.Tensor, boxes: torch.Tensor):
     return dist, torch.where(is_out, n_out, n_in)
 
 
+def _box_sdf_pairs(p: torch.Tensor, boxes: torch.Tensor):
+    """:func:`_box_sdf` for points paired with boxes: ``p (V, R, 3)`` against box r of ``boxes
+    (R, 6)``; distances (V, R) and normals (V, R, 3)."""
+    q = p - boxes[None, :, :3]
+    s = torch.where(q >= 0, torch.ones_like(q), -torch.ones_like(q))
+    d = q.abs() - boxes[None, :, 3:]
+    out = d.clamp_min(0.0)
+    outn = torch.sqrt((out * out).sum(-1) + _EPS2 * 1e-6)
+    inside = d.max(-1)
+    dist = outn + inside.values.clamp_max(0.0)
+    n_out = s * out / outn[..., None]
+    n_in = s * torch.nn.functional.one_hot(inside.indices, 3).to(p.dtype)
+    return dist, torch.where((inside.values > 0)[..., None], n_out, n_in)
+
+
 @dataclass(frozen=True)
 class ClothModel:
     """A cloth mesh, its material, pins and environment (see the module docstring for the model).
@@ -182,7 +221,10 @@ class ClothModel:
     -rate damping N s/m, bending damping N m s, drag 1/s); gravity: (3,) m/s^2; thickness:
     scalar contact radius (m); planes: (K, 4) (n, d), free side n.x > d; spheres: (S, 4) (centre,
     radius) m; boxes: (B, 6) (centre, half size) m; contact: (5,) (ke N/m, kd N s/m, mu,
-    friction_smoothing m/s, contact_smoothing m), the rigid solver's law.
+    friction_smoothing m/s, contact_smoothing m), the rigid solver's law; body_spheres (R, 4)
+    (centre in the body frame, radius) m and body_boxes (R, 6) (centre in the body frame, half
+    size) m with their body indices body_sphere_ids, body_box_ids (R,) long: obstacles moving
+    with rigid bodies (default none).
     Every floating tensor may require grad.
     """
 
@@ -204,6 +246,10 @@ class ClothModel:
     spheres: torch.Tensor
     boxes: torch.Tensor
     contact: torch.Tensor
+    body_spheres: torch.Tensor | None = None
+    body_sphere_ids: torch.Tensor | None = None
+    body_boxes: torch.Tensor | None = None
+    body_box_ids: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -211,7 +257,7 @@ class ClothModel:
                bend_damping=0.0, drag=0.0, pins=None, gravity=(0.0, -9.81, 0.0), thickness=0.005,
                planes=None, spheres=None, boxes=None, ke=200.0, kd=0.5, friction=0.5,
                friction_smoothing=0.05, contact_smoothing=0.002, rest_angles=False,
-               dtype=None, device=None) -> "ClothModel":
+               body_spheres=None, body_boxes=None, dtype=None, device=None) -> "ClothModel":
         """Build a cloth from its rest mesh.
 
         verts: (V, 3) rest positions (m); faces: (F, 3) consistently oriented triangles;
@@ -220,8 +266,10 @@ class ClothModel:
         indices held kinematic; planes: default the ground y = 0 (``[]`` for none); spheres,
         boxes: SDF obstacles (default none); ke, kd, friction (mu), friction_smoothing,
         contact_smoothing: the contact law (:mod:`diffvc.physics.rigid`); rest_angles: take the
-        rest dihedral angles from ``verts`` (default: flat, 0). Tensors keep their autograd
-        history (e.g. a differentiable ``mu``)."""
+        rest dihedral angles from ``verts`` (default: flat, 0); body_spheres: rows (body index,
+        cx, cy, cz, radius) and body_boxes: rows (body index, cx, cy, cz, hx, hy, hz), obstacles
+        attached to rigid bodies (centres in the body frame; module docstring). Tensors keep
+        their autograd history (e.g. a differentiable ``mu``)."""
         if not isinstance(verts, torch.Tensor):
             verts = torch.as_tensor(verts, dtype=dtype or torch.float32)
         if verts.dim() != 2 or verts.shape[1] != 3 or not verts.is_floating_point():
@@ -272,10 +320,17 @@ class ClothModel:
 
         contact = torch.cat([c1(ke), c1(kd), c1(friction), c1(friction_smoothing), c1(contact_smoothing)])
         damping = torch.cat([c1(stretch_damping), c1(bend_damping), c1(drag)])
+        bs = _rows([] if body_spheres is None else body_spheres, 5, "body_spheres", dtype, device)
+        bb = _rows([] if body_boxes is None else body_boxes, 7, "body_boxes", dtype, device)
+        for name, t in (("body_spheres", bs), ("body_boxes", bb)):
+            ids = t[:, 0].detach()
+            if t.shape[0] and ((ids != ids.round()).any() or (ids < 0).any()):
+                raise ValueError(f"{name}: the first column must hold body indices (integers >= 0)")
         return ClothModel(faces, hinges, Dm_inv, area, hinge_rest, hinge_weight, mass, pins,
                           _t(mu, dtype, device), _t(lam, dtype, device), _t(kb, dtype, device), damping,
                           _t(gravity, dtype, device).reshape(3), _t(thickness, dtype, device).reshape(()),
-                          planes, spheres, boxes, contact)
+                          planes, spheres, boxes, contact, bs[:, 1:], bs[:, 0].detach().long(), bb[:, 1:],
+                          bb[:, 0].detach().long())
 
     def replace(self, **changes) -> "ClothModel":
         """A new model with some fields swapped (e.g. ``model.replace(mu=params["mu"])``)."""
@@ -284,6 +339,24 @@ class ClothModel:
         return dataclasses.replace(self, **changes)
 
     def __post_init__(self):
+        for name, k, ids in (("body_spheres", 4, "body_sphere_ids"), ("body_boxes", 6, "body_box_ids")):
+            t, i = getattr(self, name), getattr(self, ids)
+            if t is None:
+                t = torch.zeros(0, k, dtype=self.mass.dtype, device=self.mass.device)
+                object.__setattr__(self, name, t)
+            if i is None:
+                i = torch.zeros(t.shape[0] if isinstance(t, torch.Tensor) and t.dim() == 2 else 0,
+                                dtype=torch.long, device=self.mass.device)
+                object.__setattr__(self, ids, i)
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != k:
+                raise ValueError(f"{name} must have shape (R, {k})")
+            if not isinstance(i, torch.Tensor) or i.dtype != torch.long or i.shape != (t.shape[0],) or (
+                    i.numel() and i.min() < 0):
+                raise ValueError(f"{ids} must be a long tensor of {t.shape[0]} body indices >= 0")
+            if t.shape[0] > MAX_OBSTACLES:
+                raise ValueError(f"{name}: at most {MAX_OBSTACLES} rows, got {t.shape[0]}")
+        if (self.body_spheres.detach()[:, 3] <= 0).any() or (self.body_boxes.detach()[:, 3:] <= 0).any():
+            raise ValueError("body_spheres radii and body_boxes half sizes must be > 0")
         nf, nh = self.faces.shape[0], self.hinges.shape[0]
         nv = self.mass.shape[0]
         if self.faces.dim() != 2 or self.faces.shape[1] != 3 or self.faces.dtype != torch.long:
@@ -373,8 +446,67 @@ class ClothModel:
         fh = -s[:, None, None] * g
         return torch.zeros_like(x).index_add(0, h.reshape(-1), fh.reshape(-1, 3))
 
-    def _contact(self, x, v):
+    @property
+    def has_bodies(self) -> bool:
+        """True when obstacles are attached to rigid bodies (each step then needs their state)."""
+        return bool(self.body_spheres.shape[0] or self.body_boxes.shape[0])
+
+    def _split_control(self, control):
+        """(pin targets or None, RigidBodyState or None) from a step's control."""
+        if isinstance(control, ClothControl):
+            pins, bodies = control.pins, control.bodies
+        elif isinstance(control, RigidBodyState):
+            pins, bodies = None, control
+        else:
+            pins, bodies = control, None
+        if self.has_bodies:
+            if not isinstance(bodies, RigidBodyState):
+                raise ValueError("control: this cloth has obstacles attached to rigid bodies; pass their "
+                                 "RigidBodyState (control=state or ClothControl(bodies=state)) with every step")
+            nb = bodies.x.shape[0]
+            for name, k in (("x", 3), ("q", 4), ("v", 3), ("w", 3)):
+                t = getattr(bodies, name)
+                if not isinstance(t, torch.Tensor) or t.shape != (nb, k) or t.dtype != self.mass.dtype:
+                    raise ValueError(f"control: bodies.{name} must have shape ({nb}, {k}) and the cloth's dtype")
+            top = max([int(i.max()) for i in (self.body_sphere_ids, self.body_box_ids) if i.numel()])
+            if top >= nb:
+                raise ValueError(f"control: the attached obstacles refer to body {top}, the state has {nb} bodies")
+        elif bodies is not None:
+            raise ValueError("control: this cloth has no obstacles attached to rigid bodies (bodies must be None)")
+        return pins, (bodies if self.has_bodies else None)
+
+    def _body_contact(self, x, v, bodies):
+        """Torch twin of :func:`~diffvc._kernels.cloth.cloth_body_contact` (V, 3) N."""
         f = torch.zeros_like(x)
+        r = self.thickness
+        nv = x.shape[0]
+        for shapes, ids, kind in ((self.body_spheres, self.body_sphere_ids, "sphere"),
+                                  (self.body_boxes, self.body_box_ids, "box")):
+            m = shapes.shape[0]
+            if not m:
+                continue
+            bx, bq, bv, bw = (t[ids][None].expand(nv, m, t.shape[1]) for t in
+                              (bodies.x, bodies.q, bodies.v, bodies.w))
+            xe = x[:, None, :].expand(nv, m, 3)
+            ub = bv + torch.cross(bw, xe - bx, dim=-1)
+            u = (v[:, None, :] - ub).reshape(-1, 3)
+            if kind == "sphere":
+                d = xe - (bx + quaternion_apply(bq, shapes[None, :, :3].expand(nv, m, 3)))
+                dist = torch.sqrt((d * d).sum(-1) + _EPS2 * 1e-6)
+                n = d / dist[..., None]
+                c = dist - shapes[None, :, 3] - r
+            else:
+                pb = quaternion_apply(bq, xe - bx, inverse=True)                      # (V, m, 3) body frame
+                dist, nl = _box_sdf_pairs(pb, shapes)
+                n = quaternion_apply(bq, nl)
+                c = dist - r
+            f = f + _contact_law(n.reshape(-1, 3), c.reshape(-1), u, self.contact).reshape(nv, m, 3).sum(1)
+        return f
+
+    def _contact(self, x, v, bodies=None):
+        f = torch.zeros_like(x)
+        if bodies is not None:
+            f = f + self._body_contact(x, v, bodies)
         r = self.thickness
         params = self.contact
         for k in range(self.planes.shape[0]):
@@ -397,11 +529,13 @@ class ClothModel:
             f = f + _contact_law(n.reshape(-1, 3), (dist - r).reshape(-1), u, params).reshape(nv, b, 3).sum(1)
         return f
 
-    def forces(self, state: ClothState) -> torch.Tensor:
-        """Total internal + contact force on each vertex (V, 3) in N (gravity excluded)."""
+    def forces(self, state: ClothState, bodies: RigidBodyState | None = None) -> torch.Tensor:
+        """Total internal + contact force on each vertex (V, 3) in N (gravity excluded);
+        ``bodies``: the rigid bodies' state when obstacles are attached to them."""
         self._check_state(state)
+        _, bodies = self._split_control(ClothControl(bodies=bodies))
         x, v = state.x, state.v
-        return self._membrane(x, v) + self._bending(x, v) + self._contact(x, v)
+        return self._membrane(x, v) + self._bending(x, v) + self._contact(x, v, bodies)
 
     def energy(self, state: ClothState) -> dict:
         """Kinetic, gravitational, membrane and bending energies (J, scalars) of free vertices;
@@ -427,6 +561,7 @@ class ClothModel:
 
     # ------------------------------------------------------------------ the step (contract)
     def _pins(self, x, v1, dt, control):
+        control = self._split_control(control)[0]
         if self.pins.numel():
             p = self.pins
             if control is None:
@@ -465,6 +600,14 @@ class ClothModel:
                 "inv_mass": 1.0 / self.mass,
                 "planes": planes.contiguous(), "spheres": spheres.contiguous(), "boxes": boxes.contiguous(),
                 "counts": torch.tensor([npl, nsp, nbx], dtype=torch.int32, device=dev),
+                "body_spheres": padded(self.body_spheres, 4)[0].contiguous(),
+                "body_boxes": padded(self.body_boxes, 6)[0].contiguous(),
+                "body_sphere_ids": (self.body_sphere_ids if self.body_sphere_ids.numel() else
+                                    torch.zeros(1, dtype=torch.long, device=dev)).to(torch.int32).contiguous(),
+                "body_box_ids": (self.body_box_ids if self.body_box_ids.numel() else
+                                 torch.zeros(1, dtype=torch.long, device=dev)).to(torch.int32).contiguous(),
+                "body_counts": torch.tensor([self.body_spheres.shape[0], self.body_boxes.shape[0]],
+                                            dtype=torch.int32, device=dev),
             }
             object.__setattr__(self, "_kcache", cache)
         return cache
@@ -473,11 +616,14 @@ class ClothModel:
         """Advance the cloth by ``dt`` seconds (semi-implicit Euler; three Warp kernels: triangle
         forces, hinge forces, contact + velocity update).
 
-        control: ``None`` (pinned vertices stay put) or pin targets ``(P, 3)`` m, the positions
+        control: ``None`` (pinned vertices stay put), pin targets ``(P, 3)`` m, the positions
         the pinned vertices ``pins`` reach at the end of this step (moving handles; gradients
-        flow to them). Returns a new :class:`ClothState`.
+        flow to them), a :class:`~diffvc.physics.RigidBodyState` (the pose and velocity of the
+        bodies the attached obstacles move with, a fourth kernel), or a :class:`ClothControl`
+        with both. Returns a new :class:`ClothState`.
         """
         self._check_state(state)
+        _, bodies = self._split_control(control)
         x, v = state.x, state.v
         k = self._kernel_args()
         nv, nf, nh = x.shape[0], self.faces.shape[0], self.hinges.shape[0]
@@ -488,6 +634,12 @@ class ClothModel:
             f = f + kernel_op(cloth_hinge_forces, nh,
                               [vec(x), vec(v), k["hinges"], self.hinge_rest, self.hinge_weight, k["kb"],
                                self.damping], [Out((nv, 3), "vec")])
+        if bodies is not None:
+            f = f + kernel_op(cloth_body_contact, nv,
+                              [vec(x), vec(v), vec(bodies.x.contiguous()), bodies.q.contiguous(),
+                               vec(bodies.v.contiguous()), vec(bodies.w.contiguous()), k["body_spheres"],
+                               k["body_sphere_ids"], k["body_boxes"], k["body_box_ids"], k["body_counts"],
+                               self.contact, self.thickness.reshape(1)], [Out((nv, 3), "vec")])
         v1 = kernel_op(cloth_integrate, nv,
                        [vec(x), vec(v), vec(f), k["inv_mass"], k["planes"], k["spheres"], k["boxes"], k["counts"],
                         self.contact, self.thickness.reshape(1), vec(self.gravity.reshape(1, 3)), self.damping,
@@ -499,8 +651,9 @@ class ClothModel:
         """Plain-torch twin of :meth:`step` (same function; tests, forward mode via
         ``rollout(..., backend="torch")``)."""
         self._check_state(state)
+        _, bodies = self._split_control(control)
         x, v = state.x, state.v
-        f = self._membrane(x, v) + self._bending(x, v) + self._contact(x, v)
+        f = self._membrane(x, v) + self._bending(x, v) + self._contact(x, v, bodies)
         a = f / self.mass[:, None] + self.gravity
         v1 = (v + dt * a) / (1.0 + self.damping[2] * dt)
         return self._pins(x, v1, dt, control)
