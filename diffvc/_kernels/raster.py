@@ -18,6 +18,13 @@ pixel bounding box touches the tile. Those two kernels accumulate with atomics a
 as ONE launch (never split) on CPU; they are correct on CUDA as is. ``raster_tiles`` (CPU: one
 thread per tile, threads write disjoint pixels, safe to split over cores) and ``raster_pixels``
 (CUDA: one thread per pixel) give identical results.
+
+Antialiasing (``silhouette_pairs``, see :mod:`diffvc.render.antialias`): per pixel pair the
+silhouette edge between them, searched in the vertex fan of the face seen at a pixel, then among
+the view's silhouette edges binned to tiles of the padded image (``edge_bin_count`` /
+``edge_bin_fill``, atomics: unsplit launches). Edges are passed around as endpoint codes
+(``_edge_ends``): vertex pairs (i, i) for a vertex, (i, j) for the near-plane crossing of edge
+i-j, so clipped edges and clip lines are differentiable in the vertices.
 """
 
 from __future__ import annotations
@@ -653,28 +660,45 @@ def _find_silhouette(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtyp
 
 @wp.func
 def _find_binned(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                 entries: wp.array2d(dtype=wp.int32), component: wp.array(dtype=wp.int32),
-                 starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), t: int, b: int, fc: int,
-                 other: int, horizontal: int, cx: Any, cy: Any, sign: Any, near: Any, perspective: int):
+                 entries: wp.array2d(dtype=wp.int32), ends: wp.array2d(dtype=wp.int32), seg: wp.array2d(dtype=Any),
+                 component: wp.array(dtype=wp.int32), starts: wp.array(dtype=wp.int32),
+                 items: wp.array(dtype=wp.int32), t: int, b: int, fc: int, other: int, horizontal: int, cx: Any,
+                 cy: Any, sign: Any, near: Any, perspective: int):
     """The outermost accepted silhouette edge among the entries binned to tile t (ties: the lower
     entry index) whose face lies in the same connected component as ``fc`` (the face seen at
-    (cx, cy)); its endpoint code, (-1, ...) if none."""
+    (cx, cy)); its endpoint code, (-1, ...) if none. ``ends`` / ``seg``: the entries' endpoint
+    codes and screen segments (``entry_geometry``)."""
     res = wp.vec4i(-1, -1, -1, -1)
     best = cx - cx - type(cx)(1.0)
     best_i = int(-1)
+    cc = component[fc]
     for i in range(starts[t], starts[t + 1]):
         en = items[i]
         f = entries[en, 1]
-        if component[f] == component[fc]:
-            k = entries[en, 2]
-            e = _edge_ends(screen, faces, b, f, k, near, perspective)
-            s = _code_cross(screen, b, e, horizontal, cx, cy, sign, near)
+        if component[f] == cc:
+            s = _cross(seg[en, 0], seg[en, 1], seg[en, 2], seg[en, 3], horizontal, cx, cy, sign)
             if s > best or (s == best and s >= cx - cx and en < best_i):
-                if _accept(screen, faces, b, f, k, other, s, horizontal, cx, cy, sign, near, perspective):
-                    res = e
+                if _accept(screen, faces, b, f, entries[en, 2], other, s, horizontal, cx, cy, sign, near, perspective):
+                    res = wp.vec4i(ends[en, 0], ends[en, 1], ends[en, 2], ends[en, 3])
                     best = s
                     best_i = en
     return res
+
+
+@wp.kernel
+def entry_geometry(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
+                   entries: wp.array2d(dtype=wp.int32), near: Any, perspective: int,
+                   ends: wp.array2d(dtype=wp.int32), seg: wp.array2d(dtype=Any)):
+    """Endpoint code (``_edge_ends``) and screen segment (ax, ay, bx, by) of each listed edge."""
+    en = wp.tid() + offset
+    b = entries[en, 0]
+    e = _edge_ends(screen, faces, b, entries[en, 1], entries[en, 2], near, perspective)
+    for j in range(4):
+        ends[en, j] = e[j]
+    seg[en, 0] = _end_coord(screen, b, e[0], e[1], 0, near)
+    seg[en, 1] = _end_coord(screen, b, e[0], e[1], 1, near)
+    seg[en, 2] = _end_coord(screen, b, e[2], e[3], 0, near)
+    seg[en, 3] = _end_coord(screen, b, e[2], e[3], 1, near)
 
 
 @wp.kernel
@@ -744,34 +768,27 @@ def face_near_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), vert_si
 
 
 @wp.func
-def _entry_range(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                 entries: wp.array2d(dtype=wp.int32), en: int, near: Any, perspective: int, H: int, W: int):
+def _entry_range(seg: wp.array2d(dtype=Any), en: int, H: int, W: int):
     """Padded-pixel index ranges (x_lo, x_hi, y_lo, y_hi) whose centres lie within one pixel of
-    the box of entry en's visible segment (padded pixel i has its centre at i - 0.5), clamped to
-    the padded image [0, W + 1] x [0, H + 1]."""
-    b = entries[en, 0]
-    e = _edge_ends(screen, faces, b, entries[en, 1], entries[en, 2], near, perspective)
-    ax = _end_coord(screen, b, e[0], e[1], 0, near)
-    ay = _end_coord(screen, b, e[0], e[1], 1, near)
-    bx = _end_coord(screen, b, e[2], e[3], 0, near)
-    by = _end_coord(screen, b, e[2], e[3], 1, near)
+    the box of entry en's segment (padded pixel i has its centre at i - 0.5), clamped to the
+    padded image [0, W + 1] x [0, H + 1]."""
+    ax = seg[en, 0]
     half = type(ax)(1.5)
     lim = type(ax)(W + H + 8)
-    x0 = wp.clamp(wp.min(ax, bx), -lim, lim)
-    x1 = wp.clamp(wp.max(ax, bx), -lim, lim)
-    y0 = wp.clamp(wp.min(ay, by), -lim, lim)
-    y1 = wp.clamp(wp.max(ay, by), -lim, lim)
+    x0 = wp.clamp(wp.min(ax, seg[en, 2]), -lim, lim)
+    x1 = wp.clamp(wp.max(ax, seg[en, 2]), -lim, lim)
+    y0 = wp.clamp(wp.min(seg[en, 1], seg[en, 3]), -lim, lim)
+    y1 = wp.clamp(wp.max(seg[en, 1], seg[en, 3]), -lim, lim)
     return wp.vec4i(wp.max(int(wp.ceil(x0 - half)) + 1, 0), wp.min(int(wp.floor(x1 + half)), W + 1),
                     wp.max(int(wp.ceil(y0 - half)) + 1, 0), wp.min(int(wp.floor(y1 + half)), H + 1))
 
 
 @wp.kernel
-def edge_bin_count(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                   entries: wp.array2d(dtype=wp.int32), near: Any, perspective: int, H: int, W: int, tile: int,
+def edge_bin_count(entries: wp.array2d(dtype=wp.int32), seg: wp.array2d(dtype=Any), H: int, W: int, tile: int,
                    tiles_x: int, tiles_y: int, counts: wp.array(dtype=wp.int32)):
     """Counts the silhouette entries per tile of the padded image (atomics: one unsplit launch)."""
     en = wp.tid()
-    r = _entry_range(screen, faces, entries, en, near, perspective, H, W)
+    r = _entry_range(seg, en, H, W)
     if r[0] <= r[1] and r[2] <= r[3]:
         base = entries[en, 0] * tiles_x * tiles_y
         for ty in range(r[2] // tile, r[3] // tile + 1):
@@ -780,12 +797,11 @@ def edge_bin_count(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=
 
 
 @wp.kernel
-def edge_bin_fill(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                  entries: wp.array2d(dtype=wp.int32), near: Any, perspective: int, H: int, W: int, tile: int,
+def edge_bin_fill(entries: wp.array2d(dtype=wp.int32), seg: wp.array2d(dtype=Any), H: int, W: int, tile: int,
                   tiles_x: int, tiles_y: int, starts: wp.array(dtype=wp.int32), cursor: wp.array(dtype=wp.int32),
                   items: wp.array(dtype=wp.int32)):
     en = wp.tid()
-    r = _entry_range(screen, faces, entries, en, near, perspective, H, W)
+    r = _entry_range(seg, en, H, W)
     if r[0] <= r[1] and r[2] <= r[3]:
         base = entries[en, 0] * tiles_x * tiles_y
         for ty in range(r[2] // tile, r[3] // tile + 1):
@@ -810,7 +826,8 @@ def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp
                      neighbors: wp.array2d(dtype=wp.int32), facing: wp.array2d(dtype=wp.int32),
                      has_sil: wp.array2d(dtype=wp.int32), near_sil: wp.array2d(dtype=wp.int32),
                      vstart: wp.array(dtype=wp.int32), vfaces: wp.array(dtype=wp.int32),
-                     entries: wp.array2d(dtype=wp.int32), component: wp.array(dtype=wp.int32),
+                     entries: wp.array2d(dtype=wp.int32), ends: wp.array2d(dtype=wp.int32),
+                     seg: wp.array2d(dtype=Any), component: wp.array(dtype=wp.int32),
                      starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), tile: int, tiles_x: int,
                      tiles_y: int, face_id: wp.array(dtype=wp.int32, ndim=3), near: Any, perspective: int,
                      border: int, edges: wp.array(dtype=wp.int32, ndim=4), side: wp.array(dtype=wp.int32, ndim=4)):
@@ -868,10 +885,10 @@ def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp
                 if res[0] < 0 and starts[t + 1] > starts[t]:
                     sd = 0
                     if fa >= 0:
-                        res = _find_binned(screen, faces, entries, component, starts, items, t, b, fa, fb, horizontal,
+                        res = _find_binned(screen, faces, entries, ends, seg, component, starts, items, t, b, fa, fb, horizontal,
                                            cx, cy, one, near, perspective)
                     if res[0] < 0 and fb >= 0:
-                        res = _find_binned(screen, faces, entries, component, starts, items, t, b, fb, fa, horizontal,
+                        res = _find_binned(screen, faces, entries, ends, seg, component, starts, items, t, b, fb, fa, horizontal,
                                            qcx, qcy, -one, near, perspective)
                         sd = 1
                 if res[0] >= 0:
@@ -894,7 +911,7 @@ def _instantiate(kernel) -> None:
 
 
 for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
-           face_facing, face_has_silhouette, edge_bin_count, edge_bin_fill):
+           face_facing, face_has_silhouette, edge_bin_count, edge_bin_fill, entry_geometry):
     _instantiate(_k)
 
 

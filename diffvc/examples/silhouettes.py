@@ -68,7 +68,7 @@ def shaded(cams: Cameras, verts: torch.Tensor, faces: torch.Tensor) -> torch.Ten
 def silhouettes(cams: Cameras, verts: torch.Tensor, faces: torch.Tensor, topo=None) -> torch.Tensor:
     """Antialiased silhouettes (B, H, W, 1): coverage, differentiable w.r.t. ``verts``."""
     fr = rasterize(cams, verts, faces)
-    return antialias(fr.mask, fr, topo)
+    return antialias(fr.mask, fr, topo, background=0.0)
 
 
 def iou(cams: Cameras, va, fa, vb, fb) -> float:

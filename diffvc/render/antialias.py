@@ -7,12 +7,19 @@ gradient misses how moving a silhouette moves coverage. Following nvdiffrast (La
 positions:
 
 1. For every pair of horizontally or vertically adjacent pixels p, q with different face ids,
-   look for a **silhouette edge** crossing the segment between the two pixel centres: an edge of
-   the face seen at p (or at q) or of a face sharing a vertex with it (near silhouette vertices
-   the crossing edge often belongs to a neighbour). A silhouette edge is a mesh boundary edge,
-   or an edge whose two faces face opposite ways in this view (also non-manifold edges); it
-   must be nearer than the other pixel's face at the crossing. Of several, the one farthest from
-   the covered pixel (the outermost) is used.
+   look for a **silhouette edge** crossing the segment between the two pixel centres. A
+   silhouette edge is a mesh boundary edge, an edge whose two faces face opposite ways in this
+   view (also non-manifold edges), or, for a perspective triangle crossing the near plane, its
+   clip line; edges crossing the near plane are used up to it (their visible part, clipped in
+   homogeneous coordinates). The edge's face must lie on the side of the edge where the covered
+   pixel c is, and the edge must be nearer than the other pixel's face at the crossing; of
+   several, the one farthest from c (the outermost) is used. The search first looks at the
+   face seen at p (then at q) and the faces sharing a vertex with it (near silhouette vertices
+   the crossing edge often belongs to a neighbour); if that finds nothing (on dense meshes the
+   silhouette faces can project narrower than a pixel, so the outline lies beyond that fan),
+   every silhouette edge of the view binned to the pixel's 16 px tile is tried, restricted to
+   edges of the same connected component as the face seen at c (so an edge is never credited
+   to a pixel showing another object).
 2. Let c be the pixel covered by that face, o the other one, and s in [0, 1] the distance from
    c's centre to the crossing (in pixels along the pair). Model each pixel as a unit box and the
    edge as straight over it: if s > 1/2 the face also covers a strip ``s - 1/2`` of pixel o, so
@@ -36,11 +43,14 @@ it match its gradient except at rare jumps (a silhouette vertex crossing a pixel
 column; silhouette cusps). Gradients also flow to the colours ``C`` (attributes, textures,
 lights).
 
-Limitations: edges crossing the image border are not blended; sub-pixel triangles that cover no
-pixel centre get no gradient; on very dense meshes seen at grazing angles (triangles much
-smaller than a pixel) the outline edge can lie beyond the vertex fan of the visible face and
-that pair is then not blended (nvdiffrast shares this). Triangles thinner than about a pixel
-(both edges between the same two centres) are blended approximately.
+Image border: with ``background`` given, the image is padded with a ring of virtual pixels of
+that colour, so an edge crossing the outer half of a border pixel covered by its face is
+blended too. Not blended there: an edge whose face covers only the outer strip of a border
+pixel (the colour of the face beyond the border is unknown).
+
+Limitations: a pixel pair gets at most one edge (triangles thinner than about a pixel,
+with both edges between the same two centres, are blended approximately); sub-pixel features
+that cover no pixel centre get no gradient.
 """
 
 from __future__ import annotations
@@ -203,26 +213,29 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         parallel_launch(K.face_near_silhouette, B * F, [frags.faces, vert_sil], [near_sil])
         # silhouette edges (each once) binned to tiles of the padded image
         entries = entry.nonzero().to(torch.int32).contiguous()  # (E, 3): view, face, edge
+        E = entries.shape[0]
+        if E == 0:
+            entries = torch.zeros((1, 3), dtype=torch.int32, device=dev)
+        ends = torch.zeros((max(E, 1), 4), dtype=torch.int32, device=dev)
+        seg = torch.zeros((max(E, 1), 4), dtype=screen.dtype, device=dev)
         tx, ty = (W + 2 + TILE - 1) // TILE, (H + 2 + TILE - 1) // TILE
         nt = B * tx * ty
-        counts = torch.zeros(nt, dtype=torch.int32, device=dev)
         starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
-        E = entries.shape[0]
-        if E:  # binning accumulates with atomics: unsplit launches
-            launch(K.edge_bin_count, E, [screen, frags.faces, entries, near, persp, H, W, TILE, tx, ty], [counts])
+        if E:
+            parallel_launch(K.entry_geometry, E, [screen, frags.faces, entries, near, persp], [ends, seg])
+            counts = torch.zeros(nt, dtype=torch.int32, device=dev)
+            # binning accumulates with atomics: unsplit launches
+            launch(K.edge_bin_count, E, [entries, seg, H, W, TILE, tx, ty], [counts])
             starts[1:] = torch.cumsum(counts, 0)
         items = torch.empty(max(int(starts[-1]), 1), dtype=torch.int32, device=dev)
         if E:
             cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
-            launch(K.edge_bin_fill, E, [screen, frags.faces, entries, near, persp, H, W, TILE, tx, ty, starts, cursor],
-                   [items])
-        else:
-            entries = torch.zeros((1, 3), dtype=torch.int32, device=dev)
+            launch(K.edge_bin_fill, E, [entries, seg, H, W, TILE, tx, ty, starts, cursor], [items])
         edges = torch.empty((B, H + 1, W + 1, 8), dtype=torch.int32, device=dev)
         side = torch.empty((B, H + 1, W + 1, 2), dtype=torch.int32, device=dev)
         parallel_launch(K.silhouette_pairs, B * (H + 1) * (W + 1),
                         [screen, frags.faces, topology.neighbors, facing, has_sil, near_sil, topology.vert_face_start,
-                         topology.vert_faces, entries, topology.component, starts, items, TILE, tx, ty,
+                         topology.vert_faces, entries, ends, seg, topology.component, starts, items, TILE, tx, ty,
                          frags.face_id, near, persp, border], [edges, side])
         edges = edges.reshape(B, H + 1, W + 1, 2, 4)
         sel = (edges[..., 0] >= 0).nonzero()  # (K, 4): b, py, px, d

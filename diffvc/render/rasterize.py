@@ -101,9 +101,9 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         plane or behind the camera) draws exactly the pixels whose ray meets it beyond ``near``,
         with the perspective-correct barycentrics and depth of the ORIGINAL triangle (so
         :func:`interpolate` and the vertex/camera gradients are those of the whole triangle; the
-        clip boundary itself, like any visibility edge, gets no gradient here, and
-        :func:`antialias` does not blend along it). Orthographic views drop triangles with a
-        vertex nearer than ``near``.
+        clip boundary itself, like any visibility edge, gets no gradient here;
+        :func:`antialias` blends along it and along the clipped edges). Orthographic views drop
+        triangles with a vertex nearer than ``near``.
     """
     if not isinstance(cameras, Cameras):
         raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
