@@ -199,3 +199,14 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(TypeError, match="MPMModel.*share one MPM grid"):
         batch_model(mpm, 2)
     assert isinstance(bm, BatchedModel)
+
+
+@pytest.mark.parametrize("name", ["particles", "springs", "rigid", "fem", "cloth"])
+def test_torch_twin_backend_and_recorded_states_on_the_batch(name):
+    model, states, per, u, _ = CASES[name]()
+    bm = batch_model(model, B, **per)
+    st = batch_state(states)
+    a, rec = rollout(bm, st, 10, dt=DT, control=u, record=True)
+    b = rollout(bm, st, 10, dt=DT, control=u, backend="torch")
+    torch.testing.assert_close(a.x, b.x, rtol=1e-9, atol=1e-10)
+    assert len(rec) == 11 and rec[5].x.shape == st.x.shape
