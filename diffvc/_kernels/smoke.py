@@ -1,11 +1,16 @@
-"""Warp kernel for 2-D semi-Lagrangian advection on a MAC grid (:mod:`diffvc.physics.smoke`).
+"""Warp kernels for smoke on a MAC grid (:mod:`diffvc.physics.smoke`).
 
-One thread per sample of the advected field (cell centres, or the faces of one velocity
-component): the velocity at the sample point is the average of 2 or 4 staggered neighbours, the
-point is traced back one Euler step and the field is interpolated bilinearly there (clamped at
-walls, wrapped when periodic). The adjoint (Warp's, one unsplit launch) scatters into the field's
-and the velocity's gradients with atomics. The plain-torch twin is
-:meth:`diffvc.physics.SmokeModel.step_torch` (``grid_sample``).
+* :func:`advect2d` / :func:`advect3d`: semi-Lagrangian advection, one thread per sample of the
+  advected field (cell centres, or the faces of one velocity component): the velocity at the
+  sample point is the average of 2 or 4 staggered neighbours, the point is traced back one Euler
+  step and the field is interpolated (bi-/trilinearly) there (clamped at walls, wrapped when
+  periodic). Differentiated by Warp's adjoint (one unsplit launch scattering with atomics)
+  through :func:`~diffvc._kernels.bridge.kernel_op`.
+* :func:`smoke_segment2d`: K whole 2-D steps (advection, forces, divergence, pressure solve,
+  gradient subtraction) as one autograd node of recorded launches, with row kernels and a
+  hand-written advection adjoint; :class:`Jacobi2D`, the fixed-sweep pressure solve.
+
+The plain-torch twin is :meth:`diffvc.physics.SmokeModel.step_torch` (``grid_sample``).
 """
 
 from __future__ import annotations
@@ -119,6 +124,146 @@ def advect2d(
     x = type(s)(float(i)) - s * vx
     y = type(s)(float(j)) - s * vy
     out[i, j] = _sample2(f, x, y, periodic)
+
+
+# --------------------------------------------------------------------------------------------
+# 3-D semi-Lagrangian advection (Euler back-trace), differentiated by Warp's adjoint
+# --------------------------------------------------------------------------------------------
+
+@wp.func
+def _coord3(x: Any, n: int, periodic: int):
+    """Index coordinate clamped to [0, n - 1] (walls) or wrapped into [0, n) (periodic)."""
+    zero = x - x
+    fn = type(x)(float(n))
+    if periodic == 0:
+        return wp.min(wp.max(x, zero), fn - type(x)(1.0))
+    return x - wp.floor(x / fn) * fn
+
+
+@wp.func
+def _lo3(x: Any, n: int, periodic: int):
+    """Lower stencil index of the (clamped or wrapped) coordinate x."""
+    i0 = int(wp.floor(x))
+    if periodic == 0:
+        return wp.min(i0, n - 1)
+    return wp.where(i0 >= n, i0 - n, i0)
+
+
+@wp.func
+def _hi3(i0: int, n: int, periodic: int):
+    if periodic == 0:
+        return wp.min(i0 + 1, n - 1)
+    return wp.where(i0 + 1 == n, 0, i0 + 1)
+
+
+@wp.func
+def _sample3(f: wp.array3d(dtype=Any), x: Any, y: Any, z: Any, periodic: int):
+    """Trilinear sample of ``f`` at index coordinates (x, y, z), clamped or wrapped. (No tuple
+    returns on the differentiated path: Warp's adjoint of them measured wrong.)"""
+    cx = _coord3(x, f.shape[0], periodic)
+    cy = _coord3(y, f.shape[1], periodic)
+    cz = _coord3(z, f.shape[2], periodic)
+    i0 = _lo3(cx, f.shape[0], periodic)
+    j0 = _lo3(cy, f.shape[1], periodic)
+    k0 = _lo3(cz, f.shape[2], periodic)
+    i1 = _hi3(i0, f.shape[0], periodic)
+    j1 = _hi3(j0, f.shape[1], periodic)
+    k1 = _hi3(k0, f.shape[2], periodic)
+    wx = cx - wp.floor(cx)
+    wy = cy - wp.floor(cy)
+    wz = cz - wp.floor(cz)
+    one = wx - wx + type(wx)(1.0)
+    c00 = f[i0, j0, k0] * (one - wz) + f[i0, j0, k1] * wz
+    c01 = f[i0, j1, k0] * (one - wz) + f[i0, j1, k1] * wz
+    c10 = f[i1, j0, k0] * (one - wz) + f[i1, j0, k1] * wz
+    c11 = f[i1, j1, k0] * (one - wz) + f[i1, j1, k1] * wz
+    return (c00 * (one - wy) + c01 * wy) * (one - wx) + (c10 * (one - wy) + c11 * wy) * wx
+
+
+@wp.func
+def _centre3(u: wp.array3d(dtype=Any), i: int, j: int, k: int, axis: int, periodic: int):
+    """Component ``axis`` (its faces normal to ``axis``) averaged to cell centre (i, j, k)."""
+    half = u[0, 0, 0] - u[0, 0, 0] + type(u[0, 0, 0])(0.5)
+    i1 = i
+    j1 = j
+    k1 = k
+    if axis == 0:
+        i1 = i + 1
+        if periodic == 1:
+            i1 = wp.where(i1 == u.shape[0], 0, i1)
+    elif axis == 1:
+        j1 = j + 1
+        if periodic == 1:
+            j1 = wp.where(j1 == u.shape[1], 0, j1)
+    else:
+        k1 = k + 1
+        if periodic == 1:
+            k1 = wp.where(k1 == u.shape[2], 0, k1)
+    return (u[i, j, k] + u[i1, j1, k1]) * half
+
+
+@wp.func
+def _face_lo(idx: int, n: int, periodic: int):
+    """Cell idx - 1 beside face idx along an axis of n cells (clamped or wrapped)."""
+    if periodic == 1:
+        return wp.where(idx - 1 < 0, n - 1, idx - 1)
+    return wp.max(idx - 1, 0)
+
+
+@wp.func
+def _face_hi(idx: int, n: int, periodic: int):
+    """Cell idx beside face idx (clamped at walls)."""
+    if periodic == 1:
+        return idx
+    return wp.min(idx, n - 1)
+
+
+@wp.func
+def _vel3(u: wp.array3d(dtype=Any), b: int, i: int, j: int, k: int, kind: int, periodic: int,
+          nx: int, ny: int, nz: int):
+    """Velocity component ``b`` (array ``u``) at sample (i, j, k) of field ``kind`` (-1 cells, 0..2
+    faces): the face value itself, the average of 2 neighbours (cells), or of two cell-centre
+    averages beside the face (as ``SmokeModel._velocity_on``)."""
+    half = u[0, 0, 0] - u[0, 0, 0] + type(u[0, 0, 0])(0.5)
+    r = half - half
+    if kind == -1:
+        r = _centre3(u, i, j, k, b, periodic)
+    elif kind == b:
+        r = u[i, j, k]
+    elif kind == 0:
+        r = (_centre3(u, _face_lo(i, nx, periodic), j, k, b, periodic)
+             + _centre3(u, _face_hi(i, nx, periodic), j, k, b, periodic)) * half
+    elif kind == 1:
+        r = (_centre3(u, i, _face_lo(j, ny, periodic), k, b, periodic)
+             + _centre3(u, i, _face_hi(j, ny, periodic), k, b, periodic)) * half
+    else:
+        r = (_centre3(u, i, j, _face_lo(k, nz, periodic), b, periodic)
+             + _centre3(u, i, j, _face_hi(k, nz, periodic), b, periodic)) * half
+    return r
+
+
+@wp.kernel
+def advect3d(
+    f: wp.array3d(dtype=Any),
+    u0: wp.array3d(dtype=Any),
+    u1: wp.array3d(dtype=Any),
+    u2: wp.array3d(dtype=Any),
+    kind: int,
+    periodic: int,
+    nx: int,
+    ny: int,
+    nz: int,
+    s: Any,
+    out: wp.array3d(dtype=Any),
+):
+    """out[i, j, k] = f(point - s * u(point)) on a 3-D MAC grid: ``kind`` -1 for cell-centred
+    ``f``, 0/1/2 for the faces of velocity component 0/1/2; ``s = dt / dx``."""
+    i, j, k = wp.tid()
+    vx = _vel3(u0, 0, i, j, k, kind, periodic, nx, ny, nz)
+    vy = _vel3(u1, 1, i, j, k, kind, periodic, nx, ny, nz)
+    vz = _vel3(u2, 2, i, j, k, kind, periodic, nx, ny, nz)
+    out[i, j, k] = _sample3(f, type(s)(float(i)) - s * vx, type(s)(float(j)) - s * vy,
+                            type(s)(float(k)) - s * vz, periodic)
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,10 +48,12 @@ In 2-D with the one-step Euler back-trace and semi-Lagrangian advection, ``step`
 smoke_segment2d`: advection, forces, divergence, gradient subtraction, Jacobi sweeps; only the
 PCG solve is torch), ``n`` steps as one autograd node whose backward replays Warp's adjoint
 kernels in reverse (``recompute=True`` re-runs the forward in backward: a checkpoint segment). In
-other configurations the semi-Lagrangian passes of 2-D Euler back-traces run as a Warp kernel and
-the rest is torch. ``step_torch`` is the plain-torch twin (``grid_sample`` interpolation; values
-and gradients checked against the kernels). The projection is torch
-(FFT / dense separable transforms for the preconditioner). Reverse mode only: neither the kernel
+other configurations with the Euler back-trace (MacCormack, 3-D) the semi-Lagrangian passes run
+as Warp kernels (bilinear :func:`~diffvc._kernels.smoke.advect2d`, trilinear
+:func:`~diffvc._kernels.smoke.advect3d`; Warp's adjoints) and the rest is torch; the RK2
+back-trace runs in torch. ``step_torch`` is the plain-torch twin (``grid_sample`` interpolation; values
+and gradients checked against the kernels). The PCG projection is torch (FFT / dense separable
+transforms for the preconditioner); MacCormack's limiter (stencil bounds) is torch. Reverse mode only: neither the kernel
 nor torch's ``grid_sample`` has a forward-mode derivative, so ``rollout_jvp`` does not apply.
 """
 
@@ -65,7 +67,7 @@ import torch.nn.functional as F
 
 from .._kernels import Out, kernel_op
 from .._validate import check_dt
-from .._kernels.smoke import Jacobi2D, advect2d, smoke_segment2d
+from .._kernels.smoke import Jacobi2D, advect2d, advect3d, smoke_segment2d
 
 __all__ = ["SmokeModel", "SmokeState"]
 
@@ -491,10 +493,11 @@ class SmokeModel:
 
     def _semi_lagrangian(self, f, u, dt: float, a: int | None, warp: bool):
         """One semi-Lagrangian pass; returns (advected field, traced points or None)."""
-        if warp and self.dim == 2 and self.backtrace == "euler":
-            out = kernel_op(advect2d, tuple(f.shape),
-                            [f.contiguous(), u[0].contiguous(), u[1].contiguous(), -1 if a is None else a,
-                             1 if self.boundary == "periodic" else 0, self.resolution[0], self.resolution[1],
+        if warp and self.backtrace == "euler":
+            kernel = advect2d if self.dim == 2 else advect3d
+            out = kernel_op(kernel, tuple(f.shape),
+                            [f.contiguous(), *(ub.contiguous() for ub in u), -1 if a is None else a,
+                             1 if self.boundary == "periodic" else 0, *self.resolution,
                              float(dt / self.dx)], [Out(tuple(f.shape))])
             return out, None
         src = self._backtrace(u, a, dt, f.dtype, f.device)
@@ -543,8 +546,9 @@ class SmokeModel:
     def step(self, state: SmokeState, dt: float, control=None) -> SmokeState:
         """Advance the smoke by ``dt`` seconds (advect velocity, forces, project, advect density).
         In 2-D with ``backtrace="euler"`` and semi-Lagrangian advection the whole step runs as
-        Warp launches (:meth:`segment` with ``n = 1``); other 2-D Euler configurations run the
-        semi-Lagrangian passes as a Warp kernel and the rest in torch (module docstring).
+        Warp launches (:meth:`segment` with ``n = 1``); other Euler configurations (MacCormack,
+        3-D) run the semi-Lagrangian passes as Warp kernels and the rest in torch (module
+        docstring).
 
         control: ``None`` or a tuple of d per-face accelerations (m/s^2), shaped like the
         velocity components, held over the step. Returns a new :class:`SmokeState`.
