@@ -5,6 +5,7 @@ import torch
 
 from diffvc._kernels import Out, kernel_op, launch, mat, to_warp, vec, warp_device, wp
 from diffvc._kernels.bridge import parallel_launch, split_chunks
+from diffvc.testing import assert_grad_close
 
 
 @wp.kernel
@@ -143,3 +144,128 @@ def test_split_launch_with_per_chunk_buffers_loses_no_adds():
     assert torch.equal(seen, torch.ones(n, dtype=torch.int32))
     assert sum(float(b) for b in bufs) == n
     assert all(float(b) == c for b, (_, c) in zip(bufs, chunks))
+
+
+# ------------------------------------------------------------------ recorded launches, fused segments
+
+from diffvc._kernels.bridge import Const, Row, Step, fast_launch, segment_op  # noqa: E402
+
+
+def test_recorded_launches_follow_new_shapes_pointers_and_scalars():
+    """After the first call a kernel runs from the recorded-launch cache: later calls with other
+    shapes, other tensors and other scalars still compute their own values and gradients."""
+    A = torch.randn(1, 3, 3, dtype=torch.float64)
+    for n, s in ((5, 0.5), (9, 0.5), (2, 0.5), (9, 0.5)):
+        x = torch.randn(n, 3, dtype=torch.float64, requires_grad=True)
+        w = torch.rand(n, dtype=torch.float64)
+        y, nrm = _op(x, A, w)
+        y2, n2 = _twin(x, A, w)
+        torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12)
+        (g,) = torch.autograd.grad(nrm.sum(), x)
+        (g2,) = torch.autograd.grad(n2.sum(), x)
+        torch.testing.assert_close(g, g2, rtol=1e-12, atol=1e-12)
+    # a scalar changes between calls: the replay uses the new one
+    x = torch.randn(4, 3, dtype=torch.float64)
+    w = torch.rand(4, dtype=torch.float64)
+    for s in (0.5, 2.0, -1.0):
+        y = kernel_op(_affine, 4, [vec(x), mat(A), w, s], [Out((4, 3), "vec"), Out((4,))])[0]
+        torch.testing.assert_close(y, (x @ A[0].T) * w[:, None] * s + x * x, rtol=1e-12, atol=1e-12)
+    # float32 tensors after float64 ones: another overload, recorded separately
+    y = kernel_op(_affine, 4, [vec(x.float()), mat(A.float()), w.float(), 0.5], [Out((4, 3), "vec"), Out((4,))])[0]
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), _twin(x, A, w)[0], rtol=1e-5, atol=1e-5)
+    # an empty launch does nothing
+    out = torch.zeros(0, 3, dtype=torch.float64)
+    fast_launch(_affine, 0, [vec(out), mat(A), w[:0], 0.5, vec(out), out[:, 0]], torch.device("cpu"), torch.float64)
+
+
+@wp.kernel
+def _pair_forces(x: wp.array(dtype=Any), pairs: wp.array2d(dtype=wp.int32), k: wp.array(dtype=Any),
+                 f: wp.array(dtype=Any)):
+    """Springs of rest length 0 between pairs: atomically accumulated into f."""
+    p = wp.tid()
+    i = pairs[p, 0]
+    j = pairs[p, 1]
+    d = (x[j] - x[i]) * k[p]
+    wp.atomic_add(f, i, d)
+    wp.atomic_sub(f, j, d)
+
+
+@wp.kernel
+def _euler(x: wp.array(dtype=Any), v: wp.array(dtype=Any), f: wp.array(dtype=Any), c: wp.array(dtype=Any),
+           dt: Any, x_out: wp.array(dtype=Any), v_out: wp.array(dtype=Any)):
+    i = wp.tid()
+    v1 = v[i] + (f[i] - v[i] * c[0] + wp.sin(x[i])) * dt
+    x_out[i] = x[i] + v1 * dt
+    v_out[i] = v1
+
+
+def _toy(K=6):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, dtype=torch.float64, generator=g).requires_grad_()
+    v = torch.randn(5, dtype=torch.float64, generator=g).requires_grad_()
+    k = torch.rand(4, dtype=torch.float64, generator=g).requires_grad_()
+    c = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    held = torch.randn(1, 5, dtype=torch.float64, generator=g).requires_grad_()
+    per = torch.randn(K, 5, dtype=torch.float64, generator=g).requires_grad_()
+    pairs = torch.tensor([[0, 1], [1, 2], [3, 4], [0, 4]], dtype=torch.int32)
+    return x, v, k, c, held, per, pairs
+
+
+def _toy_steps(x, v, k, c, ext, pairs, K, dt=0.05):
+    """K steps as separate kernel_op calls (the reference)."""
+    xs, vs = [], []
+    for s in range(K):
+        f = kernel_op(_pair_forces, 4, [x, pairs, k], [Out((5,))]) + ext[s if ext.shape[0] > 1 else 0]
+        x, v = kernel_op(_euler, 5, [x, v, f, c, dt], [Out((5,)), Out((5,))])
+        xs.append(x)
+        vs.append(v)
+    return x, v, torch.stack(xs), torch.stack(vs)
+
+
+def _toy_segment(x, v, k, c, ext, pairs, K, dt=0.05, **kw):
+    steps = [Step(_pair_forces, 4, (Row("x"), Const(0), Const(1), Row("f"))),
+             Step(_euler, 5, (Row("x"), Row("v"), Row("f"), Const(2), dt, Row("x", 1), Row("v", 1)))]
+    return segment_op(steps, K, [("x", x, None), ("v", v, None)], consts=[pairs, k, c],
+                      work=[("f", (5,), None, ext)], **kw)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_segment_op_equals_separate_steps_values_and_gradients(per_step, recompute):
+    """segment_op (two recorded launches per step, a work buffer filled by atomics, held or
+    per-step initial values) gives the values and gradients of K separate kernel_op steps."""
+    K = 6
+    x, v, k, c, held, per, pairs = _toy(K)
+    ext = per if per_step else held
+    ref = _toy_steps(x, v, k, c, ext, pairs, K)
+    got = _toy_segment(x, v, k, c, ext, pairs, K, recompute=recompute, return_all=True)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    w = [torch.randn_like(t) for t in ref]
+    leaves = [x, v, k, c, ext]
+    g_ref = torch.autograd.grad(sum((a * b).sum() for a, b in zip(ref, w)), leaves)
+    g_got = torch.autograd.grad(sum((a * b).sum() for a, b in zip(got, w)), leaves)
+    for a, b in zip(g_ref, g_got):
+        assert float((a - b).abs().max()) <= 1e-10 * max(1.0, float(a.abs().max()))
+
+
+def test_segment_op_gradients_match_finite_differences():
+    K = 5
+    x, v, k, c, held, per, pairs = _toy(K)
+
+    def fn(x, v, k, c, per):
+        xf, vf = _toy_segment(x, v, k, c, per, pairs, K)
+        return xf * vf
+
+    assert_grad_close(fn, [x, v, k, c, per], rtol=1e-7, atol=1e-10, eps=1e-6)
+
+
+def test_segment_op_rejects_bad_arguments():
+    x, v, k, c, held, per, pairs = _toy(4)
+    with pytest.raises(ValueError, match="K must be"):
+        _toy_segment(x, v, k, c, held, pairs, 0)
+    with pytest.raises(ValueError, match="work buffer 'f'"):
+        _toy_segment(x, v, k, c, per, pairs, 3)  # 4 rows of init for 3 steps
+    with pytest.raises(TypeError, match="consts\\[0\\]"):
+        segment_op([], 2, [("x", x, None)], consts=[0.5])

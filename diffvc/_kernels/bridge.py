@@ -247,19 +247,194 @@ def kernel_guard(kernel):
 
 
 def launch(kernel, dim, inputs: Sequence[Any], outputs: Sequence[Any] = (), device=None) -> None:
-    """Launch ``kernel`` on torch tensors (no autograd). Outputs are written in place."""
+    """Launch ``kernel`` on torch tensors (no autograd). Outputs are written in place.
+
+    Runs through the recorded-launch cache (:func:`fast_launch`): after the first call with a
+    given kernel and argument types, a call costs a replay plus ~1 us per argument."""
     device = torch.device(device) if device is not None else _device_of(list(inputs) + list(outputs))
     fdtype = _floating_dtype(list(inputs) + list(outputs))
+    fast_launch(kernel, dim, list(inputs) + list(outputs), device, fdtype)
+
+
+# --------------------------------------------------------------------------------------------
+# recorded launches: the per-call cost of a Warp launch out of the hot path
+# --------------------------------------------------------------------------------------------
+#
+# Measured on the 2-core dev machine (Warp 1.19, CPU): ``wp.launch`` packs every argument anew
+# (~60-100 us for a 10-argument kernel) and a ``wp.array`` view of a tensor costs ~7 us to build;
+# replaying a recorded ``wp.Launch`` costs a few us, and an array descriptor (``array_t``) made by
+# copying a cached template and setting its data pointer ~0.5 us. Every launch of diffvc that goes
+# through :func:`launch`, :func:`kernel_op` or :func:`segment_op` therefore runs as: look up a
+# recorded launch of the kernel for these argument *types* (dtype, vector/matrix layout, array
+# rank, scalar types; recorded on the first call, which also compiles), set each argument from
+# its descriptor, replay. Shapes and pointers change freely between calls; the cache is
+# per thread (a recorded launch holds mutable parameters).
+
+_ARRAY_T = type(to_warp(torch.zeros(1)).__ctype__())  # Warp's array descriptor struct
+_TEMPLATES: dict = {}        # (dtype, kind, shape) -> array_t template (data pointer 0)
+_MAX_TEMPLATES = 4096
+_LOCAL = threading.local()   # .launches: per-thread recorded-launch cache
+_MAX_LAUNCHES = 512
+
+
+def _desc(t: torch.Tensor, kind: str | None):
+    """Warp array descriptor (``array_t``) of a contiguous tensor: a copy of a template cached
+    per (dtype, layout, shape) with the tensor's data pointer. No ``wp.array`` object is built
+    and the descriptor holds no reference to the tensor: the caller keeps it alive."""
+    key = (t.dtype, kind, t.shape)
+    tpl = _TEMPLATES.get(key)
+    if tpl is None:
+        tpl = _ARRAY_T.from_buffer_copy(to_warp(t, kind).__ctype__())
+        tpl.data = 0
+        tpl.grad = 0
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = tpl
+    c = _ARRAY_T.from_buffer_copy(tpl)
+    c.data = t.data_ptr()
+    return c
+
+
+def rows(t: torch.Tensor, kind: str | None = None) -> list:
+    """Descriptors (``array_t``) of each row ``t[r]`` of a contiguous tensor, made by pointer
+    arithmetic on one template (~0.5 us each); for :func:`segment_op` buffers and replays."""
+    if not t.is_contiguous():
+        raise ValueError("rows() needs a contiguous tensor")
+    base = _desc(t[0], kind)
+    step = t[0].numel() * t.element_size()
+    out = []
+    for r in range(t.shape[0]):
+        c = _ARRAY_T.from_buffer_copy(base)
+        c.data = base.data + r * step
+        out.append(c)
+    return out
+
+
+def _unwrap(x):
+    return (x.tensor, x.kind) if isinstance(x, _Tagged) else (x, None)
+
+
+def _sig(x: Any, fdtype: torch.dtype):
+    """What decides the Warp overload and the packed parameter type of one argument."""
+    t, kind = _unwrap(x)
+    if isinstance(t, torch.Tensor):
+        trail = 0 if kind is None else (1 if kind == "vec" else 2)
+        return (t.dtype, kind, t.dim(), tuple(t.shape[t.dim() - trail:]))
+    if x is None:
+        return None
+    if isinstance(x, bool):
+        return bool
+    if isinstance(x, float):
+        return (float, fdtype)
+    if isinstance(x, wp.array):
+        return (wp.array, x.dtype, x.ndim)
+    return type(x)
+
+
+def _launch_cache() -> dict:
+    cache = getattr(_LOCAL, "launches", None)
+    if cache is None:
+        cache = _LOCAL.launches = {}
+    return cache
+
+
+def _dim_tuple(dim) -> tuple:
+    return tuple(int(d) for d in dim) if isinstance(dim, (tuple, list)) else (int(dim),)
+
+
+def _to_param(x: Any, fdtype: torch.dtype, keep: list):
+    """(value, from_ctype) for one argument of a recorded launch: an array descriptor or a plain
+    number (set without conversion), or a Warp value (set with Warp's own packing)."""
+    t, kind = _unwrap(x)
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        keep.append(t)
+        return _desc(t, kind), True
+    if x is None:
+        return None, False
+    if isinstance(x, (bool, int, float)):
+        return x, True
+    return x, False
+
+
+class _Recorded:
+    """A recorded ``wp.Launch`` with which of its parameters are arrays."""
+
+    __slots__ = ("cmd", "dim", "is_array", "n", "keep")
+
+    def __init__(self, cmd, dim):
+        self.cmd, self.dim = cmd, dim
+        self.is_array = [wp.types.is_array(a.type) for a in cmd.kernel.adj.args]
+        self.n = len(self.is_array)
+
+    def set(self, i: int, x: Any, fdtype: torch.dtype, keep: list, adjoint: bool = False) -> None:
+        v, raw = _to_param(x, fdtype, keep)
+        if v is None:
+            if self.is_array[i]:
+                self.cmd.set_param_at_index_from_ctype(i, _ARRAY_T(), adjoint=adjoint)
+            return  # an absent adjoint of a scalar keeps the recorded zero
+        if raw:
+            self.cmd.set_param_at_index_from_ctype(i, v, adjoint=adjoint)
+        else:
+            self.cmd.set_param_at_index(i, v, adjoint=adjoint)
+
+    def run(self, device: torch.device) -> None:
+        stream = _stream(device)
+        if stream is None:
+            self.cmd.launch()
+        else:
+            self.cmd.launch(stream=stream)
+
+
+def record(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: torch.dtype | None = None,
+           adj_args: Sequence[Any] | None = None) -> _Recorded:
+    """Record a launch of ``kernel(*args)`` (forward, or its adjoint when ``adj_args`` is given)
+    without running it. Arguments as for :func:`launch`; the kernel is compiled here if needed."""
+    device = torch.device(device)
+    fdtype = fdtype or _floating_dtype(list(args))
+    w_args = _convert(args, fdtype)
+    kw = {}
+    if adj_args is not None:
+        kw = dict(adj_inputs=_convert(adj_args, fdtype), adj_outputs=[], adjoint=True)
     with kernel_guard(kernel):
-        wp.launch(
-            kernel,
-            dim=dim,
-            inputs=_convert(inputs, fdtype),
-            outputs=_convert(outputs, fdtype),
-            device=warp_device(device),
-            stream=_stream(device),
-            record_tape=False,
-        )
+        cmd = wp.launch(kernel, dim=dim, inputs=w_args, outputs=[], device=warp_device(device), record_tape=False,
+                        record_cmd=True, **kw)
+    # the recorded arguments (views holding tensors) are not needed to replay: drop them
+    cmd.fwd_args = None
+    cmd.adj_args = None
+    return _Recorded(cmd, _dim_tuple(dim))
+
+
+def fast_launch(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: torch.dtype,
+                adj_args: Sequence[Any] | None = None) -> None:
+    """Launch ``kernel(*args)`` (``args`` = inputs then outputs: tensors, optionally
+    :func:`vec`/:func:`mat` tagged, Python scalars, Warp values, ``None``) through the per-thread
+    recorded-launch cache; with ``adj_args`` (same layout: gradient tensors or ``None``) launch
+    Warp's adjoint kernel instead. Outputs are written in place; non-contiguous tensors are
+    copied, so outputs must be contiguous."""
+    dims = _dim_tuple(dim)
+    if any(d == 0 for d in dims):
+        return
+    key = (kernel, device, tuple(_sig(a, fdtype) for a in args),
+           None if adj_args is None else tuple(_sig(a, fdtype) for a in adj_args))
+    cache = _launch_cache()
+    rec = cache.get(key)
+    if rec is None:
+        if len(cache) >= _MAX_LAUNCHES:
+            cache.clear()
+        rec = cache[key] = record(kernel, dims, args, device, fdtype, adj_args)
+    keep: list = []
+    if rec.dim != dims:
+        rec.cmd.set_dim(dims)
+        rec.dim = dims
+    for i, a in enumerate(args):
+        rec.set(i, a, fdtype, keep)
+    if adj_args is not None:
+        for i, a in enumerate(adj_args):
+            rec.set(i, a, fdtype, keep, adjoint=True)
+    rec.run(device)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -356,7 +531,7 @@ class _KernelOp(torch.autograd.Function):
         if split:
             parallel_launch(kernel, dim, tagged_in, tagged_out, device=device)
         else:
-            launch(kernel, dim, tagged_in, tagged_out, device=device)
+            fast_launch(kernel, dim, tagged_in + tagged_out, device, fdtype)
         ctx.kernel, ctx.dim, ctx.layouts, ctx.out_specs, ctx.split = kernel, dim, layouts, out_specs, split
         ctx.fdtype, ctx.device = fdtype, device
         tensor_mask = [isinstance(x, torch.Tensor) for x in inputs]
@@ -377,36 +552,33 @@ class _KernelOp(torch.autograd.Function):
         inputs, it = [], iter(tensors)
         for m, s in zip(ctx.tensor_mask, ctx.scalars):
             inputs.append(next(it) if m else s)
-        fdtype, device = ctx.fdtype, ctx.device
-        wdev = warp_device(device)
         w_in, adj_in, grads = [], [], []
         for x, k in zip(inputs, ctx.layouts):
             if isinstance(x, torch.Tensor):
-                w_in.append(to_warp(x, k))
+                w_in.append(_Tagged(x, k) if k else x)
                 if x.is_floating_point():
-                    # contiguous on purpose: to_warp of a non-contiguous buffer would copy it and
+                    # contiguous on purpose: a view of a non-contiguous buffer would be a copy and
                     # the adjoint would accumulate into the copy (a silent zero gradient)
                     g = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
                     grads.append(g)
-                    adj_in.append(to_warp(g, k))
+                    adj_in.append(_Tagged(g, k) if k else g)
                 else:
                     grads.append(None)
                     adj_in.append(None)
             else:
-                w_in.append(_scalar(x, fdtype))
+                w_in.append(x)
                 adj_in.append(None)
                 grads.append(None)
         w_out, adj_out = [], []
         for o, g, s in zip(outs, grad_outs, ctx.out_specs):
-            w_out.append(to_warp(o, s.kind))
+            w_out.append(_Tagged(o, s.kind) if s.kind else o)
             if g is None or not o.is_floating_point():
                 g = torch.zeros_like(o)
-            adj_out.append(to_warp(g.contiguous(), s.kind))
+            g = g.contiguous()
+            adj_out.append(_Tagged(g, s.kind) if s.kind else g)
         if ctx.split:  # the split forward took a leading offset argument
             w_in, adj_in = [0] + w_in, [None] + adj_in
-        with kernel_guard(ctx.kernel):
-            wp.launch(ctx.kernel, dim=ctx.dim, inputs=w_in, outputs=w_out, adj_inputs=adj_in, adj_outputs=adj_out,
-                      adjoint=True, device=wdev, stream=_stream(device), record_tape=False)
+        fast_launch(ctx.kernel, ctx.dim, w_in + w_out, ctx.device, ctx.fdtype, adj_args=adj_in + adj_out)
         return (None, None, None, None, None, None, *grads)
 
 
@@ -436,3 +608,229 @@ def kernel_op(kernel, dim, inputs: Sequence[Any], outputs: Sequence[Out], split:
             layouts.append(None)
             raw.append(x)
     return _KernelOp.apply(kernel, dim, len(raw), tuple(layouts), tuple(outputs), split, *raw)
+
+
+# --------------------------------------------------------------------------------------------
+# fused multi-step segments: K steps of recorded launches as one autograd node
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    """A :func:`segment_op` launch argument: row ``k + offset`` of segment buffer ``name`` at step
+    ``k`` (``offset`` 1 only for state buffers: the step's output)."""
+
+    name: str
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Const:
+    """A :func:`segment_op` launch argument: constant input ``index`` (same for every step)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One launch of a fused step: ``kernel`` over ``dim`` threads with ``args`` (inputs then
+    outputs), each a :class:`Row`, a :class:`Const` or a Python scalar."""
+
+    kernel: Any
+    dim: Any
+    args: tuple
+
+
+class _SegmentPlan:
+    """What one fused segment runs: the launches of a step, the state buffers (K + 1 rows; row 0
+    is the input state), the work buffers (K rows, e.g. force accumulators, each row initialised
+    from an input tensor of 1 or K rows, or zeros), and the constant inputs."""
+
+    def __init__(self, steps, K, states, work, consts):
+        self.steps, self.K = steps, K
+        self.states = states      # [(name, kind)]
+        self.work = work          # [(name, kind, shape, has_init)]
+        self.consts = consts      # [kind]
+        self.n_states, self.n_work = len(states), sum(1 for w in work if w[3])
+
+    def split(self, tensors):
+        s = list(tensors[:self.n_states])
+        w = list(tensors[self.n_states:self.n_states + self.n_work])
+        c = list(tensors[self.n_states + self.n_work:])
+        return s, w, c
+
+    def _const_args(self, consts):
+        return [_Tagged(t, k) if (k and isinstance(t, torch.Tensor)) else t for t, k in zip(consts, self.consts)]
+
+    def forward(self, tensors):
+        s0, winit, consts = self.split(tensors)
+        K = self.K
+        dev, fdtype = s0[0].device, s0[0].dtype
+        bufs, descs = {}, {}
+        for (name, kind), x in zip(self.states, s0):
+            b = torch.empty((K + 1, *x.shape), dtype=x.dtype, device=dev)
+            b[0] = x
+            bufs[name] = b
+            descs[name] = rows(b, kind)
+        it = iter(winit)
+        for name, kind, shape, has_init in self.work:
+            b = torch.zeros((K, *shape), dtype=fdtype, device=dev)
+            if has_init:
+                b += next(it)  # (1, ...) held or (K, ...) per step
+            bufs[name] = b
+            descs[name] = rows(b, kind)
+        cargs = self._const_args(consts)
+        recs = [self._record(st, bufs, cargs, dev, fdtype) for st in self.steps]
+        for k in range(K):
+            for st, (rec, refs) in zip(self.steps, recs):
+                for i, r in refs:
+                    rec.cmd.set_param_at_index_from_ctype(i, descs[r.name][k + r.offset])
+                rec.run(dev)
+        return bufs, descs
+
+    def _args(self, st, bufs, cargs):
+        """The launch arguments of step 0 (rows tagged with their buffer's layout); scalars
+        become ``None`` when ``bufs`` are adjoint buffers."""
+        kinds = dict(self.states)
+        kinds.update({w[0]: w[1] for w in self.work})
+        out = []
+        for a in st.args:
+            if isinstance(a, Row):
+                x = bufs[a.name][a.offset]
+                out.append(_Tagged(x, kinds[a.name]) if kinds[a.name] else x)
+            elif isinstance(a, Const):
+                out.append(cargs[a.index])
+            else:
+                out.append(a)
+        return out
+
+    def _record(self, st, bufs, cargs, dev, fdtype, adj=None):
+        """A recorded launch of ``st`` with its constants set once, and its :class:`Row`
+        arguments ``[(index, row)]`` to set per step."""
+        args = self._args(st, bufs, cargs)
+        adj_args = None if adj is None else [None if not isinstance(a, (Row, Const)) else x
+                                             for a, x in zip(st.args, self._args(st, adj[0], adj[1]))]
+        rec = record(st.kernel, st.dim, args, dev, fdtype, adj_args)
+        keep: list = []
+        for i, x in enumerate(args):  # constants and scalars once; rows per step
+            if not isinstance(st.args[i], Row):
+                rec.set(i, x, fdtype, keep)
+                if adj_args is not None:
+                    rec.set(i, adj_args[i], fdtype, keep, adjoint=True)
+        rec.keep = keep
+        return rec, [(i, a) for i, a in enumerate(st.args) if isinstance(a, Row)]
+
+    def adjoint(self, tensors, bufs, descs, g_final, g_all):
+        s0, winit, consts = self.split(tensors)
+        K = self.K
+        dev, fdtype = s0[0].device, s0[0].dtype
+        abufs, adescs = {}, {}
+        for j, (name, kind) in enumerate(self.states):
+            a = torch.zeros_like(bufs[name])
+            if g_final[j] is not None:
+                a[K] += g_final[j]
+            if g_all[j] is not None:
+                a[1:] += g_all[j]
+            abufs[name] = a
+            adescs[name] = rows(a, kind)
+        for name, kind, shape, has_init in self.work:
+            a = torch.zeros_like(bufs[name])
+            abufs[name] = a
+            adescs[name] = rows(a, kind)
+        g_consts = [torch.zeros_like(c) if (isinstance(c, torch.Tensor) and c.is_floating_point()) else None
+                    for c in consts]
+        cargs = self._const_args(consts)
+        acargs = self._const_args(g_consts)
+        recs = [self._record(st, bufs, cargs, dev, fdtype, adj=(abufs, acargs)) for st in self.steps]
+        for k in range(K - 1, -1, -1):
+            for st, (rec, refs) in zip(reversed(self.steps), reversed(recs)):
+                for i, r in refs:
+                    rec.cmd.set_param_at_index_from_ctype(i, descs[r.name][k + r.offset])
+                    rec.cmd.set_param_at_index_from_ctype(i, adescs[r.name][k + r.offset], adjoint=True)
+                rec.run(dev)
+        g_states = [abufs[name][0] for name, _ in self.states]
+        g_work, it = [], iter(winit)
+        for name, kind, shape, has_init in self.work:
+            if has_init:
+                init = next(it)
+                g_work.append(abufs[name] if init.shape[0] == K else abufs[name].sum(0, keepdim=True))
+        return g_states + g_work + g_consts
+
+
+class _SegmentOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan, recompute, return_all, *tensors):
+        ctx.plan, ctx.recompute, ctx.return_all = plan, recompute, return_all
+        bufs, descs = plan.forward(tensors)
+        ctx.save_for_backward(*tensors)
+        ctx.bufs = None if recompute else (bufs, descs)
+        K = plan.K
+        finals = [bufs[name][K].clone() for name, _ in plan.states]
+        if return_all:
+            return (*finals, *[bufs[name][1:] for name, _ in plan.states])
+        return tuple(finals)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        plan = ctx.plan
+        tensors = ctx.saved_tensors
+        bufs, descs = ctx.bufs if ctx.bufs is not None else plan.forward(tensors)
+        ns = plan.n_states
+        g_final = list(grads[:ns])
+        g_all = list(grads[ns:2 * ns]) if ctx.return_all else [None] * ns
+        out = plan.adjoint(tensors, bufs, descs, g_final, g_all)
+        ctx.bufs = None
+        out = [g if ctx.needs_input_grad[3 + j] else None for j, g in enumerate(out)]
+        return (None, None, None, *out)
+
+
+def segment_op(steps: Sequence[Step], K: int, states: Sequence[tuple], consts: Sequence[Any] = (),
+               work: Sequence[tuple] = (), recompute: bool = False, return_all: bool = False):
+    """``K`` steps of Warp launches fused as ONE differentiable torch op (the spring solver's
+    technique, for any solver whose step is a fixed sequence of kernels).
+
+    Args:
+        steps: the launches of one step, in order (:class:`Step`); their arguments are
+            :class:`Row` (a row of a segment buffer at step k), :class:`Const` or Python scalars.
+        K: number of steps (>= 1).
+        states: ``(name, tensor, kind)`` per state buffer: ``tensor`` is the initial state
+            (row 0); a step reads ``Row(name)`` and writes ``Row(name, 1)``. ``kind``:
+            ``None``, ``"vec"`` or ``"mat"`` (:func:`to_warp`).
+        consts: tensors (optionally :func:`vec`/:func:`mat` tagged), fixed for the
+            segment (model parameters, held controls); floating tensors receive gradients.
+        work: ``(name, shape, kind, init)`` per work buffer (one row per step, e.g. a force
+            accumulated with atomics): ``init`` None (zeros), a ``(1, *shape)`` tensor held for
+            every step or ``(K, *shape)`` per step; ``init`` receives gradients.
+        recompute: keep only the inputs and re-run the K steps at the start of backward
+            (a checkpoint: memory of one segment).
+        return_all: also return, per state, the stacked rows of steps 1..K ``(K, ...)``.
+
+    Returns:
+        The final state tensors (one per ``states`` entry), then with ``return_all`` the stacked
+        states. Forward: K replays of each recorded launch (the pointer arguments swapped per
+        step). Backward: Warp's adjoint kernels replayed in reverse, into preallocated adjoint
+        buffers. The gradient equals that of K separate :func:`kernel_op` steps (the same
+        adjoint kernels; tests: 1e-10 in float64).
+    """
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"K must be an int >= 1, got {K!r}")
+    c_kinds, c_vals = [], []
+    for j, c in enumerate(consts):
+        t, kind = _unwrap(c)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"consts[{j}] must be a tensor (pass scalars in the Step's args), got {type(t).__name__}")
+        c_kinds.append(kind)
+        c_vals.append(t.contiguous() if isinstance(t, torch.Tensor) else t)
+    s_spec, s_vals = [], []
+    for name, t, kind in states:
+        s_spec.append((name, kind))
+        s_vals.append(t.contiguous())
+    w_spec, w_vals = [], []
+    for name, shape, kind, init in work:
+        w_spec.append((name, kind, tuple(shape), init is not None))
+        if init is not None:
+            if init.dim() != len(shape) + 1 or tuple(init.shape[1:]) != tuple(shape) or init.shape[0] not in (1, K):
+                raise ValueError(f"work buffer {name!r}: init must have shape (1 or {K}, {', '.join(map(str, shape))}), "
+                                 f"got {tuple(init.shape)}")
+            w_vals.append(init.contiguous())
+    plan = _SegmentPlan(tuple(steps), K, s_spec, w_spec, c_kinds)
+    return _SegmentOp.apply(plan, bool(recompute), bool(return_all), *s_vals, *w_vals, *c_vals)

@@ -1,10 +1,11 @@
-"""Warp kernels for particles: semi-implicit Euler with gravity and penalty plane contact."""
+"""Warp kernels for particles: semi-implicit Euler with gravity and penalty plane contact, and a
+fused multi-step segment of it (:func:`particle_segment`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .bridge import wp
+from .bridge import Const, Row, Step, segment_op, vec, wp
 
 
 MAX_PLANES = 8  # contact planes per model (unrolled in the step kernel)
@@ -70,3 +71,19 @@ def integrate_particles(
     v1 = vi + (f * w + g) * dt
     x_out[i] = xi + v1 * dt
     v_out[i] = v1
+
+
+def particle_segment(K: int, dt: float, x0, v0, inv_mass, radius, planes, contact, gravity, external,
+                     recompute: bool = False, return_all: bool = False):
+    """K fused :func:`integrate_particles` steps as one differentiable torch op
+    (:func:`~diffvc._kernels.bridge.segment_op`): one recorded launch replayed per step.
+
+    x0, v0, external: (N, 3); planes: (P, 4); gravity: (1, 3); external is held over the segment.
+    Returns (x_K, v_K) and, with ``return_all``, the states of steps 1..K ``(K, N, 3)`` twice.
+    """
+    n = x0.shape[0]
+    step = Step(integrate_particles, n, (Row("x"), Row("v"), Const(0), Const(1), Const(2), Const(3), Const(4),
+                                         Const(5), float(dt), Row("x", 1), Row("v", 1)))
+    return segment_op([step], K, [("x", x0, "vec"), ("v", v0, "vec")],
+                      consts=[inv_mass, radius, vec(planes), contact, vec(gravity), vec(external)],
+                      recompute=recompute, return_all=return_all)

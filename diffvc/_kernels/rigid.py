@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .bridge import wp
+from .bridge import Const, Row, Step, mat, segment_op, vec, wp
 from .particles import MAX_PLANES, plane_contact_force
 
 
@@ -158,23 +158,10 @@ def rigid_contact_forces(
             wp.atomic_sub(ft, bi, m + 3, ti[m])
 
 
-@wp.kernel
-def integrate_bodies(
-    body: wp.array2d(dtype=Any),
-    mass: wp.array(dtype=Any),
-    inertia: wp.array(dtype=Any),
-    ft: wp.array2d(dtype=Any),
-    env: wp.array(dtype=Any),
-    dt: Any,
-    x_out: wp.array(dtype=Any),
-    q_out: wp.array(dtype=Any),
-    v_out: wp.array(dtype=Any),
-    w_out: wp.array(dtype=Any),
-):
-    """Semi-implicit Euler for one body: velocities first (forces, gravity, damping, implicit
-    gyroscopic term by one Newton step in the body frame), then positions with the new
-    velocities; the quaternion is integrated and renormalised (q / |q|, smooth)."""
-    b = wp.tid()
+@wp.func
+def body_step(body: Any, b: int, mass: Any, inertia: Any, ft: Any, env: Any, dt: Any):
+    """One body's semi-implicit Euler step (see :func:`integrate_bodies`): returns the new
+    centre of mass, quaternion (x, y, z, w), linear and angular velocity."""
     one = dt - dt + type(dt)(1.0)
     half = type(dt)(0.5)
     qb = row4(body, b, 3)
@@ -197,7 +184,70 @@ def integrate_bodies(
     dqs = -wp.dot(w1, qv) * half
     qn = type(qb)(qb[0] + dqv[0] * dt, qb[1] + dqv[1] * dt, qb[2] + dqv[2] * dt, qb[3] + dqs * dt)
     qn = qn / wp.sqrt(wp.dot(qn, qn))
-    x_out[b] = row3(body, b, 0) + v1 * dt
-    q_out[b] = qn
+    return row3(body, b, 0) + v1 * dt, qn, v1, w1
+
+
+@wp.kernel
+def integrate_bodies(
+    body: wp.array2d(dtype=Any),
+    mass: wp.array(dtype=Any),
+    inertia: wp.array(dtype=Any),
+    ft: wp.array2d(dtype=Any),
+    env: wp.array(dtype=Any),
+    dt: Any,
+    x_out: wp.array(dtype=Any),
+    q_out: wp.array(dtype=Any),
+    v_out: wp.array(dtype=Any),
+    w_out: wp.array(dtype=Any),
+):
+    """Semi-implicit Euler for one body: velocities first (forces, gravity, damping, implicit
+    gyroscopic term by one Newton step in the body frame), then positions with the new
+    velocities; the quaternion is integrated and renormalised (q / |q|, smooth)."""
+    b = wp.tid()
+    x1, q1, v1, w1 = body_step(body, b, mass, inertia, ft, env, dt)
+    x_out[b] = x1
+    q_out[b] = q1
     v_out[b] = v1
     w_out[b] = w1
+
+
+@wp.kernel
+def integrate_bodies_packed(
+    body: wp.array2d(dtype=Any),
+    mass: wp.array(dtype=Any),
+    inertia: wp.array(dtype=Any),
+    ft: wp.array2d(dtype=Any),
+    env: wp.array(dtype=Any),
+    dt: Any,
+    body_out: wp.array2d(dtype=Any),
+):
+    """:func:`integrate_bodies` writing the packed body layout (B, 13) -- the state of the next
+    step of a fused segment (:func:`rigid_segment`)."""
+    b = wp.tid()
+    x1, q1, v1, w1 = body_step(body, b, mass, inertia, ft, env, dt)
+    for k in range(3):
+        body_out[b, k] = x1[k]
+        body_out[b, k + 7] = v1[k]
+        body_out[b, k + 10] = w1[k]
+    for k in range(4):
+        body_out[b, k + 3] = q1[k]
+
+
+def rigid_segment(K: int, dt: float, body0, geo, point_body, pairs, planes, params, n_points: int, n_pairs: int,
+                  n_planes: int, mass, inertia, env, wrench=None, recompute: bool = False, return_all: bool = False):
+    """K fused rigid-body steps (contact forces, then integration) as one differentiable torch op
+    (:func:`~diffvc._kernels.bridge.segment_op`): two recorded launches replayed per step.
+
+    body0: (B, 13) packed state; wrench: optional (1, B, 6) external force and torque held over
+    the segment (it initialises each step's force accumulator). Returns the packed state after K
+    steps (B, 13) and, with ``return_all``, those of steps 1..K ``(K, B, 13)``.
+    """
+    nb = body0.shape[0]
+    contact = Step(rigid_contact_forces, n_points + n_pairs,
+                   (Row("body"), Const(0), Const(1), Const(2), Const(3), Const(4), int(n_points), int(n_pairs),
+                    int(n_planes), Row("ft")))
+    integ = Step(integrate_bodies_packed, nb, (Row("body"), Const(5), Const(6), Row("ft"), Const(7), float(dt),
+                                               Row("body", 1)))
+    return segment_op([contact, integ], K, [("body", body0, None)],
+                      consts=[geo, point_body, pairs, vec(planes), params, mass, mat(inertia), env],
+                      work=[("ft", (nb, 6), None, wrench)], recompute=recompute, return_all=return_all)

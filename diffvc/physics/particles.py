@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import Out, kernel_op, vec
-from .._kernels.particles import MAX_PLANES, integrate_particles
+from .._kernels.particles import MAX_PLANES, integrate_particles, particle_segment
 from .stability import check_contact_stability
 from .._validate import (as_tensor, check_dt, check_finite, check_float, check_like, check_positive, check_same_device,
                          check_same_dtype)
@@ -120,6 +120,35 @@ class ParticleModel:
     def step_torch(self, state: "ParticleState", dt: float, control: torch.Tensor | None = None) -> "ParticleState":
         """Plain-torch twin of :meth:`step` (:func:`particle_step_torch`)."""
         return particle_step_torch(self, state, dt, control)
+
+    def segment(self, state: "ParticleState", dt: float, n: int, control: torch.Tensor | None = None,
+                recompute: bool = False, return_all: bool = False):
+        """``n`` steps fused in Warp as one autograd node (the contract's optional capability;
+        :func:`~diffvc.physics.rollout` uses it by itself).
+
+        Returns ``(final_state, states)``, ``states`` the states after each step if
+        ``return_all`` (else empty). ``control``: external force ``(N, 3)`` held over the segment
+        (receives gradients). ``recompute``: keep only the segment's input and re-run its steps in
+        backward (checkpointing). Values and gradients equal those of ``n`` calls to :meth:`step`
+        (one recorded launch replayed per step instead of one autograd node per step); the
+        stability warning checks the segment's first state.
+        """
+        _check_state(state, self)
+        dt = check_dt(dt)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1 (steps), got {n!r}")
+        nb = self.mass.shape[0]
+        inv_mass = self.inv_mass
+        plane_contact_stability("ParticleModel.segment", dt, state.x, state.v, inv_mass, self.radius, self.planes,
+                                self.contact)
+        ext = torch.zeros_like(state.x) if control is None else check_like(control, "control", (nb, 3), self.mass)
+        out = particle_segment(n, dt, state.x, state.v, inv_mass, self.radius, self.planes, self.contact,
+                               self.gravity.reshape(1, 3), ext, recompute=recompute and torch.is_grad_enabled(),
+                               return_all=return_all)
+        final = ParticleState(out[0], out[1])
+        if return_all:
+            return final, [ParticleState(out[2][k], out[3][k]) for k in range(n)]
+        return final, []
 
 
 def scalar_param(x, name: str, dtype, device) -> torch.Tensor:

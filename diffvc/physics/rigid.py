@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import Out, kernel_op, mat, vec
-from .._kernels.rigid import integrate_bodies, rigid_contact_forces
+from .._kernels.rigid import integrate_bodies, rigid_contact_forces, rigid_segment
 from .._validate import (as_tensor, check_dt, check_float, check_index, check_like, check_positive,
                          check_same_device, check_same_dtype)
 from ..geometry.transforms import quaternion_apply, quaternion_to_matrix
@@ -304,6 +304,43 @@ class RigidBodyModel:
         f, t = _split_wrench(self, control)
         return rigid_step_torch(self, state, dt, f, t)
 
+    def segment(self, state: "RigidBodyState", dt: float, n: int, control: torch.Tensor | None = None,
+                recompute: bool = False, return_all: bool = False):
+        """``n`` steps fused in Warp as one autograd node (the contract's optional capability;
+        :func:`~diffvc.physics.rollout` uses it by itself).
+
+        Returns ``(final_state, states)``, ``states`` the states after each step if
+        ``return_all`` (else empty). ``control``: external wrench ``(B, 6)`` (force N, torque
+        N m, world frame) held over the segment; it receives gradients. ``recompute``: keep only
+        the segment's input and re-run its steps in backward (checkpointing). Values and
+        gradients equal those of ``n`` calls to :meth:`step` (the same two kernels, replayed as
+        recorded launches; no autograd node per step); the stability warning checks the
+        segment's first state.
+        """
+        _check_state(state, self)
+        dt = check_dt(dt)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1 (steps), got {n!r}")
+        nb = self.mass.shape[0]
+        wrench = None
+        if control is not None:
+            wrench = check_like(control, "control", (nb, 6), self.mass).reshape(1, nb, 6)
+        _stability(self, state, dt, "RigidBodyModel.segment")
+        npnt, npair = self.points.shape[0], self.pairs.shape[0]
+        geo = torch.cat([self.points, self.point_radius[:, None]], 1)
+        params = torch.cat([self.contact, self.pair_contact])
+        env = torch.cat([self.gravity, self.damping])
+        out = rigid_segment(n, dt, _packed_body(state), geo, self.point_body, _dummy_pairs(self),
+                            _dummy_planes(self), params, npnt, npair, self.planes.shape[0], self.mass, self.inertia,
+                            env, wrench, recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
+        final = _unpack_body(out[0])
+        if not return_all:
+            return final, []
+        allb = out[1]
+        xs, vs, ws = allb[..., 0:3], allb[..., 7:10], allb[..., 10:13]
+        qs = torch.cat([allb[..., 6:7], allb[..., 3:6]], -1)
+        return final, [RigidBodyState(xs[k], qs[k], vs[k], ws[k]) for k in range(n)]
+
 
 def _split_wrench(model: RigidBodyModel, control):
     if control is None:
@@ -357,6 +394,22 @@ def _packed_body(state: RigidBodyState) -> torch.Tensor:
     return torch.cat([state.x, state.q[:, 1:], state.q[:, :1], state.v, state.w], 1)
 
 
+def _unpack_body(body: torch.Tensor) -> RigidBodyState:
+    """Inverse of :func:`_packed_body`."""
+    return RigidBodyState(body[:, 0:3], torch.cat([body[:, 6:7], body[:, 3:6]], 1), body[:, 7:10], body[:, 10:13])
+
+
+def _stability(model: RigidBodyModel, state: RigidBodyState, dt: float, solver: str) -> None:
+    """Warn once when the explicit contact or friction update is unstable at a collision point."""
+    if model.planes.shape[0]:
+        with torch.no_grad():
+            b = model.point_body.long()
+            p = state.x.detach()[b] + quaternion_apply(state.q.detach()[b], model.points.detach())
+            u = state.v.detach()[b] + torch.linalg.cross(state.w.detach()[b], p - state.x.detach()[b], dim=-1)
+            plane_contact_stability(solver, dt, p, u, 1.0 / model.mass.detach()[b], model.point_radius,
+                                    model.planes, model.contact)
+
+
 def _contact_ft(model: RigidBodyModel, body: torch.Tensor) -> torch.Tensor:
     npnt, npair = model.points.shape[0], model.pairs.shape[0]
     geo = torch.cat([model.points, model.point_radius[:, None]], 1)
@@ -390,13 +443,7 @@ def rigid_step(model: RigidBodyModel, state: RigidBodyState, dt: float,
     for name, load in (("force", force), ("torque", torque)):
         if load is not None:
             check_like(load, name, (nb, 3), model.mass)
-    if model.planes.shape[0]:
-        with torch.no_grad():  # explicit contact stability (warned once), at each collision point
-            b = model.point_body.long()
-            p = state.x.detach()[b] + quaternion_apply(state.q.detach()[b], model.points.detach())
-            u = state.v.detach()[b] + torch.linalg.cross(state.w.detach()[b], p - state.x.detach()[b], dim=-1)
-            plane_contact_stability("rigid_step", dt, p, u, 1.0 / model.mass.detach()[b], model.point_radius,
-                                    model.planes, model.contact)
+    _stability(model, state, dt, "rigid_step")  # explicit contact stability (warned once)
     body = _packed_body(state)
     ft = _contact_ft(model, body)
     if force is not None or torque is not None:
