@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .particles import check_planes
-from .._validate import check_dt
+from .._validate import as_int, check_dt, check_float
 from ..geometry.transforms import quaternion_to_matrix as quat_to_matrix
 from .rigid import _contact_law
 
@@ -403,6 +403,7 @@ class ArticulatedModel:
     def initial_state(self, batch: int = 1, q=None, qd=None) -> ArticulatedState:
         """A state of ``batch`` environments at ``q`` (default :meth:`qpos0`) and ``qd`` (default 0);
         ``q``/``qd`` may be (nq,)/(nv,) (broadcast) or (batch, nq)/(batch, nv)."""
+        batch = as_int(batch, "batch", minimum=1)
         q = self.qpos0() if q is None else _t(q, self.dtype, self.device)
         qd = torch.zeros(self.nv, dtype=self.dtype, device=self.device) if qd is None else _t(qd, self.dtype, self.device)
         return ArticulatedState(q.expand(batch, self.nq).clone() if q.dim() == 1 else q,
@@ -733,6 +734,28 @@ def _spd_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # building models
 # --------------------------------------------------------------------------------------------
 
+def _builder_value(x, name: str, shape, nonneg: bool = False) -> None:
+    """A builder argument: a number/sequence or a tensor (kept as given, so it may require grad),
+    finite, of ``shape`` (``()`` a scalar, ``(3,)`` ... ; ``None``: ``(3,)`` or ``(3, 3)``), and >= 0
+    when ``nonneg``."""
+    if isinstance(x, torch.Tensor):
+        t = check_float(x, name, coerce=False)
+    else:
+        if x is None or isinstance(x, (str, bytes)):
+            raise TypeError(f"{name} must be a number or a sequence of numbers, got {type(x).__name__} {x!r}")
+        try:
+            t = torch.as_tensor(x, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a number or a sequence of numbers, got {x!r}") from None
+        check_float(t, name)
+    ok = (t.shape in ((3,), (3, 3))) if shape is None else (tuple(t.shape) == tuple(shape))
+    if not ok:
+        want = "(3,) or (3, 3)" if shape is None else str(tuple(shape))
+        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    if nonneg and t.numel() and bool((t.detach() < 0).any()) and (shape is not None or t.dim() == 1):
+        raise ValueError(f"{name} must be >= 0, got {t.detach().tolist()}")
+
+
 class ArticulationBuilder:
     """Collects bodies, joints, collision geometry and actuators, then :meth:`build` s an
     :class:`ArticulatedModel`. Values may be numbers or tensors (tensors keep their autograd
@@ -766,6 +789,11 @@ class ArticulationBuilder:
         Returns its index."""
         if not isinstance(parent, int) or not -1 <= parent < len(self.bodies):
             raise ValueError(f"parent must be -1 or an existing body index, got {parent!r}")
+        _builder_value(mass, "mass", (), nonneg=True)
+        _builder_value(inertia, "inertia", None, nonneg=True)
+        _builder_value(pos, "pos", (3,))
+        _builder_value(quat, "quat", (4,))
+        _builder_value(com, "com", (3,))
         self.bodies.append(dict(parent=parent, pos=pos, quat=quat, mass=mass, com=com, inertia=inertia,
                                 name=name or f"body{len(self.bodies)}"))
         return len(self.bodies) - 1
@@ -781,6 +809,12 @@ class ArticulationBuilder:
             raise ValueError(f"body must be an existing body index, got {body!r}")
         if self.joints and body < self.joints[-1]["body"]:
             raise ValueError("add joints body by body (in body order)")
+        _builder_value(axis, "axis", (3,))
+        _builder_value(pos, "pos", (3,))
+        for name, value in (("ref", ref), ("springref", springref)):
+            _builder_value(value, name, ())
+        for name, value in (("damping", damping), ("armature", armature), ("stiffness", stiffness)):
+            _builder_value(value, name, (), nonneg=True)
         self.joints.append(dict(type=type, body=body, axis=axis, pos=pos, ref=ref, limited=bool(limited),
                                 range=range, damping=damping, armature=armature, stiffness=stiffness,
                                 springref=springref, name=name or f"joint{len(self.joints)}"))

@@ -59,6 +59,7 @@ import torch
 
 from .._kernels.mpm import (COROTATED, J_MIN, NEOHOOKEAN, SAND, SAND_SIG_MIN, SNOW, HARDEN_MAX,
                             HARDEN_MIN, mpm_segment)
+from .._validate import as_float, as_tensor, check_float
 from .fem import lame_parameters, polar_rotation_torch
 
 __all__ = ["MPMModel", "MPMState", "MATERIALS", "WALLS"]
@@ -95,7 +96,7 @@ class MPMState:
 
 
 def _per(v, n, name, dtype, device):
-    t = v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
+    t = v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else as_tensor(v, name, dtype=dtype, device=device)
     if t.dim() == 0:
         return t.expand(n).contiguous()
     if t.shape != (n,):
@@ -144,16 +145,20 @@ class MPMModel:
         per particle; ``material`` is a name, a list of names or an int tensor; ``walls`` and
         ``friction`` are one value or 2d values. Extra keywords: theta_c, theta_s, hardening,
         friction_angle."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] not in (2, 3):
-            raise ValueError(f"x must be a tensor of shape (N, 2) or (N, 3), got {getattr(x, 'shape', x)}")
+        check_float(x, "x", shape=("N", "d"), coerce=False)
+        if x.shape[1] not in (2, 3):
+            raise ValueError(f"x must have shape (N, 2) or (N, 3), got {tuple(x.shape)}")
         n, d = x.shape
         dtype, device = x.dtype, x.device
+        dx = as_float(dx, "dx", positive=True)
         if volume is None:
-            volume = (0.5 * float(dx)) ** d
+            volume = (0.5 * dx) ** d
         volume = _per(volume, n, "volume", dtype, device)
         mass = volume * density if mass is None else _per(mass, n, "mass", dtype, device)
         if isinstance(material, str):
             material = [material] * n
+        if not isinstance(material, (torch.Tensor, list, tuple)):
+            raise TypeError(f"material must be a name, a list of names or an int tensor, got {material!r}")
         if not isinstance(material, torch.Tensor):
             bad = [m for m in material if m not in MATERIALS]
             if bad:
@@ -164,6 +169,8 @@ class MPMModel:
             act_dir[:, 1] = 1.0
         if gravity is None:
             gravity = [0.0, -9.81, 0.0][:d]
+        if not isinstance(walls, (str, list, tuple)):
+            raise TypeError(f"walls must be a name or 2d names from {sorted(WALLS)}, got {walls!r}")
         walls = (walls,) * (2 * d) if isinstance(walls, str) else tuple(walls)
         friction = (float(friction),) * (2 * d) if isinstance(friction, (int, float)) else tuple(float(f) for f in friction)
         return MPMModel(tuple(int(r) for r in res), float(dx), mass, volume, _per(E, n, "E", dtype, device),
