@@ -32,14 +32,18 @@ diffvc alone takes ~365 MiB, reported as ``rss_after_import_mib``), torch on 1 i
   compiles its kernels. It runs when the environment variable ``DIFFTAICHI_SMOKE`` names the
   script (its ``taichi.png`` beside it) and ``TAICHI_PYTHON`` a Python with ``taichi`` and
   ``opencv`` (default: this interpreter); otherwise the DiffTaichi and PhiFlow anchors measured
-  on this machine kind (shared/DESIGN.md) are quoted;
+  on this machine kind (shared/DESIGN.md) are quoted. ``difftaichi_1thread``: the same with
+  ``cpu_max_num_threads=1`` (one thread, like the diffvc variants);
 * ``phiflow``: PhiFlow on its torch backend (``phi.torch.flow``), the same task (periodic 128^2,
   99 steps of semi-Lagrangian self-advection, ``make_incompressible`` to 1e-5, density advection,
   gradient of the final density's MSE w.r.t. the initial staggered velocity), run when
   ``PHIFLOW_PYTHON`` names a Python with ``phiflow``.
 
 Variants run interleaved (each once per round) so the shared machine's load hits them alike; the
-JSON gives each variant's median over rounds of per-round medians, and same-run ratios.
+JSON gives each variant's median over rounds of per-round medians, and same-run ratios of wall
+time and of process CPU time (``*_cpu_seconds``: on a machine shared by many jobs the wall time
+of a one-thread run mostly measures the wait for a core; CPU seconds measure the work, all
+threads summed).
 
     python -m bench.smoke [--quick]
 """
@@ -88,9 +92,9 @@ def _worker_diffvc(threads: int, iters: int, checkpoint: int | None, projection:
     d0, target = _initial_density(torch), _target(torch)
     v = [torch.zeros(N_GRID, N_GRID, requires_grad=True) for _ in range(2)]
     lr = 400.0  # DiffTaichi's learning rate (plain gradient descent)
-    times, fwd, losses = [], [], []
+    times, fwd, cpu, losses = [], [], [], []
     for it in range(iters + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         final = rollout(model, SmokeState(d0, tuple(v)), STEPS, dt=1.0, checkpoint_every=checkpoint)
         loss = ((final.density - target) ** 2).mean()
         t1 = time.perf_counter()
@@ -102,12 +106,14 @@ def _worker_diffvc(threads: int, iters: int, checkpoint: int | None, projection:
         if it > 0:  # the first iteration builds the solver's spectral basis and caches
             times.append(dt)
             fwd.append(t1 - t0)
+            cpu.append(time.process_time() - c0)
         losses.append(float(loss.detach()))
     with torch.no_grad():
         div = model.divergence(final.velocity).abs().max()
         div_rel = float(div / model.divergence(tuple(v)).abs().max().clamp_min(1e-30))
     return {"s_per_iteration_median": statistics.median(times), "s_per_iteration_min": min(times),
-            "forward_s_median": statistics.median(fwd), "iterations": len(times), "loss_first": losses[0],
+            "forward_s_median": statistics.median(fwd), "cpu_s_per_iteration_median": statistics.median(cpu),
+            "iterations": len(times), "loss_first": losses[0],
             "loss_last": losses[-1], "final_max_abs_divergence": float(div),
             "final_divergence_over_initial_velocity_divergence": div_rel,
             "rss_after_import_mib": rss_import,
@@ -119,38 +125,42 @@ import json, os, resource, sys, time, types
 import cv2
 cv2.imshow = lambda *a, **k: None
 cv2.waitKey = lambda *a, **k: -1
-path, iters = sys.argv[1], int(sys.argv[2])
-src = open(path).read().replace("arch=ti.cuda", "arch=ti.cpu")
+path, iters, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+arch = "arch=ti.cpu" + (f", cpu_max_num_threads={threads}" if threads > 0 else "")
+src = open(path).read().replace("arch=ti.cuda", arch)
 os.chdir(os.path.dirname(os.path.abspath(path)))
 mod = types.ModuleType("smoke_taichi")
 exec(compile(src, path, "exec"), mod.__dict__)
 ti = mod.ti
 target_img = cv2.resize(cv2.imread("taichi.png"), (mod.n_grid, mod.n_grid))[:, :, 0] / 255.0
 mod.init(target_img)
-times, losses = [], []
+times, cpu, losses = [], [], []
 for it in range(iters + 1):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ti.ad.Tape(mod.loss):
         mod.forward(None)
     mod.apply_grad()
     ti.sync()
     if it > 0:
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     losses.append(float(mod.loss[None]))
 times.sort()
+cpu.sort()
 print(json.dumps({"s_per_iteration_median": times[len(times) // 2], "s_per_iteration_min": times[0],
+                  "cpu_s_per_iteration_median": cpu[len(cpu) // 2], "threads": threads or "default",
                   "iterations": len(times), "loss_first": losses[0], "loss_last": losses[-1],
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                   "taichi": ".".join(map(str, ti.__version__))}))
 """
 
 
-def _run_difftaichi(iters: int) -> dict | None:
+def _run_difftaichi(iters: int, threads: int = 0) -> dict | None:
     script = os.environ.get("DIFFTAICHI_SMOKE")
     if not script or not os.path.exists(script):
         return None
     py = os.environ.get("TAICHI_PYTHON", sys.executable)
-    out = subprocess.run([py, "-c", _TAICHI_HARNESS, script, str(iters)], capture_output=True, text=True,
+    out = subprocess.run([py, "-c", _TAICHI_HARNESS, script, str(iters), str(threads)], capture_output=True, text=True,
                          timeout=3600)
     if out.returncode != 0:
         return {"error": out.stderr[-2000:]}
@@ -231,9 +241,10 @@ def run(quick: bool = False) -> dict:
     for _ in range(rounds):
         for name, threads, ck, proj in order:
             results.setdefault(name, []).append(_run_worker(threads, iters, ck, proj))
-        t = _run_difftaichi(iters)
-        if t is not None:
-            results.setdefault("difftaichi", []).append(t)
+        for name, threads in (("difftaichi", 0), ("difftaichi_1thread", 1)):
+            t = _run_difftaichi(iters, threads)
+            if t is not None:
+                results.setdefault(name, []).append(t)
         p = _run_phiflow(max(1, iters // 2))
         if p is not None:
             results.setdefault("phiflow_torch", []).append(p)
@@ -247,16 +258,22 @@ def run(quick: bool = False) -> dict:
         summary[name]["s_per_iteration_median"] = statistics.median(r["s_per_iteration_median"] for r in ok)
         summary[name]["s_per_iteration_min"] = min(r["s_per_iteration_min"] for r in ok)
         summary[name]["per_round_medians"] = [r["s_per_iteration_median"] for r in ok]
+        if all("cpu_s_per_iteration_median" in r for r in ok):
+            summary[name]["cpu_s_per_iteration_median"] = statistics.median(
+                r["cpu_s_per_iteration_median"] for r in ok)
         summary[name]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
     out = {"grid": [N_GRID, N_GRID], "steps": STEPS, "dtype": "float32", "device": "cpu",
            "iterations_per_variant": iters, "rounds": rounds, "loadavg_start": load0,
            "loadavg_end": os.getloadavg(), "results": summary}
     ratios = {}
-    for ref in ("difftaichi", "phiflow_torch"):
+    for ref in ("difftaichi", "difftaichi_1thread", "phiflow_torch"):
         if ref in summary and "s_per_iteration_median" in summary[ref]:
             for name in ("diffvc_jacobi", "diffvc_pcg", "diffvc_jacobi_checkpointed", "diffvc_pcg_checkpointed"):
                 ratios[f"{ref}_over_{name}"] = (summary[ref]["s_per_iteration_median"]
                                                 / summary[name]["s_per_iteration_median"])
+                if "cpu_s_per_iteration_median" in summary[ref]:
+                    ratios[f"{ref}_over_{name}_cpu_seconds"] = (summary[ref]["cpu_s_per_iteration_median"]
+                                                                / summary[name]["cpu_s_per_iteration_median"])
             if "s_per_iteration_median" in summary[ref] and len(summary[ref].get("per_round_medians", [])) > 1:
                 # per-round ratios (each round's variants ran back to back)
                 ratios[f"{ref}_over_diffvc_jacobi_per_round"] = [
