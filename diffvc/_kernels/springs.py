@@ -214,3 +214,207 @@ def spring_segment(K: int, dt: float, x0, v0, inv_mass, radius, planes, contact,
                                 radius.contiguous(), planes.contiguous(), contact.contiguous(), gravity.contiguous(),
                                 si, sj, rest.contiguous(), ke.contiguous(), kd.contiguous(), gain.contiguous(),
                                 act.contiguous(), None if external is None else external.contiguous())
+
+
+# --------------------------------------------------------------------------------------------
+# fused segment with a closed-loop MLP controller (DiffTaichi's mass-spring robot controller)
+# --------------------------------------------------------------------------------------------
+
+@wp.kernel
+def ctrl_center(x: wp.array(dtype=Any), inv_n: Any, center: wp.array(dtype=Any)):
+    """center[0] += x[i] / n (zero center first)."""
+    i = wp.tid()
+    wp.atomic_add(center, 0, x[i] * inv_n)
+
+
+@wp.kernel
+def ctrl_features(
+    x: wp.array(dtype=Any),
+    v: wp.array(dtype=Any),
+    center: wp.array(dtype=Any),
+    goal: wp.array(dtype=Any),
+    waves: wp.array(dtype=Any),
+    scale: Any,
+    n_waves: int,
+    n: int,
+    dims: int,
+    feat: wp.array(dtype=Any),
+):
+    """Controller input j: the n_waves time features, then per particle its first ``dims``
+    coordinates' offsets from the centre and velocities (times ``scale``), then goal - centre."""
+    j = wp.tid()
+    c0 = center[0]
+    if j < n_waves:
+        feat[j] = waves[j]
+    else:
+        k = j - n_waves
+        if k < 2 * dims * n:
+            p = k // (2 * dims)
+            c = k - p * 2 * dims
+            if c < dims:
+                feat[j] = (x[p][c] - c0[c]) * scale
+            else:
+                feat[j] = v[p][c - dims] * scale
+        else:
+            c = k - 2 * dims * n
+            feat[j] = goal[0][c] - c0[c]
+
+
+@wp.kernel
+def ctrl_dense(W: wp.array2d(dtype=Any), b: wp.array(dtype=Any), inp: wp.array(dtype=Any), n_in: int,
+               pre: wp.array(dtype=Any)):
+    """pre[i] += W[i, j] inp[j] (+ b[i] once): one thread per weight (zero pre first)."""
+    t = wp.tid()
+    i = t // n_in
+    j = t - i * n_in
+    w = W[i, j] * inp[j]
+    if j == 0:
+        w = w + b[i]
+    wp.atomic_add(pre, i, w)
+
+
+@wp.kernel
+def ctrl_tanh(pre: wp.array(dtype=Any), out: wp.array(dtype=Any)):
+    i = wp.tid()
+    out[i] = wp.tanh(pre[i])
+
+
+class _ControlledSegment(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, K, dt, dims, scale, x0, v0, inv_mass, radius, planes, contact, gravity, si, sj, rest, ke, kd,
+                gain, waves, goal, w1, b1, w2, b2):
+        inputs = (x0, v0, inv_mass, radius, planes, contact, gravity, si, sj, rest, ke, kd, gain, waves, goal,
+                  w1, b1, w2, b2)
+        ctx.K, ctx.dt, ctx.dims, ctx.scale = K, dt, dims, scale
+        bufs = _ctrl_run(K, dt, dims, scale, inputs, None)
+        ctx.save_for_backward(*inputs)
+        ctx.bufs = bufs
+        return bufs["x"][K].clone(), bufs["v"][K].clone(), bufs["act"].clone()
+
+    @staticmethod
+    def backward(ctx, gx, gv, gact):
+        inputs = ctx.saved_tensors
+        grads = _ctrl_run(ctx.K, ctx.dt, ctx.dims, ctx.scale, inputs, (ctx.bufs, gx, gv, gact))
+        ctx.bufs = None
+        return (None, None, None, None, *grads)
+
+
+def _ctrl_run(K, dt, dims, scale, inputs, adjoint):
+    """Forward (adjoint None): all K steps, returning the per-step buffers. Adjoint
+    ((bufs, gx, gv, gact)): the adjoint launches of every step in reverse, returning the input
+    gradients. Eight recorded launches per step, replayed with swapped pointers."""
+    (x0, v0, inv_mass, radius, planes, contact, gravity, si, sj, rest, ke, kd, gain, waves, goal,
+     w1, b1, w2, b2) = inputs
+    n, s = x0.shape[0], si.shape[0]
+    H, n_in = w1.shape
+    n_waves = waves.shape[1]
+    dev = x0.device
+    fdt = _SCALAR[x0.dtype]
+    if adjoint is None:
+        z = lambda *shape: torch.zeros(shape, dtype=x0.dtype, device=dev)  # noqa: E731
+        bufs = {"x": z(K + 1, n, 3), "v": z(K + 1, n, 3), "f": z(K, n, 3), "center": z(K, 1, 3),
+                "feat": z(K, n_in), "pre1": z(K, H), "h": z(K, H), "pre2": z(K, s), "act": z(K, s)}
+        bufs["x"][0] = x0
+        bufs["v"][0] = v0
+    else:
+        bufs, gx, gv, gact = adjoint
+        adj = {k: torch.zeros_like(t) for k, t in bufs.items()}
+        if gx is not None:
+            adj["x"][K] += gx
+        if gv is not None:
+            adj["v"][K] += gv
+        if gact is not None:
+            adj["act"] += gact
+    rows = {k: _rows(t, "vec" if k in ("x", "v", "f", "center") else None) for k, t in bufs.items()}
+    wrows = _rows(waves, None)
+    spring = [to_warp(si), to_warp(sj), to_warp(rest), to_warp(ke), to_warp(kd), to_warp(gain)]
+    integ = [to_warp(inv_mass), to_warp(radius), to_warp(planes, "vec"), to_warp(contact),
+             to_warp(gravity.reshape(1, 3), "vec")]
+    wgoal = to_warp(goal.reshape(1, 3), "vec")
+    W1, B1, W2, B2 = to_warp(w1), to_warp(b1), to_warp(w2), to_warp(b2)
+    b0 = {k: to_warp(t[0], "vec" if k in ("x", "v", "f", "center") else None) for k, t in bufs.items()}
+    wv0 = to_warp(waves[0])
+    args = {
+        "center": (ctrl_center, n, [b0["x"], fdt(1.0 / n)], [b0["center"]]),
+        "feat": (ctrl_features, n_in, [b0["x"], b0["v"], b0["center"], wgoal, wv0, fdt(scale), n_waves, n, dims],
+                 [b0["feat"]]),
+        "l1": (ctrl_dense, H * n_in, [W1, B1, b0["feat"], n_in], [b0["pre1"]]),
+        "t1": (ctrl_tanh, H, [b0["pre1"]], [b0["h"]]),
+        "l2": (ctrl_dense, s * H, [W2, B2, b0["h"], H], [b0["pre2"]]),
+        "t2": (ctrl_tanh, s, [b0["pre2"]], [b0["act"]]),
+        "sf": (spring_forces, s, [b0["x"], b0["v"], *spring, b0["act"]], [b0["f"]]),
+        "ip": (integrate_particles, n, [b0["x"], b0["v"], *integ, b0["f"], fdt(dt)], [b0["x"], b0["v"]]),
+    }
+    # per launch: (argument index, buffer name, step offset) of the per-step pointers
+    slots = {
+        "center": [(0, "x", 0), (2, "center", 0)],
+        "feat": [(0, "x", 0), (1, "v", 0), (2, "center", 0), (4, "waves", 0), (9, "feat", 0)],
+        "l1": [(2, "feat", 0), (4, "pre1", 0)],
+        "t1": [(0, "pre1", 0), (1, "h", 0)],
+        "l2": [(2, "h", 0), (4, "pre2", 0)],
+        "t2": [(0, "pre2", 0), (1, "act", 0)],
+        "sf": [(0, "x", 0), (1, "v", 0), (8, "act", 0), (9, "f", 0)],
+        "ip": [(0, "x", 0), (1, "v", 0), (7, "f", 0), (9, "x", 1), (10, "v", 1)],
+    }
+    stream = _stream(dev)
+    order = list(args)
+    if adjoint is None:
+        rec = {k: _record(*args[k], dev) for k in order}
+        for k in range(K):
+            for name in order:
+                lr = rec[name]
+                for idx, buf, off in slots[name]:
+                    lr.set_param_at_index_from_ctype(idx, wrows[k] if buf == "waves" else rows[buf][k + off])
+                lr.launch(stream=stream) if stream is not None else lr.launch()
+        return bufs
+    g = {"inv_mass": inv_mass, "radius": radius, "planes": planes, "contact": contact, "gravity": gravity,
+         "rest": rest, "ke": ke, "kd": kd, "gain": gain, "goal": goal, "w1": w1, "b1": b1, "w2": w2, "b2": b2}
+    g = {k: torch.zeros_like(t) for k, t in g.items()}
+    arows = {k: _rows(t, "vec" if k in ("x", "v", "f", "center") else None) for k, t in adj.items()}
+    a0 = {k: to_warp(t[0], "vec" if k in ("x", "v", "f", "center") else None) for k, t in adj.items()}
+    a_spring = [None, None, to_warp(g["rest"]), to_warp(g["ke"]), to_warp(g["kd"]), to_warp(g["gain"])]
+    a_integ = [to_warp(g["inv_mass"]), to_warp(g["radius"]), to_warp(g["planes"], "vec"), to_warp(g["contact"]),
+               to_warp(g["gravity"].reshape(1, 3), "vec")]
+    wz = torch.zeros_like(waves[0])
+    adj_args = {
+        "center": ([a0["x"], fdt(1.0 / n)], [a0["center"]]),
+        "feat": ([a0["x"], a0["v"], a0["center"], to_warp(g["goal"].reshape(1, 3), "vec"), to_warp(wz), fdt(scale),
+                  n_waves, n, dims], [a0["feat"]]),
+        "l1": ([to_warp(g["w1"]), to_warp(g["b1"]), a0["feat"], n_in], [a0["pre1"]]),
+        "t1": ([a0["pre1"]], [a0["h"]]),
+        "l2": ([to_warp(g["w2"]), to_warp(g["b2"]), a0["h"], H], [a0["pre2"]]),
+        "t2": ([a0["pre2"]], [a0["act"]]),
+        "sf": ([a0["x"], a0["v"], *a_spring, a0["act"]], [a0["f"]]),
+        "ip": ([a0["x"], a0["v"], *a_integ, a0["f"], fdt(dt)], [a0["x"], a0["v"]]),
+    }
+    rec = {k: _record(*args[k], dev, adj_inputs=adj_args[k][0], adj_outputs=adj_args[k][1]) for k in order}
+    for k in range(K - 1, -1, -1):
+        for name in reversed(order):
+            lr = rec[name]
+            for idx, buf, off in slots[name]:
+                if buf == "waves":
+                    lr.set_param_at_index_from_ctype(idx, wrows[k])
+                    continue
+                lr.set_param_at_index_from_ctype(idx, rows[buf][k + off])
+                lr.set_param_at_index_from_ctype(idx, arows[buf][k + off], adjoint=True)
+            lr.launch(stream=stream) if stream is not None else lr.launch()
+    return (adj["x"][0], adj["v"][0], g["inv_mass"], g["radius"], g["planes"], g["contact"], g["gravity"], None, None,
+            g["rest"], g["ke"], g["kd"], g["gain"], None, g["goal"], g["w1"], g["b1"], g["w2"], g["b2"])
+
+
+def controlled_spring_segment(K: int, dt: float, dims: int, scale: float, x0, v0, inv_mass, radius, planes, contact,
+                              gravity, si, sj, rest, ke, kd, gain, waves, goal, w1, b1, w2, b2):
+    """K mass-spring steps under a closed-loop two-layer tanh controller, fused in Warp as one
+    differentiable torch op (eight recorded launches per step, adjoints replayed in reverse).
+
+    Step k: features [waves[k] (n_waves,), scale (x_p - c)[:dims], scale v_p[:dims] per particle,
+    (goal - c)[:dims]] with c the particles' mean position; act = tanh(w2 tanh(w1 feat + b1) +
+    b2) (S,) drives the springs' rest lengths; then one :func:`spring_forces` +
+    ``integrate_particles`` step. waves: (K, n_waves); goal: (3,); w1: (H, n_waves + 2 dims N +
+    dims); w2: (S, H). Returns (x_K, v_K, act (K, S)). Gradients reach x0, v0, the model tensors,
+    goal and the controller's weights (not waves).
+    """
+    c = lambda t: t.contiguous()  # noqa: E731
+    return _ControlledSegment.apply(int(K), float(dt), int(dims), float(scale), c(x0), c(v0), c(inv_mass), c(radius),
+                                    c(planes), c(contact), c(gravity), si, sj, c(rest), c(ke), c(kd), c(gain),
+                                    c(waves), c(goal), c(w1), c(b1), c(w2), c(b2))

@@ -30,12 +30,13 @@ import torch
 
 from .._kernels import Out, kernel_op, vec
 from .._kernels.particles import integrate_particles
-from .._kernels.springs import LENGTH_EPS2, spring_forces, spring_segment
+from .._kernels.springs import LENGTH_EPS2, controlled_spring_segment, spring_forces, spring_segment
 from .._validate import (as_tensor, check_dt, check_faces, check_float, check_index, check_like, check_positive,
                          check_same_device, check_same_dtype)
 from .particles import ParticleState, check_contact, check_planes, plane_contact_stability, scalar_param, vec3_param
 
-__all__ = ["SpringModel", "spring_step", "spring_step_torch", "springs_from_mesh"]
+__all__ = ["SpringModel", "spring_step", "spring_step_torch", "springs_from_mesh", "mlp_controller_features",
+           "mlp_controller_torch"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,69 @@ class SpringModel:
         if return_all:
             return final, [ParticleState(out[2][k], out[3][k]) for k in range(n)]
         return final, []
+
+
+def mlp_controller_features(state: ParticleState, waves: torch.Tensor, goal: torch.Tensor, dims: int = 3,
+                            scale: float = 1.0) -> torch.Tensor:
+    """Input of :meth:`SpringModel.controlled_segment`'s controller at one step (torch twin):
+    [waves (W,), scale (x_p - c)[:dims] and scale v_p[:dims] for each particle p, (goal - c)[:dims]],
+    c the mean particle position."""
+    c = state.x.mean(0)
+    per = torch.cat([(state.x - c)[:, :dims], state.v[:, :dims]], 1).reshape(-1) * scale
+    return torch.cat([waves, per, (goal - c)[:dims]])
+
+
+def mlp_controller_torch(model: SpringModel, state: ParticleState, dt: float, steps: int, waves, goal, w1, b1, w2,
+                         b2, dims: int = 3, scale: float = 1.0):
+    """Plain-torch twin of :meth:`SpringModel.controlled_segment` (``steps`` calls of
+    :func:`spring_step_torch`); returns (final state, actuations (steps, S))."""
+    acts = []
+    for k in range(steps):
+        feat = mlp_controller_features(state, waves[k], goal, dims, scale)
+        act = torch.tanh(w2 @ torch.tanh(w1 @ feat + b1) + b2)
+        acts.append(act)
+        state = spring_step_torch(model, state, dt, act)
+    return state, torch.stack(acts)
+
+
+def _controlled_segment(self, state: ParticleState, dt: float, n: int, waves: torch.Tensor, goal: torch.Tensor,
+                        w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, dims: int = 3,
+                        scale: float = 1.0):
+    """``n`` steps under a closed-loop controller, fused in Warp as one autograd node.
+
+    At step k the actuation is ``tanh(w2 tanh(w1 feat_k + b1) + b2)`` (S,), with ``feat_k`` =
+    :func:`mlp_controller_features` (time features ``waves[k]``, each particle's offset from the
+    centre and velocity in the first ``dims`` coordinates times ``scale``, the goal's offset):
+    DiffTaichi's mass-spring robot controller. waves: (n, W); goal: (3,); w1: (H, W + 2 dims N +
+    dims); b1: (H,); w2: (S, H); b2: (S,). Returns (final state, actuations (n, S)); gradients
+    reach the state, the model tensors, goal and the weights, equal to those of
+    :func:`mlp_controller_torch`.
+    """
+    dt = check_dt(dt)
+    _check(self, state, None, None)
+    n = int(n)
+    dims = int(dims)
+    if not 1 <= dims <= 3:
+        raise ValueError(f"dims must be 1, 2 or 3, got {dims}")
+    N, S = self.num_particles, self.num_springs
+    W = check_float(waves, "waves", shape=(n, "W"), coerce=False).shape[1]
+    H = check_float(w1, "w1", shape=("H", W + 2 * dims * N + dims), coerce=False).shape[0]
+    check_like(b1, "b1", (H,), self.mass)
+    check_like(w2, "w2", (S, H), self.mass)
+    check_like(b2, "b2", (S,), self.mass)
+    check_like(goal, "goal", (3,), self.mass)
+    check_like(waves, "waves", (n, W), self.mass)
+    check_like(w1, "w1", (H, W + 2 * dims * N + dims), self.mass)
+    inv_mass, si, sj, planes, _ = _prepare(self)
+    plane_contact_stability("SpringModel.controlled_segment", dt, state.x, state.v, inv_mass, self.radius,
+                            self.planes, self.contact)
+    x, v, act = controlled_spring_segment(n, float(dt), dims, float(scale), state.x, state.v, inv_mass, self.radius,
+                                          planes, self.contact, self.gravity, si, sj, self.rest, self.ke, self.kd,
+                                          self.gain, waves, goal, w1, b1, w2, b2)
+    return ParticleState(x, v), act
+
+
+SpringModel.controlled_segment = _controlled_segment
 
 
 def _planes(model: SpringModel) -> torch.Tensor:

@@ -196,3 +196,56 @@ def test_forward_mode_over_the_twin_equals_reverse_mode_through_warp():
     torch.testing.assert_close(val, y.detach())
     assert tangent.abs() > 1e-6
     torch.testing.assert_close(tangent, (gk * dke).sum() + gm * dmu, rtol=1e-8, atol=1e-12)
+
+
+D = torch.float64
+
+
+def _robot(dtype=torch.float64):
+    """DiffTaichi's robotA (6 masses, 11 springs) in the z = 0 plane, standing on y = 0.1."""
+    from diffvc.physics.springs import SpringModel
+
+    objects = [[0.2, 0.1], [0.3, 0.13], [0.4, 0.1], [0.2, 0.2], [0.3, 0.2], [0.4, 0.2]]
+    x0 = torch.tensor([[a, b, 0.0] for a, b in objects], dtype=dtype) + torch.tensor([0.0, 0.005, 0.0], dtype=dtype)
+    pairs = torch.tensor([(0, 1), (1, 2), (3, 4), (4, 5), (0, 3), (2, 5), (0, 4), (1, 4), (2, 4), (3, 1), (5, 1)])
+    model = SpringModel.create(x0, pairs, mass=1.0, ke=1e3, kd=1.0, gain=0.1, planes=[[0, 1, 0, 0.1]], contact_ke=1e4,
+                               contact_kd=30.0, mu=1.0, friction_smoothing=0.5, gravity=(0, -4.8, 0), dtype=dtype)
+    return model, x0
+
+
+def test_controlled_segment_matches_torch_twin_and_finite_differences():
+    """The closed-loop MLP controller fused in Warp (DiffTaichi's robot controller): states,
+    actuations and gradients w.r.t. the weights, goal and initial velocity equal the per-step
+    torch twin's, and the weight gradients match central differences."""
+    from diffvc.physics import ParticleState
+    from diffvc.physics.springs import mlp_controller_torch
+
+    model, x0 = _robot()
+    gen = torch.Generator().manual_seed(0)
+    K, S, H, W, dims = 25, 11, 8, 4, 2
+    waves = torch.sin(0.04 * torch.arange(K, dtype=D)[:, None] + torch.arange(W, dtype=D))
+    n_in = W + 2 * dims * 6 + dims
+    params = [0.5 * torch.randn(H, n_in, generator=gen, dtype=D), 0.1 * torch.randn(H, generator=gen, dtype=D),
+              0.5 * torch.randn(S, H, generator=gen, dtype=D), 0.1 * torch.randn(S, generator=gen, dtype=D)]
+    goal = torch.tensor([0.9, 0.2, 0.0], dtype=D)
+    v0 = 0.1 * torch.randn(x0.shape, generator=gen, dtype=D)
+    leaves = [p.clone().requires_grad_() for p in params + [goal, v0]]
+
+    def run(fused, w1, b1, w2, b2, goal, v0):
+        st = ParticleState(x0, v0)
+        if fused:
+            s, act = model.controlled_segment(st, 0.004, K, waves, goal, w1, b1, w2, b2, dims=dims, scale=0.05)
+        else:
+            s, act = mlp_controller_torch(model, st, 0.004, K, waves, goal, w1, b1, w2, b2, dims=dims, scale=0.05)
+        return s.x, s.v, act
+
+    a, b = run(True, *leaves), run(False, *leaves)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+    assert float(a[2].abs().max()) > 0.1  # the controller acts
+    w = [torch.randn(t.shape, generator=gen, dtype=D) for t in a]
+    ga = torch.autograd.grad(sum((t * u).sum() for t, u in zip(a, w)), leaves)
+    gb = torch.autograd.grad(sum((t * u).sum() for t, u in zip(b, w)), leaves)
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert_grad_close(lambda *t: run(True, *t), leaves, rtol=1e-5, atol=1e-8, eps=1e-6, max_elements=4)
