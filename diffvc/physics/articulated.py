@@ -811,10 +811,10 @@ class ArticulationBuilder:
             raise ValueError("add joints body by body (in body order)")
         _builder_value(axis, "axis", (3,))
         _builder_value(pos, "pos", (3,))
-        for name, value in (("ref", ref), ("springref", springref)):
-            _builder_value(value, name, ())
-        for name, value in (("damping", damping), ("armature", armature), ("stiffness", stiffness)):
-            _builder_value(value, name, (), nonneg=True)
+        for arg, value in (("ref", ref), ("springref", springref)):
+            _builder_value(value, arg, ())
+        for arg, value in (("damping", damping), ("armature", armature), ("stiffness", stiffness)):
+            _builder_value(value, arg, (), nonneg=True)
         self.joints.append(dict(type=type, body=body, axis=axis, pos=pos, ref=ref, limited=bool(limited),
                                 range=range, damping=damping, armature=armature, stiffness=stiffness,
                                 springref=springref, name=name or f"joint{len(self.joints)}"))
