@@ -57,8 +57,12 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="planes"):
         ParticleModel.create(mass=[1.0], radius=0.1, planes=[[0.0, 2.0, 0.0, 0.0]])
     model, s = _scene()
-    with pytest.raises(ValueError, match="state.x"):
-        particle_step(model, ParticleState(s.x[:2], s.v), 1e-3)
+    with pytest.raises(ValueError, match="v must have shape"):  # a state's x and v must agree
+        ParticleState(s.x[:2], s.v)
+    with pytest.raises(ValueError, match="state.x"):  # and match the model
+        particle_step(model, ParticleState(s.x[:2], s.v[:2]), 1e-3)
+    with pytest.raises(ValueError, match="x contains non-finite"):
+        ParticleState(torch.full_like(s.x, float("nan")), s.v)
 
 
 def _leaves(model, s):
@@ -123,3 +127,20 @@ def test_segment_bad_input_names_the_argument():
         model.segment(s, 1e-3, 3, control=torch.zeros(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="dt"):
         model.segment(s, -1.0, 3)
+
+
+def test_fused_segments_of_other_sizes_reuse_their_recorded_launches_correctly():
+    """Consecutive segments of 1, 5 and 2 particles (the recorded launch is reused with a new
+    launch size and new pointers each time) each equal their own per-step rollout."""
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 5, 2, 5):
+        model = ParticleModel.create(mass=torch.rand(n, dtype=torch.float64, generator=g) + 0.5, radius=0.1,
+                                     dtype=torch.float64)
+        st = ParticleState(torch.rand(n, 3, dtype=torch.float64, generator=g) * 0.3,
+                           torch.randn(n, 3, dtype=torch.float64, generator=g))
+        ref = st
+        for _ in range(30):
+            ref = particle_step(model, ref, 1e-3)
+        final, _ = model.segment(st, 1e-3, 30)
+        torch.testing.assert_close(final.x, ref.x, rtol=0, atol=1e-15)
+        torch.testing.assert_close(final.v, ref.v, rtol=0, atol=1e-15)

@@ -30,6 +30,7 @@ it and no device-wide synchronisation is ever needed.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from contextlib import contextmanager
@@ -407,6 +408,22 @@ def record(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: torch
     return _Recorded(cmd, _dim_tuple(dim))
 
 
+_RECORDED = [True]
+
+
+@contextmanager
+def recorded_launches(enabled: bool):
+    """Within this context :func:`launch` and :func:`kernel_op` use recorded launches
+    (``enabled``, the default) or a plain ``wp.launch`` on freshly built ``wp.array`` views per
+    call (the former path, kept for side-by-side benchmarks: ``bench/launch.py``)."""
+    old = _RECORDED[0]
+    _RECORDED[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _RECORDED[0] = old
+
+
 def fast_launch(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: torch.dtype,
                 adj_args: Sequence[Any] | None = None) -> None:
     """Launch ``kernel(*args)`` (``args`` = inputs then outputs: tensors, optionally
@@ -416,6 +433,12 @@ def fast_launch(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: 
     copied, so outputs must be contiguous."""
     dims = _dim_tuple(dim)
     if any(d == 0 for d in dims):
+        return
+    if not _RECORDED[0]:  # the former path: views and argument packing at every call
+        kw = {} if adj_args is None else dict(adj_inputs=_convert(adj_args, fdtype), adj_outputs=[], adjoint=True)
+        with kernel_guard(kernel):
+            wp.launch(kernel, dim=dims, inputs=_convert(args, fdtype), outputs=[], device=warp_device(device),
+                      stream=_stream(device), record_tape=False, **kw)
         return
     key = (kernel, device, tuple(_sig(a, fdtype) for a in args),
            None if adj_args is None else tuple(_sig(a, fdtype) for a in adj_args))
@@ -640,6 +663,87 @@ class Step:
     args: tuple
 
 
+class _Replay:
+    """The per-step replay of a recorded launch inside a segment.
+
+    On CPU the kernel's entry point is called directly with argument structs kept across steps,
+    of which only the changed pointer fields are rewritten (what ``wp.Launch.launch`` does, less
+    rebuilding the struct from every parameter at every call: ~2 us a step instead of ~15 on the
+    dev machine). This reads the recorded launch's ``hooks``/``params`` (Warp's own replay
+    data); where they are not as expected (another Warp version, CUDA, a block launch) it falls
+    back to ``set_param_at_index_from_ctype`` + ``launch``."""
+
+    def __init__(self, rec: _Recorded, device: torch.device):
+        self.rec, self.device = rec, device
+        self.direct = False
+        cmd = rec.cmd
+        try:
+            if device.type == "cpu" and getattr(cmd, "block_dim", 1) <= 1:
+                labels = [a.label for a in cmd.kernel.adj.args]
+                n = len(labels)
+
+                def struct(offset):
+                    fields = [(f"a{i}", type(cmd.params[offset + i])) for i in range(n)]
+                    st = type("ReplayArgs", (ctypes.Structure,), {"_fields_": fields})()
+                    for i in range(n):
+                        setattr(st, f"a{i}", cmd.params[offset + i])
+                    return st
+
+                self.args = struct(1)
+                self.adj = struct(1 + n) if cmd.adjoint else None
+                fn = cmd.hooks.backward if cmd.adjoint else cmd.hooks.forward
+                if fn is None or len(cmd.params) != 1 + n * (2 if cmd.adjoint else 1):
+                    raise RuntimeError("unexpected recorded launch layout")
+                self.fn = fn
+                self.call_args = ((ctypes.byref(cmd.params[0]), ctypes.byref(self.args))
+                                  + ((ctypes.byref(self.adj),) if cmd.adjoint else ()))
+                self.names = [f"a{i}" for i in range(n)]
+                # the data pointer of each array argument, written in place (rows of a segment
+                # buffer share shape and strides: only the pointer changes between steps)
+                data = _ARRAY_T.data.offset
+                self.ptrs = [ctypes.c_uint64.from_address(ctypes.addressof(self.args) + getattr(type(self.args), nm).offset
+                                                          + data) for nm in self.names]
+                self.adj_ptrs = None if self.adj is None else [
+                    ctypes.c_uint64.from_address(ctypes.addressof(self.adj) + getattr(type(self.adj), nm).offset + data)
+                    for nm in self.names]
+                self.direct = True
+        except Exception:  # pragma: no cover - depends on Warp internals
+            self.direct = False
+
+    def refresh(self) -> None:
+        """Copy the recorded launch's current parameters (constants just set) into the
+        argument structs of the direct call."""
+        if self.direct:
+            cmd, n = self.rec.cmd, len(self.names)
+            # set_dim replaces the bounds struct: point the call at the current one
+            self.call_args = ((ctypes.byref(cmd.params[0]), ctypes.byref(self.args))
+                              + ((ctypes.byref(self.adj),) if self.adj is not None else ()))
+            for i, nm in enumerate(self.names):
+                setattr(self.args, nm, cmd.params[1 + i])
+                if self.adj is not None:
+                    setattr(self.adj, nm, cmd.params[1 + n + i])
+
+    def setter(self, i: int, descs: list, adjoint: bool = False):
+        """A function ``f(k)`` that points array argument ``i`` at ``descs[k]`` (a row
+        descriptor list made by :func:`rows`: same shape and strides, other data pointers)."""
+        if self.direct:
+            cell = (self.adj_ptrs if adjoint else self.ptrs)[i]
+            setattr(self.adj if adjoint else self.args, self.names[i], descs[0])  # shape, strides
+            ptrs = [d.data for d in descs]
+
+            def f(k):
+                cell.value = ptrs[k]
+            return f
+        cmd = self.rec.cmd
+        return lambda k: cmd.set_param_at_index_from_ctype(i, descs[k], adjoint=adjoint)
+
+    def run(self) -> None:
+        if self.direct:
+            self.fn(*self.call_args)
+        else:
+            self.rec.run(self.device)
+
+
 class _SegmentPlan:
     """What one fused segment runs: the launches of a step, the state buffers (K + 1 rows; row 0
     is the input state), the work buffers (K rows, e.g. force accumulators, each row initialised
@@ -680,11 +784,16 @@ class _SegmentPlan:
             descs[name] = rows(b, kind)
         cargs = self._const_args(consts)
         recs = [self._record(st, bufs, cargs, dev, fdtype) for st in self.steps]
+        plays = []
+        for play, refs in recs:
+            plays.append((play, [(play.setter(i, descs[r.name]), r.offset) for i, r in refs]))
         for k in range(K):
-            for st, (rec, refs) in zip(self.steps, recs):
-                for i, r in refs:
-                    rec.cmd.set_param_at_index_from_ctype(i, descs[r.name][k + r.offset])
-                rec.run(dev)
+            for play, sets in plays:
+                for f, o in sets:
+                    f(k + o)
+                play.run()
+        for play, _ in plays:
+            play.rec.keep = None  # a cached launch holds no tensor past its segment
         return bufs, descs
 
     def _args(self, st, bufs, cargs):
@@ -704,20 +813,36 @@ class _SegmentPlan:
         return out
 
     def _record(self, st, bufs, cargs, dev, fdtype, adj=None):
-        """A recorded launch of ``st`` with its constants set once, and its :class:`Row`
+        """The replay of ``st`` (a recorded launch, cached per thread by kernel and argument
+        types, so consecutive segments reuse it) with its constants set, and its :class:`Row`
         arguments ``[(index, row)]`` to set per step."""
         args = self._args(st, bufs, cargs)
         adj_args = None if adj is None else [None if not isinstance(a, (Row, Const)) else x
                                              for a, x in zip(st.args, self._args(st, adj[0], adj[1]))]
-        rec = record(st.kernel, st.dim, args, dev, fdtype, adj_args)
+        key = ("segment", st.kernel, dev, tuple(_sig(a, fdtype) for a in args),
+               None if adj_args is None else tuple(_sig(a, fdtype) for a in adj_args))
+        cache = _launch_cache()
+        entry = cache.get(key)
+        if entry is None:
+            if len(cache) >= _MAX_LAUNCHES:
+                cache.clear()
+            entry = cache[key] = [record(st.kernel, st.dim, args, dev, fdtype, adj_args), None]
+        rec = entry[0]
+        dims = _dim_tuple(st.dim)
+        if rec.dim != dims:
+            rec.cmd.set_dim(dims)
+            rec.dim = dims
         keep: list = []
-        for i, x in enumerate(args):  # constants and scalars once; rows per step
-            if not isinstance(st.args[i], Row):
-                rec.set(i, x, fdtype, keep)
-                if adj_args is not None:
-                    rec.set(i, adj_args[i], fdtype, keep, adjoint=True)
+        for i, x in enumerate(args):  # every argument (rows: row 0, which gives shape and strides)
+            rec.set(i, x, fdtype, keep)
+            if adj_args is not None:
+                rec.set(i, adj_args[i], fdtype, keep, adjoint=True)
         rec.keep = keep
-        return rec, [(i, a) for i, a in enumerate(st.args) if isinstance(a, Row)]
+        if entry[1] is None:
+            entry[1] = _Replay(rec, dev)
+        else:
+            entry[1].refresh()
+        return entry[1], [(i, a) for i, a in enumerate(st.args) if isinstance(a, Row)]
 
     def adjoint(self, tensors, bufs, descs, g_final, g_all):
         s0, winit, consts = self.split(tensors)
@@ -741,12 +866,20 @@ class _SegmentPlan:
         cargs = self._const_args(consts)
         acargs = self._const_args(g_consts)
         recs = [self._record(st, bufs, cargs, dev, fdtype, adj=(abufs, acargs)) for st in self.steps]
+        plays = []
+        for play, refs in reversed(recs):
+            sets = []
+            for i, r in refs:
+                sets.append((play.setter(i, descs[r.name]), r.offset))
+                sets.append((play.setter(i, adescs[r.name], adjoint=True), r.offset))
+            plays.append((play, sets))
         for k in range(K - 1, -1, -1):
-            for st, (rec, refs) in zip(reversed(self.steps), reversed(recs)):
-                for i, r in refs:
-                    rec.cmd.set_param_at_index_from_ctype(i, descs[r.name][k + r.offset])
-                    rec.cmd.set_param_at_index_from_ctype(i, adescs[r.name][k + r.offset], adjoint=True)
-                rec.run(dev)
+            for play, sets in plays:
+                for f, o in sets:
+                    f(k + o)
+                play.run()
+        for play, _ in plays:
+            play.rec.keep = None
         g_states = [abufs[name][0] for name, _ in self.states]
         g_work, it = [], iter(winit)
         for name, kind, shape, has_init in self.work:

@@ -41,8 +41,8 @@ import torch
 from ..geometry import box, mass_properties, tet_boundary_faces, tetrahedralize
 from ..optim import Bounded, ParameterSet, Positive, distributed, optimize, plot_history, pyramid_mse, relative_error
 from ..physics import rollout
-from ..physics.fem import FEMModel, fem_step
-from ..physics.rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step
+from ..physics.fem import FEMModel
+from ..physics.rigid import RigidBodyModel, RigidBodyState, apply_impulse
 from ..pipeline import RigidBinding, Scene, SoftBinding
 from ..pipeline.video import render_trajectory
 from ..render import AmbientLight, Cameras, DirectionalLight
@@ -144,8 +144,9 @@ class RigidExperiment:
         y0 = half_h - p.true[0] * 9.81 / (4 * p.ke)
         st = RigidBodyState.create([[-0.4, y0, 0.0]], dtype=DTYPE, device=p.device)
         st = apply_impulse(model, st, torch.tensor([[p.impulse, 0.0, 0.0]], dtype=DTYPE, device=p.device))
-        _, states = rollout(lambda s: rigid_step(model, s, p.dt), st, p.frames, substeps=p.every,
-                            record=True)
+        # the model itself (not a step closure): rollout runs its fused segment, all the frames'
+        # steps as one autograd node of replayed Warp launches
+        _, states = rollout(model, st, p.frames, dt=p.dt, substeps=p.every, record=True)
         return states
 
     def simulate_scene(self, values: dict):
@@ -230,8 +231,7 @@ class SoftExperiment:
                                 damping=torch.stack([torch.zeros_like(damping), damping]), ke=p.ke, kd=p.kd,
                                 mu=p.friction, friction_smoothing=0.05, contact_smoothing=p.contact_smoothing,
                                 dtype=DTYPE, device=p.device)
-        _, states = rollout(lambda s: fem_step(model, s, p.dt), model.initial_state(), p.frames,
-                            substeps=p.every, record=True)
+        _, states = rollout(model, model.initial_state(), p.frames, dt=p.dt, substeps=p.every, record=True)
         return states
 
     def simulate_scene(self, values: dict):

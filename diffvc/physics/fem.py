@@ -231,6 +231,14 @@ class FEMModel:
         """Plain-torch twin of :meth:`step` (:func:`fem_step_torch`)."""
         return fem_step_torch(self, state, dt, control)
 
+    def segment(self, state: FEMState, dt: float, n: int, control: torch.Tensor | None = None,
+                recompute: bool = False, return_all: bool = False):
+        """``n`` explicit steps fused in Warp as one autograd node (the contract's optional
+        capability, :func:`diffvc.physics.fem_segment.fem_segment`; ``rollout`` uses it)."""
+        from .fem_segment import fem_segment
+
+        return fem_segment(self, state, dt, n, control, recompute, return_all)
+
 
 def _check_state(state: FEMState, model: FEMModel) -> None:
     if not isinstance(model, FEMModel):
