@@ -15,6 +15,10 @@ launches and fused segments, side by side in one process.
   (the bounce example's flight), forward + backward.
 * ``kernel_op``: a kernel with 2 and with 12 tensor arguments (1 thread), forward + backward,
   legacy vs recorded; ``*_per_arg_us`` is the slope (cost of each extra tensor argument).
+* ``sysid_eval``: one loss evaluation of ``diffvc run sysid --quick`` (simulate, render 19 frames
+  x 2 views at 64 px, pyramid loss, backward to the two parameters) for its rigid part (180 rigid
+  steps) and its soft part (720 FEM steps): ``legacy`` rolls out a per-step closure on the
+  former launch path (the example before fused segments), ``fused`` the example as it is.
 
 Variants are interleaved over repeats so machine load hits them alike; medians (ms or us) with
 the spread (min, max) of the repeats; ``*_speedup`` = legacy time / new time (higher is better).
@@ -136,6 +140,43 @@ def kernel_op_us(n_args: int, legacy: bool, n: int = 200) -> float:
         return (time.perf_counter() - t0) / n * 1e6
 
 
+# ------------------------------------------------------------------------------- sysid loss evaluation
+
+def _sysid_setup():
+    from diffvc.examples import sysid
+
+    out = {}
+    for part, exp in (("rigid", sysid.RigidExperiment(sysid.RigidProblem())),
+                      ("soft", sysid.SoftExperiment(sysid.SoftProblem()))):
+        with torch.no_grad():
+            target = exp.video({k: torch.tensor(v, dtype=D) for k, v in exp.truth().items()})
+        out[part] = (exp, target)
+    return out
+
+
+def sysid_eval_s(setup, part: str, legacy: bool) -> float:
+    """Seconds of one loss evaluation + backward of the sysid example's ``part``."""
+    from diffvc.examples import sysid
+    from diffvc.optim import pyramid_mse
+
+    exp, target = setup[part]
+    params = exp.params()
+    fused_rollout = sysid.rollout
+
+    def per_step_rollout(model, state, frames, dt, substeps, record):  # the example before segments
+        return fused_rollout(lambda s: model.step(s, dt), state, frames, substeps=substeps, record=record)
+
+    t0 = time.perf_counter()
+    try:
+        if legacy:
+            sysid.rollout = per_step_rollout
+        with recorded_launches(not legacy):
+            pyramid_mse(exp.video(params.values()), target, levels=3).backward()
+    finally:
+        sysid.rollout = fused_rollout
+    return time.perf_counter() - t0
+
+
 # ------------------------------------------------------------------------------- run
 
 def _stats(values):
@@ -160,6 +201,10 @@ def run(quick: bool = False) -> dict:
             "kernel_op_12_args_legacy_us": lambda: kernel_op_us(12, True, n_calls),
             "kernel_op_12_args_us": lambda: kernel_op_us(12, False, n_calls),
         }
+        setup = _sysid_setup()
+        for part in ("rigid", "soft"):
+            for tag, legacy in (("legacy", True), ("fused", False)):
+                micro[f"sysid_{part}_eval_{tag}_s"] = (lambda p=part, lg=legacy: sysid_eval_s(setup, p, lg))
         # warm-up: compile kernels, record launches
         results = {v: rigid_slide(v) for v in slides}
         for fn in micro.values():
@@ -193,6 +238,8 @@ def run(quick: bool = False) -> dict:
     out["particle_step_fwd_bwd_speedup"] = out["particle_step_fwd_bwd_legacy_us"] / out["particle_step_fwd_bwd_us"]
     out["particle_fused_vs_legacy_step_speedup"] = (out["particle_step_fwd_bwd_legacy_us"]
                                                     / out["particle_fused_fwd_bwd_per_step_us"])
+    for part in ("rigid", "soft"):
+        out[f"sysid_{part}_eval_speedup"] = out[f"sysid_{part}_eval_legacy_s"] / out[f"sysid_{part}_eval_fused_s"]
     for tag in ("_legacy", ""):
         out[f"kernel_op_per_arg{tag}_us"] = (out[f"kernel_op_12_args{tag}_us"] - out[f"kernel_op_2_args{tag}_us"]) / 10
     return out
