@@ -137,7 +137,7 @@ def mesh_topology(faces: torch.Tensor, num_verts: int | None = None) -> MeshTopo
                         _components(fl, V), faces)
 
 
-TILE = 16  # tile size (padded pixels) of the binned silhouette-edge search
+TILE = 8  # tile size (padded pixels) of the binned silhouette-edge search
 
 
 def _background(background, color):
@@ -498,64 +498,81 @@ def _find_silhouette_torch(screen, faces, topo, flags, b, f, other, horizontal, 
     return res
 
 
-def _entry_geometry(screen, faces, entries, near, perspective):
-    """Endpoint codes (E, 4) and screen endpoints (E, 2) x 2 of the listed silhouette edges."""
+def _entry_bins(screen, faces, entries, near, perspective, H, W):
+    """Endpoint codes (E, 4), screen segments (E, 4) of the listed silhouette edges and their
+    binning to TILE-px tiles of the padded image (twin of ``entry_geometry`` + ``edge_bin_*``):
+    (codes, seg, tile_starts, tile_items, tiles_x, tiles_y); items ordered by entry index."""
     E = entries.shape[0]
-    codes = torch.full((E, 4), -1, dtype=torch.long, device=entries.device)
+    dev = entries.device
+    codes = torch.full((E, 4), -1, dtype=torch.long, device=dev)
     for k in range(4):
         m = entries[:, 2] == k
         if bool(m.any()):
             codes[m] = _edge_ends_torch(screen, faces, entries[m, 0], entries[m, 1], k, near, perspective)
     c = codes.clamp_min(0)
-    return codes, _end_xy(screen, entries[:, 0], c[:, 0], c[:, 1], near), _end_xy(screen, entries[:, 0], c[:, 2], c[:, 3], near)
+    A = _end_xy(screen, entries[:, 0], c[:, 0], c[:, 1], near)
+    Bv = _end_xy(screen, entries[:, 0], c[:, 2], c[:, 3], near)
+    seg = torch.cat([A, Bv], 1)
+    tx, ty = (W + 2 + TILE - 1) // TILE, (H + 2 + TILE - 1) // TILE
+    lim = float(W + H + 8)
+    lo = torch.minimum(A, Bv).clamp(-lim, lim)
+    hi = torch.maximum(A, Bv).clamp(-lim, lim)
+    x0 = (torch.ceil(lo[:, 0] - 1.5).long() + 1).clamp_min(0)
+    x1 = torch.floor(hi[:, 0] + 1.5).long().clamp_max(W + 1)
+    y0 = (torch.ceil(lo[:, 1] - 1.5).long() + 1).clamp_min(0)
+    y1 = torch.floor(hi[:, 1] + 1.5).long().clamp_max(H + 1)
+    ok = (x0 <= x1) & (y0 <= y1)
+    t0x, t1x, t0y, t1y = x0 // TILE, x1 // TILE, y0 // TILE, y1 // TILE
+    nx = torch.where(ok, t1x - t0x + 1, 0)
+    ny = torch.where(ok, t1y - t0y + 1, 0)
+    n = nx * ny
+    ei = torch.repeat_interleave(torch.arange(E, device=dev), n)
+    first = torch.cumsum(n, 0) - n
+    local = torch.arange(ei.shape[0], device=dev) - first[ei]
+    tile = entries[ei, 0].long() * tx * ty + (t0y[ei] + local // nx[ei].clamp_min(1)) * tx + t0x[ei] + local % nx[ei].clamp_min(1)
+    order = torch.argsort(tile * max(E, 1) + ei)
+    items = ei[order]
+    counts = torch.bincount(tile, minlength=screen.shape[0] * tx * ty)
+    starts = torch.zeros(counts.shape[0] + 1, dtype=torch.long, device=dev)
+    starts[1:] = torch.cumsum(counts, 0)
+    return codes, seg, starts, items, tx, ty
 
 
-def _find_binned_torch(screen, faces, topo, entries, geom, b, fc, other, horizontal, cx, cy, sign, near, perspective,
-                       chunk=1 << 22):
-    """Twin of the kernel's ``_find_binned`` (all entries of the view instead of the tile's:
-    binning drops no entry that can cross the pair's segment)."""
+def _find_binned_torch(screen, faces, topo, entries, bins, b, tile, fc, other, horizontal, cx, cy, sign, near,
+                       perspective):
+    """Twin of the kernel's ``_find_binned`` over K pairs (``tile``: the tile index of each)."""
     K = b.shape[0]
     res = torch.full((K, 4), -1, dtype=torch.long, device=b.device)
     E = entries.shape[0]
     if K == 0 or E == 0:
         return res
-    codes_e, A_e, B_e = geom
-    lo_e = torch.minimum(A_e, B_e) - 1
-    hi_e = torch.maximum(A_e, B_e) + 1
+    codes_e, seg, starts, items = bins[:4]
     comp = topo.component.long()
-    comp_e = comp[entries[:, 1]]
-    step = max(1, chunk // max(E, 1))
-    for lo in range(0, K, step):
-        sl = slice(lo, min(K, lo + step))
-        kb, kf, ko = b[sl], fc[sl], other[sl]
-        kcx, kcy = cx[sl], cy[sl]
-        # candidate (pair, entry) combinations: same view and component, the pair's centre near the edge's box
-        near_box = ((kcx[:, None] >= lo_e[None, :, 0]) & (kcx[:, None] <= hi_e[None, :, 0])
-                    & (kcy[:, None] >= lo_e[None, :, 1]) & (kcy[:, None] <= hi_e[None, :, 1]))
-        pi, ei = (near_box & (entries[None, :, 0] == kb[:, None]) & (comp_e[None] == comp[kf][:, None])).nonzero(
-            as_tuple=True)
-        if pi.numel() == 0:
-            continue
-        s = _cross_torch(A_e[ei], B_e[ei], horizontal, kcx[pi], kcy[pi], sign)
-        keep = s >= 0
-        pi, ei, s = pi[keep], ei[keep], s[keep]
-        acc = torch.zeros(pi.shape[0], dtype=torch.bool, device=b.device)
-        ek = entries[ei, 2]
-        for k in range(4):
-            m = ek == k
-            if bool(m.any()):
-                acc[m] = _accept_torch(screen, faces, entries[ei[m], 0], entries[ei[m], 1], k, ko[pi[m]], s[m],
-                                       horizontal, kcx[pi[m]], kcy[pi[m]], sign, near, perspective)
-        pi, ei, s = pi[acc], ei[acc], s[acc]
-        if pi.numel() == 0:
-            continue
-        # per pair: the largest s, ties to the lower entry index
-        n = sl.stop - sl.start
-        smax = torch.full((n,), -1.0, dtype=screen.dtype, device=b.device).scatter_reduce(0, pi, s, reduce="amax")
-        top = s == smax[pi]
-        imin = torch.full((n,), E, dtype=torch.long, device=b.device).scatter_reduce(0, pi[top], ei[top], reduce="amin")
-        win = top & (ei == imin[pi])
-        res[lo + pi[win]] = codes_e[ei[win]]
+    n = starts[tile + 1] - starts[tile]
+    pi = torch.repeat_interleave(torch.arange(K, device=b.device), n)
+    local = torch.arange(pi.shape[0], device=b.device) - (torch.cumsum(n, 0) - n)[pi]
+    ei = items[starts[tile][pi] + local]
+    keep = comp[entries[ei, 1]] == comp[fc[pi]]
+    pi, ei = pi[keep], ei[keep]
+    s = _cross_torch(seg[ei, :2], seg[ei, 2:], horizontal, cx[pi], cy[pi], sign)
+    keep = s >= 0
+    pi, ei, s = pi[keep], ei[keep], s[keep]
+    acc = torch.zeros(pi.shape[0], dtype=torch.bool, device=b.device)
+    ek = entries[ei, 2]
+    for k in range(4):
+        m = ek == k
+        if bool(m.any()):
+            acc[m] = _accept_torch(screen, faces, entries[ei[m], 0], entries[ei[m], 1], k, other[pi[m]], s[m],
+                                   horizontal, cx[pi[m]], cy[pi[m]], sign, near, perspective)
+    pi, ei, s = pi[acc], ei[acc], s[acc]
+    if pi.numel() == 0:
+        return res
+    # per pair: the largest s, ties to the lower entry index
+    smax = torch.full((K,), -1.0, dtype=screen.dtype, device=b.device).scatter_reduce(0, pi, s, reduce="amax")
+    top = s == smax[pi]
+    imin = torch.full((K,), E, dtype=torch.long, device=b.device).scatter_reduce(0, pi[top], ei[top], reduce="amin")
+    win = top & (ei == imin[pi])
+    res[pi[win]] = codes_e[ei[win]]
     return res
 
 
@@ -567,7 +584,8 @@ def silhouette_pairs_torch(screen, faces, topo, face_id, perspective, near=1e-3,
     flags = silhouette_flags_torch(screen, faces, topo, perspective, near)
     near_sil, entry = flags[3], flags[4]
     entries = entry.nonzero()  # (E, 3), ordered like the kernel path's nonzero
-    geom = _entry_geometry(screen, faces, entries, near, perspective)
+    bins = _entry_bins(screen, faces, entries, near, perspective, H, W)
+    tiles_x, tiles_y = bins[4], bins[5]
     fid = torch.full((B, H + 2, W + 2), -1, dtype=torch.long, device=face_id.device)
     fid[:, 1:H + 1, 1:W + 1] = face_id.long()
     bidx = torch.arange(B, device=face_id.device)[:, None, None]
@@ -588,6 +606,7 @@ def silhouette_pairs_torch(screen, faces, topo, face_id, perspective, near=1e-3,
         cx = px.to(screen.dtype) - 0.5
         cy = py.to(screen.dtype) - 0.5
         qcx, qcy = cx + (1 - d), cy + d
+        tile = (b * tiles_y + py // TILE) * tiles_x + px // TILE
         codes = torch.full((b.shape[0], 4), -1, dtype=torch.long, device=b.device)
         sd = torch.zeros_like(fa)
         na = near_img[b, py, px]
@@ -605,12 +624,12 @@ def silhouette_pairs_torch(screen, faces, topo, face_id, perspective, near=1e-3,
         m3 = (codes[:, 0] < 0) & (fa >= 0)
         sd[codes[:, 0] < 0] = 0
         if bool(m3.any()):
-            codes[m3] = _find_binned_torch(screen, faces, topo, entries, geom, b[m3], fa[m3], fb[m3], d == 0, cx[m3], cy[m3],
-                                           1.0, near, perspective)
+            codes[m3] = _find_binned_torch(screen, faces, topo, entries, bins, b[m3], tile[m3], fa[m3], fb[m3], d == 0,
+                                           cx[m3], cy[m3], 1.0, near, perspective)
         m4 = (codes[:, 0] < 0) & (fb >= 0)
         if bool(m4.any()):
-            r = _find_binned_torch(screen, faces, topo, entries, geom, b[m4], fb[m4], fa[m4], d == 0, qcx[m4], qcy[m4],
-                                   -1.0, near, perspective)
+            r = _find_binned_torch(screen, faces, topo, entries, bins, b[m4], tile[m4], fb[m4], fa[m4], d == 0,
+                                   qcx[m4], qcy[m4], -1.0, near, perspective)
             codes[m4] = r
             sd[m4] = torch.where(r[:, 0] >= 0, 1, 0)
         keep = codes[:, 0] >= 0
