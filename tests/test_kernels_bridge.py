@@ -269,3 +269,19 @@ def test_segment_op_rejects_bad_arguments():
         _toy_segment(x, v, k, c, per, pairs, 3)  # 4 rows of init for 3 steps
     with pytest.raises(TypeError, match="consts\\[0\\]"):
         segment_op([], 2, [("x", x, None)], consts=[0.5])
+
+
+def test_legacy_launch_path_gives_the_same_values_and_gradients():
+    """recorded_launches(False) (the former per-call wp.launch, kept for side-by-side benchmarks)
+    and the recorded path compute the same thing."""
+    from diffvc._kernels.bridge import recorded_launches
+
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(1, 3, 3, dtype=torch.float64)
+    w = torch.rand(6, dtype=torch.float64)
+    out = []
+    for enabled in (False, True):
+        with recorded_launches(enabled):
+            y, n = _op(x, A, w)
+            out.append((y, torch.autograd.grad(n.sum(), x)[0]))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
