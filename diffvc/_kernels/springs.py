@@ -54,6 +54,63 @@ def spring_forces(
     wp.atomic_sub(f, j, fv)
 
 
+@wp.kernel
+def spring_forces_adjoint(
+    x: wp.array(dtype=Any),
+    v: wp.array(dtype=Any),
+    si: wp.array(dtype=wp.int32),
+    sj: wp.array(dtype=wp.int32),
+    rest: wp.array(dtype=Any),
+    ke: wp.array(dtype=Any),
+    kd: wp.array(dtype=Any),
+    gain: wp.array(dtype=Any),
+    act: wp.array(dtype=Any),
+    adj_f: wp.array(dtype=Any),
+    adj_x: wp.array(dtype=Any),
+    adj_v: wp.array(dtype=Any),
+    adj_rest: wp.array(dtype=Any),
+    adj_ke: wp.array(dtype=Any),
+    adj_kd: wp.array(dtype=Any),
+    adj_gain: wp.array(dtype=Any),
+    adj_act: wp.array(dtype=Any),
+):
+    """Hand-written reverse mode of :func:`spring_forces` (the fused segment's backward): from the
+    force adjoint ``adj_f`` (N, 3), accumulate the adjoints of x, v (atomics) and of the spring's
+    own rest, ke, kd, gain, act (one thread per spring: plain adds). Same values as Warp's
+    generated adjoint, without its replay and zero-initialised temporaries."""
+    s = wp.tid()
+    i = si[s]
+    j = sj[s]
+    g = adj_f[i] - adj_f[j]  # f_i += fv, f_j -= fv
+    d = x[j] - x[i]
+    r = rest[s]
+    one = type(r)(1.0)
+    ln = wp.sqrt(wp.dot(d, d) + type(r)(LENGTH_EPS2))
+    u = d / ln
+    a = act[s]
+    gn = gain[s]
+    l0 = r * (one + gn * a)
+    vr = v[j] - v[i]
+    vu = wp.dot(vr, u)
+    k = ke[s]
+    c = kd[s]
+    fs = k * (ln - l0) + c * vu
+    gs = wp.dot(g, u)  # adjoint of fs
+    au = g * fs + vr * (gs * c)  # adjoint of u
+    gl0 = -gs * k
+    gd = (au - u * wp.dot(u, au)) / ln + u * (gs * k)  # through u = d / ln and ln = |d|
+    gv = u * (gs * c)
+    wp.atomic_add(adj_x, j, gd)
+    wp.atomic_sub(adj_x, i, gd)
+    wp.atomic_add(adj_v, j, gv)
+    wp.atomic_sub(adj_v, i, gv)
+    adj_ke[s] = adj_ke[s] + gs * (ln - l0)
+    adj_kd[s] = adj_kd[s] + gs * vu
+    adj_rest[s] = adj_rest[s] + gl0 * (one + gn * a)
+    adj_gain[s] = adj_gain[s] + gl0 * r * a
+    adj_act[s] = adj_act[s] + gl0 * r * gn
+
+
 # --------------------------------------------------------------------------------------------
 # fused segment
 # --------------------------------------------------------------------------------------------
@@ -182,8 +239,7 @@ def _run_adjoint(K, dt, inputs, bufs, gx, gv, gxs, gvs):
     a_spring = [None, None, to_warp(g_rest), to_warp(g_ke), to_warp(g_kd), to_warp(g_gain)]
     a_integ = [to_warp(g_im), to_warp(g_rad), to_warp(g_pl, "vec"), to_warp(g_c), to_warp(g_g.reshape(1, 3), "vec")]
     wx, wv, wf, wa = to_warp(xs[0], "vec"), to_warp(vs[0], "vec"), to_warp(fs[0], "vec"), to_warp(act[0])
-    lf = _record(spring_forces, s, [wx, wv, *spring, wa], [wf], dev,
-                 adj_inputs=[wx, wv, *a_spring, wa], adj_outputs=[wf])
+    lf = _record(spring_forces_adjoint, s, [wx, wv, *spring, wa, wf, wx, wv, *a_spring[2:], wa], [], dev)
     li = _record(integrate_particles, n, [wx, wv, *integ, wf, fdt], [wx, wv], dev,
                  adj_inputs=[wx, wv, *a_integ, wf, fdt], adj_outputs=[wx, wv])
     stream = _stream(dev)
@@ -193,10 +249,8 @@ def _run_adjoint(K, dt, inputs, bufs, gx, gv, gxs, gvs):
         for key, c in (("x", axc[k]), ("v", avc[k]), ("f", afc[k]), ("x_out", axc[k + 1]), ("v_out", avc[k + 1])):
             li.set_param_at_index_from_ctype(_IP[key], c, adjoint=True)
         li.launch(stream=stream) if stream is not None else li.launch()
-        for key, c in (("x", xc[k]), ("v", vc[k]), ("act", ac[k]), ("f", fc[k])):
-            lf.set_param_at_index_from_ctype(_SF[key], c)
-        for key, c in (("x", axc[k]), ("v", avc[k]), ("act", aac[k]), ("f", afc[k])):
-            lf.set_param_at_index_from_ctype(_SF[key], c, adjoint=True)
+        for idx, c in ((0, xc[k]), (1, vc[k]), (8, ac[k]), (9, afc[k]), (10, axc[k]), (11, avc[k]), (16, aac[k])):
+            lf.set_param_at_index_from_ctype(idx, c)
         lf.launch(stream=stream) if stream is not None else lf.launch()
     g_ext = af.sum(0) if external is not None and external.requires_grad else None
     return (ax[0], av[0], g_im, g_rad, g_pl, g_c, g_g, None, None, g_rest, g_ke, g_kd, g_gain, g_act, g_ext)
