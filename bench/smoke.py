@@ -45,6 +45,23 @@ time and of process CPU time (``*_cpu_seconds``: on a machine shared by many job
 of a one-thread run mostly measures the wait for a core; CPU seconds measure the work, all
 threads summed).
 
+Measured (2026-12-02, one run, 3 rounds x 5 iterations, machine shared with ~8 jobs, load average
+19.6 -> 23.7 on 2 cores, so wall seconds are inflated several times; medians):
+
+    variant                      wall s/it   CPU s/it   peak RSS MiB
+    diffvc_jacobi                  4.66        0.80        448
+    diffvc_pcg                     3.92        0.77        451
+    diffvc_jacobi_checkpointed     8.69        1.39        405
+    diffvc_pcg_checkpointed        5.93        1.10        406
+    difftaichi (2 threads)         2.87        1.06        350
+    difftaichi_1thread             5.19        1.12        350
+
+i.e. diffvc does 1.32x (Jacobi, equal work) / 1.37x (PCG) less CPU work per iteration than
+DiffTaichi, is 1.11x / 1.32x faster in wall time than DiffTaichi on one thread, and 0.62x / 0.73x
+of DiffTaichi's two-thread wall time (its second thread; diffvc's kernels run on one). Importing
+torch + Warp + diffvc is 371 MiB of the peak. PhiFlow 3.4.0 installs; its harness here took 41 s
+per iteration for 3 steps (not 99) under the same load, so it was not run at full length.
+
     python -m bench.smoke [--quick]
 """
 
