@@ -43,10 +43,16 @@ def check_planes(planes: torch.Tensor) -> None:
 
 @dataclass(frozen=True)
 class ParticleState:
-    """x: positions (N, 3) in m; v: velocities (N, 3) in m/s."""
+    """x: positions (N, 3) in m; v: velocities (N, 3) in m/s (a leading batch of environments,
+    ``(B, N, 3)``, is allowed). Checked on construction: floating, finite, one shape and dtype."""
 
     x: torch.Tensor
     v: torch.Tensor
+
+    def __post_init__(self):
+        check_float(self.x, "x", shape=(..., "N", 3), coerce=False)
+        check_float(self.v, "v", shape=tuple(self.x.shape), coerce=False)
+        check_same_dtype(("x", self.x), ("v", self.v))
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,7 @@ def particle_step(model: ParticleModel, state: ParticleState, dt: float,
 def particle_step_torch(model: ParticleModel, state: ParticleState, dt: float,
                         external: torch.Tensor | None = None) -> ParticleState:
     """Plain-torch twin of :func:`particle_step` (same math; reference for tests and benchmarks)."""
+    _check_state(state, model)
     dt = check_dt(dt)
     x, v = state.x, state.v
     f = torch.zeros_like(x) if external is None else external

@@ -149,7 +149,7 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="actuation"):
         spring_step(model, s, DT, torch.zeros(3))
     with pytest.raises(ValueError, match="state.x"):
-        spring_step(model, ParticleState(x[:2], x), DT)
+        spring_step(model, ParticleState(x[:2], x[:2]), DT)
     with pytest.raises(ValueError, match="dt"):
         rollout(model, s, 1, dt=0.0)
 
