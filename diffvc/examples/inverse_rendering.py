@@ -140,11 +140,15 @@ def run(cfg) -> dict:
         return s.replace(dynamic_faces=inf["short_box_faces"])
 
     edge_samples = 4000 if cfg.quick else 8000
+    # the position stage matches a target rendered with another seed, and its gradient has every
+    # edge term: primary edges, and the visibility and interior terms at every path vertex
+    with torch.no_grad():
+        target2 = _render(scene_true, cam, spp=spp, max_depth=depth, seed=seed + 1, rr_depth=rr)
 
     def loss2():
         img = _render(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr,
-                         edge_samples=edge_samples, edge_spp=2)
-        return _share(_loss(img, target))
+                      edge_samples=edge_samples, edge_spp=2, secondary_spp=4, interior_spp=4)
+        return _share(_loss(img, target2))
 
     with torch.no_grad():
         start_img = _render(scene_at(offset), cam, spp=spp, max_depth=depth, seed=seed, rr_depth=rr)

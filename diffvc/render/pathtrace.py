@@ -32,16 +32,20 @@ Gradients
     sampled link; the BSDF value is held fixed (exact for diffuse surfaces). ``secondary_spp``
     paths per pixel sample one edge per vertex, chosen in proportion to the angle it subtends
     (edges of static faces get a tenth of the weight until the path has touched a moving face):
-    ``f cos L`` is path traced just beside it on both sides and torch differentiates the edge's
-    direction from the (moving) vertex; the emission of the first hit beside the edge counts
-    relative to the emitter's material point. Sliding vertices instead of material ones
-    (Zhang et al. 2020) leave no geometry factor between a moving and a static surface to
-    differentiate, whose 1 / distance growth made the contact band heavy-tailed.
-  - *shadows of point and directional lights* (with ``secondary_spp``): points on the shadow
-    lines (the ray from the light through a silhouette edge, continued to the receiver) are
-    connected to the camera (image space) and to one camera-path vertex each (solid angle), and
-    the lit side's radiance times the line's normal motion is added. Diffuse receivers and
-    diffuse connecting vertices (others get no term); textures are read as the material albedo.
+    ``f cos L`` without the direct emission is path traced just beside it on both sides and
+    torch differentiates the edge's direction from the (moving) vertex. Sliding vertices
+    instead of material ones (Zhang et al. 2020) leave no geometry factor between a moving and
+    a static surface to differentiate, whose 1 / distance growth made the contact band
+    heavy-tailed.
+  - *shadows* (with ``secondary_spp``; ``pt_edges.shadow_pool``): the visibility boundary of
+    direct light is sampled from the light's side, the way projective and path-space methods
+    sample boundary segments from a light (Zhang et al. 2020, 2023): a light point (point
+    light, directional light, or a point of an emissive face uniform in area), a silhouette
+    edge seen from it, and the shadow line where the ray through the edge meets the receiver.
+    Each line point is connected to the camera (image space) and path vertices connect to one
+    of them each (solid angle); the lit side's radiance times the line's normal motion is
+    added. Diffuse receivers and diffuse connecting vertices only (others get no shadow term);
+    textures are read as the material albedo.
 
   Not included: BSDF changes of glossy surfaces under rotation. Tests compare against central
   finite differences and closed forms (``tests/render/test_pathtrace_accuracy.py``);
@@ -147,8 +151,9 @@ def path_trace(scene: PathTracingScene, camera: Cameras, spp: int = 16, max_dept
             boundary term; it is only computed when vertices or camera tensors require grad).
         edge_spp: paths traced on each side of each edge sample.
         secondary_spp: camera paths per pixel for the visibility (boundary) term at every path
-            vertex (shadows, reflections, inter-reflections), and ``max(4096, H W secondary_spp)``
-            samples of the shadow lines of point and directional lights; 0 disables both.
+            vertex (reflections, inter-reflections), and ``max(4096, H W secondary_spp)``
+            samples of the shadow lines of each point and directional light and of the area
+            lights (soft shadows); 0 disables both.
         interior_spp: camera paths per pixel for the interior term at every path vertex (geometry
             factors of the links and next-event connections); 0 disables it. Equal
             ``secondary_spp`` and ``interior_spp`` share one set of paths.

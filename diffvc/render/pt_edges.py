@@ -19,8 +19,8 @@ Edges with an endpoint behind the camera are skipped.
 the next-event connections and of the links' cosines, and a visibility boundary term per
 vertex), with every vertex sliding along the direction it was sampled in (solid angle, Li et
 al. 2018) and light samples as material points of the emitters (area measure, Zhang et al.
-2020), and the boundary term of the shadow lines of point and directional lights
-(:func:`shadow_pool`).
+2020), and the visibility boundary of direct light sampled from the lights' side: shadow lines
+of point, directional and area-light points (:func:`shadow_pool`).
 
 Layering: :mod:`diffvc.render.pathtrace` imports this module (never the other way round); both
 reach the kernels only through the torch-only functions of :mod:`diffvc._kernels.pathtrace`.
@@ -204,6 +204,12 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
     ``gen``, ``max_depth``, ``face_albedo`` (F, 3): albedo / pi of diffuse faces, 0 otherwise)."""
     use_i = (rec["lkind"] > 0) & (rec["cn"] != 0)
     use_e = (rec["edge"] >= 0) & ((rec["cm"] != 0) | (rec["cp"] != 0))
+    has_pool = shadow is not None  # (the camera's shadow-line term is added by the caller)
+    if shadow is not None:
+        # later vertices connect to the lines of point and directional lights only (area lights'
+        # soft shadows seen from them are the edge term's, relative to the emitter's points)
+        keep = shadow["pool"]["lface"] < 0
+        shadow = None if not bool(keep.any()) else {**shadow, "pool": {k: x[keep] for k, x in shadow["pool"].items()}}
     if shadow is not None:
         Dm = rec["face"].shape[1]
         first = torch.arange(Dm, device=rec["face"].device)[None] <= shadow["max_depth"] - 2
@@ -274,26 +280,29 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
                 ok = G0 > 0
                 S = S + (cn[pi, ki][ok] * G[ok] / G0[ok]).sum()
             pe_, ke = torch.nonzero(ue, as_tuple=True)
-            if pe_.numel():  # visibility boundaries, relative to the material points on each side
+            if pe_.numel():  # visibility boundaries seen from the (moving) vertex
                 ed = edges[R["edge"][pe_, ke].long()]
                 t = R["t"][pe_, ke].to(dt)[:, None]
                 xk = X[pe_, ke]
                 om = _unit(v[ed[:, 0]] * (1 - t) + v[ed[:, 1]] * t - xk)
                 nv = R["nv"][pe_, ke].to(dt)
+                at_camera_hit = (ke == 0) & has_pool
                 for side, sign in (("m", 1.0), ("p", -1.0)):
-                    # radiance beside the edge moves with the edge's image (solid angle), except the
-                    # emission of the first hit, which is differentiated in area measure (as next-event
-                    # estimation samples it): that part counts relative to the emitter's material point
-                    fs = R["f" + side][pe_, ke].long()
-                    ys = R["y" + side][pe_, ke].to(dt)
-                    hit = fs >= 0
-                    ym, _, _ = _material(v, faces, fs.clamp_min(0), ys)
-                    oms = torch.where(hit[:, None], _unit(ym - xk), ys)
+                    # radiance beside the edge moves with the edge's image (solid angle); the emission
+                    # of the first hit beside it is direct light, which next-event estimation
+                    # differentiates in area measure: at camera hits its visibility boundary is the
+                    # shadow lines' term (shadow_pool, sampled from the lights); at later vertices it
+                    # counts here, relative to the emitter's material point
                     c = R["c" + side][pe_, ke].to(dt)
                     ce = R["e" + side][pe_, ke].to(dt)
-                    S = S + sign * (c * (nv * om).sum(-1) - ce * (nv * oms).sum(-1)).sum()
+                    fs = R["f" + side][pe_, ke].long()
+                    ys = R["y" + side][pe_, ke].to(dt)
+                    ym, _, _ = _material(v, faces, fs.clamp_min(0), ys)
+                    oms = torch.where((fs >= 0)[:, None], _unit(ym - xk), ys)
+                    rel = torch.where(at_camera_hit, torch.zeros_like(ce), ce)
+                    S = S + sign * ((c - ce) * (nv * om).sum(-1) + rel * (nv * (om - oms)).sum(-1)).sum()
             ps, ks = torch.nonzero(us, as_tuple=True)
-            if ps.numel():  # shadow lines of point and directional lights seen from x_k
+            if ps.numel():  # shadow lines (all lights) seen from x_k
                 prev = torch.where((ks == 0)[:, None], o.expand(ps.numel(), 3), pos0[ps, (ks - 1).clamp_min(0)])
                 win = _unit(prev - pos0[ps, ks])
                 n0 = Nrm[ps, ks].detach()
@@ -321,90 +330,131 @@ def _plane_hit(a, n, o, d):
 
 
 def shadow_pool(prep, scene, n_samples: int, seed: int):
-    """Points on the boundaries of the shadows that point and directional lights cast (no
-    gradients). For each light, ``n_samples`` points stratified by length along the edges that
-    are silhouettes seen from the light (or mesh boundaries); the ray from the light through the
-    edge point, continued past it, meets the receiver at ``x_s`` (face ``face``). Kept where the
-    edge point itself is lit and exactly one side of the shadow line on the receiver is lit.
+    """Points on the boundaries of the shadows that lights cast (no gradients): the shadow lines
+    of point lights, directional lights and points of area lights (emissive faces). For each
+    point or directional light, and once for all area lights, ``n_samples`` points stratified by
+    length along candidate edges (area lights: a point ``y`` of an emissive face per sample,
+    uniform in area); an edge counts where it is a silhouette seen from the light (or a mesh
+    boundary); the ray from the light through the edge point, continued past it, meets the
+    receiver at ``x_s`` (face ``face``). Kept where the edge point itself is lit and exactly one
+    side of the shadow line on the receiver is lit. The soft shadow of an area light is the
+    integral over its points of their shadow lines (the light-side parameterisation of the
+    visibility boundary of next-event estimation).
+
     Returns None or a dict of float64/long tensors: ``edge`` (N, 2) vertex indices, ``t``,
     ``face``, ``x`` (receiver points), ``m`` (unit vector in the receiver's plane across the
-    shadow line, towards the side ``sign`` = +1 lit / -1 dark), ``light`` (N, 3) point position or
-    unit direction towards a directional light, ``kind`` (1 point, 2 directional), ``dL`` (N, 3)
-    the lit side's radiance jump (diffuse receivers: ``albedo / pi * E``, ``E`` the irradiance),
+    shadow line, towards the lit side), ``light`` (N, 3) light position or unit direction
+    towards a directional light, ``kind`` (1 point or area-light point, 2 directional),
+    ``lface``/``lbary`` (the emissive face and barycentric weights of an area-light point, -1
+    otherwise), ``dL`` (N, 3) the lit side's radiance jump (diffuse receivers:
+    ``albedo / pi * E``, ``E`` the irradiance, divided by the density of the light point),
     ``w`` the inverse density per unit edge parameter ``t`` (over ``n_samples``), ``nl`` the
     receiver's unit normal on the light's side, ``x2`` the shadow line's point at ``t +- h`` and
     ``t2sign`` = +-1 / h (``(x2 - x) * t2sign`` is the line's tangent per unit ``t``)."""
-    lights = []
-    if scene.point_position is not None:
-        lights += [(1, scene.point_position[i].detach().double(), scene.point_intensity[i].detach().double())
-                   for i in range(scene.point_position.shape[0])]
-    if scene.directional_direction is not None:
-        lights += [(2, scene.directional_direction[i].detach().double(), scene.directional_irradiance[i].detach().double())
-                    for i in range(scene.directional_direction.shape[0])]
     faces = scene.faces.long()
-    if not lights or faces.shape[0] == 0 or n_samples <= 0:
+    if faces.shape[0] == 0 or n_samples <= 0:
         return None
     v = scene.vertices.detach().double()
     dev = v.device
+    N = n_samples
     uniq, f1, f2, counts = edge_owners(faces)
     tri = v[faces]
-    nf = _unit(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1))
+    cr = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    nf = _unit(cr)
     gen = torch.Generator().manual_seed(seed)
+    none_f = torch.full((N,), -1, dtype=torch.long, device=dev)
+    zero3 = torch.zeros(N, 3, dtype=torch.float64, device=dev)
+    lights = []  # (kind, per-sample light (N, 3), per-sample intensity (N, 3), lface, lbary, ny, inverse density)
+    if scene.point_position is not None:
+        for i in range(scene.point_position.shape[0]):
+            lights.append((1, scene.point_position[i].detach().double().expand(N, 3),
+                           scene.point_intensity[i].detach().double().expand(N, 3), none_f, zero3, None, 1.0))
+    if scene.directional_direction is not None:
+        for i in range(scene.directional_direction.shape[0]):
+            lights.append((2, scene.directional_direction[i].detach().double().expand(N, 3),
+                           scene.directional_irradiance[i].detach().double().expand(N, 3), none_f, zero3, None, 1.0))
+    emis = scene.emission.detach().double()
+    ef = torch.nonzero(emis[scene.face_material].amax(-1) > 0).reshape(-1)
+    if ef.numel():
+        area = 0.5 * cr[ef].norm(dim=-1)
+        if float(area.sum()) > 0:
+            k = ef[torch.multinomial(area.cpu(), N, replacement=True, generator=gen).to(dev)]
+            u1, u2 = torch.rand(N, generator=gen, dtype=torch.float64), torch.rand(N, generator=gen, dtype=torch.float64)
+            su = u1.sqrt()
+            bary = torch.stack([1 - su, su * (1 - u2), su * u2], -1).to(dev)
+            y = (bary[:, :, None] * tri[k]).sum(1)
+            lights.append((3, y, emis[scene.face_material[k]], k, bary, nf[k], float(area.sum())))
+    if not lights:
+        return None
+    crease = (nf[f1] * nf[f2]).sum(-1) < 1 - 1e-6
     out = []
-    for kind, lp, li in lights:
-        to_l = (lp - tri[:, 0]) if kind == 1 else lp.expand_as(tri[:, 0])
-        facing = (nf * to_l).sum(-1) > 0
-        e = uniq[(counts == 1) | (facing[f1] != facing[f2])]
-        if e.shape[0] == 0:
+    for kind, lp, li, lface, lbary, ny, inv_area in lights:
+        if kind == 3:
+            cand = (counts == 1) | crease
+        else:
+            to_l = (lp[0] - tri[:, 0]) if kind == 1 else lp[0].expand_as(tri[:, 0])
+            facing = (nf * to_l).sum(-1) > 0
+            cand = (counts == 1) | (facing[f1] != facing[f2])
+        eidx = torch.nonzero(cand).reshape(-1)
+        if eidx.numel() == 0:
             continue
-        a, b = v[e[:, 0]], v[e[:, 1]]
+        a, b = v[uniq[eidx, 0]], v[uniq[eidx, 1]]
         length = (b - a).norm(dim=-1)
         total = length.sum()
         cdf = torch.cumsum(length, 0)
-        u = ((torch.arange(n_samples, dtype=torch.float64) + torch.rand(n_samples, generator=gen, dtype=torch.float64))
-             * (total / n_samples)).to(dev)
-        pick = torch.searchsorted(cdf, u, right=True).clamp_max(e.shape[0] - 1)
+        u = ((torch.arange(N, dtype=torch.float64) + torch.rand(N, generator=gen, dtype=torch.float64))
+             * (total / N)).to(dev)
+        pick = torch.searchsorted(cdf, u, right=True).clamp_max(eidx.shape[0] - 1)
         t = ((u - (cdf[pick] - length[pick])) / length[pick].clamp_min(1e-30)).clamp(0.0, 1.0)
+        ei = eidx[pick]
         a, b = a[pick], b[pick]
         pe = a + (b - a) * t[:, None]
         scale = 1.0 + pe.abs().amax(-1)
-        if kind == 1:
+        pointlike = kind != 2
+        if pointlike:
             r = pe - lp
             dist = r.norm(dim=-1).clamp_min(1e-30)
             d = r / dist[:, None]
-            fb, _ = _closest(prep, lp.expand_as(pe), d, dist * (1 - 1e-4))
+            fb, _ = _closest(prep, lp + d * 1e-4 * scale[:, None], d, dist * (1 - 1e-4) - 1e-4 * scale)
             lit = fb < 0
+            to_l = lp - pe
         else:
-            d = -lp.expand_as(pe)
+            d = -lp
             fb, _ = _closest(prep, pe - d * 1e-4 * scale[:, None], -d, torch.full_like(scale, 1e30))
             lit = fb < 0
+            to_l = lp
+        fa, fb2 = f1[ei], f2[ei]
+        sil = (counts[ei] == 1) | (((nf[fa] * to_l).sum(-1) > 0) != ((nf[fb2] * to_l).sum(-1) > 0))
+        if kind == 3:
+            sil &= (ny * d).sum(-1) > 0  # the light point emits towards the edge (front side)
         fr, tr = _closest(prep, pe + d * 1e-4 * scale[:, None], d, torch.full_like(scale, 1e30))
-        ok = lit & (fr >= 0)
+        ok = lit & sil & (fr >= 0)
         if not bool(ok.any()):
             continue
-        e_, t, pe, d, fr, a, b = e[pick][ok], t[ok], pe[ok], d[ok], fr[ok], a[ok], b[ok]
-        xs = pe + d * (tr[ok] + 1e-4 * scale[ok])[:, None]
+        sel = torch.nonzero(ok).reshape(-1)
+        t, pe, d, fr, a, b, lp_, li_, sc = t[sel], pe[sel], d[sel], fr[sel], a[sel], b[sel], lp[sel], li[sel], scale[sel]
+        xs = pe + d * (tr[sel] + 1e-4 * sc)[:, None]
         nr = nf[fr]
         # the shadow line on the receiver: tangent from the neighbouring edge point
         h = 1e-3
         t2 = torch.where(t + h <= 1, t + h, t - h)
         pe2 = a + (b - a) * t2[:, None]
-        d2 = _unit(pe2 - lp) if kind == 1 else d
+        d2 = _unit(pe2 - lp_) if pointlike else d
         xs2 = _plane_hit(tri[fr, 0], nr, pe2, d2)
         tang = (xs2 - xs) * torch.sign(t2 - t)[:, None]
         m = _unit(torch.linalg.cross(nr, tang, dim=-1))
         delta = (1e-3 * (xs - pe).norm(dim=-1) + 1e-6)[:, None]
-        toward = lp - xs if kind == 1 else lp.expand_as(xs)
+        toward = lp_ - xs if pointlike else lp_
         nl = nr * torch.sign((nr * toward).sum(-1))[:, None]  # receiver normal on the light's side
         vis = []
         for sgn in (1.0, -1.0):
-            q = xs + sgn * delta * m + nl * 1e-4 * scale[ok][:, None]
-            if kind == 1:
-                rq = lp - q
+            q = xs + sgn * delta * m + nl * 1e-4 * sc[:, None]
+            if pointlike:
+                rq = lp_ - q
                 dq = rq.norm(dim=-1).clamp_min(1e-30)
-                fq, _ = _closest(prep, q, rq / dq[:, None], dq * (1 - 1e-4))
+                fq, _ = _closest(prep, q, rq / dq[:, None], dq * (1 - 1e-4) - 1e-4 * sc)
             else:
-                fq, _ = _closest(prep, q, lp.expand_as(q), torch.full_like(q[:, 0], 1e30))
+                fq, _ = _closest(prep, q, lp_, torch.full_like(q[:, 0], 1e30))
             vis.append(fq < 0)
         jump = vis[0] != vis[1]
         diffuse = scene.material_kind[scene.face_material[fr]] == 0
@@ -413,17 +463,22 @@ def shadow_pool(prep, scene, n_samples: int, seed: int):
             continue
         sign = torch.where(vis[0], 1.0, -1.0).to(torch.float64)
         alb = scene.albedo.detach().double()[scene.face_material[fr]]
-        if kind == 1:
-            rl = lp - xs
+        if pointlike:
+            rl = lp_ - xs
             r2 = (rl * rl).sum(-1)
-            E = li[None] * ((nr * rl).sum(-1).abs() / r2.sqrt() / r2)[:, None]
+            g = (nr * rl).sum(-1).abs() / r2.sqrt() / r2
+            if kind == 3:
+                g = g * (ny[sel] * -rl).sum(-1).clamp_min(0) / r2.sqrt() * inv_area
+            E = li_ * g[:, None]
         else:
-            E = li[None] * (nr * lp).sum(-1).abs()[:, None]
-        k = keep
-        out.append({"edge": e_[k], "t": t[k], "face": fr[k], "x": xs[k], "m": m[k] * sign[k, None],
-                    "light": lp.expand(int(k.sum()), 3), "kind": torch.full((int(k.sum()),), kind, device=dev),
-                    "dL": alb[k] / torch.pi * E[k], "w": (total / length[pick][ok][k]) / n_samples,
-                    "nl": nl[k], "x2": xs2[k], "t2sign": torch.sign(t2 - t)[k] / h})
+            E = li_ * (nr * lp_).sum(-1).abs()[:, None]
+        kk = keep
+        n_k = int(kk.sum())
+        out.append({"edge": uniq[ei[sel][kk]], "t": t[kk], "face": fr[kk], "x": xs[kk], "m": m[kk] * sign[kk, None],
+                    "light": lp_[kk], "kind": torch.full((n_k,), 2 if kind == 2 else 1, device=dev),
+                    "lface": lface[sel][kk], "lbary": lbary[sel][kk],
+                    "dL": alb[kk] / torch.pi * E[kk], "w": (total / length[pick][sel][kk]) / N,
+                    "nl": nl[kk], "x2": xs2[kk], "t2sign": torch.sign(t2 - t)[kk] / h})
     if not out:
         return None
     return {key: torch.cat([o[key] for o in out]) for key in out[0]}
@@ -431,11 +486,16 @@ def shadow_pool(prep, scene, n_samples: int, seed: int):
 
 def _shadow_points(v: torch.Tensor, faces: torch.Tensor, pool: dict) -> torch.Tensor:
     """Receiver points of the shadow-line samples as functions of ``v`` (differentiable): the ray
-    from the light through the moving edge point meets the (moving) receiver's plane."""
+    from the light (an area light's point moves with its face) through the moving edge point
+    meets the (moving) receiver's plane."""
     ed = pool["edge"]
     t = pool["t"].to(v.dtype)[:, None]
     pe = v[ed[:, 0]] * (1 - t) + v[ed[:, 1]] * t
     lp = pool["light"].to(v.dtype)
+    area = pool["lface"] >= 0
+    if bool(area.any()):
+        y = (pool["lbary"].to(v.dtype)[:, :, None] * v[faces[pool["lface"].clamp_min(0)]]).sum(1)
+        lp = torch.where(area[:, None], y, lp)
     point = (pool["kind"] == 1)[:, None]
     o = torch.where(point, lp, pe)
     d = torch.where(point, pe - lp, -lp)
@@ -509,7 +569,9 @@ def _shadow_vertex_grad(pool: dict, v: torch.Tensor, faces: torch.Tensor, prep, 
     m_ang = _unit(torch.linalg.cross(om, tang, dim=-1))
     across = _unit(P["x"] + 1e-4 * dist[use][:, None] * P["m"] - X0u) - om
     m_ang = m_ang * torch.sign((m_ang * across).sum(-1))[:, None]
-    coef = (coef_rgb[use].to(v.dtype) * P["dL"].to(v.dtype)).sum(-1) * cos[use].to(v.dtype) * P["w"].to(v.dtype) * ltan
+    # one of the N pool samples, chosen uniformly: N times its term estimates the pool's sum
+    coef = (coef_rgb[use].to(v.dtype) * P["dL"].to(v.dtype)).sum(-1) * cos[use].to(v.dtype) * P["w"].to(v.dtype) \
+        * ltan * N
     oms = _unit(_shadow_points(v, faces, P) - X[use])
     return -(coef * (m_ang.to(v.dtype) * oms).sum(-1)).sum()
 
@@ -565,13 +627,13 @@ def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_sp
       (it changes when faces turn). BSDF values are held fixed (exact for diffuse surfaces).
     * ``secondary_spp`` paths per pixel: one edge sample per vertex for the visibility boundary
       (Li et al. 2018, secondary edges): the jump ``F_minus - F_plus`` of ``f cos L`` across an
-      edge's image times the edge's angular motion seen from the moving vertex; the emission of
-      the first hit beside the edge counts relative to the emitter's material point (next-event
-      estimation differentiates it in area measure). Edges of static faces are sampled with a
-      tenth of their weight until the path has touched a moving face.
-    * with ``secondary_spp``: the shadow lines of point and directional lights
-      (:func:`shadow_pool`, ``max(4096, H W secondary_spp)`` samples) seen by the camera and
-      from one vertex of each path."""
+      edge's image times the edge's angular motion seen from the moving vertex, without the
+      emission of the first hit beside the edge (direct light: next item). Edges of static
+      faces are sampled with a tenth of their weight until the path has touched a moving face.
+    * with ``secondary_spp``: the visibility boundary of direct light, sampled from the lights
+      (:func:`shadow_pool`, ``max(4096, H W secondary_spp)`` shadow-line points per point or
+      directional light and for the area lights): seen by the camera, and from one vertex of
+      each path (one pool point chosen uniformly)."""
     zero = torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
     F = scene.faces.shape[0]
     if F == 0 or max_depth < 1 or (secondary_spp <= 0 and interior_spp <= 0):
