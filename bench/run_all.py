@@ -1,30 +1,43 @@
-"""Run every benchmark in bench/ and write bench/results/NAME.json (``make bench``)."""
+"""Run every benchmark in bench/ and write bench/results/NAME.json, then the table of headline
+figures bench/results/TABLE.md and README.md's benchmark block from every JSON there
+(``make bench``; ``python -m bench.table`` alone rebuilds the table from existing JSON)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from bench import table
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--no-readme", action="store_true", help="write TABLE.md but leave README.md alone")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     args = p.parse_args(argv)
     names = args.names or sorted(
-        f.stem for f in Path(__file__).parent.glob("*.py") if f.stem not in ("__init__", "run_all", "_common")
+        f.stem for f in Path(__file__).parent.glob("*.py") if f.stem not in ("__init__", "run_all", "_common", "table")
     )
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
         t0 = time.perf_counter()
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         result = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+        if isinstance(result, dict):  # run conditions, shown by bench.table
+            result[table.META] = {"quick": args.quick, "loadavg_1min_start": load,
+                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                  "seconds": round(time.perf_counter() - t0, 1)}
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         print(f"{name}: {time.perf_counter() - t0:.1f} s -> {args.out / (name + '.json')}", file=sys.stderr)
+    table.write(args.out, None if args.no_readme else table.README)
+    print(f"table -> {args.out / 'TABLE.md'}" + ("" if args.no_readme else f" and {table.README}"), file=sys.stderr)
     return 0
 
 

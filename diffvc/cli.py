@@ -21,7 +21,7 @@ def _bench_dir() -> Path:
 
 def _bench_names() -> list[str]:
     d = _bench_dir()
-    return sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_") and p.stem != "run_all") if d.is_dir() else []
+    return sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("run_all", "table")) if d.is_dir() else []
 
 
 def _positive_int(s: str) -> int:
