@@ -38,7 +38,7 @@ from .rigid import RigidBodyModel, RigidBodyState, apply_impulse, rigid_step, ri
 from .fem import (FEMModel, FEMState, fem_implicit_step, fem_static_solve, fem_step, fem_step_torch,
                   lame_parameters)
 from .mpm import MPMModel, MPMState
-from .cloth import ClothModel, ClothState, cloth_hinges
+from .cloth import ClothControl, ClothModel, ClothState, cloth_hinges
 from .smoke import SmokeModel, SmokeState
 from .articulated import ArticulatedModel, ArticulatedState, ArticulationBuilder
 from .mjcf import load_mjcf
@@ -76,6 +76,7 @@ __all__ = [
     "MPMState",
     "ClothModel",
     "ClothState",
+    "ClothControl",
     "cloth_hinges",
     "SmokeModel",
     "SmokeState",

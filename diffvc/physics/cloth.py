@@ -71,6 +71,8 @@ import torch
 from .._kernels import Out, kernel_op, mat, vec
 from .._kernels.cloth import (MAX_OBSTACLES, cloth_body_contact, cloth_hinge_forces, cloth_integrate,
                               cloth_triangle_forces)
+from .._validate import (as_tensor, check_dt, check_faces, check_finite, check_float, check_index,
+                         check_positive)
 from ..geometry.transforms import quaternion_apply
 from .particles import check_planes
 from .rigid import RigidBodyState, _contact_law
@@ -80,10 +82,13 @@ __all__ = ["ClothModel", "ClothState", "ClothControl", "cloth_hinges"]
 _EPS2 = 1e-12  # m^2 floor under squared lengths / doubled areas: finite at degenerate triangles
 
 
-def _t(x, dtype, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype=dtype, device=device)
-    return torch.as_tensor(x, dtype=dtype, device=device)
+def _t(x, dtype, device, name: str = "value", nonneg: bool = False, positive: bool = False):
+    """A model parameter as a finite tensor (its autograd history kept), >= 0 / > 0 if asked."""
+    t = as_tensor(x, name, dtype=dtype, device=device)
+    check_finite(t, name)
+    if positive or nonneg:
+        check_positive(t, name, strict=positive)
+    return t
 
 
 def _rows(x, k, name, dtype, device):
@@ -122,7 +127,7 @@ def cloth_hinges(faces: torch.Tensor) -> torch.Tensor:
     :mod:`diffvc.geometry.topology`."""
     from ..geometry.topology import _interior_edge_corners
 
-    faces = faces.long()
+    faces = check_index(faces, "faces", 2 ** 62, shape=("F", 3), size_name="any vertex index")
     _, i, j = _interior_edge_corners(faces)
     flat = faces.reshape(-1)
     fi, ki = i // 3, i % 3
@@ -270,20 +275,15 @@ class ClothModel:
         cx, cy, cz, radius) and body_boxes: rows (body index, cx, cy, cz, hx, hy, hz), obstacles
         attached to rigid bodies (centres in the body frame; module docstring). Tensors keep
         their autograd history (e.g. a differentiable ``mu``)."""
-        if not isinstance(verts, torch.Tensor):
-            verts = torch.as_tensor(verts, dtype=dtype or torch.float32)
-        if verts.dim() != 2 or verts.shape[1] != 3 or not verts.is_floating_point():
-            raise ValueError(f"verts must be a floating tensor of shape (V, 3), got {tuple(verts.shape)}")
+        verts = check_float(verts, "verts", shape=("V", 3), dtype=None if isinstance(verts, torch.Tensor) else
+                            (dtype or torch.float32))
         dtype = dtype or verts.dtype
         device = device or verts.device
         X = verts.to(dtype=dtype, device=device)
         nv = X.shape[0]
-        faces = torch.as_tensor(faces, device=device)
-        if faces.dim() != 2 or faces.shape[1] != 3 or faces.is_floating_point() or faces.shape[0] == 0:
-            raise ValueError(f"faces must be a non-empty integer tensor of shape (F, 3), got {tuple(faces.shape)}")
-        faces = faces.long()
-        if faces.min() < 0 or faces.max() >= nv:
-            raise ValueError(f"faces: indices must lie in [0, {nv})")
+        faces = check_faces(faces, nv, device=device)
+        if faces.shape[0] == 0:
+            raise ValueError("faces must hold at least one triangle")
         hinges = cloth_hinges(faces)
         Xd = X.detach()
         Dm = _tri_frames(Xd, faces)
@@ -291,7 +291,9 @@ class ClothModel:
         area = 0.5 * (Dm[:, 0, 0] * Dm[:, 1, 1]).abs()
         if (area <= 0).any():
             raise ValueError("verts/faces: the rest mesh has zero-area triangles")
-        density = _t(density, dtype, device)
+        density = _t(density, dtype, device, "density", positive=True)
+        mu, lam, kb = (_t(mu, dtype, device, "mu", nonneg=True), _t(lam, dtype, device, "lam", nonneg=True),
+                       _t(kb, dtype, device, "kb", nonneg=True))
         mass = torch.zeros(nv, dtype=dtype, device=device).index_add(
             0, faces.reshape(-1), (density * area / 3.0).repeat_interleave(3))
         ea = hinges[:, 0]
@@ -307,10 +309,9 @@ class ClothModel:
                                                                                  device=device))
         if pins is None:
             pins = torch.zeros(0, dtype=torch.long, device=device)
-        pins = torch.as_tensor(pins, device=device).reshape(-1)
-        if pins.is_floating_point():
-            raise ValueError("pins must be integer vertex indices")
-        pins = pins.long()
+        if isinstance(pins, (list, tuple)) and not pins:
+            pins = torch.zeros(0, dtype=torch.long, device=device)
+        pins = check_index(pins, "pins", nv, shape=("P",), device=device)
         planes = _rows([[0.0, 1.0, 0.0, 0.0]] if planes is None else planes, 4, "planes", dtype, device)
         spheres = _rows([] if spheres is None else spheres, 4, "spheres", dtype, device)
         boxes = _rows([] if boxes is None else boxes, 6, "boxes", dtype, device)
@@ -622,6 +623,7 @@ class ClothModel:
         bodies the attached obstacles move with, a fourth kernel), or a :class:`ClothControl`
         with both. Returns a new :class:`ClothState`.
         """
+        dt = check_dt(dt)
         self._check_state(state)
         _, bodies = self._split_control(control)
         x, v = state.x, state.v
@@ -650,6 +652,7 @@ class ClothModel:
     def step_torch(self, state: ClothState, dt: float, control: torch.Tensor | None = None) -> ClothState:
         """Plain-torch twin of :meth:`step` (same function; tests, forward mode via
         ``rollout(..., backend="torch")``)."""
+        dt = check_dt(dt)
         self._check_state(state)
         _, bodies = self._split_control(control)
         x, v = state.x, state.v
