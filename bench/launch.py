@@ -78,7 +78,7 @@ def rigid_slide(variant: str, steps: int = 250):
     else:
         raise ValueError(variant)
     ms = (time.perf_counter() - t0) * 1e3
-    return ms, float(final.x[0, 0]), [float(t.grad.reshape(-1)[0]) for t in leaves]
+    return ms, float(final.x[0, 0].detach()), [float(t.grad.reshape(-1)[0]) for t in leaves]
 
 
 # ------------------------------------------------------------------------------- one particle
