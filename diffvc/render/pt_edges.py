@@ -511,7 +511,7 @@ def _shadow_camera_grad(pool: dict, v: torch.Tensor, faces: torch.Tensor, prep, 
     Minv = torch.linalg.inv(torch.stack([dx, dy, d00], 1))
 
     def proj(x):
-        abc = (x - o) @ Minv.T
+        abc = (x.to(v.dtype) - o) @ Minv.T
         return abc[:, :2] / abc[:, 2:3]
 
     xs0 = pool["x"]
