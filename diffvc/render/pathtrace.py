@@ -32,8 +32,9 @@ Gradients
     sampled link; the BSDF value is held fixed (exact for diffuse surfaces). ``secondary_spp``
     paths per pixel sample one edge per vertex, chosen in proportion to the angle it subtends
     (edges of static faces get a tenth of the weight until the path has touched a moving face):
-    ``f cos L`` without the direct emission is path traced just beside it on both sides and
-    torch differentiates the edge's direction from the (moving) vertex. Sliding vertices
+    ``f cos L`` is path traced just beside it on both sides and torch differentiates the edge's
+    direction from the (moving) vertex (at camera hits without the direct emission, whose
+    boundary is the shadow term below). Sliding vertices
     instead of material ones (Zhang et al. 2020) leave no geometry factor between a moving and
     a static surface to differentiate, whose 1 / distance growth made the contact band
     heavy-tailed.
@@ -42,9 +43,11 @@ Gradients
     sample boundary segments from a light (Zhang et al. 2020, 2023): a light point (point
     light, directional light, or a point of an emissive face uniform in area), a silhouette
     edge seen from it, and the shadow line where the ray through the edge meets the receiver.
-    Each line point is connected to the camera (image space) and path vertices connect to one
-    of them each (solid angle); the lit side's radiance times the line's normal motion is
-    added. Diffuse receivers and diffuse connecting vertices only (others get no shadow term);
+    Each line point is connected to the camera (image space), and path vertices connect to one
+    point of the point and directional lights' lines each (solid angle); the lit side's
+    radiance times the line's normal motion is added. Soft shadows seen from later vertices
+    stay with the edge term (the emission beside the edge relative to the emitter's material
+    point). Diffuse receivers and diffuse connecting vertices only (others get no shadow term);
     textures are read as the material albedo.
 
   Not included: BSDF changes of glossy surfaces under rotation. Tests compare against central

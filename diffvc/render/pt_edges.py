@@ -627,13 +627,15 @@ def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_sp
       (it changes when faces turn). BSDF values are held fixed (exact for diffuse surfaces).
     * ``secondary_spp`` paths per pixel: one edge sample per vertex for the visibility boundary
       (Li et al. 2018, secondary edges): the jump ``F_minus - F_plus`` of ``f cos L`` across an
-      edge's image times the edge's angular motion seen from the moving vertex, without the
-      emission of the first hit beside the edge (direct light: next item). Edges of static
+      edge's image times the edge's angular motion seen from the moving vertex; the emission of
+      the first hit beside the edge (direct light) counts relative to the emitter's material
+      point, except at camera hits, where the next item samples it. Edges of static
       faces are sampled with a tenth of their weight until the path has touched a moving face.
     * with ``secondary_spp``: the visibility boundary of direct light, sampled from the lights
       (:func:`shadow_pool`, ``max(4096, H W secondary_spp)`` shadow-line points per point or
-      directional light and for the area lights): seen by the camera, and from one vertex of
-      each path (one pool point chosen uniformly)."""
+      directional light and for the area lights): seen by the camera; the point and
+      directional lights' lines also from one vertex of each path (one pool point chosen
+      uniformly)."""
     zero = torch.zeros(H, W, 3, dtype=scene.vertices.dtype, device=scene.vertices.device)
     F = scene.faces.shape[0]
     if F == 0 or max_depth < 1 or (secondary_spp <= 0 and interior_spp <= 0):
