@@ -29,10 +29,11 @@ def main(argv=None) -> int:
     for name in names:
         t0 = time.perf_counter()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         result = importlib.import_module(f"bench.{name}").run(quick=args.quick)
         if isinstance(result, dict):  # run conditions, shown by bench.table
             result[table.META] = {"quick": args.quick, "loadavg_1min_start": load,
-                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                  "date": started,
                                   "seconds": round(time.perf_counter() - t0, 1)}
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         print(f"{name}: {time.perf_counter() - t0:.1f} s -> {args.out / (name + '.json')}", file=sys.stderr)

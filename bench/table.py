@@ -112,7 +112,7 @@ class Row:
         else:
             anchor = f"{self.anchor}: {fmt(self.anchor_value, self.unit)}"
         r = self.ratio
-        ratio = "n/a" if r is None else f"{r:.2f}×"
+        ratio = "n/a" if r is None else f"{r:.2f}×" if 0.1 <= abs(r) < 100 else fmt(r) + "×"
         return [self.bench, self.measured, ours, anchor, ratio, self.better, self.target or "—"]
 
 

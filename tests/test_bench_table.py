@@ -71,7 +71,9 @@ def test_mass_spring_spread_and_best_torch():
                      "torch": {"total_ms": 9000.0}, "torch_1thread": {"total_ms": 6000.0}}}
     rows = rows_for("mass_spring", d)
     raw = _row(rows, "fused", "raw Warp")
-    assert raw.ratio == pytest.approx(0.8) and raw.cells()[2] == "480 ms (min 470 ms)"
+    assert raw.ratio == pytest.approx(0.8) and raw.cells()[2] == "480 ms (min 470 ms)" and raw.cells()[4] == "0.80×"
+    tiny = table.Row("x", "y", 1.0, "ms", "slow", 6000.0)
+    assert tiny.cells()[4] == "1.67e-04×"  # small ratios keep their digits
     assert _row(rows, "fused", "torch").anchor_value == 6000.0
 
 
