@@ -17,24 +17,27 @@ from dataclasses import dataclass
 import torch
 
 from .._kernels import pathtrace as K
-from .._validate import check_faces
+from .._validate import as_int, check_faces, check_float, check_same_dtype
 from .cameras import Cameras, generate_rays
 
 
-def _check_mesh(vertices, faces):
-    if not isinstance(vertices, torch.Tensor) or vertices.dim() != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"vertices must be a tensor of shape (V, 3), got {getattr(vertices, 'shape', None)}")
-    if not isinstance(faces, torch.Tensor):
-        raise TypeError(f"faces must be an integer torch.Tensor of shape (F, 3), got {type(faces).__name__}")
-    check_faces(faces, vertices.shape[0], device=vertices.device, dtype=torch.int64)
+def _check_mesh(vertices, faces) -> torch.Tensor:
+    """Validated ``(vertices, faces)``: finite floating ``(V, 3)``, faces ``(F, 3)`` indexing them
+    (a list of index triples is accepted); returns the faces as int64."""
+    check_float(vertices, "vertices", shape=("V", 3), coerce=False)
+    return check_faces(faces, vertices.shape[0], device=vertices.device, dtype=torch.int64)
 
 
-def _check_rays(origins, directions, vertices):
-    if origins.shape != directions.shape or origins.dim() != 2 or origins.shape[1] != 3:
-        raise ValueError(f"origins and directions must both have shape (N, 3), got {tuple(origins.shape)} and "
+def _check_rays(origins, directions, vertices, names=("origins", "directions")):
+    a, b = names
+    check_float(origins, a, shape=("N", 3), coerce=False)
+    check_float(directions, b, shape=("N", 3), coerce=False)
+    if origins.shape != directions.shape:
+        raise ValueError(f"{a} and {b} must both have shape (N, 3), got {tuple(origins.shape)} and "
                          f"{tuple(directions.shape)}")
+    check_same_dtype(("vertices", vertices), (a, origins), (b, directions))
     if origins.device != vertices.device or directions.device != vertices.device:
-        raise ValueError("origins and directions must be on the device of vertices")
+        raise ValueError(f"{a} and {b} must be on the device of vertices")
 
 
 class TriangleBVH:
@@ -45,7 +48,7 @@ class TriangleBVH:
     """
 
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor):
-        _check_mesh(vertices, faces)
+        faces = _check_mesh(vertices, faces)
         self.device = vertices.device
         self._bvh = K.build_bvh(vertices, faces)
 
@@ -112,7 +115,7 @@ def intersect(vertices: torch.Tensor, faces: torch.Tensor, origins: torch.Tensor
     The BVH finds the face; :func:`hit_from_face` recomputes the hit differentiably. Pass ``bvh``
     to reuse a BVH built for the same vertices.
     """
-    _check_mesh(vertices, faces)
+    faces = _check_mesh(vertices, faces)
     _check_rays(origins, directions, vertices)
     bvh = bvh or TriangleBVH(vertices, faces)
     face, _ = bvh.cast(origins, directions, tmax)
@@ -121,7 +124,7 @@ def intersect(vertices: torch.Tensor, faces: torch.Tensor, origins: torch.Tensor
 
 def intersect_brute_force(vertices, faces, origins, directions, tmax: float | None = None) -> RayHits:
     """Plain-torch twin of :func:`intersect`: every ray against every triangle (O(N F) memory)."""
-    _check_mesh(vertices, faces)
+    faces = _check_mesh(vertices, faces)
     _check_rays(origins, directions, vertices)
     tri = vertices[faces]  # (F, 3, 3)
     v0, e1, e2 = tri[None, :, 0], (tri[:, 1] - tri[:, 0])[None], (tri[:, 2] - tri[:, 0])[None]
@@ -153,8 +156,8 @@ def occluded(vertices: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, 
     """Shadow rays: (N,) bool, True where the segment from ``points`` to ``targets`` (N, 3) is
     blocked (the ends are shrunk by ``eps`` of the segment length to skip the surfaces they lie
     on). Not differentiable (a visibility test)."""
-    _check_mesh(vertices, faces)
-    _check_rays(points, targets, vertices)
+    faces = _check_mesh(vertices, faces)
+    _check_rays(points, targets, vertices, ("points", "targets"))
     bvh = bvh or TriangleBVH(vertices, faces)
     d = (targets - points).detach()
     o = points.detach() + d * eps
@@ -179,11 +182,12 @@ def render_gbuffer(vertices: torch.Tensor, faces: torch.Tensor, camera: Cameras,
         averaged over the pixel samples. Differentiable w.r.t. the colours and (interior term
         only) the vertices and camera.
     """
-    _check_mesh(vertices, faces)
+    faces = _check_mesh(vertices, faces)
+    if not isinstance(camera, Cameras):
+        raise TypeError(f"camera must be a diffvc.render.Cameras, got {type(camera).__name__}")
     if camera.batch_size != 1:
         raise ValueError(f"camera must hold exactly one view, got {camera.batch_size}")
-    if spp < 1:
-        raise ValueError(f"spp must be >= 1, got {spp}")
+    spp, seed = as_int(spp, "spp", minimum=1), as_int(seed, "seed")
     if face_colors is not None and vertex_colors is not None:
         raise ValueError("give face_colors or vertex_colors, not both")
     if face_colors is not None and (face_colors.dim() != 2 or face_colors.shape[0] != faces.shape[0]):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._validate import as_float, as_int, as_tensor
 from .cameras import Cameras, generate_rays
 from .volume import _check_rays, ray_aabb
 
@@ -100,13 +101,13 @@ def sphere_trace(sdf, origins: torch.Tensor, directions: torch.Tensor, bbox_min=
         silhouettes). A ray that misses contributes through ``coverage`` and ``points`` (its
         closest sample) only.
     """
+    if not callable(sdf):
+        raise TypeError(f"sdf must be a callable points (M, 3) -> distances (M,), got {type(sdf).__name__}")
     _check_rays(origins, directions)
     if bool(((directions.norm(dim=-1) - 1).abs() > 1e-4).any()):
         raise ValueError("directions must have unit length")
-    if int(max_steps) < 1 or int(n_min_samples) < 1:
-        raise ValueError(f"max_steps and n_min_samples must be >= 1, got {max_steps}, {n_min_samples}")
-    if not smoothing > 0:
-        raise ValueError(f"smoothing must be > 0, got {smoothing}")
+    max_steps, n_min_samples = as_int(max_steps, "max_steps", minimum=1), as_int(n_min_samples, "n_min_samples", minimum=1)
+    eps, smoothing = as_float(eps, "eps", positive=True), as_float(smoothing, "smoothing", positive=True)
     N = origins.shape[0]
     with torch.no_grad():
         o, d = origins.detach(), directions.detach()
@@ -181,7 +182,7 @@ def sphere_trace(sdf, origins: torch.Tensor, directions: torch.Tensor, bbox_min=
 
 
 def _per_ray(x, n: int, name: str, like: torch.Tensor) -> torch.Tensor:
-    v = torch.as_tensor(x, dtype=like.dtype, device=like.device)
+    v = as_tensor(x, name, dtype=like.dtype, device=like.device)
     if v.shape not in ((3,), (n, 3)):
         raise ValueError(f"{name} must have shape (3,) or ({n}, 3), got {tuple(v.shape)}")
     if not bool(torch.isfinite(v).all()):
@@ -209,8 +210,7 @@ def shade_sdf(hits: SDFHits, albedo=(0.8, 0.8, 0.8), light_dir=(0.4, 0.8, 0.6), 
     l = (l / ln).expand(n, 3)
     a = _per_ray(albedo, n, "albedo", like)
     bg = _per_ray(background, n, "background", like)
-    if not float(ambient) >= 0:
-        raise ValueError(f"ambient must be >= 0, got {ambient}")
+    ambient = as_float(ambient, "ambient", nonneg=True)
     shade = a * (ambient + (hits.normals * l).sum(-1).clamp_min(0))[:, None]
     c = hits.coverage[:, None]
     return c * shade + (1 - c) * bg
@@ -226,10 +226,12 @@ def render_sdf(cameras: Cameras, sdf, albedo=(0.8, 0.8, 0.8), light_dir=(0.4, 0.
     ``albedo``, ``light_dir`` and ``background``."""
     if not isinstance(cameras, Cameras):
         raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
+    if not callable(sdf):
+        raise TypeError(f"sdf must be a callable points (M, 3) -> distances (M,), got {type(sdf).__name__}")
     o, d = generate_rays(cameras)
     B, H, W = cameras.batch_size, cameras.height, cameras.width
     hits = sphere_trace(sdf, o.reshape(-1, 3), d.reshape(-1, 3), bbox_min, bbox_max, **trace_options)
-    l = torch.as_tensor(light_dir, dtype=o.dtype, device=o.device)
+    l = as_tensor(light_dir, "light_dir", dtype=o.dtype, device=o.device)
     if l.shape == (B, 3):
         l = l[:, None, :].expand(B, H * W, 3).reshape(-1, 3)
     elif l.shape != (3,):
