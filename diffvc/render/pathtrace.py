@@ -63,6 +63,7 @@ from __future__ import annotations
 import torch
 
 from .._kernels import pathtrace as K
+from .._validate import as_int
 from .cameras import Cameras
 from .pt_edges import edge_term, path_terms
 from .pt_scene import _KINDS, PathTracingScene
@@ -123,14 +124,10 @@ class _PathTraceFn(torch.autograd.Function):
 def _check(scene, camera, spp, max_depth, rr_depth, edge_samples):
     if not isinstance(scene, PathTracingScene):
         raise TypeError(f"scene must be a PathTracingScene, got {type(scene).__name__}")
-    if int(spp) < 1:
-        raise ValueError(f"spp must be >= 1, got {spp}")
-    if int(max_depth) < 0:
-        raise ValueError(f"max_depth must be >= 0, got {max_depth}")
-    if int(rr_depth) < 1:
-        raise ValueError(f"rr_depth must be >= 1, got {rr_depth}")
-    if int(edge_samples) < 0:
-        raise ValueError(f"edge_samples must be >= 0, got {edge_samples}")
+    as_int(spp, "spp", minimum=1)
+    as_int(max_depth, "max_depth", minimum=0)
+    as_int(rr_depth, "rr_depth", minimum=1)
+    as_int(edge_samples, "edge_samples", minimum=0)
     if not isinstance(camera, Cameras):
         raise TypeError(f"camera must be a diffvc.render.Cameras, got {type(camera).__name__}")
     if camera.device != scene.device:

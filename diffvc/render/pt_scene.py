@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .._validate import as_tensor, check_float, check_positive
+
 DIFFUSE, CONDUCTOR, PLASTIC = 0, 1, 2
 _KINDS = {"diffuse": DIFFUSE, "conductor": CONDUCTOR, "plastic": PLASTIC}
 
@@ -29,6 +31,21 @@ class PTMaterial:
     roughness: float | torch.Tensor = 0.5
     emission: tuple | torch.Tensor = (0.0, 0.0, 0.0)
     texture: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.kind, str) or self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {self.kind!r}")
+        for name in ("albedo", "emission"):
+            v = getattr(self, name)
+            t = check_float(v if isinstance(v, torch.Tensor) else as_tensor(v, name, dtype=torch.float64), name,
+                            shape=(3,))
+            check_positive(t, name, strict=False)
+        r = self.roughness
+        check_positive(check_float(r if isinstance(r, torch.Tensor) else as_tensor(r, "roughness",
+                                                                                 dtype=torch.float64),
+                                   "roughness", shape=()), "roughness", strict=False)
+        if self.texture is not None:
+            check_float(self.texture, "texture", shape=("h", "w", 3), coerce=False)
 
 
 @dataclass(frozen=True)
