@@ -39,6 +39,7 @@ EXAMPLES: dict[str, str] = {
     "cartpole": "diffvc.examples.cartpole",
     "quasistatic": "diffvc.examples.quasistatic",
     "learned_dynamics": "diffvc.examples.learned_dynamics",
+    "nerf": "diffvc.examples.nerf",
     "sdf_from_views": "diffvc.examples.sdf_from_views",
 }
 
