@@ -21,7 +21,12 @@ iterations (loss, backward, gradient all-reduce, step), warm-up iteration exclud
 efficiency = t(1 process, 1 thread) / (2 t(2 processes)).
 
 The machine is a shared 2-core VM (other jobs run at the same time): absolute times are inflated
-and noisy; the load average is recorded before and after.
+and noisy; the load average is recorded before and after. The three process configurations run
+one after another, so a change of the machine's load between them biases their ratio (first run:
+the load average fell from 25 to 18 during (b) and the "efficiency" came out 2.1, i.e. > 1: not a
+measurement of parallel efficiency; on an idle machine expect <= 1). The walker's float32
+gradients over 100 contact steps amplify rounding: batched vs loop differ by a few percent
+(float64 tests agree to 1e-10).
 
     python -m bench.scale [--quick]     or     diffvc bench scale
 """
