@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 
 from .._kernels import volume as K
+from .._validate import as_float, check_float, check_same_dtype
 from .cameras import Cameras, generate_rays
 from .lights import sh_basis
 
@@ -182,6 +183,9 @@ def stratified_samples(t_near: torch.Tensor, t_far: torch.Tensor, n_samples: int
         ``(t, delta)``, each (N, S). Differentiable w.r.t. ``t_near`` and ``t_far``.
     """
     S = _check_samples(n_samples)
+    check_float(t_near, "t_near", shape=("N",), coerce=False)
+    check_float(t_far, "t_far", shape=tuple(t_near.shape), coerce=False)
+    check_same_dtype(("t_near", t_near), ("t_far", t_far))
     jit = _jitter(jitter, t_near)
     span = (t_far - t_near).clamp_min(0)
     delta = span / S
@@ -339,8 +343,9 @@ class OccupancyGrid:
                  decay: float = 0.95, dtype=torch.float32, device="cpu"):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
             raise ValueError(f"resolution must be an int >= 1, got {resolution!r}")
-        if not (threshold >= 0 and 0 <= decay <= 1):
-            raise ValueError(f"threshold must be >= 0 and decay in [0, 1], got {threshold}, {decay}")
+        threshold, decay = as_float(threshold, "threshold", nonneg=True), as_float(decay, "decay", nonneg=True)
+        if decay > 1:
+            raise ValueError(f"decay must lie in [0, 1], got {decay}")
         like = torch.zeros((), dtype=dtype, device=device)
         self.bbox_min, self.bbox_max = _box(bbox_min, bbox_max, like)
         self.resolution, self.threshold, self.decay = resolution, float(threshold), float(decay)
@@ -572,6 +577,8 @@ def render_field(field, origins: torch.Tensor, directions: torch.Tensor, bbox_mi
     Returns:
         :class:`VolumeRender` of the fine pass (of the stratified pass when ``n_importance = 0``).
     """
+    if not callable(field):
+        raise TypeError(f"field must be a callable (points, directions) -> (sigma, color), got {type(field).__name__}")
     _check_rays(origins, directions)
     if occupancy is not None and not isinstance(occupancy, OccupancyGrid):
         raise TypeError(f"occupancy must be an OccupancyGrid or None, got {type(occupancy).__name__}")
@@ -650,6 +657,15 @@ def render_volume(cameras: Cameras, density: torch.Tensor, features: torch.Tenso
 # ----------------------------------------------------------------------------------------------
 
 
+def _vol_path(path) -> Path:
+    if not isinstance(path, (str, Path)) or (isinstance(path, str) and not path):
+        raise TypeError(f"path must be a file path (str or pathlib.Path), got {type(path).__name__}")
+    path = Path(path)
+    if path.suffix.lower() != ".vol":
+        raise ValueError(f"path must name a Mitsuba .vol file, got {path.name!r}")
+    return path
+
+
 def write_vol(path, values: torch.Tensor, bbox_min=0.0, bbox_max=1.0) -> Path:
     """Write a grid as a Mitsuba ``.vol`` file (binary: ``VOL``, version 3, encoding 1 = float32,
     resolution ``xres, yres, zres``, channels, bbox ``xmin ymin zmin xmax ymax zmax``, then the
@@ -661,6 +677,8 @@ def write_vol(path, values: torch.Tensor, bbox_min=0.0, bbox_max=1.0) -> Path:
             ``to_world`` transform (unit cube), or by this box with ``use_grid_bbox=True``; values
             are voxel-centred there, as in :func:`render_grid` with ``cell_centered=True``.
     """
+    path = _vol_path(path)
+    check_float(values, "values", coerce=False)
     v = values.detach().to(torch.float32).cpu()
     if v.dim() == 3:
         v = v[..., None]
@@ -671,7 +689,6 @@ def write_vol(path, values: torch.Tensor, bbox_min=0.0, bbox_max=1.0) -> Path:
     header = b"VOL" + struct.pack("<B", 3) + struct.pack("<5i", 1, X, Y, Z, C)
     header += struct.pack("<6f", *lo.tolist(), *hi.tolist())
     data = v.permute(2, 1, 0, 3).contiguous().numpy().tobytes()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(header + data)
     return path
@@ -680,7 +697,10 @@ def write_vol(path, values: torch.Tensor, bbox_min=0.0, bbox_max=1.0) -> Path:
 def read_vol(path, dtype=torch.float32, device="cpu"):
     """Read a Mitsuba ``.vol`` grid (float32 encoding). Returns ``(values, bbox_min, bbox_max)``
     with values (X, Y, Z) for one channel, else (X, Y, Z, C), in diffvc's ``[i, j, k]`` layout."""
-    raw = Path(path).read_bytes()
+    path = _vol_path(path)
+    if not path.is_file():
+        raise ValueError(f"path: no such file {path}")
+    raw = path.read_bytes()
     if len(raw) < 48 or raw[:3] != b"VOL" or raw[3] != 3:
         raise ValueError(f"path: {path} is not a version-3 Mitsuba .vol file")
     enc, X, Y, Z, C = struct.unpack("<5i", raw[4:24])
