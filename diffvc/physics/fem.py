@@ -821,6 +821,8 @@ def fem_static_solve(model: FEMModel, x_init: torch.Tensor | None = None, newton
     (Warp assembly, reused factors, energy line search: the total potential energy).
     Differentiable by the implicit function theorem (w.r.t. Lame parameters, masses, gravity,
     rest shape, pinned positions)."""
+    if not isinstance(model, FEMModel):
+        raise TypeError(f"model must be a FEMModel, got {type(model).__name__}")
     x_init = model.rest if x_init is None else check_like(x_init, "x_init", tuple(model.rest.shape), model.rest,
                                                           finite=True)
     newton_iters = as_int(newton_iters, "newton_iters", minimum=1)
