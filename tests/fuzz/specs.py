@@ -411,6 +411,7 @@ def targets() -> list[Target]:
                                                                                       "low": "float", "high": "float"})
     add("optim.pyramid_mse", O.pyramid_mse, lambda: {"pred": torch.rand(1, 8, 8, 3), "target": torch.rand(1, 8, 8, 3)},
         {"pred": "tensor", "target": "tensor", "levels": "posint"})
+    _more_targets(add, mesh_args, G, R, P, PL, O)
     return T
 
 
@@ -422,3 +423,423 @@ def cases() -> list[tuple[str, str, str]]:
             for label, _, _ in KIND_TABLE[kind]:
                 out.append((t.name, arg, label))
     return out
+
+
+def _more_targets(add, mesh_args, G, R, P, PL, O) -> None:
+    """The rest of the public surface: fields, conversions, I/O, curvature, splines, encoders,
+    ray tracing, path tracing, volumes, sphere tracing, splats, MPM, cloth, smoke, articulated
+    bodies, the renderer contract and the optimisation helpers."""
+    import tempfile
+
+    pts = lambda n=10: torch.rand(n, 3) - 0.5  # noqa: E731
+    vf = {"verts": "verts", "faces": "faces"}
+    sdf_fn = lambda p: G.sdf_sphere(p, (0.0, 0.0, 0.0), 0.5)  # noqa: E731
+
+    # geometry: primitives, CSG, tets, conversions, queries
+    add("geometry.plane", G.plane, lambda: {"size": 1.0, "resolution": 2}, {"size": "posfloat", "resolution": "posint"})
+    for fname in ("smooth_intersection", "smooth_difference"):
+        add(f"geometry.{fname}", getattr(G, fname), lambda: {"a": torch.rand(5), "b": torch.rand(5), "k": 0.1},
+            {"k": "nonnegfloat", "a": "obj", "b": "obj"})
+    add("geometry.union", lambda a, b: G.union(a, b), lambda: {"a": torch.rand(5), "b": torch.rand(5)},
+        {"a": "obj", "b": "obj"}, names={"a": ["ds[0]"], "b": ["ds[1]"]})
+    add("geometry.intersection", lambda a, b: G.intersection(a, b), lambda: {"a": torch.rand(5), "b": torch.rand(5)},
+        {"a": "obj", "b": "obj"}, names={"a": ["ds[0]"], "b": ["ds[1]"]})
+    add("geometry.sdf_normal", G.sdf_normal, lambda: {"sdf_fn": sdf_fn, "p": pts()}, {"sdf_fn": "obj", "p": "points"})
+    add("geometry.tet_grid", G.tet_grid, lambda: {"resolution": 2}, {"resolution": "posint"})
+    add("geometry.orient_tets", G.orient_tets, lambda: dict(zip(("verts", "tets"), G.tet_box(1.0, 1))),
+        {"verts": "verts", "tets": "tets"})
+    add("geometry.tet_faces", G.tet_faces, lambda: {"tets": G.tet_box(1.0, 1)[1]}, {"tets": "tets_only"})
+    add("geometry.remove_unreferenced", G.remove_unreferenced, lambda: dict(zip(("verts", "cells"), G.icosphere(0))),
+        {"verts": "verts", "cells": "faces"},  # any coordinate count and any cell size
+        overrides={("verts", "wrong_last_dim"): "ok", ("cells", "wrong_last_dim"): "ok"})
+
+    def mt_args():
+        v, t = G.tet_grid(3)
+        return {"verts": v, "tets": t, "sdf": v.norm(dim=-1) - 0.6}
+
+    add("geometry.marching_tetrahedra", G.marching_tetrahedra, mt_args,
+        {"verts": "verts", "tets": "tets", "sdf": "signal"})
+    add("geometry.sdf_to_mesh", G.sdf_to_mesh, lambda: {"sdf_fn": sdf_fn, "resolution": 4},
+        {"sdf_fn": "obj", "resolution": "posint"})
+    add("geometry.occupancy", G.occupancy, lambda: dict(mesh_args(), points=pts()),
+        {"verts": "verts", "faces": "faces", "points": "points", "threshold": "float", "method": "choice"})
+    add("geometry.closest_point_on_triangle", G.closest_point_on_triangle,
+        lambda: {"p": pts(4), "a": torch.zeros(4, 3), "b": torch.tensor([[1.0, 0, 0]] * 4),
+                 "c": torch.tensor([[0.0, 1, 0]] * 4)}, {"p": "verts", "a": "verts", "b": "verts", "c": "verts"},
+        overrides={("p", "extra_batch_dim"): "either", ("a", "extra_batch_dim"): "either",
+                   ("b", "extra_batch_dim"): "either", ("c", "extra_batch_dim"): "either"})
+    add("geometry.closest_points", G.closest_points, lambda: dict(mesh_args(), points=pts()),
+        {"verts": "verts", "faces": "faces", "points": "points", "method": "choice"})
+    add("geometry.mesh_to_sdf", G.mesh_to_sdf, lambda: dict(mesh_args(), points=pts()),
+        {"verts": "verts", "faces": "faces", "points": "points", "method": "choice"})
+    add("geometry.tetrahedralize", G.tetrahedralize, lambda: dict(mesh_args(), resolution=3),
+        {"verts": "verts", "faces": "faces", "resolution": "posint"})
+    add("geometry.nearest_neighbor", G.nearest_neighbor, lambda: {"x": pts(), "y": pts()},
+        {"x": "points", "y": "points", "method": "choice"})
+    add("geometry.grid_points", G.grid_points, lambda: {"resolution": 3}, {"resolution": "posint"})
+    add("geometry.trilinear_sample", G.trilinear_sample, lambda: {"values": torch.rand(4, 4, 4), "points": pts()},
+        {"values": "tensor", "points": "points"})
+    add("geometry.DenseGrid", G.DenseGrid, lambda: {"resolution": 4, "channels": 2},
+        {"resolution": "posint", "channels": "optposint"})
+    add("geometry.grid_to_mesh", G.grid_to_mesh,
+        lambda: {"values": G.grid_points(6).norm(dim=-1).reshape(6, 6, 6) - 0.6}, {"values": "tensor"})
+    # neural fields and encoders
+    add("geometry.PositionalEncoding", G.PositionalEncoding, lambda: {"in_dim": 3, "num_freqs": 4},
+        {"in_dim": "posint", "num_freqs": "nonnegint"})
+    add("geometry.HashGridEncoding", G.HashGridEncoding,
+        lambda: {"levels": 2, "features": 2, "log2_table": 8, "base_resolution": 4, "max_resolution": 16},
+        {"levels": "posint", "features": "posint", "log2_table": "posint", "base_resolution": "posint"})
+    add("geometry.MLP", G.MLP, lambda: {"in_dim": 3, "out_dim": 1, "hidden": 8, "layers": 2, "activation": "relu"},
+        {"in_dim": "posint", "out_dim": "posint", "hidden": "posint", "activation": "choice"})
+    add("geometry.NeuralField", G.NeuralField, lambda: {"out_dim": 1, "encoding": "frequency", "hidden": 8},
+        {"out_dim": "posint", "encoding": "choice", "hidden": "posint", "activation": "choice"})
+    add("geometry.NeuralField.__call__", lambda x: G.NeuralField(encoding="frequency", hidden=8)(x),
+        lambda: {"x": pts()}, {"x": "points"})
+    add("geometry.PointNetEncoder", G.PointNetEncoder, lambda: {"in_dim": 3, "out_dim": 8, "widths": (8, 8)},
+        {"in_dim": "posint", "out_dim": "posint"})
+    add("geometry.EdgeConv", G.EdgeConv, lambda: {"in_dim": 3, "out_dim": 8, "k": 4},
+        {"in_dim": "posint", "out_dim": "posint", "k": "posint"})
+    add("geometry.DGCNNEncoder", G.DGCNNEncoder, lambda: {"in_dim": 3, "out_dim": 8, "widths": (8, 8), "k": 4,
+                                                          "emb": 16},
+        {"in_dim": "posint", "out_dim": "posint", "k": "posint", "emb": "posint"})
+    add("geometry.MeshConv", G.MeshConv, lambda: {"in_dim": 3, "out_dim": 8}, {"in_dim": "posint", "out_dim": "posint"})
+    add("geometry.MeshEncoder", G.MeshEncoder, lambda: {"in_dim": 3, "out_dim": 8, "widths": (8, 8)},
+        {"in_dim": "posint", "out_dim": "posint"})
+    add("geometry.knn_graph", G.knn_graph, lambda: {"x": pts(), "k": 3}, {"x": "points", "k": "posint"},
+        overrides={("x", "wrong_last_dim"): "ok", ("x", "empty"): "error"})
+    add("geometry.normalized_adjacency", G.normalized_adjacency, lambda: {"faces": G.icosphere(0)[1], "num_verts": 12},
+        {"faces": "faces", "num_verts": "posint"})
+    # reparameterisation and smoothing
+    add("geometry.LargeSteps", G.LargeSteps, lambda: dict(mesh_args(), lam=10.0),
+        {"verts": "verts", "faces": "faces", "lam": "nonnegfloat", "laplacian": "choice", "method": "choice"})
+    L = lambda: G.uniform_laplacian(G.icosphere(0)[1], 12)  # noqa: E731
+    add("geometry.system_matrix", G.system_matrix, lambda: {"L": L(), "lam": 10.0}, {"lam": "nonnegfloat", "L": "obj"})
+    add("geometry.SparseSolver", G.SparseSolver, lambda: {"M": G.system_matrix(L(), 10.0)},
+        {"M": "obj", "method": "choice"})
+    add("geometry.to_differential", G.to_differential, lambda: {"L": L(), "x": G.icosphere(0)[0], "lam": 10.0},
+        {"x": "signal", "lam": "nonnegfloat", "L": "obj"})
+    add("geometry.from_differential", G.from_differential, lambda: {"L": L(), "u": G.icosphere(0)[0], "lam": 10.0},
+        {"u": "signal", "lam": "nonnegfloat", "method": "choice"})
+    add("geometry.AdamUniform", G.AdamUniform, lambda: {"params": [torch.zeros(3, requires_grad=True)], "lr": 0.1},
+        {"lr": "posfloat", "params": "obj"})
+    add("geometry.HeatDiffusion", G.HeatDiffusion, lambda: dict(mesh_args(), t=0.1),
+        {"verts": "verts", "faces": "faces", "t": "nonnegfloat", "steps": "posint", "laplacian": "choice"})
+    add("geometry.heat_diffuse", G.heat_diffuse, lambda: dict(mesh_args(), signal=torch.rand(12), t=0.1),
+        {"signal": "signal", "t": "nonnegfloat", "steps": "posint", "laplacian": "choice"})
+    # curvature
+    for fname in ("angle_defect", "angle_weighted_normals", "corner_angles", "gaussian_curvature", "mean_curvature",
+                  "mean_curvature_normal", "principal_curvatures", "voronoi_areas"):
+        add(f"geometry.{fname}", getattr(G, fname), mesh_args, vf)
+    # I/O: a path in a fresh temporary directory each call
+    def tmp(name):
+        return tempfile.mkdtemp(prefix="diffvc_fuzz_") + "/" + name
+
+    add("geometry.save_mesh", G.save_mesh, lambda: dict(mesh_args(), path=tmp("m.obj")),
+        {"verts": "verts", "faces": "faces", "path": "obj"})
+    add("geometry.save_points", G.save_points, lambda: {"points": pts(), "path": tmp("p.ply")},
+        {"points": "verts", "path": "obj"})
+
+    def load_mesh_args():
+        path = tmp("m.obj")
+        G.save_mesh(path, *G.icosphere(0))
+        return {"path": path}
+
+    add("geometry.load_mesh", G.load_mesh, load_mesh_args, {"path": "obj"})
+    add("geometry.load_points", G.load_points, lambda: {"path": str(G.save_points(tmp("p.ply"), pts()))},
+        {"path": "obj"})
+    # splines
+    ctrl = lambda: torch.rand(5, 3, dtype=torch.float64)  # noqa: E731
+    tt = lambda: torch.linspace(0, 1, 7, dtype=torch.float64)  # noqa: E731
+    add("geometry.bezier_curve", G.bezier_curve, lambda: {"ctrl": ctrl(), "t": tt()},
+        {"ctrl": "tensor", "t": "tensor", "derivatives": "nonnegint"})
+    add("geometry.bspline_curve", G.bspline_curve, lambda: {"ctrl": ctrl(), "t": tt(), "degree": 3},
+        {"ctrl": "tensor", "t": "tensor", "degree": "nonnegint", "derivatives": "nonnegint"})
+    add("geometry.bspline_basis", G.bspline_basis,
+        lambda: {"t": tt(), "knots": G.clamped_knots(5, 3), "degree": 3}, {"t": "tensor", "knots": "tensor",
+                                                                          "degree": "nonnegint"})
+    add("geometry.clamped_knots", G.clamped_knots, lambda: {"n_ctrl": 5, "degree": 3},
+        {"n_ctrl": "posint", "degree": "nonnegint"})
+    add("geometry.elevate_bezier", G.elevate_bezier, lambda: {"ctrl": ctrl()}, {"ctrl": "tensor"})
+    add("geometry.insert_knot", G.insert_knot, lambda: {"ctrl": ctrl(), "knots": G.clamped_knots(5, 3), "degree": 3,
+                                                       "t": 0.3},
+        {"ctrl": "tensor", "knots": "tensor", "t": "float", "degree": "posint"})
+    add("geometry.nurbs_circle", G.nurbs_circle, lambda: {"radius": 1.0}, {"radius": "posfloat"})
+    sctrl = lambda: torch.rand(4, 4, 3, dtype=torch.float64)  # noqa: E731
+    add("geometry.bspline_surface", G.bspline_surface, lambda: {"ctrl": sctrl(), "u": tt(), "v": tt()},
+        {"ctrl": "tensor", "u": "tensor", "v": "tensor"})
+    add("geometry.tessellate_surface", G.tessellate_surface, lambda: {"ctrl": sctrl(), "resolution": (4, 4)},
+        {"ctrl": "tensor"})
+    add("geometry.surface_normals", G.surface_normals,
+        lambda: {"Su": torch.rand(5, 3, dtype=torch.float64), "Sv": torch.rand(5, 3, dtype=torch.float64)},
+        {"Su": "verts", "Sv": "verts"})
+
+    # render: lights, shading, ray tracing, path tracing
+    add("render.sphere_eyes", R.sphere_eyes, lambda: {"n": 4, "radius": 3.0}, {"n": "posint", "radius": "posfloat"})
+    add("render.PointLight", R.PointLight, lambda: {"position": torch.tensor([0.0, 2.0, 0.0]),
+                                                    "intensity": torch.tensor([1.0, 1.0, 1.0])},
+        {"position": "tensor", "intensity": "tensor"})
+    add("render.DirectionalLight", R.DirectionalLight, lambda: {"direction": torch.tensor([0.0, -1.0, 0.0]),
+                                                                "irradiance_value": torch.ones(3)},
+        {"direction": "tensor", "irradiance_value": "tensor"})
+    add("render.AmbientLight", R.AmbientLight, lambda: {"radiance_value": torch.ones(3)}, {"radiance_value": "tensor"})
+    add("render.SHEnvironment", R.SHEnvironment, lambda: {"coeffs": torch.rand(9, 3)}, {"coeffs": "tensor"})
+    dirs = lambda: torch.nn.functional.normalize(torch.rand(6, 3) + 0.1, dim=-1)  # noqa: E731
+    add("render.sh_basis", R.sh_basis, lambda: {"dirs": dirs()}, {"dirs": "verts"},
+        overrides={("dirs", "extra_batch_dim"): "ok"})  # any leading batch (..., 3)
+    add("render.Material", R.Material, lambda: {"albedo": torch.full((6, 3), 0.5), "roughness": torch.full((6, 1), 0.5),
+                                                "f0": torch.full((6, 3), 0.04)},
+        {"albedo": "tensor", "roughness": "tensor", "f0": "tensor"})
+    add("render.lambert", R.lambert, lambda: {"albedo": torch.rand(6, 3)}, {"albedo": "tensor"})
+    add("render.ggx_distribution", R.ggx_distribution, lambda: {"n_dot_h": torch.rand(6), "roughness": torch.rand(6)},
+        {"n_dot_h": "tensor", "roughness": "tensor"})
+    add("render.fresnel_schlick", R.fresnel_schlick, lambda: {"cos_theta": torch.rand(6), "f0": torch.rand(6)},
+        {"cos_theta": "tensor", "f0": "tensor"})
+
+    def shade_args():
+        return {"positions": torch.rand(6, 3), "normals": dirs(), "view_dirs": dirs(),
+                "material": R.Material(torch.full((6, 3), 0.5), torch.full((6, 1), 0.5), torch.full((6, 3), 0.04)),
+                "lights": [R.PointLight(torch.tensor([0.0, 2.0, 0.0]), torch.ones(3))]}
+
+    add("render.shade", R.shade, shade_args, {"positions": "verts", "normals": "verts", "view_dirs": "verts",
+                                              "material": "obj"},
+        overrides={(k, "extra_batch_dim"): "ok" for k in ("positions", "normals", "view_dirs")})  # (..., 3) broadcast
+    add("render.rasterize_screen", R.rasterize_screen,
+        lambda: {"screen": torch.tensor([[[1.0, 1.0, 0.5], [7.0, 1.0, 0.5], [1.0, 7.0, 0.5]]]),
+                 "faces": torch.tensor([[0, 1, 2]]), "height": 8, "width": 8},
+        {"screen": "tensor", "faces": "faces", "height": "posint", "width": "posint", "backend": "choice"},
+        overrides={("screen", "noncontiguous"): "ok"})
+    add("render.face_neighbors", R.face_neighbors, lambda: {"faces": G.icosphere(0)[1]}, {"faces": "faces_only"})
+    add("render.mipmaps", R.mipmaps, lambda: {"tex": torch.rand(1, 8, 8, 3)}, {"tex": "tensor", "levels": "optposint"})
+    add("render.TriangleBVH", R.TriangleBVH, lambda: dict(zip(("vertices", "faces"), G.icosphere(0))),
+        {"vertices": "verts", "faces": "faces"})
+
+    def ray_args():
+        v, f = G.icosphere(0)
+        o = torch.tensor([[0.0, 0.0, 3.0]] * 4)
+        return {"vertices": v, "faces": f, "origins": o, "directions": torch.tensor([[0.0, 0.0, -1.0]] * 4)}
+
+    add("render.intersect", R.intersect, ray_args, {"vertices": "verts", "faces": "faces", "origins": "verts",
+                                                    "directions": "verts"})
+    add("render.occluded", R.occluded, lambda: {**{k: v for k, v in ray_args().items() if k in ("vertices", "faces")},
+                                                "points": torch.tensor([[0.0, 0.0, 3.0]] * 4),
+                                                "targets": torch.tensor([[0.0, 0.0, -3.0]] * 4)},
+        {"points": "verts", "targets": "verts"})
+    add("render.render_gbuffer", R.render_gbuffer, lambda: dict(zip(("vertices", "faces"), G.icosphere(0)),
+                                                                camera=_cams()),
+        {"vertices": "verts", "faces": "faces", "camera": "obj", "spp": "posint"})
+    add("render.PTMaterial", R.PTMaterial, lambda: {"kind": "diffuse", "albedo": (0.5, 0.5, 0.5), "roughness": 0.5},
+        {"kind": "choice", "albedo": "vec3", "roughness": "nonnegfloat", "emission": "vec3"})
+    add("render.cornell_camera", R.cornell_camera, lambda: {"width": 8, "height": 8},
+        {"width": "posint", "height": "posint"})
+    add("render.path_trace", R.path_trace, lambda: {"scene": R.cornell_box()[0], "camera": R.cornell_camera(8, 8),
+                                                    "spp": 1, "max_depth": 2},
+        {"scene": "obj", "camera": "obj", "spp": "posint", "max_depth": "nonnegint", "rr_depth": "posint",
+         "edge_samples": "nonnegint"})
+    # volumes
+    def rays(n=6):
+        o = torch.tensor([[0.0, 0.0, 3.0]]).repeat(n, 1)
+        d = torch.nn.functional.normalize(torch.rand(n, 3) * 0.2 - 0.1 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+        return o, d
+
+    add("render.ray_aabb", R.ray_aabb, lambda: dict(zip(("origins", "directions"), rays()), bbox_min=-1.0,
+                                                    bbox_max=1.0),
+        {"origins": "verts", "directions": "verts"})
+    add("render.stratified_samples", R.stratified_samples,
+        lambda: {"t_near": torch.full((6,), 2.0), "t_far": torch.full((6,), 4.0), "n_samples": 8},
+        {"t_near": "tensor", "t_far": "tensor", "n_samples": "posint"})
+    add("render.composite_rays", R.composite_rays,
+        lambda: {"sigma": torch.rand(6, 8), "color": torch.rand(6, 8, 3), "delta": torch.full((6, 8), 0.1)},
+        {"sigma": "tensor", "color": "tensor", "delta": "tensor", "backend": "choice"},
+        overrides={("color", "none"): "ok"})  # color=None: transmittance and depth only
+    add("render.render_grid", R.render_grid, lambda: dict(zip(("origins", "directions"), rays()),
+                                                          density=torch.rand(8, 8, 8), n_samples=8),
+        {"density": "tensor", "origins": "verts", "directions": "verts", "n_samples": "posint"})
+    add("render.render_field", R.render_field,
+        lambda: dict(zip(("origins", "directions"), rays()),
+                     field=lambda p, d: (torch.relu(1 - p.norm(dim=-1)), torch.sigmoid(p)), n_samples=8),
+        {"field": "obj", "origins": "verts", "directions": "verts", "n_samples": "posint"})
+    add("render.render_volume", R.render_volume, lambda: {"cameras": _cams(), "density": torch.rand(8, 8, 8),
+                                                          "n_samples": 8},
+        {"cameras": "obj", "density": "tensor", "n_samples": "posint"})
+    add("render.OccupancyGrid", R.OccupancyGrid, lambda: {"resolution": 8, "threshold": 0.01, "decay": 0.9},
+        {"resolution": "posint", "threshold": "nonnegfloat"})
+    add("render.write_vol", R.write_vol, lambda: {"path": tmp("d.vol"), "values": torch.rand(4, 4, 4)},
+        {"values": "tensor", "path": "obj"})
+    add("render.read_vol", R.read_vol, lambda: {"path": str(R.write_vol(tmp("d.vol"), torch.rand(4, 4, 4)))},
+        {"path": "obj"})
+    # sphere tracing
+    add("render.sphere_trace", R.sphere_trace, lambda: dict(zip(("origins", "directions"), rays()), sdf=sdf_fn),
+        {"sdf": "obj", "origins": "verts", "directions": "verts", "max_steps": "posint", "eps": "posfloat"})
+    add("render.render_sdf", R.render_sdf, lambda: {"cameras": _cams(), "sdf": sdf_fn},
+        {"cameras": "obj", "sdf": "obj", "albedo": "vec3", "light_dir": "vec3", "ambient": "nonnegfloat"})
+    # splats
+    def gauss_args(n=5):
+        return {"means": pts(n), "scales": torch.full((n, 3), 0.1), "quats": torch.tensor([[1.0, 0, 0, 0]] * n),
+                "opacities": torch.full((n,), 0.5), "sh": torch.rand(n, 1, 3)}
+
+    add("render.Gaussians", R.Gaussians, gauss_args, {"means": "verts", "scales": "verts", "quats": "tensor",
+                                                      "opacities": "tensor", "sh": "tensor"})
+    add("render.render_gaussians", R.render_gaussians, lambda: {"gaussians": R.Gaussians(**gauss_args()),
+                                                                "cameras": _cams()},
+        {"gaussians": "obj", "cameras": "obj", "backend": "choice"})
+    add("render.project_gaussians", R.project_gaussians,
+        lambda: {**{k: v for k, v in gauss_args().items() if k in ("means", "scales", "quats")}, "cameras": _cams()},
+        {"means": "verts", "scales": "verts", "quats": "tensor", "cameras": "obj"})
+    add("render.points_to_gaussians", R.points_to_gaussians,
+        lambda: {"positions": pts(5), "radii": torch.full((5,), 0.1), "colors": torch.rand(5, 3),
+                 "opacities": torch.full((5,), 0.5)},
+        {"positions": "verts", "radii": "tensor", "colors": "tensor", "opacities": "tensor"})
+    add("render.ssim", R.ssim, lambda: {"pred": torch.rand(1, 16, 16, 3), "target": torch.rand(1, 16, 16, 3)},
+        {"pred": "tensor", "target": "tensor", "window": "posint", "sigma": "posfloat"})
+    add("render.splat_loss", R.splat_loss, lambda: {"pred": torch.rand(1, 16, 16, 3), "target": torch.rand(1, 16, 16, 3)},
+        {"pred": "tensor", "target": "tensor", "lambda_dssim": "nonnegfloat"})
+    add("render.init_splat_params", R.init_splat_params, lambda: {"points": pts(8), "sh_degree": 1},
+        {"points": "verts", "sh_degree": "nonnegint", "opacity": "posfloat"})
+    add("render.DensityControl", R.DensityControl, lambda: {"scene_extent": 1.0}, {"scene_extent": "posfloat",
+                                                                                  "n_split": "posint"})
+
+    # physics: twins, implicit FEM, new solvers
+    def particle_args():
+        m = P.ParticleModel.create(torch.ones(3), 0.05)
+        x = torch.rand(3, 3) + 0.1
+        return {"model": m, "state": P.ParticleState(x, torch.zeros_like(x)), "dt": 1e-3}
+
+    add("physics.particle_step_torch", P.particle_step_torch, particle_args, {"model": "obj", "state": "obj",
+                                                                             "dt": "dt"})
+    add("physics.ParticleState", P.ParticleState, lambda: {"x": pts(3), "v": torch.zeros(3, 3)},
+        {"x": "verts", "v": "verts"}, names={"x": ["x", "v"]})  # x (1, 1, 3, 3) against v (3, 3): "v must have shape"
+    add("physics.step", P.step, particle_args, {"model": "obj", "dt": "dt"})
+
+    def fem_model():
+        v, t = G.tet_box(0.1, 1)
+        return P.FEMModel.create(v + 0.1, t, youngs_modulus=1e4)
+
+    add("physics.fem_implicit_step", P.fem_implicit_step,
+        lambda: (lambda m: {"model": m, "state": m.initial_state(), "dt": 1e-2})(fem_model()),
+        {"model": "obj", "state": "obj", "dt": "dt", "newton_iters": "posint"})
+    add("physics.fem_static_solve", P.fem_static_solve, lambda: {"model": fem_model()},
+        {"model": "obj", "newton_iters": "posint"})
+    add("physics.MPMModel.create", P.MPMModel.create,
+        lambda: {"x": torch.rand(16, 2) * 0.3 + 0.3, "res": (16, 16), "dx": 1 / 16, "E": 1e3, "nu": 0.2},
+        {"x": "tensor", "dx": "posfloat", "E": "posfloat", "nu": "float", "material": "choice", "walls": "choice"})
+
+    def mpm_args():
+        x = torch.rand(16, 2) * 0.3 + 0.3
+        m = P.MPMModel.create(x, (16, 16), 1 / 16, E=1e3)
+        return {"model": m, "state": m.initial_state(x), "dt": 1e-4}
+
+    add("physics.MPMModel.step", lambda model, state, dt: model.step(state, dt), mpm_args,
+        {"state": "obj", "dt": "dt"})
+
+    def cloth_verts():
+        v, f = G.grid(1.0, 3)
+        return v + torch.tensor([0.0, 0.5, 0.0]), f
+
+    add("physics.ClothModel.create", P.ClothModel.create,
+        lambda: dict(zip(("verts", "faces"), cloth_verts()), pins=torch.tensor([0, 3])),
+        {"verts": "verts", "faces": "faces", "density": "posfloat", "mu": "nonnegfloat", "lam": "nonnegfloat",
+         "kb": "nonnegfloat", "pins": "index1d"}, overrides={("pins", "none"): "ok"})
+
+    def cloth_args():
+        v, f = cloth_verts()
+        m = P.ClothModel.create(v, f)
+        return {"model": m, "state": m.state(v), "dt": 1e-3}
+
+    add("physics.ClothModel.step", lambda model, state, dt: model.step(state, dt), cloth_args,
+        {"state": "obj", "dt": "dt"})
+    add("physics.cloth_hinges", P.cloth_hinges, lambda: {"faces": G.grid(1.0, 2)[1]}, {"faces": "faces_only"})
+    add("physics.SmokeModel", P.SmokeModel, lambda: {"resolution": (8, 8), "dx": 1.0},
+        {"dx": "posfloat", "boundary": "choice", "advection": "choice", "backtrace": "choice", "tol": "posfloat",
+         "max_iter": "posint"})
+
+    def smoke_args():
+        m = P.SmokeModel((8, 8))
+        return {"model": m, "state": m.state(density=torch.rand(8, 8)), "dt": 0.1}
+
+    add("physics.SmokeModel.step", lambda model, state, dt: model.step(state, dt), smoke_args,
+        {"state": "obj", "dt": "dt"})
+    add("physics.SmokeModel.state", lambda model, density: model.state(density=density),
+        lambda: {"model": P.SmokeModel((8, 8)), "density": torch.rand(8, 8)}, {"density": "tensor"},
+        overrides={("density", "none"): "ok"})  # None: the documented default (zero density)
+
+    def pendulum():
+        b = P.ArticulationBuilder()
+        body = b.add_body(-1, pos=(0.0, 1.0, 0.0), mass=1.0, inertia=(0.01, 0.01, 0.01))
+        b.add_joint(body, "revolute", axis=(0.0, 0.0, 1.0))
+        return b.build()
+
+    add("physics.ArticulationBuilder.add_body", lambda mass, inertia: P.ArticulationBuilder().add_body(
+        -1, mass=mass, inertia=inertia), lambda: {"mass": 1.0, "inertia": (0.01, 0.01, 0.01)},
+        {"mass": "nonnegfloat", "inertia": "posvec3"})
+    add("physics.ArticulationBuilder.add_joint", lambda type, axis: (lambda b: b.add_joint(b.add_body(
+        -1, mass=1.0, inertia=(0.1, 0.1, 0.1)), type, axis=axis))(P.ArticulationBuilder()),
+        lambda: {"type": "revolute", "axis": (0.0, 0.0, 1.0)}, {"type": "choice", "axis": "vec3"})
+    add("physics.ArticulatedModel.step", lambda model, state, dt: model.step(state, dt),
+        lambda: (lambda m: {"model": m, "state": m.initial_state(), "dt": 1e-3})(pendulum()),
+        {"state": "obj", "dt": "dt"})
+    add("physics.ArticulatedModel.initial_state", lambda model, batch: model.initial_state(batch),
+        lambda: {"model": pendulum(), "batch": 2}, {"batch": "posint"})
+    add("physics.load_mjcf", P.load_mjcf, lambda: {"source": "<mujoco><worldbody/></mujoco>"}, {"source": "obj"})
+    add("physics.load_urdf", P.load_urdf, lambda: {"source": "<robot name='r'><link name='a'/></robot>"},
+        {"source": "obj"})
+
+    # pipeline: the renderer contract
+    add("pipeline.get_renderer", PL.get_renderer, lambda: {"renderer": "raster"}, {"renderer": "choice"})
+    add("pipeline.register_renderer", lambda name, factory: PL.register_renderer(name, factory),
+        lambda: {"name": "fuzz_renderer", "factory": PL.RasterRenderer}, {"name": "obj", "factory": "obj"},
+        overrides={("name", "string"): "ok"})  # any non-empty string names a renderer
+    add("pipeline.Points", PL.Points, lambda: {"positions": pts(4), "radii": torch.full((4,), 0.1),
+                                               "colors": torch.rand(4, 3), "opacities": torch.full((4,), 0.5)},
+        {"positions": "verts", "radii": "tensor", "colors": "tensor", "opacities": "tensor"})
+    add("pipeline.Volume", PL.Volume, lambda: {"density": torch.rand(4, 4, 4), "color": torch.rand(4, 4, 4, 3),
+                                               "bbox_min": -torch.ones(3), "bbox_max": torch.ones(3)},
+        {"density": "tensor", "color": "tensor", "bbox_min": "tensor", "bbox_max": "tensor"})
+    add("pipeline.MeshItem", PL.MeshItem, lambda: {"name": "m", **dict(zip(("verts", "faces"), G.icosphere(0))),
+                                                   "color": torch.rand(3)},
+        {"verts": "verts", "faces": "faces", "color": "tensor"})
+    add("pipeline.RasterRenderer", PL.RasterRenderer, lambda: {"backend": "warp"}, {"backend": "choice"})
+    add("pipeline.PathTraceRenderer", PL.PathTraceRenderer, lambda: {"spp": 2, "max_depth": 2},
+        {"spp": "posint", "max_depth": "nonnegint", "edge_samples": "nonnegint"})
+
+    def scene_state():
+        sc = PL.Scene(_cams())
+        v, f = G.icosphere(0)
+        sc.add_shape("s", f, PL.StaticBinding(v))
+        return sc
+
+    add("pipeline.render_frame", PL.render_frame, lambda: {"scene": scene_state(), "state": None},
+        {"scene": "obj", "renderer": "choice"}, overrides={})
+    add("pipeline.render_trajectory", PL.render_trajectory,
+        lambda: {"scene": scene_state(), "states": [None, None], "every": 1},
+        {"scene": "obj", "every": "posint", "renderer": "choice"})
+    add("pipeline.scene_geometry", PL.scene_geometry, lambda: {"scene": scene_state(), "state": None},
+        {"scene": "obj"})
+
+    # optim
+    add("optim.Softplus", O.Softplus, lambda: {"value": 2.0, "minimum": 0.0}, {"value": "float", "minimum": "float"})
+    add("optim.Free", O.Free, lambda: {"value": 2.0}, {"value": "float"})
+    add("optim.optimize", O.optimize,
+        lambda: (lambda x: {"params": [x], "loss_fn": lambda: (x ** 2).sum(), "iters": 2, "lr": 0.1,
+                            "progress": False})(torch.ones(2, requires_grad=True)),
+        {"params": "obj", "loss_fn": "obj", "iters": "nonnegint", "lr": "posfloat", "method": "choice"})
+    add("optim.relative_error", O.relative_error, lambda: {"estimate": 1.0, "target": 2.0},
+        {"estimate": "float", "target": "float"})
+    add("optim.downsample", O.downsample, lambda: {"images": torch.rand(1, 8, 8, 3)}, {"images": "tensor"})
+    add("optim.cg", O.cg, lambda: {"A": lambda x: 2.0 * x, "b": torch.ones(4, dtype=torch.float64)},
+        {"A": "obj", "b": "tensor", "tol": "posfloat"})
+    add("optim.gmres", O.gmres, lambda: {"A": lambda x: 2.0 * x, "b": torch.ones(4, dtype=torch.float64)},
+        {"A": "obj", "b": "tensor", "tol": "posfloat", "restart": "posint"})
+    add("optim.root_solve", O.root_solve,
+        lambda: {"f": lambda x: x - 0.5, "x0": torch.zeros(3, dtype=torch.float64)},
+        {"f": "obj", "x0": "tensor", "tol": "posfloat", "maxiter": "posint"})
+    add("optim.fixed_point", O.fixed_point,
+        lambda: {"g": lambda x: 0.5 * x + 0.1, "x0": torch.zeros(3, dtype=torch.float64)},
+        {"g": "obj", "x0": "tensor", "tol": "posfloat", "maxiter": "posint"})
+    add("optim.minimize", O.minimize,
+        lambda: {"fun": lambda x: ((x - 0.3) ** 2).sum(), "x0": torch.zeros(3, dtype=torch.float64)},
+        {"fun": "obj", "x0": "tensor", "method": "choice", "maxiter": "posint"})
+    add("optim.qp_solve", O.qp_solve,
+        lambda: {"Q": torch.eye(3, dtype=torch.float64), "p": torch.ones(3, dtype=torch.float64)},
+        {"Q": "tensor", "p": "tensor"})
+    add("optim.run_context", O.run_context, lambda: {"directory": tmp("ck"), "every": 2},
+        {"every": "posint", "directory": "obj"}, overrides={("directory", "string"): "ok"})  # a relative path
