@@ -361,6 +361,7 @@ def _contact_torch(model, x, v):
 
 def fem_step_torch(model: FEMModel, state: FEMState, dt: float, external: torch.Tensor | None = None) -> FEMState:
     """Plain-torch twin of :func:`fem_step`."""
+    _check_state(state, model)
     dt = check_dt(dt)
     f = fem_forces_torch(model, state.x, state.v) + _contact_torch(model, state.x, state.v)
     if external is not None:

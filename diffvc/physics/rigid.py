@@ -54,7 +54,7 @@ import torch
 
 from .._kernels import Out, kernel_op, mat, vec
 from .._kernels.rigid import integrate_bodies, rigid_contact_forces, rigid_segment
-from .._validate import (as_tensor, check_dt, check_float, check_index, check_like, check_positive,
+from .._validate import (as_tensor, check_dt, check_finite, check_float, check_index, check_like, check_positive,
                          check_same_device, check_same_dtype)
 from ..geometry.transforms import quaternion_apply, quaternion_to_matrix
 from .particles import check_contact, check_planes, plane_contact_stability, scalar_param, vec3_param
@@ -80,7 +80,11 @@ class RigidBodyState:
     @staticmethod
     def create(x, q=None, v=None, w=None, dtype=torch.float32, device="cpu") -> "RigidBodyState":
         """Build a state; omitted entries are identity orientations and zero velocities."""
-        x = _t(x, dtype, device, "x").reshape(-1, 3)
+        x = _t(x, dtype, device, "x")
+        if x.dim() not in (1, 2) or x.shape[-1] != 3:
+            raise ValueError(f"x must have shape (B, 3) or (3,) (body positions, m), got {tuple(x.shape)}")
+        check_finite(x, "x")
+        x = x.reshape(-1, 3)
         b = x.shape[0]
 
         def rows(a, k, name):
@@ -524,6 +528,7 @@ def _skew(a):
 def rigid_step_torch(model: RigidBodyModel, state: RigidBodyState, dt: float,
                      force: torch.Tensor | None = None, torque: torch.Tensor | None = None) -> RigidBodyState:
     """Plain-torch twin of :func:`rigid_step` (same math; reference for tests, forward mode)."""
+    _check_state(state, model)
     dt = check_dt(dt)
     f, t = contact_forces_torch(model, state)
     if force is not None:

@@ -311,6 +311,7 @@ def spring_step(model: SpringModel, state: ParticleState, dt: float, actuation: 
 
 def spring_forces_torch(model: SpringModel, state: ParticleState, actuation: torch.Tensor | None = None) -> torch.Tensor:
     """Plain-torch twin of the spring-force kernel: total spring force on each particle (N, 3)."""
+    _check(model, state, actuation, None)
     x, v = state.x, state.v
     i, j = model.springs[:, 0].long(), model.springs[:, 1].long()
     d = x[j] - x[i]
@@ -329,6 +330,7 @@ def spring_step_torch(model: SpringModel, state: ParticleState, dt: float, actua
     forward mode, which Warp kernels do not have)."""
     from .particles import ParticleModel, particle_step_torch
 
+    _check(model, state, actuation, external)
     dt = check_dt(dt)
     f = spring_forces_torch(model, state, actuation)
     if external is not None:

@@ -783,6 +783,40 @@ def _more_targets(add, mesh_args, G, R, P, PL, O) -> None:
     add("physics.load_urdf", P.load_urdf, lambda: {"source": "<robot name='r'><link name='a'/></robot>"},
         {"source": "obj"})
 
+    # plain-torch twins and state containers of the wave-1 solvers
+    def spring_args():
+        x = torch.rand(4, 3) + 0.1
+        m = P.SpringModel.create(x, [[0, 1], [1, 2], [2, 3]])
+        return {"model": m, "state": P.ParticleState(x, torch.zeros_like(x)), "dt": 1e-3}
+
+    add("physics.spring_step_torch", P.spring_step_torch, spring_args, {"model": "obj", "state": "obj", "dt": "dt"})
+    add("physics.spring_forces_torch", P.spring_forces_torch,
+        lambda: {k: v for k, v in spring_args().items() if k != "dt"}, {"model": "obj", "state": "obj"})
+
+    def rigid_args():
+        m = P.RigidBodyModel.spheres([0.1, 0.1], [1.0, 2.0])
+        return {"model": m, "state": P.RigidBodyState.create([[0.0, 0.2, 0.0], [0.5, 0.2, 0.0]]), "dt": 1e-3}
+
+    add("physics.rigid_step_torch", P.rigid_step_torch, rigid_args, {"model": "obj", "state": "obj", "dt": "dt"})
+    add("physics.RigidBodyState.create", P.RigidBodyState.create, lambda: {"x": torch.tensor([[0.0, 0.2, 0.0]])},
+        {"x": "verts"}, overrides={("x", "int_dtype"): "ok"})  # cast to the dtype argument
+
+    def fem_args():
+        v, t = G.tet_box(0.1, 1)
+        m = P.FEMModel.create(v + 0.1, t)
+        return {"model": m, "state": m.initial_state(), "dt": 1e-4}
+
+    add("physics.fem_step_torch", P.fem_step_torch, fem_args, {"model": "obj", "state": "obj", "dt": "dt"})
+    add("physics.batch_model", P.batch_model,
+        lambda: {"model": P.ParticleModel.create(torch.ones(3), 0.05), "n_envs": 2}, {"model": "obj", "n_envs": "posint"})
+    add("render.smith_g", R.smith_g, lambda: {"n_dot_wi": torch.rand(6, 1), "n_dot_wo": torch.rand(6, 1),
+                                              "roughness": torch.rand(6, 1)},
+        {"n_dot_wi": "tensor", "n_dot_wo": "tensor", "roughness": "tensor"})
+    add("render.ggx_specular", R.ggx_specular, lambda: {"n": dirs(), "wi": dirs(), "wo": dirs(),
+                                                        "roughness": torch.rand(6, 1), "f0": torch.rand(6, 3)},
+        {"n": "verts", "wi": "verts", "wo": "verts", "roughness": "tensor", "f0": "tensor"},
+        overrides={(k, "extra_batch_dim"): "ok" for k in ("n", "wi", "wo")})
+
     # pipeline: the renderer contract
     add("pipeline.get_renderer", PL.get_renderer, lambda: {"renderer": "raster"}, {"renderer": "choice"})
     add("pipeline.register_renderer", lambda name, factory: PL.register_renderer(name, factory),
