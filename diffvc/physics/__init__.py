@@ -21,7 +21,8 @@ Optional capabilities, used when present and never required:
   benchmarks, forward mode via ``rollout(..., backend="torch")``);
 * ``model.segment(state, dt, n, control=None, recompute=False, return_all=False) ->
   (state, states)``: ``n`` steps fused in one kernel segment (one autograd node); :func:`rollout`
-  uses it for long rollouts.
+  uses it when present. Particles, springs, rigid bodies, explicit FEM, 2-D smoke and MPM have
+  one (the bridge's ``segment_op`` builds one from a solver's fixed sequence of launches).
 
 :func:`step` calls the contract; :func:`rollout` rolls any such model out (checkpointing,
 truncation, controllers, substeps, observations), and also accepts a plain callable

@@ -13,7 +13,7 @@ from .texture import level_of_detail, mipmaps, texture
 from .soft import soft_silhouette
 from .volume import (OccupancyGrid, VolumeRender, composite_rays, importance_samples, ray_aabb, read_vol, render_field, render_grid,
                      render_volume, stratified_samples, write_vol)
-from .sphere_trace import SDFHits, render_sdf, sphere_trace
+from .sphere_trace import SDFHits, render_sdf, shade_sdf, sphere_trace
 from .splat import (DensityControl, Gaussians, SplatImage, gaussians_from_params, init_splat_params,
                     points_to_gaussians, project_gaussians, rasterize_gaussians, render_gaussians, splat_loss,
                     splat_optimizer, ssim)
@@ -29,7 +29,7 @@ __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes
            "TriangleBVH", "RayHits", "intersect", "occluded", "render_gbuffer", "PathTracingScene", "PTMaterial",
            "cornell_box", "cornell_camera", "path_trace",
            "VolumeRender", "OccupancyGrid", "ray_aabb", "stratified_samples", "importance_samples", "composite_rays", "render_grid",
-           "render_field", "render_volume", "read_vol", "write_vol", "SDFHits", "sphere_trace", "render_sdf",
+           "render_field", "render_volume", "read_vol", "write_vol", "SDFHits", "sphere_trace", "render_sdf", "shade_sdf",
            "Gaussians", "SplatImage", "project_gaussians", "rasterize_gaussians", "render_gaussians",
            "points_to_gaussians", "ssim", "splat_loss", "DensityControl", "init_splat_params", "gaussians_from_params",
            "splat_optimizer"]

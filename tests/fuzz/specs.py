@@ -672,6 +672,9 @@ def _more_targets(add, mesh_args, G, R, P, PL, O) -> None:
         {"sdf": "obj", "origins": "verts", "directions": "verts", "max_steps": "posint", "eps": "posfloat"})
     add("render.render_sdf", R.render_sdf, lambda: {"cameras": _cams(), "sdf": sdf_fn},
         {"cameras": "obj", "sdf": "obj", "albedo": "vec3", "light_dir": "vec3", "ambient": "nonnegfloat"})
+    add("render.shade_sdf", R.shade_sdf,
+        lambda: {"hits": R.sphere_trace(sdf_fn, *rays()), "albedo": (0.8, 0.8, 0.8), "ambient": 0.2},
+        {"hits": "obj", "albedo": "vec3", "light_dir": "vec3", "ambient": "nonnegfloat"})
     # splats
     def gauss_args(n=5):
         return {"means": pts(n), "scales": torch.full((n, 3), 0.1), "quats": torch.tensor([[1.0, 0, 0, 0]] * n),
