@@ -527,9 +527,23 @@ def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequ
             run(0)
         else:
             kernel.module.load(wdev)  # compile/load on this thread so worker threads only launch
-            for f in [_pool().submit(run, k) for k in range(len(chunks))]:
+            key = (kernel.key, id(kernel), fdtype, str(wdev))
+            first = 0
+            if key not in _SPLIT_SEEN:
+                # the first launch of a generic kernel for new argument types builds its overload
+                # (code generation); two threads doing that at once crash Warp ("'Adjoint' object
+                # has no attribute 'tid_extent_limit_candidate'"), so chunk 0 runs here first
+                with _SPLIT_LOCK:
+                    run(0)
+                    _SPLIT_SEEN.add(key)
+                first = 1
+            for f in [_pool().submit(run, k) for k in range(first, len(chunks))]:
                 f.result()
     return len(chunks)
+
+
+_SPLIT_SEEN: set = set()
+_SPLIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
