@@ -882,7 +882,14 @@ def silhouette_pairs(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp
                         res = _find_silhouette(screen, faces, neighbors, facing, has_sil, vstart, vfaces, b, fb, fa,
                                                horizontal, qcx, qcy, -one, near, perspective)
                         sd = 1
-                if res[0] < 0 and starts[t + 1] > starts[t]:
+                # two adjacent faces of one orientation share a non-silhouette edge between p and q:
+                # no outline can separate them, so the (costly) binned search is skipped
+                adjacent = False
+                if fa >= 0 and fb >= 0:
+                    if facing[b, fa] == facing[b, fb]:
+                        if neighbors[fa, 0] == fb or neighbors[fa, 1] == fb or neighbors[fa, 2] == fb:
+                            adjacent = True
+                if res[0] < 0 and (not adjacent) and starts[t + 1] > starts[t]:
                     sd = 0
                     if fa >= 0:
                         res = _find_binned(screen, faces, entries, ends, seg, component, starts, items, t, b, fa, fb, horizontal,

@@ -621,12 +621,17 @@ def silhouette_pairs_torch(screen, faces, topo, face_id, perspective, near=1e-3,
                                        -1.0, near, perspective)
             codes[m2] = r
             sd[m2] = 1
-        m3 = (codes[:, 0] < 0) & (fa >= 0)
+        # as the kernel: adjacent faces of one orientation skip the binned search
+        fac = flags[0]
+        fa0, fb0 = fa.clamp_min(0), fb.clamp_min(0)
+        adjacent = ((fa >= 0) & (fb >= 0) & (fac[b, fa0] == fac[b, fb0])
+                    & (topo.neighbors[fa0].long() == fb0[:, None]).any(1))
+        m3 = (codes[:, 0] < 0) & (fa >= 0) & ~adjacent
         sd[codes[:, 0] < 0] = 0
         if bool(m3.any()):
             codes[m3] = _find_binned_torch(screen, faces, topo, entries, bins, b[m3], tile[m3], fa[m3], fb[m3], d == 0,
                                            cx[m3], cy[m3], 1.0, near, perspective)
-        m4 = (codes[:, 0] < 0) & (fb >= 0)
+        m4 = (codes[:, 0] < 0) & (fb >= 0) & ~adjacent
         if bool(m4.any()):
             r = _find_binned_torch(screen, faces, topo, entries, bins, b[m4], tile[m4], fb[m4], fa[m4], d == 0,
                                    qcx[m4], qcy[m4], -1.0, near, perspective)
