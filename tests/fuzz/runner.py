@@ -68,11 +68,17 @@ def run_case(target: specs.Target, arg: str, label: str) -> tuple[str, str]:
 
 def main(start: int, stop: int) -> None:
     torch.manual_seed(0)
-    os.chdir(tempfile.mkdtemp(prefix="diffvc_fuzz_"))  # a mutated path must not write into the checkout
-    by_name = {t.name: t for t in specs.targets()}
-    for i, (name, arg, label) in enumerate(specs.cases()[start:stop], start):
-        outcome, msg = run_case(by_name[name], arg, label)
-        print(json.dumps({"i": i, "case": f"{name}({arg}={label})", "outcome": outcome, "msg": msg[:300]}), flush=True)
+    # one scratch directory per batch, removed at the end: the working directory (a mutated path must
+    # not write into the checkout) and every temporary path the specs make (tempfile.tempdir)
+    with tempfile.TemporaryDirectory(prefix="diffvc_fuzz_") as scratch:
+        os.chdir(scratch)
+        tempfile.tempdir = scratch
+        by_name = {t.name: t for t in specs.targets()}
+        for i, (name, arg, label) in enumerate(specs.cases()[start:stop], start):
+            outcome, msg = run_case(by_name[name], arg, label)
+            print(json.dumps({"i": i, "case": f"{name}({arg}={label})", "outcome": outcome, "msg": msg[:300]}),
+                  flush=True)
+        os.chdir(os.path.dirname(os.path.abspath(__file__)))
 
 
 if __name__ == "__main__":
