@@ -48,13 +48,20 @@ class HashGridEncoding(torch.nn.Module):
             ``2^log2_table`` per level (levels whose dense grid is smaller are stored densely);
         base_resolution, max_resolution: resolutions of the coarsest and finest levels
             (geometric progression between them).
-        bounds: ``(lo, hi)`` box mapped to the unit cube (points outside are clamped).
+        bounds: ``(lo, hi)`` box mapped to the unit cube (points outside are clamped: zero
+            gradient w.r.t. the clamped coordinate).
+        init_scale: table entries start uniform in ``[-init_scale, init_scale]``.
+        backend: ``"warp"`` (kernel, :mod:`diffvc._kernels.hashgrid`: one thread per point, all
+            levels; second derivatives through the twin) or ``"torch"`` (:meth:`forward_torch`,
+            the twin: all levels vectorised, every derivative by autograd).
 
-    Output dim: ``levels * features``.
+    Output dim: ``levels * features``. Per level the value is the trilinear interpolation of the
+    table rows at the 8 corners of the point's cell: C0 in the points (the gradient jumps across
+    cell faces; on a face it is the one of the cell ``floor`` selects).
     """
 
     def __init__(self, levels: int = 12, features: int = 2, log2_table: int = 17, base_resolution: int = 16,
-                 max_resolution: int = 512, bounds=(-1.0, 1.0), init_scale: float = 1e-4):
+                 max_resolution: int = 512, bounds=(-1.0, 1.0), init_scale: float = 1e-4, backend: str = "warp"):
         super().__init__()
         levels, features = as_int(levels, "levels", minimum=1), as_int(features, "features", minimum=1)
         log2_table = as_int(log2_table, "log2_table", minimum=1)
@@ -62,7 +69,10 @@ class HashGridEncoding(torch.nn.Module):
             raise ValueError(f"log2_table must be <= 30 (a table of 2^log2_table rows per level), got {log2_table}")
         base_resolution = as_int(base_resolution, "base_resolution", minimum=1)
         max_resolution = as_int(max_resolution, "max_resolution", minimum=base_resolution)
+        if max_resolution > 2 ** 20:
+            raise ValueError(f"max_resolution must be <= 2^20, got {max_resolution}")
         init_scale = as_float(init_scale, "init_scale", nonneg=True)
+        self.backend = backend
         self.levels, self.features, self.bounds = levels, features, bounds
         self.table_size = 2 ** log2_table
         b = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(1, levels - 1))
@@ -74,33 +84,67 @@ class HashGridEncoding(torch.nn.Module):
             self.offsets.append(self.offsets[-1] + s)
         self.sizes = sizes
         self.table = torch.nn.Parameter((torch.rand(self.offsets[-1], features) * 2 - 1) * init_scale)
+        self._consts: dict = {}
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in ("warp", "torch"):
+            raise ValueError(f"backend must be 'warp' or 'torch', got {value!r}")
+        self._backend = value
 
     @property
     def out_dim(self) -> int:
         return self.levels * self.features
 
+    def _box(self, x: torch.Tensor):
+        lo = torch.as_tensor(self.bounds[0], dtype=x.dtype, device=x.device).reshape(-1).expand(3)
+        hi = torch.as_tensor(self.bounds[1], dtype=x.dtype, device=x.device).reshape(-1).expand(3)
+        return lo, hi
+
+    def _level_consts(self, device):
+        """Per-level tensors (resolution, first row, table size, dense flag) and the 8 corner offsets."""
+        key = str(device)
+        if key not in self._consts:
+            L = self.levels
+            self._consts[key] = (
+                torch.tensor(self.resolutions, device=device).reshape(1, L, 1, 1),
+                torch.tensor(self.offsets[:-1], device=device).reshape(1, L, 1),
+                torch.tensor(self.sizes, device=device).reshape(1, L, 1),
+                torch.tensor(self.dense, device=device).reshape(1, L, 1),
+                torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=device))
+        return self._consts[key]
+
+    def forward_torch(self, x: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """The plain-torch twin (all levels at once; differentiable to any order): ``(N, 3) -> (N, L F)``."""
+        table = self.table.to(x.dtype) if table is None else table
+        lo, hi = self._box(x)
+        res, first, size, dense, corners = self._level_consts(x.device)
+        N, L = x.shape[0], self.levels
+        u = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+        pos = u[:, None, :] * res[..., 0].to(x.dtype)  # (N, L, 3)
+        base = pos.detach().floor().long().clamp(max=res[..., 0] - 1)
+        frac = pos - base.to(x.dtype)
+        c = base[:, :, None, :] + corners  # (N, L, 8, 3)
+        r1 = res + 1
+        idx_dense = (c[..., 0] * r1[..., 0] + c[..., 1]) * r1[..., 0] + c[..., 2]
+        h = (c[..., 0] * _PRIMES[0]) ^ (c[..., 1] * _PRIMES[1]) ^ (c[..., 2] * _PRIMES[2])
+        idx = first + torch.where(dense, idx_dense, h % size)  # (N, L, 8)
+        feats = table[idx]  # (N, L, 8, F)
+        w = torch.where(corners.bool(), frac[:, :, None, :], 1 - frac[:, :, None, :]).prod(-1)  # (N, L, 8)
+        return (feats * w[..., None]).sum(2).reshape(N, L * self.features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_float(x, "x", shape=("N", 3), coerce=False)
-        lo = torch.as_tensor(self.bounds[0], dtype=x.dtype, device=x.device)
-        hi = torch.as_tensor(self.bounds[1], dtype=x.dtype, device=x.device)
-        u = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
-        corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=x.device)
-        table = self.table.to(x.dtype)
-        outs = []
-        for lvl, res in enumerate(self.resolutions):
-            pos = u * res
-            base = pos.detach().floor().clamp(max=res - 1).long()
-            frac = pos - base.to(x.dtype)  # (N, 3), differentiable
-            c = base[:, None, :] + corners[None]  # (N, 8, 3)
-            if self.dense[lvl]:
-                idx = (c[..., 0] * (res + 1) + c[..., 1]) * (res + 1) + c[..., 2]
-            else:
-                h = (c[..., 0] * _PRIMES[0]) ^ (c[..., 1] * _PRIMES[1]) ^ (c[..., 2] * _PRIMES[2])
-                idx = h % self.sizes[lvl]
-            feats = table[self.offsets[lvl] + idx]  # (N, 8, F)
-            w = torch.where(corners[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # (N, 8)
-            outs.append((feats * w[..., None]).sum(1))
-        return torch.cat(outs, -1)
+        if self.backend == "torch":
+            return self.forward_torch(x)
+        from .._kernels.hashgrid import hash_encode
+        lo, hi = self._box(x)
+        return hash_encode(x, self.table.to(x.dtype), lo, hi, self.resolutions, self.offsets[:-1], self.sizes,
+                           self.dense, self.forward_torch)
 
 
 class MLP(torch.nn.Module):
