@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .particles import check_planes
-from .._validate import as_int, check_dt, check_float
+from .._validate import as_int, check_dt, check_float, check_same_dtype
 from ..geometry.transforms import quaternion_to_matrix as quat_to_matrix
 from .rigid import _contact_law
 
@@ -169,6 +169,13 @@ class ArticulatedState:
 
     q: torch.Tensor
     qd: torch.Tensor
+
+    def __post_init__(self):
+        # checked on construction: floating, finite, one batch and dtype (sizes against the
+        # model are checked by the step)
+        check_float(self.q, "q", shape=(..., "nq"), coerce=False)
+        check_float(self.qd, "qd", shape=tuple(self.q.shape[:-1]) + ("nv",), coerce=False)
+        check_same_dtype(("q", self.q), ("qd", self.qd))
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ from .._kernels import Out, kernel_op, mat, vec
 from .._kernels.cloth import (MAX_OBSTACLES, cloth_body_contact, cloth_hinge_forces, cloth_integrate,
                               cloth_triangle_forces)
 from .._validate import (as_tensor, check_dt, check_faces, check_finite, check_float, check_index,
-                         check_positive)
+                         check_positive, check_same_dtype)
 from ..geometry.transforms import quaternion_apply
 from .particles import check_planes
 from .rigid import RigidBodyState, _contact_law
@@ -100,10 +100,17 @@ def _rows(x, k, name, dtype, device):
 
 @dataclass(frozen=True)
 class ClothState:
-    """x: (V, 3) vertex positions (m); v: (V, 3) vertex velocities (m/s)."""
+    """x: (V, 3) vertex positions (m); v: (V, 3) vertex velocities (m/s) (a leading batch of
+    environments, ``(B, V, 3)``, is allowed). Checked on construction: floating, finite, one
+    shape and dtype."""
 
     x: torch.Tensor
     v: torch.Tensor
+
+    def __post_init__(self):
+        check_float(self.x, "x", shape=(..., "V", 3), coerce=False)
+        check_float(self.v, "v", shape=tuple(self.x.shape), coerce=False)
+        check_same_dtype(("x", self.x), ("v", self.v))
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,12 @@ class ClothControl:
 
     pins: torch.Tensor | None = None
     bodies: RigidBodyState | None = None
+
+    def __post_init__(self):
+        if self.pins is not None:
+            check_float(self.pins, "pins", shape=(..., "P", 3), coerce=False)
+        if self.bodies is not None and not isinstance(self.bodies, RigidBodyState):
+            raise TypeError(f"bodies must be a RigidBodyState or None, got {type(self.bodies).__name__}")
 
 
 def cloth_hinges(faces: torch.Tensor) -> torch.Tensor:

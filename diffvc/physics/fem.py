@@ -84,10 +84,17 @@ def _safe_inv3(A):
 
 @dataclass(frozen=True)
 class FEMState:
-    """x: (N, 3) vertex positions (m); v: (N, 3) velocities (m/s)."""
+    """x: (N, 3) vertex positions (m); v: (N, 3) velocities (m/s) (a leading batch of
+    environments, ``(B, N, 3)``, is allowed). Checked on construction: floating, finite, one
+    shape and dtype."""
 
     x: torch.Tensor
     v: torch.Tensor
+
+    def __post_init__(self):
+        check_float(self.x, "x", shape=(..., "N", 3), coerce=False)
+        check_float(self.v, "v", shape=tuple(self.x.shape), coerce=False)
+        check_same_dtype(("x", self.x), ("v", self.v))
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ import torch
 
 from .._kernels.mpm import (COROTATED, J_MIN, NEOHOOKEAN, SAND, SAND_SIG_MIN, SNOW, HARDEN_MAX,
                             HARDEN_MIN, mpm_segment)
-from .._validate import as_float, as_tensor, check_float
+from .._validate import as_float, as_tensor, check_float, check_same_dtype
 from .fem import lame_parameters, polar_rotation_torch
 
 __all__ = ["MPMModel", "MPMState", "MATERIALS", "WALLS"]
@@ -78,6 +78,19 @@ class MPMState:
     C: torch.Tensor
     F: torch.Tensor
     Jp: torch.Tensor
+
+    def __post_init__(self):
+        # checked on construction: floating, finite, shapes consistent, one dtype
+        check_float(self.x, "x", shape=(..., "N", None), coerce=False)
+        d = self.x.shape[-1]
+        if d not in (2, 3):
+            raise ValueError(f"x must have shape (N, 2) or (N, 3), got {tuple(self.x.shape)}")
+        lead = tuple(self.x.shape[:-1])
+        check_float(self.v, "v", shape=lead + (d,), coerce=False)
+        check_float(self.C, "C", shape=lead + (d, d), coerce=False)
+        check_float(self.F, "F", shape=lead + (d, d), coerce=False)
+        check_float(self.Jp, "Jp", shape=lead, coerce=False)
+        check_same_dtype(("x", self.x), ("v", self.v), ("C", self.C), ("F", self.F), ("Jp", self.Jp))
 
     @staticmethod
     def create(x: torch.Tensor, v: torch.Tensor | None = None) -> "MPMState":

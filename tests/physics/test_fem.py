@@ -212,9 +212,13 @@ def test_implicit_step_is_stable_for_stiff_material_where_explicit_is_not():
 
     assert torch.isfinite(si.x).all() and strain(si.x) <= 1.01 * strain(s.x)  # no growth (it dissipates)
     se = s
-    for _ in range(5):
-        se = fem_step(model, se, 0.01)
-    assert not torch.isfinite(se.x).all() or strain(se.x) > 10 * strain(s.x)
+    try:
+        for _ in range(5):
+            se = fem_step(model, se, 0.01)
+        blew_up = strain(se.x) > 10 * strain(s.x)
+    except ValueError as e:  # diverged: a state holding NaN/inf is refused on construction
+        blew_up = "non-finite" in str(e)
+    assert blew_up
 
 
 def _cantilever(res, E=None):

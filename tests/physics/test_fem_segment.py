@@ -71,4 +71,4 @@ def test_segment_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="control"):
         model.segment(st, 1e-3, 2, control=torch.zeros(3, 3, dtype=D))
     with pytest.raises(ValueError, match="state.x"):
-        model.segment(dataclasses.replace(st, x=st.x[:2]), 1e-3, 2)
+        model.segment(dataclasses.replace(st, x=st.x[:2], v=st.v[:2]), 1e-3, 2)
