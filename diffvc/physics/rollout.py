@@ -17,13 +17,17 @@ or a tuple of tensors. Any tensor in the state, in the model, or in a controller
 require grad.
 
 Memory (reverse mode). By default (``checkpoint_every="auto"``) rollouts longer than 128 frames
-checkpoint every ``ceil(sqrt(steps))`` frames (beyond 2,048 frames, for a dataclass model without a
-fused segment, on two levels: outer segments of ``T^(2/3)`` frames re-run in backward with
-checkpoints every ``T^(1/3)``; with fused segments the two-level scheme measured a higher peak,
-bench/rollout_memory.py, so they stay on one level):
-a model with a fused segment recomputes its segments, and a dataclass model without one runs each segment as a single autograd node that
-keeps only its inputs (:class:`_ModelSegment`: no per-step bookkeeping), so the peak memory of a
-10,000-step rollout stays near that of a 100-step one (bench/rollout_memory.py, default paths).
+checkpoint every ``ceil(sqrt(steps))`` frames. Beyond 2,048 frames they checkpoint on two levels:
+for a dataclass model without a fused segment, outer segments of ``T^(2/3)`` frames re-run in
+backward with checkpoints every ``T^(1/3)``; for a model with a fused segment (e.g.
+:class:`~diffvc.physics.SpringModel`), outer segments of ``T^(2/3)`` frames, each of which re-runs
+its backward in blocks of ~``T^(1/3)`` steps from states it keeps at the block starts. A model
+with a fused segment recomputes its segments (all segments of a rollout share one scratch
+workspace, ``model.segment_workspace()``, and the adjoint keeps two rolling rows, so nothing is
+allocated per segment or per step), and a dataclass model without one runs each segment as a
+single autograd node that keeps only its inputs (:class:`_ModelSegment`: no per-step
+bookkeeping), so the peak memory of a 10,000-step rollout stays at or below that of a 100-step
+one on both paths (bench/rollout_memory.py, default paths).
 ``checkpoint_every=None`` keeps the full tape. Without checkpointing the autograd tape keeps
 every intermediate of every step. ``checkpoint_every=k`` keeps only every k-th frame's state and recomputes a segment's steps
 in the backward pass (``torch.utils.checkpoint``, non-reentrant, so tensors captured by closures
@@ -33,7 +37,7 @@ equal to the full tape's (tests: 1e-6 relative). Tensor memory drops from O(T) t
 states, but torch's non-reentrant checkpoint still keeps every step's autograd nodes and one
 small holder per saved tensor: about 20 KB per ``spring_step`` (measured, bench/rollout_memory),
 so for small states the saving is modest (216 particles, 10,000 steps: 366 -> 212 MB); a fused
-segment keeps nothing per step (164 -> 28 MB). With a fused segment and no controller, whole
+segment keeps nothing per step. With a fused segment and no controller, whole
 checkpoint segments run as one node; with a controller, each frame's substeps run fused with the
 control held.
 
@@ -134,7 +138,7 @@ def _functorch_active() -> bool:
 # --------------------------------------------------------------------------------------------
 
 AUTO_CHECKPOINT_MIN = 128  # frames; longer differentiable rollouts checkpoint by default
-AUTO_TWO_LEVEL_MIN = 2048  # frames; longer ones (dataclass model, no fused segment) checkpoint on two levels
+AUTO_TWO_LEVEL_MIN = 2048  # frames; longer ones checkpoint on two levels
 
 
 def auto_checkpoint(steps: int) -> int | None:
@@ -237,10 +241,16 @@ def _as_step(model, dt, backend, control):
         if not callable(seg):
             return stepper, None
         held = control
+        # one scratch workspace for every segment of this rollout, when the model's segment takes
+        # one (allocated once instead of per segment, forward and backward)
+        ws = {}
+        make_ws = getattr(model, "segment_workspace", None)
+        if callable(make_ws):
+            ws["workspace"] = make_ws()
 
         def fused(st, n, recompute=False, return_all=False, control=None):
             return seg(st, dt, n, control=control if control is not None else held, recompute=recompute,
-                       return_all=return_all)
+                       return_all=return_all, **ws)
 
         return stepper, fused
     if not callable(model):
@@ -319,6 +329,11 @@ def rollout(
     if observe is not None and not callable(observe):
         raise TypeError(f"observe must be callable, got {type(observe).__name__}")
     step, fused = _as_step(model, dt, backend, control)
+    if auto and steps > AUTO_TWO_LEVEL_MIN and fused is not None and controller is None:
+        # two levels through the fused segment: outer segments of ~T^(2/3) frames keep only their
+        # inputs, and each re-runs its backward in blocks of ~sqrt(its steps) from states kept at
+        # the block starts (the segment's own recompute, e.g. diffvc._kernels.springs.block_length)
+        checkpoint_every = int(-(-steps ** (2.0 / 3.0) // 1))
     flatten_state(state)  # validates the state's structure
     # the bookkeeping-free checkpoint needs the model's tensors (a dataclass model, Warp backend)
     model_tensors = _model_tensors(model) if (backend == "warp" and callable(getattr(model, "step", None))) else None

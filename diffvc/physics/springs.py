@@ -30,7 +30,8 @@ import torch
 
 from .._kernels import Out, kernel_op, vec
 from .._kernels.particles import integrate_particles
-from .._kernels.springs import LENGTH_EPS2, controlled_spring_segment, spring_forces, spring_segment
+from .._kernels.springs import (LENGTH_EPS2, SegmentWorkspace, controlled_spring_segment, spring_forces,
+                               spring_segment)
 from .._validate import (as_tensor, check_dt, check_faces, check_float, check_index, check_like, check_positive,
                          check_same_device, check_same_dtype)
 from .particles import ParticleState, check_contact, check_planes, plane_contact_stability, scalar_param, vec3_param
@@ -151,13 +152,17 @@ class SpringModel:
         return spring_step_torch(self, state, dt, control)
 
     def segment(self, state: ParticleState, dt: float, n: int, control: torch.Tensor | None = None,
-                recompute: bool = False, return_all: bool = False):
+                recompute: bool = False, return_all: bool = False, workspace=None):
         """``n`` steps fused in Warp as one autograd node (the contract's optional capability).
 
         Returns ``(final_state, states)`` where ``states`` lists the states after each step if
         ``return_all`` (else empty). ``control``: (S,) actuation held over the segment (it
         receives gradients). ``recompute``: keep only the segment's input and re-run its steps in
-        backward (checkpointing). Gradients equal those of ``n`` calls to :meth:`step`.
+        backward (checkpointing; a segment of more than 128 steps re-runs them in blocks of
+        ~sqrt(n) steps, so its backward holds O(sqrt n) states). ``workspace``: scratch buffers
+        shared by the segments of one rollout (:meth:`segment_workspace`; :func:`rollout` passes
+        one). The backward keeps two rolling adjoint rows, not one per step. Gradients equal
+        those of ``n`` calls to :meth:`step`.
         """
         dt = check_dt(dt)
         if control is None:
@@ -170,11 +175,17 @@ class SpringModel:
                                 self.contact)
         out = spring_segment(n, float(dt), state.x, state.v, inv_mass, self.radius, planes, self.contact,
                              self.gravity, si, sj, self.rest, self.ke, self.kd, self.gain, act, None,
-                             recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
+                             recompute=recompute and torch.is_grad_enabled(), return_all=return_all,
+                             workspace=workspace)
         final = ParticleState(out[0], out[1])
         if return_all:
             return final, [ParticleState(out[2][k], out[3][k]) for k in range(n)]
         return final, []
+
+    def segment_workspace(self) -> SegmentWorkspace:
+        """A fresh scratch workspace for :meth:`segment` (its ``workspace`` argument): the rows
+        that the segments of one rollout share instead of allocating them per segment."""
+        return SegmentWorkspace()
 
 
 def mlp_controller_features(state: ParticleState, waves: torch.Tensor, goal: torch.Tensor, dims: int = 3,

@@ -64,8 +64,9 @@ def test_default_checkpointing_gives_the_full_tape_gradients(case):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_two_level_default_gives_the_full_tape_gradients(fused):
-    """Beyond 2,048 frames the default checkpoints a model without a fused segment on two levels
-    (fused spring segments stay on one level); gradients equal the full tape's either way."""
+    """Beyond 2,048 frames the default checkpoints on two levels (a model without a fused segment:
+    nested segment nodes; fused spring segments of T^(2/3) steps that re-run their backward in
+    blocks of ~sqrt of that); gradients equal the full tape's either way."""
     x = torch.rand(4, 3, dtype=D, generator=torch.Generator().manual_seed(3)) * 0.2 + 0.05
     m0 = SpringModel.create(x, [[0, 1], [1, 2], [2, 3]], radius=0.05)
 

@@ -104,6 +104,91 @@ def test_checkpointed_fused_rollout_gradients_equal_full_tape(k):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
 
 
+def _segment_grads(model, s, K, acts, ext, recompute, return_all=False, workspace=None, twin=False):
+    """Final state and gradients (x0, v0, every model tensor, actuations, external force) of K
+    spring steps: the fused segment, or the plain-torch twin when ``twin``."""
+    leaves = {k: getattr(model, k).clone().requires_grad_() for k in
+              ("mass", "radius", "rest", "ke", "kd", "gain", "planes", "contact", "gravity")}
+    x0, v0 = s.x.clone().requires_grad_(), s.v.clone().requires_grad_()
+    m = replace(model, **leaves)
+    if twin:
+        st, xs = ParticleState(x0, v0), []
+        for k in range(K):
+            st = spring_step_torch(m, st, DT, acts[k], ext)
+            xs.append(st.x)
+        out = (st.x, st.v, torch.stack(xs)) if return_all else (st.x, st.v)
+    else:
+        sp = m.springs
+        out = spring_segment(K, DT, x0, v0, m.inv_mass, m.radius, m.planes, m.contact, m.gravity,
+                             sp[:, 0].contiguous(), sp[:, 1].contiguous(), m.rest, m.ke, m.kd, m.gain, acts, ext,
+                             recompute=recompute, return_all=return_all, workspace=workspace)
+    loss = (out[0] ** 2).sum() + out[1].sum() + ((out[2][::7] ** 2).sum() if len(out) > 2 else 0)
+    return [out[0].detach(), *torch.autograd.grad(loss, [x0, v0, *leaves.values(), acts, ext])]
+
+
+def test_recomputed_segment_in_blocks_equals_full_tape_and_twin():
+    """A recomputed segment of more than 128 steps re-runs its backward in blocks of ceil(sqrt K)
+    steps from states kept at the block starts, with two rolling adjoint rows and scratch rows
+    from a shared workspace: gradients w.r.t. the state, every model tensor (planes, gravity,
+    radius, mass, contact included, through two contact planes), per-step actuations and the
+    external force equal the full tape's exactly and the torch twin's to rounding."""
+    from diffvc._kernels.springs import SegmentWorkspace, block_length
+
+    assert block_length(128) == 128 and block_length(300) == 18
+    model, s = _cube()
+    model = replace(model, planes=torch.tensor([[0.0, 1.0, 0.0, 0.0], [-0.6, 0.8, 0.0, -0.17]], dtype=F64))
+    K = 300
+    g = torch.Generator().manual_seed(4)
+    acts = (torch.randn(K, model.num_springs, generator=g, dtype=F64) * 0.3).requires_grad_()
+    ext = torch.randn(8, 3, generator=g, dtype=F64).requires_grad_()
+    full = _segment_grads(model, s, K, acts, ext, recompute=False)
+    ws = SegmentWorkspace()
+    for _ in range(2):  # the workspace is reused by the second segment
+        for a, b in zip(_segment_grads(model, s, K, acts, ext, recompute=True, workspace=ws), full):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    twin = _segment_grads(model, s, K, acts, ext, recompute=False, twin=True)
+    for a, b in zip(full, twin):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    # the states of every step returned and differentiated, recomputed in blocks
+    all_full = _segment_grads(model, s, K, acts, ext, recompute=False, return_all=True)
+    all_rec = _segment_grads(model, s, K, acts, ext, recompute=True, return_all=True, workspace=ws)
+    for a, b in zip(all_rec, all_full):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    twin_all = _segment_grads(model, s, K, acts, ext, recompute=False, return_all=True, twin=True)
+    assert (all_full[2] - full[2]).abs().max() > 0  # the per-step states' loss terms count
+    for a, b in zip(all_full, twin_all):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_hand_written_integration_adjoint_equals_warps_generated_adjoint():
+    """The fused segment's backward uses hand-written adjoints; the per-step path uses Warp's
+    generated ones: on a tilted and a level plane, sliding with friction, with a kinematic
+    particle, their gradients w.r.t. everything agree to float64 rounding."""
+    model, s = _cube()
+    mass = model.mass.clone()
+    mass[5] = 0.0  # kinematic
+    model = replace(model, mass=mass,
+                    planes=torch.tensor([[0.0, 1.0, 0.0, 0.0], [-0.6, 0.8, 0.0, -0.17]], dtype=F64))
+    K = 40
+    acts = (torch.randn(K, model.num_springs, generator=torch.Generator().manual_seed(5), dtype=F64) * 0.3)
+    acts = acts.requires_grad_()
+    ext = torch.zeros(8, 3, dtype=F64, requires_grad=True)
+    fused = _segment_grads(model, s, K, acts, ext, recompute=False)
+
+    leaves = {k: getattr(model, k).clone().requires_grad_() for k in
+              ("mass", "radius", "rest", "ke", "kd", "gain", "planes", "contact", "gravity")}
+    x0, v0 = s.x.clone().requires_grad_(), s.v.clone().requires_grad_()
+    m = replace(model, **leaves)
+    st = ParticleState(x0, v0)
+    for k in range(K):
+        st = spring_step(m, st, DT, acts[k], ext)
+    ref = [st.x.detach(), *torch.autograd.grad((st.x ** 2).sum() + st.v.sum(), [x0, v0, *leaves.values(), acts, ext])]
+    assert fused[9][1].abs().sum() > 0 and fused[10].abs().sum() > 0  # both planes and the contact act
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_actuation_scales_the_rest_length():
     x = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=F64)
     model = SpringModel.create(x, [[0, 1]], mass=1.0, ke=50.0, kd=5.0, gain=0.5, planes=[], gravity=(0, 0, 0),
