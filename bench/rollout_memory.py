@@ -23,6 +23,7 @@ a user gets without choosing any (``rollout(model, state, n, dt=...)``, ``checkp
 figure of merit is the 10,000-step peak over the 100-step peak, per path (target <= 1.2).
 
     python -m bench.rollout_memory [--quick]     or     diffvc bench rollout_memory
+    python -m bench.rollout_memory --default-only      (only the default paths: the issue's item 4)
 """
 
 from __future__ import annotations
@@ -157,9 +158,13 @@ def run_default_paths(quick: bool = False) -> dict:
         ratios = {v: res[f"{v}_{long_steps}"]["peak_extra_mb"] / max(res[f"{v}_100"]["peak_extra_mb"], 1e-3)
                   for v in DEFAULT_PATHS}
         out_all[alloc] = {"results": res, f"peak_ratio_{long_steps}_over_100": ratios}
+    ratio = {v: out_all["glibc_default"][f"peak_ratio_{long_steps}_over_100"][v] for v in DEFAULT_PATHS}
     return {"steps": [100, long_steps], "particles": 1000, "dtype": "float32",
             "settings": "rollout(model, state, n, dt=1e-3), checkpoint_every='auto' (the default)",
             "measure": "peak RSS (VmHWM after clear_refs) minus RSS before the rollout, fresh process each",
+            f"peak_ratio_{long_steps}_over_100": ratio,
+            "target": {"peak_ratio_max": 1.2, "holds": {v: r <= 1.2 for v, r in ratio.items()},
+                       "note": "glibc's default allocator settings; lower is better"},
             "allocators": out_all}
 
 
@@ -195,5 +200,7 @@ if __name__ == "__main__":
     elif "--child" in sys.argv:
         i = sys.argv.index("--child")
         print(json.dumps(_child(sys.argv[i + 1], int(sys.argv[i + 2]))))
+    elif "--default-only" in sys.argv:
+        print(json.dumps(run_default_paths(quick="--quick" in sys.argv), indent=2))
     else:
         print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

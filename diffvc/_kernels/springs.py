@@ -729,16 +729,18 @@ def _ctrl_run(K, dt, dims, scale, inputs, adjoint):
         "sf": [(0, "x", 0), (1, "v", 0), (8, "act", 0), (9, "f", 0)],
         "ip": [(0, "x", 0), (1, "v", 0), (7, "f", 0), (9, "x", 1), (10, "v", 1)],
     }
-    stream = _stream(dev)
     order = list(args)
     if adjoint is None:
-        rec = {k: _record(*args[k], dev) for k in order}
+        plan = []
+        for name in order:
+            call = _Call(_record(*args[name], dev), dev)
+            plan.append((call, [call.r.setter(idx, wrows if buf == "waves" else rows[buf][off:])
+                                for idx, buf, off in slots[name]]))
         for k in range(K):
-            for name in order:
-                lr = rec[name]
-                for idx, buf, off in slots[name]:
-                    lr.set_param_at_index_from_ctype(idx, wrows[k] if buf == "waves" else rows[buf][k + off])
-                lr.launch(stream=stream) if stream is not None else lr.launch()
+            for call, setters in plan:
+                for f in setters:
+                    f(k)
+                call.run()
         return bufs
     g = {"inv_mass": inv_mass, "radius": radius, "planes": planes, "contact": contact, "gravity": gravity,
          "rest": rest, "ke": ke, "kd": kd, "gain": gain, "goal": goal, "w1": w1, "b1": b1, "w2": w2, "b2": b2}
@@ -757,20 +759,37 @@ def _ctrl_run(K, dt, dims, scale, inputs, adjoint):
         "t1": ([a0["pre1"]], [a0["h"]]),
         "l2": ([to_warp(g["w2"]), to_warp(g["b2"]), a0["h"], H], [a0["pre2"]]),
         "t2": ([a0["pre2"]], [a0["act"]]),
-        "sf": ([a0["x"], a0["v"], *a_spring, a0["act"]], [a0["f"]]),
-        "ip": ([a0["x"], a0["v"], *a_integ, a0["f"], fdt(dt)], [a0["x"], a0["v"]]),
     }
-    rec = {k: _record(*args[k], dev, adj_inputs=adj_args[k][0], adj_outputs=adj_args[k][1]) for k in order}
-    for k in range(K - 1, -1, -1):
-        for name in reversed(order):
-            lr = rec[name]
+    plan = []
+    for name in reversed(order):
+        if name == "sf":  # hand-written adjoints of the physics step (no replay of the forward)
+            call = _Call(_record(spring_forces_adjoint, s, [b0["x"], b0["v"], *spring, b0["act"], a0["f"], a0["x"],
+                                                            a0["v"], *a_spring[2:], a0["act"]], [], dev), dev)
+            setters = [call.r.setter(0, rows["x"]), call.r.setter(1, rows["v"]), call.r.setter(8, rows["act"]),
+                       call.r.setter(9, arows["f"]), call.r.setter(10, arows["x"]), call.r.setter(11, arows["v"]),
+                       call.r.setter(16, arows["act"])]
+        elif name == "ip":
+            call = _Call(_record(integrate_particles_adjoint, n,
+                                 [b0["x"], b0["v"], *integ, b0["f"], fdt(dt), a0["x"], a0["v"], a0["x"], a0["v"],
+                                  a0["f"], *a_integ], [], dev), dev)
+            setters = [call.r.setter(0, rows["x"]), call.r.setter(1, rows["v"]), call.r.setter(7, rows["f"]),
+                       call.r.setter(9, arows["x"][1:]), call.r.setter(10, arows["v"][1:]),
+                       call.r.setter(11, arows["x"]), call.r.setter(12, arows["v"]), call.r.setter(13, arows["f"])]
+        else:
+            call = _Call(_record(*args[name], dev, adj_inputs=adj_args[name][0], adj_outputs=adj_args[name][1]), dev)
+            setters = []
             for idx, buf, off in slots[name]:
                 if buf == "waves":
-                    lr.set_param_at_index_from_ctype(idx, wrows[k])
+                    setters.append(call.r.setter(idx, wrows))
                     continue
-                lr.set_param_at_index_from_ctype(idx, rows[buf][k + off])
-                lr.set_param_at_index_from_ctype(idx, arows[buf][k + off], adjoint=True)
-            lr.launch(stream=stream) if stream is not None else lr.launch()
+                setters.append(call.r.setter(idx, rows[buf][off:]))
+                setters.append(call.r.setter(idx, arows[buf][off:], adjoint=True))
+        plan.append((call, setters))
+    for k in range(K - 1, -1, -1):
+        for call, setters in plan:
+            for f in setters:
+                f(k)
+            call.run()
     return (adj["x"][0], adj["v"][0], g["inv_mass"], g["radius"], g["planes"], g["contact"], g["gravity"], None, None,
             g["rest"], g["ke"], g["kd"], g["gain"], None, g["goal"], g["w1"], g["b1"], g["w2"], g["b2"])
 
