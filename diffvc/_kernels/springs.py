@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .bridge import _SCALAR, _Recorded, _Replay, _stream, kernel_guard, to_warp, warp_device, wp
+from .bridge import _SCALAR, _Recorded, _Replay, _desc, _stream, kernel_guard, to_warp, warp_device, wp
 from .particles import integrate_particles
 
 LENGTH_EPS2 = 1e-12  # m^2 added under the square root of a spring's length: finite at coincident ends
@@ -250,6 +250,7 @@ class SegmentWorkspace:
 
     def __init__(self):
         self._bufs: dict = {}
+        self.plans: dict = {}  # recorded launches by (dtype, device, N, S, planes, dt, adjoint)
 
     def get(self, name: str, rows: int, row_shape: tuple, like: torch.Tensor, kind: str | None):
         """(tensor of >= ``rows`` rows of ``row_shape``, its row descriptors), reused while the row
@@ -264,6 +265,7 @@ class SegmentWorkspace:
 
     def clear(self) -> None:
         self._bufs.clear()
+        self.plans.clear()
 
 
 class _Call:
@@ -318,10 +320,12 @@ class _RowFill:
 
 
 class _Plan:
-    """The launches of a spring segment (forward and, when asked, adjoint) with the model's
-    constant arguments bound, and the per-step rewrites of their row pointers."""
+    """The launches of a spring segment (forward and, when asked, adjoint) pointed at the model's
+    constant arguments, and the per-step rewrites of their row pointers. The recorded launches
+    are kept in the workspace and re-pointed for the next segment of the same shapes (recording
+    a launch costs ~100 us; re-pointing its arrays, a few)."""
 
-    def __init__(self, K, dt, inputs, adjoint_grads=None):
+    def __init__(self, K, dt, inputs, ws: SegmentWorkspace, adjoint_grads=None):
         x0, v0, inv_mass, radius, planes, contact, gravity, si, sj, rest, ke, kd, gain, act, external = inputs
         self.K, self.n, self.s = K, x0.shape[0], si.shape[0]
         self.dev = dev = x0.device
@@ -330,20 +334,41 @@ class _Plan:
         self.act_rows = _rows(act, None)
         self.act_held = act.shape[0] == 1
         self.external = external
-        spring, integ = _model_args(inputs)
-        wx, wv, wf, wa = to_warp(x0, "vec"), to_warp(v0, "vec"), to_warp(x0, "vec"), to_warp(act[0])
-        self.lf = _Call(_record(spring_forces, self.s, [wx, wv, *spring, wa], [wf], dev), dev)
-        self.li = _Call(_record(integrate_particles, self.n, [wx, wv, *integ, wf, self.fdt], [wx, wv], dev), dev)
+        key = (x0.dtype, str(dev), self.n, self.s, planes.shape[0], float(dt), adjoint_grads is not None)
+        calls = ws.plans.get(key)
+        if calls is None:
+            spring, integ = _model_args(inputs)
+            wx, wv, wf, wa = to_warp(x0, "vec"), to_warp(v0, "vec"), to_warp(x0, "vec"), to_warp(act[0])
+            calls = [_Call(_record(spring_forces, self.s, [wx, wv, *spring, wa], [wf], dev), dev),
+                     _Call(_record(integrate_particles, self.n, [wx, wv, *integ, wf, self.fdt], [wx, wv], dev), dev)]
+            if adjoint_grads is not None:
+                g_im, g_rad, g_pl, g_c, g_g, g_rest, g_ke, g_kd, g_gain, g_act = adjoint_grads
+                calls.append(_Call(_record(spring_forces_adjoint, self.s,
+                                           [wx, wv, *spring, wa, wf, wx, wv, to_warp(g_rest), to_warp(g_ke),
+                                            to_warp(g_kd), to_warp(g_gain), to_warp(g_act[0])], [], dev), dev))
+                calls.append(_Call(_record(integrate_particles_adjoint, self.n,
+                                           [wx, wv, *integ, wf, self.fdt, wx, wv, wx, wv, wx, to_warp(g_im),
+                                            to_warp(g_rad), to_warp(g_pl, "vec"), to_warp(g_c),
+                                            to_warp(g_g.reshape(1, 3), "vec")], [], dev), dev))
+            ws.plans[key] = calls
+        self.lf, self.li = calls[0], calls[1]
+        # this segment's constant arrays (and gradient arrays), in place of the recorded ones
+        spring = [(si, None), (sj, None), (rest, None), (ke, None), (kd, None), (gain, None)]
+        integ = [(inv_mass, None), (radius, None), (planes, "vec"), (contact, None), (gravity.reshape(1, 3), "vec")]
+        for c in (self.lf,) + ((calls[2],) if adjoint_grads is not None else ()):
+            for i, (t, kind) in enumerate(spring):
+                c.set(2 + i, _desc(t, kind))
+        for c in (self.li,) + ((calls[3],) if adjoint_grads is not None else ()):
+            for i, (t, kind) in enumerate(integ):
+                c.set(2 + i, _desc(t, kind))
         if adjoint_grads is not None:
             g_im, g_rad, g_pl, g_c, g_g, g_rest, g_ke, g_kd, g_gain, g_act = adjoint_grads
-            ga = to_warp(g_act[0])
-            self.lfa = _Call(_record(spring_forces_adjoint, self.s,
-                                     [wx, wv, *spring, wa, wf, wx, wv, to_warp(g_rest), to_warp(g_ke), to_warp(g_kd),
-                                      to_warp(g_gain), ga], [], dev), dev)
-            self.lia = _Call(_record(integrate_particles_adjoint, self.n,
-                                     [wx, wv, *integ, wf, self.fdt, wx, wv, wx, wv, wx, to_warp(g_im), to_warp(g_rad),
-                                      to_warp(g_pl, "vec"), to_warp(g_c), to_warp(g_g.reshape(1, 3), "vec")], [], dev),
-                             dev)
+            self.lfa, self.lia = calls[2], calls[3]
+            for i, t in enumerate((g_rest, g_ke, g_kd, g_gain)):
+                self.lfa.set(12 + i, _desc(t, None))
+            for i, (t, kind) in enumerate(((g_im, None), (g_rad, None), (g_pl, "vec"), (g_c, None),
+                                           (g_g.reshape(1, 3), "vec"))):
+                self.lia.set(14 + i, _desc(t, kind))
             self.gact_rows = _rows(g_act, None)
 
     def act(self, k):
@@ -433,7 +458,8 @@ class _SpringSegment(torch.autograd.Function):
         ctx.K, ctx.dt, ctx.recompute, ctx.return_all = K, dt, recompute, return_all
         inputs = (x0, v0, inv_mass, radius, planes, contact, gravity, si, sj, rest, ke, kd, gain, act, external)
         ctx.ws = ws
-        plan = _Plan(K, dt, inputs)
+        ws = ws or SegmentWorkspace()
+        plan = _Plan(K, dt, inputs, ws)
         n = x0.shape[0]
         if not recompute or return_all:
             # every state kept (the node's tape, or the states it returns); forces per step only
@@ -444,7 +470,7 @@ class _SpringSegment(torch.autograd.Function):
             vs[0] = v0
             xd, vd = _rows(xs, "vec"), _rows(vs, "vec")
             if recompute:
-                ft, fd1 = (ws or SegmentWorkspace()).get("f", 1, (n, 3), x0, "vec")
+                ft, fd1 = ws.get("f", 1, (n, 3), x0, "vec")
                 fill, fd = _RowFill(ft, fd1, src=external), [fd1[0]] * K
                 fill = _IndexFill(fill)
             else:
@@ -456,10 +482,9 @@ class _SpringSegment(torch.autograd.Function):
             x_out, v_out = xs[K].clone(), vs[K].clone()
         else:
             # checkpoint: run through two ping-pong rows and keep nothing but the inputs
-            w = ws or SegmentWorkspace()
-            xt, xr = w.get("x", 2, (n, 3), x0, "vec")
-            vt, vr = w.get("v", 2, (n, 3), x0, "vec")
-            ft, fr = w.get("f", 1, (n, 3), x0, "vec")
+            xt, xr = ws.get("x", 2, (n, 3), x0, "vec")
+            vt, vr = ws.get("v", 2, (n, 3), x0, "vec")
+            ft, fr = ws.get("f", 1, (n, 3), x0, "vec")
             xt[0] = x0
             vt[0] = v0
             xd = [xr[j % 2] for j in range(K + 1)]
@@ -480,7 +505,7 @@ class _SpringSegment(torch.autograd.Function):
         x0, v0, inv_mass, radius, planes, contact, gravity, si, sj, rest, ke, kd, gain, act, external = inputs
         grads = tuple(torch.zeros_like(t) for t in (inv_mass, radius, planes, contact, gravity, rest, ke, kd, gain,
                                                     act))
-        plan = _Plan(K, dt, inputs, adjoint_grads=grads)
+        plan = _Plan(K, dt, inputs, ws, adjoint_grads=grads)
         g_ext = torch.zeros_like(external) if external is not None and ctx.needs_input_grad[19] else None
         adj = _Adjoint(plan, ws, gx, gv, gxs, gvs, g_ext)
         n = x0.shape[0]
