@@ -18,7 +18,7 @@ import torch
 
 from ..optim import Free, ParameterSet, optimize
 from ..physics import ParticleModel, ParticleState, rollout
-from ..viz import figure_to_array, plot_curves, save_animation, write_metrics
+from ..viz import plot_curves, save_animation, write_metrics
 
 DESCRIPTION = "particle bouncing off ground and wall: optimise v0 so it ends at a target"
 
@@ -51,27 +51,45 @@ def simulate(v0: torch.Tensor, model: ParticleModel, frames: int = int(round(DUR
 
 
 def _frames(trajs: list[np.ndarray], labels: list[str], size=(360, 240)) -> list[np.ndarray]:
+    """One RGB frame per recorded state: the trajectories so far, ground, wall and target.
+
+    The axes, ground, wall, target and legend are drawn once; each frame restores that
+    background and draws only the moving artists (matplotlib blitting), ~1 ms a frame instead
+    of a full figure layout and draw (~0.1 s a frame)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(size[0] / 80, size[1] / 80), dpi=80)
+    ax.axhline(0, color="k", lw=2)
+    ax.axvline(WALL_X, color="k", lw=2)
+    ax.plot(*TARGET[:2], "r*", ms=12)
+    cols = ["tab:gray", "tab:blue"]
+    paths = [ax.plot([], [], color=c, lw=1, label=lab, animated=True)[0] for lab, c in zip(labels, cols)]
+    dots = [ax.plot([], [], "o", color=c, ms=7, animated=True)[0] for c in cols]
+    ax.set_xlim(-2.6, 1.0)
+    ax.set_ylim(-0.1, 2.2)
+    ax.set_aspect("equal")
+    legend = ax.legend(handles=paths, loc="upper left", fontsize=7)
+    legend.set_animated(True)
+    fig.tight_layout(pad=1.08)
+    canvas = fig.canvas
+    canvas.draw()                               # background: everything not animated
+    background = canvas.copy_from_bbox(fig.bbox)
     out = []
     n = max(len(t) for t in trajs)
-    for k in range(0, n, 1):
-        fig, ax = plt.subplots(figsize=(size[0] / 80, size[1] / 80), dpi=80)
-        ax.axhline(0, color="k", lw=2)
-        ax.axvline(WALL_X, color="k", lw=2)
-        ax.plot(*TARGET[:2], "r*", ms=12)
-        for t, lab, col in zip(trajs, labels, ["tab:gray", "tab:blue"]):
+    for k in range(n):
+        canvas.restore_region(background)
+        for t, path, dot in zip(trajs, paths, dots):
             j = min(k, len(t) - 1)
-            ax.plot(t[: j + 1, 0], t[: j + 1, 1], color=col, lw=1, label=lab)
-            ax.plot(t[j, 0], t[j, 1], "o", color=col, ms=7)
-        ax.set_xlim(-2.6, 1.0)
-        ax.set_ylim(-0.1, 2.2)
-        ax.set_aspect("equal")
-        ax.legend(loc="upper left", fontsize=7)
-        out.append(figure_to_array(fig))
+            path.set_data(t[: j + 1, 0], t[: j + 1, 1])
+            dot.set_data(t[j: j + 1, 0], t[j: j + 1, 1])
+            ax.draw_artist(path)
+            ax.draw_artist(dot)
+        ax.draw_artist(legend)                  # on top of the paths, as in a full draw
+        out.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
     return out
 
 
