@@ -38,7 +38,9 @@ loop over environments), with the contact-onset conventions of each model.
 
 Supported: :class:`~diffvc.physics.ParticleModel`, :class:`~diffvc.physics.SpringModel`,
 :class:`~diffvc.physics.RigidBodyModel`, :class:`~diffvc.physics.FEMModel`,
-:class:`~diffvc.physics.ClothModel`. Grid solvers (:class:`~diffvc.physics.MPMModel`,
+:class:`~diffvc.physics.ClothModel` (without obstacles attached to rigid bodies: their
+``RigidBodyState`` control has no environment axis, so such a cloth is refused with a
+``ValueError``). Grid solvers (:class:`~diffvc.physics.MPMModel`,
 :class:`~diffvc.physics.SmokeModel`) are not: their environments would share one grid (MPM
 particle-to-grid transfer and the smoke pressure solve would couple them); batch those by an
 environment axis in the grid kernels. :class:`~diffvc.physics.ArticulatedModel` keeps its tree
@@ -94,8 +96,9 @@ _WHY_NOT = {
 
 
 def batchable(model) -> bool:
-    """Whether :func:`batch_model` supports ``model``'s class."""
-    return type(model) in _SPECS
+    """Whether :func:`batch_model` supports ``model``: its class, and for a cloth no obstacles
+    attached to rigid bodies."""
+    return type(model) in _SPECS and not (isinstance(model, ClothModel) and model.has_bodies)
 
 
 def _spec(model) -> dict:
@@ -104,6 +107,12 @@ def _spec(model) -> dict:
         name = type(model).__name__
         why = _WHY_NOT.get(name, "it is not one of " + ", ".join(c.__name__ for c in _SPECS))
         raise TypeError(f"model: batch_model cannot batch a {name}: {why}")
+    if isinstance(model, ClothModel) and model.has_bodies:
+        raise ValueError("model: batch_model cannot batch a ClothModel with obstacles attached to rigid bodies "
+                         "(body_spheres / body_boxes): every step takes one RigidBodyState of those bodies, which "
+                         "the flat model would share across environments instead of offsetting per environment; "
+                         "batch a cloth without body obstacles (static spheres / boxes are fine) or step the "
+                         "environments one by one")
     return spec
 
 

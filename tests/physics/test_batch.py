@@ -14,6 +14,7 @@ from diffvc.geometry import box, tet_box
 from diffvc.geometry.primitives import grid
 from diffvc.physics import (BatchedModel, ClothModel, FEMModel, MPMModel, ParticleModel, ParticleState,
                             RigidBodyModel, RigidBodyState, SpringModel, batch_model, batch_state, rollout, unbatch)
+from diffvc.physics.batch import batchable
 
 F64 = torch.float64
 DT = 2e-3
@@ -198,6 +199,14 @@ def test_bad_input_raises_clear_errors():
     mpm = MPMModel.create(torch.rand(8, 2) * 0.2 + 0.4, (16, 16), 1 / 15)
     with pytest.raises(TypeError, match="MPMModel.*share one MPM grid"):
         batch_model(mpm, 2)
+    v, f = grid(0.3, 2, dtype=F64)
+    cloth = ClothModel.create(v, f, body_spheres=[[0, 0.0, -0.1, 0.0, 0.05]], dtype=F64)
+    with pytest.raises(ValueError, match="model: .*ClothModel with obstacles attached to rigid bodies"):
+        batch_model(cloth, 2)
+    with pytest.raises(ValueError, match="model: .*ClothModel with obstacles attached to rigid bodies"):
+        BatchedModel(cloth, 1)
+    assert not batchable(cloth)
+    assert batchable(ClothModel.create(v, f, spheres=[[0.0, -0.1, 0.0, 0.05]], dtype=F64))
     assert isinstance(bm, BatchedModel)
 
 
