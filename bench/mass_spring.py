@@ -6,8 +6,9 @@ is sum(final x) + sum(final v); gradients w.r.t. the initial velocities and the 
 stiffnesses. All variants run in this one process, interleaved (repeat r of every variant, then
 repeat r+1), so a shared machine's load hits them alike; medians over repeats (and minima).
 
-* ``diffvc_fused``: ``rollout(model, state, 1000, dt=dt)`` (fused Warp segment, full
-  tape, one autograd node);
+* ``diffvc_fused``: ``rollout(model, state, 1000, dt=dt)``, every setting at its default: fused Warp
+  segments of ceil(sqrt(1000)) = 32 steps that keep only their inputs and re-run in backward
+  (the default checkpointing of rollouts beyond 128 frames), hand-written adjoints;
 * ``diffvc_checkpointed``: the same with ``checkpoint_every=100`` (backward re-runs each segment);
 * ``diffvc_per_step``: ``spring_step`` called 1,000 times (two kernel_op nodes per step);
 * ``torch`` / ``torch_1thread``: ``spring_step_torch`` (the plain-torch twin, torch autograd)
@@ -24,6 +25,7 @@ repeat r+1), so a shared machine's load hits them alike; medians over repeats (a
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -57,12 +59,15 @@ def make_system(dtype=torch.float32, n_side=N_SIDE, n_springs=N_SPRINGS):
     return model, ParticleState(x, v0)
 
 
-def _summary(times):
+def _summary(times, cpu=None):
     fwd = [a for a, _ in times]
     bwd = [b for _, b in times]
-    return {"forward_ms": 1e3 * statistics.median(fwd), "backward_ms": 1e3 * statistics.median(bwd),
-            "total_ms": 1e3 * statistics.median([a + b for a, b in times]),
-            "total_min_ms": 1e3 * min(a + b for a, b in times), "runs": len(times)}
+    out = {"forward_ms": 1e3 * statistics.median(fwd), "backward_ms": 1e3 * statistics.median(bwd),
+           "total_ms": 1e3 * statistics.median([a + b for a, b in times]),
+           "total_min_ms": 1e3 * min(a + b for a, b in times), "runs": len(times)}
+    if cpu:
+        out["total_cpu_ms"] = 1e3 * statistics.median(cpu)  # process CPU time (user + sys), all threads
+    return out
 
 
 def _diffvc(model, s0, steps, mode):
@@ -189,13 +194,19 @@ def run(quick: bool = False) -> dict:
         fn()
     # interleaved repeats: the machine is shared, so every variant sees the same load over time
     times = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     slow = ("torch", "torch_1thread", "diffvc_per_step")
     for r in range(repeats):
         for name, fn in variants.items():
             if name in slow and r >= (1 if quick else 3):
                 continue
+            c0 = time.process_time()
             times[name].append(fn())
-    results = {name: _summary(t) for name, t in times.items()}
+            cpu[name].append(time.process_time() - c0)
+    results = {name: _summary(t, cpu[name]) for name, t in times.items()}
+    # per repeat, diffvc's time over raw Warp's of the same repeat (interleaved: same load)
+    pair = [(a[0] + a[1]) / (b[0] + b[1]) for a, b in zip(times["diffvc_fused"], times["raw_warp"])]
+    pair_cpu = [a / b for a, b in zip(cpu["diffvc_fused"], cpu["raw_warp"])]
     ref = variants["raw_warp"].grads
     agree = {name: {"final_x": _rel(fn.grads[2], ref[2]), "grad_v0": _rel(fn.grads[0], ref[0]),
                     "grad_ke": _rel(fn.grads[1], ref[1])} for name, fn in variants.items() if name != "raw_warp"}
@@ -208,6 +219,10 @@ def run(quick: bool = False) -> dict:
         "speedup_vs_torch": best_torch / ours,
         "speedup_vs_torch_default_threads": results["torch"]["total_ms"] / ours,
         "ratio_to_raw_warp": ours / results["raw_warp"]["total_ms"],
+        "ratio_to_raw_warp_per_repeat": pair, "ratio_to_raw_warp_per_repeat_median": statistics.median(pair),
+        "ratio_to_raw_warp_cpu": results["diffvc_fused"]["total_cpu_ms"] / results["raw_warp"]["total_cpu_ms"],
+        "ratio_to_raw_warp_cpu_per_repeat": pair_cpu,
+        "load_average": os.getloadavg(),
         "checkpointed_ratio_to_raw_warp": results["diffvc_checkpointed"]["total_ms"] / results["raw_warp"]["total_ms"],
         "per_step_ratio_to_raw_warp": results["diffvc_per_step"]["total_ms"] / results["raw_warp"]["total_ms"],
         "relative_difference_to_raw_warp": agree,

@@ -608,6 +608,10 @@ def spring_segment(K: int, dt: float, x0, v0, inv_mass, radius, planes, contact,
     """
     if workspace is not None and not isinstance(workspace, SegmentWorkspace):
         raise TypeError(f"workspace must be a SegmentWorkspace or None, got {type(workspace).__name__}")
+    if not recompute and not (torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad
+            for t in (x0, v0, inv_mass, radius, planes, contact, gravity, rest, ke, kd, gain, act, external))):
+        recompute = True  # no backward will run: the forward goes through two rows, keeping no tape
     return _SpringSegment.apply(K, dt, recompute, return_all, workspace, x0.contiguous(), v0.contiguous(),
                                 inv_mass.contiguous(), radius.contiguous(), planes.contiguous(), contact.contiguous(),
                                 gravity.contiguous(), si, sj, rest.contiguous(), ke.contiguous(), kd.contiguous(),
