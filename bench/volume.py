@@ -15,8 +15,10 @@ RGB) and ``absorption`` (transmittance only, density grid only); and, for empty-
 Each variant runs in its own subprocess (so peak memory is its own, with glibc's mmap threshold
 fixed so freed large blocks go back to the OS): a warm-up on an 8^3 grid (kernel loading), then
 the peak-RSS counter is reset (``/proc/self/clear_refs``) and ``peak_mib`` is the rise of the
-resident set during the first full-size iteration above the level before it (inputs and grids
-already allocated; it includes the gradient buffers).
+resident set during the first full-size iteration above the level before it (inputs and the
+leaf grids already allocated; it includes the gradient buffers). The timed iteration is the
+render, the loss and the backward pass (plus the occupancy update in ``sparse_occupancy``); the
+leaf grids are made before it, the same way for both variants.
 Times are medians over repeats (wall clock, with torch's default threads; also process CPU time);
 the machine is shared, so the 1-minute load average is recorded. With CUDA present, the Warp
 variant also runs on the GPU.
@@ -65,16 +67,23 @@ def _sparse(dens):
     return torch.where(x * x + y * y + z * z < 0.25, dens, torch.zeros_like(dens))
 
 
-def _iteration(dens, feat, cam, w, backend, mode):
+def _leaves(dens, feat, mode):
+    """The grids being differentiated (leaf tensors made before timing: their allocation is setup,
+    not rendering, for both variants)."""
+    if mode.startswith("sparse"):
+        dens = _sparse(dens)
+    dd = dens.clone().requires_grad_()
+    ff = feat.clone().requires_grad_() if mode != "absorption" else None
+    return dd, ff
+
+
+def _iteration(dd, ff, cam, w, backend, mode):
+    """One timed iteration: (occupancy update,) render, loss, backward to the grids."""
     from diffvc.render import OccupancyGrid, render_volume
 
     occ = None
-    if mode.startswith("sparse"):
-        dens = _sparse(dens)
-        if mode == "sparse_occupancy":
-            occ = OccupancyGrid(32, dtype=dens.dtype, device=dens.device).update(dens)
-    dd = dens.clone().requires_grad_()
-    ff = feat.clone().requires_grad_() if mode != "absorption" else None
+    if mode == "sparse_occupancy":
+        occ = OccupancyGrid(32, step_size=2 * 3 ** 0.5 / SAMPLES, dtype=dd.dtype, device=dd.device).update(dd.detach())
     img = render_volume(cam, dd, ff, n_samples=SAMPLES, backend=backend, occupancy=occ)
     (img * w[..., : img.shape[-1]]).sum().backward()
     return img
@@ -84,11 +93,13 @@ def worker(backend: str, mode: str, repeats: int, device: str = "cpu") -> dict:
     dens, feat, cam, w = _inputs(device)
     # warm-up (kernel loading) on a small problem, so the first full-size iteration's memory is
     # not already held by the allocator (MALLOC_MMAP_THRESHOLD_ makes large blocks return to the OS)
-    small = [x[:8, :8, :8].contiguous() for x in (dens, feat)]
-    _iteration(small[0], small[1], cam[0], w, backend, mode)
+    small = _leaves(dens[:8, :8, :8].contiguous(), feat[:8, :8, :8].contiguous(), mode)
+    _iteration(*small, cam[0], w, backend, mode)
+    del small
     times, cpu = [], []
     peak = None
     for r in range(repeats):
+        dd, ff = _leaves(dens, feat, mode)
         if device == "cpu" and r == 0:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -98,7 +109,7 @@ def worker(backend: str, mode: str, repeats: int, device: str = "cpu") -> dict:
             torch.cuda.reset_peak_memory_stats()
             base_cuda = torch.cuda.memory_allocated()
         t0, c0 = time.perf_counter(), time.process_time()
-        _iteration(dens, feat, cam, w, backend, mode)
+        _iteration(dd, ff, cam, w, backend, mode)
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -108,6 +119,7 @@ def worker(backend: str, mode: str, repeats: int, device: str = "cpu") -> dict:
                 peak = (_rss_kib("VmHWM") - base) / 1024
             else:
                 peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        del dd, ff
     return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
             "process_cpu_ms": 1e3 * statistics.median(cpu), "peak_mib": peak, "repeats": repeats}
 

@@ -442,6 +442,341 @@ def march_backward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int, nz
 
 
 # ----------------------------------------------------------------------------------------------
+# specialised marches: RGB emission (the density grid and the RGB grid as they are: a scalar array
+# and an array of vec3, no packed copy) and absorption only (the density grid)
+# ----------------------------------------------------------------------------------------------
+#
+# The same maths as march_forward / march_backward with straight-line code: no per-sample loops
+# over table vectors and channels, colours and gradients kept in registers (the generic kernels
+# go through the per-ray scratch ``acc``, which the compiler must treat as memory). The generic
+# kernels remain for SH coefficients (sigmoid) and other feature counts.
+
+
+@wp.kernel
+def march_rgb_forward(offset: int, dens: wp.array(dtype=Any), feat: wp.array(dtype=Any), nx: int, ny: int, nz: int,
+                      orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any), tn: wp.array(dtype=Any),
+                      tf: wp.array(dtype=Any), jit: wp.array(dtype=Any), xf: wp.array2d(dtype=Any),
+                      occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any), use_occ: int,
+                      bg: wp.array2d(dtype=Any), n_samples: int, t_stop: Any, color: wp.array2d(dtype=Any),
+                      trans: wp.array(dtype=Any), depth: wp.array(dtype=Any)):
+    r = wp.tid() + offset
+    z = t_stop - t_stop
+    T = z + type(z)(1.0)
+    D = z
+    col = feat[0] * z
+    sy = nz
+    sx = ny * nz
+    t0 = tn[r]
+    t1 = tf[r]
+    if t1 > t0:
+        delta = (t1 - t0) / type(z)(n_samples)
+        ox = orig[r, 0]
+        oy = orig[r, 1]
+        oz = orig[r, 2]
+        dx = dirs[r, 0]
+        dy = dirs[r, 1]
+        dz = dirs[r, 2]
+        ax = xf[0, 0]
+        ay = xf[0, 1]
+        az = xf[0, 2]
+        bx = xf[1, 0]
+        by = xf[1, 1]
+        bz = xf[1, 2]
+        jr = jit[r]
+        for s in range(n_samples):
+            if T < t_stop:
+                break
+            t = t0 + (type(z)(s) + jr) * delta
+            px = ox + t * dx
+            py = oy + t * dy
+            pz = oz + t * dz
+            if use_occ != 0:
+                if not _occupied(occ, xo, px, py, pz):
+                    continue
+            i, fx, mx = _cell(px * ax + bx, nx)
+            j, fy, my = _cell(py * ay + by, ny)
+            k, fz, mz = _cell(pz * az + bz, nz)
+            a = (i * ny + j) * nz + k
+            w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
+            sg = _interp(dens, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            if sg <= z:  # no absorption and no emission here (weight exactly 0)
+                continue
+            Tn = T * wp.exp(-sg * delta)
+            w = T - Tn
+            col = col + w * _interp(feat, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            D = D + w * t
+            T = Tn
+    br = wp.min(r, bg.shape[0] - 1)
+    color[r, 0] = col[0] + T * bg[br, 0]
+    color[r, 1] = col[1] + T * bg[br, 1]
+    color[r, 2] = col[2] + T * bg[br, 2]
+    trans[r] = T
+    depth[r] = D
+
+
+@wp.kernel
+def march_rgb_backward(offset: int, dens: wp.array(dtype=Any), feat: wp.array(dtype=Any), nx: int, ny: int, nz: int,
+                       orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any), tn: wp.array(dtype=Any),
+                       tf: wp.array(dtype=Any), jit: wp.array(dtype=Any), xf: wp.array2d(dtype=Any),
+                       occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any), use_occ: int,
+                       n_samples: int, want_rays: int, t_stop: Any, color: wp.array2d(dtype=Any),
+                       trans: wp.array(dtype=Any), depth: wp.array(dtype=Any), g_color: wp.array2d(dtype=Any),
+                       g_trans: wp.array(dtype=Any), g_depth: wp.array(dtype=Any), d_dens: wp.array(dtype=Any),
+                       d_feat: wp.array(dtype=Any), d_orig: wp.array2d(dtype=Any), d_dirs: wp.array2d(dtype=Any),
+                       d_tn: wp.array(dtype=Any), d_tf: wp.array(dtype=Any)):
+    r = wp.tid() + offset
+    z = t_stop - t_stop
+    one = z + type(z)(1.0)
+    sy = nz
+    sx = ny * nz
+    t0 = tn[r]
+    t1 = tf[r]
+    if t1 > t0:
+        gc = feat[0] * z
+        gc[0] = g_color[r, 0]
+        gc[1] = g_color[r, 1]
+        gc[2] = g_color[r, 2]
+        gdep = g_depth[r]
+        total = wp.float64(g_trans[r] * trans[r] + gdep * depth[r]) + wp.float64(gc[0] * color[r, 0]) \
+            + wp.float64(gc[1] * color[r, 1]) + wp.float64(gc[2] * color[r, 2])
+        fS = type(z)(n_samples)
+        delta = (t1 - t0) / fS
+        ox = orig[r, 0]
+        oy = orig[r, 1]
+        oz = orig[r, 2]
+        dx = dirs[r, 0]
+        dy = dirs[r, 1]
+        dz = dirs[r, 2]
+        ax = xf[0, 0]
+        ay = xf[0, 1]
+        az = xf[0, 2]
+        bx = xf[1, 0]
+        by = xf[1, 1]
+        bz = xf[1, 2]
+        jr = jit[r]
+        T = one
+        prefix = wp.float64(0.0)
+        g_delta = z
+        g_t0 = z
+        g_t1 = z
+        gox = z
+        goy = z
+        goz = z
+        gdx = z
+        gdy = z
+        gdz = z
+        for s in range(n_samples):
+            if T < t_stop:
+                break
+            t = t0 + (type(z)(s) + jr) * delta
+            px = ox + t * dx
+            py = oy + t * dy
+            pz = oz + t * dz
+            if use_occ != 0:
+                if not _occupied(occ, xo, px, py, pz):
+                    continue
+            i, fx, mx = _cell(px * ax + bx, nx)
+            j, fy, my = _cell(py * ay + by, ny)
+            k, fz, mz = _cell(pz * az + bz, nz)
+            a = (i * ny + j) * nz + k
+            w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
+            sg = _interp(dens, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            if sg < z:  # clamped to 0: no value and no gradient
+                continue
+            c = _interp(feat, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            Tn = T * wp.exp(-sg * delta)
+            w = T - Tn
+            vv = gdep * t + wp.dot(gc, c)
+            prefix = prefix + wp.float64(w * vv)
+            dtau = Tn * vv - type(z)(total - prefix)
+            g_delta = g_delta + dtau * sg
+            gs = dtau * delta
+            gcw = gc * w
+            _scatter(d_dens, a, 1, sy, sx, gs, w0, w1, w2, w3, w4, w5, w6, w7)
+            _scatter(d_feat, a, 1, sy, sx, gcw, w0, w1, w2, w3, w4, w5, w6, w7)
+            gt = gdep * w
+            if want_rays != 0:  # grid slopes only for ray gradients
+                hx, hy, hz = _slopes(dens, a, 1, sy, sx, fx, fy, fz)
+                ex, ey, ez = _slopes(feat, a, 1, sy, sx, fx, fy, fz)
+                gpx = (gs * hx + wp.dot(gcw, ex)) * mx * ax
+                gpy = (gs * hy + wp.dot(gcw, ey)) * my * ay
+                gpz = (gs * hz + wp.dot(gcw, ez)) * mz * az
+                gox = gox + gpx
+                goy = goy + gpy
+                goz = goz + gpz
+                gdx = gdx + gpx * t
+                gdy = gdy + gpy * t
+                gdz = gdz + gpz * t
+                gt = gt + gpx * dx + gpy * dy + gpz * dz
+            frac = (type(z)(s) + jr) / fS
+            g_t0 = g_t0 + gt * (one - frac)
+            g_t1 = g_t1 + gt * frac
+            T = Tn
+        d_orig[r, 0] = gox
+        d_orig[r, 1] = goy
+        d_orig[r, 2] = goz
+        d_dirs[r, 0] = gdx
+        d_dirs[r, 1] = gdy
+        d_dirs[r, 2] = gdz
+        d_tn[r] = g_t0 - g_delta / fS
+        d_tf[r] = g_t1 + g_delta / fS
+
+
+@wp.kernel
+def march_abs_forward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int, nz: int,
+                      orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any), tn: wp.array(dtype=Any),
+                      tf: wp.array(dtype=Any), jit: wp.array(dtype=Any), xf: wp.array2d(dtype=Any),
+                      occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any), use_occ: int,
+                      bg: wp.array2d(dtype=Any), n_samples: int, t_stop: Any, color: wp.array2d(dtype=Any),
+                      trans: wp.array(dtype=Any), depth: wp.array(dtype=Any)):
+    r = wp.tid() + offset
+    z = t_stop - t_stop
+    T = z + type(z)(1.0)
+    D = z
+    sy = nz
+    sx = ny * nz
+    t0 = tn[r]
+    t1 = tf[r]
+    if t1 > t0:
+        delta = (t1 - t0) / type(z)(n_samples)
+        ox = orig[r, 0]
+        oy = orig[r, 1]
+        oz = orig[r, 2]
+        dx = dirs[r, 0]
+        dy = dirs[r, 1]
+        dz = dirs[r, 2]
+        ax = xf[0, 0]
+        ay = xf[0, 1]
+        az = xf[0, 2]
+        bx = xf[1, 0]
+        by = xf[1, 1]
+        bz = xf[1, 2]
+        jr = jit[r]
+        for s in range(n_samples):
+            if T < t_stop:
+                break
+            t = t0 + (type(z)(s) + jr) * delta
+            px = ox + t * dx
+            py = oy + t * dy
+            pz = oz + t * dz
+            if use_occ != 0:
+                if not _occupied(occ, xo, px, py, pz):
+                    continue
+            i, fx, mx = _cell(px * ax + bx, nx)
+            j, fy, my = _cell(py * ay + by, ny)
+            k, fz, mz = _cell(pz * az + bz, nz)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
+            sg = _interp(table, (i * ny + j) * nz + k, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            if sg <= z:
+                continue
+            Tn = T * wp.exp(-sg * delta)
+            D = D + (T - Tn) * t
+            T = Tn
+    color[r, 0] = T * bg[wp.min(r, bg.shape[0] - 1), 0]
+    trans[r] = T
+    depth[r] = D
+
+
+@wp.kernel
+def march_abs_backward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int, nz: int,
+                       orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any), tn: wp.array(dtype=Any),
+                       tf: wp.array(dtype=Any), jit: wp.array(dtype=Any), xf: wp.array2d(dtype=Any),
+                       occ: wp.array3d(dtype=wp.uint8), xo: wp.array2d(dtype=Any), use_occ: int,
+                       n_samples: int, want_rays: int, t_stop: Any, color: wp.array2d(dtype=Any),
+                       trans: wp.array(dtype=Any), depth: wp.array(dtype=Any), g_color: wp.array2d(dtype=Any),
+                       g_trans: wp.array(dtype=Any), g_depth: wp.array(dtype=Any), d_table: wp.array(dtype=Any),
+                       d_orig: wp.array2d(dtype=Any), d_dirs: wp.array2d(dtype=Any), d_tn: wp.array(dtype=Any),
+                       d_tf: wp.array(dtype=Any)):
+    r = wp.tid() + offset
+    z = t_stop - t_stop
+    one = z + type(z)(1.0)
+    sy = nz
+    sx = ny * nz
+    t0 = tn[r]
+    t1 = tf[r]
+    if t1 > t0:
+        gdep = g_depth[r]
+        total = wp.float64(g_trans[r] * trans[r] + gdep * depth[r]) + wp.float64(g_color[r, 0] * color[r, 0])
+        fS = type(z)(n_samples)
+        delta = (t1 - t0) / fS
+        ox = orig[r, 0]
+        oy = orig[r, 1]
+        oz = orig[r, 2]
+        dx = dirs[r, 0]
+        dy = dirs[r, 1]
+        dz = dirs[r, 2]
+        ax = xf[0, 0]
+        ay = xf[0, 1]
+        az = xf[0, 2]
+        bx = xf[1, 0]
+        by = xf[1, 1]
+        bz = xf[1, 2]
+        jr = jit[r]
+        T = one
+        prefix = wp.float64(0.0)
+        g_delta = z
+        g_t0 = z
+        g_t1 = z
+        gox = z
+        goy = z
+        goz = z
+        gdx = z
+        gdy = z
+        gdz = z
+        for s in range(n_samples):
+            if T < t_stop:
+                break
+            t = t0 + (type(z)(s) + jr) * delta
+            px = ox + t * dx
+            py = oy + t * dy
+            pz = oz + t * dz
+            if use_occ != 0:
+                if not _occupied(occ, xo, px, py, pz):
+                    continue
+            i, fx, mx = _cell(px * ax + bx, nx)
+            j, fy, my = _cell(py * ay + by, ny)
+            k, fz, mz = _cell(pz * az + bz, nz)
+            a = (i * ny + j) * nz + k
+            w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
+            sg = _interp(table, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
+            if sg < z:  # clamped to 0: no value and no gradient
+                continue
+            Tn = T * wp.exp(-sg * delta)
+            w = T - Tn
+            vv = gdep * t
+            prefix = prefix + wp.float64(w * vv)
+            dtau = Tn * vv - type(z)(total - prefix)
+            g_delta = g_delta + dtau * sg
+            gs = dtau * delta
+            _scatter(d_table, a, 1, sy, sx, gs, w0, w1, w2, w3, w4, w5, w6, w7)
+            gt = gdep * w
+            if want_rays != 0:
+                ex, ey, ez = _slopes(table, a, 1, sy, sx, fx, fy, fz)
+                gpx = gs * ex * mx * ax
+                gpy = gs * ey * my * ay
+                gpz = gs * ez * mz * az
+                gox = gox + gpx
+                goy = goy + gpy
+                goz = goz + gpz
+                gdx = gdx + gpx * t
+                gdy = gdy + gpy * t
+                gdz = gdz + gpz * t
+                gt = gt + gpx * dx + gpy * dy + gpz * dz
+            frac = (type(z)(s) + jr) / fS
+            g_t0 = g_t0 + gt * (one - frac)
+            g_t1 = g_t1 + gt * frac
+            T = Tn
+        d_orig[r, 0] = gox
+        d_orig[r, 1] = goy
+        d_orig[r, 2] = goz
+        d_dirs[r, 0] = gdx
+        d_dirs[r, 1] = gdy
+        d_dirs[r, 2] = gdz
+        d_tn[r] = g_t0 - g_delta / fS
+        d_tf[r] = g_t1 + g_delta / fS
+
+
+# ----------------------------------------------------------------------------------------------
 # launching
 # ----------------------------------------------------------------------------------------------
 
@@ -545,8 +880,30 @@ def _pack(dens: torch.Tensor, feat: torch.Tensor, emission: int) -> tuple[torch.
     table = dens.new_empty(V, 4 * Q)
     table[:, 0] = dens.reshape(-1)
     table[:, 1:1 + F] = feat.reshape(V, F)
-    table[:, 1 + F:] = 0
+    if 4 * Q > 1 + F:
+        table[:, 1 + F:] = 0
     return table.reshape(V * Q, 4), Q, 4
+
+
+def _variant(emission: int, sigmoid: int, n_chan: int, n_basis: int) -> str:
+    """Which march kernels serve a call: ``"abs"`` (absorption only: the density grid),
+    ``"rgb"`` (RGB features used as is: the density grid and the (X, Y, Z, 3) grid read in place)
+    or ``"generic"`` (SH coefficients with a sigmoid, or another number of feature channels: the
+    packed table)."""
+    if not emission:
+        return "abs"
+    if not sigmoid and n_basis == 1 and n_chan == 3:
+        return "rgb"
+    return "generic"
+
+
+def _grid_args(dens: torch.Tensor, feat: torch.Tensor, variant: str) -> tuple[list, torch.Tensor | None, int, int]:
+    """The kernels' grid arguments, the packed table they read (generic variant, else None), its Q, L."""
+    if variant == "generic":
+        table, Q, L = _pack(dens, feat, 1)
+        return [_grid_arg(table), *dens.shape, Q, L], table, Q, L
+    arrays = [_grid_arg(dens)] + ([_grid_arg(feat)] if variant == "rgb" else [])
+    return arrays + list(dens.shape), None, 1, 1
 
 
 class _MarchFn(torch.autograd.Function):
@@ -555,16 +912,22 @@ class _MarchFn(torch.autograd.Function):
         n_samples, n_chan, n_basis, emission, sigmoid, t_stop, use_occ = opts
         N = orig.shape[0]
         dev = orig.device
+        variant = _variant(emission, sigmoid, n_chan, n_basis)
         color = torch.empty(N, n_chan, dtype=orig.dtype, device=dev)
         trans = torch.empty(N, dtype=orig.dtype, device=dev)
         depth = torch.empty(N, dtype=orig.dtype, device=dev)
-        acc = orig.new_empty(N, n_chan)  # per-ray scratch: a sample's colours before activation
-        table, Q, L = _pack(dens, feat, emission)
-        args = [to_warp(vec(table)), *dens.shape, Q, L, _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit),
-                _w(xf), _w(occ), _w(xo), use_occ, _w(bg), n_samples, n_chan, n_basis, emission, sigmoid,
-                _scalar(t_stop, orig), _w(acc), _w(color), _w(trans), _w(depth)]
-        _launch(march_forward, N, lambda w: args, dev, _workers(dev, N), (orig.dtype, L))
-        del table  # re-packed in backward: the forward keeps no copy of the grids
+        grid, table, Q, L = _grid_args(dens, feat, variant)
+        ray_args = [_w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(occ), _w(xo), use_occ]
+        if variant == "generic":
+            acc = orig.new_empty(N, n_chan)  # per-ray scratch: a sample's colours before activation
+            args = grid + [_w(basis), *ray_args, _w(bg), n_samples, n_chan, n_basis, emission, sigmoid,
+                           _scalar(t_stop, orig), _w(acc), _w(color), _w(trans), _w(depth)]
+            kernel = march_forward
+        else:
+            args = grid + [*ray_args, _w(bg), n_samples, _scalar(t_stop, orig), _w(color), _w(trans), _w(depth)]
+            kernel = march_rgb_forward if variant == "rgb" else march_abs_forward
+        _launch(kernel, N, lambda w: args, dev, _workers(dev, N), (orig.dtype, L))
+        del table, grid, args  # re-packed in backward: the forward keeps no copy of the grids
         ctx.save_for_backward(dens, feat, basis, orig, dirs, tn, tf, jit, xf, occ, xo, color, trans, depth)
         ctx.opts = opts
         ctx.bg_rows = bg.shape[0]
@@ -574,42 +937,80 @@ class _MarchFn(torch.autograd.Function):
     def backward(ctx, g_color, g_trans, g_depth):
         dens, feat, basis, orig, dirs, tn, tf, jit, xf, occ, xo, color, trans, depth = ctx.saved_tensors
         n_samples, n_chan, n_basis, emission, sigmoid, t_stop, use_occ = ctx.opts
+        variant = _variant(emission, sigmoid, n_chan, n_basis)
         N = orig.shape[0]
         dev = orig.device
         g_color = torch.zeros_like(color) if g_color is None else g_color.contiguous()
         g_trans = torch.zeros_like(trans) if g_trans is None else g_trans.contiguous()
         g_depth = torch.zeros_like(depth) if g_depth is None else g_depth.contiguous()
         workers = _workers(dev, N)
-        table, Q, L = _pack(dens, feat, emission)
-        # private table-gradient buffers per CPU worker (CPU atomics are not atomic across threads)
-        d_table = [torch.zeros_like(table) for _ in range(workers)]
+        grid, table, Q, L = _grid_args(dens, feat, variant)
+        # private grid-gradient buffers per CPU worker (CPU atomics are not atomic across threads);
+        # worker 0's are the returned gradients (the others are added to them)
+        if variant == "generic":
+            bufs = [[torch.zeros_like(table)] for _ in range(workers)]
+        elif variant == "rgb":
+            bufs = [[torch.zeros_like(dens), torch.zeros_like(feat)] for _ in range(workers)]
+        else:
+            bufs = [[torch.zeros_like(dens)] for _ in range(workers)]
+        wbufs = [[_grid_arg(x) for x in b] for b in bufs]
         d_basis = torch.zeros_like(basis)
         d_orig = torch.zeros_like(orig)
         d_dirs = torch.zeros_like(dirs)
         d_tn = torch.zeros_like(tn)
         d_tf = torch.zeros_like(tf)
-        acc = orig.new_empty(N, n_chan)
         want_rays = int(any(ctx.needs_input_grad[2:7]))  # basis, origins, directions, t_near, t_far
-        shared = [to_warp(vec(table)), *dens.shape, Q, L, _w(basis), _w(orig), _w(dirs), _w(tn), _w(tf), _w(jit),
-                  _w(xf), _w(occ), _w(xo), use_occ, n_samples, n_chan, n_basis, emission, sigmoid, want_rays,
-                  _scalar(t_stop, orig), _w(color), _w(trans), _w(depth), _w(g_color), _w(g_trans), _w(g_depth),
-                  _w(acc)]
-        wt = [to_warp(vec(x)) for x in d_table]
-        tail = [_w(d_basis), _w(d_orig), _w(d_dirs), _w(d_tn), _w(d_tf)]
-        _launch(march_backward, N, lambda w: shared + [wt[w]] + tail, dev, workers, (orig.dtype, L))
-        del table
-        gt = d_table[0]
-        for x in d_table[1:]:
-            gt += x
-        gt = gt.reshape(dens.numel(), Q * L)
-        gd = gt[:, 0].reshape(dens.shape)
-        gf = None
-        if emission and ctx.needs_input_grad[1]:
-            gf = gt[:, 1:1 + feat.shape[3]].reshape(feat.shape)
+        ray_args = [_w(orig), _w(dirs), _w(tn), _w(tf), _w(jit), _w(xf), _w(occ), _w(xo), use_occ]
+        outs = [_w(color), _w(trans), _w(depth), _w(g_color), _w(g_trans), _w(g_depth)]
+        tail = [_w(d_orig), _w(d_dirs), _w(d_tn), _w(d_tf)]
+        if variant == "generic":
+            acc = orig.new_empty(N, n_chan)
+            shared = grid + [_w(basis), *ray_args, n_samples, n_chan, n_basis, emission, sigmoid, want_rays,
+                             _scalar(t_stop, orig), *outs, _w(acc)]
+            tail = [_w(d_basis)] + tail
+            kernel = march_backward
+        else:
+            shared = grid + [*ray_args, n_samples, want_rays, _scalar(t_stop, orig), *outs]
+            kernel = march_rgb_backward if variant == "rgb" else march_abs_backward
+        _launch(kernel, N, lambda w: shared + wbufs[w] + tail, dev, workers, (orig.dtype, L))
+        del table, grid, shared, wbufs
+        gd = gf = None
+        if variant == "generic":  # sum the workers' tables and unpack them in one pass
+            gts = [b[0].reshape(dens.numel(), Q * L) for b in bufs]
+            del bufs
+            if ctx.needs_input_grad[0]:
+                gd = _sum_columns(gts, slice(0, 1)).reshape(dens.shape)
+            if ctx.needs_input_grad[1]:
+                gf = _sum_columns(gts, slice(1, 1 + feat.shape[3])).reshape(feat.shape)
+        else:
+            for b in bufs[1:]:
+                for x, y in zip(bufs[0], b):
+                    x += y
+            gd = bufs[0][0]
+            gf = bufs[0][1] if variant == "rgb" and ctx.needs_input_grad[1] else None
         d_bg = g_color * trans[:, None]
         if ctx.bg_rows == 1:
             d_bg = d_bg.sum(0, keepdim=True)
         return gd, gf, d_basis, d_orig, d_dirs, d_tn, d_tf, None, d_bg, None, None, None, None
+
+
+def _grid_arg(x: torch.Tensor):
+    """Warp view of a grid buffer: the packed table (V * Q, 4) and an RGB grid (X, Y, Z, 3) as
+    arrays of vectors, a density grid (X, Y, Z) as a flat scalar array."""
+    if x.dim() == 2:
+        return to_warp(vec(x))
+    if x.dim() == 4:
+        return to_warp(vec(x.reshape(-1, x.shape[3])))
+    return to_warp(x.reshape(-1))
+
+
+def _sum_columns(parts: list, cols: slice) -> torch.Tensor:
+    """``sum_k parts[k][:, cols]`` as a new contiguous tensor (one pass over the buffers)."""
+    out = parts[0][:, cols].clone(memory_format=torch.contiguous_format) if len(parts) == 1 else \
+        torch.add(parts[0][:, cols], parts[1][:, cols])
+    for x in parts[2:]:
+        out += x[:, cols]
+    return out
 
 
 def march_grid(dens, feat, basis, orig, dirs, tn, tf, jit, bg, xf, n_samples: int, emission: bool, sigmoid: bool,

@@ -350,3 +350,73 @@ def test_occupancy_grid_skipping():
     assert (out.transmittance == 1).all() and (dd.grad == 0).all()
     with pytest.raises(TypeError, match="occupancy"):
         render_grid(dens, o, d, occupancy=dens)
+
+
+def _ball_scene(n=32, haze=1e-3, seed=0):
+    """Density 2..3 in a ball of radius 0.5, a thin haze ``haze`` elsewhere; random RGB."""
+    g = torch.Generator().manual_seed(seed)
+    c = (torch.arange(n, dtype=D64) + 0.5) / n * 2 - 1
+    x, y, z = torch.meshgrid(c, c, c, indexing="ij")
+    r2 = x ** 2 + y ** 2 + z ** 2
+    dens = torch.where(r2 < 0.25, 2 + torch.rand(n, n, n, generator=g, dtype=D64), torch.full_like(r2, haze))
+    return dens, torch.rand(n, n, n, 3, generator=g, dtype=D64), r2
+
+
+def test_occupancy_absolute_threshold_prunes_empty_space():
+    from diffvc.render.volume import OccupancyGrid
+
+    dens, _, _ = _ball_scene()
+    g = torch.Generator().manual_seed(1)
+    # nerfacc's rule: empty when one step (here of length diagonal / 128) has optical depth <= 0.01
+    occ = OccupancyGrid(16, threshold=0.01, step_size=2 * 3 ** 0.5 / 128, dtype=D64)
+    assert occ.density_threshold == pytest.approx(0.01 / (2 * 3 ** 0.5 / 128))
+    assert OccupancyGrid(16).density_threshold == 0.01  # default: a density of 0.01 per world unit
+    occ.update(dens, generator=g)
+    # the haze (1e-3, a nonzero density everywhere: a threshold relative to the mean kept it) is pruned
+    assert occ.fraction < 0.25
+    cc = (torch.arange(16, dtype=D64) + 0.5) / 16 * 2 - 1
+    cx, cy, cz = torch.meshgrid(cc, cc, cc, indexing="ij")
+    rc = (cx ** 2 + cy ** 2 + cz ** 2).sqrt()
+    assert occ.occupied[rc < 0.4].all()                         # cells inside the ball
+    assert not occ.occupied[rc > 0.5 + 2 * 3 ** 0.5 / 8].any()  # beyond the ball, the dilation and a cell diagonal
+    # EMA of the maxima: the ball emptied, the cells stay marked while decay * ema > threshold
+    occ.update(torch.zeros_like(dens), generator=g)
+    assert occ.occupied[rc < 0.4].all()
+    occ0 = OccupancyGrid(16, threshold=0.01, step_size=2 * 3 ** 0.5 / 128, decay=0.0, dtype=D64).update(dens)
+    assert occ0.fraction > 0 and occ0.update(torch.zeros_like(dens)).fraction == 0  # no memory without decay
+    # the threshold is per step of the given length; bad arguments are named
+    assert OccupancyGrid(4, threshold=0.05, step_size=0.1).density_threshold == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="step_size"):
+        OccupancyGrid(4, step_size=0.0)
+    with pytest.raises(ValueError, match="threshold"):
+        OccupancyGrid(4, threshold=-1.0)
+    with pytest.raises(TypeError, match="threshold"):
+        OccupancyGrid(4, threshold=None)
+
+
+@pytest.mark.parametrize("backend", ["warp", "torch"])
+def test_occupancy_pruned_render_matches_unpruned(backend):
+    """Skipping the haze changes each ray by at most haze * (ray length in skipped cells) <=
+    haze * box diagonal; voxels whose footprint lies only in skipped cells get zero gradient."""
+    from diffvc.render.volume import OccupancyGrid
+
+    haze = 1e-3
+    dens, feat, r2 = _ball_scene(haze=haze)
+    occ = OccupancyGrid(16, dtype=D64).update(dens, generator=torch.Generator().manual_seed(2))
+    o, d = _rays(300, spread=0.2)
+    jit = torch.rand(300, generator=torch.Generator().manual_seed(3), dtype=D64)
+    outs = []
+    for grid in (None, occ):
+        dd, ff = dens.clone().requires_grad_(), feat.clone().requires_grad_()
+        out = render_grid(dd, o, d, n_samples=64, features=ff, jitter=jit, occupancy=grid, backend=backend)
+        (out.color.sum() + out.transmittance.sum()).backward()
+        outs.append((out.color, out.transmittance, dd.grad, ff.grad))
+    bound = haze * 2 * 3 ** 0.5
+    dT = (outs[0][1] - outs[1][1]).abs()
+    dC = (outs[0][0] - outs[1][0]).abs()
+    assert 0 < dT.max() <= bound and dC.max() <= bound
+    assert (outs[0][1] < 0.5).sum() > 50  # many rays cross the ball
+    far = r2 > 1.05 ** 2  # voxels far from the ball (beyond the dilated cells and a voxel): only in skipped cells
+    assert outs[0][2][far].abs().sum() > 0 and (outs[1][2][far] == 0).all() and (outs[1][3][far] == 0).all()
+    inside = r2 < 0.35 ** 2  # the dense voxels' gradients change by the haze's share only
+    torch.testing.assert_close(outs[1][2][inside], outs[0][2][inside], atol=5 * bound, rtol=0.02)
