@@ -61,7 +61,7 @@ import torch
 
 from .._kernels import launch, parallel_launch
 from .._kernels import raster as K
-from .._validate import as_int, check_choice, check_float, check_same_dtype
+from .._validate import as_int, check_choice, check_finite, check_float, check_same_dtype
 from .._validate import check_faces as _check_faces
 from .rasterize import BACKENDS, Fragments
 
@@ -179,13 +179,16 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
     if not isinstance(frags, Fragments):
         raise TypeError(f"frags must be the Fragments of rasterize, got {type(frags).__name__}")
     B, H, W = frags.shape
-    check_float(color, "color", coerce=False)
+    # finiteness: the Warp blend checks each value as it reads it; the twin and the empty mesh here
+    check_float(color, "color", coerce=False, finite=False)
     if not isinstance(color, torch.Tensor) or color.dim() != 4 or color.shape[:3] != (B, H, W):
         raise ValueError(f"color must have shape ({B}, {H}, {W}, C), got "
                          f"{tuple(color.shape) if isinstance(color, torch.Tensor) else type(color).__name__}")
     check_choice(backend, "backend", BACKENDS)
     check_same_dtype(("frags", frags.screen), ("color", color))
     bg = _background(background, color)
+    if backend != "warp" or frags.faces.shape[0] == 0:
+        check_finite(color, "color")
     if frags.faces.shape[0] == 0:
         return color
     if topology is None:
@@ -208,21 +211,20 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         parallel_launch(K.face_facing, B * F, [screen, frags.faces, persp], [facing])
         parallel_launch(K.face_has_silhouette, B * F, [screen, frags.faces, topology.neighbors, facing, near, persp],
                         [has_sil, entry])
-        vert_sil = torch.zeros((B, frags.screen.shape[1]), dtype=torch.int32, device=dev)
+        vert_sil = K.cpu_zeros((B, frags.screen.shape[1]), facing)
         launch(K.vertex_silhouette, B * F, [frags.faces, has_sil], [vert_sil])  # same-value stores: unsplit
         parallel_launch(K.face_near_silhouette, B * F, [frags.faces, vert_sil], [near_sil])
         # silhouette edges (each once) binned to tiles of the padded image
-        entries = entry.nonzero().to(torch.int32).contiguous()  # (E, 3): view, face, edge
+        entries = _nonzero(entry)  # (E, 3) int32: view, face, edge
         E = entries.shape[0]
         if E == 0:
             entries = torch.zeros((1, 3), dtype=torch.int32, device=dev)
-        ends = torch.zeros((max(E, 1), 4), dtype=torch.int32, device=dev)
         seg = torch.zeros((max(E, 1), 4), dtype=screen.dtype, device=dev)
         tx, ty = (W + 2 + TILE - 1) // TILE, (H + 2 + TILE - 1) // TILE
         nt = B * tx * ty
         starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
         if E:
-            parallel_launch(K.entry_geometry, E, [screen, frags.faces, entries, near, persp], [ends, seg])
+            parallel_launch(K.entry_geometry, E, [screen, frags.faces, entries, near, persp], [seg])
             counts = torch.zeros(nt, dtype=torch.int32, device=dev)
             # binning accumulates with atomics: unsplit launches
             launch(K.edge_bin_count, E, [entries, seg, H, W, TILE, tx, ty], [counts])
@@ -231,21 +233,27 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         if E:
             cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
             launch(K.edge_bin_fill, E, [entries, seg, H, W, TILE, tx, ty, starts, cursor], [items])
-        edges = torch.empty((B, H + 1, W + 1, 8), dtype=torch.int32, device=dev)
-        side = torch.empty((B, H + 1, W + 1, 2), dtype=torch.int32, device=dev)
-        parallel_launch(K.silhouette_pairs, B * (H + 1) * (W + 1),
-                        [screen, frags.faces, topology.neighbors, facing, has_sil, near_sil, topology.vert_face_start,
-                         topology.vert_faces, entries, ends, seg, topology.component, starts, items, TILE, tx, ty,
-                         frags.face_id, near, persp, border], [edges, side])
-        edges = edges.reshape(B, H + 1, W + 1, 2, 4)
-        sel = (edges[..., 0] >= 0).nonzero()  # (K, 4): b, py, px, d
-        b, py, px, d = sel.unbind(1)
-        codes = edges[b, py, px, d].long()
-        sd = side[b, py, px, d]
-    else:
-        b, py, px, d, codes, sd = silhouette_pairs_torch(screen, frags.faces, topology, frags.face_id,
-                                                         frags.perspective, near, bool(border))
+        pairs = torch.empty((B, H + 1, W + 1, 2), dtype=torch.int32, device=dev)  # every entry written
+        rows, n, mpt = K.pixel_launch(B, H + 1, W + 1, dev)
+        parallel_launch(K.silhouette_pairs, n,
+                        [rows, screen, frags.faces, topology.neighbors, facing, has_sil, near_sil,
+                         topology.vert_face_start, topology.vert_faces, entries, seg, topology.component, starts, items,
+                         TILE, tx, ty, frags.face_id, near, persp, border], [pairs], min_per_thread=mpt)
+        ring = bg if bg is not None else torch.zeros(color.shape[-1], dtype=color.dtype, device=dev)
+        return K.blend_op(color, frags.screen, ring.to(color.dtype), frags.faces, pairs, near, persp)
+    b, py, px, d, codes, sd = silhouette_pairs_torch(screen, frags.faces, topology, frags.face_id,
+                                                     frags.perspective, near, bool(border))
     return blend(color, frags.screen, b, py, px, d, codes, sd, near, bg)
+
+
+def _nonzero(t: torch.Tensor) -> torch.Tensor:
+    """``t.nonzero()`` as contiguous int32 (NumPy on the CPU: single-threaded, see
+    :func:`diffvc._kernels.raster.cpu_zeros` for why)."""
+    if t.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(np.argwhere(t.numpy()).astype(np.int32)))
+    return t.nonzero().to(torch.int32).contiguous()
 
 
 def _end_xy(screen, b, i, j, near):

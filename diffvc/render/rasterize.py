@@ -18,12 +18,14 @@ triangles' pixel boxes, keep the nearest per pixel). Both give identical results
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .._kernels import launch, parallel_launch
-from .._validate import as_float, as_int, check_choice, check_same_dtype
+from .._kernels import parallel_launch
+from .._kernels.bridge import split_chunks
+from .._validate import as_float, as_int, check_choice, check_finite, check_same_dtype
 from .._validate import check_faces as _check_faces
 from .._kernels import raster as K
 from .cameras import Cameras
@@ -67,6 +69,15 @@ def check_faces(faces, num_verts: int, name: str = "faces") -> torch.Tensor:
     return _check_faces(faces, num_verts, name=name, dtype=torch.int32)
 
 
+def check_finite_fast(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``ValueError`` naming ``name`` if ``x`` has a NaN or an infinity, at the cost of one sum in
+    the common case: the sum is finite exactly when every entry is, unless finite entries overflow
+    it, and then the entry-wise check decides."""
+    if x.numel() and not bool(torch.isfinite(x.detach().sum())):
+        check_finite(x, name)
+    return x
+
+
 def check_size(height, width) -> tuple[int, int]:
     return as_int(height, "height", minimum=1), as_int(width, "width", minimum=1)
 
@@ -78,9 +89,7 @@ def _check_screen(screen: torch.Tensor, name: str = "screen") -> torch.Tensor:
         raise ValueError(f"{name} must have shape (B, V, 3), got {tuple(screen.shape)}")
     if screen.shape[1] == 0:
         raise ValueError(f"{name} has no vertices")
-    if not torch.isfinite(screen).all():
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return screen
+    return check_finite_fast(screen, name)
 
 
 def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height: int | None = None,
@@ -114,8 +123,7 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         raise ValueError(f"verts must have shape (V, 3) or (B, V, 3), got {tuple(verts.shape)}")
     if verts.dim() == 3 and verts.shape[0] not in (1, cameras.batch_size):
         raise ValueError(f"verts batch {verts.shape[0]} does not match the {cameras.batch_size} cameras")
-    if not torch.isfinite(verts).all():
-        raise ValueError("verts contains non-finite values (NaN or inf)")
+    check_finite_fast(verts, "verts")
     H = cameras.height if height is None else height
     W = cameras.width if width is None else width
     H, W = check_size(H, W)
@@ -129,8 +137,12 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         # give it that depth, so the homogeneous point (u d, v d, d) stays consistent and finite
         d = screen[..., 2]
         screen = torch.cat([screen[..., :2], torch.where(d.abs() > 1e-12, d, torch.full_like(d, 1e-12))[..., None]], -1)
-    return rasterize_screen(screen, faces, H, W, perspective=not cameras.orthographic, near=cameras.near,
-                            backend=backend, tile=tile)
+    check_choice(backend, "backend", BACKENDS)
+    if tile is not None:
+        as_int(tile, "tile", minimum=1)
+    # faces are checked above; the screen points of finite vertices are finite unless the
+    # projection overflowed
+    return _rasterize(_check_screen(screen), faces, H, W, bool(not cameras.orthographic), cameras.near, backend, tile)
 
 
 def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int, perspective: bool = True,
@@ -144,6 +156,11 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, wid
     as_float(near, "near", positive=bool(perspective))
     if tile is not None:
         as_int(tile, "tile", minimum=1)
+    return _rasterize(screen, faces, H, W, perspective, near, backend, tile)
+
+
+def _rasterize(screen, faces, H, W, perspective, near, backend, tile) -> Fragments:
+    """:func:`rasterize_screen` on checked arguments."""
     if faces.device != screen.device:
         raise ValueError(f"faces is on {faces.device} but screen is on {screen.device}")
     B = screen.shape[0]
@@ -170,25 +187,38 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     nt = B * tx * ty
     screen = screen.contiguous()
     near = float(near)
-    counts = torch.zeros(nt, dtype=torch.int32, device=dev)
-    # binning accumulates with atomics: one launch, never split across CPU threads
-    launch(K.bin_count, B * F, [screen, faces, near, int(perspective), H, W, tile, tx, ty], [counts])
+    # binning, split over CPU threads: each thread range counts into its own row of ``counts`` and
+    # fills from its own cursors, which start where its faces go in each tile's list (face order)
+    n_chunks = len(split_chunks(B * F, dev))
+    counts = K.cpu_zeros((n_chunks, nt), faces)
+    bin_args = [screen, faces, near, int(perspective), H, W, tile, tx, ty]
+    parallel_launch(K.bin_count, B * F, bin_args, lambda c: [counts[c]])
+    ends = torch.cumsum(counts.t().reshape(-1), 0, dtype=torch.int32)  # tile-major, then chunk
     starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
-    starts[1:] = torch.cumsum(counts, 0)
+    starts[1:] = ends.reshape(nt, n_chunks)[:, -1]
+    cursor = (ends - counts.t().reshape(-1)).reshape(nt, n_chunks).t().contiguous()
     total = int(starts[-1])
     items = torch.empty(max(total, 1), dtype=torch.int32, device=dev)
-    cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
-    launch(K.bin_fill, B * F, [screen, faces, near, int(perspective), H, W, tile, tx, ty, starts, cursor], [items])
+    parallel_launch(K.bin_fill, B * F, bin_args, lambda c: [items, cursor[c]])
     # both layouts write every pixel (the tile kernel initialises its own tile first)
     zbuf = torch.empty((B, H, W), dtype=screen.dtype, device=dev)
     face_id = torch.empty((B, H, W), dtype=torch.int32, device=dev)
-    args = [screen, faces, starts, items, H, W, tile, tx, ty, int(perspective), near]
+    args = [screen, faces, starts, items, H, W, tile, tx, ty, int(perspective), near, _coprime_stride(nt)]
     layout = layout or ("pixels" if dev.type == "cuda" else "tiles")
     if layout == "pixels":
         parallel_launch(K.raster_pixels, B * H * W, args, [zbuf, face_id])
     else:  # threads own disjoint tiles: safe to split over cores
         parallel_launch(K.raster_tiles, nt, args, [zbuf, face_id], min_per_thread=8)
     return face_id
+
+
+def _coprime_stride(n: int) -> int:
+    """A stride near 0.618 n coprime with n: ``i -> i * stride mod n`` visits every tile once and
+    spreads any run of consecutive i over the whole range (``raster_tiles``' tile order)."""
+    s = max(1, int(n * 0.6180339887))
+    while math.gcd(s, n) != 1:
+        s += 1
+    return s
 
 
 def _edge(ax, ay, bx, by, px, py):
