@@ -6,9 +6,12 @@
   step and the field is interpolated (bi-/trilinearly) there (clamped at walls, wrapped when
   periodic). Differentiated by Warp's adjoint (one unsplit launch scattering with atomics)
   through :func:`~diffvc._kernels.bridge.kernel_op`.
-* :func:`smoke_segment2d`: K whole 2-D steps (advection, forces, divergence, pressure solve,
-  gradient subtraction) as one autograd node of recorded launches, with row kernels and a
-  hand-written advection adjoint; :class:`Jacobi2D`, the fixed-sweep pressure solve.
+* :func:`smoke_segment2d`: K whole 2-D steps (advection, forces with the divergence, pressure
+  solve, gradient subtraction) as one autograd node of recorded launches, with row kernels and
+  hand-written adjoints; on CPU every pass is split into row ranges run on diffvc's launch thread
+  pool (advection adjoints scatter into per-range buffers; the fixed-sweep Jacobi solve runs per
+  range on overlapping windows, :func:`jacobi_block2d`); :class:`Jacobi2D`, the fixed-sweep
+  pressure solve.
 
 The plain-torch twin is :meth:`diffvc.physics.SmokeModel.step_torch` (``grid_sample``).
 """
@@ -544,10 +547,12 @@ def forces_div2d(
     b0: wp.array2d(dtype=Any),
     b1: wp.array2d(dtype=Any),
     r: wp.array2d(dtype=Any),
+    rsum: wp.array(dtype=Any),
 ):
     """b = a + dt * (c + [component 1] buoy * face-averaged density), zero on wall faces, and
-    r = -div(b) at cell centres (1/s; face i of an axis sits between cells i - 1 and i). Row
-    ``off + tid``: the divergence's one value from the next row is recomputed (:func:`_face0`)."""
+    r = -div(b) at cell centres (1/s; face i of an axis sits between cells i - 1 and i), rsum[i]
+    the sum of row i of r. Row ``off + tid``: the divergence's one value from the next row is
+    recomputed (:func:`_face0`)."""
     i = wp.tid() + off
     bu = buoy[0]
     if i < b0.shape[0]:
@@ -559,11 +564,15 @@ def forces_div2d(
         i1 = i + 1
         if periodic == 1:
             i1 = wp.where(i1 == nx, 0, i1)
+        acc = dt - dt
         for j in range(ny):
             j1 = j + 1
             if periodic == 1:
                 j1 = wp.where(j1 == ny, 0, j1)
-            r[i, j] = -((_face0(a0, c0, i1, j, periodic, nx, dt) - b0[i, j]) + (b1[i, j1] - b1[i, j])) * inv_dx
+            v = -((_face0(a0, c0, i1, j, periodic, nx, dt) - b0[i, j]) + (b1[i, j1] - b1[i, j])) * inv_dx
+            r[i, j] = v
+            acc = acc + v
+        rsum[i] = acc
 
 
 @wp.kernel
@@ -623,10 +632,12 @@ def reduce_div_adj2d(
     gb1: wp.array2d(dtype=Any),
     gphi: wp.array2d(dtype=Any),
     gd: wp.array2d(dtype=Any),
+    rsum: wp.array(dtype=Any),
 ):
     """Sums the private scatter buffers (velocity gradient -> gb0, gb1: the adjoint of ``u = b -
     grad(phi)`` w.r.t. b is the identity; density -> gd) and gphi = -grad^T(gu), the adjoint
-    w.r.t. phi (a divergence; the one value from the next row is summed again). Row ``off + tid``."""
+    w.r.t. phi (a divergence; the one value from the next row is summed again), rsum[i] the sum of
+    row i of gphi. Row ``off + tid``."""
     i = wp.tid() + off
     if i < gb0.shape[0]:
         for j in range(ny):
@@ -639,6 +650,7 @@ def reduce_div_adj2d(
         i1 = i + 1
         if periodic == 1:
             i1 = wp.where(i1 == nx, 0, i1)
+        rs = inv_dx - inv_dx
         for j in range(ny):
             j1 = j + 1
             if periodic == 1:
@@ -652,7 +664,10 @@ def reduce_div_adj2d(
                 acc = acc + gb1[i, j]
             if periodic == 1 or j1 < ny:
                 acc = acc - gb1[i, j1]
-            gphi[i, j] = -acc * inv_dx
+            v = -acc * inv_dx
+            gphi[i, j] = v
+            rs = rs + v
+        rsum[i] = rs
 
 
 @wp.kernel
@@ -749,7 +764,7 @@ def jacobi_block2d(
     r1: int,
     halo: int,
     b: wp.array2d(dtype=Any),
-    mean: wp.array(dtype=Any),
+    rsum: wp.array(dtype=Any),
     periodic: int,
     nx: int,
     ny: int,
@@ -758,7 +773,8 @@ def jacobi_block2d(
     x: wp.array3d(dtype=Any),
     out: wp.array2d(dtype=Any),
 ):
-    """``iters`` Jacobi sweeps (as :func:`jacobi2d`, from zero, for ``-lap(phi) = b - mean``) on
+    """``iters`` Jacobi sweeps (as :func:`jacobi2d`, from zero, for ``-lap(phi) = b - mean(b)``,
+    the mean from the row sums ``rsum``, summed in row order by every range alike) on
     rows [r0, r1), one thread, without synchronising with the threads of the other row ranges:
     the sweeps run on the window [r0 - halo, r1 + halo) (clipped at walls) in the private buffer
     ``x`` (2 x window rows x ny); a window edge that is not the grid's edge corrupts one more row
@@ -781,7 +797,10 @@ def jacobi_block2d(
             hi = nx
             cut_hi = 0
     W = hi - lo
-    m = mean[0]
+    m = rsum[0]
+    for g in range(1, nx):
+        m = m + rsum[g]
+    m = m / type(dx2)(float(nx * ny))
     for w in range(W):
         g = _jrow(lo + w, nx, periodic)
         for j in range(ny):
@@ -968,9 +987,11 @@ class Jacobi2D:
 class _BlockJacobi:
     """The map of :class:`Jacobi2D` up to an added constant (the mean of the result is not
     removed: only its gradient is used) on T row ranges at once, one :func:`jacobi_block2d`
-    launch per range (CPU): ``run()`` solves ``self.b`` into ``self.out`` after ``self.mean`` was
-    set to ``self.b``'s mean. Ranges overlap by ``iters - 1`` rows of redundant sweeps; used when
-    that overlap is at most half a range (otherwise one range, no overlap)."""
+    launch per range (CPU): ``run()`` solves ``self.b`` into ``self.out``, ``self.rsum`` holding
+    the row sums of ``self.b`` (written by the pass that writes ``self.b``; no torch op in the
+    loop: torch's OpenMP threads spin after each parallel op and took the core from the ranges).
+    Ranges overlap by ``iters - 1`` rows of redundant sweeps; used when that overlap is at most
+    half a range (otherwise one range, no overlap)."""
 
     def __init__(self, jac: Jacobi2D, T: int, dev):
         nx, ny, K = jac.nx, jac.ny, jac.iters
@@ -984,9 +1005,9 @@ class _BlockJacobi:
         wmax = max(c for _, c in parts) + 2 * halo
         self.b = torch.zeros((nx, ny), dtype=dtype, device=dev)
         self.out = torch.zeros((nx, ny), dtype=dtype, device=dev)
-        self.mean = torch.zeros(1, dtype=dtype, device=dev)
+        self.rsum = torch.zeros(nx, dtype=dtype, device=dev)
         self.x = torch.zeros((len(parts), 2, wmax, ny), dtype=dtype, device=dev)
-        wb, wo, wm = to_warp(self.b), to_warp(self.out), to_warp(self.mean)
+        wb, wo, wm = to_warp(self.b), to_warp(self.out), to_warp(self.rsum)
         wx = [to_warp(self.x[k]) for k in range(len(parts))]
         dx2 = _SCALAR[dtype](jac.dx ** 2)
         p = 1 if jac.periodic else 0
@@ -995,7 +1016,6 @@ class _BlockJacobi:
                            dev, dim_of=lambda k, count: 1)
 
     def run(self) -> None:
-        torch.mean(self.b.view(-1), 0, keepdim=True, out=self.mean)
         self.pass_.run()
 
 
@@ -1031,9 +1051,10 @@ class _Plan:
         # per-step work buffers (one step's intermediates; the states are kept per step)
         self.a0, self.a1, self.b0, self.b1 = z(u0), z(u1), z(u0), z(u1)
         self.r, self.phi = z(d0), z(d0)
+        self.rsum = torch.zeros(nx, dtype=dtype, device=dev)
         if self.jacobi is not None:
-            self.r, self.phi = self.jacobi.b, self.jacobi.out
-        w = {k: to_warp(getattr(self, k)) for k in ("a0", "a1", "b0", "b1", "r", "phi")}
+            self.r, self.phi, self.rsum = self.jacobi.b, self.jacobi.out, self.jacobi.rsum
+        w = {k: to_warp(getattr(self, k)) for k in ("a0", "a1", "b0", "b1", "r", "phi", "rsum")}
         wd, wu0, wu1 = to_warp(d0), to_warp(u0), to_warp(u1)     # placeholders, swapped per step
         wbuoy, wc0, wc1 = to_warp(buoy), to_warp(c0), to_warp(c1)
         if not adjoint:
@@ -1041,7 +1062,7 @@ class _Plan:
                                                                   w["a0"], w["a1"], wd], dev)
             self.forces = _Pass(forces_div2d, rows, T, lambda k, off: [off, w["a0"], w["a1"], wd, wbuoy, wc0, wc1,
                                                                        p, nx, ny, fdt, inv_dx, w["b0"], w["b1"],
-                                                                       w["r"]], dev)
+                                                                       w["r"], w["rsum"]], dev)
             self.subgrad = _Pass(sub_grad_pass2d, rows, T, lambda k, off: [off, w["b0"], w["b1"], w["phi"], p, nx, ny,
                                                                            inv_dx, wu0, wu1], dev)
             return
@@ -1060,17 +1081,27 @@ class _Plan:
                                                                   p, nx, ny, s, pr["pu0"][k], pr["pu1"][k],
                                                                   pr["pd"][k]], dev)
         self.reduce = _Pass(reduce_div_adj2d, rows, T, lambda k, off: [off, g["pu0"], g["pu1"], g["pd"], p, nx, ny,
-                                                                       inv_dx, w["b0"], w["b1"], w["r"], g["gd"]],
-                            dev)
+                                                                       inv_dx, w["b0"], w["b1"], w["r"], g["gd"],
+                                                                       w["rsum"]], dev)
         self.forces = _Pass(forces_div_adj2d, rows, T, lambda k, off: [off, w["b0"], w["b1"], w["phi"], wd, wbuoy,
                                                                        p, nx, ny, fdt, inv_dx, w["a0"], w["a1"],
                                                                        g["gc0"], g["gc1"], g["gbuoy"], g["gd"],
                                                                        g["pu0"], g["pu1"], g["pd"]], dev)
 
     def solve_into(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """dst = solve(src) (for the block Jacobi, src and dst are its own buffers)."""
+        """dst = solve(src) (for the block Jacobi, src and dst are its own buffers). A torch solve
+        runs on one intra-op thread while the passes are split (measured: torch's OpenMP workers,
+        spinning after each small parallel op, took the other core from the row ranges: the 128^2,
+        99-step PCG benchmark iteration took 6.9 CPU s that way, 0.9 s with this; loaded machine)."""
         if self.jacobi is not None:
             self.jacobi.run()
+        elif self.T > 1:
+            n = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                dst.copy_(self.solve(src))
+            finally:
+                torch.set_num_threads(n)
         else:
             dst.copy_(self.solve(src))
 

@@ -45,9 +45,13 @@ smooth. Gradients reach the initial density and velocity, the buoyancy and the c
 
 In 2-D with the one-step Euler back-trace and semi-Lagrangian advection, ``step`` and
 ``segment`` run the whole step as recorded Warp launches (:func:`diffvc._kernels.smoke.
-smoke_segment2d`: advection, forces, divergence, gradient subtraction, Jacobi sweeps; only the
-PCG solve is torch), ``n`` steps as one autograd node whose backward replays Warp's adjoint
-kernels in reverse (``recompute=True`` re-runs the forward in backward: a checkpoint segment). In
+smoke_segment2d`: advection, forces with the divergence, Jacobi sweeps, gradient subtraction; only
+the PCG solve is torch), ``n`` steps as one autograd node whose backward runs hand-written adjoint
+passes in reverse (``recompute=True`` re-runs the forward in backward: a checkpoint segment). On
+CPU each pass is split into row ranges on torch's threads (``torch.get_num_threads()``, when each
+range gets at least 2,048 cells): the advection adjoints scatter into per-range buffers summed
+afterwards, the Jacobi sweeps of each range run on a window overlapping its neighbours by
+``jacobi_iters - 1`` rows, and the torch PCG solve runs on one thread meanwhile. In
 other configurations with the Euler back-trace (MacCormack, 3-D) the semi-Lagrangian passes run
 as Warp kernels (bilinear :func:`~diffvc._kernels.smoke.advect2d`, trilinear
 :func:`~diffvc._kernels.smoke.advect3d`; Warp's adjoints) and the rest is torch; the RK2
