@@ -19,50 +19,59 @@ Euler back-trace as DiffTaichi, and one of two projections:
   iteration on this periodic box; implicitly differentiated) -- divergence free to the tolerance.
 
 In 2-D with the Euler back-trace a diffvc step runs as recorded Warp launches, the whole rollout as
-one autograd node (``SmokeModel.segment``) whose backward replays the adjoint kernels in reverse.
+one autograd node (``SmokeModel.segment``) whose backward runs hand-written adjoint passes in
+reverse; on CPU each pass is split into row ranges on torch's threads (4 split passes per step
+forward, 4 backward; see ``diffvc._kernels.smoke``).
 
 Variants (each in its own subprocess, so peak RSS is the variant's own; importing torch, Warp and
-diffvc alone takes ~365 MiB, reported as ``rss_after_import_mib``), torch on 1 intra-op thread:
+diffvc alone takes ~365 MiB, reported as ``rss_after_import_mib``):
 
-* ``diffvc_jacobi`` / ``diffvc_pcg``: ``rollout(SmokeModel(...), ...)`` with full tape;
+* ``diffvc_jacobi`` / ``diffvc_pcg``: ``rollout(SmokeModel(...), ...)`` with full tape, torch on 2
+  threads (the segment's passes split in 2 row ranges); ``*_1thread``: the same on 1 thread;
 * ``diffvc_jacobi_checkpointed`` / ``diffvc_pcg_checkpointed``: ``checkpoint_every=11`` (memory);
-* ``difftaichi``: DiffTaichi's own ``smoke_taichi.py``, run as written except ``arch=ti.cpu``
-  (not CUDA) and the OpenCV windows stubbed out; timed as its ``main`` loop runs an iteration
-  (``with ti.ad.Tape(loss): forward()`` then ``apply_grad()``), after one warm-up iteration that
-  compiles its kernels. It runs when the environment variable ``DIFFTAICHI_SMOKE`` names the
-  script (its ``taichi.png`` beside it) and ``TAICHI_PYTHON`` a Python with ``taichi`` and
-  ``opencv`` (default: this interpreter); otherwise the DiffTaichi and PhiFlow anchors measured
-  on this machine kind (shared/DESIGN.md) are quoted. ``difftaichi_1thread``: the same with
-  ``cpu_max_num_threads=1`` (one thread, like the diffvc variants);
-* ``phiflow``: PhiFlow on its torch backend (``phi.torch.flow``), the same task (periodic 128^2,
-  99 steps of semi-Lagrangian self-advection, ``make_incompressible`` to 1e-5, density advection,
-  gradient of the final density's MSE w.r.t. the initial staggered velocity), run when
-  ``PHIFLOW_PYTHON`` names a Python with ``phiflow``.
+* ``difftaichi``: DiffTaichi's own ``smoke_taichi.py``, run as written except ``arch=ti.cpu,
+  cpu_max_num_threads=2`` (not CUDA) and the OpenCV windows stubbed out; timed as its ``main`` loop
+  runs an iteration (``with ti.ad.Tape(loss): forward()`` then ``apply_grad()``), after one warm-up
+  iteration that compiles its kernels. It runs when the environment variable ``DIFFTAICHI_SMOKE``
+  names the script (its ``taichi.png`` beside it) and ``TAICHI_PYTHON`` a Python with ``taichi`` and
+  ``opencv`` (default: this interpreter); otherwise the DiffTaichi and PhiFlow anchors measured on
+  this machine kind (shared/DESIGN.md) are quoted. ``difftaichi_1thread``: ``cpu_max_num_threads=1``;
+* ``phiflow_torch``: PhiFlow on its torch backend (``phi.torch.flow``, 2 torch threads), the same
+  task (periodic 128^2, semi-Lagrangian self-advection, ``make_incompressible`` to 1e-5, density
+  advection, gradient of the final density's MSE w.r.t. the initial staggered velocity), run once
+  (one warm-up and one timed iteration) when ``PHIFLOW_PYTHON`` names a Python with ``phiflow``.
+  ``--phiflow-steps S`` runs it with S steps instead of 99 (its full run takes tens of minutes
+  here); its times are then also given ``*_extrapolated_to_99_steps`` (times 99 / S: an
+  extrapolation, labelled as such, not a measurement).
 
 Variants run interleaved (each once per round) so the shared machine's load hits them alike; the
 JSON gives each variant's median over rounds of per-round medians, and same-run ratios of wall
 time and of process CPU time (``*_cpu_seconds``: on a machine shared by many jobs the wall time
-of a one-thread run mostly measures the wait for a core; CPU seconds measure the work, all
-threads summed).
+mostly measures the wait for a core; CPU seconds measure the work, all threads summed).
 
-Measured (2026-12-02, one run, 3 rounds x 5 iterations, machine shared with ~8 jobs, load average
-19.6 -> 23.7 on 2 cores, so wall seconds are inflated several times; medians):
+Measured (2026-12-02 14:34-14:47 UTC, one run, ``--quick --rounds 2 --phiflow-steps 3``, i.e. 2
+rounds x 3 iterations; machine shared with ~8 jobs, load average 15.3 -> 18.6 on 2 cores, so wall
+seconds are inflated several times and swing between rounds; medians):
 
     variant                      wall s/it   CPU s/it   peak RSS MiB
-    diffvc_jacobi                  4.66        0.80        448
-    diffvc_pcg                     3.92        0.77        451
-    diffvc_jacobi_checkpointed     8.69        1.39        405
-    diffvc_pcg_checkpointed        5.93        1.10        406
-    difftaichi (2 threads)         2.87        1.06        350
-    difftaichi_1thread             5.19        1.12        350
+    diffvc_jacobi (2 threads)      2.62        0.91        412
+    diffvc_pcg (2 threads)         2.15        0.78        409
+    diffvc_jacobi_1thread          4.03        0.74        406
+    diffvc_pcg_1thread             4.10        0.81        408
+    diffvc_jacobi_checkpointed     5.76        1.87        396
+    diffvc_pcg_checkpointed        3.89        1.42        397
+    difftaichi (2 threads)         1.94        1.06        348
+    difftaichi_1thread             3.16        0.97        348
+    phiflow_torch, 3 steps        69.8        14.2         447
+      (extrapolated to 99 steps  2302         468: not measured)
 
-i.e. diffvc does 1.32x (Jacobi, equal work) / 1.37x (PCG) less CPU work per iteration than
-DiffTaichi, is 1.11x / 1.32x faster in wall time than DiffTaichi on one thread, and 0.62x / 0.73x
-of DiffTaichi's two-thread wall time (its second thread; diffvc's kernels run on one). Importing
-torch + Warp + diffvc is 371 MiB of the peak. PhiFlow 3.4.0 installs; its harness here took 41 s
-per iteration for 3 steps (not 99) under the same load, so it was not run at full length.
+i.e. DiffTaichi / diffvc at 2 threads each: 0.74x (Jacobi) / 0.90x (PCG) in wall time (per round:
+0.55, 0.95 / 1.77, 0.69 -- the load decides), 1.17x / 1.36x in CPU time (diffvc does less work);
+on one thread each 0.78x / 0.77x wall, 1.31x / 1.20x CPU. The split costs diffvc 1.24x the CPU
+time of one thread (Jacobi; window overlap of the split Jacobi sweeps, thread hand-offs). PhiFlow
+is two to three orders of magnitude slower per step. Re-measure on an idle machine:
 
-    python -m bench.smoke [--quick]
+    python -m bench.smoke [--quick] [--rounds N] [--phiflow-steps S]
 """
 
 from __future__ import annotations
@@ -189,7 +198,7 @@ import json, resource, statistics, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 from phi.torch.flow import *
-iters, n, steps = int(sys.argv[1]), 128, 99
+iters, n, steps = int(sys.argv[1]), 128, int(sys.argv[3])
 i = torch.arange(n)
 board = (((i[:, None] // 16) + (i[None, :] // 16)) % 2).to(torch.float32)
 r = torch.sqrt((i[:, None] - n / 2.0) ** 2 + (i[None, :] - n / 2.0) ** 2)
@@ -211,31 +220,40 @@ grad_fn = field.gradient(loss_fn, 'v0', get_output=True)
 torch.manual_seed(0)  # a small random start: a zero velocity gives CG a zero right-hand side
 v0 = StaggeredGrid(math.tensor(0.01 * torch.randn(n, n, 2), spatial('x,y'), channel(vector='x,y')),
                    extrapolation.PERIODIC, **box)
-times, losses = [], []
+times, cpu, losses = [], [], []
 for it in range(iters + 1):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loss, g = grad_fn(v0)
     v0 = v0 - 400.0 * g
     if it > 0:
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     losses.append(float(loss))
 import phi
-print(json.dumps({"s_per_iteration_median": statistics.median(times), "s_per_iteration_min": min(times),
+print(json.dumps({"steps": steps, "threads": int(sys.argv[2]), "s_per_iteration_median": statistics.median(times),
+                  "s_per_iteration_min": min(times), "cpu_s_per_iteration_median": statistics.median(cpu),
                   "iterations": len(times), "loss_first": losses[0], "loss_last": losses[-1],
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                   "phiflow": phi.__version__}))
 """
 
 
-def _run_phiflow(iters: int) -> dict | None:
+def _run_phiflow(iters: int, steps: int, threads: int = 2) -> dict | None:
+    """PhiFlow's iteration with ``steps`` steps (fewer than 99 when its full run is too slow for the
+    benchmark: then ``*_extrapolated_to_99_steps`` scale the measured times by 99 / steps, which
+    assumes the time is proportional to the number of steps -- labelled, not measured)."""
     py = os.environ.get("PHIFLOW_PYTHON")
     if not py:
         return None
-    out = subprocess.run([py, "-c", _PHIFLOW_HARNESS, str(iters), "1"], capture_output=True, text=True,
-                         timeout=3600)
+    out = subprocess.run([py, "-c", _PHIFLOW_HARNESS, str(iters), str(threads), str(steps)], capture_output=True,
+                         text=True, timeout=7200)
     if out.returncode != 0:
         return {"error": out.stderr[-2000:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if steps != STEPS:
+        for k in ("s_per_iteration_median", "s_per_iteration_min", "cpu_s_per_iteration_median"):
+            r[f"{k}_extrapolated_to_99_steps"] = r[k] * STEPS / steps
+    return r
 
 
 def _run_worker(threads: int, iters: int, checkpoint: int | None, projection: str) -> dict:
@@ -248,23 +266,25 @@ def _run_worker(threads: int, iters: int, checkpoint: int | None, projection: st
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, rounds: int | None = None, phiflow_steps: int = STEPS) -> dict:
     iters = 3 if quick else 5
-    rounds = 1 if quick else 3
+    rounds = rounds if rounds is not None else (1 if quick else 3)
     load0 = os.getloadavg()
     results: dict = {}
-    order = [("diffvc_jacobi", 1, None, "jacobi"), ("diffvc_pcg", 1, None, "pcg"),
-             ("diffvc_jacobi_checkpointed", 1, 11, "jacobi"), ("diffvc_pcg_checkpointed", 1, 11, "pcg")]
-    for _ in range(rounds):
+    order = [("diffvc_jacobi", 2, None, "jacobi"), ("diffvc_pcg", 2, None, "pcg"),
+             ("diffvc_jacobi_1thread", 1, None, "jacobi"), ("diffvc_pcg_1thread", 1, None, "pcg"),
+             ("diffvc_jacobi_checkpointed", 2, 11, "jacobi"), ("diffvc_pcg_checkpointed", 2, 11, "pcg")]
+    for r in range(rounds):
         for name, threads, ck, proj in order:
             results.setdefault(name, []).append(_run_worker(threads, iters, ck, proj))
-        for name, threads in (("difftaichi", 0), ("difftaichi_1thread", 1)):
+        for name, threads in (("difftaichi", 2), ("difftaichi_1thread", 1)):
             t = _run_difftaichi(iters, threads)
             if t is not None:
                 results.setdefault(name, []).append(t)
-        p = _run_phiflow(max(1, iters // 2))
-        if p is not None:
-            results.setdefault("phiflow_torch", []).append(p)
+        if r == 0:  # PhiFlow once (minutes per iteration)
+            p = _run_phiflow(1, phiflow_steps)
+            if p is not None:
+                results.setdefault("phiflow_torch", []).append(p)
     summary = {}
     for name, rs in results.items():
         ok = [r for r in rs if "error" not in r]
@@ -283,19 +303,23 @@ def run(quick: bool = False) -> dict:
            "iterations_per_variant": iters, "rounds": rounds, "loadavg_start": load0,
            "loadavg_end": os.getloadavg(), "results": summary}
     ratios = {}
+    names = [n for n, *_ in order]
     for ref in ("difftaichi", "difftaichi_1thread", "phiflow_torch"):
-        if ref in summary and "s_per_iteration_median" in summary[ref]:
-            for name in ("diffvc_jacobi", "diffvc_pcg", "diffvc_jacobi_checkpointed", "diffvc_pcg_checkpointed"):
-                ratios[f"{ref}_over_{name}"] = (summary[ref]["s_per_iteration_median"]
-                                                / summary[name]["s_per_iteration_median"])
-                if "cpu_s_per_iteration_median" in summary[ref]:
-                    ratios[f"{ref}_over_{name}_cpu_seconds"] = (summary[ref]["cpu_s_per_iteration_median"]
-                                                                / summary[name]["cpu_s_per_iteration_median"])
-            if "s_per_iteration_median" in summary[ref] and len(summary[ref].get("per_round_medians", [])) > 1:
-                # per-round ratios (each round's variants ran back to back)
-                ratios[f"{ref}_over_diffvc_jacobi_per_round"] = [
-                    a / b for a, b in zip(summary[ref]["per_round_medians"],
-                                          summary["diffvc_jacobi"]["per_round_medians"])]
+        if ref not in summary or "s_per_iteration_median" not in summary[ref]:
+            continue
+        # PhiFlow at fewer steps: its times extrapolated to 99 steps (labelled in the key)
+        sfx = "_extrapolated_to_99_steps" if f"s_per_iteration_median_extrapolated_to_99_steps" in summary[ref] else ""
+        for name in names:
+            ratios[f"{ref}{sfx}_over_{name}"] = (summary[ref][f"s_per_iteration_median{sfx}"]
+                                                  / summary[name]["s_per_iteration_median"])
+            if f"cpu_s_per_iteration_median{sfx}" in summary[ref]:
+                ratios[f"{ref}{sfx}_over_{name}_cpu_seconds"] = (summary[ref][f"cpu_s_per_iteration_median{sfx}"]
+                                                                  / summary[name]["cpu_s_per_iteration_median"])
+        if len(summary[ref].get("per_round_medians", [])) > 1:
+            # per-round ratios (each round's variants ran back to back)
+            for name in ("diffvc_jacobi", "diffvc_pcg"):
+                ratios[f"{ref}_over_{name}_per_round"] = [
+                    a / b for a, b in zip(summary[ref]["per_round_medians"], summary[name]["per_round_medians"])]
     out["speedups"] = ratios
     if "difftaichi" not in summary or "phiflow_torch" not in summary:
         out["anchors"] = ANCHORS
@@ -309,4 +333,8 @@ if __name__ == "__main__":
         proj = sys.argv[i + 4] if len(sys.argv) > i + 4 else "pcg"
         print(json.dumps(_worker_diffvc(th, it, ck or None, proj)))
     else:
-        print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
+        def _opt(name, default):
+            return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+        print(json.dumps(run(quick="--quick" in sys.argv, rounds=_opt("--rounds", None),
+                             phiflow_steps=_opt("--phiflow-steps", STEPS)), indent=2))
