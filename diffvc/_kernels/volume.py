@@ -483,19 +483,24 @@ def march_rgb_forward(offset: int, dens: wp.array(dtype=Any), feat: wp.array(dty
         by = xf[1, 1]
         bz = xf[1, 2]
         jr = jit[r]
+        # the ray in index coordinates: sample s at u0 + (s + jitter) du
+        ux = (ox + t0 * dx) * ax + bx
+        uy = (oy + t0 * dy) * ay + by
+        uz = (oz + t0 * dz) * az + bz
+        dux = dx * ax * delta
+        duy = dy * ay * delta
+        duz = dz * az * delta
         for s in range(n_samples):
             if T < t_stop:
                 break
-            t = t0 + (type(z)(s) + jr) * delta
-            px = ox + t * dx
-            py = oy + t * dy
-            pz = oz + t * dz
+            q = type(z)(s) + jr
+            t = t0 + q * delta
             if use_occ != 0:
-                if not _occupied(occ, xo, px, py, pz):
+                if not _occupied(occ, xo, ox + t * dx, oy + t * dy, oz + t * dz):
                     continue
-            i, fx, mx = _cell(px * ax + bx, nx)
-            j, fy, my = _cell(py * ay + by, ny)
-            k, fz, mz = _cell(pz * az + bz, nz)
+            i, fx, mx = _cell(ux + q * dux, nx)
+            j, fy, my = _cell(uy + q * duy, ny)
+            k, fz, mz = _cell(uz + q * duz, nz)
             a = (i * ny + j) * nz + k
             w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
             sg = _interp(dens, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
@@ -554,6 +559,13 @@ def march_rgb_backward(offset: int, dens: wp.array(dtype=Any), feat: wp.array(dt
         by = xf[1, 1]
         bz = xf[1, 2]
         jr = jit[r]
+        # the ray in index coordinates: sample s at u0 + (s + jitter) du
+        ux = (ox + t0 * dx) * ax + bx
+        uy = (oy + t0 * dy) * ay + by
+        uz = (oz + t0 * dz) * az + bz
+        dux = dx * ax * delta
+        duy = dy * ay * delta
+        duz = dz * az * delta
         T = one
         prefix = wp.float64(0.0)
         g_delta = z
@@ -568,16 +580,14 @@ def march_rgb_backward(offset: int, dens: wp.array(dtype=Any), feat: wp.array(dt
         for s in range(n_samples):
             if T < t_stop:
                 break
-            t = t0 + (type(z)(s) + jr) * delta
-            px = ox + t * dx
-            py = oy + t * dy
-            pz = oz + t * dz
+            q = type(z)(s) + jr
+            t = t0 + q * delta
             if use_occ != 0:
-                if not _occupied(occ, xo, px, py, pz):
+                if not _occupied(occ, xo, ox + t * dx, oy + t * dy, oz + t * dz):
                     continue
-            i, fx, mx = _cell(px * ax + bx, nx)
-            j, fy, my = _cell(py * ay + by, ny)
-            k, fz, mz = _cell(pz * az + bz, nz)
+            i, fx, mx = _cell(ux + q * dux, nx)
+            j, fy, my = _cell(uy + q * duy, ny)
+            k, fz, mz = _cell(uz + q * duz, nz)
             a = (i * ny + j) * nz + k
             w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
             sg = _interp(dens, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
@@ -608,7 +618,7 @@ def march_rgb_backward(offset: int, dens: wp.array(dtype=Any), feat: wp.array(dt
                 gdy = gdy + gpy * t
                 gdz = gdz + gpz * t
                 gt = gt + gpx * dx + gpy * dy + gpz * dz
-            frac = (type(z)(s) + jr) / fS
+            frac = q / fS
             g_t0 = g_t0 + gt * (one - frac)
             g_t1 = g_t1 + gt * frac
             T = Tn
@@ -652,19 +662,24 @@ def march_abs_forward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int,
         by = xf[1, 1]
         bz = xf[1, 2]
         jr = jit[r]
+        # the ray in index coordinates: sample s at u0 + (s + jitter) du
+        ux = (ox + t0 * dx) * ax + bx
+        uy = (oy + t0 * dy) * ay + by
+        uz = (oz + t0 * dz) * az + bz
+        dux = dx * ax * delta
+        duy = dy * ay * delta
+        duz = dz * az * delta
         for s in range(n_samples):
             if T < t_stop:
                 break
-            t = t0 + (type(z)(s) + jr) * delta
-            px = ox + t * dx
-            py = oy + t * dy
-            pz = oz + t * dz
+            q = type(z)(s) + jr
+            t = t0 + q * delta
             if use_occ != 0:
-                if not _occupied(occ, xo, px, py, pz):
+                if not _occupied(occ, xo, ox + t * dx, oy + t * dy, oz + t * dz):
                     continue
-            i, fx, mx = _cell(px * ax + bx, nx)
-            j, fy, my = _cell(py * ay + by, ny)
-            k, fz, mz = _cell(pz * az + bz, nz)
+            i, fx, mx = _cell(ux + q * dux, nx)
+            j, fy, my = _cell(uy + q * duy, ny)
+            k, fz, mz = _cell(uz + q * duz, nz)
             w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
             sg = _interp(table, (i * ny + j) * nz + k, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
             if sg <= z:
@@ -712,6 +727,13 @@ def march_abs_backward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int
         by = xf[1, 1]
         bz = xf[1, 2]
         jr = jit[r]
+        # the ray in index coordinates: sample s at u0 + (s + jitter) du
+        ux = (ox + t0 * dx) * ax + bx
+        uy = (oy + t0 * dy) * ay + by
+        uz = (oz + t0 * dz) * az + bz
+        dux = dx * ax * delta
+        duy = dy * ay * delta
+        duz = dz * az * delta
         T = one
         prefix = wp.float64(0.0)
         g_delta = z
@@ -726,16 +748,14 @@ def march_abs_backward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int
         for s in range(n_samples):
             if T < t_stop:
                 break
-            t = t0 + (type(z)(s) + jr) * delta
-            px = ox + t * dx
-            py = oy + t * dy
-            pz = oz + t * dz
+            q = type(z)(s) + jr
+            t = t0 + q * delta
             if use_occ != 0:
-                if not _occupied(occ, xo, px, py, pz):
+                if not _occupied(occ, xo, ox + t * dx, oy + t * dy, oz + t * dz):
                     continue
-            i, fx, mx = _cell(px * ax + bx, nx)
-            j, fy, my = _cell(py * ay + by, ny)
-            k, fz, mz = _cell(pz * az + bz, nz)
+            i, fx, mx = _cell(ux + q * dux, nx)
+            j, fy, my = _cell(uy + q * duy, ny)
+            k, fz, mz = _cell(uz + q * duz, nz)
             a = (i * ny + j) * nz + k
             w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
             sg = _interp(table, a, 1, sy, sx, w0, w1, w2, w3, w4, w5, w6, w7)
@@ -762,7 +782,7 @@ def march_abs_backward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int
                 gdy = gdy + gpy * t
                 gdz = gdz + gpz * t
                 gt = gt + gpx * dx + gpy * dy + gpz * dz
-            frac = (type(z)(s) + jr) / fS
+            frac = q / fS
             g_t0 = g_t0 + gt * (one - frac)
             g_t1 = g_t1 + gt * frac
             T = Tn
@@ -790,10 +810,11 @@ _WARM: set = set()
 _WARM_LOCK = threading.Lock()
 
 
-def _launch(kernel, n: int, args_for, device: torch.device, workers: int, spec) -> None:
+def _launch(kernel, n: int, args_for, device: torch.device, workers: int, spec, work: torch.Tensor | None = None) -> None:
     """Launch ``kernel(offset, *args)`` over ``n`` threads, in ``workers`` chunks on CPU
     (``args_for(w)`` gives chunk ``w`` its arguments, e.g. its own gradient buffers). ``spec``
-    names the kernel's specialisation (its argument types: dtype, table vector length)."""
+    names the kernel's specialisation (its argument types: dtype, table vector length). ``work``:
+    (n,) estimated cost per thread; the chunks then get equal shares of it (else equal counts)."""
     if n == 0:
         return
     wdev = warp_device(device)
@@ -808,12 +829,24 @@ def _launch(kernel, n: int, args_for, device: torch.device, workers: int, spec) 
         wp.launch(kernel, dim=n, inputs=[0] + args_for(0), device=wdev, stream=stream, record_tape=False)
     else:
         kernel.module.load(wdev)
-        chunk = (n + workers - 1) // workers
-        futs = [_pool().submit(wp.launch, kernel, dim=min(chunk, n - w * chunk), inputs=[w * chunk] + args_for(w),
+        b = _bounds(n, workers, work)
+        futs = [_pool().submit(wp.launch, kernel, dim=b[w + 1] - b[w], inputs=[b[w]] + args_for(w),
                                device=wdev, stream=stream, record_tape=False)
-                for w in range(workers) if w * chunk < n]   # the bridge's one launch pool
+                for w in range(workers) if b[w + 1] > b[w]]   # the bridge's one launch pool
         for f in futs:
             f.result()
+
+
+def _bounds(n: int, workers: int, work: torch.Tensor | None) -> list[int]:
+    """Chunk boundaries ``0 = b_0 <= ... <= b_workers = n``: equal counts, or equal shares of ``work``."""
+    if work is None or work.numel() != n:
+        chunk = (n + workers - 1) // workers
+        return [min(w * chunk, n) for w in range(workers)] + [n]
+    c = torch.cumsum(work.detach().to(device="cpu", dtype=torch.float64), 0)
+    if not c[-1] > 0:
+        return _bounds(n, workers, None)
+    cuts = torch.searchsorted(c, c[-1] * torch.arange(1, workers, dtype=torch.float64) / workers) + 1
+    return [0] + [int(x) for x in cuts.clamp(0, n)] + [n]
 
 
 def _w(t: torch.Tensor):
@@ -926,7 +959,8 @@ class _MarchFn(torch.autograd.Function):
         else:
             args = grid + [*ray_args, _w(bg), n_samples, _scalar(t_stop, orig), _w(color), _w(trans), _w(depth)]
             kernel = march_rgb_forward if variant == "rgb" else march_abs_forward
-        _launch(kernel, N, lambda w: args, dev, _workers(dev, N), (orig.dtype, L))
+        work = (tf > tn) if dev.type == "cpu" else None  # a ray that misses the box costs ~nothing
+        _launch(kernel, N, lambda w: args, dev, _workers(dev, N), (orig.dtype, L), work)
         del table, grid, args  # re-packed in backward: the forward keeps no copy of the grids
         ctx.save_for_backward(dens, feat, basis, orig, dirs, tn, tf, jit, xf, occ, xo, color, trans, depth)
         ctx.opts = opts
@@ -972,7 +1006,8 @@ class _MarchFn(torch.autograd.Function):
         else:
             shared = grid + [*ray_args, n_samples, want_rays, _scalar(t_stop, orig), *outs]
             kernel = march_rgb_backward if variant == "rgb" else march_abs_backward
-        _launch(kernel, N, lambda w: shared + wbufs[w] + tail, dev, workers, (orig.dtype, L))
+        work = (tf > tn) if dev.type == "cpu" else None
+        _launch(kernel, N, lambda w: shared + wbufs[w] + tail, dev, workers, (orig.dtype, L), work)
         del table, grid, shared, wbufs
         gd = gf = None
         if variant == "generic":  # sum the workers' tables and unpack them in one pass
