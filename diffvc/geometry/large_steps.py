@@ -88,6 +88,14 @@ class SparseSolver:
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         """``M^{-1} b`` for ``b (V,)`` or ``(V, k)`` (no autograd; see :func:`from_differential`)."""
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"b must be a torch.Tensor, got {describe(b)}")
+        if not b.is_floating_point():
+            raise TypeError(f"b must be a floating tensor (float32/float64), got {b.dtype}")
+        if b.dim() not in (1, 2) or b.shape[0] != self.n:
+            raise ValueError(f"b must have shape ({self.n},) or ({self.n}, k), got {tuple(b.shape)}")
+        if not bool(torch.isfinite(b.detach()).all()):
+            raise ValueError("b contains non-finite values (NaN or inf)")
         squeeze = b.dim() == 1
         B = b[:, None] if squeeze else b
         if self.n == 0:
@@ -137,6 +145,10 @@ class _Solve(torch.autograd.Function):
 
 def solve(solver: SparseSolver, b: torch.Tensor) -> torch.Tensor:
     """Differentiable ``M^{-1} b`` (gradient w.r.t. ``b`` is ``M^{-1} g``; ``M`` is treated as constant)."""
+    if not isinstance(solver, SparseSolver):
+        raise TypeError(f"solver must be a SparseSolver, got {describe(solver)}")
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor, got {describe(b)}")
     return _Solve.apply(b, solver)
 
 

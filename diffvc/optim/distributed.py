@@ -21,6 +21,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from .._validate import as_int, describe
+
 __all__ = ["launch", "init_from_env", "is_distributed", "rank", "world_size", "shard", "shard_range", "rank_seed",
            "all_reduce_", "barrier", "shutdown"]
 
@@ -60,21 +62,30 @@ def world_size() -> int:
 
 def shard(items: Sequence) -> list:
     """This process's items, round-robin: ``items[rank::world_size]``."""
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__len__") or not hasattr(items, "__getitem__"):
+        raise TypeError(f"items must be a sequence (list, tuple, range, tensor), got {describe(items)}")
     return list(items)[rank()::world_size()]
 
 
 def shard_range(n: int) -> range:
     """This process's indices of ``range(n)``, round-robin."""
+    n = as_int(n, "n", minimum=0)
     return range(rank(), n, world_size())
 
 
 def rank_seed(base: int, index: int) -> int:
     """A seed for work item ``index`` derived from ``base`` (independent of the process count)."""
-    return (int(base) * 1_000_003 + int(index) * 7919) % (2 ** 31 - 1)
+    base, index = as_int(base, "base", minimum=0), as_int(index, "index", minimum=0)
+    return (base * 1_000_003 + index * 7919) % (2 ** 31 - 1)
 
 
 def all_reduce_(tensors: Sequence[torch.Tensor]) -> None:
     """Sum ``tensors`` over all processes, in place (one flat buffer, one collective)."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"tensors must be a list or tuple of tensors, got {describe(tensors)}")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors[{i}] must be a torch.Tensor, got {describe(t)}")
     if not is_distributed() or not tensors:
         return
     flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
@@ -119,6 +130,9 @@ def launch(argv: Sequence[str], nproc: int, threads: int | None = None, timeout_
     import sys
     import time
 
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple)) or \
+            not all(isinstance(a, str) for a in argv):
+        raise TypeError(f"argv must be a list of strings (python's arguments), got {describe(argv)}")
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)

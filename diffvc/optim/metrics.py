@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .._validate import as_tensor, check_float
+from .._validate import as_tensor, check_float, describe
 
 from .loop import History
 
@@ -30,16 +30,27 @@ def relative_error(estimate, target) -> float:
 
 def relative_errors(estimates: Mapping, targets: Mapping, prefix: str = "rel_error_") -> dict[str, float]:
     """``{prefix + name: relative_error(estimates[name], targets[name])}`` for every name in ``targets``."""
+    for name, m in (("estimates", estimates), ("targets", targets)):
+        if not isinstance(m, Mapping):
+            raise TypeError(f"{name} must be a mapping of parameter name -> value, got {describe(m)}")
     missing = [k for k in targets if k not in estimates]
     if missing:
-        raise KeyError(f"estimates: missing {missing}")
+        raise ValueError(f"estimates: missing {missing} (targets has them)")
     return {prefix + k: relative_error(estimates[k], targets[k]) for k in targets}
+
+
+def _check_history(history) -> None:
+    if not isinstance(history, History):
+        raise TypeError(f"history must be a diffvc.optim.History, got {describe(history)}")
 
 
 def parameter_curves(history: History, final: Mapping | None = None) -> dict[str, np.ndarray]:
     """Per-parameter value curves from ``history.params`` (values before each step), with
     ``final`` (values after the last step) appended when given. Vector parameters give one curve
     per component, named ``name[i]``."""
+    _check_history(history)
+    if final is not None and not isinstance(final, Mapping):
+        raise TypeError(f"final must be a mapping of parameter name -> value or None, got {describe(final)}")
     snaps = list(history.params) + ([dict(final)] if final is not None else [])
     if not snaps:
         return {}
@@ -61,6 +72,11 @@ def plot_history(path: str | Path, history: History, targets: Mapping[str, float
     ``final`` / ``final_loss``: parameter values and loss after the last step, appended to the curves."""
     from ..viz import plot_curves
 
+    _check_history(history)
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise TypeError(f"path must be a file path (str or Path), got {describe(path)}")
+    if targets is not None and not isinstance(targets, Mapping):
+        raise TypeError(f"targets must be a mapping of parameter name -> value or None, got {describe(targets)}")
     loss = list(history.loss) + ([float(final_loss)] if final_loss is not None else [])
     curves = {"loss": np.asarray(loss, dtype=np.float64)}
     curves.update(parameter_curves(history, final))

@@ -317,6 +317,8 @@ def batch_state(state, n_envs: int | None = None):
             v = getattr(first, f.name)
             kw[f.name] = torch.stack([getattr(s, f.name) for s in state]) if isinstance(v, torch.Tensor) else v
         return type(first)(**kw)
+    if not (dataclasses.is_dataclass(state) and not isinstance(state, type)):
+        raise TypeError(f"state must be a state dataclass or a list of them, got {type(state).__name__}")
     b = _check_n(n_envs)
     return _map_state(state, lambda t, name: t.unsqueeze(0).expand(b, *t.shape).clone())
 

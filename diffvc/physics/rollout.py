@@ -99,7 +99,35 @@ def flatten_state(state) -> tuple[list[torch.Tensor], Any]:
 
 
 def unflatten_state(tensors: Sequence[torch.Tensor], spec):
-    """Inverse of :func:`flatten_state`."""
+    """Inverse of :func:`flatten_state`: ``tensors`` (as many as the spec holds) placed back
+    into the state structure ``spec`` describes."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"tensors must be a list or tuple of tensors (from flatten_state), got {type(tensors).__name__}")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    n = _spec_count(spec)
+    if n != len(tensors):
+        raise ValueError(f"tensors: the spec holds {n} tensors, got {len(tensors)}")
+    return _unflatten(tensors, spec)
+
+
+def _spec_count(spec) -> int:
+    """Number of tensors a :func:`flatten_state` spec holds (ValueError for anything else)."""
+    try:
+        kind = spec[0] if isinstance(spec, tuple) else None
+        if kind == "t" and len(spec) == 1:
+            return 1
+        if kind == "d" and len(spec) == 3:
+            return sum(_spec_count(sp) for _, n, sp in spec[2] if n is not None)
+        if kind == "s" and len(spec) == 3:
+            return sum(_spec_count(sp) for _, sp in spec[2])
+    except (TypeError, ValueError, IndexError):
+        pass
+    raise ValueError(f"spec must be the spec returned by flatten_state, got {type(spec).__name__}")
+
+
+def _unflatten(tensors: Sequence[torch.Tensor], spec):
     kind = spec[0]
     if kind == "t":
         return tensors[0]
@@ -110,20 +138,20 @@ def unflatten_state(tensors: Sequence[torch.Tensor], spec):
             if n is None:
                 kw[name] = sp
             else:
-                kw[name] = unflatten_state(tensors[i:i + n], sp)
+                kw[name] = _unflatten(tensors[i:i + n], sp)
                 i += n
         return cls(**kw)
     _, cls, specs = spec
     out, i = [], 0
     for n, sp in specs:
-        out.append(unflatten_state(tensors[i:i + n], sp))
+        out.append(_unflatten(tensors[i:i + n], sp))
         i += n
     return cls(out) if cls in (tuple, list) else cls(*out)
 
 
 def _detach(state):
     ts, spec = flatten_state(state)
-    return unflatten_state([t.detach() for t in ts], spec)
+    return _unflatten([t.detach() for t in ts], spec)
 
 
 def _functorch_active() -> bool:
@@ -187,7 +215,7 @@ def _model_tensors(model):
         tensors, spec = flatten_state(model)
     except TypeError:
         return None
-    return tensors, (lambda ts, _spec=spec: unflatten_state(list(ts), _spec))
+    return tensors, (lambda ts, _spec=spec: _unflatten(list(ts), _spec))
 
 
 def _check_int(name: str, value, minimum: int, allow_none: bool = True) -> None:
@@ -355,12 +383,12 @@ def rollout(
 
             def run_outer(st_ts, m_ts, _spec=spec, _n=n):
                 # chunks of k2 frames also without grad: a fused segment allocates its frames' buffers
-                inner = rollout(rebuild(m_ts), unflatten_state(list(st_ts), _spec), _n, dt=dt_, substeps=substeps,
+                inner = rollout(rebuild(m_ts), _unflatten(list(st_ts), _spec), _n, dt=dt_, substeps=substeps,
                                 checkpoint_every=k2, backend=backend)
                 return tuple(flatten_state(inner)[0])
 
             out = _ModelSegment.apply(run_outer, len(tensors), len(m_tensors), *tensors, *m_tensors)
-            state = unflatten_state(list(out), spec)
+            state = _unflatten(list(out), spec)
             k += n
         return state
 
@@ -403,21 +431,21 @@ def rollout(
 
             def run(st_ts, m_ts, _spec=spec, _n=n, _start=k):
                 m = rebuild(m_ts)
-                st = unflatten_state(list(st_ts), _spec)
+                st = _unflatten(list(st_ts), _spec)
                 for j in range(_n):
                     for _ in range(substeps):
                         st = m.step(st, dt_, control)
                 return tuple(flatten_state(st)[0])
 
             out = _ModelSegment.apply(run, len(tensors), len(m_tensors), *tensors, *m_tensors)
-            state = unflatten_state(list(out), flatten_state(state)[1])
+            state = _unflatten(list(out), flatten_state(state)[1])
             chunk_states, chunk_obs = [], []
         elif use_ckpt:
             tensors, spec = flatten_state(state)
             start = k
 
             def segment(*ts, _spec=spec, _n=n, _start=start):
-                st = unflatten_state(list(ts), _spec)
+                st = _unflatten(list(ts), _spec)
                 outs = []
                 for j in range(_n):
                     st = frame(st, _start + j)
@@ -470,6 +498,11 @@ def rollout_jvp(fn: Callable, primals: Sequence[torch.Tensor], tangents: Sequenc
     Returns:
         ``(outputs, output_tangents)``.
     """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (primals -> outputs), got {type(fn).__name__}")
+    for name, seq in (("primals", primals), ("tangents", tangents)):
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple of tensors, got {type(seq).__name__}")
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
         raise ValueError(f"tangents: need one per primal ({len(primals)}), got {len(tangents)}")

@@ -120,6 +120,21 @@ class FrameGeometry:
     points: list = field(default_factory=list)     # (name, Points)
     volumes: list = field(default_factory=list)    # (name, Volume)
 
+    def __post_init__(self):
+        # None means no items of that kind; items are checked by their own constructors
+        for name, item_type in (("meshes", MeshItem), ("points", Points), ("volumes", Volume)):
+            items = getattr(self, name)
+            if items is None:
+                object.__setattr__(self, name, [])
+                continue
+            if not isinstance(items, list):
+                raise TypeError(f"{name} must be a list, got {type(items).__name__}")
+            for i, it in enumerate(items):
+                obj = it if name == "meshes" else (it[1] if isinstance(it, tuple) and len(it) == 2 else None)
+                if not isinstance(obj, item_type):
+                    want = "MeshItem" if name == "meshes" else f"(name, {item_type.__name__}) pair"
+                    raise TypeError(f"{name}[{i}] must be a {want}, got {type(it).__name__}")
+
     def merged_mesh(self):
         """All meshes as one: ``verts (N, 3)``, ``faces (F, 3)`` long, ``face_albedo (F, 3)``,
         ``face_smooth (F,)`` bool. dtype: the promotion of the meshes' dtypes."""

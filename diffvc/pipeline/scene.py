@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .._validate import as_tensor, check_faces, check_float
+from .._validate import as_float, as_tensor, check_choice, check_faces, check_float, check_index, describe
 from .binding import StaticBinding
 
 __all__ = ["Shape", "Scene", "traverse"]
@@ -59,6 +59,17 @@ class Shape:
     smooth: bool = False
     kind: str = "mesh"
     radius: float = 0.01
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name must be a non-empty string, got {describe(self.name)}")
+        check_choice(self.kind, "kind", ("mesh", "points", "volume"))
+        object.__setattr__(self, "faces", check_index(self.faces, "faces", 2 ** 62, shape=("F", 3),
+                                                      size_name="any vertex index"))
+        if not callable(self.binding):
+            raise TypeError(f"binding must be callable (state -> geometry), got {describe(self.binding)}")
+        check_float(self.color, "color", shape=(3,), coerce=False)
+        object.__setattr__(self, "radius", as_float(self.radius, "radius", positive=True))
 
 
 def _tensor(x, dtype, device, name) -> torch.Tensor:
@@ -249,4 +260,6 @@ def _rebind(binding, verts: torch.Tensor):
 
 def traverse(scene: Scene) -> dict[str, torch.Tensor]:
     """``scene.traverse()``: every tensor of the scene by dotted name."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a diffvc.pipeline.Scene, got {describe(scene)}")
     return scene.traverse()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .._validate import as_tensor, check_float, check_positive
+from .._validate import as_tensor, check_float, check_index, check_positive, describe
 
 DIFFUSE, CONDUCTOR, PLASTIC = 0, 1, 2
 _KINDS = {"diffuse": DIFFUSE, "conductor": CONDUCTOR, "plastic": PLASTIC}
@@ -82,6 +82,16 @@ class PathTracingScene:
     dynamic_faces: torch.Tensor | None = None
 
     def __post_init__(self):
+        check_float(self.vertices, "vertices", shape=("V", 3), coerce=False)
+        object.__setattr__(self, "faces", check_index(self.faces, "faces", self.vertices.shape[0], shape=("F", 3),
+                                                      dtype=self.faces.dtype if isinstance(self.faces, torch.Tensor)
+                                                      and self.faces.dtype == torch.int32 else torch.int64))
+        for name in ("face_material", "material_kind"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.dtype == torch.bool:
+                raise TypeError(f"{name} must be an integer tensor, got {describe(t)}")
+        for name in ("albedo", "roughness", "emission"):
+            check_float(getattr(self, name), name, coerce=False)
         V, F, M = self.vertices.shape[0], self.faces.shape[0], self.albedo.shape[0]
         if self.vertices.dim() != 2 or self.vertices.shape[1] != 3:
             raise ValueError(f"vertices must have shape (V, 3), got {tuple(self.vertices.shape)}")
@@ -242,6 +252,11 @@ def cornell_box(short_box_center=None, wall_colors=None, light_radiance=None, dt
         ``(scene, info)`` with info["materials"] = names of the material indices,
         info["short_box_faces"] and info["tall_box_faces"] = (F,) bool masks of the boxes' faces.
     """
+    for name, v in (("short_box_center", short_box_center), ("tall_box_center", tall_box_center)):
+        if v is not None:
+            check_float(v, name, shape=(3,), dtype=None if isinstance(v, torch.Tensor) else dtype, device=device)
+    if light_radiance is not None:
+        check_positive(check_float(light_radiance, "light_radiance", shape=(3,)), "light_radiance", strict=False)
     colors = dict(CORNELL_COLORS)
     colors.update(wall_colors or {})
     names = ["white", "red", "green", "light"]

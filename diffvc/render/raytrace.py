@@ -18,6 +18,7 @@ import torch
 
 from .._kernels import pathtrace as K
 from .._validate import as_int, check_faces, check_float, check_same_dtype
+from .._validate import describe as _describe
 from .cameras import Cameras, generate_rays
 
 
@@ -78,6 +79,17 @@ class RayHits:
     bary: torch.Tensor
     point: torch.Tensor
     normal: torch.Tensor
+
+    def __post_init__(self):
+        if not isinstance(self.face, torch.Tensor) or self.face.is_floating_point() or self.face.dtype == torch.bool \
+                or self.face.dim() != 1:
+            raise TypeError(f"face must be an (N,) integer tensor (-1 on a miss), got {_describe(self.face)}")
+        n = self.face.shape[0]
+        if not isinstance(self.hit, torch.Tensor) or self.hit.dtype != torch.bool or tuple(self.hit.shape) != (n,):
+            raise TypeError(f"hit must be an ({n},) bool tensor, got {_describe(self.hit)}")
+        check_float(self.t, "t", shape=(n,), coerce=False)
+        for name in ("bary", "point", "normal"):
+            check_float(getattr(self, name), name, shape=(n, 3), coerce=False)
 
 
 def hit_from_face(vertices, faces, face, origins, directions) -> RayHits:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import as_float, as_int, as_tensor
+from .._validate import as_float, as_int, as_tensor, check_float, describe
 from .cameras import Cameras, generate_rays
 from .volume import _check_rays, ray_aabb
 
@@ -57,6 +57,15 @@ class SDFHits:
     grad_norm: torch.Tensor
     f_min: torch.Tensor
     coverage: torch.Tensor
+
+    def __post_init__(self):
+        if not isinstance(self.hit, torch.Tensor) or self.hit.dtype != torch.bool or self.hit.dim() != 1:
+            raise TypeError(f"hit must be an (N,) bool tensor, got {describe(self.hit)}")
+        n = self.hit.shape[0]
+        for name in ("t", "grad_norm", "f_min", "coverage"):
+            check_float(getattr(self, name), name, shape=(n,), coerce=False)
+        for name in ("points", "normals"):
+            check_float(getattr(self, name), name, shape=(n, 3), coerce=False)
 
 
 def _eval(sdf, x: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._validate import as_float, as_int, check_float, check_same_dtype
+from .._validate import as_float, as_int, check_float, check_same_dtype, describe
 from ..geometry.transforms import quaternion_to_matrix
 from .cameras import Cameras
 
@@ -349,6 +349,13 @@ class SplatImage:
     depth: torch.Tensor
     projected: ProjectedGaussians | None = None
 
+    def __post_init__(self):
+        check_float(self.color, "color", shape=("B", "H", "W", 3), coerce=False)
+        check_float(self.alpha, "alpha", shape=tuple(self.color.shape[:3]), coerce=False)
+        check_float(self.depth, "depth", shape=tuple(self.color.shape[:3]), coerce=False)
+        if self.projected is not None and not isinstance(self.projected, ProjectedGaussians):
+            raise TypeError(f"projected must be a ProjectedGaussians or None, got {describe(self.projected)}")
+
 
 _ALPHA_MAX, _ALPHA_MIN, _T_MIN = 0.99, 1.0 / 255.0, 1e-4
 
@@ -444,12 +451,15 @@ def rasterize_gaussians(projected: ProjectedGaussians, colors: torch.Tensor, opa
     """
     if backend not in ("warp", "torch"):
         raise ValueError(f"backend must be 'warp' or 'torch', got {backend!r}")
-    H, W = int(height), int(width)
-    if H <= 0 or W <= 0:
-        raise ValueError(f"height, width must be positive, got height={height}, width={width}")
+    H, W = as_int(height, "height", minimum=1), as_int(width, "width", minimum=1)
+    tile = as_int(tile, "tile", minimum=1)
+    if not isinstance(projected, ProjectedGaussians):
+        raise TypeError(f"projected must be a ProjectedGaussians (from project_gaussians), got {describe(projected)}")
     means2d, conics, depths = projected.means2d, projected.conics, projected.depths
     B, N = depths.shape
     dt = means2d.dtype
+    check_float(colors, "colors", coerce=False)
+    check_float(opacities, "opacities", coerce=False)
     if colors.dim() == 2:
         colors = colors.unsqueeze(0).expand(B, N, colors.shape[-1])
     if colors.shape != (B, N, 3):
@@ -633,9 +643,21 @@ def init_splat_params(points: torch.Tensor, colors: torch.Tensor | None = None, 
     return {k_: torch.nn.Parameter(v.contiguous()) for k_, v in p.items()}
 
 
+def _check_params(params, name: str) -> None:
+    if not isinstance(params, dict):
+        raise TypeError(f"{name} must be a dict of tensors (init_splat_params), got {describe(params)}")
+    missing = [k for k in PARAM_NAMES if k not in params]
+    if missing:
+        raise ValueError(f"{name}: missing {missing} (init_splat_params makes {list(PARAM_NAMES)})")
+    for k in PARAM_NAMES:
+        if not isinstance(params[k], torch.Tensor):
+            raise TypeError(f"{name}['{k}'] must be a tensor, got {describe(params[k])}")
+
+
 def gaussians_from_params(params: dict[str, torch.Tensor]) -> Gaussians:
     """:class:`Gaussians` read through the parameterisation of :func:`init_splat_params`
     (``exp`` scales, ``sigmoid`` opacities, SH = [sh0, shN])."""
+    _check_params(params, "params")
     return Gaussians(params["means"], torch.exp(params["scales"]), params["quats"], torch.sigmoid(params["opacities"]),
                      torch.cat([params["sh0"], params["shN"]], 1))
 
@@ -644,6 +666,9 @@ def splat_optimizer(params: dict[str, torch.nn.Parameter], lrs: dict[str, float]
     """Adam with one parameter group per splat parameter (``group["name"]``) and its own learning
     rate ``lrs[name]`` (3DGS defaults are means 1.6e-4 x scene extent, scales 5e-3, quats 1e-3,
     opacities 5e-2, sh0 2.5e-3, shN 2.5e-3 / 20)."""
+    _check_params(params, "params")
+    if not isinstance(lrs, dict):
+        raise TypeError(f"lrs must be a dict of parameter name -> learning rate, got {describe(lrs)}")
     missing = [k for k in PARAM_NAMES if k not in lrs]
     if missing:
         raise ValueError(f"lrs: missing learning rates for {missing}")

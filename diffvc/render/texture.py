@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .._validate import as_int, check_float, check_same_dtype
+from .._validate import as_int, as_tuple, check_float, check_same_dtype
 import torch.nn.functional as Fn
 
 WRAPS = ("repeat", "clamp")
@@ -83,6 +83,8 @@ def level_of_detail(uv: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Mip level (B, H, W) from the screen-space footprint of a pixel in texels: log2 of the
     larger of |d(uv*size)/dx| and |d(uv*size)/dy| (one-sided differences to the next pixel,
     the previous one at the last row/column), clamped at 0. Not differentiated."""
+    check_float(uv, "uv", shape=("B", "H", "W", 2), coerce=False)
+    size = as_tuple(size, "size", 2, integer=True, minimum=1)
     with torch.no_grad():
         s = uv.detach() * torch.tensor([size[1], size[0]], dtype=uv.dtype, device=uv.device)
         dx = torch.zeros_like(s)

@@ -41,7 +41,7 @@ def test_relative_errors():
     assert relative_error(torch.tensor([3.0, 4.0]), [0.0, 0.0]) == pytest.approx(5.0)  # absolute at zero
     r = relative_errors({"m": torch.tensor(2.2), "mu": 0.5}, {"m": 2.0, "mu": 0.4})
     assert r["rel_error_m"] == pytest.approx(0.1, rel=1e-6) and r["rel_error_mu"] == pytest.approx(0.25)
-    with pytest.raises(KeyError, match="estimates"):
+    with pytest.raises(ValueError, match="estimates"):
         relative_errors({}, {"m": 1.0})
 
 
