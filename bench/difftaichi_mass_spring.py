@@ -265,9 +265,10 @@ def run_diffvc(iters: int, fused: bool = True):
     params = [p.requires_grad_() for p in params]
     waves = torch.sin(OMEGA * DT * torch.arange(STEPS, dtype=phases.dtype)[:, None] + phases)
     goal3 = torch.cat([goal, goal.new_zeros(1)])
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for it in range(iters + 1):
         t0 = time.perf_counter()
+        c0 = time.process_time()
         if fused:
             final, _ = model.controlled_segment(s0, DT, STEPS, waves, goal3, *params, dims=2, scale=0.05)
         else:
@@ -279,10 +280,12 @@ def run_diffvc(iters: int, fused: bool = True):
             for p, g in zip(params, grads):
                 p -= scale * g
         t1 = time.perf_counter()
+        c1 = time.process_time()
         losses.append(float(loss.detach()))
         if it > 0:
             times.append(t1 - t0)
-    return {"times": times, "losses": losses}
+            cpu.append(c1 - c0)
+    return {"times": times, "cpu": cpu, "losses": losses}
 
 
 def run(quick: bool = False) -> dict:
@@ -299,6 +302,7 @@ def run(quick: bool = False) -> dict:
            "iterations_timed": iters, "load_average": os.getloadavg(),
            "diffvc_ms_per_iteration": 1e3 * statistics.median(ours["times"]),
            "diffvc_min_ms": 1e3 * min(ours["times"]), "diffvc_losses": ours["losses"],
+           "diffvc_cpu_ms_per_iteration": 1e3 * statistics.median(ours["cpu"]),
            "diffvc_torch_threads": 1, "diffvc_torch_twin_ms_per_iteration": 1e3 * statistics.median(twin["times"])}
     if "times" in ti:
         out["difftaichi_ms_per_iteration"] = 1e3 * statistics.median(ti["times"])
