@@ -10,7 +10,11 @@ Two ops, each a forward kernel and a hand-written backward kernel (no Warp gener
   ``t_near`` and ``t_far``, trilinear density and colour features (RGB, or spherical-harmonic
   coefficients with a sigmoid), compositing. Memory-lean: forward saves the inputs and the
   per-ray outputs only; backward re-marches each ray in forward order and scatters gradients into
-  the grids (no per-sample activation is ever stored).
+  the grids (no per-sample activation is ever stored). Specialised kernels serve the common cases
+  with straight-line code: RGB emission (``march_rgb_*``: the density grid and the (X, Y, Z, 3)
+  colour grid read in place, gradients scattered into grids of the same layout) and absorption only
+  (``march_abs_*``); the generic kernels (packed table) serve SH coefficients and other channel
+  counts.
 
 Compositing (both ops), per ray with samples ``i = 0..S-1``::
 
@@ -25,9 +29,10 @@ Backward (one forward-order pass per ray): with ``v_i = g_colour . c_i + g_depth
 total ``L = g_colour . colour + g_depth depth + g_T T_end``,
 ``dL/dtau_i = T_{i+1} v_i - (L - sum_{j<=i} w_j v_j)`` (the suffix sum carried in float64).
 
-CPU: the forward launch is split over cores (disjoint per-ray outputs); the backward launch too,
-with one private set of grid-gradient buffers per worker (Warp's CPU atomics are not atomic across
-threads), summed afterwards. Per-ray gradients are disjoint and shared.
+CPU: the forward launch is split over cores (disjoint per-ray outputs) into chunks of equal work
+(rays that hit the box); the backward launch too, with one private set of grid-gradient buffers per
+worker (Warp's CPU atomics are not atomic across threads): worker 0's are returned, the others are
+added to them. Per-ray gradients are disjoint and shared.
 """
 
 from __future__ import annotations
