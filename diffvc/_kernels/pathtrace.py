@@ -757,39 +757,31 @@ def sample_bsdf_dirs(offset: int, kind: int, rough: float, n: wp.array(dtype=wp.
 
 
 MAX_EDGES_SCANNED = wp.constant(512)
+STATIC_EDGE_WEIGHT = wp.constant(0.1)
 
 
 @wp.func
 def edge_weight(scene: Scene, edges: wp.array(dtype=wp.int32, ndim=2), j: int, p: wp.vec3, n: wp.vec3,
                 moving: int):
-    """Selection weight of edge ``j`` (row ``(v0, v1, dynamic, face1, face2)``) seen from ``p``:
-    the angle it subtends when it can be above the horizon. An edge of static faces only counts
-    when ``p`` moves and the edge is a silhouette seen from ``p`` (or a mesh boundary): what lies
-    beside a static edge is static and parameterised by its material points (see
-    ``pt_edges.path_terms``), so only an occluding edge can move relative to it."""
+    """Selection weight of edge ``j`` seen from ``p``: the angle it subtends when it can be above
+    the horizon, times ``STATIC_EDGE_WEIGHT`` for an edge of static faces seen from a static
+    point (it only matters when what lies behind it moves)."""
     A = scene.verts[edges[j, 0]] - p
     B = scene.verts[edges[j, 1]] - p
     la = wp.length(A)
     lb = wp.length(B)
     if la <= 0.0 or lb <= 0.0 or wp.max(wp.dot(n, A), wp.dot(n, B)) <= 0.0:
         return 0.0
-    if edges[j, 2] == 0:
-        if moving == 0:
-            return 0.0
-        f1 = edges[j, 3]
-        f2 = edges[j, 4]
-        if moving == 1 and f1 != f2:
-            s1 = wp.dot(face_normal(scene, f1), p - scene.verts[scene.faces[f1, 0]])
-            s2 = wp.dot(face_normal(scene, f2), p - scene.verts[scene.faces[f2, 0]])
-            if (s1 > 0.0) == (s2 > 0.0):
-                return 0.0
-    return wp.acos(wp.clamp(wp.dot(A, B) / (la * lb), -1.0, 1.0))
+    w = wp.acos(wp.clamp(wp.dot(A, B) / (la * lb), -1.0, 1.0))
+    if moving == 0 and edges[j, 2] == 0:
+        w = w * STATIC_EDGE_WEIGHT
+    return w
 
 
 @wp.func
 def pick_edge_point(scene: Scene, edges: wp.array(dtype=wp.int32, ndim=2), ne: int, p: wp.vec3, n: wp.vec3,
                     moving: int, u: float, v: float):
-    """A point on one of the ``ne`` edges (rows ``(v0, v1, dynamic, face1, face2)``) for edge sampling at ``p``
+    """A point on one of the ``ne`` edges (rows ``(v0, v1, dynamic)``) for edge sampling at ``p``
     (normal ``n``; ``moving``: does ``p`` move): ``(edge, t, w_len, w_ang)`` with
     ``1 / pdf(t) = w_len + w_ang / |d omega / dt|``. Up to ``MAX_EDGES_SCANNED`` edges: an edge
     is chosen in proportion to :func:`edge_weight` and the point uniformly in the angle it
@@ -891,7 +883,6 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
     if n_src > 0:
         p_sel = 1.0 / float(n_src)
     moving = int(0)
-    prev_dyn = int(0)
     for k in range(max_depth):
         q = wp.mesh_query_ray(scene.mesh, o, d, 1.0e30)
         if not q.result:
@@ -983,10 +974,8 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
                     rec_lpos[i, k] = lpos
                     rec_cn[i, k] = wp.dot(adj, cmul(cmul(beta, fcol), li)) * (ci * geo)
         if do_edges != 0 and n_edges > 0:
-            # a vertex moves when its face moves or it was reached from a vertex on a moving face
-            # (other vertices of static faces are material points, see pt_edges.path_terms)
-            moving = wp.max(2 * dynamic[f], prev_dyn)
-            prev_dyn = dynamic[f]
+            # a vertex moves when its face moves or an earlier vertex did (it slides along its ray)
+            moving = wp.max(moving, dynamic[f])
             kk, t, w_len, w_ang = pick_edge_point(scene, edges, n_edges, p, n, moving, wp.randf(state),
                                                   wp.randf(state))
             a = scene.verts[edges[kk, 0]]
@@ -1280,8 +1269,8 @@ def path_derivative(prep: PreparedScene, cam, edges: torch.Tensor, dynamic: torc
                     max_depth: int, rr_depth: int, do_edges: bool, do_interior: bool, adj_image: torch.Tensor) -> dict:
     """The records of :func:`path_derivative_records` for ``H * W * spp`` camera paths of up to
     ``max_depth`` vertices, as tensors of shape (N, max_depth[, 3]) named after the kernel's
-    ``rec_*`` arguments. ``edges`` (E, 5): the candidate edges (two vertex indices, 1 when the
-    edge belongs to a moving face, and its two faces, equal for a boundary edge); ``dynamic`` (F,): the moving faces; ``adj_image`` (H * W, 3):
+    ``rec_*`` arguments. ``edges`` (E, 3): the candidate edges (two vertex indices and 1 when the
+    edge belongs to a moving face); ``dynamic`` (F,): the moving faces; ``adj_image`` (H * W, 3):
     the adjoint image."""
     c = _camera(cam)
     N = c.height * c.width * spp
@@ -1295,7 +1284,7 @@ def path_derivative(prep: PreparedScene, cam, edges: torch.Tensor, dynamic: torc
     rec.update({k: torch.zeros(N, D, 3, device=dev) for k in names_v})
     n_edges = int(edges.shape[0])
     if n_edges == 0:  # Warp arrays need storage
-        edges = torch.zeros(1, 5, dtype=torch.int32, device=dev)
+        edges = torch.zeros(1, 3, dtype=torch.int32, device=dev)
     e32 = edges.to(device=dev, dtype=torch.int32).contiguous()
     dyn = dynamic.to(device=dev, dtype=torch.int32).contiguous()
     _, g = prep.new_grads()

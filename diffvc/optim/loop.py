@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 
 from .._validate import as_float, describe
 from . import checkpoint as _ckpt
-from . import eager as _eager
 from .distributed import all_reduce_, world_size
 from .parameters import ParameterSet
 
@@ -132,13 +131,13 @@ def optimize(
         raise ValueError("params: need at least one tensor and every tensor must require grad")
     kw = dict(optimizer_kwargs or {})
     if method == "adam":
-        opt = _eager.Adam(tensors, lr=lr, **kw)   # torch's, without the torch._dynamo import
+        opt = torch.optim.Adam(tensors, lr=lr, **kw)
     elif method == "sgd":
-        opt = _eager.SGD(tensors, lr=lr, **kw)
+        opt = torch.optim.SGD(tensors, lr=lr, **kw)
     else:
         kw.setdefault("line_search_fn", "strong_wolfe")
         kw.setdefault("max_iter", 5)
-        opt = _eager.LBFGS(tensors, lr=lr, **kw)
+        opt = torch.optim.LBFGS(tensors, lr=lr, **kw)
 
     sched = None
     if lr_final is not None:

@@ -24,21 +24,20 @@ Gradients
     the image gradient is ``(L_in - L_out) * (n . d x_edge / d theta) * length / pdf``, with
     ``x_edge`` the edge point's projection (differentiable torch). Vertices and camera.
   - *every later path vertex* (``secondary_spp``, ``interior_spp``; ``pt_edges.path_terms``):
-    camera paths are traced for up to ``max_depth`` vertices; the first vertex slides along its
-    camera ray, vertices on moving faces (and the static vertex after one) slide along the
-    direction they were sampled in (solid-angle parameterisation, Li et al. 2018), other
-    vertices and light samples are material points of static faces (area measure, as
+    camera paths are traced for up to ``max_depth`` vertices; every vertex slides along the
+    direction it was sampled in (the first along its camera ray; solid-angle parameterisation,
+    Li et al. 2018), light samples are material points of the emitters (area measure, as
     next-event estimation samples them). ``interior_spp`` paths per pixel differentiate one
     next-event connection per vertex (geometry factor, area element) and the cosine of every
     sampled link; the BSDF value is held fixed (exact for diffuse surfaces). ``secondary_spp``
     paths per pixel sample one edge per vertex, chosen in proportion to the angle it subtends
-    (edges of static faces only from moving vertices):
+    (edges of static faces get a tenth of the weight until the path has touched a moving face):
     ``f cos L`` is path traced just beside it on both sides and torch differentiates the edge's
     direction from the (moving) vertex (at camera hits without the direct emission, whose
-    boundary is the shadow term below). Sliding into moving faces leaves no geometry factor
-    between a moving and a static surface to differentiate, whose 1 / distance growth made the
-    contact band heavy-tailed; material points elsewhere keep sliding motion from compounding
-    along the path.
+    boundary is the shadow term below). Sliding vertices
+    instead of material ones (Zhang et al. 2020) leave no geometry factor between a moving and
+    a static surface to differentiate, whose 1 / distance growth made the contact band
+    heavy-tailed.
   - *shadows* (with ``secondary_spp``; ``pt_edges.shadow_pool``): the visibility boundary of
     direct light is sampled from the light's side, the way projective and path-space methods
     sample boundary segments from a light (Zhang et al. 2020, 2023): a light point (point

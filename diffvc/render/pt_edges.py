@@ -151,15 +151,13 @@ def edge_term(prep, scene, camera: Cameras, cam, n_samples: int, edge_spp: int, 
     return _EdgeFn.apply(samples, meta, scene.vertices, camera.R, camera.t, camera.intrinsics)
 
 
-def secondary_candidate_edges(scene, dynamic_only: bool = True, return_faces: bool = False):
+def secondary_candidate_edges(scene, dynamic_only: bool = True) -> torch.Tensor:
     """(E, 2) edges that can bound what a surface point sees: boundaries, creases and material
     boundaries (silhouettes from any point are creases); only edges of ``scene.dynamic_faces``
-    when ``dynamic_only``. With ``return_faces``: ``(edges, face1 (E,), face2 (E,))``, the first
-    and last face using each edge (equal for a boundary edge)."""
+    when ``dynamic_only``."""
     faces = scene.faces.long()
     if faces.shape[0] == 0:
-        e = torch.zeros(0, 2, dtype=torch.long, device=faces.device)
-        return (e, e[:, 0], e[:, 0]) if return_faces else e
+        return torch.zeros(0, 2, dtype=torch.long, device=faces.device)
     uniq, f1, f2, counts = edge_owners(faces)
     v = scene.vertices.detach().to(torch.float64)
     tri = v[faces]
@@ -169,12 +167,9 @@ def secondary_candidate_edges(scene, dynamic_only: bool = True, return_faces: bo
     if dynamic_only and scene.dynamic_faces is not None:
         dyn = scene.dynamic_faces.bool()
         keep &= dyn[f1] | dyn[f2]
-    if return_faces:
-        return uniq[keep], f1[keep], f2[keep]
     return uniq[keep]
 
 
-_DEBUG = None  # diagnostics: called with each group of per-sample terms (name, rows, records, index, terms, v)
 _CHUNK = 1 << 15  # paths differentiated per torch pass (bounds the autograd graph's memory)
 
 
@@ -202,7 +197,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor,
-                  origin: torch.Tensor, shadow: dict | None = None, dynamic: torch.Tensor | None = None) -> torch.Tensor:
+                  origin: torch.Tensor, shadow: dict | None = None) -> torch.Tensor:
     """Gradient w.r.t. ``vertices`` of the terms recorded by
     :func:`diffvc._kernels.pathtrace.path_derivative` (see :func:`path_terms`). ``shadow``: the
     :func:`shadow_pool` (key ``pool``) and what connecting path vertices to it needs (``prep``,
@@ -240,55 +235,29 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
         pos0 = R["pos"].to(dt)
         cn = torch.where(ui, R["cn"].to(dt), torch.zeros((), dtype=dt))
         o = origin.to(dt)
-        # which vertices slide: x_0 (along its camera ray), vertices on moving faces, and vertices
-        # of static faces reached from a vertex on a moving face (along the direction sampled
-        # there: one step, then the chain stops); the others are material points of static faces
-        # (area measure) and never move. Sliding into a moving face leaves no geometry factor
-        # between a static point and the moving face (its derivative has infinite variance where
-        # they touch: the contact band), and the static point after it moves with the face
-        # (a box sliding on the floor drags the floor points it sends light to along), while
-        # stopping after one step keeps the 1 / cos growth of sliding from compounding.
-        if dynamic is None:
-            slide = torch.ones_like(valid)
-        else:
-            dv = dynamic.bool()[fidx] & valid
-            slide = dv.clone()
-            slide[:, 1:] |= dv[:, :-1] & valid[:, 1:]
-        slide[:, 0] = True
         with torch.enable_grad():
             v = vertices.detach().requires_grad_(True)
-            # sliding vertices: solid angle at the vertex before; the others: material points
-            Xs, Ns, Ar, dirs = [], [], [], []
+            # every vertex slides along its sampled direction (solid-angle parameterisation): x_0
+            # along its camera ray, x_{k+1} along the direction sampled at x_k
+            Xs, Ns, dirs = [], [], []
             prev = o.expand(r.numel(), 3)
             for k in range(D):
                 dk = _unit(pos0[:, k] - (o if k == 0 else pos0[:, k - 1]))
                 h = hit_from_face(v, faces, fidx[:, k], prev, dk)
-                mp, mn, mar = _material(v, faces, fidx[:, k], pos0[:, k])
-                sl = slide[:, k, None]
-                Xs.append(torch.where(valid[:, k, None], torch.where(sl, h.point, mp), pos0[:, k]))
-                Ns.append(torch.where(sl, h.normal, mn))
-                Ar.append(mar)
+                Xs.append(torch.where(valid[:, k, None], h.point, pos0[:, k]))
+                Ns.append(h.normal)
                 dirs.append(dk)
                 prev = Xs[-1]
             X, Nrm, Dir = torch.stack(Xs, 1), torch.stack(Ns, 1), torch.stack(dirs, 1)
             S = torch.zeros((), dtype=dt)
             if D > 1:
-                # the throughput of each sampled link x_j -> x_{j+1} is in every later connection:
-                # into a sliding vertex, the cosine at x_j along the fixed sampled direction; into a
-                # static material point, the geometry factor cos_j cos_{j+1} / r^2 (the BSDF and
-                # the sampling density are held fixed)
+                # the cosine of each sampled link x_j -> x_{j+1} (at x_j; it is in the throughput of
+                # every later connection; the BSDF and the sampling density are held fixed)
                 rem = cn.flip(1).cumsum(1).flip(1)[:, 1:]
                 cj = (Nrm[:, :-1] * Dir[:, 1:]).sum(-1).abs()
-                rv = X[:, 1:] - X[:, :-1]
-                r2 = (rv * rv).sum(-1).clamp_min(1e-20)
-                rh = rv / r2.sqrt()[..., None]
-                gj = (Nrm[:, :-1] * rh).sum(-1).abs() * (Nrm[:, 1:] * rh).sum(-1).abs() / r2 * torch.stack(Ar, 1)[:, 1:]
-                cj = torch.where(slide[:, 1:], cj, gj)
                 cj0 = cj.detach()
                 ok = valid[:, 1:] & (cj0 > 0) & (rem != 0)
                 S = S + (rem[ok] * cj[ok] / cj0[ok]).sum()
-                if _DEBUG is not None:
-                    _DEBUG("link", r, R, torch.nonzero(ok, as_tuple=True), rem[ok] * cj[ok] / cj0[ok], v)
             pi, ki = torch.nonzero(ui, as_tuple=True)
             if pi.numel():  # next-event connections: area lights in area measure (material points)
                 xk, nk = X[pi, ki], Nrm[pi, ki]
@@ -310,8 +279,6 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
                 G0 = G.detach()
                 ok = G0 > 0
                 S = S + (cn[pi, ki][ok] * G[ok] / G0[ok]).sum()
-                if _DEBUG is not None:
-                    _DEBUG("nee", r, R, (pi[ok], ki[ok]), cn[pi, ki][ok] * G[ok] / G0[ok], v)
             pe_, ke = torch.nonzero(ue, as_tuple=True)
             if pe_.numel():  # visibility boundaries seen from the (moving) vertex
                 ed = edges[R["edge"][pe_, ke].long()]
@@ -321,31 +288,19 @@ def _records_grad(rec: dict, vertices: torch.Tensor, faces: torch.Tensor, edges:
                 nv = R["nv"][pe_, ke].to(dt)
                 at_camera_hit = (ke == 0) & has_pool
                 for side, sign in (("m", 1.0), ("p", -1.0)):
-                    # what lies beside the edge is parameterised as the next vertex would be: a
-                    # moving face (or the environment) by direction, so its radiance moves with the
-                    # edge's image; a static face by its material points, so only the edge's motion
-                    # relative to them counts (nothing for a static edge seen from a static point:
-                    # concave creases, material boundaries). The emission of the first hit beside
-                    # the edge is direct light, which next-event estimation differentiates in area
-                    # measure: at camera hits its visibility boundary is the shadow lines' term
-                    # (shadow_pool, sampled from the lights); at later vertices it counts here,
-                    # relative to the emitter's material point
+                    # radiance beside the edge moves with the edge's image (solid angle); the emission
+                    # of the first hit beside it is direct light, which next-event estimation
+                    # differentiates in area measure: at camera hits its visibility boundary is the
+                    # shadow lines' term (shadow_pool, sampled from the lights); at later vertices it
+                    # counts here, relative to the emitter's material point
                     c = R["c" + side][pe_, ke].to(dt)
                     ce = R["e" + side][pe_, ke].to(dt)
                     fs = R["f" + side][pe_, ke].long()
                     ys = R["y" + side][pe_, ke].to(dt)
                     ym, _, _ = _material(v, faces, fs.clamp_min(0), ys)
                     oms = torch.where((fs >= 0)[:, None], _unit(ym - xk), ys)
-                    if dynamic is None:
-                        still = torch.zeros_like(fs >= 0)
-                    else:
-                        still = (fs >= 0) & ~dynamic.bool()[fs.clamp_min(0)] & ~dynamic.bool()[face[pe_, ke]]
                     rel = torch.where(at_camera_hit, torch.zeros_like(ce), ce)
-                    rel = rel + torch.where(still, c - ce, torch.zeros_like(c))
-                    fixed = torch.where(still, torch.zeros_like(c), c - ce)
-                    S = S + sign * (fixed * (nv * om).sum(-1) + rel * (nv * (om - oms)).sum(-1)).sum()
-                    if _DEBUG is not None:
-                        _DEBUG("edge_" + side, r, R, (pe_, ke), sign * (fixed * (nv * om).sum(-1) + rel * (nv * (om - oms)).sum(-1)), v)
+                    S = S + sign * ((c - ce) * (nv * om).sum(-1) + rel * (nv * (om - oms)).sum(-1)).sum()
             ps, ks = torch.nonzero(us, as_tuple=True)
             if ps.numel():  # shadow lines (all lights) seen from x_k
                 prev = torch.where((ks == 0)[:, None], o.expand(ps.numel(), 3), pos0[ps, (ks - 1).clamp_min(0)])
@@ -646,8 +601,7 @@ class _PathTermsFn(torch.autograd.Function):
             if do_edges and pool is not None:
                 shadow = {"pool": pool, "prep": info["prep"], "max_depth": info["max_depth"],
                           "gen": torch.Generator().manual_seed(seed + 3), "face_albedo": info["face_albedo"]}
-            gv = gv + _records_grad(rec, vertices, info["faces"], info["edges"][:, :2].long(), info["origin"], shadow,
-                                    info["dynamic"])
+            gv = gv + _records_grad(rec, vertices, info["faces"], info["edges"][:, :2].long(), info["origin"], shadow)
         if pool is not None:
             with torch.enable_grad():
                 v = vertices.detach().requires_grad_(True)
@@ -660,16 +614,13 @@ class _PathTermsFn(torch.autograd.Function):
 def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_spp: int, seed: int, max_depth: int,
                rr_depth: int) -> torch.Tensor:
     """Zero image whose backward adds the geometry derivative at every vertex of camera paths of
-    up to ``max_depth`` bounces. Parameterisation (any choice per vertex is exact when the
-    interior and boundary terms use the same one): the first vertex slides along its camera ray
-    (the image-space boundary is :func:`edge_term`'s); a vertex on a moving face
-    (``scene.dynamic_faces``), and a vertex on a static face reached from one, slides along the
-    direction sampled at the vertex before (solid angle, Li et al. 2018); every other vertex is
-    a material point of its static face (area measure, Zhang et al. 2020), and so are light
-    samples. The geometry factor between a static point and a moving face is never
-    differentiated (it grows like 1 / distance where they touch: infinite variance in the
-    contact band), and the chain of sliding vertices stops one step after the moving face (each
-    step multiplies the motion by 1 / cos).
+    up to ``max_depth`` bounces. Parameterisation: the first vertex slides along its camera ray
+    (the image-space boundary is :func:`edge_term`'s), every later vertex slides along the
+    direction sampled at the one before (solid angle, Li et al. 2018); light samples are
+    material points of the emitters (area measure, as next-event estimation samples them).
+    Sliding vertices leave no geometry factor between a moving and a static surface to
+    differentiate (in the material form of Zhang et al. 2020 it grows like 1 / distance where a
+    moving surface touches a static one: a heavy tail in the contact band).
 
     * ``interior_spp`` paths per pixel: the derivative of one next-event connection per vertex
       (geometry factor and the emitter's area element) and of the cosine of every sampled link
@@ -678,11 +629,8 @@ def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_sp
       (Li et al. 2018, secondary edges): the jump ``F_minus - F_plus`` of ``f cos L`` across an
       edge's image times the edge's angular motion seen from the moving vertex; the emission of
       the first hit beside the edge (direct light) counts relative to the emitter's material
-      point, except at camera hits, where the next item samples it; what lies beside the edge
-      on a static face counts relative to its material point when the next vertex would be one.
-      Edges of static faces are sampled only from moving vertices (from sliding static
-      vertices: only silhouettes, since a static edge between visible static faces does not
-      move relative to their material points).
+      point, except at camera hits, where the next item samples it. Edges of static
+      faces are sampled with a tenth of their weight until the path has touched a moving face.
     * with ``secondary_spp``: the visibility boundary of direct light, sampled from the lights
       (:func:`shadow_pool`, ``max(4096, H W secondary_spp)`` shadow-line points per point or
       directional light and for the area lights): seen by the camera; the point and
@@ -694,11 +642,10 @@ def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_sp
         return zero
     dyn = scene.dynamic_faces if scene.dynamic_faces is not None else torch.ones(F, dtype=torch.bool)
     dyn = dyn.to(scene.vertices.device)
-    all_e, ef1, ef2 = secondary_candidate_edges(scene, dynamic_only=False, return_faces=True)
+    all_e = secondary_candidate_edges(scene, dynamic_only=False)
     dyn_v = torch.zeros(scene.vertices.shape[0], dtype=torch.bool, device=dyn.device)
     dyn_v[scene.faces[dyn].reshape(-1).long()] = True
-    edges = torch.cat([all_e, (dyn_v[all_e[:, 0]] | dyn_v[all_e[:, 1]]).long()[:, None], ef1[:, None], ef2[:, None]],
-                      1)
+    edges = torch.cat([all_e, (dyn_v[all_e[:, 0]] | dyn_v[all_e[:, 1]]).long()[:, None]], 1)
     passes = []
     if secondary_spp > 0 and secondary_spp == interior_spp:
         passes.append((secondary_spp, seed, True, True))
