@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .._validate import as_float, describe
 from . import checkpoint as _ckpt
+from . import eager as _eager
 from .distributed import all_reduce_, world_size
 from .parameters import ParameterSet
 
@@ -25,17 +26,6 @@ class History:
     seconds: float = 0.0
     stopped_early: bool = False
     skipped: list[int] = field(default_factory=list)   # iterations whose non-finite gradient was skipped
-
-    def __post_init__(self):
-        for name in ("loss", "params", "skipped"):
-            v = getattr(self, name)
-            if not isinstance(v, list):
-                raise TypeError(f"{name} must be a list, got {describe(v)}")
-        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in self.loss):
-            raise TypeError("loss must be a list of numbers (one per iteration)")
-        if any(not isinstance(p, dict) for p in self.params):
-            raise TypeError("params must be a list of dicts (parameter values before each step)")
-        self.seconds = as_float(self.seconds, "seconds", nonneg=True)
 
     @property
     def iterations(self) -> int:
@@ -131,13 +121,13 @@ def optimize(
         raise ValueError("params: need at least one tensor and every tensor must require grad")
     kw = dict(optimizer_kwargs or {})
     if method == "adam":
-        opt = torch.optim.Adam(tensors, lr=lr, **kw)
+        opt = _eager.Adam(tensors, lr=lr, **kw)   # torch's, without the torch._dynamo import
     elif method == "sgd":
-        opt = torch.optim.SGD(tensors, lr=lr, **kw)
+        opt = _eager.SGD(tensors, lr=lr, **kw)
     else:
         kw.setdefault("line_search_fn", "strong_wolfe")
         kw.setdefault("max_iter", 5)
-        opt = torch.optim.LBFGS(tensors, lr=lr, **kw)
+        opt = _eager.LBFGS(tensors, lr=lr, **kw)
 
     sched = None
     if lr_final is not None:
