@@ -27,6 +27,17 @@ class History:
     stopped_early: bool = False
     skipped: list[int] = field(default_factory=list)   # iterations whose non-finite gradient was skipped
 
+    def __post_init__(self):
+        for name in ("loss", "params", "skipped"):
+            v = getattr(self, name)
+            if not isinstance(v, list):
+                raise TypeError(f"{name} must be a list, got {describe(v)}")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in self.loss):
+            raise TypeError("loss must be a list of numbers (one per iteration)")
+        if any(not isinstance(p, dict) for p in self.params):
+            raise TypeError("params must be a list of dicts (parameter values before each step)")
+        self.seconds = as_float(self.seconds, "seconds", nonneg=True)
+
     @property
     def iterations(self) -> int:
         return len(self.loss)
