@@ -255,7 +255,7 @@ def train(name, model, groups, o, d, target, iters, batch, n_samples, gen, progr
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if evals is not None and ((it + 1) % evals[0] == 0 or it + 1 == iters):
             curve.append(evals[1]())
         bar.set_postfix(loss=f"{losses[-1]:.2e}", psnr=f"{-10 * math.log10(max(losses[-1], 1e-20)):.1f}",
@@ -358,7 +358,7 @@ def _fit_neural(job: dict) -> dict:
     cfg, quick, test_cams, test_img = job["cfg"], job["quick"], job["test_cams"], job["test_img"]
     neural = NeuralRadiance(levels=8 if quick else 12, log2_table=15 if quick else 17,
                             max_resolution=128 if quick else 256)
-    iters = cfg.iterations(full=1500, quick=200)
+    iters = cfg.iterations(full=1500, quick=300)
     batch, ns = (1024, 48) if quick else (4096, 96)
 
     def hooks(it):
