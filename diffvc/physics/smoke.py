@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from .._kernels import Out, kernel_op
-from .._validate import check_dt
+from .._validate import check_dt, check_float, check_same_dtype
 from .._kernels.smoke import Jacobi2D, advect2d, advect3d, smoke_segment2d
 
 __all__ = ["SmokeModel", "SmokeState"]
@@ -90,6 +90,25 @@ class SmokeState:
 
     density: torch.Tensor
     velocity: tuple
+
+    def __post_init__(self):
+        # checked on construction: floating, finite, one dtype, face arrays of the density's grid
+        # (n_a + 1 or n_a cells along their own axis; sizes against a model are checked by its step)
+        check_float(self.density, "density", coerce=False)
+        d = self.density.dim()
+        if d not in (2, 3):
+            raise ValueError(f"density must be a 2-D or 3-D grid, got shape {tuple(self.density.shape)}")
+        if not isinstance(self.velocity, (tuple, list)) or len(self.velocity) != d:
+            raise TypeError(f"velocity must be a tuple of {d} face arrays, got {type(self.velocity).__name__}")
+        object.__setattr__(self, "velocity", tuple(self.velocity))
+        for a, u in enumerate(self.velocity):
+            name = f"velocity[{a}]"
+            check_float(u, name, coerce=False)
+            n = tuple(self.density.shape)
+            ok = [n[:a] + (n[a] + extra,) + n[a + 1:] for extra in (1, 0)]
+            if tuple(u.shape) not in ok:
+                raise ValueError(f"{name} must have shape {ok[0]} (walls) or {ok[1]} (periodic), got {tuple(u.shape)}")
+            check_same_dtype(("density", self.density), (name, u))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import torch
 
 from .._kernels import launch, parallel_launch
 from .._kernels import raster as K
-from .._validate import as_int, check_choice, check_finite, check_float, check_same_dtype
+from .._validate import as_int, check_choice, check_finite, check_float, check_same_dtype, describe
 from .._validate import check_faces as _check_faces
 from .rasterize import BACKENDS, Fragments
 
@@ -93,6 +93,28 @@ class MeshTopology:
     fans: torch.Tensor
     component: torch.Tensor
     faces: torch.Tensor
+
+    def __post_init__(self):
+        # built once per face list by mesh_topology; checked here so a hand-built or mismatched
+        # topology is refused before a kernel reads it
+        for name in ("neighbors", "vert_face_start", "vert_faces", "fans", "component"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.dtype == torch.bool:
+                raise TypeError(f"{name} must be an integer tensor, got {describe(t)}")
+        V = self.vert_face_start.shape[0] - 1 if self.vert_face_start.dim() == 1 else -1
+        if V < 0:
+            raise ValueError(f"vert_face_start must have shape (V + 1,), got {tuple(self.vert_face_start.shape)}")
+        object.__setattr__(self, "faces", _check_faces(self.faces, V, dtype=torch.int32))
+        F = self.faces.shape[0]
+        for name, shape in (("neighbors", (F, 3)), ("vert_faces", (3 * F,)), ("component", (F,))):
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}")
+        if self.fans.dim() != 2 or self.fans.shape[0] != V:
+            raise ValueError(f"fans must have shape ({V}, max_valence), got {tuple(self.fans.shape)}")
+        for name, lo, hi in (("neighbors", -1, F), ("vert_faces", 0, F), ("fans", -1, F), ("vert_face_start", 0, 3 * F + 1)):
+            t = getattr(self, name)
+            if t.numel() and (int(t.min()) < lo or int(t.max()) >= hi):
+                raise ValueError(f"{name} entries must lie in [{lo}, {hi})")
 
 
 def _components(fl: torch.Tensor, V: int) -> torch.Tensor:

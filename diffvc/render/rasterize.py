@@ -25,7 +25,7 @@ import torch
 
 from .._kernels import parallel_launch
 from .._kernels.bridge import split_chunks
-from .._validate import as_float, as_int, check_choice, check_finite, check_same_dtype
+from .._validate import as_float, as_int, check_choice, check_finite, check_float, check_same_dtype, describe
 from .._validate import check_faces as _check_faces
 from .._kernels import raster as K
 from .cameras import Cameras
@@ -52,6 +52,21 @@ class Fragments:
     faces: torch.Tensor
     perspective: bool
     near: float = 1e-3
+
+    def __post_init__(self):
+        # fragments built by hand (e.g. from another rasterizer) are checked in full; rasterize's
+        # own output is correct by construction and skips this (see _fragments)
+        if not isinstance(self.face_id, torch.Tensor) or self.face_id.is_floating_point() or \
+                self.face_id.dtype == torch.bool or self.face_id.dim() != 3:
+            raise TypeError(f"face_id must be a (B, H, W) integer tensor (-1 on background), got {describe(self.face_id)}")
+        bhw = tuple(self.face_id.shape)
+        check_float(self.screen, "screen", shape=(bhw[0], "V", 3), coerce=False)
+        object.__setattr__(self, "faces", _check_faces(self.faces, self.screen.shape[1], dtype=torch.int32))
+        check_float(self.bary, "bary", shape=bhw + (3,), coerce=False)
+        check_float(self.depth, "depth", shape=bhw, coerce=False)
+        if self.face_id.numel() and (int(self.face_id.min()) < -1 or int(self.face_id.max()) >= self.faces.shape[0]):
+            raise ValueError(f"face_id must lie in [-1, {self.faces.shape[0]}) (a face index or -1)")
+        object.__setattr__(self, "near", as_float(self.near, "near", positive=True))
 
     @property
     def mask(self) -> torch.Tensor:
@@ -174,7 +189,16 @@ def _rasterize(screen, faces, H, W, perspective, near, backend, tile) -> Fragmen
         bary, depth = K.barycentrics_op(screen, faces, face_id, int(perspective))
     else:
         bary, depth = barycentrics_torch(screen, faces, face_id, perspective)
-    return Fragments(face_id, bary, depth, screen, faces, bool(perspective), float(near))
+    return _fragments(face_id, bary, depth, screen, faces, bool(perspective), float(near))
+
+
+def _fragments(*values) -> Fragments:
+    """A :class:`Fragments` of the rasterizer's own output, without re-validating it (every field
+    was checked or produced by the kernels: a hot path at 512^2 and up)."""
+    obj = object.__new__(Fragments)
+    for f, v in zip(("face_id", "bary", "depth", "screen", "faces", "perspective", "near"), values):
+        object.__setattr__(obj, f, v)
+    return obj
 
 
 def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):

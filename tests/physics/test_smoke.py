@@ -157,8 +157,10 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="advection"):
         SmokeModel((8, 8), advection="weno")
     m = SmokeModel((8, 8))
+    with pytest.raises(ValueError, match=r"velocity\[0\] must have shape"):  # refused on construction
+        SmokeState(torch.zeros(8, 7), m.state().velocity)
     with pytest.raises(ValueError, match="state.density"):
-        m.step(SmokeState(torch.zeros(8, 7), m.state().velocity), 0.1)
+        m.step(SmokeState(torch.zeros(8, 7), (torch.zeros(9, 7), torch.zeros(8, 8))), 0.1)
     with pytest.raises(ValueError, match=r"state.velocity\[0\]"):
         m.step(SmokeState(torch.zeros(8, 8), (torch.zeros(8, 8), torch.zeros(8, 9))), 0.1)
     with pytest.raises(ValueError, match="control"):
