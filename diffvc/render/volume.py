@@ -71,6 +71,13 @@ class VolumeRender:
     transmittance: torch.Tensor
     depth: torch.Tensor
 
+    def __post_init__(self):
+        check_float(self.transmittance, "transmittance", shape=("N",), coerce=False)
+        n = self.transmittance.shape[0]
+        check_float(self.depth, "depth", shape=(n,), coerce=False)
+        if self.color is not None:
+            check_float(self.color, "color", shape=(n, "C"), coerce=False)
+
     @property
     def opacity(self) -> torch.Tensor:
         """``1 - transmittance`` (N,)."""
@@ -239,9 +246,16 @@ def importance_samples(t: torch.Tensor, delta: torch.Tensor, weights: torch.Tens
         positions are differentiable w.r.t. ``t`` and ``delta`` (the CDF is not).
     """
     S = _check_samples(n_samples)
+    check_float(t, "t", shape=("N", "S"), coerce=False)
     N, Sc = t.shape
-    w = weights.detach().clamp_min(0) + padding
-    pdf = w / w.sum(-1, keepdim=True)
+    check_float(delta, "delta", shape=(N, Sc), coerce=False)
+    check_float(weights, "weights", shape=(N, Sc), coerce=False)
+    check_same_dtype(("t", t), ("delta", delta))
+    padding = as_float(padding, "padding", nonneg=True)
+    w = weights.detach().to(t.dtype).clamp_min(0) + padding
+    tot = w.sum(-1, keepdim=True)
+    # a ray whose weights are all zero (and no padding) samples its strata uniformly
+    pdf = torch.where(tot > 0, w / tot.clamp_min(torch.finfo(t.dtype).tiny), torch.full_like(w, 1.0 / max(Sc, 1)))
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), pdf.cumsum(-1)], -1)  # (N, Sc+1)
     cdf[:, -1] = 1.0
     jit = _jitter(jitter, t[:, 0])

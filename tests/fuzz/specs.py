@@ -151,6 +151,14 @@ LOAD = [
     ("int_dtype", lambda v, a: v.long(), "error"),
 ]
 
+# an integer tensor (ids, adjacency): wrong type or dtype
+INT_TENSOR = [
+    ("none", lambda v, a: None, "error"),
+    ("string", lambda v, a: "ids", "error"),
+    ("float_dtype", lambda v, a: v.float(), "error"),
+    ("bool_dtype", lambda v, a: v > 0, "error"),
+]
+
 OPT_POS_INT = [m for m in POS_INT if m[0] != "none"] + [("none", lambda v, a: None, "ok")]
 # faces of a function that is not told the vertex count: any non-negative index is a valid vertex
 FACES_ONLY = [m if m[0] != "index_too_large" else ("index_too_large", m[1], "ok") for m in FACES]
@@ -163,7 +171,7 @@ KIND_TABLE = {
     "posfloat": POS_FLOAT, "nonnegfloat": NONNEG_FLOAT, "float": FLOAT, "posint": POS_INT, "nonnegint": NONNEG_INT,
     "vec3": VEC3, "posvec3": POS_VEC3, "choice": CHOICE, "dt": DT, "obj": OBJ, "load": LOAD,
     "tensor": _float_tensor_mutations(None), "optposint": OPT_POS_INT, "faces_only": FACES_ONLY,
-    "tets_only": TETS_ONLY, "pairs": PAIRS, "signal": SIGNAL,
+    "tets_only": TETS_ONLY, "pairs": PAIRS, "signal": SIGNAL, "inttensor": INT_TENSOR,
 }
 
 
@@ -412,6 +420,7 @@ def targets() -> list[Target]:
     add("optim.pyramid_mse", O.pyramid_mse, lambda: {"pred": torch.rand(1, 8, 8, 3), "target": torch.rand(1, 8, 8, 3)},
         {"pred": "tensor", "target": "tensor", "levels": "posint"})
     _more_targets(add, mesh_args, G, R, P, PL, O)
+    _state_and_result_targets(add, mesh_args, G, R, P, PL, O)
     return T
 
 
@@ -880,3 +889,228 @@ def _more_targets(add, mesh_args, G, R, P, PL, O) -> None:
         {"Q": "tensor", "p": "tensor"})
     add("optim.run_context", O.run_context, lambda: {"directory": tmp("ck"), "every": 2},
         {"every": "posint", "directory": "obj"}, overrides={("directory", "string"): "ok"})  # a relative path
+
+
+# Exports that take no malformed input: exception types, a typing Protocol, a namespace module,
+# and a function of no arguments. tests/fuzz/test_fuzz.py checks that every other export of
+# geometry, physics, render, pipeline and optim has a target here.
+NOT_FUZZED = {
+    "optim.NonFiniteGradientError": "an exception type (raised by optimize, never called by users)",
+    "optim.CheckpointError": "an exception type (raised by run_context, never called by users)",
+    "pipeline.Renderer": "a typing.Protocol (the renderer contract), not callable",
+    "pipeline.available_renderers": "takes no arguments",
+}
+
+
+def _state_and_result_targets(add, mesh_args, G, R, P, PL, O) -> None:
+    """State containers of every solver, result containers of every renderer, batching and
+    state flattening, and the remaining render/pipeline/optim helpers."""
+    import tempfile
+
+    pts = lambda n=10: torch.rand(n, 3) - 0.5  # noqa: E731
+    st_kinds = {"x": "verts", "v": "verts"}
+
+    # geometry: the large-steps solve
+    def solve_args():
+        v, f = G.icosphere(0, dtype=torch.float64)
+        L = G.cotangent_laplacian(v, f)
+        return {"solver": G.SparseSolver(G.system_matrix(L, 10.0)), "b": torch.rand(12, 3, dtype=torch.float64)}
+
+    add("geometry.solve", G.solve, solve_args, {"solver": "obj", "b": "tensor"})
+
+    # physics: state containers (validated on construction, like ParticleState)
+    add("physics.FEMState", P.FEMState, lambda: {"x": pts(4), "v": torch.zeros(4, 3)}, st_kinds,
+        names={"x": ["x", "v"]})
+    add("physics.ClothState", P.ClothState, lambda: {"x": pts(4), "v": torch.zeros(4, 3)}, st_kinds,
+        names={"x": ["x", "v"]})
+
+    def mpm_state():
+        x = torch.rand(16, 2) * 0.3 + 0.3
+        return dataclasses_asdict(P.MPMModel.create(x, (16, 16), 1 / 16, E=1e3).initial_state(x))
+
+    add("physics.MPMState", P.MPMState, mpm_state, {"x": "tensor", "v": "tensor", "C": "tensor", "F": "tensor",
+                                                     "Jp": "tensor"},
+        names={k: ["x", "v", "C", "F", "Jp"] for k in ("x", "v", "C", "F", "Jp")})
+    add("physics.SmokeState", P.SmokeState, lambda: dataclasses_asdict(P.SmokeModel((8, 8)).state(
+        density=torch.rand(8, 8))), {"density": "tensor", "velocity": "obj"}, names={"density": ["density", "velocity"]})
+
+    def pendulum_state():
+        b = P.ArticulationBuilder()
+        body = b.add_body(-1, pos=(0.0, 1.0, 0.0), mass=1.0, inertia=(0.01, 0.01, 0.01))
+        b.add_joint(body, "revolute", axis=(0.0, 0.0, 1.0))
+        return dataclasses_asdict(b.build().initial_state())
+
+    add("physics.ArticulatedState", P.ArticulatedState, pendulum_state, {"q": "tensor", "qd": "tensor"},
+        names={"q": ["q", "qd"], "qd": ["q", "qd"]})
+    add("physics.ClothControl", P.ClothControl, lambda: {"pins": pts(2)}, {"pins": "verts"},
+        overrides={("pins", "none"): "ok", ("pins", "extra_batch_dim"): "either"})
+
+    # physics: batching and state flattening
+    add("physics.BatchedModel", P.BatchedModel,
+        lambda: {"model": P.ParticleModel.create(torch.ones(4), 0.05), "n_envs": 2},
+        {"model": "obj", "n_envs": "posint"})
+    add("physics.batch_state", P.batch_state,
+        lambda: {"state": [P.ParticleState(pts(3), torch.zeros(3, 3)) for _ in range(2)], "n_envs": 2},
+        {"state": "obj", "n_envs": "optposint"})
+    add("physics.unbatch", P.unbatch, lambda: {"state": P.ParticleState(pts(6).reshape(2, 3, 3),
+                                                                      torch.zeros(2, 3, 3))}, {"state": "obj"})
+    add("physics.flatten_state", P.flatten_state, lambda: {"state": P.ParticleState(pts(3), torch.zeros(3, 3))},
+        {"state": "obj"}, overrides={("state", "tensor"): "ok"})  # a bare tensor is a state
+    add("physics.unflatten_state", P.unflatten_state,
+        lambda: dict(zip(("tensors", "spec"), P.flatten_state(P.ParticleState(pts(3), torch.zeros(3, 3))))),
+        {"tensors": "obj", "spec": "obj"})
+
+    def jvp_args():
+        x = torch.rand(3, dtype=torch.float64)
+        return {"fn": lambda p: (p ** 2).sum(), "primals": [x], "tangents": [torch.ones_like(x)]}
+
+    add("physics.rollout_jvp", P.rollout_jvp, jvp_args, {"fn": "obj", "primals": "obj", "tangents": "obj"})
+
+    # render: BRDF terms, texture LOD, sampling, scenes, splats
+    dirs = lambda: torch.nn.functional.normalize(torch.rand(6, 3) + 0.1, dim=-1)  # noqa: E731
+    add("render.smith_g1", R.smith_g1, lambda: {"n_dot_w": torch.rand(6, 1), "roughness": torch.rand(6, 1)},
+        {"n_dot_w": "tensor", "roughness": "tensor"})
+    add("render.ggx_brdf", R.ggx_brdf, lambda: {"n": dirs(), "wi": dirs(), "wo": dirs(), "albedo": torch.rand(6, 3),
+                                                "roughness": torch.rand(6, 1), "f0": torch.rand(6, 3)},
+        {"n": "verts", "wi": "verts", "wo": "verts", "albedo": "tensor", "roughness": "tensor", "f0": "tensor"},
+        overrides={(k, "extra_batch_dim"): "ok" for k in ("n", "wi", "wo")})
+    add("render.level_of_detail", R.level_of_detail, lambda: {"uv": torch.rand(1, 8, 8, 2), "size": (16, 16)},
+        {"uv": "tensor", "size": "obj"})
+
+    def imp_args():
+        t = torch.linspace(0.1, 1.0, 8).expand(4, 8).contiguous()
+        return {"t": t, "delta": torch.full((4, 8), 0.9 / 8), "weights": torch.rand(4, 8), "n_samples": 6,
+                "padding": 0.01}
+
+    add("render.importance_samples", R.importance_samples, imp_args,
+        {"t": "tensor", "delta": "tensor", "weights": "tensor", "n_samples": "posint", "padding": "nonnegfloat"})
+    add("render.cornell_box", R.cornell_box,
+        lambda: {"short_box_center": None, "tall_box_center": None, "light_radiance": (10.0, 10.0, 10.0)},
+        {"short_box_center": "vec3", "tall_box_center": "vec3", "light_radiance": "posvec3"},
+        overrides={(k, "none"): "ok" for k in ("short_box_center", "tall_box_center", "light_radiance")})
+
+    def pt_scene_args():
+        sc, _ = R.cornell_box()
+        return {f: getattr(sc, f) for f in ("vertices", "faces", "face_material", "material_kind", "albedo",
+                                            "roughness", "emission")}
+
+    add("render.PathTracingScene", R.PathTracingScene, pt_scene_args,
+        {"vertices": "verts", "faces": "faces", "face_material": "index1d", "albedo": "tensor",
+         "roughness": "tensor", "emission": "tensor"})
+
+    def topo_args():
+        return dataclasses_asdict(R.mesh_topology(_mesh()[1]))
+
+    add("render.MeshTopology", R.MeshTopology, topo_args,
+        {"neighbors": "inttensor", "fans": "inttensor", "faces": "faces"})
+
+    def splat_args():
+        n = 5
+        g = R.Gaussians(means=pts(n), scales=torch.full((n, 3), 0.1), quats=torch.tensor([[1.0, 0, 0, 0]] * n),
+                        opacities=torch.full((n,), 0.5), sh=torch.rand(n, 1, 3))
+        proj = R.project_gaussians(g.means, g.scales, g.quats, _cams())
+        return {"projected": proj, "colors": torch.rand(1, n, 3), "opacities": torch.full((n,), 0.5),
+                "height": 16, "width": 16, "backend": "warp", "tile": 16}
+
+    add("render.rasterize_gaussians", R.rasterize_gaussians, splat_args,
+        {"projected": "obj", "colors": "tensor", "opacities": "tensor", "height": "posint", "width": "posint",
+         "backend": "choice", "tile": "posint"})
+
+    def splat_params():
+        return {k: torch.nn.Parameter(v) for k, v in R.init_splat_params(pts(8), sh_degree=0).items()}
+
+    add("render.gaussians_from_params", R.gaussians_from_params, lambda: {"params": splat_params()},
+        {"params": "obj"})
+    add("render.splat_optimizer", R.splat_optimizer,
+        lambda: (lambda p: {"params": p, "lrs": {k: 1e-3 for k in p}})(splat_params()),
+        {"params": "obj", "lrs": "obj"})
+
+    # render: result containers
+    def frag_args():
+        v, f = _mesh()
+        return dataclasses_asdict(R.rasterize(_cams(), v, f))
+
+    add("render.Fragments", R.Fragments, frag_args,
+        {"face_id": "inttensor", "bary": "tensor", "depth": "tensor", "faces": "faces"})
+
+    def hits_args():
+        o = torch.tensor([[0.0, 0.0, 3.0]]).expand(4, 3).contiguous()
+        d = torch.tensor([[0.0, 0.0, -1.0]]).expand(4, 3).contiguous()
+        return dataclasses_asdict(R.intersect(*_mesh(), o, d))
+
+    add("render.RayHits", R.RayHits, hits_args, {"face": "inttensor", "t": "tensor", "point": "verts",
+                                                "normal": "verts"})
+
+    def sdf_hits_args():
+        o = torch.tensor([[0.0, 0.0, 3.0]]).expand(4, 3).contiguous()
+        d = torch.tensor([[0.0, 0.0, -1.0]]).expand(4, 3).contiguous()
+        return dataclasses_asdict(R.sphere_trace(lambda p: G.sdf_sphere(p, (0.0, 0.0, 0.0), 0.5), o, d))
+
+    add("render.SDFHits", R.SDFHits, sdf_hits_args, {"t": "tensor", "points": "verts", "normals": "verts"})
+    add("render.VolumeRender", R.VolumeRender,
+        lambda: {"color": torch.rand(4, 3), "transmittance": torch.rand(4), "depth": torch.rand(4)},
+        {"color": "tensor", "transmittance": "tensor", "depth": "tensor"}, overrides={("color", "none"): "ok"})
+    add("render.SplatImage", R.SplatImage,
+        lambda: {"color": torch.rand(1, 8, 8, 3), "alpha": torch.rand(1, 8, 8), "depth": torch.rand(1, 8, 8)},
+        {"color": "tensor", "alpha": "tensor", "depth": "tensor"})
+
+    # pipeline: shapes, traversal, frame geometry
+    def shape_args():
+        v, f = _mesh()
+        return {"name": "s", "faces": f, "binding": PL.StaticBinding(v), "color": torch.rand(3), "kind": "mesh",
+                "radius": 0.01}
+
+    add("pipeline.Shape", PL.Shape, shape_args, {"faces": "faces_only", "binding": "obj", "color": "tensor",
+                                                 "kind": "choice", "radius": "posfloat"})
+
+    def scene():
+        sc = PL.Scene(_cams())
+        v, f = _mesh()
+        sc.add_shape("s", f, PL.StaticBinding(v))
+        return sc
+
+    add("pipeline.traverse", PL.traverse, lambda: {"scene": scene()}, {"scene": "obj"})
+    add("pipeline.FrameGeometry", PL.FrameGeometry,
+        lambda: {"meshes": [PL.MeshItem("m", *_mesh(), color=torch.rand(3))], "points": [], "volumes": []},
+        {"meshes": "obj", "points": "obj", "volumes": "obj"},
+        overrides={(k, "none"): "ok" for k in ("meshes", "points", "volumes")})  # None: no items of that kind
+
+    # optim: parameters, history, metrics, distributed helpers
+    add("optim.Param", O.Param, lambda: {"value": 2.0}, {"value": "float"})
+    add("optim.ParameterSet", lambda mass, k: O.ParameterSet(mass=mass, k=k),
+        lambda: {"mass": O.Positive(1.0), "k": O.Free(2.0)}, {"mass": "obj", "k": "obj"})
+
+    def history():
+        h = O.History()
+        for i in range(3):
+            h.loss.append(1.0 / (i + 1))
+            h.params.append({"mass": 1.0 + i})
+        return h
+
+    add("optim.History", O.History, lambda: {"loss": [1.0, 0.5], "params": [{"m": 1.0}, {"m": 2.0}], "seconds": 1.0},
+        {"loss": "obj", "params": "obj", "seconds": "nonnegfloat"}, overrides={("loss", "none"): "error"})
+    add("optim.relative_errors", O.relative_errors, lambda: {"estimates": {"m": 1.1}, "targets": {"m": 1.0}},
+        {"estimates": "obj", "targets": "obj"})
+    add("optim.parameter_curves", O.parameter_curves, lambda: {"history": history(), "final": {"mass": 3.0}},
+        {"history": "obj", "final": "obj"}, overrides={("final", "none"): "ok"})
+    add("optim.plot_history", O.plot_history,
+        lambda: {"path": tempfile.mkdtemp(prefix="diffvc_fuzz_") + "/h.png", "history": history(),
+                 "targets": {"mass": 3.0}},
+        {"path": "obj", "history": "obj", "targets": "obj"},
+        overrides={("targets", "none"): "ok", ("path", "string"): "ok"})  # a relative path
+    D = O.distributed
+    add("optim.distributed.shard", D.shard, lambda: {"items": [1, 2, 3]}, {"items": "obj"},
+        overrides={("items", "tensor"): "ok"})  # a tensor is a sequence of rows
+    add("optim.distributed.shard_range", D.shard_range, lambda: {"n": 5}, {"n": "nonnegint"})
+    add("optim.distributed.rank_seed", D.rank_seed, lambda: {"base": 1, "index": 0},
+        {"base": "nonnegint", "index": "nonnegint"})
+    add("optim.distributed.all_reduce_", D.all_reduce_, lambda: {"tensors": [torch.ones(3)]}, {"tensors": "obj"})
+    add("optim.distributed.launch", D.launch, lambda: {"argv": ["-c", "pass"], "nproc": 1},
+        {"argv": "obj", "nproc": "posint"})
+
+
+def dataclasses_asdict(obj) -> dict:
+    """Shallow field dict of a dataclass instance (dataclasses.asdict deep-copies tensors)."""
+    import dataclasses
+
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
