@@ -23,6 +23,10 @@ Optional capabilities, used when present and never required:
   (state, states)``: ``n`` steps fused in one kernel segment (one autograd node); :func:`rollout`
   uses it when present. Particles, springs, rigid bodies, explicit FEM, 2-D smoke and MPM have
   one (the bridge's ``segment_op`` builds one from a solver's fixed sequence of launches).
+* ``model.segment_workspace()`` and ``segment(..., workspace=ws)``: scratch buffers (and
+  recorded launches) allocated once per rollout and reused by every segment and its recompute, so
+  a long rollout's memory does not grow with its length; :func:`rollout` passes one when the model
+  offers it (the spring solver does).
 
 :func:`step` calls the contract; :func:`rollout` rolls any such model out (checkpointing,
 truncation, controllers, substeps, observations), and also accepts a plain callable
