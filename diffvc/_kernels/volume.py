@@ -698,6 +698,51 @@ def march_abs_forward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int,
 
 
 @wp.kernel
+def march_abs_backward_image(offset: int, nx: int, ny: int, nz: int, orig: wp.array2d(dtype=Any),
+                             dirs: wp.array2d(dtype=Any), tn: wp.array(dtype=Any), tf: wp.array(dtype=Any),
+                             jit: wp.array(dtype=Any), xf: wp.array2d(dtype=Any), occ: wp.array3d(dtype=wp.uint8),
+                             xo: wp.array2d(dtype=Any), use_occ: int, n_samples: int, color: wp.array2d(dtype=Any),
+                             trans: wp.array(dtype=Any), g_color: wp.array2d(dtype=Any), g_trans: wp.array(dtype=Any),
+                             d_table: wp.array(dtype=Any)):
+    """:func:`march_abs_backward` for the common case it reduces to exactly: no early termination,
+    no depth gradient, no ray gradients and a density grid without negative values (so no sample is
+    clamped). Then ``dL/dsigma_s = -delta (g_T T + g_c c)`` is the same for every sample of a ray
+    and the pass only scatters it: no density gather, no exponentials."""
+    r = wp.tid() + offset
+    t0 = tn[r]
+    t1 = tf[r]
+    if t1 > t0:
+        delta = (t1 - t0) / type(t0)(n_samples)
+        gs = -(g_trans[r] * trans[r] + g_color[r, 0] * color[r, 0]) * delta
+        sy = nz
+        sx = ny * nz
+        ox = orig[r, 0]
+        oy = orig[r, 1]
+        oz = orig[r, 2]
+        dx = dirs[r, 0]
+        dy = dirs[r, 1]
+        dz = dirs[r, 2]
+        ux = (ox + t0 * dx) * xf[0, 0] + xf[1, 0]
+        uy = (oy + t0 * dy) * xf[0, 1] + xf[1, 1]
+        uz = (oz + t0 * dz) * xf[0, 2] + xf[1, 2]
+        dux = dx * xf[0, 0] * delta
+        duy = dy * xf[0, 1] * delta
+        duz = dz * xf[0, 2] * delta
+        jr = jit[r]
+        for s in range(n_samples):
+            q = type(t0)(s) + jr
+            if use_occ != 0:
+                t = t0 + q * delta
+                if not _occupied(occ, xo, ox + t * dx, oy + t * dy, oz + t * dz):
+                    continue
+            i, fx, mx = _cell(ux + q * dux, nx)
+            j, fy, my = _cell(uy + q * duy, ny)
+            k, fz, mz = _cell(uz + q * duz, nz)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _weights(fx, fy, fz)
+            _scatter(d_table, (i * ny + j) * nz + k, 1, sy, sx, gs, w0, w1, w2, w3, w4, w5, w6, w7)
+
+
+@wp.kernel
 def march_abs_backward(offset: int, table: wp.array(dtype=Any), nx: int, ny: int, nz: int,
                        orig: wp.array2d(dtype=Any), dirs: wp.array2d(dtype=Any), tn: wp.array(dtype=Any),
                        tf: wp.array(dtype=Any), jit: wp.array(dtype=Any), xf: wp.array2d(dtype=Any),
@@ -1008,6 +1053,12 @@ class _MarchFn(torch.autograd.Function):
                              _scalar(t_stop, orig), *outs, _w(acc)]
             tail = [_w(d_basis)] + tail
             kernel = march_backward
+        elif variant == "abs" and not want_rays and t_stop <= 0 and not bool(g_depth.any()) and \
+                not bool((dens.detach() < 0).any()):
+            # image-only loss on a non-negative grid: every sample of a ray gets the same gradient
+            shared = [*dens.shape, *ray_args, n_samples, _w(color), _w(trans), _w(g_color), _w(g_trans)]
+            kernel = march_abs_backward_image
+            tail = []
         else:
             shared = grid + [*ray_args, n_samples, want_rays, _scalar(t_stop, orig), *outs]
             kernel = march_rgb_backward if variant == "rgb" else march_abs_backward
