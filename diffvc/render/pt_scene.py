@@ -92,13 +92,7 @@ class PathTracingScene:
                 raise TypeError(f"{name} must be an integer tensor, got {describe(t)}")
         for name in ("albedo", "roughness", "emission"):
             check_float(getattr(self, name), name, coerce=False)
-        V, F, M = self.vertices.shape[0], self.faces.shape[0], self.albedo.shape[0]
-        if self.vertices.dim() != 2 or self.vertices.shape[1] != 3:
-            raise ValueError(f"vertices must have shape (V, 3), got {tuple(self.vertices.shape)}")
-        if self.faces.dim() != 2 or self.faces.shape[1] != 3 or self.faces.dtype not in (torch.long, torch.int32):
-            raise ValueError(f"faces must be an integer tensor of shape (F, 3), got {tuple(self.faces.shape)}")
-        if F > 0 and (int(self.faces.min()) < 0 or int(self.faces.max()) >= V):
-            raise ValueError(f"faces index vertices out of range [0, {V})")
+        F, M = self.faces.shape[0], self.albedo.shape[0]  # vertices and faces checked above
         for name, shape in (("albedo", (M, 3)), ("roughness", (M,)), ("emission", (M, 3)), ("material_kind", (M,))):
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}")
