@@ -121,7 +121,9 @@ class RasterRenderer:
     Each frame's meshes are merged, rasterized from every camera of the rig, shaded (flat face
     normals, or interpolated vertex normals for ``smooth`` shapes; each shape's albedo; Lambert
     under the scene's lights via :func:`diffvc.render.shade`, two-sided), composited over the
-    background and, with ``antialiased``, passed through :func:`diffvc.render.antialias`.
+    background and, with ``antialiased``, passed through :func:`diffvc.render.antialias` (edges at
+    the image border blend towards the background, so a shape leaving the frame keeps its
+    coverage gradient).
 
     Gradient contract: inside a shape, exact derivatives of the shading w.r.t. normals,
     positions, albedo, lights and cameras; at silhouettes and occlusion boundaries the
@@ -195,7 +197,7 @@ class RasterRenderer:
         if self.antialiased:
             from ..render.antialias import antialias
 
-            img = antialias(img, frags, topology=topology, backend=backend)
+            img = antialias(img, frags, topology=topology, backend=backend, background=bg)
         return img.reshape((T, nv) + img.shape[1:])
 
 

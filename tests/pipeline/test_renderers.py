@@ -148,3 +148,33 @@ def test_primitives_and_shape_registration_name_the_bad_argument():
         sc.add_points("box", lambda s: x)        # taken by a mesh shape
     with pytest.raises(ValueError, match="name"):
         register_renderer("", _CountingRenderer)
+
+
+def test_raster_renderer_blends_edges_at_the_image_border():
+    """A slab wider than the view moves up: its top edge crosses every image column, including the
+    two border columns. The renderer blends border edges towards the background, so
+    d(image sum)/dy is the exact derivative of the covered area, W columns x (pixels per world
+    unit) x (slab colour - background) x 3 channels, to 1%; without border blending the two border
+    columns of 24 get no gradient (8% low). A small-step FD checks the backward of that image."""
+    size = 24
+    cams = Cameras.look_at([[0.0, 0.0, 2.0]], target=(0.0, 0.0, 0.0), width=size, height=size, fov_y=40.0, dtype=D)
+    bg = torch.tensor([0.2, 0.2, 0.2], dtype=D)
+    sc = Scene(cams, [AmbientLight.create([1.0, 1.0, 1.0], dtype=D)], background=bg)
+    v, f = box((4.0, 2.0, 0.2), dtype=D)
+    v = v - torch.tensor([0.0, 1.0, 0.0], dtype=D)        # top edge at y = 0, the rest below the view
+    sc.add_shape("slab", f, lambda y: v + torch.stack([torch.zeros_like(y), y, torch.zeros_like(y)]),
+                 color=(0.9, 0.9, 0.9))
+
+    def image_sum(y):
+        return render_trajectory(sc, [y]).sum()
+
+    y0 = 0.013
+    y = torch.tensor(y0, dtype=D, requires_grad=True)
+    image_sum(y).backward()
+    px_per_unit = size / (2 * 1.9 * torch.tan(torch.deg2rad(torch.tensor(20.0, dtype=D))))  # at the slab's front face
+    exact = float(size * px_per_unit * (0.9 - 0.2) * 3)
+    assert abs(float(y.grad) - exact) <= 0.01 * exact, (float(y.grad), exact)
+    h = 1e-6
+    with torch.no_grad():
+        fd = (image_sum(torch.tensor(y0 + h, dtype=D)) - image_sum(torch.tensor(y0 - h, dtype=D))) / (2 * h)
+    assert abs(float(y.grad) - float(fd)) <= 1e-6 * abs(float(fd)), (float(y.grad), float(fd))
