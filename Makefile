@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench venv clean
+.PHONY: demo test test-all bench bench-anchors venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,22 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
-bench: $(STAMP)
+# The benchmarks' anchors, where they install (each step may fail without stopping the others; a
+# benchmark whose anchor is missing says so in its JSON): Mitsuba 3 and MuJoCo into .venv, pip
+# taichi in its own .venv-taichi (DiffTaichi), and a clone of DiffTaichi's examples (not copied
+# into this repository: it has no licence file). See bench/__init__.py for how they are found.
+ANCHORS := $(VENV)/.anchors
+$(ANCHORS): $(STAMP)
+	-$(PY) -m pip install -q "mitsuba>=3.5" "mujoco>=3.0"
+	-test -x .venv-taichi/bin/python || $(PYTHON) -m venv .venv-taichi
+	-.venv-taichi/bin/pip install -q taichi opencv-python-headless
+	-test -d bench/.anchors/difftaichi || git clone -q --depth 1 https://github.com/taichi-dev/difftaichi bench/.anchors/difftaichi
+	touch $(ANCHORS)
+
+bench-anchors: $(ANCHORS)
+
+bench: $(ANCHORS)
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) .venv-taichi out .pytest_cache

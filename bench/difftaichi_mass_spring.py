@@ -11,7 +11,8 @@ update = the gradient step normalised to 0.2 (as DiffTaichi's ``optimize``).
 * ``difftaichi``: DiffTaichi's script as published (its public ``train`` configuration:
   ``use_toi=True``, CPU backend, float32), GUI calls removed, timed per iteration
   (clear + ``ti.ad.Tape`` forward + backward + the update loop), in the interpreter named by
-  ``DIFFTAICHI_PYTHON`` (default ``/tmp/tivenv/bin/python``).
+  :func:`bench.taichi_python` (``$DIFFTAICHI_PYTHON``, else ``.venv-taichi`` made by
+  ``make bench-anchors``).
 * ``diffvc``: the same masses, springs, controller, steps, loss and update on diffvc's public
   API: a :class:`~diffvc.physics.SpringModel` in the z = 0 plane (spring stiffness as ke, unit
   masses, ground plane y = 0.1, gravity -4.8), the 681 steps with the closed-loop controller
@@ -220,10 +221,12 @@ print(json.dumps({"times": times, "losses": losses, "taichi": ".".join(map(str, 
 
 
 def run_difftaichi(iters: int):
-    py = os.environ.get("DIFFTAICHI_PYTHON", "/tmp/tivenv/bin/python")
-    if not os.path.exists(py):
-        return {"skipped": f"no DiffTaichi interpreter at {py} (python3 -m venv /tmp/tivenv; "
-                           "/tmp/tivenv/bin/pip install taichi)"}
+    from bench import taichi_python
+
+    py = taichi_python()
+    if py is None or not os.path.exists(py):
+        return {"skipped": f"no DiffTaichi interpreter (make bench-anchors, or DIFFTAICHI_PYTHON=... naming a "
+                           f"Python with taichi); tried {py}"}
     objects, springs = robot_a()
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(_TAICHI)

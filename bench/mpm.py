@@ -18,8 +18,8 @@ Variants, each in a fresh subprocess (memory is per process):
 * ``difftaichi``: DiffTaichi's ``diffmpm.py`` unchanged except that its import-time ``ti.GUI``
   window (for its visualisation, unused here) is not created, on taichi's CPU backend
   (``TI_ARCH=x64``: its ``arch=ti.gpu`` request crashes on a machine without a GPU); run with a Python that has
-  ``taichi`` (this one, or ``$DIFFTAICHI_PYTHON``) and the script at ``$DIFFTAICHI_DIFFMPM`` (or
-  ``$DIFFTAICHI_REPO/examples/diffmpm.py``). Without them the issue's anchor (2.40 s per
+  ``taichi`` (:func:`bench.taichi_python`) and the script at ``$DIFFTAICHI_DIFFMPM`` (else
+  :func:`bench.difftaichi_example`; ``make bench-anchors`` sets both up). Without them the issue's anchor (2.40 s per
   iteration, 722 MiB peak, measured on this 2-core machine kind) is quoted instead.
 
 Time: wall-clock seconds per iteration (median over iterations after a warm-up) and process CPU
@@ -163,10 +163,10 @@ print("RESULT " + json.dumps({"seconds_per_iteration": times[len(times) // 2], "
 
 
 def _difftaichi_paths():
-    script = os.environ.get("DIFFTAICHI_DIFFMPM")
-    if script is None and os.environ.get("DIFFTAICHI_REPO"):
-        script = str(Path(os.environ["DIFFTAICHI_REPO"]) / "examples" / "diffmpm.py")
-    python = os.environ.get("DIFFTAICHI_PYTHON", sys.executable)
+    from bench import difftaichi_example, taichi_python
+
+    script = os.environ.get("DIFFTAICHI_DIFFMPM") or difftaichi_example("diffmpm.py")
+    python = taichi_python() or sys.executable
     return script, python
 
 

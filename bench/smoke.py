@@ -32,9 +32,9 @@ diffvc alone takes ~365 MiB, reported as ``rss_after_import_mib``):
 * ``difftaichi``: DiffTaichi's own ``smoke_taichi.py``, run as written except ``arch=ti.cpu,
   cpu_max_num_threads=2`` (not CUDA) and the OpenCV windows stubbed out; timed as its ``main`` loop
   runs an iteration (``with ti.ad.Tape(loss): forward()`` then ``apply_grad()``), after one warm-up
-  iteration that compiles its kernels. It runs when the environment variable ``DIFFTAICHI_SMOKE``
-  names the script (its ``taichi.png`` beside it) and ``TAICHI_PYTHON`` a Python with ``taichi`` and
-  ``opencv`` (default: this interpreter); otherwise the DiffTaichi and PhiFlow anchors measured on
+  iteration that compiles its kernels. It runs when the script is found (``$DIFFTAICHI_SMOKE``, else
+  :func:`bench.difftaichi_example`; its ``taichi.png`` beside it) and a Python with ``taichi`` and
+  ``opencv`` (:func:`bench.taichi_python`, else this interpreter; ``make bench-anchors`` sets both up); otherwise the DiffTaichi and PhiFlow anchors measured on
   this machine kind (shared/DESIGN.md) are quoted. ``difftaichi_1thread``: ``cpu_max_num_threads=1``;
 * ``phiflow_torch``: PhiFlow on its torch backend (``phi.torch.flow``, 2 torch threads), the same
   task (periodic 128^2, semi-Lagrangian self-advection, ``make_incompressible`` to 1e-5, density
@@ -182,10 +182,12 @@ print(json.dumps({"s_per_iteration_median": times[len(times) // 2], "s_per_itera
 
 
 def _run_difftaichi(iters: int, threads: int = 0) -> dict | None:
-    script = os.environ.get("DIFFTAICHI_SMOKE")
+    from bench import difftaichi_example, taichi_python
+
+    script = os.environ.get("DIFFTAICHI_SMOKE") or difftaichi_example("smoke_taichi.py")
     if not script or not os.path.exists(script):
         return None
-    py = os.environ.get("TAICHI_PYTHON", sys.executable)
+    py = taichi_python() or sys.executable
     out = subprocess.run([py, "-c", _TAICHI_HARNESS, script, str(iters), str(threads)], capture_output=True, text=True,
                          timeout=3600)
     if out.returncode != 0:

@@ -123,3 +123,19 @@ def test_write_rewrites_only_the_readme_block(tmp_path):
     assert readme.read_text() == text
     with pytest.raises(ValueError, match="markers"):
         table.replace_block("no markers here", out)
+
+
+def test_anchor_finders_honour_the_environment(monkeypatch, tmp_path):
+    """The anchors are found where ``make bench-anchors`` puts them, and an environment variable
+    overrides each (a script that is not there is not found)."""
+    import bench
+
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "diffmpm.py").write_text("")
+    monkeypatch.setenv("DIFFTAICHI_REPO", str(tmp_path))
+    assert bench.difftaichi_example("diffmpm.py") == str(tmp_path / "examples" / "diffmpm.py")
+    monkeypatch.setenv("DIFFTAICHI_PYTHON", "/some/python")
+    assert bench.taichi_python() == "/some/python"
+    monkeypatch.setenv("DRJIT_LIBLLVM_PATH", "/some/libLLVM.so")
+    assert bench.libllvm_path() == "/some/libLLVM.so"
+    assert bench.difftaichi_example("no_such_example.py") is None
