@@ -36,6 +36,12 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def _mitsuba():
+    import os
+
+    from bench import libllvm_path
+
+    if libllvm_path() and "DRJIT_LIBLLVM_PATH" not in os.environ:   # Mitsuba's LLVM variants need one
+        os.environ["DRJIT_LIBLLVM_PATH"] = libllvm_path()
     try:
         import mitsuba as mi
     except Exception:  # noqa: BLE001  (optional dependency)
