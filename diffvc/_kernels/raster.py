@@ -1315,6 +1315,99 @@ def blend_pairs_adj(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3),
                                    g_screen)
 
 
+@wp.func
+def _pair_at(pairs: wp.array(dtype=wp.int32, ndim=4), lin: int):
+    """(b, py, px, d) of the flat index ``lin`` into ``pairs`` (B, H + 1, W + 1, 2)."""
+    H1 = pairs.shape[1]
+    W1 = pairs.shape[2]
+    r = lin // 2
+    d = lin - 2 * r
+    r2 = r // W1
+    px = r - r2 * W1
+    b = r2 // H1
+    py = r2 - b * H1
+    return wp.vec4i(b, py, px, d)
+
+
+@wp.func
+def _add_pixel(out: wp.array(dtype=Any, ndim=4), b: int, py: int, px: int, c: int, v: Any):
+    """out[b, py - 1, px - 1, c] += v for an image pixel of the padded grid (ring pixels: no-op)."""
+    if py >= 1 and py <= out.shape[1] and px >= 1 and px <= out.shape[2]:
+        wp.atomic_add(out, b, py - 1, px - 1, c, v)
+
+
+@wp.kernel
+def blend_sparse(found: wp.array(dtype=wp.int32), screen: wp.array(dtype=Any, ndim=3),
+                 faces: wp.array2d(dtype=wp.int32), pairs: wp.array(dtype=wp.int32, ndim=4),
+                 color: wp.array(dtype=Any, ndim=4), ring: wp.array(dtype=Any), near: Any, perspective: int,
+                 out: wp.array(dtype=Any, ndim=4)):
+    """The forward of ``blend`` scattered per detected pair: ``out`` holds ``color`` on entry and
+    gets the coverage moved across each pair ``found[i]`` (flat indices into ``pairs``) added to
+    its two pixels. Pairs sharing a pixel add into it: launch it as one (serial) CPU launch."""
+    lin = found[wp.tid()]
+    q4 = _pair_at(pairs, lin)
+    b = q4[0]
+    py = q4[1]
+    px = q4[2]
+    d = q4[3]
+    code = pairs[b, py, px, d]
+    s, wdir, w_o, w_c = _pair_geom(screen, faces, b, code, py, px, d, near, perspective)
+    sd = code - 2 * (code // 2)
+    qy = py + d
+    qx = px + 1 - d
+    for c in range(color.shape[3]):
+        cp = _pad_color(color, ring, b, py, px, c)
+        cq = _pad_color(color, ring, b, qy, qx, c)
+        if sd == 0:  # p covered: p += w_c (C_q - C_p), q += w_o (C_p - C_q)
+            _add_pixel(out, b, py, px, c, w_c * (cq - cp))
+            _add_pixel(out, b, qy, qx, c, w_o * (cp - cq))
+        else:
+            _add_pixel(out, b, qy, qx, c, w_c * (cp - cq))
+            _add_pixel(out, b, py, px, c, w_o * (cq - cp))
+
+
+@wp.func
+def _add_grad(g_color: wp.array(dtype=Any, ndim=4), g_ring: wp.array(dtype=Any), b: int, py: int, px: int, c: int,
+              v: Any):
+    """Adds v to the colour gradient of padded pixel (py, px): ``g_color`` inside, ``g_ring`` on the ring."""
+    if py >= 1 and py <= g_color.shape[1] and px >= 1 and px <= g_color.shape[2]:
+        wp.atomic_add(g_color, b, py - 1, px - 1, c, v)
+    else:
+        wp.atomic_add(g_ring, c, v)
+
+
+@wp.kernel
+def blend_sparse_adj(found: wp.array(dtype=wp.int32), screen: wp.array(dtype=Any, ndim=3),
+                     faces: wp.array2d(dtype=wp.int32), pairs: wp.array(dtype=wp.int32, ndim=4),
+                     color: wp.array(dtype=Any, ndim=4), ring: wp.array(dtype=Any), g_out: wp.array(dtype=Any, ndim=4),
+                     near: Any, perspective: int, g_color: wp.array(dtype=Any, ndim=4), g_ring: wp.array(dtype=Any),
+                     g_screen: wp.array(dtype=Any, ndim=3)):
+    """Adjoint of :func:`blend_sparse` per pair: ``g_color`` holds ``g_out`` on entry (the identity
+    part) and gets each pair's colour terms; ring pixels add to ``g_ring``; the blend weights'
+    gradient goes to ``g_screen`` (``_pair_geom_adj``). One (serial) CPU launch."""
+    lin = found[wp.tid()]
+    q4 = _pair_at(pairs, lin)
+    b = q4[0]
+    py = q4[1]
+    px = q4[2]
+    d = q4[3]
+    code = pairs[b, py, px, d]
+    s, wdir, w_o, w_c = _pair_geom(screen, faces, b, code, py, px, d, near, perspective)
+    sd = code - 2 * (code // 2)
+    qy = py + d
+    qx = px + 1 - d
+    for c in range(color.shape[3]):
+        gp = _pad_grad(g_out, b, py, px, c)
+        gq = _pad_grad(g_out, b, qy, qx, c)
+        if sd == 0:  # covered p, other q: out_p += w_c (C_q - C_p), out_q += w_o (C_p - C_q)
+            _add_grad(g_color, g_ring, b, py, px, c, w_o * gq - w_c * gp)
+            _add_grad(g_color, g_ring, b, qy, qx, c, w_c * gp - w_o * gq)
+        else:
+            _add_grad(g_color, g_ring, b, qy, qx, c, w_o * gp - w_c * gq)
+            _add_grad(g_color, g_ring, b, py, px, c, w_c * gq - w_o * gp)
+    _pair_geom_adj(screen, faces, pairs, color, ring, g_out, b, code, py, px, d, near, perspective, g_screen)
+
+
 def _instantiate(kernel) -> None:
     """Explicit float32 / float64 overloads, so the module is built before a split launch's
     worker threads run (a generic kernel would otherwise be specialised lazily at launch)."""
@@ -1330,7 +1423,7 @@ def _instantiate(kernel) -> None:
 
 for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
            face_facing, face_has_silhouette, edge_bin_count, edge_bin_fill, entry_geometry, blend_pairs,
-           blend_pairs_adj):
+           blend_pairs_adj, blend_sparse, blend_sparse_adj):
     _instantiate(_k)
 
 
@@ -1343,7 +1436,7 @@ for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, inter
 
 import torch  # noqa: E402
 
-from .bridge import parallel_launch, split_chunks  # noqa: E402
+from .bridge import launch, parallel_launch, split_chunks  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1628,25 +1721,62 @@ def chunk_sum(bufs):
     return g
 
 
+def _all_finite_cpu(t: torch.Tensor) -> bool:
+    """Whether every entry of the CPU tensor ``t`` is finite (NumPy, single-threaded: one sum in the
+    common case, the entry-wise test only when the sum is not finite)."""
+    import numpy as np
+
+    a = t.detach().numpy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(a.sum(dtype=np.float64)):
+            return True
+    return bool(np.isfinite(a).all())
+
+
 class _Blend(torch.autograd.Function):
+    """CPU: ``out = color`` (a copy) plus a serial scatter over the detected pairs only (they are
+    sparse: the silhouette outline, ~1% of the pixel pairs at 512^2), forward and adjoint.
+    CUDA: the dense per-pixel gather kernels (one thread per pixel, no atomics)."""
+
     @staticmethod
     def forward(ctx, color, screen, ring, faces, pairs, near, perspective):
         B, H, W, C = color.shape
-        out = torch.empty_like(color)  # every entry written
-        bad = torch.zeros(1, dtype=torch.int32, device=color.device)
-        rows, n, mpt = pixel_launch(B, H, W, color.device)
-        parallel_launch(blend_pairs, n, [rows, screen, faces, pairs, color, ring, near, perspective], [out, bad],
-                        min_per_thread=mpt)
-        if int(bad[0]):
-            raise ValueError("color contains non-finite values (NaN or inf)")
+        sparse = color.device.type == "cpu"
+        found = None
+        if sparse:
+            import numpy as np
+
+            if not _all_finite_cpu(color):
+                raise ValueError("color contains non-finite values (NaN or inf)")
+            found = torch.from_numpy(np.flatnonzero(pairs.numpy().reshape(-1) >= 0).astype(np.int32))
+            out = torch.from_numpy(color.detach().numpy().copy())
+            launch(blend_sparse, found.shape[0], [found, screen, faces, pairs, color, ring, near, perspective], [out])
+        else:
+            out = torch.empty_like(color)  # every entry written
+            bad = torch.zeros(1, dtype=torch.int32, device=color.device)
+            rows, n, mpt = pixel_launch(B, H, W, color.device)
+            parallel_launch(blend_pairs, n, [rows, screen, faces, pairs, color, ring, near, perspective], [out, bad],
+                            min_per_thread=mpt)
+            if int(bad[0]):
+                raise ValueError("color contains non-finite values (NaN or inf)")
         ctx.near, ctx.perspective = near, perspective
-        ctx.save_for_backward(color, screen, ring, faces, pairs)
+        ctx.save_for_backward(color, screen, ring, faces, pairs, found)
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        color, screen, ring, faces, pairs = ctx.saved_tensors
+        color, screen, ring, faces, pairs, found = ctx.saved_tensors
         B, H, W, C = color.shape
+        if found is not None:
+            g = contiguous(g_out)
+            import numpy as np
+
+            g_color = torch.from_numpy(g.numpy().copy())
+            g_ring = cpu_zeros(ring.shape, ring)
+            g_screen = cpu_zeros(screen.shape, screen)
+            launch(blend_sparse_adj, found.shape[0], [found, screen, faces, pairs, color, ring, g, ctx.near,
+                                                      ctx.perspective], [g_color, g_ring, g_screen])
+            return g_color, g_screen, g_ring, None, None, None, None
         rows, n, mpt = pixel_launch(B, H + 2, W + 2, color.device)
         n_chunks = len(split_chunks(n, color.device, mpt))
         g_color = torch.empty_like(color)  # every entry written
