@@ -24,9 +24,13 @@ Gradients
     the image gradient is ``(L_in - L_out) * (n . d x_edge / d theta) * length / pdf``, with
     ``x_edge`` the edge point's projection (differentiable torch). Vertices and camera.
   - *every later path vertex* (``secondary_spp``, ``interior_spp``; ``pt_edges.path_terms``):
-    camera paths are traced for up to ``max_depth`` vertices; every vertex slides along the
+    camera paths are traced for up to ``max_depth`` vertices. With both counts > 0 every vertex
+    is a warped-area point (Bangaru et al. 2020: points of moving faces move with them, static
+    points near them are carried along tangentially; bounded variance where a moving object
+    touches a static one), with pixel-border terms and the primary edges' sides relative to
+    their warped hits; with one of them alone every vertex slides along the
     direction it was sampled in (the first along its camera ray; solid-angle parameterisation,
-    Li et al. 2018), light samples are material points of the emitters (area measure, as
+    Li et al. 2018). Light samples are material points of the emitters (area measure, as
     next-event estimation samples them). ``interior_spp`` paths per pixel differentiate one
     next-event connection per vertex (geometry factor, area element) and the cosine of every
     sampled link; the BSDF value is held fixed (exact for diffuse surfaces). ``secondary_spp``
@@ -173,8 +177,9 @@ def path_trace(scene: PathTracingScene, camera: Cameras, spp: int = 16, max_dept
     needs_geo = scene.vertices.requires_grad or any(
         x.requires_grad for x in (camera.R, camera.t, camera.intrinsics))
     if edge_samples > 0 and needs_geo and torch.is_grad_enabled():
+        warped = secondary_spp > 0 and interior_spp > 0 and max_depth >= 1 and scene.vertices.requires_grad
         image = image + edge_term(prep, scene, camera, cam, int(edge_samples), int(edge_spp), int(seed) + 7919,
-                                  int(max_depth), int(rr_depth)).to(image.dtype)
+                                  int(max_depth), int(rr_depth), warped).to(image.dtype)
     if (secondary_spp > 0 or interior_spp > 0) and scene.vertices.requires_grad and torch.is_grad_enabled():
         image = image + path_terms(prep, scene, cam, camera.height, camera.width, int(secondary_spp), int(interior_spp),
                                    int(seed) + 104729, int(max_depth), int(rr_depth)).to(image.dtype)
