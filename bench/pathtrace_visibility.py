@@ -1,0 +1,117 @@
+"""Issue 12 validation: the Cornell box's tall-box translation gradient against finite differences.
+
+``cornell_box`` at 16x16 (float64 scene), the tall box's x position; the image sum and its four
+8x8 block sums (row-major: top-left, top-right, bottom-left, bottom-right):
+
+* AD: ``path_trace(..., spp=1, edge_samples=20000, edge_spp=8, secondary_spp=S, interior_spp=S,
+  rr_depth=100)`` per seed (all geometry terms: primary edges, warped interior and boundary terms
+  at every path vertex, shadow lines, pixel borders); mean over seeds and its standard error.
+* FD: central differences ``(I(x + h) - I(x - h)) / 2h`` with the same seed on both sides,
+  ``fd_spp`` paths per pixel, mean over seeds and its standard error.
+
+``max_depth`` in diffvc's counting (1: direct light; 7: seven bounces). Each part prints one JSON
+line per seed as it goes (the run is long on a CPU) and a summary JSON at the end::
+
+    python -m bench.pathtrace_visibility --depth 7 --ad-seeds 8 --ad-spp 256 --fd-seeds 4 --fd-spp 8192
+    python -m bench.pathtrace_visibility --depth 1 --ad-seeds 4 --ad-spp 256 --fd-seeds 4 --fd-spp 8192
+
+``--fd-seeds 0`` skips FD (``--fd-json FILE`` reads per-seed FD lines written by an earlier run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from diffvc.render.pathtrace import path_trace
+from diffvc.render.pt_scene import CORNELL_TALL_BOX, cornell_box, cornell_camera
+
+H = 16
+
+
+def _image(c, depth: int, spp: int, seed: int, **kw):
+    cam = cornell_camera(H, H, dtype=torch.float64)
+    s, inf = cornell_box(tall_box_center=c, dtype=torch.float64)
+    s = s.replace(dynamic_faces=inf["tall_box_faces"])
+    return path_trace(s, cam, spp=spp, max_depth=depth, seed=seed, rr_depth=100, **kw)
+
+
+def blocks(img: torch.Tensor) -> torch.Tensor:
+    """(5,) image sum and the four 8x8 block sums of an (H, W, 3) image."""
+    b = img.sum(-1).reshape(H // 8, 8, H // 8, 8).sum((1, 3)).reshape(-1)
+    return torch.cat([b.sum()[None], b])
+
+
+def ad_gradient(depth: int, spp: int, seed: int) -> list:
+    c0 = torch.tensor(CORNELL_TALL_BOX[0], dtype=torch.float64)
+    c = c0.clone().requires_grad_()
+    b = blocks(_image(c, depth, 1, seed, edge_samples=20000, edge_spp=8, secondary_spp=spp, interior_spp=spp))
+    return [float(torch.autograd.grad(b[i], c, retain_graph=True)[0][0]) for i in range(b.numel())]
+
+
+def fd_gradient(depth: int, spp: int, seed: int, step: float) -> list:
+    c0 = torch.tensor(CORNELL_TALL_BOX[0], dtype=torch.float64)
+    e = torch.tensor([step, 0.0, 0.0], dtype=torch.float64)
+    with torch.no_grad():
+        d = blocks(_image(c0 + e, depth, spp, seed)) - blocks(_image(c0 - e, depth, spp, seed))
+    return (d / (2 * step)).tolist()
+
+
+def _stats(rows: list) -> tuple:
+    t = torch.tensor(rows, dtype=torch.float64)
+    sem = t.std(0) / len(rows) ** 0.5 if len(rows) > 1 else torch.full((t.shape[1],), float("nan"))
+    return [round(x, 4) for x in t.mean(0).tolist()], [round(x, 4) for x in sem.tolist()]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depth", type=int, default=7)
+    ap.add_argument("--ad-seeds", type=int, default=8)
+    ap.add_argument("--ad-seed0", type=int, default=0)
+    ap.add_argument("--ad-spp", type=int, default=256)
+    ap.add_argument("--fd-seeds", type=int, default=4)
+    ap.add_argument("--fd-seed0", type=int, default=1000)
+    ap.add_argument("--fd-spp", type=int, default=8192)
+    ap.add_argument("--step", type=float, default=0.02)
+    ap.add_argument("--fd-json", default=None, help="per-seed FD lines ({'fd': [...]}) of an earlier run")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = {"scene": "cornell_box 16x16 float64, tall box x", "max_depth": a.depth, "rr_depth": 100,
+           "order": ["image", "top_left", "top_right", "bottom_left", "bottom_right"]}
+    ad = []
+    for seed in range(a.ad_seed0, a.ad_seed0 + a.ad_seeds):
+        t0 = time.process_time()
+        g = ad_gradient(a.depth, a.ad_spp, seed)
+        ad.append(g)
+        print(json.dumps({"ad_seed": seed, "spp": a.ad_spp, "g": [round(x, 4) for x in g],
+                          "cpu_s": round(time.process_time() - t0, 1)}), flush=True)
+    fd = []
+    if a.fd_json:
+        with open(a.fd_json) as f:
+            fd = [json.loads(line)["fd"] for line in f if line.strip().startswith("{") and '"fd"' in line]
+    for seed in range(a.fd_seed0, a.fd_seed0 + a.fd_seeds):
+        t0 = time.process_time()
+        d = fd_gradient(a.depth, a.fd_spp, seed, a.step)
+        fd.append(d)
+        print(json.dumps({"fd_seed": seed, "spp": a.fd_spp, "step": a.step, "fd": [round(x, 4) for x in d],
+                          "cpu_s": round(time.process_time() - t0, 1)}), flush=True)
+    if ad:
+        out["ad_mean"], out["ad_sem"] = _stats(ad)
+        out["ad"] = f"{a.ad_seeds} seeds x (edge_samples 20000, edge_spp 8, secondary/interior spp {a.ad_spp})"
+    if fd:
+        out["fd_mean"], out["fd_sem"] = _stats(fd)
+        out["fd"] = f"{len(fd)} seeds x {a.fd_spp} spp, step {a.step}"
+    if ad and fd:
+        m, f = torch.tensor(out["ad_mean"]), torch.tensor(out["fd_mean"])
+        out["rel_err"] = [round(x, 4) for x in ((m - f).abs() / f.abs()).tolist()]
+        out["abs_err_over_fd_image"] = [round(x, 4) for x in ((m - f).abs() / f[0].abs()).tolist()]
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
