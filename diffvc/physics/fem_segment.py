@@ -13,7 +13,7 @@ import torch
 
 from .._kernels.fem_segment import fem_segment as _fem_segment
 from .._validate import check_dt, check_like
-from .fem import _MATERIALS, FEMModel, FEMState, _check_state, _planes_arg
+from .fem import _MATERIALS, FEMModel, FEMState, _check_state, _planes_arg, _trusted_state
 from .particles import plane_contact_stability
 
 __all__ = ["fem_segment"]
@@ -51,5 +51,6 @@ def fem_segment(model: FEMModel, state: FEMState, dt: float, n: int, control: to
                        recompute=recompute and torch.is_grad_enabled(), return_all=return_all)
     final = FEMState(out[0], out[1])
     if return_all:
-        return final, [FEMState(out[2][k], out[3][k]) for k in range(n)]
+        xs, vs = out[2].unbind(0), out[3].unbind(0)
+        return final, [_trusted_state(xs[k], vs[k]) for k in range(n)]
     return final, []

@@ -188,6 +188,13 @@ def shade(positions: torch.Tensor, normals: torch.Tensor, view_dirs: torch.Tenso
         raise TypeError(f"material must be a Material, got {type(material).__name__}")
     if isinstance(lights, (str, bytes)) or not hasattr(lights, "__iter__"):
         raise TypeError(f"lights must be a list of lights, got {type(lights).__name__}")
+    return _shade(positions, normals, view_dirs, material.albedo, material.roughness, material.f0, lights, specular)
+
+
+def _shade(positions, normals, view_dirs, albedo, roughness, f0, lights, specular: bool = True) -> torch.Tensor:
+    """:func:`shade` without its input checks (for callers whose per-pixel inputs are correct by
+    construction, e.g. the rasterizing renderer; finiteness checks on every pixel cost more than
+    the shading). ``roughness`` and ``f0`` are read only with ``specular``."""
     out = torch.zeros(torch.broadcast_shapes(positions.shape, normals.shape), dtype=normals.dtype,
                       device=normals.device)
     for light in lights:
@@ -195,10 +202,10 @@ def shade(positions: torch.Tensor, normals: torch.Tensor, view_dirs: torch.Tenso
             wi, L = light.incident(positions)
             cos = _dot(normals, wi).clamp_min(0.0)
             if specular:
-                f = _ggx_brdf(normals, wi, view_dirs, material.albedo, material.roughness, material.f0)
+                f = _ggx_brdf(normals, wi, view_dirs, albedo, roughness, f0)
             else:
-                f = _lambert(material.albedo) * (cos > 0)
+                f = _lambert(albedo) * (cos > 0)
             out = out + f * L * cos
         else:
-            out = out + _lambert(material.albedo) * light.irradiance(normals)
+            out = out + _lambert(albedo) * light.irradiance(normals)
     return out
