@@ -1,4 +1,4 @@
-"""Run every benchmark in bench/ and write bench/results/NAME.json, then the table of headline
+"""Run every benchmark in bench/ (each module with a ``run(quick)``) and write bench/results/NAME.json, then the table of headline
 figures bench/results/TABLE.md and README.md's benchmark block from every JSON there
 (``make bench``; ``python -m bench.table`` alone rebuilds the table from existing JSON)."""
 
@@ -30,7 +30,11 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        result = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+        module = importlib.import_module(f"bench.{name}")
+        if not hasattr(module, "run"):   # a validation script with its own command line (see its docstring)
+            print(f"{name}: no run(), not a table benchmark; skipped", file=sys.stderr)
+            continue
+        result = module.run(quick=args.quick)
         if isinstance(result, dict):  # run conditions, shown by bench.table
             result[table.META] = {"quick": args.quick, "loadavg_1min_start": load,
                                   "date": started,
