@@ -54,6 +54,14 @@ class ParticleState:
         check_float(self.v, "v", shape=tuple(self.x.shape), coerce=False)
         check_same_dtype(("x", self.x), ("v", self.v))
 
+    @classmethod
+    def _unchecked(cls, x: torch.Tensor, v: torch.Tensor) -> "ParticleState":
+        """A state from tensors known to be valid (a fused segment's rows), without the checks."""
+        st = object.__new__(cls)
+        object.__setattr__(st, "x", x)
+        object.__setattr__(st, "v", v)
+        return st
+
 
 @dataclass(frozen=True)
 class ParticleModel:
@@ -129,15 +137,15 @@ class ParticleModel:
 
     def segment(self, state: "ParticleState", dt: float, n: int, control: torch.Tensor | None = None,
                 recompute: bool = False, return_all: bool = False):
-        """``n`` steps fused in Warp as one autograd node (the contract's optional capability;
-        :func:`~diffvc.physics.rollout` uses it by itself).
+        """``n`` steps fused in ONE Warp launch and one autograd node (the contract's optional
+        capability; :func:`~diffvc.physics.rollout` uses it by itself).
 
         Returns ``(final_state, states)``, ``states`` the states after each step if
         ``return_all`` (else empty). ``control``: external force ``(N, 3)`` held over the segment
         (receives gradients). ``recompute``: keep only the segment's input and re-run its steps in
         backward (checkpointing). Values and gradients equal those of ``n`` calls to :meth:`step`
-        (one recorded launch replayed per step instead of one autograd node per step); the
-        stability warning checks the segment's first state.
+        (:func:`~diffvc._kernels.particles.particle_rollout`: every step in one launch, backward one
+        launch of its adjoint); the stability warning checks the segment's first state.
         """
         _check_state(state, self)
         dt = check_dt(dt)
@@ -152,8 +160,8 @@ class ParticleModel:
                                self.gravity.reshape(1, 3), ext, recompute=recompute and torch.is_grad_enabled(),
                                return_all=return_all)
         final = ParticleState(out[0], out[1])
-        if return_all:
-            return final, [ParticleState(out[2][k], out[3][k]) for k in range(n)]
+        if return_all:  # rows of the checked segment output: valid by construction, not re-checked
+            return final, [ParticleState._unchecked(out[2][k], out[3][k]) for k in range(n)]
         return final, []
 
 
