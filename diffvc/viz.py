@@ -45,14 +45,31 @@ def save_image(path: str | Path, img, srgb: bool = True) -> Path:
     return path
 
 
-def save_animation(path: str | Path, frames: Sequence, fps: int = 20, srgb: bool = True) -> Path:
-    """Write frames ``(H, W, C)`` as an animated GIF (or MP4 if imageio-ffmpeg is present and asked)."""
-    import imageio.v2 as iio2
+def save_animation(path: str | Path, frames: Sequence, fps: int = 20, srgb: bool = True,
+                   palette: str = "per_frame") -> Path:
+    """Write frames ``(H, W, C)`` as an animated GIF (or MP4 if imageio-ffmpeg is present and asked),
+    ``fps`` frames per second.
 
+    ``palette``: ``"per_frame"`` (an adaptive 256-colour palette for each frame, median cut) or
+    ``"shared"``: one adaptive palette from the first and last frames, every frame mapped to it
+    without dithering -- for plots and diagrams whose frames share their colours (~20x faster to
+    write: the median cut runs once instead of per frame)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     imgs = [to_uint8(f, srgb) for f in frames]
-    iio2.mimsave(path, imgs, duration=1.0 / fps, loop=0)
+    if palette == "shared" and path.suffix.lower() == ".gif" and imgs:
+        from PIL import Image
+
+        rgb = [a[..., :3] for a in imgs]
+        pal = Image.fromarray(np.concatenate([rgb[0], rgb[-1]], 0)).quantize(256, method=Image.Quantize.MEDIANCUT)
+        ims = [Image.fromarray(np.ascontiguousarray(a)).quantize(palette=pal, dither=Image.Dither.NONE) for a in rgb]
+        ims[0].save(path, save_all=True, append_images=ims[1:], duration=1000.0 / fps, loop=0)
+        return path
+    if palette not in ("per_frame", "shared"):
+        raise ValueError(f"palette must be 'per_frame' or 'shared', got {palette!r}")
+    import imageio.v2 as iio2
+
+    iio2.mimsave(path, imgs, duration=1000.0 / fps, loop=0)  # milliseconds per frame
     return path
 
 
