@@ -18,7 +18,8 @@ import torch
 
 from ..optim import Free, ParameterSet, optimize
 from ..physics import ParticleModel, ParticleState, rollout
-from ..viz import plot_curves, save_animation, write_metrics
+from ..viz import save_animation, write_metrics
+from . import _lineplot
 
 DESCRIPTION = "particle bouncing off ground and wall: optimise v0 so it ends at a target"
 
@@ -50,46 +51,72 @@ def simulate(v0: torch.Tensor, model: ParticleModel, frames: int = int(round(DUR
     return final.x[0], torch.stack([s.x[0] for s in states])
 
 
-def _frames(trajs: list[np.ndarray], labels: list[str], size=(360, 240)) -> list[np.ndarray]:
-    """One RGB frame per recorded state: the trajectories so far, ground, wall and target.
+def _frames(trajs: list[np.ndarray], labels: list[str], size=(360, 240), dpi: float = 80.0) -> list[np.ndarray]:
+    """One RGB frame ``(H, W, 3)`` uint8 per recorded state: the trajectories so far (x, y of
+    each ``(T, 3)`` array), ground, wall, target and a legend, in matplotlib's default style.
 
-    The axes, ground, wall, target and legend are drawn once; each frame restores that
-    background and draws only the moving artists (matplotlib blitting), ~1 ms a frame instead
-    of a full figure layout and draw (~0.1 s a frame)."""
-    import matplotlib
+    Drawn with Pillow (:mod:`diffvc.examples._lineplot`): the axes, ground, wall and target once
+    at 3x resolution, then per frame the paths and the dots, the legend on top (a translucent box
+    composited from one prepared overlay), reduced to ``size`` (anti-aliasing)."""
+    from PIL import Image, ImageDraw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from . import _lineplot as lp
 
-    fig, ax = plt.subplots(figsize=(size[0] / 80, size[1] / 80), dpi=80)
-    ax.axhline(0, color="k", lw=2)
-    ax.axvline(WALL_X, color="k", lw=2)
-    ax.plot(*TARGET[:2], "r*", ms=12)
-    cols = ["tab:gray", "tab:blue"]
-    paths = [ax.plot([], [], color=c, lw=1, label=lab, animated=True)[0] for lab, c in zip(labels, cols)]
-    dots = [ax.plot([], [], "o", color=c, ms=7, animated=True)[0] for c in cols]
-    ax.set_xlim(-2.6, 1.0)
-    ax.set_ylim(-0.1, 2.2)
-    ax.set_aspect("equal")
-    legend = ax.legend(handles=paths, loc="upper left", fontsize=7)
-    legend.set_animated(True)
-    fig.tight_layout(pad=1.08)
-    canvas = fig.canvas
-    canvas.draw()                               # background: everything not animated
-    background = canvas.copy_from_bbox(fig.bbox)
+    ss, pt = lp.SS, dpi / 72.0 * lp.SS
+    W, H = size[0] * ss, size[1] * ss
+    xlim, ylim = (-2.6, 1.0), (-0.1, 2.2)
+    med, small = 10 * pt, 7 * pt
+    pad = 1.08 * 10 * pt                        # tight_layout's pad
+    b0 = H - pad - lp.text_size("0", med)[1] - 7 * pt
+    ax = lp.Axes((0, pad, 1, b0), xlim, ylim, dpi=dpi)
+    l0 = pad + ax.ytick_label_width(med) + 7 * pt
+    # the outer tick labels reach half their size past the axes
+    aw = W - pad - l0 - lp.text_size("1.0", med)[0] / 2
+    ah = b0 - pad - lp.text_size("2.0", med)[1] / 2
+    scale = min(aw / (xlim[1] - xlim[0]), ah / (ylim[1] - ylim[0]))   # aspect equal, box centred
+    bw, bh = scale * (xlim[1] - xlim[0]), scale * (ylim[1] - ylim[0])
+    left, top = l0 + (aw - bw) / 2, pad + lp.text_size("2.0", med)[1] / 2 + (ah - bh) / 2
+    ax.box = (left, top, left + bw, top + bh)
+    l, t, r, b = ax.box
+    bg = Image.new("RGB", (W, H), lp.TAB["white"])
+    dr = ImageDraw.Draw(bg)
+    ax.draw_frame(dr, med)
+    u0, v0 = ax.px([xlim[0], xlim[1], WALL_X, WALL_X], [0.0, 0.0, ylim[0], ylim[1]])
+    dr.line([(u0[0], v0[0]), (u0[1], v0[1])], fill=lp.TAB["k"], width=round(2 * pt))   # ground
+    dr.line([(u0[2], v0[2]), (u0[3], v0[3])], fill=lp.TAB["k"], width=round(2 * pt))   # wall
+    dr.rectangle([l, t, r, b], outline=(0, 0, 0), width=max(1, round(0.8 * pt)))
+    tu, tv = ax.px(TARGET[0], TARGET[1])
+    lp.star(dr, float(tu), float(tv), 12 * pt, lp.TAB["red"])
+
+    # legend: matplotlib's upper-left box (0.5 em from the axes, white at alpha 0.8, grey edge)
+    cols = [lp.TAB["tab:gray"], lp.TAB["tab:blue"]]
+    em = small
+    th = lp.text_size("Ag", small)[1]
+    lw_ = max(lp.text_size(lab, small)[0] for lab in labels)
+    box_w = 0.4 * em * 2 + 2.0 * em + 0.8 * em + lw_
+    box_h = 0.4 * em * 2 + len(labels) * th + (len(labels) - 1) * 0.5 * em
+    legend = Image.new("RGBA", (int(box_w) + 2, int(box_h) + 2), (0, 0, 0, 0))
+    ld = ImageDraw.Draw(legend)
+    ld.rounded_rectangle([0, 0, box_w, box_h], radius=0.2 * em, fill=(255, 255, 255, 204),
+                         outline=(204, 204, 204, 204), width=max(1, round(0.8 * pt)))
+    for j, (lab, c) in enumerate(zip(labels, cols)):
+        yc = 0.4 * em + j * (th + 0.5 * em) + th / 2
+        ld.line([(0.4 * em, yc), (2.4 * em, yc)], fill=c + (255,), width=max(1, round(pt)))
+        ld.text((3.2 * em, yc), lab, font=lp.font(small), anchor="lm", fill=(0, 0, 0, 255))
+    legend_at = (int(l + 0.5 * em), int(t + 0.5 * em))
+
     out = []
-    n = max(len(t) for t in trajs)
+    n = max(len(tr) for tr in trajs)
     for k in range(n):
-        canvas.restore_region(background)
-        for t, path, dot in zip(trajs, paths, dots):
-            j = min(k, len(t) - 1)
-            path.set_data(t[: j + 1, 0], t[: j + 1, 1])
-            dot.set_data(t[j: j + 1, 0], t[j: j + 1, 1])
-            ax.draw_artist(path)
-            ax.draw_artist(dot)
-        ax.draw_artist(legend)                  # on top of the paths, as in a full draw
-        out.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-    plt.close(fig)
+        img = bg.copy()
+        d = ImageDraw.Draw(img)
+        for tr, c in zip(trajs, cols):
+            j = min(k, len(tr) - 1)
+            u, v = ax.px(tr[: j + 1, 0], tr[: j + 1, 1])
+            lp.polyline(d, u, v, c, pt)
+            lp.dot(d, float(u[-1]), float(v[-1]), 7 * pt, c)
+        img.paste(legend, legend_at, legend)
+        out.append(np.asarray(img.reduce(ss)))
     return out
 
 
@@ -115,13 +142,13 @@ def run(cfg) -> dict:
     dist = float((final - target).norm())
 
     v0_hist = np.array([h["v0"] for h in hist.params])
-    plot_curves(cfg.out / "curves.png", {"loss": hist.loss, "v0.x": v0_hist[:, 0], "v0.y": v0_hist[:, 1]},
-                title="bounce: optimise initial velocity")
+    _lineplot.plot_curves(cfg.out / "curves.png", {"loss": hist.loss, "v0.x": v0_hist[:, 0], "v0.y": v0_hist[:, 1]},
+                          title="bounce: optimise initial velocity")
     frames = _frames([traj0.cpu().numpy(), traj1.cpu().numpy()], ["initial v0", "optimised v0"])
-    save_animation(cfg.out / "trajectory.gif", frames, fps=30, srgb=False)
-    import imageio.v3 as iio
+    save_animation(cfg.out / "trajectory.gif", frames, fps=30, srgb=False, palette="shared")
+    from PIL import Image
 
-    iio.imwrite(cfg.out / "trajectory.png", frames[-1])
+    Image.fromarray(frames[-1]).save(cfg.out / "trajectory.png")
     v0 = params["v0"].detach().cpu().tolist()
     contacts = {"ground": bool((traj1[:, 1] < 0.11).any()), "wall": bool((traj1[:, 0] > WALL_X - 0.11).any())}
     metrics = {
