@@ -57,3 +57,13 @@ def test_resume_and_nproc_errors_are_one_clear_line(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     r = run("bounce", "--resume", str(tmp_path / "run"))
     assert r.returncode == 2 and "no checkpoint in" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_run_called_from_python_leaves_the_garbage_collector_as_it_was(tmp_path):
+    """Only the command itself (argv from the command line) pauses the cyclic GC during its
+    imports and freezes what they built; main(argv) from Python changes nothing."""
+    import gc
+
+    frozen = gc.get_freeze_count()
+    assert main(["run", "bounce", "--iters", "2", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
