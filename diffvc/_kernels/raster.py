@@ -13,7 +13,7 @@ barycentrics of the ORIGINAL triangle, computed from the projected vertices, whi
 meaningful for vertices behind the camera, are all >= 0 and the hit depth exceeds ``near``);
 its bins come from the clipped polygon's screen box (``_tri_box``).
 
-Binning (``bin_count`` then ``bin_fill``) writes, per view and tile, the list of triangles whose
+Binning (``tri_setup``: each triangle's clipped pixel box once, then ``bin_count`` and ``bin_fill``) writes, per view and tile, the list of triangles whose
 pixel bounding box touches the tile, in face order. Both accumulate: split over CPU threads,
 each thread range counts into its own row of counts and fills from its own cursors (which start
 where its faces go in each list); on CUDA one launch with atomics (list order then varies, the
@@ -190,55 +190,74 @@ def _cover_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.i
 
 
 @wp.kernel
-def bin_count(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any,
-              perspective: int, H: int, W: int, tile: int, tiles_x: int, tiles_y: int, counts: wp.array(dtype=wp.int32)):
-    """Counts the drawn triangles whose clipped pixel box touches each tile (accumulates: give each
-    CPU thread range its own ``counts``)."""
+def tri_setup(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any,
+              perspective: int, H: int, W: int, box: wp.array(dtype=wp.int32, ndim=3)):
+    """Per (view, face): the inclusive pixel-centre ranges (x_lo, x_hi, y_lo, y_hi) of the drawn
+    triangle's clipped box (``_tri_box``), or an empty range (0, -1, 0, -1) when it is not drawn
+    (``_tri_ok``). Computed once per call and read by the binning and coverage kernels."""
     t = wp.tid() + offset
     F = faces.shape[0]
     b = t // F
     f = t - b * F
+    r = wp.vec4i(0, -1, 0, -1)
     if _tri_ok(screen, faces, b, f, near, perspective):
         r = _tri_box(screen, faces, b, f, near, W, H)
-        rx = wp.vec2i(r[0], r[1])
-        ry = wp.vec2i(r[2], r[3])
-        if rx[0] <= rx[1] and ry[0] <= ry[1]:
-            base = b * tiles_x * tiles_y
-            for ty in range(ry[0] // tile, ry[1] // tile + 1):
-                for tx in range(rx[0] // tile, rx[1] // tile + 1):
-                    wp.atomic_add(counts, base + ty * tiles_x + tx, 1)
+    box[b, f, 0] = r[0]
+    box[b, f, 1] = r[1]
+    box[b, f, 2] = r[2]
+    box[b, f, 3] = r[3]
 
 
 @wp.kernel
-def bin_fill(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any,
-             perspective: int, H: int, W: int, tile: int, tiles_x: int, tiles_y: int, items: wp.array(dtype=wp.int32),
-             cursor: wp.array(dtype=wp.int32)):
+def bin_count(offset: int, box: wp.array(dtype=wp.int32, ndim=3), tile: int, tiles_x: int, tiles_y: int,
+              counts: wp.array(dtype=wp.int32)):
+    """Counts the drawn triangles whose clipped pixel box (``tri_setup``) touches each tile
+    (accumulates: give each CPU thread range its own ``counts``)."""
+    t = wp.tid() + offset
+    F = box.shape[1]
+    b = t // F
+    f = t - b * F
+    x0 = box[b, f, 0]
+    x1 = box[b, f, 1]
+    y0 = box[b, f, 2]
+    y1 = box[b, f, 3]
+    if x0 <= x1 and y0 <= y1:
+        base = b * tiles_x * tiles_y
+        for ty in range(y0 // tile, y1 // tile + 1):
+            for tx in range(x0 // tile, x1 // tile + 1):
+                wp.atomic_add(counts, base + ty * tiles_x + tx, 1)
+
+
+@wp.kernel
+def bin_fill(offset: int, box: wp.array(dtype=wp.int32, ndim=3), tile: int, tiles_x: int, tiles_y: int,
+             items: wp.array(dtype=wp.int32), cursor: wp.array(dtype=wp.int32)):
     """Writes each triangle into its tiles' lists at ``items[cursor[tile]++]`` (give each CPU thread
     range its own ``cursor``, starting where its triangles go: the lists stay in face order)."""
     t = wp.tid() + offset
-    F = faces.shape[0]
+    F = box.shape[1]
     b = t // F
     f = t - b * F
-    if _tri_ok(screen, faces, b, f, near, perspective):
-        r = _tri_box(screen, faces, b, f, near, W, H)
-        rx = wp.vec2i(r[0], r[1])
-        ry = wp.vec2i(r[2], r[3])
-        if rx[0] <= rx[1] and ry[0] <= ry[1]:
-            base = b * tiles_x * tiles_y
-            for ty in range(ry[0] // tile, ry[1] // tile + 1):
-                for tx in range(rx[0] // tile, rx[1] // tile + 1):
-                    slot = wp.atomic_add(cursor, base + ty * tiles_x + tx, 1)
-                    items[slot] = f
+    x0 = box[b, f, 0]
+    x1 = box[b, f, 1]
+    y0 = box[b, f, 2]
+    y1 = box[b, f, 3]
+    if x0 <= x1 and y0 <= y1:
+        base = b * tiles_x * tiles_y
+        for ty in range(y0 // tile, y1 // tile + 1):
+            for tx in range(x0 // tile, x1 // tile + 1):
+                slot = wp.atomic_add(cursor, base + ty * tiles_x + tx, 1)
+                items[slot] = f
 
 
 @wp.kernel
 def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                 starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), H: int, W: int, tile: int,
-                 tiles_x: int, tiles_y: int, perspective: int, near: Any, stride: int,
+                 starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), box: wp.array(dtype=wp.int32, ndim=3),
+                 H: int, W: int, tile: int, tiles_x: int, tiles_y: int, perspective: int, near: Any, stride: int,
                  zbuf: wp.array(dtype=Any, ndim=3), face_id: wp.array(dtype=wp.int32, ndim=3)):
-    """One thread per (view, tile); loops over the tile's triangles and their pixel boxes. Thread i
-    takes tile ``(i * stride) mod (views * tiles)`` (``stride`` coprime with that count), so each
-    CPU thread range gets tiles scattered over the images, not one band of them (balanced load)."""
+    """One thread per (view, tile); loops over the tile's triangles and their pixel boxes
+    (``tri_setup``). Thread i takes tile ``(i * stride) mod (views * tiles)`` (``stride`` coprime
+    with that count), so each CPU thread range gets tiles scattered over the images, not one band
+    of them (balanced load)."""
     nt = tiles_x * tiles_y
     t = int((wp.int64(wp.tid() + offset) * wp.int64(stride)) % wp.int64(face_id.shape[0] * nt))
     b = t // nt
@@ -257,23 +276,20 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
             face_id[b, y, x] = -1
     for e in range(starts[t], starts[t + 1]):
         f = items[e]
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
-        x0 = screen[b, i0, 0]
-        y0 = screen[b, i0, 1]
-        x1 = screen[b, i1, 0]
-        y1 = screen[b, i1, 1]
-        x2 = screen[b, i2, 0]
-        y2 = screen[b, i2, 1]
-        r = _tri_box(screen, faces, b, f, near, W, H)
-        rx = wp.vec2i(r[0], r[1])
-        ry = wp.vec2i(r[2], r[3])
-        ya = wp.max(ry[0], y0t)
-        yb = wp.min(ry[1], y1t)
-        xa = wp.max(rx[0], x0t)
-        xb = wp.min(rx[1], x1t)
+        ya = wp.max(box[b, f, 2], y0t)
+        yb = wp.min(box[b, f, 3], y1t)
+        xa = wp.max(box[b, f, 0], x0t)
+        xb = wp.min(box[b, f, 1], x1t)
         if ya <= yb and xa <= xb:
+            i0 = faces[f, 0]
+            i1 = faces[f, 1]
+            i2 = faces[f, 2]
+            x0 = screen[b, i0, 0]
+            y0 = screen[b, i0, 1]
+            x1 = screen[b, i1, 0]
+            y1 = screen[b, i1, 1]
+            x2 = screen[b, i2, 0]
+            y2 = screen[b, i2, 1]
             d0 = screen[b, i0, 2]
             d1 = screen[b, i1, 2]
             d2 = screen[b, i2, 2]
@@ -282,7 +298,9 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
             t0 = _owns_tie((x2 - x1) * s, (y2 - y1) * s)
             t1 = _owns_tie((x0 - x2) * s, (y0 - y2) * s)
             t2 = _owns_tie((x1 - x0) * s, (y1 - y0) * s)
-            clip = _clipped(screen, faces, b, f, near, perspective)
+            clip = int(0)
+            if perspective != 0 and (d0 <= near or d1 <= near or d2 <= near):
+                clip = 1
             for y in range(ya, yb + 1):
                 py = type(half)(y) + half
                 for x in range(xa, xb + 1):
@@ -300,10 +318,11 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
 
 @wp.kernel
 def raster_pixels(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
-                  starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32), H: int, W: int, tile: int,
+                  starts: wp.array(dtype=wp.int32), items: wp.array(dtype=wp.int32),
+                  box: wp.array(dtype=wp.int32, ndim=3), H: int, W: int, tile: int,
                   tiles_x: int, tiles_y: int, perspective: int, near: Any, stride: int,
                   zbuf: wp.array(dtype=Any, ndim=3), face_id: wp.array(dtype=wp.int32, ndim=3)):
-    """One thread per pixel (the CUDA layout); loops over the pixel's tile list (``stride``:
+    """One thread per pixel (the CUDA layout); loops over the pixel's tile list (``box``, ``stride``:
     unused, the arguments are those of ``raster_tiles``)."""
     p = wp.tid() + offset
     b = p // (H * W)
@@ -1421,7 +1440,7 @@ def _instantiate(kernel) -> None:
         wp.overload(kernel, types)
 
 
-for _k in (bin_count, bin_fill, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
+for _k in (tri_setup, raster_tiles, raster_pixels, barycentrics, interpolate_attr, silhouette_pairs,
            face_facing, face_has_silhouette, edge_bin_count, edge_bin_fill, entry_geometry, blend_pairs,
            blend_pairs_adj, blend_sparse, blend_sparse_adj):
     _instantiate(_k)
@@ -1795,3 +1814,163 @@ def blend_op(color, screen, ring, faces, pairs, near: float, perspective: int):
     Raises ``ValueError`` when ``color`` has a non-finite value (checked as it is read)."""
     return _Blend.apply(color.contiguous(), screen.contiguous(), ring.contiguous(), faces, pairs, float(near),
                         int(perspective))
+
+
+# ---------------------------------------------------------------------------------------------
+# camera projection of the vertices (Cameras.project plus the rasterizer's depth guard) as one
+# kernel, forward and hand-written adjoint split over threads
+# ---------------------------------------------------------------------------------------------
+
+PROJECT_BLOCK = 64  # vertices per kernel thread
+
+
+@wp.kernel
+def project_verts(offset: int, verts: wp.array(dtype=Any, ndim=3), R: wp.array(dtype=Any, ndim=3),
+                  tr: wp.array(dtype=Any, ndim=2), K: wp.array(dtype=Any, ndim=2), perspective: int,
+                  screen: wp.array(dtype=Any, ndim=3)):
+    """screen[b, v] = (u, v, d) of vertex v in view b (``verts`` (1 or B, V, 3)): camera point
+    pc = R p + t, d = -pc_z; perspective: s = d where |d| > 1e-12 else 1e-12, u = cx + fx pc_x / s,
+    v = cy - fy pc_y / s and the depth stored is s; orthographic: u = cx + fx pc_x, v = cy - fy pc_y,
+    d. One thread per block of ``PROJECT_BLOCK`` vertices (all views)."""
+    j = wp.tid() + offset
+    V = verts.shape[1]
+    nb = verts.shape[0]
+    for v in range(j * PROJECT_BLOCK, wp.min(j * PROJECT_BLOCK + PROJECT_BLOCK, V)):
+        for b in range(screen.shape[0]):
+            bv = wp.min(b, nb - 1)
+            p0 = verts[bv, v, 0]
+            p1 = verts[bv, v, 1]
+            p2 = verts[bv, v, 2]
+            X = p0 * R[b, 0, 0] + p1 * R[b, 0, 1] + p2 * R[b, 0, 2] + tr[b, 0]
+            Y = p0 * R[b, 1, 0] + p1 * R[b, 1, 1] + p2 * R[b, 1, 2] + tr[b, 1]
+            d = -(p0 * R[b, 2, 0] + p1 * R[b, 2, 1] + p2 * R[b, 2, 2] + tr[b, 2])
+            if perspective != 0:
+                s = d
+                if not (wp.abs(d) > type(d)(1e-12)):
+                    s = type(d)(1e-12)
+                screen[b, v, 0] = K[b, 2] + K[b, 0] * (X / s)
+                screen[b, v, 1] = K[b, 3] - K[b, 1] * (Y / s)
+                screen[b, v, 2] = s
+            else:
+                screen[b, v, 0] = K[b, 2] + K[b, 0] * X
+                screen[b, v, 1] = K[b, 3] - K[b, 1] * Y
+                screen[b, v, 2] = d
+
+
+@wp.kernel
+def project_verts_adj(offset: int, verts: wp.array(dtype=Any, ndim=3), R: wp.array(dtype=Any, ndim=3),
+                      tr: wp.array(dtype=Any, ndim=2), K: wp.array(dtype=Any, ndim=2), perspective: int,
+                      g_screen: wp.array(dtype=Any, ndim=3), g_verts: wp.array(dtype=Any, ndim=3),
+                      g_cam: wp.array(dtype=Any, ndim=2)):
+    """Adjoint of :func:`project_verts`: ``g_verts`` (1 or B, V, 3) written per vertex (this
+    thread's vertices: disjoint), the camera gradient added to ``g_cam`` (B, 16) = (R row-major 9,
+    t 3, intrinsics 4) (give each CPU thread range its own ``g_cam``). The depth guard passes no
+    gradient to d where |d| <= 1e-12 (as ``torch.where`` in the twin)."""
+    j = wp.tid() + offset
+    V = verts.shape[1]
+    nb = verts.shape[0]
+    for v in range(j * PROJECT_BLOCK, wp.min(j * PROJECT_BLOCK + PROJECT_BLOCK, V)):
+        z = verts[0, v, 0] - verts[0, v, 0]
+        a0 = z
+        a1 = z
+        a2 = z
+        for b in range(g_screen.shape[0]):
+            bv = wp.min(b, nb - 1)
+            p0 = verts[bv, v, 0]
+            p1 = verts[bv, v, 1]
+            p2 = verts[bv, v, 2]
+            X = p0 * R[b, 0, 0] + p1 * R[b, 0, 1] + p2 * R[b, 0, 2] + tr[b, 0]
+            Y = p0 * R[b, 1, 0] + p1 * R[b, 1, 1] + p2 * R[b, 1, 2] + tr[b, 1]
+            d = -(p0 * R[b, 2, 0] + p1 * R[b, 2, 1] + p2 * R[b, 2, 2] + tr[b, 2])
+            gu = g_screen[b, v, 0]
+            gv = g_screen[b, v, 1]
+            gd = g_screen[b, v, 2]
+            gX = z
+            gY = z
+            gZ = z
+            if perspective != 0:
+                s = d
+                live = wp.abs(d) > type(d)(1e-12)
+                if not live:
+                    s = type(d)(1e-12)
+                xs = X / s
+                ys = Y / s
+                gX = gu * K[b, 0] / s
+                gY = -gv * K[b, 1] / s
+                if live:
+                    gZ = -(gd - (gu * K[b, 0] * xs - gv * K[b, 1] * ys) / s)
+                wp.atomic_add(g_cam, b, 12, gu * xs)
+                wp.atomic_add(g_cam, b, 13, -gv * ys)
+            else:
+                gX = gu * K[b, 0]
+                gY = -gv * K[b, 1]
+                gZ = -gd
+                wp.atomic_add(g_cam, b, 12, gu * X)
+                wp.atomic_add(g_cam, b, 13, -gv * Y)
+            wp.atomic_add(g_cam, b, 14, gu)
+            wp.atomic_add(g_cam, b, 15, gv)
+            wp.atomic_add(g_cam, b, 0, gX * p0)
+            wp.atomic_add(g_cam, b, 1, gX * p1)
+            wp.atomic_add(g_cam, b, 2, gX * p2)
+            wp.atomic_add(g_cam, b, 3, gY * p0)
+            wp.atomic_add(g_cam, b, 4, gY * p1)
+            wp.atomic_add(g_cam, b, 5, gY * p2)
+            wp.atomic_add(g_cam, b, 6, gZ * p0)
+            wp.atomic_add(g_cam, b, 7, gZ * p1)
+            wp.atomic_add(g_cam, b, 8, gZ * p2)
+            wp.atomic_add(g_cam, b, 9, gX)
+            wp.atomic_add(g_cam, b, 10, gY)
+            wp.atomic_add(g_cam, b, 11, gZ)
+            q0 = gX * R[b, 0, 0] + gY * R[b, 1, 0] + gZ * R[b, 2, 0]
+            q1 = gX * R[b, 0, 1] + gY * R[b, 1, 1] + gZ * R[b, 2, 1]
+            q2 = gX * R[b, 0, 2] + gY * R[b, 1, 2] + gZ * R[b, 2, 2]
+            if nb == 1:
+                a0 = a0 + q0
+                a1 = a1 + q1
+                a2 = a2 + q2
+            else:
+                g_verts[b, v, 0] = q0
+                g_verts[b, v, 1] = q1
+                g_verts[b, v, 2] = q2
+        if nb == 1:
+            g_verts[0, v, 0] = a0
+            g_verts[0, v, 1] = a1
+            g_verts[0, v, 2] = a2
+
+
+_instantiate(project_verts)
+_instantiate(project_verts_adj)
+
+
+class _Project(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, verts, R, tr, K, perspective):
+        B, V = R.shape[0], verts.shape[1]
+        screen = torch.empty((B, V, 3), dtype=verts.dtype, device=verts.device)  # every entry written
+        n = (V + PROJECT_BLOCK - 1) // PROJECT_BLOCK
+        parallel_launch(project_verts, n, [verts, R, tr, K, perspective], [screen], min_per_thread=16)
+        ctx.perspective = perspective
+        ctx.save_for_backward(verts, R, tr, K)
+        return screen
+
+    @staticmethod
+    def backward(ctx, g_screen):
+        verts, R, tr, K = ctx.saved_tensors
+        B, V = R.shape[0], verts.shape[1]
+        n = (V + PROJECT_BLOCK - 1) // PROJECT_BLOCK
+        n_chunks = len(split_chunks(n, verts.device, 16))
+        g_verts = torch.empty_like(verts)  # every entry written
+        g_cam = [cpu_zeros((B, 16), R) for _ in range(n_chunks)]
+        parallel_launch(project_verts_adj, n, [verts, R, tr, K, ctx.perspective, contiguous(g_screen)],
+                        lambda c: [g_verts, g_cam[c]], device=verts.device, min_per_thread=16)
+        gc = chunk_sum(g_cam)
+        need = ctx.needs_input_grad
+        return (g_verts if need[0] else None, gc[:, :9].reshape(B, 3, 3) if need[1] else None,
+                gc[:, 9:12].contiguous() if need[2] else None, gc[:, 12:].contiguous() if need[3] else None, None)
+
+
+def project_op(verts, R, tr, K, perspective: int):
+    """Differentiable screen points (B, V, 3) of ``verts`` (1 or B, V, 3) seen by cameras with
+    rotations ``R`` (B, 3, 3), translations ``tr`` (B, 3) and intrinsics ``K`` (B, 4) (see
+    :func:`project_verts`); gradients to all four."""
+    return _Project.apply(verts.contiguous(), R.contiguous(), tr.contiguous(), K.contiguous(), int(perspective))

@@ -146,18 +146,34 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         raise ValueError(f"height, width ({H}, {W}) differ from the cameras' image size "
                          f"({cameras.height}, {cameras.width})")
     faces = check_faces(faces, verts.shape[-2])
+    check_choice(backend, "backend", BACKENDS)
+    if backend == "warp":
+        # Cameras.project and the depth guard below as one kernel (forward and adjoint split over
+        # threads; gradients to the vertices and the cameras): ~15 torch ops per call otherwise
+        if verts.device != cameras.device:
+            raise ValueError(f"verts is on {verts.device} but cameras are on {cameras.device}")
+        screen = K.project_op(verts if verts.dim() == 3 else verts.unsqueeze(0), cameras.R, cameras.t,
+                              cameras.intrinsics, int(not cameras.orthographic))
+    else:
+        screen = _project_torch(cameras, verts)
+    if tile is not None:
+        as_int(tile, "tile", minimum=1)
+    # faces are checked above; the screen points of finite vertices are finite unless the
+    # projection overflowed
+    return _rasterize(_check_screen(screen), faces, H, W, bool(not cameras.orthographic), cameras.near, backend, tile)
+
+
+def _project_torch(cameras: Cameras, verts: torch.Tensor) -> torch.Tensor:
+    """Screen points (B, V, 3) of ``verts`` for :func:`rasterize`: :meth:`Cameras.project` with the
+    depth of a perspective vertex on the camera plane set to the divisor 1e-12 (the twin of the
+    ``project_verts`` kernel)."""
     screen = cameras.project(verts)
     if not cameras.orthographic:
         # a vertex on the camera plane (d = 0) projects with the divisor 1e-12 (Cameras.project):
         # give it that depth, so the homogeneous point (u d, v d, d) stays consistent and finite
         d = screen[..., 2]
         screen = torch.cat([screen[..., :2], torch.where(d.abs() > 1e-12, d, torch.full_like(d, 1e-12))[..., None]], -1)
-    check_choice(backend, "backend", BACKENDS)
-    if tile is not None:
-        as_int(tile, "tile", minimum=1)
-    # faces are checked above; the screen points of finite vertices are finite unless the
-    # projection overflowed
-    return _rasterize(_check_screen(screen), faces, H, W, bool(not cameras.orthographic), cameras.near, backend, tile)
+    return screen
 
 
 def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int, perspective: bool = True,
@@ -213,9 +229,11 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     near = float(near)
     # binning, split over CPU threads: each thread range counts into its own row of ``counts`` and
     # fills from its own cursors, which start where its faces go in each tile's list (face order)
+    box = torch.empty((B, F, 4), dtype=torch.int32, device=dev)  # every entry written
+    parallel_launch(K.tri_setup, B * F, [screen, faces, near, int(perspective), H, W], [box])
     n_chunks = len(split_chunks(B * F, dev))
     counts = K.cpu_zeros((n_chunks, nt), faces)
-    bin_args = [screen, faces, near, int(perspective), H, W, tile, tx, ty]
+    bin_args = [box, tile, tx, ty]
     parallel_launch(K.bin_count, B * F, bin_args, lambda c: [counts[c]])
     ends = torch.cumsum(counts.t().reshape(-1), 0, dtype=torch.int32)  # tile-major, then chunk
     starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
@@ -227,7 +245,7 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     # both layouts write every pixel (the tile kernel initialises its own tile first)
     zbuf = torch.empty((B, H, W), dtype=screen.dtype, device=dev)
     face_id = torch.empty((B, H, W), dtype=torch.int32, device=dev)
-    args = [screen, faces, starts, items, H, W, tile, tx, ty, int(perspective), near, _coprime_stride(nt)]
+    args = [screen, faces, starts, items, box, H, W, tile, tx, ty, int(perspective), near, _coprime_stride(nt)]
     layout = layout or ("pixels" if dev.type == "cuda" else "tiles")
     if layout == "pixels":
         parallel_launch(K.raster_pixels, B * H * W, args, [zbuf, face_id])
