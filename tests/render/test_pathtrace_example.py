@@ -17,7 +17,11 @@ def test_inverse_rendering_short_run_reduces_both_losses(tmp_path):
     assert m["box_final_error_m"] < m["box_start_error_m"]
     for name in ("metrics.json", "curves.png", "images.png"):
         assert (tmp_path / name).exists()
-    assert json.loads((tmp_path / "metrics.json").read_text())["stage1_iterations"] == 3
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["stage1_iterations"] == 3 and saved["stage2_iterations"] == 3
+    # the position stage: twice the resolution, a target with another seed and more samples
+    assert saved["stage2_resolution"] == 2 * saved["resolution"]
+    assert saved["stage2_target_seed"] != 0 and saved["stage2_target_spp"] > saved["spp"]
     check_outputs(tmp_path)  # every image and animation read back: not blank, not saturated, frames move
 
 
