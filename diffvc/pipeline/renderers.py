@@ -158,7 +158,7 @@ class RasterRenderer:
     def _render(self, scene, verts, faces, face_albedo, smooth, topology) -> torch.Tensor:
         from ..render.interpolate import interpolate
         from ..render.rasterize import rasterize
-        from ..render.shading import Material, shade
+        from ..render.shading import _shade
 
         backend = self.backend
         T = verts.shape[0]
@@ -174,11 +174,16 @@ class RasterRenderer:
         fid = frags.face_id.long()
         hit = (fid >= 0).unsqueeze(-1)
         idx = fid.clamp_min(0)
-        n_face = torch.stack([face_normals(v, faces) for v in verts]).repeat_interleave(nv, dim=0)  # (B, F, 3)
+        # the T frames as one mesh of T disjoint copies: one normals call instead of T (row-wise
+        # formulas, so each frame's normals are the same values as a per-frame call's)
+        nvt, nf = verts.shape[1], faces.shape[0]
+        flat_v = verts.reshape(T * nvt, 3)
+        flat_f = (faces.long()[None] + nvt * torch.arange(T, device=faces.device)[:, None, None]).reshape(T * nf, 3)
+        n_face = face_normals(flat_v, flat_f).reshape(T, nf, 3).repeat_interleave(nv, dim=0)  # (B, F, 3)
         bidx = torch.arange(idx.shape[0], device=idx.device)[:, None, None]
         normals = n_face[bidx, idx]                             # (B, H, W, 3) flat shading
         if bool(smooth.any()):
-            n_vert = torch.stack([vertex_normals(v, faces) for v in verts]).repeat_interleave(nv, dim=0)
+            n_vert = vertex_normals(flat_v, flat_f).reshape(T, nvt, 3).repeat_interleave(nv, dim=0)
             ns = interpolate(n_vert, frags, backend=backend)
             ns = ns / ns.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             normals = torch.where(smooth.to(idx.device)[idx].unsqueeze(-1), ns, normals)
@@ -190,8 +195,8 @@ class RasterRenderer:
         # two-sided: flip normals facing away from the camera (thin or open shapes stay lit)
         facing = (normals * view).sum(-1, keepdim=True)
         normals = torch.where(facing < 0, -normals, normals)
-        mat = Material(albedo, torch.ones_like(albedo[..., :1]), torch.zeros_like(albedo))
-        color = shade(pos, normals, view, mat, list(scene.lights), specular=False)
+        # Lambert only (roughness and f0 unused); inputs correct by construction: the unchecked core
+        color = _shade(pos, normals, view, albedo, None, None, list(scene.lights), specular=False)
         bg = scene.background.to(verts.dtype)
         img = torch.where(hit, color, bg.expand_as(color))
         if self.antialiased:
