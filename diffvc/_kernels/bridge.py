@@ -12,7 +12,8 @@ These live here and nowhere else:
 * Launch overhead out of the hot path: :func:`launch` and :func:`kernel_op` replay recorded
   launches (:func:`fast_launch`: one ``wp.Launch`` per kernel and argument types, arguments
   set from cached array descriptors), and :func:`segment_op` fuses K steps of a fixed launch
-  sequence into one autograd node (the fused segments of particles, rigid bodies and FEM).
+  sequence into one autograd node (the fused segments of rigid bodies and FEM; particles, which
+  do not interact, run all K steps in one launch: ``particles.particle_segment``).
 
 Kernels are written generically (``wp.array(dtype=Any)``, scalars ``Any``) so one source serves
 float32 and float64; Warp specialises them at launch. Python floats passed to a kernel are cast
