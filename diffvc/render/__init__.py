@@ -6,19 +6,46 @@ from .lights import AmbientLight, DirectionalLight, PointLight, SHEnvironment, s
 from .rasterize import Fragments, rasterize, rasterize_screen
 from .interpolate import interpolate
 from .antialias import MeshTopology, antialias, face_neighbors, mesh_topology
-from .raytrace import RayHits, TriangleBVH, intersect, occluded, render_gbuffer
-from .pt_scene import PathTracingScene, PTMaterial, cornell_box, cornell_camera
-from .pathtrace import path_trace
-from .texture import level_of_detail, mipmaps, texture
-from .soft import soft_silhouette
-from .volume import (OccupancyGrid, VolumeRender, composite_rays, importance_samples, ray_aabb, read_vol, render_field, render_grid,
-                     render_volume, stratified_samples, write_vol)
-from .sphere_trace import SDFHits, render_sdf, shade_sdf, sphere_trace
-from .splat import (DensityControl, Gaussians, SplatImage, gaussians_from_params, init_splat_params,
-                    points_to_gaussians, project_gaussians, rasterize_gaussians, render_gaussians, splat_loss,
-                    splat_optimizer, ssim)
 from .shading import (Material, fresnel_schlick, ggx_brdf, ggx_distribution, ggx_specular, lambert, shade,
                       smith_g, smith_g1)
+# eager: these modules share a name with a function they export (a later submodule import would
+# otherwise rebind the package attribute to the module)
+from .texture import level_of_detail, mipmaps, texture
+from .sphere_trace import SDFHits, render_sdf, shade_sdf, sphere_trace
+
+# The ray/path tracers, volumes, splats and soft silhouettes load on
+# first use (PEP 562): ``from diffvc.render import path_trace`` works as before, but a command
+# that only rasterizes does not import (and load the Warp kernels of) every renderer (~0.5 s CPU).
+_LAZY = {
+    "raytrace": ("RayHits", "TriangleBVH", "intersect", "occluded", "render_gbuffer"),
+    "pt_scene": ("PathTracingScene", "PTMaterial", "cornell_box", "cornell_camera"),
+    "pathtrace": ("path_trace",),
+    "soft": ("soft_silhouette",),
+    "volume": ("OccupancyGrid", "VolumeRender", "composite_rays", "importance_samples", "ray_aabb", "read_vol",
+               "render_field", "render_grid", "render_volume", "stratified_samples", "write_vol"),
+    "splat": ("DensityControl", "Gaussians", "SplatImage", "gaussians_from_params", "init_splat_params",
+              "points_to_gaussians", "project_gaussians", "rasterize_gaussians", "render_gaussians", "splat_loss",
+              "splat_optimizer", "ssim"),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:  # a submodule, as ``diffvc.render.volume`` was after the package import
+        return importlib.import_module(f".{name}", __name__)
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY))
+
 
 __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes",
            "PointLight", "DirectionalLight", "AmbientLight", "SHEnvironment", "sh_basis",

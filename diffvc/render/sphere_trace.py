@@ -34,7 +34,6 @@ import torch
 
 from .._validate import as_float, as_int, as_tensor, check_float, describe
 from .cameras import Cameras, generate_rays
-from .volume import _check_rays, ray_aabb
 
 __all__ = ["SDFHits", "sphere_trace", "shade_sdf", "render_sdf"]
 
@@ -112,6 +111,8 @@ def sphere_trace(sdf, origins: torch.Tensor, directions: torch.Tensor, bbox_min=
     """
     if not callable(sdf):
         raise TypeError(f"sdf must be a callable points (M, 3) -> distances (M,), got {type(sdf).__name__}")
+    from .volume import _check_rays, ray_aabb  # on use: the package import does not load the volume kernels
+
     _check_rays(origins, directions)
     if bool(((directions.norm(dim=-1) - 1).abs() > 1e-4).any()):
         raise ValueError("directions must have unit length")
