@@ -76,5 +76,10 @@ def main(argv=None) -> dict:
     return res
 
 
+def run(quick: bool = False) -> dict:
+    """``bench.run_all``'s entry point: the default point count on one torch thread."""
+    return main(["--quick"] if quick else [])
+
+
 if __name__ == "__main__":
     main()

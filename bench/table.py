@@ -338,17 +338,35 @@ def _splat(d):
 
 
 def _volume(d):
-    t = num(get(d, "target_speedup"))
+    speedup = num(get(d, "target_speedup"))
     rows = []
     for mode in ("emission", "absorption"):
         rows.append(Row("volume", f"{t(d, 'grid')} grid, {t(d, 'image')}, {mode}, fwd + bwd",
                         get(d, f"{mode}_warp_ms"), "ms", "plain-torch twin", get(d, f"{mode}_torch_ms"),
                         spread=spread(d, lo=f"{mode}_warp_min_ms", unit="ms"),
-                        target=f"≤ {1 / t:.2g}× (bench's own ≥ {t:g}×)" if t else ""))
+                        target=f"≤ {1 / speedup:.2g}× (bench's own ≥ {speedup:g}×)" if speedup else ""))
     rows.append(Row("volume", "sparse scene with occupancy grid", get(d, "sparse_occupancy_warp_ms"), "ms",
                     "diffvc without occupancy grid", get(d, "sparse_warp_ms"),
                     spread=spread(d, lo="sparse_occupancy_warp_min_ms", unit="ms")))
     return rows
+
+
+def _demo_time(d):
+    rows = []
+    for name, extra in (("bounce", "make it hit the target"), ("sysid", "`make demo`")):
+        rows.append(Row("demo_time", f"`diffvc run {name} --quick` ({extra}), wall, fresh process",
+                        get(d, f"{name}_wall_s"), "s", "", None,
+                        spread=spread(d, pair=f"{name}_wall_spread_s", unit="s"),
+                        target=f"≤ {fmt(get(d, f'{name}_target_s'), 's')}" if get(d, f"{name}_target_s") else ""))
+    return rows
+
+
+def _hashgrid(d):
+    return [Row("hashgrid", f"hash-grid encoding, {fmt(get(d, 'points'))} points, {t(d, 'levels')} levels, fwd + bwd "
+                            f"({t(d, 'torch_threads')} thread)",
+                get(d, "encoding_warp_ms"), "ms", "plain-torch twin (vectorised)", get(d, "encoding_torch_ms")),
+            Row("hashgrid", "hash-grid field (encoding + MLP), fwd + bwd", get(d, "field_warp_ms"), "ms",
+                "plain-torch twin (vectorised)", get(d, "field_torch_ms"))]
 
 
 def _pipeline(d):
@@ -376,7 +394,7 @@ def _rollout_memory(d):
 
 
 _EXTRACTORS = {
-    "articulated": _articulated, "cloth": _cloth, "difftaichi_mass_spring": _difftaichi_mass_spring, "fem": _fem,
+    "articulated": _articulated, "cloth": _cloth, "demo_time": _demo_time, "hashgrid": _hashgrid, "difftaichi_mass_spring": _difftaichi_mass_spring, "fem": _fem,
     "geometry": _geometry, "launch": _launch, "mass_spring": _mass_spring, "mpm": _mpm, "pathtrace": _pathtrace,
     "pathtrace_memory": _pathtrace_memory, "pipeline": _pipeline, "raster": _raster,
     "rollout_memory": _rollout_memory, "scale": _scale_bench, "smoke": _smoke, "splat": _splat, "topopt": _topopt,
