@@ -139,3 +139,13 @@ def test_anchor_finders_honour_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DRJIT_LIBLLVM_PATH", "/some/libLLVM.so")
     assert bench.libllvm_path() == "/some/libLLVM.so"
     assert bench.difftaichi_example("no_such_example.py") is None
+
+
+def test_volume_and_demo_rows_read_their_figures():
+    rows = rows_for("volume", {"grid": "128^3", "image": "128^2", "target_speedup": 5.0, "emission_warp_ms": 10.0,
+                               "emission_torch_ms": 55.0})
+    em = _row(rows, "emission", "plain-torch")
+    assert em.cells()[2] == "10.0 ms" and abs(em.ratio - 10 / 55) < 1e-12 and em.target.startswith("≤ 0.2×")
+    rows = rows_for("demo_time", {"bounce_wall_s": 4.2, "bounce_target_s": 5.0, "bounce_wall_spread_s": [4.0, 4.5]})
+    b = _row(rows, "bounce", "")
+    assert b.cells()[2].startswith("4.2 s") and b.target == "≤ 5 s"
