@@ -289,7 +289,8 @@ class _Warp:
         if self.dyn_idx.numel() == 0 or bool(dyn.all()):
             return
         dtri = tri[self.dyn_idx]
-        diag = float((dtri.reshape(-1, 3).amax(0) - dtri.reshape(-1, 3).amin(0)).norm())
+        self.lo, self.hi = dtri.reshape(-1, 3).amin(0), dtri.reshape(-1, 3).amax(0)
+        diag = float((self.hi - self.lo).norm())
         uniq, f1, f2, counts = edge_owners(faces)
         static = ~dyn[f1] & ~dyn[f2]
         crease = (counts == 1) | ((self.normal[f1] * self.normal[f2]).sum(-1) < 1 - 1e-6)
@@ -302,6 +303,12 @@ class _Warp:
                 _, d, _ = self.closest(pts[c0:c0 + 4096])
                 dmin = min(dmin, float(d.min()))
         self.R = 0.9 * dmin
+
+    def near(self, y: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: points within ``R`` of the moving faces' bounding box (a cheap prefilter)."""
+        if self.R <= 0:
+            return torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        return ((y > self.lo - self.R) & (y < self.hi + self.R)).all(-1)
 
     def closest(self, y: torch.Tensor):
         """(moving face index into ``faces``, distance, barycentric weights) of the closest point
@@ -359,7 +366,7 @@ class _Warp:
             J = J.index_put((i,), ar)
         st = ~dyn
         if self.R > 0 and bool(st.any()):
-            i = torch.nonzero(st).reshape(-1)
+            i = torch.nonzero(st & self.near(y)).reshape(-1)
             ys, ns = y[i], self.normal[face[i]]
             _, d, _ = self.closest(ys)
             moving = torch.nonzero(d < self.R).reshape(-1)
@@ -689,8 +696,8 @@ def _pixel_border_grad(warp: _Warp, v: torch.Tensor, prep, cam, H: int, W: int, 
     hit = f >= 0
     x = o + dirs * t[:, None]
     moves = hit & warp.dynamic[f.clamp_min(0)]
-    if warp.R > 0 and bool((hit & ~moves).any()):
-        i = torch.nonzero(hit & ~moves).reshape(-1)
+    if warp.R > 0 and bool((hit & ~moves & warp.near(x)).any()):
+        i = torch.nonzero(hit & ~moves & warp.near(x)).reshape(-1)
         _, d, _ = warp.closest(x[i])
         moves = moves.index_put((i[d < warp.R],), torch.ones((), dtype=torch.bool))
     if not bool(moves.any()):
