@@ -9,7 +9,12 @@
   direct lighting and 8 bounces (relative error of the mean radiance per channel and the mean
   absolute per-pixel difference, next to Mitsuba-vs-Mitsuba with another seed = the noise floor).
 
-    python -m bench.pathtrace [--quick]
+    python -m bench.pathtrace [--quick] [--speed-only]
+
+``--speed-only`` skips the gradient and image checks (the speed figures alone). Mitsuba runs on
+``torch.get_num_threads()`` threads (``dr.set_thread_count``), as diffvc does. Times are medians
+of ``repeats`` runs in this process; ``spread`` has their min/max and the median process CPU
+seconds (all threads).
 """
 
 from __future__ import annotations
@@ -26,12 +31,20 @@ from diffvc.render.pathtrace import path_trace
 from diffvc.render.pt_scene import cornell_box, cornell_camera
 
 
-def _median_time(fn, repeats: int) -> float:
-    ts = []
+_SPREAD: dict = {}
+
+
+def _median_time(fn, repeats: int, tag: str | None = None) -> float:
+    """Median wall time of ``repeats`` calls; with ``tag`` the min/max and the median process
+    CPU seconds go to ``_SPREAD[tag]``."""
+    ts, cs = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
+    if tag:
+        _SPREAD[tag] = {"min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3, "cpu_s": statistics.median(cs)}
     return statistics.median(ts)
 
 
@@ -43,9 +56,11 @@ def _mitsuba():
     if libllvm_path() and "DRJIT_LIBLLVM_PATH" not in os.environ:   # Mitsuba's LLVM variants need one
         os.environ["DRJIT_LIBLLVM_PATH"] = libllvm_path()
     try:
+        import drjit as dr
         import mitsuba as mi
     except Exception:  # noqa: BLE001  (optional dependency)
         return None, None
+    dr.set_thread_count(max(1, torch.get_num_threads()))  # the same thread count as diffvc
     for variant in ("llvm_ad_rgb", "scalar_rgb"):
         try:
             mi.set_variant(variant)
@@ -149,7 +164,7 @@ def _translation_gradient_check(quick: bool) -> dict:
     return res
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, speed_only: bool = False) -> dict:
     torch.manual_seed(0)
     size, spp_f, spp_b, depth = (64, 16, 4, 8) if quick else (128, 64, 16, 8)
     repeats = 1 if quick else 3
@@ -157,7 +172,7 @@ def run(quick: bool = False) -> dict:
     cam = cornell_camera(size, size)
     path_trace(scene, cam, spp=1, max_depth=1)  # compile / warm up
     n = size * size
-    t_fwd = _median_time(lambda: path_trace(scene, cam, spp=spp_f, max_depth=depth), repeats)
+    t_fwd = _median_time(lambda: path_trace(scene, cam, spp=spp_f, max_depth=depth), repeats, "forward")
     alb = scene.albedo.clone().requires_grad_()
     em = scene.emission.clone().requires_grad_()
 
@@ -165,28 +180,31 @@ def run(quick: bool = False) -> dict:
         img = path_trace(scene.replace(albedo=alb, emission=em), cam, spp=spp_b, max_depth=depth)
         img.mean().backward()
 
-    t_fb = _median_time(fwd_bwd, repeats)
+    fwd_bwd()  # warm-up (the replay kernel's first launch)
+    t_fb = _median_time(fwd_bwd, repeats, "fwd_bwd")
     out = {
         "device": "cpu", "threads": torch.get_num_threads(), "resolution": size, "max_depth": depth,
         "forward_spp": spp_f, "forward_ms": t_fwd * 1e3, "forward_samples_per_s": n * spp_f / t_fwd,
         "fwd_bwd_spp": spp_b, "fwd_bwd_ms": t_fb * 1e3, "fwd_bwd_samples_per_s": n * spp_b / t_fb,
     }
-    out.update(_translation_gradient_check(quick))
+    if not speed_only:
+        out.update(_translation_gradient_check(quick))
     mi, variant = _mitsuba()
     out["mitsuba_variant"] = variant or "not installed"
+    out["spread"] = _SPREAD
     if mi is None:
         return out
     import drjit as dr
 
     ms = mitsuba_scene(mi, scene, cam, depth)
     mi.render(ms, spp=1)  # JIT warm-up
-    t_mi = _median_time(lambda: np.array(mi.render(ms, spp=spp_f, seed=1)), repeats)
+    t_mi = _median_time(lambda: np.array(mi.render(ms, spp=spp_f, seed=1)), repeats, "mitsuba_forward")
     out["mitsuba_forward_ms"] = t_mi * 1e3
     out["mitsuba_forward_samples_per_s"] = n * spp_f / t_mi
     out["forward_speed_ratio_diffvc_over_mitsuba"] = t_mi / t_fwd
     if "_ad_" not in variant:  # scalar variants have no autodiff: no prb comparison
         out["mitsuba_fwd_bwd_ms"] = "n/a (no AD variant)"
-        return _validate(out, mi, scene, quick)
+        return out if speed_only else _validate(out, mi, scene, quick)
     ms_prb = mitsuba_scene(mi, scene, cam, depth, integrator="prb")
     params = mi.traverse(ms_prb)
     keys = [k for k in params.keys() if k.endswith("reflectance.value") or k.endswith("radiance.value")]
@@ -200,10 +218,16 @@ def run(quick: bool = False) -> dict:
         return [np.array(dr.grad(params[k])) for k in keys]
 
     mi_fwd_bwd()
-    t_mfb = _median_time(mi_fwd_bwd, repeats)
+    t_mfb = _median_time(mi_fwd_bwd, repeats, "mitsuba_fwd_bwd")
     out["mitsuba_fwd_bwd_ms"] = t_mfb * 1e3
     out["fwd_bwd_speed_ratio_diffvc_over_mitsuba"] = t_mfb / t_fb
-    return _validate(out, mi, scene, quick)
+    # the issue's form: diffvc time / Mitsuba time (<= 1: diffvc as fast or faster)
+    out["time_ratio_diffvc_over_mitsuba_forward"] = t_fwd / t_mi
+    out["time_ratio_diffvc_over_mitsuba_fwd_bwd"] = t_fb / t_mfb
+    import os
+
+    out["load_average"] = list(os.getloadavg())
+    return out if speed_only else _validate(out, mi, scene, quick)
 
 
 def _validate(out: dict, mi, scene, quick: bool) -> dict:
@@ -245,4 +269,4 @@ def _validate(out: dict, mi, scene, quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
+    print(json.dumps(run(quick="--quick" in sys.argv, speed_only="--speed-only" in sys.argv), indent=2))

@@ -102,6 +102,14 @@ class Scene:
     env_w: int
     env_h: int
     has_env: int
+    # small-scene BVH (see :func:`small_bvh`): nodes in depth-first order with escape links;
+    # n_nodes = 0 for larger scenes (then Warp's mesh BVH is queried)
+    bvh_lo: wp.array(dtype=wp.vec3)
+    bvh_hi: wp.array(dtype=wp.vec3)
+    bvh_info: wp.array(dtype=wp.vec3i)  # (escape: next node after the subtree, first triangle, count; 0 = inner)
+    n_nodes: int
+    tri: wp.array(dtype=wp.vec3)  # (v0, v1 - v0, v2 - v0) per triangle, in leaf order
+    tri_face: wp.array(dtype=wp.int32)  # face index of each triangle of ``tri``
 
 
 @wp.struct
@@ -461,19 +469,77 @@ def offset_origin(p: wp.vec3, n: wp.vec3, d: wp.vec3):
 
 
 @wp.func
+def box_entry(lo: wp.vec3, hi: wp.vec3, o: wp.vec3, inv: wp.vec3, tbest: float):
+    """Does the ray ``o + t d`` (``inv = 1 / d``) enter the box before ``tbest``?"""
+    a = wp.cw_mul(lo - o, inv)
+    b = wp.cw_mul(hi - o, inv)
+    tn = wp.max(wp.max(wp.min(a[0], b[0]), wp.min(a[1], b[1])), wp.min(a[2], b[2]))
+    tf = wp.min(wp.min(wp.max(a[0], b[0]), wp.max(a[1], b[1])), wp.max(a[2], b[2]))
+    return tn <= tf and tf >= 0.0 and tn < tbest
+
+
+@wp.func
+def intersect(scene: Scene, o: wp.vec3, d: wp.vec3, tmax: float, anyhit: int):
+    """First hit of the ray ``o + t d`` for ``t`` in ``(0, tmax)``: ``(face, t)``, face -1 on a
+    miss. With ``anyhit`` the traversal stops at the first hit found (shadow rays). Small scenes
+    traverse :func:`small_bvh`'s nodes without a stack (escape links; Moller-Trumbore against
+    precomputed edges), larger ones Warp's mesh BVH."""
+    if scene.n_nodes == 0:
+        q = wp.mesh_query_ray(scene.mesh, o, d, tmax)
+        if q.result:
+            return q.face, q.t
+        return int(-1), tmax
+    inv = wp.vec3(1.0 / d[0], 1.0 / d[1], 1.0 / d[2])
+    tbest = tmax
+    fbest = int(-1)
+    k = int(0)
+    while k < scene.n_nodes:
+        info = scene.bvh_info[k]
+        if box_entry(scene.bvh_lo[k], scene.bvh_hi[k], o, inv, tbest):
+            if info[2] > 0:
+                for j in range(info[1], info[1] + info[2]):
+                    e1 = scene.tri[3 * j + 1]
+                    e2 = scene.tri[3 * j + 2]
+                    pv = wp.cross(d, e2)
+                    det = wp.dot(e1, pv)
+                    if det != 0.0:
+                        idet = 1.0 / det
+                        tv = o - scene.tri[3 * j]
+                        u = wp.dot(tv, pv) * idet
+                        qv = wp.cross(tv, e1)
+                        v = wp.dot(d, qv) * idet
+                        t = wp.dot(e2, qv) * idet
+                        if u >= 0.0 and v >= 0.0 and u + v <= 1.0 and t > 0.0 and t < tbest:
+                            tbest = t
+                            fbest = j
+                if anyhit != 0 and fbest >= 0:
+                    k = scene.n_nodes
+                else:
+                    k = k + 1
+            else:
+                k = k + 1
+        else:
+            k = info[0]
+    if fbest >= 0:
+        return scene.tri_face[fbest], tbest
+    return int(-1), tmax
+
+
+@wp.func
 def visible(scene: Scene, p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
     """Is the point ``p + d * dist`` (or, for ``dist >= 1e29``, the direction ``d``) unblocked
     from ``p`` (normal ``n``)? The shadow ray starts at the offset origin and aims at the target
     itself, stopping just short of it so the target's own surface is not a blocker."""
     o = offset_origin(p, n, d)
     if dist >= 1.0e29:
-        return not wp.mesh_query_ray(scene.mesh, o, d, 1.0e30).result
+        hf, ht = intersect(scene, o, d, 1.0e30, 1)
+        return hf < 0
     r = p + d * dist - o
     lr = wp.length(r)
     if lr <= 0.0:
         return True
-    q = wp.mesh_query_ray(scene.mesh, o, r / lr, lr * (1.0 - 1.0e-4))
-    return not q.result
+    hf, ht = intersect(scene, o, r / lr, lr * (1.0 - 1.0e-4), 1)
+    return hf < 0
 
 
 @wp.func
@@ -503,8 +569,8 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
         p_sel = 1.0 / float(n_src)
     depth = int(0)
     while depth <= max_depth:
-        q = wp.mesh_query_ray(scene.mesh, o, d, 1.0e30)
-        if not q.result:
+        f, qt = intersect(scene, o, d, 1.0e30, 0)
+        if f < 0:
             # escaped: environment
             if scene.has_env != 0:
                 w_mis = float(1.0)
@@ -517,8 +583,7 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
                     L_rem = L_rem - c
                     tex_scatter(grads.env, 0, scene.env_w, scene.env_h, env_uv(d), cmul(adj, beta) * w_mis)
             break
-        f = q.face
-        p = o + d * q.t
+        p = o + d * qt
         ng = face_normal(scene, f)
         lng = wp.length(ng)
         if lng <= 0.0:
@@ -683,10 +748,18 @@ def render_pixels(offset: int, scene: Scene, grads: Grads, cam: Camera, spp: int
                   rr_depth: int, mode: int, adj_image: wp.array(dtype=wp.vec3), image: wp.array(dtype=wp.vec3)):
     """One thread per pixel (row-major, ``pixel = y * width + x``), ``spp`` jittered samples, box
     filter. mode 0 writes the mean radiance; mode 1 replays the same samples and accumulates
-    gradients for the adjoint image ``adj_image`` (gradient of the loss w.r.t. the pixel)."""
-    pix = wp.tid() + offset
-    x = pix % cam.width
-    y = pix // cam.width
+    gradients for the adjoint image ``adj_image`` (gradient of the loss w.r.t. the pixel). Thread
+    ``i`` renders row ``2 r`` for ``r = i // width < ceil(height / 2)``, else row ``2 (r - ceil(height
+    / 2)) + 1``: the contiguous thread ranges of a split launch get interleaved rows, so their work
+    is balanced (the rows near a light have longer paths)."""
+    i = wp.tid() + offset
+    x = i % cam.width
+    r = i // cam.width
+    half = (cam.height + 1) // 2
+    y = 2 * r
+    if r >= half:
+        y = 2 * (r - half) + 1
+    pix = y * cam.width + x
     acc = wp.vec3(0.0)
     adj = wp.vec3(0.0)
     if mode == 1:
@@ -1100,6 +1173,64 @@ def _rows(x: torch.Tensor | None, dev) -> torch.Tensor:
     return _f(x)
 
 
+SMALL_BVH_MAX_FACES = 512  # the Python SAH build below costs ~0.1 ms a node
+
+
+def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 2):
+    """A SAH bounding-volume hierarchy over a small triangle mesh (full sweep over sorted
+    centroids on each axis), laid out for :func:`intersect`'s stackless traversal: nodes in
+    depth-first order, each with its box, the index of the node after its subtree (the escape
+    link) and, for leaves, its triangles. Returns CPU tensors ``(lo (N, 3), hi (N, 3), info (N, 3)
+    int32 (escape, first, count; count 0 for inner nodes), tri (3 F, 3) = (v0, v1 - v0, v2 - v0)
+    per triangle in leaf order, tri_face (F,) int32)``."""
+    import numpy as np
+
+    T = verts.detach().double().cpu()[faces.long().cpu()].numpy()
+    F = T.shape[0]
+    lo_t, hi_t = T.min(1), T.max(1)
+    cen = 0.5 * (lo_t + hi_t)
+    nodes: list = []
+    order: list = []
+
+    def area(lo, hi):
+        e = np.maximum(hi - lo, 0.0)
+        return 2.0 * (e[..., 0] * e[..., 1] + e[..., 1] * e[..., 2] + e[..., 2] * e[..., 0])
+
+    def build(idx):
+        me = len(nodes)
+        lo, hi = lo_t[idx].min(0), hi_t[idx].max(0)
+        nodes.append([lo, hi, 0, 0, 0])
+        n = len(idx)
+        best = None
+        if n > leaf_size:
+            k = np.arange(1, n)
+            for ax in range(3):
+                srt = idx[np.argsort(cen[idx, ax], kind="stable")]
+                l_lo, l_hi = np.minimum.accumulate(lo_t[srt], 0), np.maximum.accumulate(hi_t[srt], 0)
+                r_lo = np.minimum.accumulate(lo_t[srt][::-1], 0)[::-1]
+                r_hi = np.maximum.accumulate(hi_t[srt][::-1], 0)[::-1]
+                cost = area(l_lo[:-1], l_hi[:-1]) * k + area(r_lo[1:], r_hi[1:]) * (n - k)
+                j = int(np.argmin(cost))
+                if best is None or cost[j] < best[0]:
+                    best = (cost[j], srt, j + 1)
+        if best is None:
+            nodes[me][3], nodes[me][4] = len(order), n
+            order.extend(idx.tolist())
+        else:
+            build(best[1][: best[2]])
+            build(best[1][best[2]:])
+        nodes[me][2] = len(nodes)
+
+    build(np.arange(F))
+    lo = torch.tensor(np.array([x[0] for x in nodes]), dtype=torch.float32)
+    hi = torch.tensor(np.array([x[1] for x in nodes]), dtype=torch.float32)
+    info = torch.tensor([x[2:] for x in nodes], dtype=torch.int32)
+    o = torch.tensor(order, dtype=torch.long)
+    Tt = torch.tensor(T, dtype=torch.float64)[o]
+    tri = torch.stack([Tt[:, 0], Tt[:, 1] - Tt[:, 0], Tt[:, 2] - Tt[:, 0]], 1).reshape(-1, 3).to(torch.float32)
+    return lo, hi, info, tri.contiguous(), o.to(torch.int32)
+
+
 class PreparedScene:
     """The Warp side of one scene state (BVH, scene struct, the tensors they view). Opaque:
     build it with :func:`prepare_scene`, pass it to the functions below."""
@@ -1175,6 +1306,20 @@ class PreparedScene:
         else:
             s.env = arr(torch.zeros(1, 3, device=dev), wp.vec3)
             s.env_w, s.env_h, s.has_env = 1, 1, 0
+        # the small-scene BVH of :func:`intersect` (none beyond SMALL_BVH_MAX_FACES faces)
+        nodes = small_bvh(verts, faces) if faces.shape[0] <= SMALL_BVH_MAX_FACES else None
+        if nodes is None:
+            s.n_nodes = 0
+            s.bvh_lo = s.bvh_hi = arr(torch.zeros(1, 3, device=dev), wp.vec3)
+            s.bvh_info = arr(torch.zeros(1, 3, dtype=torch.int32, device=dev), wp.vec3i)
+            s.tri = arr(torch.zeros(3, 3, device=dev), wp.vec3)
+            s.tri_face = arr(torch.zeros(1, dtype=torch.int32, device=dev), wp.int32)
+        else:
+            lo, hi, info, tri, tri_face = (x.to(dev) for x in nodes)
+            s.n_nodes = int(lo.shape[0])
+            s.bvh_lo, s.bvh_hi = arr(lo, wp.vec3), arr(hi, wp.vec3)
+            s.bvh_info = arr(info, wp.vec3i)
+            s.tri, s.tri_face = arr(tri, wp.vec3), arr(tri_face, wp.int32)
         self.struct = s
         self.keep = keep
         self.M = M
