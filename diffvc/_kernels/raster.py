@@ -797,11 +797,12 @@ def face_has_silhouette(offset: int, screen: wp.array(dtype=Any, ndim=3), faces:
 
 
 @wp.kernel
-def vertex_silhouette(faces: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32),
+def vertex_silhouette(offset: int, faces: wp.array2d(dtype=wp.int32), has_sil: wp.array2d(dtype=wp.int32),
                       vert_sil: wp.array2d(dtype=wp.int32)):
-    """vert_sil[b, v] = 1 for the vertices of faces with a silhouette edge (zero-initialised;
-    several threads may store the same 1, so launch it unsplit)."""
-    t = wp.tid()
+    """vert_sil[b, v] = 1 for the vertices of faces with a silhouette edge (zero-initialised).
+    Several threads may store into one entry, always the same value 1 and nothing else, so the
+    launch may be split over CPU threads (the result does not depend on the order)."""
+    t = wp.tid() + offset
     F = faces.shape[0]
     b = t // F
     f = t - b * F
@@ -1590,12 +1591,12 @@ def interpolate_adj(offset: int, rows: int, attr: wp.array(dtype=Any, ndim=3), f
         y = r // W
         x_lo = r - y * W
         x_hi = x_lo + 1
+    zero = type(attr[0, 0, 0])(0.0)
     for x in range(x_lo, x_hi):
         f = face_id[b, y, x]
-        zero = type(attr[0, 0, 0])(0.0)
-        g_bary[b, y, x, 0] = zero
-        g_bary[b, y, x, 1] = zero
-        g_bary[b, y, x, 2] = zero
+        gb0 = zero
+        gb1 = zero
+        gb2 = zero
         if f >= 0:
             i0 = faces[f, 0]
             i1 = faces[f, 1]
@@ -1605,13 +1606,16 @@ def interpolate_adj(offset: int, rows: int, attr: wp.array(dtype=Any, ndim=3), f
             w2 = bary[b, y, x, 2]
             for c in range(C):
                 g = g_out[b, y, x, c]
-                g_bary[b, y, x, 0] = g_bary[b, y, x, 0] + g * attr[b, i0, c]
-                g_bary[b, y, x, 1] = g_bary[b, y, x, 1] + g * attr[b, i1, c]
-                g_bary[b, y, x, 2] = g_bary[b, y, x, 2] + g * attr[b, i2, c]
+                gb0 = gb0 + g * attr[b, i0, c]
+                gb1 = gb1 + g * attr[b, i1, c]
+                gb2 = gb2 + g * attr[b, i2, c]
                 if need_attr != 0:
                     wp.atomic_add(g_attr, b, i0, c, g * w0)
                     wp.atomic_add(g_attr, b, i1, c, g * w1)
                     wp.atomic_add(g_attr, b, i2, c, g * w2)
+        g_bary[b, y, x, 0] = gb0
+        g_bary[b, y, x, 1] = gb1
+        g_bary[b, y, x, 2] = gb2
 
 
 _instantiate(barycentrics_adj)

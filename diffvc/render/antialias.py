@@ -234,7 +234,7 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         parallel_launch(K.face_has_silhouette, B * F, [screen, frags.faces, topology.neighbors, facing, near, persp],
                         [has_sil, entry])
         vert_sil = K.cpu_zeros((B, frags.screen.shape[1]), facing)
-        launch(K.vertex_silhouette, B * F, [frags.faces, has_sil], [vert_sil])  # same-value stores: unsplit
+        parallel_launch(K.vertex_silhouette, B * F, [frags.faces, has_sil], [vert_sil])  # same-value stores
         parallel_launch(K.face_near_silhouette, B * F, [frags.faces, vert_sil], [near_sil])
         # silhouette edges (each once) binned to tiles of the padded image
         entries = _nonzero(entry)  # (E, 3) int32: view, face, edge
