@@ -1059,6 +1059,11 @@ def path_terms(prep, scene, cam, H: int, W: int, secondary_spp: int, interior_sp
       directional lights' lines also from one vertex of each path (one pool point chosen
       uniformly).
 
+    In the warped form only the vertices of ``scene.dynamic_faces`` move the path vertices (points
+    of static faces are fixed or carried by the warp): gradients w.r.t. vertices of other faces
+    are not complete there; mark every face whose vertices you differentiate as dynamic (all
+    faces by default, where every point is a material point and ``R = 0``).
+
     With only one of ``secondary_spp`` / ``interior_spp`` the terms are those of the **sliding**
     parameterisation (:func:`_records_grad_sliding`: ``x_0`` slides along its camera ray, every
     later vertex along the direction sampled at the one before; the interior term differentiates
