@@ -117,32 +117,26 @@ def tile(images: Sequence, cols: int | None = None, pad: int = 2, labels: Sequen
 
 def plot_curves(path: str | Path, curves: Mapping[str, Sequence[float]], title: str = "", logy: bool = True,
                 xlabel: str = "iteration", targets: Mapping[str, float] | None = None) -> Path:
-    """One subplot per curve (loss, parameters); dashed line at ``targets[name]`` where given."""
-    import matplotlib
+    """One subplot per curve (loss, parameters), value against index, 4.2 x 3.2 in per panel at
+    110 dpi; log y where every finite value of the curve is positive; a dashed black line with a
+    "target" legend at ``targets[name]`` where given. Written in the format of the path's
+    extension (Pillow's formats: PNG, JPEG, PDF, ...); a path without one gets ``.png``, as
+    matplotlib's ``savefig`` did. Returns the path written.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with Pillow in matplotlib's default style (:mod:`diffvc.examples._lineplot`): importing
+    matplotlib and laying out the figure cost ~2 s of CPU per run, more than some examples' whole
+    optimisation.
+    """
+    from .examples._lineplot import plot_curves as _plot
 
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError(f"curves must be a non-empty mapping of name -> values, got {curves!r:.80}")
     path = Path(path)
+    if not path.suffix:                     # as matplotlib's savefig: PNG, ".png" appended
+        path = path.with_name(path.name + ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = len(curves)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
-    for ax, (name, ys) in zip(axes[0], curves.items()):
-        ys = np.asarray(ys, dtype=np.float64)
-        ax.plot(np.arange(len(ys)), ys, lw=1.5)
-        if targets and name in targets:
-            ax.axhline(targets[name], ls="--", color="k", lw=1, label="target")
-            ax.legend()
-        if logy and np.all(ys[np.isfinite(ys)] > 0):
-            ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plot(path, {str(k): np.asarray(v, dtype=np.float64).reshape(-1) for k, v in curves.items()}, title=title,
+          logy=logy, xlabel=xlabel, dpi=110.0, targets=dict(targets or {}))
     return path
 
 
