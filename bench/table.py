@@ -330,11 +330,11 @@ def _geometry(d):
 
 
 def _splat(d):
-    t = get(d, "target_speedup")
+    speedup = num(get(d, "target_speedup"))
     return [Row("splat", f"{fmt(get(d, 'gaussians'))} Gaussians, {t(d, 'resolution')}, fwd + bwd",
                 get(d, "warp_fwd_bwd_ms"), "ms", "plain-torch twin", get(d, "torch_twin_fwd_bwd_ms"),
                 spread=spread(d, lo="warp_fwd_bwd_min_ms", unit="ms"),
-                target=f"≤ {1 / t:.2g}× (bench's own ≥ {t:g}×)" if num(t) else "")]
+                target=f"≤ {1 / speedup:.2g}× (bench's own ≥ {speedup:g}×)" if speedup else "")]
 
 
 def _volume(d):

@@ -146,6 +146,9 @@ def test_volume_and_demo_rows_read_their_figures():
                                "emission_torch_ms": 55.0})
     em = _row(rows, "emission", "plain-torch")
     assert em.cells()[2] == "10.0 ms" and abs(em.ratio - 10 / 55) < 1e-12 and em.target.startswith("≤ 0.2×")
+    sp = rows_for("splat", {"gaussians": 1000, "resolution": "64x64", "target_speedup": 4.0, "warp_fwd_bwd_ms": 5.0,
+                            "torch_twin_fwd_bwd_ms": 40.0})[0]
+    assert sp.cells()[2] == "5 ms" and sp.ratio == 0.125 and sp.target.startswith("≤ 0.25×")
     rows = rows_for("demo_time", {"bounce_wall_s": 4.2, "bounce_target_s": 5.0, "bounce_wall_spread_s": [4.0, 4.5]})
     b = _row(rows, "bounce", "")
     assert b.cells()[2].startswith("4.2 s") and b.target == "≤ 5 s"
