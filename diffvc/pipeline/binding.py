@@ -85,6 +85,15 @@ def _get(state: Any, name: str | None, slot: int | None, what: str) -> torch.Ten
     return t
 
 
+def _stack(ts: list) -> torch.Tensor | None:
+    """``torch.stack(ts)``, or None when they are not tensors of one shape, dtype and device."""
+    t0 = ts[0]
+    if not all(isinstance(t, torch.Tensor) and t.shape == t0.shape and t.dtype == t0.dtype and t.device == t0.device
+               for t in ts):
+        return None
+    return torch.stack(ts)
+
+
 class RigidBinding:
     """Binds body ``body`` of a rigid-body state to a mesh in body coordinates.
 
@@ -106,6 +115,15 @@ class RigidBinding:
         q = _get(state, self.rotation, self.body, "rotation")
         return rigid_vertices(self.verts.to(p.dtype), p, q)
 
+    def batch(self, states) -> torch.Tensor:
+        """``(T, V, 3)``: the vertices for each of ``states`` (a sequence), placed in one call
+        (equal to stacking ``self(state)``)."""
+        p = _stack([_get(st, self.position, self.body, "position") for st in states])
+        q = _stack([_get(st, self.rotation, self.body, "rotation") for st in states])
+        if p is None or q is None:          # fields of differing shapes: per state, for its error
+            return torch.stack([self(st) for st in states])
+        return rigid_vertices(self.verts.to(p.dtype), p, q)
+
 
 class SoftBinding:
     """Binds a deformable state's nodes ``state.<field>`` ``(N, 3)`` to render vertices ``nodes[index]``.
@@ -124,7 +142,17 @@ class SoftBinding:
         self.index, self.field, self.num_nodes = index, field, num_nodes
 
     def __call__(self, state) -> torch.Tensor:
-        x = _get(state, self.field, None, "node positions")
+        return self._vertices(_get(state, self.field, None, "node positions"))
+
+    def batch(self, states) -> torch.Tensor:
+        """``(T, V, 3)``: the vertices for each of ``states`` (a sequence), gathered in one call
+        (equal to stacking ``self(state)``)."""
+        x = _stack([_get(st, self.field, None, "node positions") for st in states])
+        if x is None:                       # states of differing shapes: per state, for its error
+            return torch.stack([self(st) for st in states])
+        return self._vertices(x)
+
+    def _vertices(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_nodes is not None and x.shape[-2] != self.num_nodes:
             raise ValueError(f"state.{self.field} has {x.shape[-2]} nodes, binding expects {self.num_nodes}")
         idx = None if self.index is None else self.index.to(x.device)
@@ -139,3 +167,8 @@ class StaticBinding:
 
     def __call__(self, state) -> torch.Tensor:
         return self.verts
+
+    def batch(self, states) -> torch.Tensor:
+        """``(T, V, 3)``: its vertices once per state (an expanded view)."""
+        return self.verts.expand(len(states), *self.verts.shape)
+

@@ -47,6 +47,17 @@ class MeshItem:
         object.__setattr__(self, "faces", check_faces(self.faces, self.verts.shape[0], device=self.verts.device))
         check_float(self.color, "color", shape=(3,), coerce=False)
 
+    @classmethod
+    def _checked(cls, name: str, verts: torch.Tensor, faces: torch.Tensor, color: torch.Tensor,
+                 smooth: bool) -> "MeshItem":
+        """A MeshItem from tensors the caller has already validated (``faces`` as
+        :func:`check_faces` returns them): no per-item checks (the pipeline checks a whole
+        trajectory's vertices at once)."""
+        item = object.__new__(cls)
+        for k, v in (("name", name), ("verts", verts), ("faces", faces), ("color", color), ("smooth", smooth)):
+            object.__setattr__(item, k, v)
+        return item
+
 
 @dataclass(frozen=True)
 class Points:

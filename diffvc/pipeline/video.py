@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .._validate import check_faces, check_float
+from .binding import RigidBinding, SoftBinding, StaticBinding
 from .primitives import FrameGeometry, MeshItem, Points, Volume
 from .renderers import check_consumes, get_renderer
 from .scene import Scene
@@ -82,6 +84,55 @@ def scene_geometry(scene: Scene, state: Any) -> FrameGeometry:
     return frame
 
 
+# bindings whose ``batch(states)`` places every frame at once (their exact types: a subclass may
+# override ``__call__``)
+_BATCHED = (RigidBinding, SoftBinding, StaticBinding)
+
+
+def _mesh_frames(s, states) -> list[MeshItem]:
+    """The :class:`MeshItem` of mesh shape ``s`` in each of ``states``, placed by the built-in
+    binding's ``batch`` in one call, checked once for the whole trajectory (shape, finite
+    vertices, faces in range; the checks :class:`MeshItem` makes per frame)."""
+    v = s.binding.batch([_state_for(st, s.body) for st in states])
+    if not isinstance(v, torch.Tensor) or v.dim() != 3 or v.shape[2] != 3:
+        raise ValueError(f"binding of shape {s.name!r} must return (V, 3) vertices, got "
+                         f"{tuple(getattr(v, 'shape', ()))[1:]}")
+    check_float(v, "verts", coerce=False)
+    if s.faces.numel() and int(s.faces.max()) >= v.shape[1]:
+        raise ValueError(f"faces of shape {s.name!r} index past its {v.shape[1]} vertices")
+    faces = check_faces(s.faces.to(v.device), v.shape[1], device=v.device)
+    check_float(s.color, "color", shape=(3,), coerce=False)
+    return [MeshItem._checked(s.name, x, faces, s.color, s.smooth) for x in v.unbind(0)]
+
+
+def _trajectory_geometry(scene: Scene, states: Sequence[Any]) -> list[FrameGeometry]:
+    """:func:`scene_geometry` of each of ``states`` (same frames, same errors): mesh shapes bound
+    by the built-in :class:`RigidBinding`, :class:`SoftBinding` or :class:`StaticBinding` are
+    placed for all states in one call and validated once; other bindings run per state."""
+    _check_scene(scene)
+    if not scene.shapes:
+        raise ValueError("scene has no shapes")
+    states = list(states)
+    frames = [FrameGeometry() for _ in states]
+    for s in scene.shapes:
+        if s.kind == "mesh" and type(s.binding) in _BATCHED and states:
+            for f, m in zip(frames, _mesh_frames(s, states)):
+                f.meshes.append(m)
+            continue
+        for f, st in zip(frames, states):
+            out = s.binding(_state_for(st, s.body))
+            if s.kind == "mesh":
+                f.meshes.append(_mesh(s, out))
+            elif s.kind == "points":
+                f.points.append((s.name, _points(s, out)))
+            else:
+                if not isinstance(out, Volume):
+                    raise TypeError(f"binding of volume shape {s.name!r} must return a Volume, got "
+                                    f"{type(out).__name__}")
+                f.volumes.append((s.name, out))
+    return frames
+
+
 def render_frame(scene: Scene, state: Any, renderer="raster", **options) -> torch.Tensor:
     """Render one ``state`` from every camera of the rig: ``(V, H, W, 3)`` linear RGB.
 
@@ -121,5 +172,5 @@ def render_trajectory(scene: Scene, states: Sequence[Any], every: int = 1, rende
     if not scene.shapes:
         raise ValueError("scene has no shapes")
     check_consumes(rend, scene, renderer if isinstance(renderer, str) else type(renderer).__name__)
-    frames = [scene_geometry(scene, s) for s in states[::every]]
+    frames = _trajectory_geometry(scene, states[::every])
     return rend.render(scene, frames)
