@@ -34,7 +34,11 @@ def closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return _closest_point_on_triangle(p, a, b, c)
 
 
-def _closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _closest_barycentric(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Barycentric weights ``(..., 3)`` of the points of triangles ``(a, b, c)`` closest to ``p``
+    (all broadcast to ``(..., 3)``; Ericson, Real-Time Collision Detection 5.1.5). A degenerate
+    triangle's interior weights are (1, 0, 0) (its vertex ``a``), its edge and vertex regions as usual."""
+    p, a, b, c = torch.broadcast_tensors(p, a, b, c)   # views: every weight below has the same shape
     ab, ac, ap = b - a, c - a, p - a
     d1, d2 = (ab * ap).sum(-1), (ac * ap).sum(-1)
     bp = p - b
@@ -49,19 +53,25 @@ def _closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     ok = den > 16 * torch.finfo(den.dtype).eps * (ab * ab).sum(-1) * (ac * ac).sum(-1)
     v = _div(vb, den, ok)
     w = _div(vc, den, ok)
-    res = a + ab * v[..., None] + ac * w[..., None]
-    e = lambda m: m[..., None]  # noqa: E731
-    # regions in reverse priority so earlier tests win
+    out = torch.stack([1 - v - w, v, w], -1)
+    one, zero = torch.ones_like(d1), torch.zeros_like(d1)
     wbc = _div(d4 - d3, (d4 - d3) + (d5 - d6))
-    res = torch.where(e((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0)), b + (c - b) * e(wbc), res)
     wac = _div(d2, d2 - d6)
-    res = torch.where(e((vb <= 0) & (d2 >= 0) & (d6 <= 0)), a + ac * e(wac), res)
-    res = torch.where(e((d6 >= 0) & (d5 <= d6)), c.expand_as(res), res)
     vab = _div(d1, d1 - d3)
-    res = torch.where(e((vc <= 0) & (d1 >= 0) & (d3 <= 0)), a + ab * e(vab), res)
-    res = torch.where(e((d3 >= 0) & (d4 <= d3)), b.expand_as(res), res)
-    res = torch.where(e((d1 <= 0) & (d2 <= 0)), a.expand_as(res), res)
-    return res
+    regions = [((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), torch.stack([zero, 1 - wbc, wbc], -1)),
+               ((vb <= 0) & (d2 >= 0) & (d6 <= 0), torch.stack([1 - wac, zero, wac], -1)),
+               ((d6 >= 0) & (d5 <= d6), torch.stack([zero, zero, one], -1)),
+               ((vc <= 0) & (d1 >= 0) & (d3 <= 0), torch.stack([1 - vab, vab, zero], -1)),
+               ((d3 >= 0) & (d4 <= d3), torch.stack([zero, one, zero], -1)),
+               ((d1 <= 0) & (d2 <= 0), torch.stack([one, zero, zero], -1))]
+    for cond, val in regions:  # in reverse priority, so the earlier tests of Ericson's order win
+        out = torch.where(cond[..., None], val, out)
+    return out
+
+
+def _closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    wts = _closest_barycentric(p, a, b, c)
+    return a * wts[..., 0:1] + b * wts[..., 1:2] + c * wts[..., 2:3]
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 
 from .._kernels import pathtrace as K
+from ..geometry.distance import _closest_barycentric
 from ..geometry.topology import edge_owners
 from .cameras import Cameras
 from .raytrace import hit_from_face
@@ -227,38 +228,6 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Warped-area parameterisation of path vertices (Bangaru et al. 2020; Xu et al. 2023)
 # ---------------------------------------------------------------------------------------------
-
-
-def _closest_barycentric(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Barycentric weights (..., 3) of the points of triangles ``(a, b, c)`` closest to ``p``
-    (all broadcast to (..., 3); Ericson, Real-Time Collision Detection 5.1.5)."""
-    ab, ac, ap = b - a, c - a, p - a
-    d1, d2 = (ab * ap).sum(-1), (ac * ap).sum(-1)
-    bp = p - b
-    d3, d4 = (ab * bp).sum(-1), (ac * bp).sum(-1)
-    cp = p - c
-    d5, d6 = (ab * cp).sum(-1), (ac * cp).sum(-1)
-    vc = d1 * d4 - d3 * d2
-    vb = d5 * d2 - d1 * d6
-    va = d3 * d6 - d5 * d4
-
-    def safe(x):
-        return torch.where(x.abs() > 1e-300, x, torch.full_like(x, 1e-300))
-
-    den = safe(va + vb + vc)
-    v_in, w_in = vb / den, vc / den
-    out = torch.stack([1 - v_in - w_in, v_in, w_in], -1)
-    one, zero = torch.ones_like(d1), torch.zeros_like(d1)
-    w_bc = (d4 - d3) / safe((d4 - d3) + (d5 - d6))
-    cand = [((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), torch.stack([zero, 1 - w_bc, w_bc], -1)),
-            ((vb <= 0) & (d2 >= 0) & (d6 <= 0), torch.stack([1 - d2 / safe(d2 - d6), zero, d2 / safe(d2 - d6)], -1)),
-            ((d6 >= 0) & (d5 <= d6), torch.stack([zero, zero, one], -1)),
-            ((vc <= 0) & (d1 >= 0) & (d3 <= 0), torch.stack([1 - d1 / safe(d1 - d3), d1 / safe(d1 - d3), zero], -1)),
-            ((d3 >= 0) & (d4 <= d3), torch.stack([zero, one, zero], -1)),
-            ((d1 <= 0) & (d2 <= 0), torch.stack([one, zero, zero], -1))]
-    for cond, val in cand:  # the earlier regions of Ericson's test take precedence: applied last
-        out = torch.where(cond[..., None], val, out)
-    return out
 
 
 class _Warp:

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from diffvc.geometry.distance import _closest_barycentric
 from diffvc.render import Cameras
 from diffvc.render.pathtrace import path_trace
-from diffvc.render.pt_edges import _closest_barycentric, _Warp
+from diffvc.render.pt_edges import _Warp
 from diffvc.render.pt_scene import PathTracingScene, PTMaterial, cornell_box, cornell_camera, oriented_box, quad
 
 
