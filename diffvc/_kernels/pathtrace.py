@@ -102,14 +102,15 @@ class Scene:
     env_w: int
     env_h: int
     has_env: int
-    # small-scene BVH (see :func:`small_bvh`): nodes in depth-first order with escape links;
-    # n_nodes = 0 for larger scenes (then Warp's mesh BVH is queried)
+    # small-scene BVH (see :func:`small_bvh`): 8 layouts (one per octant of ray directions) of
+    # n_nodes nodes in depth-first order, near child first, with escape links; n_nodes = 0 for
+    # larger scenes (then Warp's mesh BVH is queried)
     bvh_lo: wp.array(dtype=wp.vec3)
     bvh_hi: wp.array(dtype=wp.vec3)
     bvh_info: wp.array(dtype=wp.vec3i)  # (escape: next node after the subtree, first triangle, count; 0 = inner)
     n_nodes: int
-    tri: wp.array(dtype=wp.vec3)  # (v0, v1 - v0, v2 - v0) per triangle, in leaf order
-    tri_face: wp.array(dtype=wp.int32)  # face index of each triangle of ``tri``
+    tri: wp.array(dtype=wp.vec3)  # (v0, e1, e2) per primitive (triangle or parallelogram), leaf order
+    tri_face: wp.array(dtype=wp.int32)  # (face of u + v <= 1, face of the far half or -1) per primitive
 
 
 @wp.struct
@@ -469,13 +470,32 @@ def offset_origin(p: wp.vec3, n: wp.vec3, d: wp.vec3):
 
 
 @wp.func
+def fmin_(a: float, b: float):
+    """``min`` as one select (``wp.min`` adds NaN handling, branches in the traversal's hot loop);
+    :func:`box_entry`'s operands are never NaN."""
+    return wp.where(a < b, a, b)
+
+
+@wp.func
+def fmax_(a: float, b: float):
+    return wp.where(a > b, a, b)
+
+
+@wp.func
 def box_entry(lo: wp.vec3, hi: wp.vec3, o: wp.vec3, inv: wp.vec3, tbest: float):
-    """Does the ray ``o + t d`` (``inv = 1 / d``) enter the box before ``tbest``?"""
+    """Does the ray ``o + t d`` (``inv = 1 / d`` clamped to +-1e30, so finite: no ``0 * inf =
+    NaN`` for a ray in a box's plane) enter the box before ``tbest``?"""
     a = wp.cw_mul(lo - o, inv)
     b = wp.cw_mul(hi - o, inv)
-    tn = wp.max(wp.max(wp.min(a[0], b[0]), wp.min(a[1], b[1])), wp.min(a[2], b[2]))
-    tf = wp.min(wp.min(wp.max(a[0], b[0]), wp.max(a[1], b[1])), wp.max(a[2], b[2]))
+    tn = fmax_(fmax_(fmin_(a[0], b[0]), fmin_(a[1], b[1])), fmin_(a[2], b[2]))
+    tf = fmin_(fmin_(fmax_(a[0], b[0]), fmax_(a[1], b[1])), fmax_(a[2], b[2]))
     return tn <= tf and tf >= 0.0 and tn < tbest
+
+
+@wp.func
+def inv_dir(x: float):
+    """``1 / x`` clamped to +-1e30 (+-0 gives +-1e30)."""
+    return wp.clamp(1.0 / x, -1.0e30, 1.0e30)
 
 
 @wp.func
@@ -483,17 +503,27 @@ def intersect(scene: Scene, o: wp.vec3, d: wp.vec3, tmax: float, anyhit: int):
     """First hit of the ray ``o + t d`` for ``t`` in ``(0, tmax)``: ``(face, t)``, face -1 on a
     miss. With ``anyhit`` the traversal stops at the first hit found (shadow rays). Small scenes
     traverse :func:`small_bvh`'s nodes without a stack (escape links; Moller-Trumbore against
-    precomputed edges), larger ones Warp's mesh BVH."""
+    precomputed edges; a primitive that is a parallelogram of two faces answers for both: the
+    first where ``u + v <= 1``, the second where ``u, v <= 1`` beyond), larger ones Warp's mesh
+    BVH."""
     if scene.n_nodes == 0:
         q = wp.mesh_query_ray(scene.mesh, o, d, tmax)
         if q.result:
             return q.face, q.t
         return int(-1), tmax
-    inv = wp.vec3(1.0 / d[0], 1.0 / d[1], 1.0 / d[2])
+    inv = wp.vec3(inv_dir(d[0]), inv_dir(d[1]), inv_dir(d[2]))
     tbest = tmax
     fbest = int(-1)
-    k = int(0)
-    while k < scene.n_nodes:
+    octant = int(0)
+    if d[0] < 0.0:
+        octant = 1
+    if d[1] < 0.0:
+        octant = octant + 2
+    if d[2] < 0.0:
+        octant = octant + 4
+    k = octant * scene.n_nodes
+    end = k + scene.n_nodes
+    while k < end:
         info = scene.bvh_info[k]
         if box_entry(scene.bvh_lo[k], scene.bvh_hi[k], o, inv, tbest):
             if info[2] > 0:
@@ -509,11 +539,17 @@ def intersect(scene: Scene, o: wp.vec3, d: wp.vec3, tmax: float, anyhit: int):
                         qv = wp.cross(tv, e1)
                         v = wp.dot(d, qv) * idet
                         t = wp.dot(e2, qv) * idet
-                        if u >= 0.0 and v >= 0.0 and u + v <= 1.0 and t > 0.0 and t < tbest:
-                            tbest = t
-                            fbest = j
+                        if u >= 0.0 and v >= 0.0 and t > 0.0 and t < tbest:
+                            if u + v <= 1.0:
+                                tbest = t
+                                fbest = scene.tri_face[2 * j]
+                            elif u <= 1.0 and v <= 1.0:
+                                fq = scene.tri_face[2 * j + 1]  # -1: a triangle
+                                if fq >= 0:
+                                    tbest = t
+                                    fbest = fq
                 if anyhit != 0 and fbest >= 0:
-                    k = scene.n_nodes
+                    k = end
                 else:
                     k = k + 1
             else:
@@ -521,7 +557,7 @@ def intersect(scene: Scene, o: wp.vec3, d: wp.vec3, tmax: float, anyhit: int):
         else:
             k = info[0]
     if fbest >= 0:
-        return scene.tri_face[fbest], tbest
+        return fbest, tbest
     return int(-1), tmax
 
 
@@ -1178,18 +1214,55 @@ SMALL_BVH_MAX_FACES = 512  # the Python SAH build below costs ~0.1 ms a node
 
 def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 2):
     """A SAH bounding-volume hierarchy over a small triangle mesh (full sweep over sorted
-    centroids on each axis), laid out for :func:`intersect`'s stackless traversal: nodes in
-    depth-first order, each with its box, the index of the node after its subtree (the escape
-    link) and, for leaves, its triangles. Returns CPU tensors ``(lo (N, 3), hi (N, 3), info (N, 3)
-    int32 (escape, first, count; count 0 for inner nodes), tri (3 F, 3) = (v0, v1 - v0, v2 - v0)
-    per triangle in leaf order, tri_face (F,) int32)``."""
+    centroids on each axis) whose primitives are its triangles, two triangles sharing an edge
+    whose corners form an exact parallelogram (in float32) being one primitive, laid out for :func:`intersect`'s stackless traversal: for each of the
+    8 octants of ray directions, the N nodes in depth-first order with the near child first (the
+    child of lower centroids along the split axis when the direction is positive along it), each
+    with its box, the index of the node after its subtree (the escape link, absolute) and, for
+    leaves, its primitives. The nodes of octant ``(d_x < 0) + 2 (d_y < 0) + 4 (d_z < 0)`` are rows
+    ``[octant N, (octant + 1) N)``: a closest-hit ray meets the nearer boxes first and culls the
+    farther ones by its best distance. Returns CPU tensors ``(lo (8 N, 3), hi (8 N, 3), info
+    (8 N, 3) int32 (escape, first, count; count 0 for inner nodes), tri (3 P, 3) = (v0, e1, e2)
+    per primitive in leaf order (a triangle: its first vertex and edges; a parallelogram: the
+    corner opposite the shared edge and the edges to that edge's ends), tri_face (2 P,) int32 =
+    (the face where u + v <= 1, the face where u + v > 1 or -1 for a triangle) per primitive)``."""
     import numpy as np
 
-    T = verts.detach().double().cpu()[faces.long().cpu()].numpy()
+    verts_np = verts.detach().float().double().cpu().numpy()
+    T = verts.detach().float().double().cpu()[faces.long().cpu()].numpy()  # the float32 values, exactly
     F = T.shape[0]
-    lo_t, hi_t = T.min(1), T.max(1)
+    # primitives: two triangles sharing an edge whose four corners form an exact parallelogram
+    # (the walls and boxes of a Cornell box) become one, (v0, e1, e2) with the second face where
+    # u + v > 1; the rest stay triangles
+    fl = faces.long().cpu().numpy()
+    by_edge: dict = {}
+    for i in range(F):
+        for k in range(3):
+            a, b = int(fl[i, k]), int(fl[i, (k + 1) % 3])
+            by_edge.setdefault((min(a, b), max(a, b)), []).append((i, (k + 2) % 3))
+    paired = np.zeros(F, dtype=bool)
+    prims = []  # (v0, e1, e2, face, second face or -1)
+    for (a, b), sides in by_edge.items():
+        if len(sides) != 2:
+            continue
+        (i, ki), (j, kj) = sides
+        if paired[i] or paired[j] or i == j:
+            continue
+        va, vb = verts_np[a], verts_np[b]
+        ri, rj = T[i, ki], T[j, kj]
+        if np.array_equal(va + vb - ri, rj) and np.array_equal(va - ri + (vb - ri), rj - ri):
+            e1, e2 = va - ri, vb - ri
+            if np.linalg.norm(np.cross(e1, e2)) > 0:
+                paired[i] = paired[j] = True
+                prims.append((ri, e1, e2, i, j))
+    for i in np.nonzero(~paired)[0]:
+        prims.append((T[i, 0], T[i, 1] - T[i, 0], T[i, 2] - T[i, 0], int(i), -1))
+    P = len(prims)
+    corners = np.stack([np.stack([p[0], p[0] + p[1], p[0] + p[2], p[0] + p[1] + p[2] if p[4] >= 0 else p[0]])
+                        for p in prims])
+    lo_t, hi_t = corners.min(1), corners.max(1)
     cen = 0.5 * (lo_t + hi_t)
-    nodes: list = []
+    tree: list = []  # [lo, hi, left, right, axis] (inner) or [lo, hi, first, count, -1] (leaf)
     order: list = []
 
     def area(lo, hi):
@@ -1197,9 +1270,9 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 2):
         return 2.0 * (e[..., 0] * e[..., 1] + e[..., 1] * e[..., 2] + e[..., 2] * e[..., 0])
 
     def build(idx):
-        me = len(nodes)
+        me = len(tree)
         lo, hi = lo_t[idx].min(0), hi_t[idx].max(0)
-        nodes.append([lo, hi, 0, 0, 0])
+        tree.append([lo, hi, 0, 0, -1])
         n = len(idx)
         best = None
         if n > leaf_size:
@@ -1212,23 +1285,42 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 2):
                 cost = area(l_lo[:-1], l_hi[:-1]) * k + area(r_lo[1:], r_hi[1:]) * (n - k)
                 j = int(np.argmin(cost))
                 if best is None or cost[j] < best[0]:
-                    best = (cost[j], srt, j + 1)
+                    best = (cost[j], srt, j + 1, ax)
         if best is None:
-            nodes[me][3], nodes[me][4] = len(order), n
+            tree[me][2], tree[me][3] = len(order), n
             order.extend(idx.tolist())
         else:
-            build(best[1][: best[2]])
-            build(best[1][best[2]:])
-        nodes[me][2] = len(nodes)
+            tree[me][2] = build(best[1][: best[2]])  # the lower centroids along the split axis
+            tree[me][3] = build(best[1][best[2]:])
+            tree[me][4] = best[3]
+        return me
 
-    build(np.arange(F))
-    lo = torch.tensor(np.array([x[0] for x in nodes]), dtype=torch.float32)
-    hi = torch.tensor(np.array([x[1] for x in nodes]), dtype=torch.float32)
-    info = torch.tensor([x[2:] for x in nodes], dtype=torch.int32)
-    o = torch.tensor(order, dtype=torch.long)
-    Tt = torch.tensor(T, dtype=torch.float64)[o]
-    tri = torch.stack([Tt[:, 0], Tt[:, 1] - Tt[:, 0], Tt[:, 2] - Tt[:, 0]], 1).reshape(-1, 3).to(torch.float32)
-    return lo, hi, info, tri.contiguous(), o.to(torch.int32)
+    build(np.arange(P))
+    N = len(tree)
+    rows_lo, rows_hi, rows_info = [], [], []
+    for octant in range(8):  # bit a set: the ray's direction is negative along axis a
+        base = octant * N
+
+        def emit(i):
+            lo, hi, a, b, ax = tree[i]
+            me = len(rows_info)
+            rows_lo.append(lo)
+            rows_hi.append(hi)
+            rows_info.append([0, a if ax < 0 else 0, b if ax < 0 else 0])
+            if ax >= 0:
+                near, far = (b, a) if (octant >> ax) & 1 else (a, b)
+                emit(near)
+                emit(far)
+            rows_info[me][0] = len(rows_info)
+
+        emit(0)
+        assert len(rows_info) == base + N
+    lo = torch.tensor(np.array(rows_lo), dtype=torch.float32)
+    hi = torch.tensor(np.array(rows_hi), dtype=torch.float32)
+    info = torch.tensor(rows_info, dtype=torch.int32)
+    tri = torch.tensor(np.array([np.stack(prims[q][:3]) for q in order]), dtype=torch.float32).reshape(-1, 3)
+    tri_face = torch.tensor([[prims[q][3], prims[q][4]] for q in order], dtype=torch.int32).reshape(-1)
+    return lo, hi, info, tri.contiguous(), tri_face
 
 
 class PreparedScene:
@@ -1316,7 +1408,7 @@ class PreparedScene:
             s.tri_face = arr(torch.zeros(1, dtype=torch.int32, device=dev), wp.int32)
         else:
             lo, hi, info, tri, tri_face = (x.to(dev) for x in nodes)
-            s.n_nodes = int(lo.shape[0])
+            s.n_nodes = int(lo.shape[0]) // 8
             s.bvh_lo, s.bvh_hi = arr(lo, wp.vec3), arr(hi, wp.vec3)
             s.bvh_info = arr(info, wp.vec3i)
             s.tri, s.tri_face = arr(tri, wp.vec3), arr(tri_face, wp.int32)
