@@ -80,15 +80,45 @@ class Fragments:
 
 def check_faces(faces, num_verts: int, name: str = "faces") -> torch.Tensor:
     """Validate a face index tensor (F, 3) into ``num_verts`` vertices; returns int32
-    (:func:`diffvc._validate.check_faces`)."""
-    return _check_faces(faces, num_verts, name=name, dtype=torch.int32)
+    (:func:`diffvc._validate.check_faces`). The result for a tensor is remembered until the
+    tensor changes (its version counter) or is freed: a training loop passing the same faces
+    every iteration pays the validation (a min/max over all indices) and the int32 copy once, and
+    gets the same int32 tensor back each time."""
+    import weakref
+
+    key = None
+    if isinstance(faces, torch.Tensor) and not faces.requires_grad:
+        try:
+            key = (id(faces), faces._version, int(num_verts), name)
+        except (RuntimeError, AttributeError, TypeError, ValueError):  # inference tensors: no version
+            key = None
+    if key is not None:
+        hit = _FACES_MEMO.get(key)
+        if hit is not None and hit[0]() is faces:
+            return hit[1]
+    out = _check_faces(faces, num_verts, name=name, dtype=torch.int32)
+    if key is not None:
+        if len(_FACES_MEMO) >= 16:
+            _FACES_MEMO.clear()
+        _FACES_MEMO[key] = (weakref.ref(faces), out)
+    return out
+
+
+_FACES_MEMO: dict = {}
 
 
 def check_finite_fast(x: torch.Tensor, name: str) -> torch.Tensor:
     """``ValueError`` naming ``name`` if ``x`` has a NaN or an infinity, at the cost of one sum in
     the common case: the sum is finite exactly when every entry is, unless finite entries overflow
     it, and then the entry-wise check decides."""
-    if x.numel() and not bool(torch.isfinite(x.detach().sum())):
+    if not x.numel():
+        return x
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        # NumPy: single-threaded (a torch reduction here wakes torch's OpenMP workers, which then
+        # spin and take a core from the split Warp launches that follow; see K.cpu_zeros)
+        if not K._all_finite_cpu(x):
+            check_finite(x, name)
+    elif not bool(torch.isfinite(x.detach().sum())):
         check_finite(x, name)
     return x
 
