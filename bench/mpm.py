@@ -7,7 +7,14 @@ grid, dt = 1e-3, 1,023 steps per iteration, loss = -mean x after the last step, 
 (lr 0.1), float32 on CPU. The initial weights are ``np.random.seed(0); randn * 0.01`` in both, so
 the losses of the first iterations must agree (a check that both simulate the same thing).
 
-Variants, each in a fresh subprocess (memory is per process):
+Variants, each in a fresh subprocess (memory is per process). ``diffvc_checkpointed`` (the
+table's figure) and ``difftaichi`` run side by side: both interpreters warm up, then their
+iterations alternate (diffvc, DiffTaichi; next round DiffTaichi, diffvc; ...) so both see the
+same machine load, and the JSON gives the ratio per round. (Before, the variants ran one after
+another, minutes apart: a shared machine's load swings moved the ratio between 0.72x and 1.12x
+on MPM code unchanged since 947a672; interleaved HEAD vs 947a672 runs of the checkpointed
+variant gave the same CPU seconds within noise.) The other variants run after them, one at a
+time:
 
 * ``diffvc_checkpointed``: fused Warp segments of 64 steps that keep only their input and
   recompute in backward (the example's path);
@@ -56,7 +63,18 @@ def _status_mib(key: str) -> float:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
+def _gate(stepped: bool, it: int) -> bool:
+    """In stepped mode (``iters < 0``), after the warm-up iteration wait for the parent's ``go`` on
+    stdin before each timed iteration (False at ``end``), and report each timed iteration on
+    stdout, so the parent can interleave two interpreters iteration by iteration."""
+    if not stepped or it == 0:
+        return True
+    print("READY" if it == 1 else "", flush=True)
+    return sys.stdin.readline().strip() == "go"
+
+
 def _child(variant: str, iters: int, steps: int) -> dict:
+    """``iters`` timed iterations after a warm-up; ``iters < 0``: stepped (see :func:`_gate`)."""
     import numpy as np
     import torch
 
@@ -75,7 +93,9 @@ def _child(variant: str, iters: int, steps: int) -> dict:
     weights = torch.tensor(np.random.randn(4, 4) * 0.01, dtype=torch.float32)
     bias = torch.zeros(4, dtype=torch.float32)
     times, cpu, losses = [], [], []
-    for it in range(iters + 1):  # iteration 0 is a warm-up (kernel loads)
+    stepped = iters < 0
+    it = 0
+    while (stepped or it <= iters) and _gate(stepped, it):  # iteration 0 is a warm-up (kernel loads)
         t0, c0 = time.perf_counter(), time.process_time()
         w = weights.clone().requires_grad_()
         b = bias.clone().requires_grad_()
@@ -95,9 +115,13 @@ def _child(variant: str, iters: int, steps: int) -> dict:
         if it > 0:
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
+            if stepped:
+                print("ITER " + json.dumps([times[-1], cpu[-1]]), flush=True)
         losses.append(float(loss.detach()))
+        it += 1
     return {"seconds_per_iteration": statistics.median(times), "seconds_min": min(times),
-            "cpu_seconds_per_iteration": statistics.median(cpu), "iterations": iters,
+            "seconds_per_iteration_all": times, "cpu_seconds_all": cpu,
+            "cpu_seconds_per_iteration": statistics.median(cpu), "iterations": len(times),
             "steps": steps, "losses": losses, "grad_weights_norm_last": float(gw.norm()),
             "import_rss_mib": rss_import, "peak_rss_mib": _status_mib("VmHWM"),
             "sim_peak_mib": _status_mib("VmHWM") - rss_import, "torch_threads": torch.get_num_threads()}
@@ -139,7 +163,13 @@ for i in range(scene.n_particles):
     m.actuator_id[i] = scene.actuator_id[i]
     m.particle_type[i] = scene.particle_type[i]
 times, cpu, losses = [], [], []
-for it in range(iters + 1):
+stepped = iters < 0  # stepped: after the warm-up, one timed iteration per "go" line on stdin
+it = 0
+while stepped or it <= iters:
+    if stepped and it > 0:
+        print("READY" if it == 1 else "", flush=True)
+        if sys.stdin.readline().strip() != "go":
+            break
     t0, c0 = time.perf_counter(), time.process_time()
     with ti.ad.Tape(m.loss):
         m.forward()
@@ -151,12 +181,17 @@ for it in range(iters + 1):
     if it > 0:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        if stepped:
+            print("ITER " + json.dumps([times[-1], cpu[-1]]), flush=True)
     losses.append(float(l))
+    it += 1
+all_times, all_cpu = list(times), list(cpu)
 times.sort()
 cpu.sort()
 print("RESULT " + json.dumps({"seconds_per_iteration": times[len(times) // 2], "seconds_min": times[0],
+      "seconds_per_iteration_all": all_times, "cpu_seconds_all": all_cpu,
       "cpu_seconds_per_iteration": cpu[len(cpu) // 2], "cpu_threads": ti.lang.impl.current_cfg().cpu_max_num_threads,
-      "iterations": iters, "steps": m.steps - 1, "particles": scene.n_particles, "losses": losses,
+      "iterations": len(all_times), "steps": m.steps - 1, "particles": scene.n_particles, "losses": losses,
       "import_rss_mib": rss_import, "peak_rss_mib": mib("VmHWM"), "sim_peak_mib": mib("VmHWM") - rss_import,
       "taichi_version": ".".join(map(str, ti.__version__))}))
 '''
@@ -170,36 +205,86 @@ def _difftaichi_paths():
     return script, python
 
 
-def _run_difftaichi(iters: int) -> dict | None:
+def _difftaichi_available() -> tuple[str, str] | None:
     script, python = _difftaichi_paths()
     if not script or not Path(script).exists():
         return None
     probe = subprocess.run([python, "-c", "import taichi"], capture_output=True)
-    if probe.returncode != 0:
-        return None
+    return (script, python) if probe.returncode == 0 else None
+
+
+class _Stepped:
+    """A benchmark interpreter run in stepped mode: it warms up, prints ``READY`` and then runs
+    one timed iteration per :meth:`step` (``go`` on its stdin, ``ITER [wall, cpu]`` back), so two
+    of them can be interleaved iteration by iteration and see the same machine load; while one
+    runs, the other waits blocked on its stdin (idle)."""
+
+    def __init__(self, name: str, cmd: list, cwd, env=None):
+        self.name = name
+        self.p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self._until("READY")
+
+    def _until(self, prefix: str) -> str:
+        for line in self.p.stdout:
+            if line.startswith(prefix):
+                return line
+        err = self.p.stderr.read()
+        raise RuntimeError(f"{self.name} failed (waiting for {prefix}):\n{err[-3000:]}")
+
+    def step(self) -> tuple[float, float]:
+        self.p.stdin.write("go\n")
+        self.p.stdin.flush()
+        return tuple(json.loads(self._until("ITER ")[5:]))
+
+    def finish(self) -> dict:
+        self.p.stdin.write("end\n")
+        self.p.stdin.flush()
+        out = json.loads(self._until("RESULT ")[7:])
+        self.p.wait()
+        return out
+
+
+def _child_cmd(variant: str, iters: int, steps: int) -> list:
+    return [sys.executable, "-c", f"import json, bench.mpm as b; print('RESULT ' + json.dumps(b._child({variant!r}, "
+                                  f"{iters}, {steps})))"]
+
+
+def _run_child(variant: str, iters: int, steps: int) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(_child_cmd(variant, iters, steps), capture_output=True, text=True, cwd=root)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{variant} failed:\n{out.stderr[-3000:]}")
+
+
+def _side_by_side(iters: int, anchor: tuple[str, str] | None) -> tuple[dict, dict | None, list]:
+    """diffvc's checkpointed variant and DiffTaichi's diffmpm.py, each in its own interpreter,
+    warmed up, then timed alternately iteration by iteration (the order flips every round), so
+    both see the same load: per round, (diffvc wall, DiffTaichi wall, diffvc CPU, DiffTaichi CPU)."""
+    root = Path(__file__).resolve().parent.parent
+    ours = _Stepped("diffvc_checkpointed", _child_cmd("diffvc_checkpointed", -1, STEPS), root)
+    if anchor is None:
+        for _ in range(iters):
+            ours.step()
+        return ours.finish(), None, []
+    script, python = anchor
     with tempfile.TemporaryDirectory() as tmp:
         harness = Path(tmp) / "harness.py"
         harness.write_text(_DIFFTAICHI_HARNESS)
         # the script asks for arch=ti.gpu; on a CPU-only machine taichi 1.7.4 crashes probing GPU
         # backends, so pick its CPU backend the way taichi documents (TI_ARCH overrides ti.init)
         env = dict(os.environ, TI_ARCH=os.environ.get("TI_ARCH", "x64"))
-        out = subprocess.run([python, str(harness), script, tmp, str(iters)], capture_output=True, text=True,
-                             cwd=tmp, env=env)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"DiffTaichi harness failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-
-
-def _run_child(variant: str, iters: int, steps: int) -> dict:
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-c", f"import json, bench.mpm as b; print('RESULT ' + json.dumps(b._child({variant!r}, "
-                                 f"{iters}, {steps})))"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"{variant} failed:\n{out.stderr[-3000:]}")
+        theirs = _Stepped("DiffTaichi harness", [python, str(harness), script, tmp, "-1"], tmp, env)
+        rounds = []
+        for r in range(iters):
+            if r % 2 == 0:
+                a, b = ours.step(), theirs.step()
+            else:
+                b, a = theirs.step(), ours.step()
+            rounds.append((a[0], b[0], a[1], b[1]))
+        return ours.finish(), theirs.finish(), rounds
 
 
 def run(quick: bool = False) -> dict:
@@ -207,12 +292,13 @@ def run(quick: bool = False) -> dict:
     out = {"setting": {"particles": 2976, "grid": "128x128", "steps": STEPS, "dt": 1e-3, "dtype": "float32",
                        "device": "cpu"}, "load_average_start": os.getloadavg()[0]}
     results = {}
-    for variant in ("diffvc_checkpointed", "diffvc_full_tape"):
-        results[variant] = _run_child(variant, iters, STEPS)
+    anchor = _difftaichi_available()
+    results["diffvc_checkpointed"], dt_res, rounds = _side_by_side(iters, anchor)
+    out["load_average_side_by_side_end"] = os.getloadavg()[0]
+    results["diffvc_full_tape"] = _run_child("diffvc_full_tape", iters, STEPS)
     twin_steps = 128 if quick else STEPS
     results["torch_twin"] = _run_child("torch_twin", 1, twin_steps)
     results["torch_twin"]["ms_per_step"] = 1e3 * results["torch_twin"]["seconds_per_iteration"] / twin_steps
-    dt_res = _run_difftaichi(iters)
     out["results"] = results
     ours = results["diffvc_checkpointed"]
     ref = dt_res if dt_res is not None else ANCHOR
@@ -220,7 +306,13 @@ def run(quick: bool = False) -> dict:
     out["difftaichi_measured_side_by_side"] = dt_res is not None
     out["time_ratio_to_difftaichi"] = ours["seconds_per_iteration"] / ref["seconds_per_iteration"]
     if dt_res is not None:
+        # the iterations alternate (diffvc, DiffTaichi, DiffTaichi, diffvc, ...): ratios per round
+        out["time_ratio_to_difftaichi_per_round"] = [a / b for a, b, _, _ in rounds]
+        out["time_ratio_to_difftaichi_per_round_median"] = statistics.median(a / b for a, b, _, _ in rounds)
         out["cpu_time_ratio_to_difftaichi"] = ours["cpu_seconds_per_iteration"] / dt_res["cpu_seconds_per_iteration"]
+        out["cpu_time_ratio_to_difftaichi_per_round"] = [c / d for _, _, c, d in rounds]
+        out["full_tape_time_ratio_to_difftaichi"] = (results["diffvc_full_tape"]["seconds_per_iteration"]
+                                                     / dt_res["seconds_per_iteration"])
     out["peak_rss_ratio_to_difftaichi"] = ours["peak_rss_mib"] / ref["peak_rss_mib"]
     if dt_res is not None:
         out["sim_peak_ratio_to_difftaichi"] = ours["sim_peak_mib"] / dt_res["sim_peak_mib"]
@@ -228,6 +320,9 @@ def run(quick: bool = False) -> dict:
     out["speedup_vs_torch_twin_per_step"] = (results["torch_twin"]["ms_per_step"]
                                              / (1e3 * ours["seconds_per_iteration"] / STEPS))
     out["load_average_end"] = os.getloadavg()[0]
+    out["note"] = ("diffvc_checkpointed and DiffTaichi run side by side (two warmed-up interpreters timed "
+                   "alternately, one iteration each per round); diffvc_full_tape and the torch twin run "
+                   "after them, one at a time. Ratios: diffvc / DiffTaichi time, lower is better.")
     return out
 
 
