@@ -35,6 +35,7 @@ bindings, so a new solver is a new module with a model, a state and a ``step`` -
 changes.
 """
 
+from .._lazy import lazy_exports
 from .particles import ParticleModel, ParticleState, particle_step, particle_step_torch
 from .rollout import flatten_state, rollout, rollout_jvp, step, unflatten_state
 
@@ -54,25 +55,7 @@ _LAZY = {
     "urdf": ("load_urdf",),
     "batch": ("BatchedModel", "batch_model", "batch_state", "unbatch"),
 }
-_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str):
-    import importlib
-
-    if name in _LAZY:  # a submodule, as ``diffvc.physics.fem`` was after the package import
-        return importlib.import_module(f".{name}", __name__)
-    module = _LAZY_NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 __all__ = [
     "ParticleModel",

@@ -1,6 +1,7 @@
 """Differentiable rendering: cameras, rasterization (rasterize, interpolate, antialias, texture,
 soft silhouettes), shading (BRDFs, lights), ray and path tracing."""
 
+from .._lazy import lazy_exports
 from .cameras import Cameras, focal_from_fov, generate_rays, look_at, sphere_eyes
 from .lights import AmbientLight, DirectionalLight, PointLight, SHEnvironment, sh_basis
 from .rasterize import Fragments, rasterize, rasterize_screen
@@ -27,25 +28,7 @@ _LAZY = {
               "points_to_gaussians", "project_gaussians", "rasterize_gaussians", "render_gaussians", "splat_loss",
               "splat_optimizer", "ssim"),
 }
-_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str):
-    import importlib
-
-    if name in _LAZY:  # a submodule, as ``diffvc.render.volume`` was after the package import
-        return importlib.import_module(f".{name}", __name__)
-    module = _LAZY_NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 __all__ = ["Cameras", "look_at", "focal_from_fov", "generate_rays", "sphere_eyes",
            "PointLight", "DirectionalLight", "AmbientLight", "SHEnvironment", "sh_basis",
