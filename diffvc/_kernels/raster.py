@@ -379,6 +379,15 @@ def raster_pixels(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.ar
     face_id[b, y, x] = best_f
 
 
+@wp.func
+def _row_of(p: int, rows: int, n: int):
+    """The image row (view-major, ``n`` rows in all) of CPU row-thread ``p`` of a per-pixel kernel:
+    ``p * rows mod n``, ``rows`` a stride coprime with ``n`` (:func:`pixel_launch`), so each CPU
+    thread range of a split launch gets rows scattered over the images (balanced load), not one
+    band of them."""
+    return int((wp.int64(p) * wp.int64(rows)) % wp.int64(n))
+
+
 @wp.kernel
 def barycentrics(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32),
                  face_id: wp.array(dtype=wp.int32, ndim=3), perspective: int,
@@ -388,15 +397,16 @@ def barycentrics(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3), fa
     p = wp.tid() + offset
     H = face_id.shape[1]
     W = face_id.shape[2]
-    # CPU (rows = 1): one thread per image row, looping over its pixels (a thread per pixel
+    # CPU (rows >= 1, a row stride: _row_of): one thread per image row, looping over its pixels (a thread per pixel
     # costs ~10 ns of launch overhead each); CUDA: one thread per pixel
     b = int(0)
     y = int(0)
     x_lo = int(0)
     x_hi = W
     if rows != 0:
-        b = p // H
-        y = p - b * H
+        q = _row_of(p, rows, face_id.shape[0] * H)
+        b = q // H
+        y = q - b * H
     else:
         b = p // (H * W)
         r = p - b * H * W
@@ -453,15 +463,16 @@ def interpolate_attr(offset: int, rows: int, attr: wp.array(dtype=Any, ndim=3), 
     H = face_id.shape[1]
     W = face_id.shape[2]
     C = attr.shape[2]
-    # CPU (rows = 1): one thread per image row, looping over its pixels (a thread per pixel
+    # CPU (rows >= 1, a row stride: _row_of): one thread per image row, looping over its pixels (a thread per pixel
     # costs ~10 ns of launch overhead each); CUDA: one thread per pixel
     b = int(0)
     y = int(0)
     x_lo = int(0)
     x_hi = W
     if rows != 0:
-        b = p // H
-        y = p - b * H
+        q = _row_of(p, rows, face_id.shape[0] * H)
+        b = q // H
+        y = q - b * H
     else:
         b = p // (H * W)
         r = p - b * H * W
@@ -933,15 +944,16 @@ def silhouette_pairs(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3)
     W = face_id.shape[2]
     Hp = H + 1
     Wp = W + 1
-    # CPU (rows = 1): one thread per image row, looping over its pixels (a thread per pixel
+    # CPU (rows >= 1, a row stride: _row_of): one thread per image row, looping over its pixels (a thread per pixel
     # costs ~10 ns of launch overhead each); CUDA: one thread per pixel
     b = int(0)
     py = int(0)
     x_lo = int(0)
     x_hi = Wp
     if rows != 0:
-        b = p // Hp
-        py = p - b * Hp
+        q = _row_of(p, rows, face_id.shape[0] * Hp)
+        b = q // Hp
+        py = q - b * Hp
     else:
         b = p // (Hp * Wp)
         r = p - b * Hp * Wp
@@ -1101,15 +1113,16 @@ def blend_pairs(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3), fac
     H = color.shape[1]
     W = color.shape[2]
     C = color.shape[3]
-    # CPU (rows = 1): one thread per image row, looping over its pixels (a thread per pixel
+    # CPU (rows >= 1, a row stride: _row_of): one thread per image row, looping over its pixels (a thread per pixel
     # costs ~10 ns of launch overhead each); CUDA: one thread per pixel
     b = int(0)
     y = int(0)
     x_lo = int(0)
     x_hi = W
     if rows != 0:
-        b = p // H
-        y = p - b * H
+        q = _row_of(p, rows, color.shape[0] * H)
+        b = q // H
+        y = q - b * H
     else:
         b = p // (H * W)
         r = p - b * H * W
@@ -1330,15 +1343,16 @@ def blend_pairs_adj(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3),
     H = color.shape[1]
     W = color.shape[2]
     C = color.shape[3]
-    # CPU (rows = 1): one thread per image row, looping over its pixels (a thread per pixel
+    # CPU (rows >= 1, a row stride: _row_of): one thread per image row, looping over its pixels (a thread per pixel
     # costs ~10 ns of launch overhead each); CUDA: one thread per pixel
     b = int(0)
     py = int(0)
     x_lo = int(0)
     x_hi = (W + 2)
     if rows != 0:
-        b = p // (H + 2)
-        py = p - b * (H + 2)
+        q = _row_of(p, rows, color.shape[0] * (H + 2))
+        b = q // (H + 2)
+        py = q - b * (H + 2)
     else:
         b = p // ((H + 2) * (W + 2))
         r = p - b * (H + 2) * (W + 2)
@@ -1506,15 +1520,16 @@ def barycentrics_adj(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3)
     p = wp.tid() + offset
     H = face_id.shape[1]
     W = face_id.shape[2]
-    # CPU (rows = 1): one thread per image row, looping over its pixels (a thread per pixel
+    # CPU (rows >= 1, a row stride: _row_of): one thread per image row, looping over its pixels (a thread per pixel
     # costs ~10 ns of launch overhead each); CUDA: one thread per pixel
     b = int(0)
     y = int(0)
     x_lo = int(0)
     x_hi = W
     if rows != 0:
-        b = p // H
-        y = p - b * H
+        q = _row_of(p, rows, face_id.shape[0] * H)
+        b = q // H
+        y = q - b * H
     else:
         b = p // (H * W)
         r = p - b * H * W
@@ -1542,8 +1557,10 @@ def barycentrics_adj(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3)
             area = _edge(x0, y0, x1, y1, x2, y2)
             e0 = _edge(x1, y1, x2, y2, px, py)
             e1 = _edge(x2, y2, x0, y0, px, py)
-            l0 = e0 / area
-            l1 = e1 / area
+            # reciprocals once (5 divisions per pixel instead of 20: the divider bounds this kernel)
+            ia = one / area
+            l0 = e0 * ia
+            l1 = e1 * ia
             l2 = one - l0 - l1
             gb0 = g_bary[b, y, x, 0]
             gb1 = g_bary[b, y, x, 1]
@@ -1556,17 +1573,22 @@ def barycentrics_adj(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3)
             gd1 = gd0
             gd2 = gd0
             if perspective != 0:
-                s = l0 / d0 + l1 / d1 + l2 / d2
+                r0 = one / d0
+                r1 = one / d1
+                r2 = one / d2
+                s = l0 * r0 + l1 * r1 + l2 * r2
                 dot = gb0 * bary[b, y, x, 0] + gb1 * bary[b, y, x, 1] + gb2 * bary[b, y, x, 2]
-                gq0 = (gb0 - dot) / s - gd / (s * s)
-                gq1 = (gb1 - dot) / s - gd / (s * s)
-                gq2 = (gb2 - dot) / s - gd / (s * s)
-                gl0 = gq0 / d0
-                gl1 = gq1 / d1
-                gl2 = gq2 / d2
-                gd0 = -gq0 * l0 / (d0 * d0)
-                gd1 = -gq1 * l1 / (d1 * d1)
-                gd2 = -gq2 * l2 / (d2 * d2)
+                si = one / s
+                gds = gd * si * si
+                gq0 = (gb0 - dot) * si - gds
+                gq1 = (gb1 - dot) * si - gds
+                gq2 = (gb2 - dot) * si - gds
+                gl0 = gq0 * r0
+                gl1 = gq1 * r1
+                gl2 = gq2 * r2
+                gd0 = -gl0 * l0 * r0
+                gd1 = -gl1 * l1 * r1
+                gd2 = -gl2 * l2 * r2
             else:
                 gl0 = gb0 + gd * d0
                 gl1 = gb1 + gd * d1
@@ -1577,9 +1599,9 @@ def barycentrics_adj(offset: int, rows: int, screen: wp.array(dtype=Any, ndim=3)
             # l2 = 1 - l0 - l1
             ga0 = gl0 - gl2
             ga1 = gl1 - gl2
-            ge0 = ga0 / area
-            ge1 = ga1 / area
-            gar = -(ga0 * e0 + ga1 * e1) / (area * area)
+            ge0 = ga0 * ia
+            ge1 = ga1 * ia
+            gar = -(ga0 * e0 + ga1 * e1) * ia * ia
             # e0 = E(v1, v2, p), e1 = E(v2, v0, p), area = E(v0, v1, v2)
             gx0 = ge1 * (py - y2) + gar * (y1 - y2)
             gy0 = -ge1 * (px - x2) + gar * (x2 - x1)
@@ -1609,15 +1631,16 @@ def interpolate_adj(offset: int, rows: int, attr: wp.array(dtype=Any, ndim=3), f
     H = face_id.shape[1]
     W = face_id.shape[2]
     C = attr.shape[2]
-    # CPU (rows = 1): one thread per image row, looping over its pixels (a thread per pixel
+    # CPU (rows >= 1, a row stride: _row_of): one thread per image row, looping over its pixels (a thread per pixel
     # costs ~10 ns of launch overhead each); CUDA: one thread per pixel
     b = int(0)
     y = int(0)
     x_lo = int(0)
     x_hi = W
     if rows != 0:
-        b = p // H
-        y = p - b * H
+        q = _row_of(p, rows, face_id.shape[0] * H)
+        b = q // H
+        y = q - b * H
     else:
         b = p // (H * W)
         r = p - b * H * W
@@ -1658,9 +1681,12 @@ _instantiate(interpolate_adj)
 def pixel_launch(B: int, H: int, W: int, device) -> tuple[int, int, int]:
     """How the per-pixel kernels are launched over a (B, H, W) image: ``(rows, n, min_per_thread)``
     for ``parallel_launch(kernel, n, [rows, ...], min_per_thread=...)``: on the CPU one thread per
-    row (``rows = 1``; chunks of at least ~4096 pixels), on CUDA one thread per pixel."""
+    row (``rows`` >= 1: thread p takes row ``p * rows mod B H``, ``_row_of``; chunks of at least
+    ~4096 pixels), on CUDA one thread per pixel (``rows = 0``)."""
     if torch.device(device).type == "cpu":
-        return 1, B * H, max(1, 4096 // max(W, 1))
+        from ..render.rasterize import _coprime_stride
+
+        return _coprime_stride(B * H), B * H, max(1, 4096 // max(W, 1))
     return 0, B * H * W, 4096
 
 
@@ -1778,6 +1804,38 @@ def chunk_sum(bufs):
     return g
 
 
+_OMP_PAUSE: list = []
+
+
+def release_omp_workers() -> None:
+    """Ends the spinning of torch's idle OpenMP workers before split Warp launches (CPU, more than
+    one torch thread, torch built with the GNU OpenMP runtime it bundles; otherwise a no-op).
+
+    After every parallel torch op (a user's ``clone``, ``mean``, its backward, autograd's gradient
+    sums) libgomp's workers busy-wait for the next parallel region, ~3-5 ms of a core each time on
+    the 2-core dev machine; the split launches that follow then share the cores with them.
+    ``omp_pause_resource_all(omp_pause_soft)`` (OpenMP 5.0) lets them go now; the next parallel
+    torch op starts its workers again (tens of microseconds)."""
+    if not _OMP_PAUSE:
+        fn = None
+        try:
+            import ctypes
+            import glob
+            import os
+
+            if "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+                libs = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*")))
+                if libs:  # torch's own copy, loaded already: dlopen returns that instance
+                    fn = ctypes.CDLL(libs[0]).omp_pause_resource_all
+                    fn.argtypes = [ctypes.c_int]
+                    fn.restype = ctypes.c_int
+        except (OSError, AttributeError, RuntimeError):
+            fn = None
+        _OMP_PAUSE.append(fn)
+    if _OMP_PAUSE[0] is not None and torch.get_num_threads() > 1:
+        _OMP_PAUSE[0](1)  # omp_pause_soft
+
+
 def _all_finite_cpu(t: torch.Tensor) -> bool:
     """Whether every entry of the CPU tensor ``t`` is finite (NumPy, single-threaded: one sum in the
     common case, the entry-wise test only when the sum is not finite)."""
@@ -1825,6 +1883,7 @@ class _Blend(torch.autograd.Function):
         color, screen, ring, faces, pairs, found = ctx.saved_tensors
         B, H, W, C = color.shape
         if found is not None:
+            release_omp_workers()  # the backward chain starts after the loss's torch ops
             g = contiguous(g_out)
             import numpy as np
 
@@ -1994,6 +2053,8 @@ class _Project(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_screen):
         verts, R, tr, K = ctx.saved_tensors
+        if verts.device.type == "cpu":
+            release_omp_workers()  # after autograd's sum of the screen gradients
         B, V = R.shape[0], verts.shape[1]
         n = (V + PROJECT_BLOCK - 1) // PROJECT_BLOCK
         n_chunks = len(split_chunks(n, verts.device, 16))
