@@ -561,6 +561,17 @@ def intersect(scene: Scene, o: wp.vec3, d: wp.vec3, tmax: float, anyhit: int):
     return int(-1), tmax
 
 
+@wp.kernel
+def scene_rays(offset: int, scene: Scene, origins: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
+               tmax: wp.array(dtype=wp.float32), anyhit: int, face: wp.array(dtype=wp.int32),
+               t: wp.array(dtype=wp.float32)):
+    """:func:`intersect` on arrays of rays (what the path tracer's kernels see)."""
+    i = wp.tid() + offset
+    f, ti = intersect(scene, origins[i], dirs[i], tmax[i], anyhit)
+    face[i] = f
+    t[i] = ti
+
+
 @wp.func
 def visible(scene: Scene, p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
     """Is the point ``p + d * dist`` (or, for ``dist >= 1e29``, the direction ``d``) unblocked
@@ -1189,6 +1200,21 @@ def closest_hits(bvh: MeshBVH, origins: torch.Tensor, dirs: torch.Tensor, tmax: 
     t = torch.empty(N, dtype=torch.float32, device=origins.device)
     if N:
         parallel_launch(cast_rays, N, [bvh.mesh.id, _v3(origins), _v3(dirs), _f(tmax)], [face, t],
+                        device=origins.device)
+    return face, t
+
+
+def scene_hits(prep: "PreparedScene", origins: torch.Tensor, dirs: torch.Tensor, tmax: torch.Tensor,
+               anyhit: bool = False):
+    """The path tracer's own ray casting (:func:`intersect`: the small-scene BVH, or Warp's mesh
+    BVH beyond ``SMALL_BVH_MAX_FACES`` faces) for rays ``origins``, ``dirs`` (N, 3) within ``(0,
+    tmax)`` (N,): ``(face (N,) int32, -1 on a miss; t (N,) float32 in units of |dir|, tmax on a
+    miss)``. With ``anyhit`` some hit within the range, not necessarily the closest."""
+    N = origins.shape[0]
+    face = torch.empty(N, dtype=torch.int32, device=origins.device)
+    t = torch.empty(N, dtype=torch.float32, device=origins.device)
+    if N:
+        parallel_launch(scene_rays, N, [prep.struct, _v3(origins), _v3(dirs), _f(tmax), int(anyhit)], [face, t],
                         device=origins.device)
     return face, t
 
