@@ -326,6 +326,17 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
             clip = int(0)
             if perspective != 0 and (d0 <= near or d1 <= near or d2 <= near):
                 clip = 1
+            # a lower bound of the triangle's depth key over its pixels (the key is a convex
+            # combination, up to rounding, of -1/d_k or of d_k): a pixel whose stored key is
+            # already below it is skipped without the coverage test (same result: this triangle
+            # can neither beat nor tie it there). Margin 1e-5 relative, far above the rounding.
+            kmin = -type(half)(1e30)
+            one = type(half)(1.0)
+            if clip == 0:
+                if perspective != 0:
+                    kmin = -wp.max(wp.max(one / d0, one / d1), one / d2) * type(half)(1.00001)
+                else:
+                    kmin = wp.min(wp.min(d0, d1), d2) - type(half)(1e-5) * wp.max(wp.max(wp.abs(d0), wp.abs(d1)), wp.abs(d2))
             for y in range(ya, yb + 1):
                 py = type(half)(y) + half
                 xl = xa
@@ -337,16 +348,18 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
                     xl = r2[0]
                     xr = r2[1]
                 for x in range(xl, xr + 1):
-                    key = type(half)(1e30)
-                    if clip != 0:
-                        key = _key_clipped(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, type(half)(x) + half, py, near)
-                    else:
-                        key = _key_at(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, s, t0, t1, t2, type(half)(x) + half,
-                                      py, perspective)
                     cur = zbuf[b, y, x]
-                    if key < cur or (key == cur and key < type(half)(1e30) and f < face_id[b, y, x]):
-                        zbuf[b, y, x] = key
-                        face_id[b, y, x] = f
+                    if kmin <= cur:
+                        key = type(half)(1e30)
+                        if clip != 0:
+                            key = _key_clipped(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, type(half)(x) + half, py,
+                                               near)
+                        else:
+                            key = _key_at(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, s, t0, t1, t2,
+                                          type(half)(x) + half, py, perspective)
+                        if key < cur or (key == cur and key < type(half)(1e30) and f < face_id[b, y, x]):
+                            zbuf[b, y, x] = key
+                            face_id[b, y, x] = f
 
 
 @wp.kernel
