@@ -1238,7 +1238,7 @@ def _rows(x: torch.Tensor | None, dev) -> torch.Tensor:
 SMALL_BVH_MAX_FACES = 512  # the Python SAH build below costs ~0.1 ms a node
 
 
-def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 2):
+def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 1):
     """A SAH bounding-volume hierarchy over a small triangle mesh (full sweep over sorted
     centroids on each axis) whose primitives are its triangles, two triangles sharing an edge
     whose corners form an exact parallelogram (in float32) being one primitive, laid out for :func:`intersect`'s stackless traversal: for each of the
