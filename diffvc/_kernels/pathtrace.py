@@ -80,6 +80,7 @@ class Scene:
     mesh: wp.uint64
     verts: wp.array(dtype=wp.vec3)
     faces: wp.array(dtype=wp.int32, ndim=2)
+    face_n: wp.array(dtype=wp.vec3)  # unit normals (:func:`unit_face_normal`; zero for a degenerate face)
     face_mat: wp.array(dtype=wp.int32)
     face_uv: wp.array(dtype=wp.vec2, ndim=2)
     mat_kind: wp.array(dtype=wp.int32)
@@ -397,6 +398,22 @@ def face_normal(scene: Scene, f: int):
 
 
 @wp.func
+def unit_face_normal(scene: Scene, f: int):
+    """``face_normal / |face_normal|``, zero for a degenerate face (what ``scene.face_n`` holds)."""
+    ng = face_normal(scene, f)
+    lng = wp.length(ng)
+    if lng <= 0.0:
+        return wp.vec3(0.0)
+    return ng / lng
+
+
+@wp.kernel
+def face_unit_normals(offset: int, scene: Scene, out: wp.array(dtype=wp.vec3)):
+    f = wp.tid() + offset
+    out[f] = unit_face_normal(scene, f)
+
+
+@wp.func
 def face_uv_at(scene: Scene, f: int, p: wp.vec3):
     """Texture coordinate at point ``p`` of face ``f`` (barycentric interpolation)."""
     a = scene.verts[scene.faces[f, 0]]
@@ -434,11 +451,10 @@ def add_albedo_grad(scene: Scene, grads: Grads, m: int, f: int, p: wp.vec3, g: w
 @wp.func
 def emitter_pdf(scene: Scene, p_sel: float, f: int, p_from: wp.vec3, p_on: wp.vec3, d: wp.vec3):
     """Solid-angle density of next-event estimation choosing point ``p_on`` of emissive face ``f``."""
-    ng = face_normal(scene, f)
-    ln = wp.length(ng)
-    if ln <= 0.0 or scene.n_emit == 0:
+    nu = scene.face_n[f]
+    if wp.dot(nu, nu) <= 0.0 or scene.n_emit == 0:
         return 0.0
-    cos_l = wp.abs(wp.dot(ng / ln, d))
+    cos_l = wp.abs(wp.dot(nu, d))
     if cos_l <= 0.0:
         return 0.0
     r = p_on - p_from
@@ -463,7 +479,7 @@ def pick_emitter(scene: Scene, u: float):
 
 @wp.func
 def offset_origin(p: wp.vec3, n: wp.vec3, d: wp.vec3):
-    s = RAY_EPS * (1.0 + wp.max(wp.abs(p[0]), wp.max(wp.abs(p[1]), wp.abs(p[2]))))
+    s = RAY_EPS * (1.0 + fmax_(wp.abs(p[0]), fmax_(wp.abs(p[1]), wp.abs(p[2]))))
     if wp.dot(n, d) < 0.0:
         s = -s
     return p + n * s
@@ -631,11 +647,9 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
                     tex_scatter(grads.env, 0, scene.env_w, scene.env_h, env_uv(d), cmul(adj, beta) * w_mis)
             break
         p = o + d * qt
-        ng = face_normal(scene, f)
-        lng = wp.length(ng)
-        if lng <= 0.0:
+        ng = scene.face_n[f]
+        if wp.dot(ng, ng) <= 0.0:
             break
-        ng = ng / lng
         front = wp.dot(ng, d) < 0.0
         n = ng
         if not front:
@@ -702,11 +716,10 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
                 pl = a * (1.0 - su) + b * (su * (1.0 - u3)) + c3 * (su * u3)
                 r = pl - p
                 dist = wp.length(r)
-                en = wp.cross(b - a, c3 - a)
-                le_n = wp.length(en)
-                if dist > 0.0 and le_n > 0.0:
+                nl = scene.face_n[ef]
+                if dist > 0.0 and wp.dot(nl, nl) > 0.0:
                     wi = r / dist
-                    cos_l = -wp.dot(en / le_n, wi)
+                    cos_l = -wp.dot(nl, wi)
                     if cos_l > 0.0:
                         li = scene.mat_emit[light_index]
                         pdf_l = emitter_pdf(scene, p_sel, ef, p, pl, wi)
@@ -1376,6 +1389,10 @@ class PreparedScene:
         s.verts = self.bvh.mesh.points
         s.faces = arr(faces, wp.int32)
         s.face_mat = arr(face_material.to(torch.int32), wp.int32)
+        face_n = torch.zeros(faces.shape[0], 3, device=dev)
+        s.face_n = arr(face_n, wp.vec3)
+        parallel_launch(face_unit_normals, int(faces.shape[0]), [s], [wp.from_torch(face_n, dtype=wp.vec3)],
+                        device=dev)
         F = faces.shape[0]
         uv = scene.face_uvs if (scene.face_uvs is not None and scene.face_uvs.shape[0] == F) \
             else torch.zeros(F, 3, 2, device=dev)
