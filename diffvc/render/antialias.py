@@ -229,12 +229,14 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         has_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
         entry = torch.empty((B, F, 4), dtype=torch.int32, device=dev)
         near_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
-        parallel_launch(K.face_facing, B * F, [screen, frags.faces, persp], [facing])
-        parallel_launch(K.face_has_silhouette, B * F, [screen, frags.faces, topology.neighbors, facing, near, persp],
-                        [has_sil, entry])
+        blk, n_f, mpt = K.face_launch(B * F, dev)
+        parallel_launch(K.face_facing, n_f, [blk, screen, frags.faces, persp], [facing], min_per_thread=mpt)
+        parallel_launch(K.face_has_silhouette, n_f, [blk, screen, frags.faces, topology.neighbors, facing, near, persp],
+                        [has_sil, entry], min_per_thread=mpt)
         vert_sil = K.cpu_zeros((B, frags.screen.shape[1]), facing)
-        parallel_launch(K.vertex_silhouette, B * F, [frags.faces, has_sil], [vert_sil])  # same-value stores
-        parallel_launch(K.face_near_silhouette, B * F, [frags.faces, vert_sil], [near_sil])
+        parallel_launch(K.vertex_silhouette, n_f, [blk, frags.faces, has_sil], [vert_sil],  # same-value stores
+                        min_per_thread=mpt)
+        parallel_launch(K.face_near_silhouette, n_f, [blk, frags.faces, vert_sil], [near_sil], min_per_thread=mpt)
         # silhouette edges (each once) binned to tiles of the padded image
         entries = _nonzero(entry)  # (E, 3) int32: view, face, edge
         E = entries.shape[0]

@@ -262,18 +262,19 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     # binning, split over CPU threads: each thread range counts into its own row of ``counts`` and
     # fills from its own cursors, which start where its faces go in each tile's list (face order)
     box = torch.empty((B, F, 4), dtype=torch.int32, device=dev)  # every entry written
-    parallel_launch(K.tri_setup, B * F, [screen, faces, near, int(perspective), H, W], [box])
-    n_chunks = len(split_chunks(B * F, dev))
+    blk, n_f, mpt = K.face_launch(B * F, dev)
+    parallel_launch(K.tri_setup, n_f, [blk, screen, faces, near, int(perspective), H, W], [box], min_per_thread=mpt)
+    n_chunks = len(split_chunks(n_f, dev, mpt))
     counts = K.cpu_zeros((n_chunks, nt), faces)
-    bin_args = [box, tile, tx, ty]
-    parallel_launch(K.bin_count, B * F, bin_args, lambda c: [counts[c]])
+    bin_args = [blk, box, tile, tx, ty]
+    parallel_launch(K.bin_count, n_f, bin_args, lambda c: [counts[c]], min_per_thread=mpt)
     ends = torch.cumsum(counts.t().reshape(-1), 0, dtype=torch.int32)  # tile-major, then chunk
     starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
     starts[1:] = ends.reshape(nt, n_chunks)[:, -1]
     cursor = (ends - counts.t().reshape(-1)).reshape(nt, n_chunks).t().contiguous()
     total = int(starts[-1])
     items = torch.empty(max(total, 1), dtype=torch.int32, device=dev)
-    parallel_launch(K.bin_fill, B * F, bin_args, lambda c: [items, cursor[c]])
+    parallel_launch(K.bin_fill, n_f, bin_args, lambda c: [items, cursor[c]], min_per_thread=mpt)
     # both layouts write every pixel (the tile kernel initialises its own tile first)
     zbuf = torch.empty((B, H, W), dtype=screen.dtype, device=dev)
     face_id = torch.empty((B, H, W), dtype=torch.int32, device=dev)
