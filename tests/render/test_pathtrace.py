@@ -473,3 +473,22 @@ def test_small_bvh_traversal_matches_warp_mesh_bvh():
     # a shadow ray stopping short of the closest hit sees nothing
     f_short, t_short = K.scene_hits(prep, o[hit], d[hit], t_small[hit] * 0.999, anyhit=True)
     assert bool((f_short < 0).all()) and torch.equal(t_short, t_small[hit] * 0.999)
+
+
+def test_small_bvh_cache_follows_geometry():
+    """Prepared scenes reuse the small BVH of identical triangles only: moving the tall box moves
+    its hits (the cache is keyed on the triangles' float32 corners)."""
+    from diffvc._kernels import pathtrace as K
+    from diffvc.render.pt_scene import CORNELL_TALL_BOX
+
+    c0 = torch.tensor(CORNELL_TALL_BOX[0], dtype=torch.float32)
+    o = torch.tensor([[c0[0].item(), 1.9, c0[2].item()]])  # above the tall box's top, looking down
+    d = torch.tensor([[0.0, -1.0, 0.0]])
+    ts = []
+    for dy in (0.0, 0.0, 0.1):
+        scene, _ = cornell_box(tall_box_center=c0 + torch.tensor([0.0, dy, 0.0]))
+        f, t = K.scene_hits(K.prepare_scene(scene), o, d, torch.tensor([1e30]))
+        assert int(f[0]) >= 0
+        ts.append(float(t[0]))
+    assert ts[0] == ts[1]
+    assert abs((ts[0] - ts[2]) - 0.1) < 1e-5
