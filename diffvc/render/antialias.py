@@ -242,19 +242,26 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
         E = entries.shape[0]
         if E == 0:
             entries = torch.zeros((1, 3), dtype=torch.int32, device=dev)
-        seg = torch.zeros((max(E, 1), 4), dtype=screen.dtype, device=dev)
+        # buffers zeroed and summed off torch's OpenMP pool on the CPU (K.cpu_zeros): with 8 views
+        # at 512^2 they pass torch's parallel threshold and its workers would spin beside the kernels
+        seg = K.cpu_zeros((max(E, 1), 4), screen)
         tx, ty = (W + 2 + TILE - 1) // TILE, (H + 2 + TILE - 1) // TILE
         nt = B * tx * ty
-        starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
+        starts = K.cpu_zeros((nt + 1,), entry)
         if E:
             parallel_launch(K.entry_geometry, E, [screen, frags.faces, entries, near, persp], [seg])
-            counts = torch.zeros(nt, dtype=torch.int32, device=dev)
+            counts = K.cpu_zeros((nt,), entry)
             # binning accumulates with atomics: unsplit launches
             launch(K.edge_bin_count, E, [entries, seg, H, W, TILE, tx, ty], [counts])
-            starts[1:] = torch.cumsum(counts, 0)
+            if dev.type == "cpu":
+                import numpy as np
+
+                np.cumsum(counts.numpy(), out=starts.numpy()[1:])
+            else:
+                starts[1:] = torch.cumsum(counts, 0)
         items = torch.empty(max(int(starts[-1]), 1), dtype=torch.int32, device=dev)
         if E:
-            cursor = torch.zeros(nt, dtype=torch.int32, device=dev)
+            cursor = K.cpu_zeros((nt,), entry)
             launch(K.edge_bin_fill, E, [entries, seg, H, W, TILE, tx, ty, starts, cursor], [items])
         pairs = torch.empty((B, H + 1, W + 1, 2), dtype=torch.int32, device=dev)  # every entry written
         rows, n, mpt = K.pixel_launch(B, H + 1, W + 1, dev)
