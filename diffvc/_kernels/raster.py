@@ -190,27 +190,39 @@ def _cover_key(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.i
 
 
 @wp.func
-def _row_span(ax: Any, ay: Any, bx: Any, by: Any, s: Any, py: Any, lo: int, hi: int):
-    """Narrows the pixel range [lo, hi] of row centre ``py`` to the pixels whose centre
-    ``x + 0.5`` may lie on the inner side of edge a -> b (``_edge(a, b, p) * s >= 0``),
+def _edge_line(ax: Any, ay: Any, bx: Any, by: Any, s: Any):
+    """The crossing of edge a -> b with a pixel row, for ``_row_span``: ``(k, side)`` with the
+    crossing at ``x(py) = ax + k (py - ay)`` (float64) and ``side`` = +1 when the inner side of
+    the edge (``_edge(a, b, p) * s >= 0``) is ``px >= x``, -1 when it is ``px <= x``, 0 for a
+    horizontal edge (no bound)."""
+    ey = wp.float64(by) - wp.float64(ay)
+    k = wp.float64(0.0)
+    side = int(0)
+    if ey != wp.float64(0.0):
+        k = (wp.float64(bx) - wp.float64(ax)) / ey
+        # w = s (ex (py - ay) - ey (px - ax)) grows with px when s ey < 0
+        side = wp.where(wp.float64(s) * ey < wp.float64(0.0), 1, -1)
+    return k, side
+
+
+@wp.func
+def _row_span(ax: Any, ay: Any, k: wp.float64, side: int, py: Any, r: wp.vec2i):
+    """Narrows the pixel range ``r`` = [lo, hi] of row centre ``py`` to the pixels whose centre
+    ``x + 0.5`` may lie on the inner side of an edge from a (``_edge_line``: k, side),
     conservatively: a pixel is dropped only when its centre lies more than a margin (1e-4 px
     plus 1e-4 of its distance to ``a``, far above the rounding error of the float32 edge
     function there, ~1e-6 of that distance) beyond the edge's exact crossing with the row
     (computed in float64). The coverage test on the kept pixels is unchanged, so the result is
     that of testing every pixel of the box (the torch twin's), at fewer tests."""
-    r = wp.vec2i(lo, hi)
-    ey = wp.float64(by) - wp.float64(ay)
-    if ey != wp.float64(0.0):
-        ex = wp.float64(bx) - wp.float64(ax)
-        dxs = ex * (wp.float64(py) - wp.float64(ay)) / ey  # crossing - ax
+    if side != 0:
+        dxs = k * (wp.float64(py) - wp.float64(ay))  # crossing - ax
         xs = wp.float64(ax) + dxs
         if wp.abs(xs) < wp.float64(1.0e8):
             slack = wp.float64(1.0e-4) * (wp.float64(1.0) + wp.abs(dxs))
-            # w = s (ex (py - ay) - ey (px - ax)) grows with px when s ey < 0: keep px >= xs
-            if wp.float64(s) * ey < wp.float64(0.0):
-                r[0] = wp.max(lo, int(wp.ceil(xs - slack - wp.float64(0.5))))
+            if side > 0:
+                r[0] = wp.max(r[0], int(wp.ceil(xs - slack - wp.float64(0.5))))
             else:
-                r[1] = wp.min(hi, int(wp.floor(xs + slack - wp.float64(0.5))))
+                r[1] = wp.min(r[1], int(wp.floor(xs + slack - wp.float64(0.5))))
     return r
 
 
@@ -340,16 +352,22 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
                     kmin = -wp.max(wp.max(one / d0, one / d1), one / d2) * type(half)(1.00001)
                 else:
                     kmin = wp.min(wp.min(d0, d1), d2) - type(half)(1e-5) * wp.max(wp.max(wp.abs(d0), wp.abs(d1)), wp.abs(d2))
+            # per row only the pixels the three edges' crossings leave open (unclipped triangles)
+            k0, sd0 = _edge_line(x1, y1, x2, y2, s)
+            k1, sd1 = _edge_line(x2, y2, x0, y0, s)
+            k2, sd2 = _edge_line(x0, y0, x1, y1, s)
+            if clip != 0:
+                sd0 = 0
+                sd1 = 0
+                sd2 = 0
             for y in range(ya, yb + 1):
                 py = type(half)(y) + half
-                xl = xa
-                xr = xb
-                if clip == 0:  # only the pixels the three edges' crossings with this row leave open
-                    r0 = _row_span(x1, y1, x2, y2, s, py, xl, xr)
-                    r1 = _row_span(x2, y2, x0, y0, s, py, r0[0], r0[1])
-                    r2 = _row_span(x0, y0, x1, y1, s, py, r1[0], r1[1])
-                    xl = r2[0]
-                    xr = r2[1]
+                r = wp.vec2i(xa, xb)
+                r = _row_span(x1, y1, k0, sd0, py, r)
+                r = _row_span(x2, y2, k1, sd1, py, r)
+                r = _row_span(x0, y0, k2, sd2, py, r)
+                xl = r[0]
+                xr = r[1]
                 for x in range(xl, xr + 1):
                     cur = zbuf[b, y, x]
                     if kmin <= cur:
