@@ -15,21 +15,28 @@ line per seed as it goes (the run is long on a CPU) and a summary JSON at the en
     python -m bench.pathtrace_visibility --depth 7 --ad-seeds 8 --ad-spp 256 --fd-seeds 4 --fd-spp 8192
     python -m bench.pathtrace_visibility --depth 1 --ad-seeds 4 --ad-spp 256 --fd-seeds 4 --fd-spp 8192
 
-``--fd-seeds 0`` skips FD (``--fd-json FILE`` reads per-seed FD lines written by an earlier run).
+``--fd-seeds 0`` / ``--ad-seeds 0`` skip FD / AD (``--fd-json FILES`` / ``--ad-json FILES`` read per-seed
+lines written by earlier runs).
 
-Measured 2026-12-02 (warped-area path terms, shared CPU at load ~10; [image, TL, TR, BL, BR],
+Per-seed lines of the runs below: ``bench/results/pathtrace_visibility/*.jsonl``; merge them
+with ``--ad-seeds 0 --fd-seeds 0 --ad-json FILES --fd-json FILES`` (or add seeds to them).
+
+Measured 2026-12-02 (warped-area path terms, shared CPU at load 3-5; [image, TL, TR, BL, BR],
 mean +- standard error over seeds; AD 256 secondary/interior spp, FD 8192 spp, step 0.02):
 
-* depth 1: AD (4 seeds) -6.071 +- 0.075, -0.531 +- 0.027, -1.918 +- 0.036, -0.137 +- 0.088,
-  -3.485 +- 0.029; FD (4 seeds) -6.104 +- 0.083, -0.551 +- 0.013, -1.910 +- 0.030, -0.171 +- 0.041,
-  -3.471 +- 0.009. 3.1 s CPU per AD gradient.
-* depth 2: AD (4) -6.231 +- 0.080, 0.115, -0.138, -2.305 +- 0.093, -3.904; FD (6) -5.843 +- 0.065,
-  0.172, -0.302, -1.735 +- 0.057, -3.977 (bottom-left and image too negative: a bias of the
-  warped terms at the second bounce, not found yet).
-* depth 7: AD (16) -5.520 +- 0.293 (std 1.17), 0.495 +- 0.159, -0.584 +- 0.152, -0.547 +- 0.213,
-  -4.884 +- 0.092; FD (16) -6.003 +- 0.069, 0.442 +- 0.044, -0.587 +- 0.048, -0.751 +- 0.034,
-  -5.107 +- 0.026 (FD step 0.01, 8 seeds: -6.023 +- 0.090, ..., -5.001 +- 0.039). The sliding
-  form before it: image std 3.1 per seed (8 seeds), one seed of the mixed form -36.8.
+* depth 1: AD (16 seeds, 0-15) -6.082 +- 0.027, -0.527 +- 0.016, -1.925 +- 0.012, -0.118 +- 0.031,
+  -3.512 +- 0.012; FD (24 seeds, 1000-1023) -6.072 +- 0.023, -0.546 +- 0.007, -1.889 +- 0.009,
+  -0.141 +- 0.013, -3.496 +- 0.010. ~3 s CPU per AD gradient, ~1.7 s per FD seed.
+* depth 2: AD (24 seeds, 0-23) -5.738 +- 0.121, 0.260 +- 0.069, -0.271 +- 0.078, -1.732 +- 0.101,
+  -3.994 +- 0.075; FD (16 seeds, 1006-1021) -5.699 +- 0.046, 0.269 +- 0.034, -0.306 +- 0.024,
+  -1.696 +- 0.023, -3.966 +- 0.017. (An earlier report of a depth-2 bias, AD -6.23 +- 0.08 and
+  bottom-left -2.30, came from seeds 0-3 alone: seeds 4-7 give -4.9 .. -5.5; the per-seed
+  spread is ~0.6 at 256 spp. ``bench.pathtrace_terms`` splits the gradient by term; their sum agrees with FD.)
+* depth 7: AD (80 seeds, 100-179) -6.102 +- 0.139, 0.457 +- 0.060, -0.660 +- 0.060,
+  -0.776 +- 0.090, -5.123 +- 0.056; FD (64 seeds, 1016-1079) -5.970 +- 0.036, 0.503 +- 0.022,
+  -0.652 +- 0.021, -0.747 +- 0.018, -5.074 +- 0.013. Per-seed AD std 1.2-1.3 on the image sum
+  (``int``, ``edge1`` and ``edge2+`` terms about equally), ~12 s CPU per AD gradient, ~6 s per FD
+  seed. Earlier (16 AD seeds 0-15): -5.520 +- 0.293.
 """
 
 from __future__ import annotations
@@ -90,13 +97,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--fd-seed0", type=int, default=1000)
     ap.add_argument("--fd-spp", type=int, default=8192)
     ap.add_argument("--step", type=float, default=0.02)
-    ap.add_argument("--fd-json", default=None, help="per-seed FD lines ({'fd': [...]}) of an earlier run")
+    ap.add_argument("--fd-json", default=None, nargs="*",
+                    help="files of per-seed FD lines ({'fd_seed': s, 'fd': [...]}) of earlier runs (merged)")
+    ap.add_argument("--ad-json", default=None, nargs="*",
+                    help="files of per-seed AD lines ({'ad_seed': s, 'g': [...]}) of earlier runs (merged; seeds deduplicated)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = {"scene": "cornell_box 16x16 float64, tall box x", "max_depth": a.depth, "rr_depth": 100,
            "order": ["image", "top_left", "top_right", "bottom_left", "bottom_right"]}
-    ad = []
+    ad, seen = [], set()
+    for path in a.ad_json or []:
+        with open(path) as f:
+            for line in f:
+                if line.strip().startswith("{") and '"ad_seed"' in line:
+                    r = json.loads(line)
+                    if r["ad_seed"] not in seen and r.get("spp", a.ad_spp) == a.ad_spp:
+                        seen.add(r["ad_seed"])
+                        ad.append(r["g"])
     for seed in range(a.ad_seed0, a.ad_seed0 + a.ad_seeds):
         t0 = time.process_time()
         g = ad_gradient(a.depth, a.ad_spp, seed)
@@ -104,9 +122,9 @@ def main(argv=None) -> dict:
         print(json.dumps({"ad_seed": seed, "spp": a.ad_spp, "g": [round(x, 4) for x in g],
                           "cpu_s": round(time.process_time() - t0, 1)}), flush=True)
     fd = []
-    if a.fd_json:
-        with open(a.fd_json) as f:
-            fd = [json.loads(line)["fd"] for line in f if line.strip().startswith("{") and '"fd"' in line]
+    for path in a.fd_json or []:
+        with open(path) as f:
+            fd += [json.loads(line)["fd"] for line in f if line.strip().startswith("{") and '"fd_seed"' in line]
     for seed in range(a.fd_seed0, a.fd_seed0 + a.fd_seeds):
         t0 = time.process_time()
         d = fd_gradient(a.depth, a.fd_spp, seed, a.step)
@@ -115,7 +133,7 @@ def main(argv=None) -> dict:
                           "cpu_s": round(time.process_time() - t0, 1)}), flush=True)
     if ad:
         out["ad_mean"], out["ad_sem"] = _stats(ad)
-        out["ad"] = f"{a.ad_seeds} seeds x (edge_samples 20000, edge_spp 8, secondary/interior spp {a.ad_spp})"
+        out["ad"] = f"{len(ad)} seeds x (edge_samples 20000, edge_spp 8, secondary/interior spp {a.ad_spp})"
     if fd:
         out["fd_mean"], out["fd_sem"] = _stats(fd)
         out["fd"] = f"{len(fd)} seeds x {a.fd_spp} spp, step {a.step}"
