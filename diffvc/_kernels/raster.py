@@ -341,17 +341,23 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
             clip = int(0)
             if perspective != 0 and (d0 <= near or d1 <= near or d2 <= near):
                 clip = 1
-            # a lower bound of the triangle's depth key over its pixels (the key is a convex
-            # combination, up to rounding, of -1/d_k or of d_k): a pixel whose stored key is
-            # already below it is skipped without the coverage test (same result: this triangle
-            # can neither beat nor tie it there). Margin 1e-5 relative, far above the rounding.
+            # a lower bound of the triangle's depth key over its pixels: the key is a combination
+            # of -1/d_k (or of d_k) with the weights l_k = w_k / area >= 0, whose computed sum is 1 up
+            # to the rounding of the edge functions, relative error <= ~9 u ext^2 / |area| (u =
+            # 6e-8, float32; ext = the triangle's screen extent): with a margin above that (1e-5 +
+            # 1e-6 ext^2 / |area|; a sliver gets a wide one), a pixel whose stored key is already below
+            # the bound is skipped without the coverage test (same result: this triangle can neither
+            # beat nor tie it there)
             kmin = -type(half)(1e30)
             one = type(half)(1.0)
             if clip == 0:
+                ext = wp.max(wp.max(wp.max(x0, x1), x2) - wp.min(wp.min(x0, x1), x2),
+                             wp.max(wp.max(y0, y1), y2) - wp.min(wp.min(y0, y1), y2))
+                margin = type(half)(1e-5) + type(half)(1e-6) * ext * ext / wp.abs(area)
                 if perspective != 0:
-                    kmin = -wp.max(wp.max(one / d0, one / d1), one / d2) * type(half)(1.00001)
+                    kmin = -wp.max(wp.max(one / d0, one / d1), one / d2) * (one + margin)
                 else:
-                    kmin = wp.min(wp.min(d0, d1), d2) - type(half)(1e-5) * wp.max(wp.max(wp.abs(d0), wp.abs(d1)), wp.abs(d2))
+                    kmin = wp.min(wp.min(d0, d1), d2) - margin * wp.max(wp.max(wp.abs(d0), wp.abs(d1)), wp.abs(d2))
             # per row only the pixels the three edges' crossings leave open (unclipped triangles)
             k0, sd0 = _edge_line(x1, y1, x2, y2, s)
             k1, sd1 = _edge_line(x2, y2, x0, y0, s)
@@ -370,7 +376,7 @@ def raster_tiles(offset: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.arr
                 xr = r[1]
                 for x in range(xl, xr + 1):
                     cur = zbuf[b, y, x]
-                    if kmin <= cur:
+                    if not (kmin > cur):  # (a NaN bound tests the pixel)
                         key = type(half)(1e30)
                         if clip != 0:
                             key = _key_clipped(x0, y0, x1, y1, x2, y2, d0, d1, d2, area, type(half)(x) + half, py,

@@ -65,6 +65,33 @@ def test_tile_and_pixel_layouts_agree():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("perspective", [True, False])
+def test_tile_kernel_shortcuts_keep_the_twins_ids_on_a_triangle_soup(perspective):
+    """raster_tiles tests per row only the pixels its edges' crossings leave open and skips pixels
+    whose stored key is below a triangle's lowest key: on a soup of overlapping triangles (slivers
+    thinner than 1e-4 px, edges through pixel centres, near-equal depths) the ids equal the torch
+    twin's and the per-pixel layout's (which test every pixel of the box)."""
+    g = torch.Generator().manual_seed(3)
+    H, W, n = 40, 48, 400
+    c = torch.rand(n, 1, 2, generator=g) * torch.tensor([W, H])
+    off = (torch.rand(n, 3, 2, generator=g) - 0.5) * 14.0
+    xy = c + off
+    sl = torch.arange(n) % 4 == 0  # slivers: third vertex 1e-5 px off the first edge
+    xy[sl, 2] = xy[sl, 0] + 0.37 * (xy[sl, 1] - xy[sl, 0]) + 1e-5
+    on = torch.arange(n) % 5 == 1  # vertices on pixel centres: edges through them, exact ties
+    xy[on] = torch.floor(xy[on]) + 0.5
+    d = 2.0 + 0.001 * torch.rand(n, 3, generator=g)  # near-equal depths
+    d[torch.arange(n) % 7 == 2] = 2.0005  # equal constant depths: ties by face id
+    pts = torch.cat([xy, d[..., None]], -1).reshape(1, 3 * n, 3).to(torch.float32)
+    f = torch.arange(3 * n, dtype=torch.int32).reshape(n, 3)
+    twin = rasterize_screen(pts, f, H, W, perspective=perspective, near=0.1, backend="torch").face_id
+    for tile in (4, 16):
+        a = _face_ids_warp(pts, f, H, W, perspective, 0.1, tile, "tiles")
+        b = _face_ids_warp(pts, f, H, W, perspective, 0.1, tile, "pixels")
+        assert torch.equal(a, twin) and torch.equal(b, twin)
+    assert (twin >= 0).sum() > 0.5 * H * W
+
+
 def test_depth_test_nearest_wins_in_either_order():
     near_tri = [[10.0, 10.0, 2.0], [30.0, 10.0, 2.0], [10.0, 30.0, 2.0]]
     far_tri = [[5.0, 5.0, 5.0], [35.0, 5.0, 5.0], [5.0, 35.0, 5.0]]
