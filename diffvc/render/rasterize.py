@@ -94,13 +94,14 @@ def check_faces(faces, num_verts: int, name: str = "faces") -> torch.Tensor:
             key = None
     if key is not None:
         hit = _FACES_MEMO.get(key)
-        if hit is not None and hit[0]() is faces:
+        # the same input tensor, unchanged, and the int32 result not modified in place since
+        if hit is not None and hit[0]() is faces and hit[1]._version == hit[2]:
             return hit[1]
     out = _check_faces(faces, num_verts, name=name, dtype=torch.int32)
     if key is not None:
         if len(_FACES_MEMO) >= 16:
             _FACES_MEMO.clear()
-        _FACES_MEMO[key] = (weakref.ref(faces), out)
+        _FACES_MEMO[key] = (weakref.ref(faces), out, out._version)
     return out
 
 

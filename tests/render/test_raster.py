@@ -296,3 +296,19 @@ def test_split_forward_and_adjoint_match_twin_on_a_large_image():
         res[backend] = (img.detach(), vv.grad, cc.grad)
     for a, b in zip(res["warp"], res["torch"]):
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_validated_faces_are_remembered_until_either_tensor_changes():
+    """rasterize validates a faces tensor once (check_faces memo): the same int32 tensor comes back
+    while neither the input nor the returned tensor is modified in place; a change revalidates."""
+    from diffvc.render.rasterize import check_faces
+
+    f = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    a = check_faces(f, 4)
+    assert check_faces(f, 4) is a and a.dtype == torch.int32
+    a[0, 0] = 3  # the result modified in place: not reused
+    c = check_faces(f, 4)
+    assert c is not a and int(c[0, 0]) == 0
+    f[0, 0] = 9  # the input modified in place: validated again
+    with pytest.raises(ValueError, match="faces"):
+        check_faces(f, 4)
