@@ -994,3 +994,34 @@ def segment_op(steps: Sequence[Step], K: int, states: Sequence[tuple], consts: S
             w_vals.append(init.contiguous())
     plan = _SegmentPlan(tuple(steps), K, s_spec, w_spec, c_kinds)
     return _SegmentOp.apply(plan, bool(recompute), bool(return_all), *s_vals, *w_vals, *c_vals)
+
+
+_OMP_PAUSE: list = []
+
+
+def release_omp_workers() -> None:
+    """Ends the spinning of torch's idle OpenMP workers before split Warp launches (CPU, more than
+    one torch thread, torch built with the GNU OpenMP runtime it bundles; otherwise a no-op). Solvers
+    whose split launches follow torch ops call it before them (the rasterizer does).
+
+    After every parallel torch op (a user's ``clone``, ``mean``, its backward, autograd's gradient
+    sums) libgomp's workers busy-wait for the next parallel region, ~3-5 ms of a core each time on
+    the 2-core dev machine; the split launches that follow then share the cores with them.
+    ``omp_pause_resource_all(omp_pause_soft)`` (OpenMP 5.0) lets them go now; the next parallel
+    torch op starts its workers again (tens of microseconds)."""
+    if not _OMP_PAUSE:
+        fn = None
+        try:
+            import glob
+
+            if "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+                libs = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*")))
+                if libs:  # torch's own copy, loaded already: dlopen returns that instance
+                    fn = ctypes.CDLL(libs[0]).omp_pause_resource_all
+                    fn.argtypes = [ctypes.c_int]
+                    fn.restype = ctypes.c_int
+        except (OSError, AttributeError, RuntimeError):
+            fn = None
+        _OMP_PAUSE.append(fn)
+    if _OMP_PAUSE[0] is not None and torch.get_num_threads() > 1:
+        _OMP_PAUSE[0](1)  # omp_pause_soft

@@ -1547,7 +1547,7 @@ for _k in (tri_setup, raster_tiles, raster_pixels, barycentrics, interpolate_att
 
 import torch  # noqa: E402
 
-from .bridge import _pool, launch, parallel_launch, split_chunks  # noqa: E402
+from .bridge import _pool, launch, parallel_launch, release_omp_workers, split_chunks  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1861,38 +1861,6 @@ def chunk_sum(bufs):
     for extra in bufs[1:]:
         g = g + extra
     return g
-
-
-_OMP_PAUSE: list = []
-
-
-def release_omp_workers() -> None:
-    """Ends the spinning of torch's idle OpenMP workers before split Warp launches (CPU, more than
-    one torch thread, torch built with the GNU OpenMP runtime it bundles; otherwise a no-op).
-
-    After every parallel torch op (a user's ``clone``, ``mean``, its backward, autograd's gradient
-    sums) libgomp's workers busy-wait for the next parallel region, ~3-5 ms of a core each time on
-    the 2-core dev machine; the split launches that follow then share the cores with them.
-    ``omp_pause_resource_all(omp_pause_soft)`` (OpenMP 5.0) lets them go now; the next parallel
-    torch op starts its workers again (tens of microseconds)."""
-    if not _OMP_PAUSE:
-        fn = None
-        try:
-            import ctypes
-            import glob
-            import os
-
-            if "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
-                libs = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*")))
-                if libs:  # torch's own copy, loaded already: dlopen returns that instance
-                    fn = ctypes.CDLL(libs[0]).omp_pause_resource_all
-                    fn.argtypes = [ctypes.c_int]
-                    fn.restype = ctypes.c_int
-        except (OSError, AttributeError, RuntimeError):
-            fn = None
-        _OMP_PAUSE.append(fn)
-    if _OMP_PAUSE[0] is not None and torch.get_num_threads() > 1:
-        _OMP_PAUSE[0](1)  # omp_pause_soft
 
 
 def _all_finite_cpu(t: torch.Tensor) -> bool:
