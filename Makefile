@@ -28,9 +28,11 @@ test-all: $(STAMP)
 # benchmark whose anchor is missing says so in its JSON): Mitsuba 3 and MuJoCo into .venv, pip
 # taichi in its own .venv-taichi (DiffTaichi), and a clone of DiffTaichi's examples (not copied
 # into this repository: it has no licence file). See bench/__init__.py for how they are found.
+# Mitsuba < 3.9: 3.9's LLVM variants emit llvm.minimum, which the libLLVM of Debian 12 (14-16)
+# cannot select (the process aborts in the JIT; seen with libLLVM 14 and 16); 3.8.0 runs on libLLVM 16.
 ANCHORS := $(VENV)/.anchors
 $(ANCHORS): $(STAMP)
-	-$(PY) -m pip install -q "mitsuba>=3.5" "mujoco>=3.0"
+	-$(PY) -m pip install -q "mitsuba>=3.5,<3.9" "mujoco>=3.0"
 	-test -x .venv-taichi/bin/python || $(PYTHON) -m venv .venv-taichi
 	-.venv-taichi/bin/pip install -q taichi opencv-python-headless
 	-test -d bench/.anchors/difftaichi || git clone -q --depth 1 https://github.com/taichi-dev/difftaichi bench/.anchors/difftaichi

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -281,7 +282,7 @@ _ARRAY_T = type(to_warp(torch.zeros(1)).__ctype__())  # Warp's array descriptor 
 _TEMPLATES: dict = {}        # (dtype, kind, shape) -> array_t template (data pointer 0)
 _MAX_TEMPLATES = 4096
 _LOCAL = threading.local()   # .launches: per-thread recorded-launch cache
-_MAX_LAUNCHES = 512
+_MAX_LAUNCHES = 2048
 
 
 def _desc(t: torch.Tensor, kind: str | None):
@@ -446,7 +447,17 @@ def fast_launch(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: 
             wp.launch(kernel, dim=dims, inputs=_convert(args, fdtype), outputs=[], device=warp_device(device),
                       stream=_stream(device), record_tape=False, **kw)
         return
-    key = (kernel, device, tuple(_sig(a, fdtype) for a in args),
+    keep: list = []
+    _prepared(kernel, dims, args, device, fdtype, adj_args, keep).run(device)
+
+
+def _prepared(kernel, dims: tuple, args: Sequence[Any], device: torch.device, fdtype: torch.dtype,
+              adj_args: Sequence[Any] | None, keep: list, slot: int = 0) -> _Recorded:
+    """The calling thread's recorded launch of ``kernel`` for these argument types, its
+    parameters set to ``args`` (tensors it converted are appended to ``keep``, which must outlive
+    the run). ``slot`` tells apart records prepared together for different threads (the chunks
+    of one :func:`parallel_launch`): a record is replayed by one thread at a time."""
+    key = (slot, kernel, device, tuple(_sig(a, fdtype) for a in args),
            None if adj_args is None else tuple(_sig(a, fdtype) for a in adj_args))
     cache = _launch_cache()
     rec = cache.get(key)
@@ -454,7 +465,6 @@ def fast_launch(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: 
         if len(cache) >= _MAX_LAUNCHES:
             cache.clear()
         rec = cache[key] = record(kernel, dims, args, device, fdtype, adj_args)
-    keep: list = []
     if rec.dim != dims:
         rec.cmd.set_dim(dims)
         rec.dim = dims
@@ -463,7 +473,7 @@ def fast_launch(kernel, dim, args: Sequence[Any], device: torch.device, fdtype: 
     if adj_args is not None:
         for i, a in enumerate(adj_args):
             rec.set(i, a, fdtype, keep, adjoint=True)
-    rec.run(device)
+    return rec
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -536,7 +546,35 @@ def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequ
                     run(0)
                     _SPLIT_SEEN.add(key)
                 first = 1
-            if first == 0:  # the calling thread runs chunk 0 beside the pool's chunks
+            if first == 0 and _RECORDED[0]:
+                # the calling thread sets every chunk's parameters (the Python work, under the
+                # GIL), then the pool's threads replay theirs beside this thread's: a worker needs
+                # the GIL only to enter the kernel, so it starts while this thread is in its own
+                # chunk (~0.2 ms sooner per split launch than preparing its own). Threads take
+                # chunks from one queue: when a worker wakes late, this thread runs its chunk too.
+                keep: list = []
+                queue: deque = deque()
+                for k, (start, count) in enumerate(chunks):
+                    a_in = first_in if k == 0 or not callable(inputs) else list(inputs(k))
+                    a_out = first_out if k == 0 or not callable(outputs) else list(outputs(k))
+                    queue.append(_prepared(kernel, (count,), [start] + a_in + a_out, device, fdtype, None, keep,
+                                           slot=1 + k))
+
+                def drain() -> None:
+                    while True:
+                        try:
+                            rec = queue.popleft()
+                        except IndexError:
+                            return
+                        rec.run(device)
+
+                futures = [_pool().submit(drain) for _ in range(1, len(chunks))]
+                try:
+                    drain()
+                finally:
+                    for f in futures:
+                        f.result()
+            elif first == 0:  # the calling thread runs chunk 0 beside the pool's chunks
                 futures = [_pool().submit(run, k) for k in range(1, len(chunks))]
                 try:
                     run(0)
