@@ -104,12 +104,12 @@ class Scene:
     env_w: int
     env_h: int
     has_env: int
-    # small-scene BVH (see :func:`small_bvh`): 8 layouts (one per octant of ray directions) of
-    # n_nodes nodes in depth-first order, near child first, with escape links; n_nodes = 0 for
-    # larger scenes (then Warp's mesh BVH is queried)
-    bvh_lo: wp.array(dtype=wp.vec3)
-    bvh_hi: wp.array(dtype=wp.vec3)
-    bvh_info: wp.array(dtype=wp.vec3i)  # (escape: next node after the subtree, first triangle, count; 0 = inner)
+    # small-scene BVH (see :func:`small_bvh`): n_nodes 4-wide nodes, node k's child boxes as rows
+    # 6 k .. 6 k + 5 of bvh_box (lo x, lo y, lo z, hi x, hi y, hi z of the 4 children) and its
+    # children in bvh_child[k] (>= 0: a node, < 0: -(1 + primitive), BVH_EMPTY: no child);
+    # n_nodes = 0 for larger scenes (then Warp's mesh BVH is queried)
+    bvh_box: wp.array(dtype=wp.vec4)
+    bvh_child: wp.array(dtype=wp.vec4i)
     n_nodes: int
     tri: wp.array(dtype=wp.vec3)  # (v0, e1, e2) per primitive (triangle or parallelogram), leaf order
     tri_face: wp.array(dtype=wp.int32)  # (face of u + v <= 1, face of the far half or -1) per primitive
@@ -489,7 +489,7 @@ def offset_origin(p: wp.vec3, n: wp.vec3, d: wp.vec3):
 @wp.func
 def fmin_(a: float, b: float):
     """``min`` as one select (``wp.min`` adds NaN handling, branches in the traversal's hot loop);
-    :func:`box_entry`'s operands are never NaN."""
+    the slab test's operands are never NaN."""
     return wp.where(a < b, a, b)
 
 
@@ -499,14 +499,18 @@ def fmax_(a: float, b: float):
 
 
 @wp.func
-def box_entry(lo: wp.vec3, hi: wp.vec3, o: wp.vec3, inv: wp.vec3, tbest: float):
-    """Does the ray ``o + t d`` (``inv = 1 / d`` clamped to +-1e30, so finite: no ``0 * inf =
-    NaN`` for a ray in a box's plane) enter the box before ``tbest``?"""
-    a = wp.cw_mul(lo - o, inv)
-    b = wp.cw_mul(hi - o, inv)
-    tn = fmax_(fmax_(fmin_(a[0], b[0]), fmin_(a[1], b[1])), fmin_(a[2], b[2]))
-    tf = fmin_(fmin_(fmax_(a[0], b[0]), fmax_(a[1], b[1])), fmax_(a[2], b[2]))
-    return tn <= tf and tf >= 0.0 and tn < tbest
+def vmin4(a: wp.vec4, b: wp.vec4):
+    """Componentwise ``min`` as selects (:func:`fmin_`)."""
+    return wp.vec4(fmin_(a[0], b[0]), fmin_(a[1], b[1]), fmin_(a[2], b[2]), fmin_(a[3], b[3]))
+
+
+@wp.func
+def vmax4(a: wp.vec4, b: wp.vec4):
+    return wp.vec4(fmax_(a[0], b[0]), fmax_(a[1], b[1]), fmax_(a[2], b[2]), fmax_(a[3], b[3]))
+
+
+BVH_EMPTY = wp.constant(2147483647)  # an unused child slot of a 4-wide node
+BVH_STACK = 32  # entries of intersect's traversal stack (small_bvh checks its tree fits)
 
 
 @wp.func
@@ -516,63 +520,95 @@ def inv_dir(x: float):
 
 
 @wp.func
+def hit_primitive(scene: Scene, j: int, o: wp.vec3, d: wp.vec3, tbest: float):
+    """Moller-Trumbore against primitive ``j`` (``(v0, e1, e2)`` rows of ``scene.tri``): ``(face,
+    t)`` of a hit nearer than ``tbest``, else ``(-1, tbest)``. A parallelogram answers for both of
+    its faces: the first where ``u + v <= 1``, the second where ``u, v <= 1`` beyond."""
+    e1 = scene.tri[3 * j + 1]
+    e2 = scene.tri[3 * j + 2]
+    pv = wp.cross(d, e2)
+    det = wp.dot(e1, pv)
+    f = int(-1)
+    tout = tbest
+    if det != 0.0:
+        idet = 1.0 / det
+        tv = o - scene.tri[3 * j]
+        u = wp.dot(tv, pv) * idet
+        qv = wp.cross(tv, e1)
+        v = wp.dot(d, qv) * idet
+        t = wp.dot(e2, qv) * idet
+        if u >= 0.0 and v >= 0.0 and t > 0.0 and t < tbest:
+            if u + v <= 1.0:
+                tout = t
+                f = scene.tri_face[2 * j]
+            elif u <= 1.0 and v <= 1.0:
+                fq = scene.tri_face[2 * j + 1]  # -1: a triangle
+                if fq >= 0:
+                    tout = t
+                    f = fq
+    return f, tout
+
+
+@wp.func
 def intersect(scene: Scene, o: wp.vec3, d: wp.vec3, tmax: float, anyhit: int):
     """First hit of the ray ``o + t d`` for ``t`` in ``(0, tmax)``: ``(face, t)``, face -1 on a
     miss. With ``anyhit`` the traversal stops at the first hit found (shadow rays). Small scenes
-    traverse :func:`small_bvh`'s nodes without a stack (escape links; Moller-Trumbore against
-    precomputed edges; a primitive that is a parallelogram of two faces answers for both: the
-    first where ``u + v <= 1``, the second where ``u, v <= 1`` beyond), larger ones Warp's mesh
-    BVH."""
+    traverse :func:`small_bvh`'s 4-wide nodes (the four child boxes of a node tested together,
+    slab test with ``1 / d`` clamped to +-1e30 so a ray in a box's plane gives no ``0 * inf``;
+    the children it enters pushed nearest on top and skipped at pop when no longer nearer than
+    the best hit; :func:`hit_primitive` at the leaves), larger ones Warp's mesh BVH."""
     if scene.n_nodes == 0:
         q = wp.mesh_query_ray(scene.mesh, o, d, tmax)
         if q.result:
             return q.face, q.t
         return int(-1), tmax
-    inv = wp.vec3(inv_dir(d[0]), inv_dir(d[1]), inv_dir(d[2]))
+    vx = wp.vec4(inv_dir(d[0]))
+    vy = wp.vec4(inv_dir(d[1]))
+    vz = wp.vec4(inv_dir(d[2]))
+    ox = wp.vec4(o[0])
+    oy = wp.vec4(o[1])
+    oz = wp.vec4(o[2])
     tbest = tmax
     fbest = int(-1)
-    octant = int(0)
-    if d[0] < 0.0:
-        octant = 1
-    if d[1] < 0.0:
-        octant = octant + 2
-    if d[2] < 0.0:
-        octant = octant + 4
-    k = octant * scene.n_nodes
-    end = k + scene.n_nodes
-    while k < end:
-        info = scene.bvh_info[k]
-        if box_entry(scene.bvh_lo[k], scene.bvh_hi[k], o, inv, tbest):
-            if info[2] > 0:
-                for j in range(info[1], info[1] + info[2]):
-                    e1 = scene.tri[3 * j + 1]
-                    e2 = scene.tri[3 * j + 2]
-                    pv = wp.cross(d, e2)
-                    det = wp.dot(e1, pv)
-                    if det != 0.0:
-                        idet = 1.0 / det
-                        tv = o - scene.tri[3 * j]
-                        u = wp.dot(tv, pv) * idet
-                        qv = wp.cross(tv, e1)
-                        v = wp.dot(d, qv) * idet
-                        t = wp.dot(e2, qv) * idet
-                        if u >= 0.0 and v >= 0.0 and t > 0.0 and t < tbest:
-                            if u + v <= 1.0:
-                                tbest = t
-                                fbest = scene.tri_face[2 * j]
-                            elif u <= 1.0 and v <= 1.0:
-                                fq = scene.tri_face[2 * j + 1]  # -1: a triangle
-                                if fq >= 0:
-                                    tbest = t
-                                    fbest = fq
-                if anyhit != 0 and fbest >= 0:
-                    k = end
-                else:
-                    k = k + 1
-            else:
-                k = k + 1
-        else:
-            k = info[0]
+    stack_node = wp.vector(dtype=wp.int32, length=32)  # BVH_STACK
+    stack_t = wp.vector(dtype=wp.float32, length=32)
+    stack_node[0] = 0
+    stack_t[0] = 0.0
+    sp = int(1)
+    while sp > 0:
+        sp = sp - 1
+        k = stack_node[sp]
+        if stack_t[sp] >= tbest:
+            continue
+        if k < 0:
+            f, t = hit_primitive(scene, -k - 1, o, d, tbest)
+            if f >= 0:
+                fbest = f
+                tbest = t
+                if anyhit != 0:
+                    break
+            continue
+        ax = wp.cw_mul(scene.bvh_box[6 * k] - ox, vx)
+        ay = wp.cw_mul(scene.bvh_box[6 * k + 1] - oy, vy)
+        az = wp.cw_mul(scene.bvh_box[6 * k + 2] - oz, vz)
+        bx = wp.cw_mul(scene.bvh_box[6 * k + 3] - ox, vx)
+        by = wp.cw_mul(scene.bvh_box[6 * k + 4] - oy, vy)
+        bz = wp.cw_mul(scene.bvh_box[6 * k + 5] - oz, vz)
+        tn = vmax4(vmax4(vmin4(ax, bx), vmin4(ay, by)), vmin4(az, bz))
+        tf = vmin4(vmin4(vmax4(ax, bx), vmax4(ay, by)), vmax4(az, bz))
+        ch = scene.bvh_child[k]
+        base = sp
+        for c in range(4):
+            if tn[c] <= tf[c] and tf[c] >= 0.0 and tn[c] < tbest and ch[c] != BVH_EMPTY:
+                # insertion among this node's entries: descending entry distance, nearest on top
+                j = sp
+                while j > base and stack_t[j - 1] < tn[c]:
+                    stack_node[j] = stack_node[j - 1]
+                    stack_t[j] = stack_t[j - 1]
+                    j = j - 1
+                stack_node[j] = ch[c]
+                stack_t[j] = tn[c]
+                sp = sp + 1
     if fbest >= 0:
         return fbest, tbest
     return int(-1), tmax
@@ -1271,20 +1307,20 @@ def _small_bvh_cached(verts: torch.Tensor, faces: torch.Tensor):
     return hit
 
 
-def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 1):
+def small_bvh(verts: torch.Tensor, faces: torch.Tensor):
     """A SAH bounding-volume hierarchy over a small triangle mesh (full sweep over sorted
-    centroids on each axis) whose primitives are its triangles, two triangles sharing an edge
-    whose corners form an exact parallelogram (in float32) being one primitive, laid out for :func:`intersect`'s stackless traversal: for each of the
-    8 octants of ray directions, the N nodes in depth-first order with the near child first (the
-    child of lower centroids along the split axis when the direction is positive along it), each
-    with its box, the index of the node after its subtree (the escape link, absolute) and, for
-    leaves, its primitives. The nodes of octant ``(d_x < 0) + 2 (d_y < 0) + 4 (d_z < 0)`` are rows
-    ``[octant N, (octant + 1) N)``: a closest-hit ray meets the nearer boxes first and culls the
-    farther ones by its best distance. Returns CPU tensors ``(lo (8 N, 3), hi (8 N, 3), info
-    (8 N, 3) int32 (escape, first, count; count 0 for inner nodes), tri (3 P, 3) = (v0, e1, e2)
-    per primitive in leaf order (a triangle: its first vertex and edges; a parallelogram: the
-    corner opposite the shared edge and the edges to that edge's ends), tri_face (2 P,) int32 =
-    (the face where u + v <= 1, the face where u + v > 1 or -1 for a triangle) per primitive)``."""
+    centroids on each axis, one primitive per leaf) whose primitives are its triangles, two
+    triangles sharing an edge whose corners form an exact parallelogram (in float32) being one
+    primitive, collapsed to 4-wide nodes for :func:`intersect` (a binary node's children, the
+    largest inner one replaced by its two children while there are fewer than 4). Returns CPU
+    tensors ``(box (6 N, 4), child (N, 4) int32, tri (3 P, 3), tri_face (2 P,) int32)``: rows
+    ``6 k .. 6 k + 5`` of ``box`` are the lo x, lo y, lo z, hi x, hi y, hi z of node ``k``'s four
+    child boxes; ``child[k]`` its children (``>= 0``: a node, ``< 0``: ``-(1 + primitive)``,
+    ``BVH_EMPTY``: unused; node 0 is the root); ``tri`` = (v0, e1, e2) per primitive (a triangle:
+    its first vertex and edges; a parallelogram: the corner opposite the shared edge and the edges
+    to that edge's ends); ``tri_face`` = (the face where u + v <= 1, the face where u + v > 1 or
+    -1 for a triangle) per primitive. None when the tree is too deep for the traversal stack
+    (``BVH_STACK``): then Warp's mesh BVH is used."""
     import numpy as np
 
     verts_np = verts.detach().float().double().cpu().numpy()
@@ -1334,7 +1370,7 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 1):
         tree.append([lo, hi, 0, 0, -1])
         n = len(idx)
         best = None
-        if n > leaf_size:
+        if n > 1:
             k = np.arange(1, n)
             for ax in range(3):
                 srt = idx[np.argsort(cen[idx, ax], kind="stable")]
@@ -1355,31 +1391,50 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor, leaf_size: int = 1):
         return me
 
     build(np.arange(P))
-    N = len(tree)
-    rows_lo, rows_hi, rows_info = [], [], []
-    for octant in range(8):  # bit a set: the ray's direction is negative along axis a
-        base = octant * N
+    if tree[0][4] < 0:  # a single primitive: a root whose one child is that leaf
+        tree = [[tree[0][0], tree[0][1], 1, -1, 0], tree[0]]
 
-        def emit(i):
-            lo, hi, a, b, ax = tree[i]
-            me = len(rows_info)
-            rows_lo.append(lo)
-            rows_hi.append(hi)
-            rows_info.append([0, a if ax < 0 else 0, b if ax < 0 else 0])
-            if ax >= 0:
-                near, far = (b, a) if (octant >> ax) & 1 else (a, b)
-                emit(near)
-                emit(far)
-            rows_info[me][0] = len(rows_info)
+    def children(i):
+        return [c for c in tree[i][2:4] if c >= 0]
 
-        emit(0)
-        assert len(rows_info) == base + N
-    lo = torch.tensor(np.array(rows_lo), dtype=torch.float32)
-    hi = torch.tensor(np.array(rows_hi), dtype=torch.float32)
-    info = torch.tensor(rows_info, dtype=torch.int32)
+    def area_of(i):
+        e = np.maximum(tree[i][1] - tree[i][0], 0.0)
+        return e[0] * e[1] + e[1] * e[2] + e[2] * e[0]
+
+    box_rows, child_rows = [], []
+    deepest = [0]
+
+    def emit(i, pending):
+        # a 4-wide node from binary node i: its children, the largest inner one replaced by its
+        # own two children while fewer than 4
+        kids = children(i)
+        while len(kids) < 4:
+            inner = [c for c in kids if tree[c][4] >= 0]
+            if not inner:
+                break
+            c = max(inner, key=area_of)
+            at = kids.index(c)
+            kids[at:at + 1] = children(c)
+        me = len(child_rows)
+        deepest[0] = max(deepest[0], pending + len(kids))  # stack entries while this node's are pushed
+        box = np.zeros((6, 4))
+        child_rows.append([EMPTY] * 4)
+        box_rows.append(box)
+        for slot, c in enumerate(kids):
+            box[0:3, slot], box[3:6, slot] = tree[c][0], tree[c][1]
+        for slot, c in enumerate(kids):
+            child_rows[me][slot] = emit(c, pending + len(kids) - 1) if tree[c][4] >= 0 else -(1 + tree[c][2])
+        return me
+
+    EMPTY = int(BVH_EMPTY)
+    emit(0, 0)
+    if deepest[0] > BVH_STACK:
+        return None
+    box = torch.tensor(np.concatenate(box_rows), dtype=torch.float32)
+    child = torch.tensor(child_rows, dtype=torch.int32)
     tri = torch.tensor(np.array([np.stack(prims[q][:3]) for q in order]), dtype=torch.float32).reshape(-1, 3)
     tri_face = torch.tensor([[prims[q][3], prims[q][4]] for q in order], dtype=torch.int32).reshape(-1)
-    return lo, hi, info, tri.contiguous(), tri_face
+    return box, child, tri.contiguous(), tri_face
 
 
 class PreparedScene:
@@ -1465,15 +1520,14 @@ class PreparedScene:
         nodes = _small_bvh_cached(verts, faces) if faces.shape[0] <= SMALL_BVH_MAX_FACES else None
         if nodes is None:
             s.n_nodes = 0
-            s.bvh_lo = s.bvh_hi = arr(torch.zeros(1, 3, device=dev), wp.vec3)
-            s.bvh_info = arr(torch.zeros(1, 3, dtype=torch.int32, device=dev), wp.vec3i)
+            s.bvh_box = arr(torch.zeros(1, 4, device=dev), wp.vec4)
+            s.bvh_child = arr(torch.zeros(1, 4, dtype=torch.int32, device=dev), wp.vec4i)
             s.tri = arr(torch.zeros(3, 3, device=dev), wp.vec3)
             s.tri_face = arr(torch.zeros(1, dtype=torch.int32, device=dev), wp.int32)
         else:
-            lo, hi, info, tri, tri_face = (x.to(dev) for x in nodes)
-            s.n_nodes = int(lo.shape[0]) // 8
-            s.bvh_lo, s.bvh_hi = arr(lo, wp.vec3), arr(hi, wp.vec3)
-            s.bvh_info = arr(info, wp.vec3i)
+            box, child, tri, tri_face = (x.to(dev) for x in nodes)
+            s.n_nodes = int(child.shape[0])
+            s.bvh_box, s.bvh_child = arr(box, wp.vec4), arr(child, wp.vec4i)
             s.tri, s.tri_face = arr(tri, wp.vec3), arr(tri_face, wp.int32)
         self.struct = s
         self.keep = keep

@@ -436,7 +436,7 @@ def test_backward_split_over_cpu_threads_loses_no_atomic_adds():
 
 
 def test_small_bvh_traversal_matches_warp_mesh_bvh():
-    """The small-scene BVH (octant layouts, parallelogram primitives, finite inverse directions)
+    """The small-scene BVH (4-wide nodes, parallelogram primitives, finite inverse directions)
     finds the same closest hits as Warp's mesh BVH, also for axis-aligned rays lying in the
     planes of walls and boxes; any-hit rays hit exactly when a closest hit exists."""
     from diffvc._kernels import pathtrace as K
@@ -473,6 +473,66 @@ def test_small_bvh_traversal_matches_warp_mesh_bvh():
     # a shadow ray stopping short of the closest hit sees nothing
     f_short, t_short = K.scene_hits(prep, o[hit], d[hit], t_small[hit] * 0.999, anyhit=True)
     assert bool((f_short < 0).all()) and torch.equal(t_short, t_small[hit] * 0.999)
+
+
+def _hits_match_mesh_bvh(K, scene, n=20000, seed=0):
+    prep = K.prepare_scene(scene)
+    g = torch.Generator().manual_seed(seed)
+    v = scene.vertices.float()
+    lo, hi = v.amin(0), v.amax(0)
+    o = lo + (hi - lo) * (0.1 + 0.8 * torch.rand(n, 3, generator=g))
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+    tmax = torch.full((n,), 1e30)
+    f_small, t_small = K.scene_hits(prep, o, d, tmax)
+    f_mesh, t_mesh = K.closest_hits(prep.bvh, o, d, tmax)
+    hit = f_small >= 0
+    assert torch.equal(hit, f_mesh >= 0)
+    assert torch.allclose(t_small, t_mesh, rtol=1e-5, atol=1e-5)
+    assert float((f_small != f_mesh).float().mean()) < 0.01  # ties at shared edges only
+    f_any, _ = K.scene_hits(prep, o, d, tmax, anyhit=True)
+    assert torch.equal(f_any >= 0, hit)
+    return prep, hit
+
+
+def test_small_bvh_triangles_and_a_single_primitive():
+    """The 4-wide small BVH over a mesh of triangles (an icosphere of 320 faces inside the
+    Cornell box: 338 primitives, several levels of 4-wide nodes) and over a single triangle (a
+    root with one leaf) finds Warp's mesh BVH's hits."""
+    from diffvc._kernels import pathtrace as K
+    from diffvc.geometry import icosphere
+
+    scene, _ = cornell_box()
+    v, f = icosphere(2)
+    V = torch.cat([scene.vertices.float(), v.float() * 0.3 + torch.tensor([0.0, 1.0, 0.0])])
+    F = torch.cat([scene.faces, f + scene.vertices.shape[0]])
+    mat = torch.cat([scene.face_material, torch.zeros(f.shape[0], dtype=scene.face_material.dtype)])
+    big = scene.replace(vertices=V, faces=F, face_material=mat, face_uvs=None)
+    prep, hit = _hits_match_mesh_bvh(K, big)
+    assert prep.struct.n_nodes > 16 and float(hit.float().mean()) > 0.5
+    one = scene.replace(vertices=torch.tensor([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [0.0, 1.5, 1.0]]),
+                        faces=torch.tensor([[0, 1, 2]]), face_material=scene.face_material[:1], face_uvs=None)
+    prep, hit = _hits_match_mesh_bvh(K, one)
+    assert prep.struct.n_nodes == 1 and 0.05 < float(hit.float().mean()) < 0.95
+
+
+def test_small_bvh_too_deep_for_the_stack_uses_the_mesh_bvh(monkeypatch):
+    """A tree that would overflow the traversal stack is not used: small_bvh returns None and the
+    prepared scene queries Warp's mesh BVH (same hits)."""
+    from diffvc._kernels import pathtrace as K
+
+    scene, _ = cornell_box()
+    assert K.small_bvh(scene.vertices, scene.faces) is not None
+    monkeypatch.setattr(K, "BVH_STACK", 3)
+    K._SMALL_BVH_CACHE.clear()
+    assert K.small_bvh(scene.vertices, scene.faces) is None
+    prep = K.prepare_scene(scene)
+    assert prep.struct.n_nodes == 0
+    o = torch.tensor([[0.0, 1.0, 0.0]]).repeat(6, 1)
+    d = torch.cat([torch.eye(3), -torch.eye(3)])
+    f, t = K.scene_hits(prep, o, d, torch.full((6,), 1e30))
+    f_mesh, t_mesh = K.closest_hits(prep.bvh, o, d, torch.full((6,), 1e30))
+    assert torch.equal(f, f_mesh) and torch.allclose(t, t_mesh)
+    K._SMALL_BVH_CACHE.clear()
 
 
 def test_small_bvh_cache_follows_geometry():
