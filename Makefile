@@ -34,7 +34,7 @@ ANCHORS := $(VENV)/.anchors
 $(ANCHORS): $(STAMP)
 	-$(PY) -m pip install -q "mitsuba>=3.5,<3.9" "mujoco>=3.0"
 	-test -x .venv-taichi/bin/python || $(PYTHON) -m venv .venv-taichi
-	-.venv-taichi/bin/pip install -q taichi opencv-python-headless
+	-.venv-taichi/bin/pip install -q taichi opencv-python-headless matplotlib
 	-test -d bench/.anchors/difftaichi || git clone -q --depth 1 https://github.com/taichi-dev/difftaichi bench/.anchors/difftaichi
 	touch $(ANCHORS)
 

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from bench import table
@@ -26,7 +27,12 @@ def main(argv=None) -> int:
         f.stem for f in Path(__file__).parent.glob("*.py") if f.stem not in ("__init__", "run_all", "_common", "table")
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    import torch
+
+    threads = torch.get_num_threads()
     for name in names:
+        torch.set_num_threads(threads)  # a benchmark that changes it (1-thread rows) does not set the next one's
         t0 = time.perf_counter()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -34,7 +40,13 @@ def main(argv=None) -> int:
         if not hasattr(module, "run"):   # a validation script with its own command line (see its docstring)
             print(f"{name}: no run(), not a table benchmark; skipped", file=sys.stderr)
             continue
-        result = module.run(quick=args.quick)
+        try:
+            result = module.run(quick=args.quick)
+        except Exception:  # one benchmark (or its anchor) failing leaves the others' figures
+            traceback.print_exc()
+            print(f"{name}: FAILED; bench/results/{name}.json left as it was", file=sys.stderr)
+            failed.append(name)
+            continue
         if isinstance(result, dict):  # run conditions, shown by bench.table
             result[table.META] = {"quick": args.quick, "loadavg_1min_start": load,
                                   "date": started,
@@ -43,7 +55,9 @@ def main(argv=None) -> int:
         print(f"{name}: {time.perf_counter() - t0:.1f} s -> {args.out / (name + '.json')}", file=sys.stderr)
     table.write(args.out, None if args.no_readme else table.README)
     print(f"table -> {args.out / 'TABLE.md'}" + ("" if args.no_readme else f" and {table.README}"), file=sys.stderr)
-    return 0
+    if failed:
+        print(f"failed: {' '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

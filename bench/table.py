@@ -183,7 +183,11 @@ def _mass_spring(d):
             get(d, "results.raw_warp.total_ms"), spread=sp, target="≤ 0.7×"),
         Row("mass_spring", what + " (fused)", ours, "ms", "plain torch (faster thread count)",
             min(torches) if torches else None, spread=sp),
-    ]
+    ] + ([Row("mass_spring", what + " (fused, full tape: every state kept, as `wp.Tape` keeps)",
+              get(d, "results.diffvc_full_tape.total_ms"), "ms", "raw Warp loop (`wp.Tape`)",
+              get(d, "results.raw_warp.total_ms"),
+              spread=spread(d, lo="results.diffvc_full_tape.total_min_ms", unit="ms"))]
+         if get(d, "results.diffvc_full_tape.total_ms") is not None else [])
 
 
 def _difftaichi_mass_spring(d):
