@@ -626,19 +626,28 @@ def scene_rays(offset: int, scene: Scene, origins: wp.array(dtype=wp.vec3), dirs
 
 
 @wp.func
+def shadow_ray(p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
+    """The shadow ray of :func:`visible`: ``(origin, direction, tmax)``, ``tmax = 0`` when there is
+    nothing to test (the target is the offset origin itself)."""
+    o = offset_origin(p, n, d)
+    if dist >= 1.0e29:
+        return o, d, float(1.0e30)
+    r = p + d * dist - o
+    lr = wp.length(r)
+    if lr <= 0.0:
+        return o, d, float(0.0)
+    return o, r / lr, lr * (1.0 - 1.0e-4)
+
+
+@wp.func
 def visible(scene: Scene, p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
     """Is the point ``p + d * dist`` (or, for ``dist >= 1e29``, the direction ``d``) unblocked
     from ``p`` (normal ``n``)? The shadow ray starts at the offset origin and aims at the target
     itself, stopping just short of it so the target's own surface is not a blocker."""
-    o = offset_origin(p, n, d)
-    if dist >= 1.0e29:
-        hf, ht = intersect(scene, o, d, 1.0e30, 1)
-        return hf < 0
-    r = p + d * dist - o
-    lr = wp.length(r)
-    if lr <= 0.0:
+    so, sd, st = shadow_ray(p, n, d, dist)
+    if st <= 0.0:
         return True
-    hf, ht = intersect(scene, o, r / lr, lr * (1.0 - 1.0e-4), 1)
+    hf, ht = intersect(scene, so, sd, st, 1)
     return hf < 0
 
 
@@ -778,7 +787,14 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
                 ab = bsdf_ab(kind, alpha, n, wo, wi)
                 fcol = albedo * ab[0] + wp.vec3(ab[1])
                 if max3(fcol) > 0.0:
-                    if visible(scene, p, n, wi, dist):
+                    # visible(scene, p, n, wi, dist) written out: a call of visible copies the
+                    # Scene struct (~1.3 KB) per shadow ray, intersect inlined here does not
+                    so, sd, st = shadow_ray(p, n, wi, dist)
+                    unblocked = True
+                    if st > 0.0:
+                        hf, ht = intersect(scene, so, sd, st, 1)
+                        unblocked = hf < 0
+                    if unblocked:
                         s = ci * geo * w_mis
                         c = cmul(cmul(beta, fcol), li) * s
                         L = L + c
