@@ -13,8 +13,8 @@
 
 ``--speed-only`` skips the gradient and image checks (the speed figures alone). Mitsuba runs on
 ``torch.get_num_threads()`` threads (``dr.set_thread_count``), as diffvc does. Times are medians
-of ``repeats`` runs in this process; ``spread`` has their min/max and the median process CPU
-seconds (all threads).
+of ``repeats`` runs in this process, diffvc's and Mitsuba's alternating (one of each in turn);
+``spread`` has their min/max and the median process CPU seconds (all threads).
 """
 
 from __future__ import annotations
@@ -34,18 +34,21 @@ from diffvc.render.pt_scene import cornell_box, cornell_camera
 _SPREAD: dict = {}
 
 
-def _median_time(fn, repeats: int, tag: str | None = None) -> float:
-    """Median wall time of ``repeats`` calls; with ``tag`` the min/max and the median process
-    CPU seconds go to ``_SPREAD[tag]``."""
-    ts, cs = [], []
+def _alternating(fns: dict, repeats: int) -> dict:
+    """Median wall time (s) of each of ``fns`` (tag -> function) over ``repeats`` rounds that call
+    every function once in turn, so the machine's drift over the run hits them alike; min/max
+    and the median process CPU seconds go to ``_SPREAD[tag]``."""
+    ts = {k: [] for k in fns}
+    cs = {k: [] for k in fns}
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        ts.append(time.perf_counter() - t0)
-        cs.append(time.process_time() - c0)
-    if tag:
-        _SPREAD[tag] = {"min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3, "cpu_s": statistics.median(cs)}
-    return statistics.median(ts)
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+            cs[k].append(time.process_time() - c0)
+    for k in fns:
+        _SPREAD[k] = {"min_ms": min(ts[k]) * 1e3, "max_ms": max(ts[k]) * 1e3, "cpu_s": statistics.median(cs[k])}
+    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 def _mitsuba():
@@ -167,62 +170,72 @@ def _translation_gradient_check(quick: bool) -> dict:
 def run(quick: bool = False, speed_only: bool = False) -> dict:
     torch.manual_seed(0)
     size, spp_f, spp_b, depth = (64, 16, 4, 8) if quick else (128, 64, 16, 8)
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5
     scene, _ = cornell_box()
     cam = cornell_camera(size, size)
-    path_trace(scene, cam, spp=1, max_depth=1)  # compile / warm up
     n = size * size
-    t_fwd = _median_time(lambda: path_trace(scene, cam, spp=spp_f, max_depth=depth), repeats, "forward")
     alb = scene.albedo.clone().requires_grad_()
     em = scene.emission.clone().requires_grad_()
+
+    def forward():
+        path_trace(scene, cam, spp=spp_f, max_depth=depth)
 
     def fwd_bwd():
         img = path_trace(scene.replace(albedo=alb, emission=em), cam, spp=spp_b, max_depth=depth)
         img.mean().backward()
 
-    fwd_bwd()  # warm-up (the replay kernel's first launch)
-    t_fb = _median_time(fwd_bwd, repeats, "fwd_bwd")
+    fwd = {"forward": forward}
+    fb = {"fwd_bwd": fwd_bwd}
+    mi, variant = _mitsuba()
+    if mi is not None:
+        import drjit as dr
+
+        ms = mitsuba_scene(mi, scene, cam, depth)
+        fwd["mitsuba_forward"] = lambda: np.array(mi.render(ms, spp=spp_f, seed=1))
+        if "_ad_" in variant:
+            ms_prb = mitsuba_scene(mi, scene, cam, depth, integrator="prb")
+            params = mi.traverse(ms_prb)
+            keys = [k for k in params.keys() if k.endswith("reflectance.value") or k.endswith("radiance.value")]
+
+            def mi_fwd_bwd():
+                for k in keys:
+                    dr.enable_grad(params[k])
+                params.update()
+                img = mi.render(ms_prb, params, spp=spp_b, seed=2)
+                dr.backward(dr.mean(img, axis=None))
+                return [np.array(dr.grad(params[k])) for k in keys]
+
+            fb["mitsuba_fwd_bwd"] = mi_fwd_bwd
+    for f in list(fwd.values()) + list(fb.values()):  # warm-up: kernel compile / load, Mitsuba's JIT
+        f()
+    # diffvc and Mitsuba alternate (repeat r of each, then repeat r + 1): drift of a shared
+    # machine's speed over the run hits both sides of a ratio alike
+    t = {**_alternating(fwd, repeats), **_alternating(fb, repeats)}
+    t_fwd, t_fb = t["forward"], t["fwd_bwd"]
     out = {
         "device": "cpu", "threads": torch.get_num_threads(), "resolution": size, "max_depth": depth,
-        "forward_spp": spp_f, "forward_ms": t_fwd * 1e3, "forward_samples_per_s": n * spp_f / t_fwd,
+        "repeats": repeats, "forward_spp": spp_f, "forward_ms": t_fwd * 1e3,
+        "forward_samples_per_s": n * spp_f / t_fwd,
         "fwd_bwd_spp": spp_b, "fwd_bwd_ms": t_fb * 1e3, "fwd_bwd_samples_per_s": n * spp_b / t_fb,
     }
     if not speed_only:
         out.update(_translation_gradient_check(quick))
-    mi, variant = _mitsuba()
     out["mitsuba_variant"] = variant or "not installed"
     out["spread"] = _SPREAD
     if mi is None:
         return out
-    import drjit as dr
-
-    ms = mitsuba_scene(mi, scene, cam, depth)
-    mi.render(ms, spp=1)  # JIT warm-up
-    t_mi = _median_time(lambda: np.array(mi.render(ms, spp=spp_f, seed=1)), repeats, "mitsuba_forward")
+    t_mi = t["mitsuba_forward"]
     out["mitsuba_forward_ms"] = t_mi * 1e3
     out["mitsuba_forward_samples_per_s"] = n * spp_f / t_mi
     out["forward_speed_ratio_diffvc_over_mitsuba"] = t_mi / t_fwd
-    if "_ad_" not in variant:  # scalar variants have no autodiff: no prb comparison
+    out["time_ratio_diffvc_over_mitsuba_forward"] = t_fwd / t_mi
+    if "mitsuba_fwd_bwd" not in t:  # scalar variants have no autodiff: no prb comparison
         out["mitsuba_fwd_bwd_ms"] = "n/a (no AD variant)"
         return out if speed_only else _validate(out, mi, scene, quick)
-    ms_prb = mitsuba_scene(mi, scene, cam, depth, integrator="prb")
-    params = mi.traverse(ms_prb)
-    keys = [k for k in params.keys() if k.endswith("reflectance.value") or k.endswith("radiance.value")]
-
-    def mi_fwd_bwd():
-        for k in keys:
-            dr.enable_grad(params[k])
-        params.update()
-        img = mi.render(ms_prb, params, spp=spp_b, seed=2)
-        dr.backward(dr.mean(img, axis=None))
-        return [np.array(dr.grad(params[k])) for k in keys]
-
-    mi_fwd_bwd()
-    t_mfb = _median_time(mi_fwd_bwd, repeats, "mitsuba_fwd_bwd")
+    t_mfb = t["mitsuba_fwd_bwd"]
     out["mitsuba_fwd_bwd_ms"] = t_mfb * 1e3
     out["fwd_bwd_speed_ratio_diffvc_over_mitsuba"] = t_mfb / t_fb
     # the issue's form: diffvc time / Mitsuba time (<= 1: diffvc as fast or faster)
-    out["time_ratio_diffvc_over_mitsuba_forward"] = t_fwd / t_mi
     out["time_ratio_diffvc_over_mitsuba_fwd_bwd"] = t_fb / t_mfb
     import os
 
