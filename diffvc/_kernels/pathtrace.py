@@ -510,7 +510,7 @@ def vmax4(a: wp.vec4, b: wp.vec4):
 
 
 BVH_EMPTY = wp.constant(2147483647)  # an unused child slot of a 4-wide node
-BVH_STACK = 32  # entries of intersect's traversal stack (small_bvh checks its tree fits)
+BVH_STACK = wp.constant(32)  # entries of intersect's traversal stack (small_bvh checks its tree fits)
 
 
 @wp.func
@@ -570,8 +570,8 @@ def intersect(scene: Scene, o: wp.vec3, d: wp.vec3, tmax: float, anyhit: int):
     oz = wp.vec4(o[2])
     tbest = tmax
     fbest = int(-1)
-    stack_node = wp.vector(dtype=wp.int32, length=32)  # BVH_STACK
-    stack_t = wp.vector(dtype=wp.float32, length=32)
+    stack_node = wp.vector(dtype=wp.int32, length=BVH_STACK)
+    stack_t = wp.vector(dtype=wp.float32, length=BVH_STACK)
     stack_node[0] = 0
     stack_t[0] = 0.0
     sp = int(1)
