@@ -1310,16 +1310,14 @@ _SMALL_BVH_CACHE: "OrderedDict" = OrderedDict()
 def _small_bvh_cached(verts: torch.Tensor, faces: torch.Tensor):
     """:func:`small_bvh` of the triangles' float32 corners, remembered for the last 8 distinct
     triangle sets (renders of a scene whose geometry does not change, e.g. material or light
-    optimisation, skip the Python build; ~4 ms for the Cornell box)."""
+    optimisation, skip the Python build; ~4 ms for the Cornell box), including a ``None``."""
     key = verts.detach().float().cpu()[faces.long().cpu()].numpy().tobytes()
-    hit = _SMALL_BVH_CACHE.get(key)
-    if hit is None:
-        hit = small_bvh(verts, faces)
-        _SMALL_BVH_CACHE[key] = hit
-        while len(_SMALL_BVH_CACHE) > 8:
-            _SMALL_BVH_CACHE.popitem(last=False)
-    else:
+    if key in _SMALL_BVH_CACHE:  # a remembered None (tree too deep for the stack) counts too
         _SMALL_BVH_CACHE.move_to_end(key)
+        return _SMALL_BVH_CACHE[key]
+    hit = _SMALL_BVH_CACHE[key] = small_bvh(verts, faces)
+    while len(_SMALL_BVH_CACHE) > 8:
+        _SMALL_BVH_CACHE.popitem(last=False)
     return hit
 
 

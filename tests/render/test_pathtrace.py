@@ -516,8 +516,8 @@ def test_small_bvh_triangles_and_a_single_primitive():
 
 
 def test_small_bvh_too_deep_for_the_stack_uses_the_mesh_bvh(monkeypatch):
-    """A tree that would overflow the traversal stack is not used: small_bvh returns None and the
-    prepared scene queries Warp's mesh BVH (same hits)."""
+    """A tree that would overflow the traversal stack is not used: small_bvh returns None (built
+    once per triangle set) and the prepared scene queries Warp's mesh BVH (same hits)."""
     from diffvc._kernels import pathtrace as K
 
     scene, _ = cornell_box()
@@ -525,8 +525,12 @@ def test_small_bvh_too_deep_for_the_stack_uses_the_mesh_bvh(monkeypatch):
     monkeypatch.setattr(K, "BVH_STACK", 3)
     K._SMALL_BVH_CACHE.clear()
     assert K.small_bvh(scene.vertices, scene.faces) is None
+    builds = []
+    build = K.small_bvh
+    monkeypatch.setattr(K, "small_bvh", lambda v, f: builds.append(1) or build(v, f))
     prep = K.prepare_scene(scene)
     assert prep.struct.n_nodes == 0
+    assert K.prepare_scene(scene).struct.n_nodes == 0 and len(builds) == 1  # the None is remembered
     o = torch.tensor([[0.0, 1.0, 0.0]]).repeat(6, 1)
     d = torch.cat([torch.eye(3), -torch.eye(3)])
     f, t = K.scene_hits(prep, o, d, torch.full((6,), 1e30))
