@@ -435,17 +435,23 @@ def test_backward_split_over_cpu_threads_loses_no_atomic_adds():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
-def test_small_bvh_traversal_matches_warp_mesh_bvh():
-    """The small-scene BVH (4-wide nodes, parallelogram primitives, finite inverse directions)
-    finds the same closest hits as Warp's mesh BVH, also for axis-aligned rays lying in the
-    planes of walls and boxes; any-hit rays hit exactly when a closest hit exists."""
+@pytest.mark.parametrize("native", [1, 0])
+def test_small_bvh_traversal_matches_warp_mesh_bvh(native):
+    """The small-scene BVH (4-wide nodes, leaves of 4 parallelogram / triangle primitives, finite
+    inverse directions) finds the same closest hits as Warp's mesh BVH, also for axis-aligned rays
+    lying in the planes of walls and boxes; any-hit rays hit exactly when a closest hit exists.
+    Both traversals: the native one (CPU default) and the Warp-language one (CUDA's)."""
     from diffvc._kernels import pathtrace as K
 
     scene, _ = cornell_box()
     prep = K.prepare_scene(scene)
-    assert prep.struct.n_nodes > 0  # the small BVH is in use
-    # every face of the Cornell box is half of a parallelogram primitive ((v0, e1, e2) rows each)
-    assert prep.struct.tri.shape[0] == 3 * scene.faces.shape[0] // 2
+    assert prep.struct.n_nodes > 0 and prep.struct.native_bvh == 1  # the small BVH is in use
+    prep.struct.native_bvh = native
+    # every face of the Cornell box is half of a parallelogram primitive, each in one leaf lane
+    first_faces = prep.struct.leaf_face.numpy()[0::2]
+    assert (first_faces >= 0).sum() == scene.faces.shape[0] // 2
+    assert sorted(first_faces[first_faces >= 0].tolist() + prep.struct.leaf_face.numpy()[1::2][
+        first_faces >= 0].tolist()) == list(range(scene.faces.shape[0]))
     g = torch.Generator().manual_seed(0)
     n = 20000
     o = torch.rand(n, 3, generator=g) * torch.tensor([1.9, 1.9, 1.9]) + torch.tensor([-0.95, 0.05, -0.95])
@@ -475,8 +481,9 @@ def test_small_bvh_traversal_matches_warp_mesh_bvh():
     assert bool((f_short < 0).all()) and torch.equal(t_short, t_small[hit] * 0.999)
 
 
-def _hits_match_mesh_bvh(K, scene, n=20000, seed=0):
+def _hits_match_mesh_bvh(K, scene, n=20000, seed=0, native=1):
     prep = K.prepare_scene(scene)
+    prep.struct.native_bvh = native
     g = torch.Generator().manual_seed(seed)
     v = scene.vertices.float()
     lo, hi = v.amin(0), v.amax(0)
@@ -497,7 +504,7 @@ def _hits_match_mesh_bvh(K, scene, n=20000, seed=0):
 def test_small_bvh_triangles_and_a_single_primitive():
     """The 4-wide small BVH over a mesh of triangles (an icosphere of 320 faces inside the
     Cornell box: 338 primitives, several levels of 4-wide nodes) and over a single triangle (a
-    root with one leaf) finds Warp's mesh BVH's hits."""
+    root with one leaf of one used lane) finds Warp's mesh BVH's hits, with either traversal."""
     from diffvc._kernels import pathtrace as K
     from diffvc.geometry import icosphere
 
@@ -507,12 +514,14 @@ def test_small_bvh_triangles_and_a_single_primitive():
     F = torch.cat([scene.faces, f + scene.vertices.shape[0]])
     mat = torch.cat([scene.face_material, torch.zeros(f.shape[0], dtype=scene.face_material.dtype)])
     big = scene.replace(vertices=V, faces=F, face_material=mat, face_uvs=None)
-    prep, hit = _hits_match_mesh_bvh(K, big)
-    assert prep.struct.n_nodes > 16 and float(hit.float().mean()) > 0.5
+    for native in (1, 0):
+        prep, hit = _hits_match_mesh_bvh(K, big, native=native)
+        assert prep.struct.n_nodes > 4 and float(hit.float().mean()) > 0.5
     one = scene.replace(vertices=torch.tensor([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [0.0, 1.5, 1.0]]),
                         faces=torch.tensor([[0, 1, 2]]), face_material=scene.face_material[:1], face_uvs=None)
-    prep, hit = _hits_match_mesh_bvh(K, one)
-    assert prep.struct.n_nodes == 1 and 0.05 < float(hit.float().mean()) < 0.95
+    for native in (1, 0):
+        prep, hit = _hits_match_mesh_bvh(K, one, native=native)
+        assert prep.struct.n_nodes == 1 and 0.05 < float(hit.float().mean()) < 0.95
 
 
 def test_small_bvh_too_deep_for_the_stack_uses_the_mesh_bvh(monkeypatch):
