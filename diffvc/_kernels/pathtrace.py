@@ -111,12 +111,13 @@ class Scene:
     bvh_box: wp.array(dtype=wp.vec4)
     bvh_child: wp.array(dtype=wp.vec4i)
     n_nodes: int
-    # leaf q: up to 4 primitives (triangles or parallelograms) side by side, rows 9 q .. 9 q + 8 of
-    # leaf_tri = v0 x, v0 y, v0 z, e1 x, e1 y, e1 z, e2 x, e2 y, e2 z of its 4 lanes; rows 2 q,
-    # 2 q + 1 of leaf_face = the face where u + v <= 1 and the face of the far half (-1: none) per
-    # lane; an unused lane has e1 = e2 = 0 and faces -1
-    leaf_tri: wp.array(dtype=wp.vec4)
-    leaf_face: wp.array(dtype=wp.vec4i)
+    # leaf q: up to LEAF_LANES primitives (triangles or parallelograms) side by side: entries
+    # 9 L q .. 9 L (q + 1) - 1 of leaf_tri (L = LEAF_LANES) are v0 x, v0 y, v0 z, e1 x, e1 y, e1 z,
+    # e2 x, e2 y, e2 z of its lanes (L each), entries 2 L q .. 2 L (q + 1) - 1 of leaf_face the
+    # face where u + v <= 1 and the face of the far half (-1: none) per lane; an unused lane has
+    # e1 = e2 = 0 and faces -1
+    leaf_tri: wp.array(dtype=wp.float32)
+    leaf_face: wp.array(dtype=wp.int32)
     native_bvh: int  # 1: traverse with :func:`small_bvh_hit` (CPU), 0: the Warp-language loop
 
 
@@ -515,6 +516,7 @@ def vmax4(a: wp.vec4, b: wp.vec4):
 
 
 BVH_EMPTY = wp.constant(2147483647)  # an unused child slot of a 4-wide node
+LEAF_LANES = wp.constant(8)  # primitives per leaf of the small BVH (tested side by side, one AVX register)
 BVH_STACK = wp.constant(32)  # entries of intersect's traversal stack (small_bvh checks its tree fits)
 
 
@@ -526,53 +528,40 @@ def inv_dir(x: float):
 
 @wp.func(inline=True)
 def hit_leaf(scene: Scene, q: int, o: wp.vec3, d: wp.vec3, tbest: float, anyhit: int):
-    """Moller-Trumbore against the four lanes of leaf ``q`` at once (vec4 arithmetic, one lane per
-    primitive; the lanes' tests in order): ``(face, t)`` of the nearest hit nearer than ``tbest``,
-    else ``(-1, tbest)``; with ``anyhit`` the first hit lane. A parallelogram answers for both of
-    its faces: the first where ``u + v <= 1``, the second where ``u, v <= 1`` beyond. A lane with
-    ``det = 0`` (unused, or a ray in the primitive's plane) gets ``u, v, t`` of +-inf or NaN and
-    fails every test."""
-    b = 9 * q
-    v0x = scene.leaf_tri[b]
-    v0y = scene.leaf_tri[b + 1]
-    v0z = scene.leaf_tri[b + 2]
-    e1x = scene.leaf_tri[b + 3]
-    e1y = scene.leaf_tri[b + 4]
-    e1z = scene.leaf_tri[b + 5]
-    e2x = scene.leaf_tri[b + 6]
-    e2y = scene.leaf_tri[b + 7]
-    e2z = scene.leaf_tri[b + 8]
-    dx = wp.vec4(d[0])
-    dy = wp.vec4(d[1])
-    dz = wp.vec4(d[2])
-    pvx = wp.cw_mul(dy, e2z) - wp.cw_mul(dz, e2y)
-    pvy = wp.cw_mul(dz, e2x) - wp.cw_mul(dx, e2z)
-    pvz = wp.cw_mul(dx, e2y) - wp.cw_mul(dy, e2x)
-    det = wp.cw_mul(e1x, pvx) + wp.cw_mul(e1y, pvy) + wp.cw_mul(e1z, pvz)
-    idet = wp.cw_div(wp.vec4(1.0), det)
-    tvx = wp.vec4(o[0]) - v0x
-    tvy = wp.vec4(o[1]) - v0y
-    tvz = wp.vec4(o[2]) - v0z
-    u = wp.cw_mul(wp.cw_mul(tvx, pvx) + wp.cw_mul(tvy, pvy) + wp.cw_mul(tvz, pvz), idet)
-    qvx = wp.cw_mul(tvy, e1z) - wp.cw_mul(tvz, e1y)
-    qvy = wp.cw_mul(tvz, e1x) - wp.cw_mul(tvx, e1z)
-    qvz = wp.cw_mul(tvx, e1y) - wp.cw_mul(tvy, e1x)
-    v = wp.cw_mul(wp.cw_mul(dx, qvx) + wp.cw_mul(dy, qvy) + wp.cw_mul(dz, qvz), idet)
-    t = wp.cw_mul(wp.cw_mul(e2x, qvx) + wp.cw_mul(e2y, qvy) + wp.cw_mul(e2z, qvz), idet)
+    """Moller-Trumbore against the ``LEAF_LANES`` primitives of leaf ``q``, lane by lane (the
+    Warp-language traversal's leaf test; :func:`small_bvh_hit` tests the lanes side by side):
+    ``(face, t)`` of the nearest hit nearer than ``tbest``, else ``(-1, tbest)``; with ``anyhit``
+    the first hit lane. A parallelogram answers for both of its faces: the first where
+    ``u + v <= 1``, the second where ``u, v <= 1`` beyond. Unused lanes have ``det = 0``."""
     f = int(-1)
     tout = tbest
-    fa = scene.leaf_face[2 * q]
-    fb = scene.leaf_face[2 * q + 1]
-    for c in range(4):
-        if u[c] >= 0.0 and v[c] >= 0.0 and t[c] > 0.0 and t[c] < tout and det[c] != 0.0:
-            if u[c] + v[c] <= 1.0:
-                tout = t[c]
-                f = fa[c]
-            elif u[c] <= 1.0 and v[c] <= 1.0 and fb[c] >= 0:
-                tout = t[c]
-                f = fb[c]
-            if anyhit != 0 and f >= 0:
-                break
+    b = 9 * LEAF_LANES * q
+    for c in range(LEAF_LANES):
+        e1 = wp.vec3(scene.leaf_tri[b + 3 * LEAF_LANES + c], scene.leaf_tri[b + 4 * LEAF_LANES + c],
+                     scene.leaf_tri[b + 5 * LEAF_LANES + c])
+        e2 = wp.vec3(scene.leaf_tri[b + 6 * LEAF_LANES + c], scene.leaf_tri[b + 7 * LEAF_LANES + c],
+                     scene.leaf_tri[b + 8 * LEAF_LANES + c])
+        pv = wp.cross(d, e2)
+        det = wp.dot(e1, pv)
+        if det != 0.0:
+            idet = 1.0 / det
+            tv = o - wp.vec3(scene.leaf_tri[b + c], scene.leaf_tri[b + LEAF_LANES + c],
+                             scene.leaf_tri[b + 2 * LEAF_LANES + c])
+            u = wp.dot(tv, pv) * idet
+            qv = wp.cross(tv, e1)
+            v = wp.dot(d, qv) * idet
+            t = wp.dot(e2, qv) * idet
+            if u >= 0.0 and v >= 0.0 and t > 0.0 and t < tout:
+                if u + v <= 1.0:
+                    tout = t
+                    f = scene.leaf_face[2 * LEAF_LANES * q + c]
+                elif u <= 1.0 and v <= 1.0:
+                    fq = scene.leaf_face[2 * LEAF_LANES * q + LEAF_LANES + c]  # -1: a triangle
+                    if fq >= 0:
+                        tout = t
+                        f = fq
+        if anyhit != 0 and f >= 0:
+            break
     return f, tout
 
 
@@ -589,10 +578,12 @@ return wp::vec2(-2.0f, tmax);
 #else
 typedef float f4 __attribute__((ext_vector_type(4)));
 typedef int i4 __attribute__((ext_vector_type(4)));
+typedef float fl __attribute__((ext_vector_type(LANES), aligned(4)));  // a leaf's lanes
+typedef int il __attribute__((ext_vector_type(LANES), aligned(4)));
 const f4* B = (const f4*)bvh_box.data;
 const i4* C = (const i4*)bvh_child.data;
-const f4* T = (const f4*)leaf_tri.data;
-const i4* FF = (const i4*)leaf_face.data;
+const fl* T = (const fl*)leaf_tri.data;
+const il* FF = (const il*)leaf_face.data;
 float inv[3];
 for (int a = 0; a < 3; ++a) {
     float r = 1.0f / d[a];
@@ -600,8 +591,9 @@ for (int a = 0; a < 3; ++a) {
 }
 const f4 vx = inv[0], vy = inv[1], vz = inv[2];
 const f4 ox = o[0], oy = o[1], oz = o[2];
-const f4 dx = d[0], dy = d[1], dz = d[2];
-const f4 inf4 = 3.0e38f;
+const fl oxl = o[0], oyl = o[1], ozl = o[2];
+const fl dxl = d[0], dyl = d[1], dzl = d[2];
+const fl infl = 3.0e38f;
 float tbest = tmax;
 int fbest = -1;
 int stack_node[STACK];
@@ -615,26 +607,25 @@ while (sp > 0) {
     if (stack_t[sp] >= tbest) continue;
     if (k < 0) {
         const int q = -k - 1;
-        const f4* L = T + 9 * q;
-        const f4 e1x = L[3], e1y = L[4], e1z = L[5], e2x = L[6], e2y = L[7], e2z = L[8];
-        const f4 pvx = dy * e2z - dz * e2y, pvy = dz * e2x - dx * e2z, pvz = dx * e2y - dy * e2x;
-        const f4 det = e1x * pvx + e1y * pvy + e1z * pvz;
-        const f4 idet = 1.0f / det;
-        const f4 tvx = ox - L[0], tvy = oy - L[1], tvz = oz - L[2];
-        const f4 qvx = tvy * e1z - tvz * e1y, qvy = tvz * e1x - tvx * e1z, qvz = tvx * e1y - tvy * e1x;
-        const f4 u = (tvx * pvx + tvy * pvy + tvz * pvz) * idet;
-        const f4 v = (dx * qvx + dy * qvy + dz * qvz) * idet;
-        const f4 t = (e2x * qvx + e2y * qvy + e2z * qvz) * idet;
-        const f4 tb = tbest;
-        const i4 near_half = u + v <= 1.0f;
-        const i4 ok = (u >= 0.0f) & (v >= 0.0f) & (t > 0.0f) & (t < tb) & (det != 0.0f) &
+        const fl* L = T + 9 * q;
+        const fl e1x = L[3], e1y = L[4], e1z = L[5], e2x = L[6], e2y = L[7], e2z = L[8];
+        const fl pvx = dyl * e2z - dzl * e2y, pvy = dzl * e2x - dxl * e2z, pvz = dxl * e2y - dyl * e2x;
+        const fl det = e1x * pvx + e1y * pvy + e1z * pvz;
+        const fl idet = 1.0f / det;
+        const fl tvx = oxl - L[0], tvy = oyl - L[1], tvz = ozl - L[2];
+        const fl qvx = tvy * e1z - tvz * e1y, qvy = tvz * e1x - tvx * e1z, qvz = tvx * e1y - tvy * e1x;
+        const fl u = (tvx * pvx + tvy * pvy + tvz * pvz) * idet;
+        const fl v = (dxl * qvx + dyl * qvy + dzl * qvz) * idet;
+        const fl t = (e2x * qvx + e2y * qvy + e2z * qvz) * idet;
+        const fl tb = tbest;
+        const il near_half = u + v <= 1.0f;
+        const il ok = (u >= 0.0f) & (v >= 0.0f) & (t > 0.0f) & (t < tb) & (det != 0.0f) &
                       (near_half | ((u <= 1.0f) & (v <= 1.0f) & (FF[2 * q + 1] >= 0)));
-        const f4 tc = ok ? t : inf4;
-        const float m01 = tc[0] < tc[1] ? tc[0] : tc[1];
-        const float m23 = tc[2] < tc[3] ? tc[2] : tc[3];
-        const float m = m01 < m23 ? m01 : m23;
+        const fl tc = ok ? t : infl;
+        const float m = __builtin_reduce_min(tc);
         if (m < tbest) {
-            const int c = tc[0] == m ? 0 : (tc[1] == m ? 1 : (tc[2] == m ? 2 : 3));
+            int c = 0;
+            while (tc[c] != m) ++c;
             tbest = m;
             fbest = near_half[c] ? FF[2 * q][c] : FF[2 * q + 1][c];
             if (anyhit != 0) break;
@@ -673,9 +664,10 @@ return wp::vec2((float)fbest, fbest >= 0 ? tbest : tmax);
 """
 
 
-@wp.func_native(_SMALL_BVH_NATIVE.replace("STACK", str(int(BVH_STACK))).replace("EMPTY", str(int(BVH_EMPTY))))
+@wp.func_native(_SMALL_BVH_NATIVE.replace("STACK", str(int(BVH_STACK))).replace("EMPTY", str(int(BVH_EMPTY)))
+                .replace("LANES", str(int(LEAF_LANES))))
 def small_bvh_hit(bvh_box: wp.array(dtype=wp.vec4), bvh_child: wp.array(dtype=wp.vec4i),
-                  leaf_tri: wp.array(dtype=wp.vec4), leaf_face: wp.array(dtype=wp.vec4i), o: wp.vec3, d: wp.vec3,
+                  leaf_tri: wp.array(dtype=wp.float32), leaf_face: wp.array(dtype=wp.int32), o: wp.vec3, d: wp.vec3,
                   tmax: float, anyhit: int) -> wp.vec2:
     """:func:`intersect`'s small-BVH traversal, native: ``(face, t)`` as floats (face -1 on a miss;
     exact, the small BVH holds at most ``SMALL_BVH_MAX_FACES`` faces), ``(-2, tmax)`` where the
@@ -1444,7 +1436,6 @@ def _rows(x: torch.Tensor | None, dev) -> torch.Tensor:
 
 
 SMALL_BVH_MAX_FACES = 512  # the Python SAH build below costs ~0.1 ms a node
-LEAF_LANES = 4  # primitives per leaf of the small BVH (:func:`hit_leaf` tests them side by side)
 
 
 _SMALL_BVH_CACHE: "OrderedDict" = OrderedDict()
@@ -1468,7 +1459,7 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor):
     """A SAH bounding-volume hierarchy over a small triangle mesh whose primitives are its
     triangles, two triangles sharing an edge whose corners form an exact parallelogram (in
     float32) being one primitive. Full sweep over sorted centroids on each axis with the cost of a
-    side counted in leaves of ``LEAF_LANES`` primitives (``area * ceil(n / 4)``), a subtree of at
+    side counted in leaves of ``LEAF_LANES`` primitives (``area * ceil(n / LEAF_LANES)``), a subtree of at
     most 4 primitives being one leaf; collapsed to 4-wide nodes for :func:`intersect` (a binary
     node's children, the largest inner one replaced by its two children while there are fewer
     than 4). Returns CPU tensors ``(box (6 N, 4), child (N, 4) int32, leaf_tri (9 L, 4), leaf_face
@@ -1603,14 +1594,15 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor):
         return None
     box = torch.tensor(np.concatenate(box_rows), dtype=torch.float32)
     child = torch.tensor(child_rows, dtype=torch.int32)
-    leaf_tri = np.zeros((len(leaves), 9, 4))  # unused lanes: e1 = e2 = 0 (det = 0, never hit)
-    leaf_face = np.full((len(leaves), 2, 4), -1)
+    lanes = int(LEAF_LANES)
+    leaf_tri = np.zeros((len(leaves), 9, lanes))  # unused lanes: e1 = e2 = 0 (det = 0, never hit)
+    leaf_face = np.full((len(leaves), 2, lanes), -1)
     for q, members in enumerate(leaves):
         for lane, j in enumerate(members):
             leaf_tri[q, :, lane] = np.concatenate(prims[j][:3])
             leaf_face[q, :, lane] = prims[j][3:5]
-    return (box, child, torch.tensor(leaf_tri.reshape(-1, 4), dtype=torch.float32),
-            torch.tensor(leaf_face.reshape(-1, 4), dtype=torch.int32))
+    return (box, child, torch.tensor(leaf_tri.reshape(-1), dtype=torch.float32),
+            torch.tensor(leaf_face.reshape(-1), dtype=torch.int32))
 
 
 class PreparedScene:
@@ -1698,13 +1690,13 @@ class PreparedScene:
             s.n_nodes = 0
             s.bvh_box = arr(torch.zeros(1, 4, device=dev), wp.vec4)
             s.bvh_child = arr(torch.zeros(1, 4, dtype=torch.int32, device=dev), wp.vec4i)
-            s.leaf_tri = arr(torch.zeros(9, 4, device=dev), wp.vec4)
-            s.leaf_face = arr(torch.full((2, 4), -1, dtype=torch.int32, device=dev), wp.vec4i)
+            s.leaf_tri = arr(torch.zeros(9 * LEAF_LANES, device=dev), wp.float32)
+            s.leaf_face = arr(torch.full((2 * LEAF_LANES,), -1, dtype=torch.int32, device=dev), wp.int32)
         else:
             box, child, leaf_tri, leaf_face = (x.to(dev) for x in nodes)
             s.n_nodes = int(child.shape[0])
             s.bvh_box, s.bvh_child = arr(box, wp.vec4), arr(child, wp.vec4i)
-            s.leaf_tri, s.leaf_face = arr(leaf_tri, wp.vec4), arr(leaf_face, wp.vec4i)
+            s.leaf_tri, s.leaf_face = arr(leaf_tri, wp.float32), arr(leaf_face, wp.int32)
         s.native_bvh = int(dev.type == "cpu")
         self.struct = s
         self.keep = keep

@@ -531,7 +531,7 @@ def test_small_bvh_too_deep_for_the_stack_uses_the_mesh_bvh(monkeypatch):
 
     scene, _ = cornell_box()
     assert K.small_bvh(scene.vertices, scene.faces) is not None
-    monkeypatch.setattr(K, "BVH_STACK", 3)
+    monkeypatch.setattr(K, "BVH_STACK", 2)  # the Cornell box: a root of 3 leaves
     K._SMALL_BVH_CACHE.clear()
     assert K.small_bvh(scene.vertices, scene.faces) is None
     builds = []
