@@ -594,6 +594,7 @@ const f4 ox = o[0], oy = o[1], oz = o[2];
 const fl oxl = o[0], oyl = o[1], ozl = o[2];
 const fl dxl = d[0], dyl = d[1], dzl = d[2];
 const fl infl = 3.0e38f;
+const il lane_index = {LANE_INDEX};
 float tbest = tmax;
 int fbest = -1;
 int stack_node[STACK];
@@ -622,12 +623,17 @@ while (sp > 0) {
         const il ok = (u >= 0.0f) & (v >= 0.0f) & (t > 0.0f) & (t < tb) & (det != 0.0f) &
                       (near_half | ((u <= 1.0f) & (v <= 1.0f) & (FF[2 * q + 1] >= 0)));
         const fl tc = ok ? t : infl;
-        const float m = __builtin_reduce_min(tc);
+        // nearest lane: a tree of vector selects (__builtin_reduce_min keeps NaN semantics and
+        // compiles to a serial chain), its index the least lane holding that distance
+        fl mv = tc;
+LANE_MIN
+        const float m = mv[0];
         if (m < tbest) {
-            int c = 0;
-            while (tc[c] != m) ++c;
+            const il lane = (tc == m) ? lane_index : (il)LANES;
+            const int c = __builtin_reduce_min(lane);
             tbest = m;
-            fbest = near_half[c] ? FF[2 * q][c] : FF[2 * q + 1][c];
+            const il faces = near_half ? FF[2 * q] : FF[2 * q + 1];
+            fbest = faces[c];
             if (anyhit != 0) break;
         }
         continue;
@@ -664,8 +670,20 @@ return wp::vec2((float)fbest, fbest >= 0 ? tbest : tmax);
 """
 
 
-@wp.func_native(_SMALL_BVH_NATIVE.replace("STACK", str(int(BVH_STACK))).replace("EMPTY", str(int(BVH_EMPTY)))
-                .replace("LANES", str(int(LEAF_LANES))))
+def _native_source(lanes: int) -> str:
+    """:data:`_SMALL_BVH_NATIVE` for leaves of ``lanes`` (a power of 2) primitives: the lane-wise
+    minimum as butterfly shuffles (lane ``i`` with lane ``i ^ w``), the constants filled in."""
+    butterfly = "\n".join(
+        f"        mv = __builtin_shufflevector(mv, mv, {', '.join(str(i ^ w) for i in range(lanes))}) < mv ? "
+        f"__builtin_shufflevector(mv, mv, {', '.join(str(i ^ w) for i in range(lanes))}) : mv;"
+        for w in (lanes >> k for k in range(1, lanes.bit_length())))
+    return (_SMALL_BVH_NATIVE.replace("LANE_MIN", butterfly)
+            .replace("LANE_INDEX", ", ".join(str(i) for i in range(lanes)))
+            .replace("STACK", str(int(BVH_STACK))).replace("EMPTY", str(int(BVH_EMPTY)))
+            .replace("LANES", str(lanes)))
+
+
+@wp.func_native(_native_source(int(LEAF_LANES)))
 def small_bvh_hit(bvh_box: wp.array(dtype=wp.vec4), bvh_child: wp.array(dtype=wp.vec4i),
                   leaf_tri: wp.array(dtype=wp.float32), leaf_face: wp.array(dtype=wp.int32), o: wp.vec3, d: wp.vec3,
                   tmax: float, anyhit: int) -> wp.vec2:
