@@ -576,8 +576,8 @@ _SMALL_BVH_NATIVE = r"""
 #if defined(__CUDA_ARCH__) || !defined(__clang__)
 return wp::vec2(-2.0f, tmax);
 #else
-typedef float f4 __attribute__((ext_vector_type(4)));
-typedef int i4 __attribute__((ext_vector_type(4)));
+typedef float f4 __attribute__((ext_vector_type(4), aligned(4)));  // loads need no 16-byte alignment
+typedef int i4 __attribute__((ext_vector_type(4), aligned(4)));
 typedef float fl __attribute__((ext_vector_type(LANES), aligned(4)));  // a leaf's lanes
 typedef int il __attribute__((ext_vector_type(LANES), aligned(4)));
 const f4* B = (const f4*)bvh_box.data;
