@@ -803,7 +803,7 @@ def visible(scene: Scene, p: wp.vec3, n: wp.vec3, d: wp.vec3, dist: float):
     return hf < 0
 
 
-@wp.func
+@wp.func(inline=True)
 def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: wp.uint32, max_depth: int,
                rr_depth: int, mode: int, L_total: wp.vec3, adj: wp.vec3, nee: int):
     """Radiance along one camera ray. ``mode`` 0: primal. ``mode`` 1: replay (same ``rng``) with
@@ -1003,6 +1003,15 @@ def trace_path(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: 
     return L
 
 
+@wp.func(inline=False)
+def trace_path_call(scene: Scene, grads: Grads, ray_o: wp.vec3, ray_d: wp.vec3, rng: wp.uint32, max_depth: int,
+                    rr_depth: int, mode: int, L_total: wp.vec3, adj: wp.vec3, nee: int):
+    """:func:`trace_path` as one out-of-line function (copies of the Scene struct per call) for
+    the kernels whose paths are few (render_points, the edge terms); :func:`render_pixels`
+    inlines trace_path itself (~10% faster there, no struct copy per sample), once."""
+    return trace_path(scene, grads, ray_o, ray_d, rng, max_depth, rr_depth, mode, L_total, adj, nee)
+
+
 @wp.func
 def camera_ray_dir(cam: Camera, px: float, py: float):
     return cam.d00 + cam.dx * px + cam.dy * py
@@ -1030,16 +1039,15 @@ def render_pixels(offset: int, scene: Scene, grads: Grads, cam: Camera, spp: int
     if mode == 1:
         adj = adj_image[pix] / float(spp)
     for s in range(spp):
-        state = wp.rand_init(seed, pix * spp + s)
-        jx = wp.randf(state)
-        jy = wp.randf(state)
-        d = camera_ray_dir(cam, float(x) + jx, float(y) + jy)
-        L = trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0), adj, 1)
-        if mode == 1:
+        L = wp.vec3(0.0)
+        # the primal path, then in mode 1 its replay (same random numbers) with the primal's
+        # radiance: one call site, so trace_path is inlined once
+        for rep in range(mode + 1):
             state = wp.rand_init(seed, pix * spp + s)
             jx = wp.randf(state)
             jy = wp.randf(state)
-            trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 1, L, adj, 1)
+            d = camera_ray_dir(cam, float(x) + jx, float(y) + jy)
+            L = trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, rep, L, adj, 1)
         acc = acc + L
     if mode == 0:
         image[pix] = acc / float(spp)
@@ -1055,7 +1063,7 @@ def render_points(offset: int, scene: Scene, grads: Grads, cam: Camera, points: 
     acc = wp.vec3(0.0)
     for s in range(spp):
         state = wp.rand_init(seed, (i % pair) * spp + s)
-        acc = acc + trace_path(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0),
+        acc = acc + trace_path_call(scene, grads, cam.origin, d, state, max_depth, rr_depth, 0, wp.vec3(0.0),
                                wp.vec3(0.0), 1)
     out[i] = acc / float(spp)
 
@@ -1337,9 +1345,9 @@ def path_derivative_records(offset: int, scene: Scene, grads: Grads, cam: Camera
                         om_p = wp.normalize(pe + side - o2)
                         om_m = wp.normalize(pe - side - o2)
                         rng = wp.rand_init(seed + 1, i * max_depth + k)  # the same random numbers on both sides
-                        Lp = trace_path(scene, grads, o2, om_p, rng, max_depth - k - 1, rr_depth - k - 1, 0,
+                        Lp = trace_path_call(scene, grads, o2, om_p, rng, max_depth - k - 1, rr_depth - k - 1, 0,
                                         wp.vec3(0.0), wp.vec3(0.0), 1)
-                        Lm = trace_path(scene, grads, o2, om_m, rng, max_depth - k - 1, rr_depth - k - 1, 0,
+                        Lm = trace_path_call(scene, grads, o2, om_m, rng, max_depth - k - 1, rr_depth - k - 1, 0,
                                         wp.vec3(0.0), wp.vec3(0.0), 1)
                         abp = bsdf_ab(kind, alpha, n, wo, om_p)
                         abm = bsdf_ab(kind, alpha, n, wo, om_m)
