@@ -1484,20 +1484,21 @@ def _small_bvh_cached(verts: torch.Tensor, faces: torch.Tensor):
 def small_bvh(verts: torch.Tensor, faces: torch.Tensor):
     """A SAH bounding-volume hierarchy over a small triangle mesh whose primitives are its
     triangles, two triangles sharing an edge whose corners form an exact parallelogram (in
-    float32) being one primitive. Full sweep over sorted centroids on each axis with the cost of a
-    side counted in leaves of ``LEAF_LANES`` primitives (``area * ceil(n / LEAF_LANES)``), a subtree of at
-    most 4 primitives being one leaf; collapsed to 4-wide nodes for :func:`intersect` (a binary
-    node's children, the largest inner one replaced by its two children while there are fewer
-    than 4). Returns CPU tensors ``(box (6 N, 4), child (N, 4) int32, leaf_tri (9 L, 4), leaf_face
-    (2 L, 4) int32)``: rows ``6 k .. 6 k + 5`` of ``box`` are the lo x, lo y, lo z, hi x, hi y, hi
-    z of node ``k``'s four child boxes; ``child[k]`` its children (``>= 0``: a node, ``< 0``:
-    ``-(1 + leaf)``, ``BVH_EMPTY``: unused; node 0 is the root); leaf ``q``'s lanes are primitives
-    side by side, rows ``9 q .. 9 q + 8`` of ``leaf_tri`` their v0, e1, e2 by coordinate (a
+    float32) being one primitive. Full sweep over sorted centroids on each axis with the cost of
+    a side counted in leaves (``area * ceil(n / LEAF_LANES)``), a subtree of at most
+    ``LEAF_LANES`` (L) primitives being one leaf; collapsed to 4-wide nodes for :func:`intersect`
+    (a binary node's children, the largest inner one replaced by its two children while there are
+    fewer than 4). Returns CPU tensors ``(box (6 N, 4), child (N, 4) int32, leaf_tri (9 L Q,),
+    leaf_face (2 L Q,) int32)`` for N nodes and Q leaves: rows ``6 k .. 6 k + 5`` of ``box`` are
+    the lo x, lo y, lo z, hi x, hi y, hi z of node ``k``'s four child boxes; ``child[k]`` its
+    children (``>= 0``: a node, ``< 0``: ``-(1 + leaf)``, ``BVH_EMPTY``: unused; node 0 is the
+    root). Leaf ``q``'s lanes are primitives side by side: entries ``9 L q + L r + c`` of
+    ``leaf_tri`` hold coordinate ``r`` of (v0 x, v0 y, v0 z, e1 x, .., e2 z) of lane ``c`` (a
     triangle: its first vertex and edges; a parallelogram: the corner opposite the shared edge and
-    the edges to that edge's ends; an unused lane zeros) and rows ``2 q, 2 q + 1`` of
-    ``leaf_face`` the face where u + v <= 1 and the face where u + v > 1 (-1: a triangle, or an
-    unused lane). None when the tree is too deep for the traversal stack (``BVH_STACK``): then
-    Warp's mesh BVH is used."""
+    the edges to that edge's ends; an unused lane zeros), entries ``2 L q + c`` and ``2 L q + L +
+    c`` of ``leaf_face`` the face where u + v <= 1 and the face where u + v > 1 (-1: a triangle,
+    or an unused lane). None when the tree is too deep for the traversal stack (``BVH_STACK``):
+    then Warp's mesh BVH is used."""
     import numpy as np
 
     verts_np = verts.detach().float().double().cpu().numpy()
@@ -1590,7 +1591,7 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor):
 
     def emit(i, pending):
         # a 4-wide node from binary node i: its children, the largest inner one replaced by its
-        # own two children while fewer than 4; a subtree of <= 4 primitives is one leaf
+        # own two children while fewer than 4; a subtree of <= LEAF_LANES primitives is one leaf
         kids = [c for c in tree[i][2:4] if c >= 0] if inner(i) else [i]
         while len(kids) < 4:
             big = [c for c in kids if inner(c)]
