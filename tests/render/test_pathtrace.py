@@ -565,3 +565,40 @@ def test_small_bvh_cache_follows_geometry():
         ts.append(float(t[0]))
     assert ts[0] == ts[1]
     assert abs((ts[0] - ts[2]) - 0.1) < 1e-5
+
+
+@pytest.mark.parametrize("native", [1, 0])
+def test_small_bvh_degenerate_rays_and_triangles(native):
+    """Zero and NaN ray directions miss (face -1, t = tmax, no NaN) in either traversal, like
+    Warp's mesh BVH, and a zero-area triangle added to the scene (a lane whose determinant is 0)
+    is never hit while the faces behind it still are."""
+    from diffvc._kernels import pathtrace as K
+
+    scene, _ = cornell_box()
+    V = torch.cat([scene.vertices.float(), torch.tensor([[0.0, 1.0, 0.0], [0.5, 1.0, 0.0], [1.0, 1.0, 0.0]])])
+    F = torch.cat([scene.faces, torch.tensor([[0, 1, 2]]) + scene.vertices.shape[0]])  # collinear corners
+    mat = torch.cat([scene.face_material, scene.face_material[:1]])
+    scene = scene.replace(vertices=V, faces=F, face_material=mat, face_uvs=None)
+    prep = K.prepare_scene(scene)
+    assert prep.struct.n_nodes > 0
+    prep.struct.native_bvh = native
+    o = torch.tensor([[0.0, 1.0, 0.0]]).repeat(4, 1) + torch.tensor([0.0, 0.0, 0.3])
+    d = torch.tensor([[0.0, 0.0, 0.0], [float("nan"), 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    tmax = torch.full((4,), 1e30)
+    f, t = K.scene_hits(prep, o, d, tmax)
+    f_any, _ = K.scene_hits(prep, o, d, tmax, anyhit=True)
+    f_mesh, t_mesh = K.closest_hits(prep.bvh, o, d, tmax)
+    assert f[:2].tolist() == [-1, -1] and bool(torch.equal(t[:2], tmax[:2]))
+    assert torch.equal(f >= 0, f_mesh >= 0) and torch.equal(f_any >= 0, f >= 0)
+    assert torch.allclose(t, t_mesh, rtol=1e-5) and bool(torch.isfinite(t).all())
+    # rays through the degenerate triangle's line never report it
+    g = torch.Generator().manual_seed(1)
+    od = torch.tensor([0.5, 1.0, 0.0]) + 0.2 * torch.randn(2000, 3, generator=g)
+    dd = torch.nn.functional.normalize(torch.tensor([0.5, 1.0, 0.0]) - od, dim=1)
+    fd, td = K.scene_hits(prep, od, dd, torch.full((2000,), 1e30))
+    fm, tm = K.closest_hits(prep.bvh, od, dd, torch.full((2000,), 1e30))
+    assert not bool((fd == F.shape[0] - 1).any())
+    # (Warp's watertight mesh query does report a zero-area triangle that a ray grazes exactly)
+    other = fm != F.shape[0] - 1
+    assert torch.equal(fd[other] >= 0, fm[other] >= 0) and float((fd >= 0).float().mean()) > 0.5
+    assert torch.allclose(td[other], tm[other], rtol=1e-5, atol=1e-5)
