@@ -565,11 +565,12 @@ def hit_leaf(scene: Scene, q: int, o: wp.vec3, d: wp.vec3, tbest: float, anyhit:
     return f, tout
 
 
-# The small BVH's traversal as native code (CPU): the four child boxes of a node and the four
-# primitives of a leaf tested in clang vector types (one SSE/NEON register per coordinate), the
-# choice of a leaf's nearest hit as vector compares and selects instead of a branch per lane.
-# Written in Warp's language the same loop costs ~135 ns per closest-hit ray in the Cornell box:
-# its vec4 rows were loaded and computed as two halves and every lane's test was a branch.
+# The small BVH's traversal as native code (CPU): the four child boxes of a node and the
+# LEAF_LANES primitives of a leaf tested in clang vector types (one SIMD register per coordinate
+# where the host has them that wide), the choice of a leaf's nearest hit as vector compares and
+# selects instead of a branch per lane. Written in Warp's language the same loop cost ~135 ns per
+# closest-hit ray in the Cornell box (~58 ns native): its vec4 rows were loaded and computed as
+# two halves and every lane's test was a branch.
 # CUDA builds (nvcc/NVRTC have no ext_vector_type) answer "not handled" and :func:`intersect`
 # runs the Warp-language traversal below instead.
 _SMALL_BVH_NATIVE = r"""
@@ -674,8 +675,8 @@ def _native_source(lanes: int) -> str:
     """:data:`_SMALL_BVH_NATIVE` for leaves of ``lanes`` (a power of 2) primitives: the lane-wise
     minimum as butterfly shuffles (lane ``i`` with lane ``i ^ w``), the constants filled in."""
     butterfly = "\n".join(
-        f"        mv = __builtin_shufflevector(mv, mv, {', '.join(str(i ^ w) for i in range(lanes))}) < mv ? "
-        f"__builtin_shufflevector(mv, mv, {', '.join(str(i ^ w) for i in range(lanes))}) : mv;"
+        f"        {{ const fl sh = __builtin_shufflevector(mv, mv, {', '.join(str(i ^ w) for i in range(lanes))}); "
+        f"mv = sh < mv ? sh : mv; }}"
         for w in (lanes >> k for k in range(1, lanes.bit_length())))
     return (_SMALL_BVH_NATIVE.replace("LANE_MIN", butterfly)
             .replace("LANE_INDEX", ", ".join(str(i) for i in range(lanes)))
@@ -1570,17 +1571,9 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor):
         return me
 
     build(np.arange(P))
-    count = {}
 
-    def prims_of(i):
-        if tree[i][4] < 0:
-            return order[tree[i][2]: tree[i][2] + tree[i][3]]
-        return prims_of(tree[i][2]) + prims_of(tree[i][3])
-
-    def inner(i):  # a subtree of more primitives than a leaf's lanes: a node
-        if i not in count:
-            count[i] = len(prims_of(i))
-        return tree[i][4] >= 0 and count[i] > LEAF_LANES
+    def inner(i):  # build splits exactly the subtrees of more than LEAF_LANES primitives
+        return tree[i][4] >= 0
 
     def area_of(i):
         e = np.maximum(tree[i][1] - tree[i][0], 0.0)
@@ -1611,7 +1604,7 @@ def small_bvh(verts: torch.Tensor, faces: torch.Tensor):
             if inner(c):
                 child_rows[me][slot] = emit(c, pending + len(kids) - 1)
             else:
-                leaves.append(prims_of(c))
+                leaves.append(order[tree[c][2]: tree[c][2] + tree[c][3]])
                 child_rows[me][slot] = -len(leaves)  # -(1 + leaf)
         return me
 
