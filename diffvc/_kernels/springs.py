@@ -12,7 +12,9 @@ ping-pong state rows, and its backward re-runs the steps into per-step rows (in 
 ~sqrt(K) from block-start states when K > 128), in scratch rows of a :class:`SegmentWorkspace`
 that the segments of a rollout share. Per-step torch-autograd overhead disappears, which is what
 makes long rollouts faster than a raw Warp loop with ``wp.Tape``, at a memory that does not grow
-with the steps per segment.
+with the steps per segment. On the CPU the segment's spring kernels are native loops over every
+spring (:data:`SPRING_NATIVE`: the same arithmetic in SIMD lanes, equal bit for bit to
+:func:`spring_forces` and :func:`spring_forces_adjoint`, ~2x faster); elsewhere the Warp kernels.
 """
 
 from __future__ import annotations
@@ -114,6 +116,194 @@ def spring_forces_adjoint(
     adj_rest[s] = adj_rest[s] + gl0 * (one + gn * a)
     adj_gain[s] = adj_gain[s] + gl0 * r * a
     adj_act[s] = adj_act[s] + gl0 * r * gn
+
+
+# --------------------------------------------------------------------------------------------
+# the same two kernels as native loops (CPU): one launch runs every spring, LANES at a time
+# --------------------------------------------------------------------------------------------
+
+# Written in Warp's language a spring costs ~13 ns forward and ~27 ns in the adjoint on the 2-core
+# dev machine (one generated call per thread; every array access goes through its strides). As
+# one loop in clang vector types (LANES springs per iteration: the gathers of the end points, the
+# arithmetic in SIMD registers, the force scatter lane by lane in spring order) the arithmetic is
+# the same, operation for operation, and so are the results: the tests compare them bit for bit
+# with the Warp kernels. CUDA keeps the Warp kernels (one thread per spring, atomics): these
+# natives are launched on the CPU only (dim 1) and compile to nothing elsewhere.
+SPRING_LANES = 8
+
+_SPRING_NATIVE_HEAD = r"""
+#if defined(__CUDA_ARCH__) || !defined(__clang__)
+return;
+#else
+typedef REAL vr __attribute__((ext_vector_type(LANES)));
+const REAL* X = (const REAL*)x.data;
+const REAL* V = (const REAL*)v.data;
+const int* I = si.data;
+const int* J = sj.data;
+const REAL* R = (const REAL*)rest.data;
+const REAL* KE = (const REAL*)ke.data;
+const REAL* KD = (const REAL*)kd.data;
+const REAL* GN = (const REAL*)gain.data;
+const REAL* AC = (const REAL*)act.data;
+const int n = si.shape[0];
+for (int s0 = 0; s0 < n; s0 += LANES) {
+    // lanes past the last spring repeat it; they are computed and never stored
+    const int m = n - s0 < LANES ? n - s0 : LANES;
+    int ii[LANES], jj[LANES];
+    vr dx, dy, dz, wx, wy, wz, r, k, c, gn, a;
+    for (int l = 0; l < LANES; ++l) {
+        const int s = s0 + (l < m ? l : m - 1);
+        const int i = 3 * I[s], j = 3 * J[s];
+        ii[l] = i;
+        jj[l] = j;
+        dx[l] = X[j] - X[i];
+        dy[l] = X[j + 1] - X[i + 1];
+        dz[l] = X[j + 2] - X[i + 2];
+        wx[l] = V[j] - V[i];
+        wy[l] = V[j + 1] - V[i + 1];
+        wz[l] = V[j + 2] - V[i + 2];
+        r[l] = R[s];
+        k[l] = KE[s];
+        c[l] = KD[s];
+        gn[l] = GN[s];
+        a[l] = AC[s];
+    }
+    // as spring_forces: ln = sqrt(d.d + eps), u = d / ln, l0 = rest (1 + gain act)
+    const vr ln = __builtin_elementwise_sqrt(dx * dx + dy * dy + dz * dz + (REAL)EPS2);
+    const vr ux = dx / ln, uy = dy / ln, uz = dz / ln;
+    const vr l0 = r * ((REAL)1.0 + gn * a);
+    const vr vu = wx * ux + wy * uy + wz * uz;
+    const vr fs = k * (ln - l0) + c * vu;
+"""
+
+_SPRING_NATIVE_FORWARD = _SPRING_NATIVE_HEAD + r"""
+    REAL* F = (REAL*)f.data;
+    const vr fx = ux * fs, fy = uy * fs, fz = uz * fs;
+    for (int l = 0; l < m; ++l) {
+        const int i = ii[l], j = jj[l];
+        F[i] += fx[l];
+        F[i + 1] += fy[l];
+        F[i + 2] += fz[l];
+        F[j] -= fx[l];
+        F[j + 1] -= fy[l];
+        F[j + 2] -= fz[l];
+    }
+}
+return;
+#endif
+"""
+
+_SPRING_NATIVE_ADJOINT = _SPRING_NATIVE_HEAD + r"""
+    const REAL* AF = (const REAL*)g_f.data;
+    REAL* AX = (REAL*)g_x.data;
+    REAL* AV = (REAL*)g_v.data;
+    vr gx, gy, gz;
+    for (int l = 0; l < LANES; ++l) {
+        const int i = ii[l], j = jj[l];
+        gx[l] = AF[i] - AF[j];
+        gy[l] = AF[i + 1] - AF[j + 1];
+        gz[l] = AF[i + 2] - AF[j + 2];
+    }
+    // as spring_forces_adjoint
+    const vr gs = gx * ux + gy * uy + gz * uz;
+    const vr gsc = gs * c;
+    const vr aux = gx * fs + wx * gsc, auy = gy * fs + wy * gsc, auz = gz * fs + wz * gsc;
+    const vr gl0 = -gs * k;
+    const vr uau = ux * aux + uy * auy + uz * auz;
+    const vr gsk = gs * k;
+    const vr gdx = (aux - ux * uau) / ln + ux * gsk;
+    const vr gdy = (auy - uy * uau) / ln + uy * gsk;
+    const vr gdz = (auz - uz * uau) / ln + uz * gsk;
+    const vr gvx = ux * gsc, gvy = uy * gsc, gvz = uz * gsc;
+    const vr d_ke = gs * (ln - l0), d_kd = gs * vu, d_rest = gl0 * ((REAL)1.0 + gn * a);
+    const vr d_gain = gl0 * r * a, d_act = gl0 * r * gn;
+    REAL* ARE = (REAL*)g_rest.data;
+    REAL* AKE = (REAL*)g_ke.data;
+    REAL* AKD = (REAL*)g_kd.data;
+    REAL* AGN = (REAL*)g_gain.data;
+    REAL* AAC = (REAL*)g_act.data;
+    for (int l = 0; l < m; ++l) {
+        const int i = ii[l], j = jj[l], s = s0 + l;
+        AX[j] += gdx[l];
+        AX[j + 1] += gdy[l];
+        AX[j + 2] += gdz[l];
+        AX[i] -= gdx[l];
+        AX[i + 1] -= gdy[l];
+        AX[i + 2] -= gdz[l];
+        AV[j] += gvx[l];
+        AV[j + 1] += gvy[l];
+        AV[j + 2] += gvz[l];
+        AV[i] -= gvx[l];
+        AV[i + 1] -= gvy[l];
+        AV[i + 2] -= gvz[l];
+        AKE[s] += d_ke[l];
+        AKD[s] += d_kd[l];
+        ARE[s] += d_rest[l];
+        AGN[s] += d_gain[l];
+        AAC[s] += d_act[l];
+    }
+}
+return;
+#endif
+"""
+
+
+def _spring_native(src: str, real: str) -> str:
+    return src.replace("REAL", real).replace("LANES", str(SPRING_LANES)).replace("EPS2", repr(LENGTH_EPS2))
+
+
+def _native_spring_kernels(real: str, scalar, vec):
+    """``(forward, adjoint)`` native spring kernels for one precision (``real``: the C type of
+    ``scalar``, ``vec`` the matching Warp vector): same arguments as :func:`spring_forces` and
+    :func:`spring_forces_adjoint`, launched with dim 1 on contiguous arrays."""
+    arr = {"v": wp.array(dtype=vec), "s": wp.array(dtype=scalar), "i": wp.array(dtype=wp.int32)}
+    fwd_args = dict(x="v", v="v", si="i", sj="i", rest="s", ke="s", kd="s", gain="s", act="s", f="v")
+    adj_args = dict(x="v", v="v", si="i", sj="i", rest="s", ke="s", kd="s", gain="s", act="s", adj_f="v",
+                    adj_x="v", adj_v="v", adj_rest="s", adj_ke="s", adj_kd="s", adj_gain="s", adj_act="s")
+
+    def typed(fn, args, name=None):
+        # annotations as objects (this module's string annotations cannot see the closure)
+        fn.__annotations__ = {k: arr[t] for k, t in args.items()}
+        if name is not None:  # the kernel's name in Warp's cache and in profiles
+            fn.__name__ = fn.__qualname__ = name
+        return fn
+
+    def forces_loop(x, v, si, sj, rest, ke, kd, gain, act, f):
+        ...
+
+    def adjoint_loop(x, v, si, sj, rest, ke, kd, gain, act, g_f, g_x, g_v, g_rest, g_ke, g_kd, g_gain, g_act):
+        ...  # (not adj_*: Warp gives that name to the adjoints of a function's arguments)
+
+    forces_loop = wp.func_native(_spring_native(_SPRING_NATIVE_FORWARD, real))(typed(forces_loop, fwd_args))
+    adjoint_loop = wp.func_native(_spring_native(_SPRING_NATIVE_ADJOINT, real))(
+        typed(adjoint_loop, {k.replace("adj_", "g_"): t for k, t in adj_args.items()}))
+
+    def forces(x, v, si, sj, rest, ke, kd, gain, act, f):
+        forces_loop(x, v, si, sj, rest, ke, kd, gain, act, f)
+
+    def adjoint(x, v, si, sj, rest, ke, kd, gain, act, adj_f, adj_x, adj_v, adj_rest, adj_ke, adj_kd, adj_gain,
+                adj_act):
+        adjoint_loop(x, v, si, sj, rest, ke, kd, gain, act, adj_f, adj_x, adj_v, adj_rest, adj_ke, adj_kd, adj_gain,
+                     adj_act)
+
+    tag = "f64" if real == "double" else "f32"
+    return (wp.kernel(typed(forces, fwd_args, f"spring_forces_native_{tag}"), enable_backward=False, module="unique"),
+            wp.kernel(typed(adjoint, adj_args, f"spring_forces_adjoint_native_{tag}"), enable_backward=False,
+                      module="unique"))
+
+
+# (forward, adjoint) native kernels by torch dtype
+SPRING_NATIVE = {torch.float32: _native_spring_kernels("float", wp.float32, wp.vec3),
+                 torch.float64: _native_spring_kernels("double", wp.float64, wp.vec3d)}
+
+
+def spring_kernels(dtype: torch.dtype, device: torch.device) -> tuple:
+    """``(forward, adjoint, dim)`` spring kernels of a fused segment: the native loops (dim 1) on
+    the CPU, the Warp kernels (one thread per spring, dim None: the spring count) elsewhere."""
+    if torch.device(device).type == "cpu":
+        fwd, adj = SPRING_NATIVE[dtype]
+        return fwd, adj, 1
+    return spring_forces, spring_forces_adjoint, None
 
 
 @wp.kernel(enable_backward=False)
@@ -339,11 +529,13 @@ class _Plan:
         if calls is None:
             spring, integ = _model_args(inputs)
             wx, wv, wf, wa = to_warp(x0, "vec"), to_warp(v0, "vec"), to_warp(x0, "vec"), to_warp(act[0])
-            calls = [_Call(_record(spring_forces, self.s, [wx, wv, *spring, wa], [wf], dev), dev),
+            sf, sfa, s_dim = spring_kernels(x0.dtype, dev)
+            s_dim = s_dim or self.s
+            calls = [_Call(_record(sf, s_dim, [wx, wv, *spring, wa], [wf], dev), dev),
                      _Call(_record(integrate_particles, self.n, [wx, wv, *integ, wf, self.fdt], [wx, wv], dev), dev)]
             if adjoint_grads is not None:
                 g_im, g_rad, g_pl, g_c, g_g, g_rest, g_ke, g_kd, g_gain, g_act = adjoint_grads
-                calls.append(_Call(_record(spring_forces_adjoint, self.s,
+                calls.append(_Call(_record(sfa, s_dim,
                                            [wx, wv, *spring, wa, wf, wx, wv, to_warp(g_rest), to_warp(g_ke),
                                             to_warp(g_kd), to_warp(g_gain), to_warp(g_act[0])], [], dev), dev))
                 calls.append(_Call(_record(integrate_particles_adjoint, self.n,
@@ -614,7 +806,7 @@ def spring_segment(K: int, dt: float, x0, v0, inv_mass, radius, planes, contact,
         recompute = True  # no backward will run: the forward goes through two rows, keeping no tape
     return _SpringSegment.apply(K, dt, recompute, return_all, workspace, x0.contiguous(), v0.contiguous(),
                                 inv_mass.contiguous(), radius.contiguous(), planes.contiguous(), contact.contiguous(),
-                                gravity.contiguous(), si, sj, rest.contiguous(), ke.contiguous(), kd.contiguous(),
+                                gravity.contiguous(), si.contiguous(), sj.contiguous(), rest.contiguous(), ke.contiguous(), kd.contiguous(),
                                 gain.contiguous(), act.contiguous(), None if external is None else external.contiguous())
 
 
@@ -732,6 +924,8 @@ def _ctrl_run(K, dt, dims, scale, inputs, adjoint):
     spring = [to_warp(si), to_warp(sj), to_warp(rest), to_warp(ke), to_warp(kd), to_warp(gain)]
     integ = [to_warp(inv_mass), to_warp(radius), to_warp(planes, "vec"), to_warp(contact),
              to_warp(gravity.reshape(1, 3), "vec")]
+    sf, sfa, s_dim = spring_kernels(x0.dtype, dev)
+    s_dim = s_dim or s
     wgoal = to_warp(goal.reshape(1, 3), "vec")
     W1, B1, W2, B2 = to_warp(w1), to_warp(b1), to_warp(w2), to_warp(b2)
     b0 = {k: to_warp(t[0], "vec" if k in ("x", "v", "f", "center") else None) for k, t in bufs.items()}
@@ -744,7 +938,7 @@ def _ctrl_run(K, dt, dims, scale, inputs, adjoint):
         "t1": (ctrl_tanh, H, [b0["pre1"]], [b0["h"]]),
         "l2": (ctrl_dense, s * H, [W2, B2, b0["h"], H], [b0["pre2"]]),
         "t2": (ctrl_tanh, s, [b0["pre2"]], [b0["act"]]),
-        "sf": (spring_forces, s, [b0["x"], b0["v"], *spring, b0["act"]], [b0["f"]]),
+        "sf": (sf, s_dim, [b0["x"], b0["v"], *spring, b0["act"]], [b0["f"]]),
         "ip": (integrate_particles, n, [b0["x"], b0["v"], *integ, b0["f"], fdt(dt)], [b0["x"], b0["v"]]),
     }
     # per launch: (argument index, buffer name, step offset) of the per-step pointers
@@ -792,7 +986,7 @@ def _ctrl_run(K, dt, dims, scale, inputs, adjoint):
     plan = []
     for name in reversed(order):
         if name == "sf":  # hand-written adjoints of the physics step (no replay of the forward)
-            call = _Call(_record(spring_forces_adjoint, s, [b0["x"], b0["v"], *spring, b0["act"], a0["f"], a0["x"],
+            call = _Call(_record(sfa, s_dim, [b0["x"], b0["v"], *spring, b0["act"], a0["f"], a0["x"],
                                                             a0["v"], *a_spring[2:], a0["act"]], [], dev), dev)
             setters = [call.r.setter(0, rows["x"]), call.r.setter(1, rows["v"]), call.r.setter(8, rows["act"]),
                        call.r.setter(9, arows["f"]), call.r.setter(10, arows["x"]), call.r.setter(11, arows["v"]),
@@ -837,5 +1031,5 @@ def controlled_spring_segment(K: int, dt: float, dims: int, scale: float, x0, v0
     """
     c = lambda t: t.contiguous()  # noqa: E731
     return _ControlledSegment.apply(int(K), float(dt), int(dims), float(scale), c(x0), c(v0), c(inv_mass), c(radius),
-                                    c(planes), c(contact), c(gravity), si, sj, c(rest), c(ke), c(kd), c(gain),
+                                    c(planes), c(contact), c(gravity), c(si), c(sj), c(rest), c(ke), c(kd), c(gain),
                                     c(waves), c(goal), c(w1), c(b1), c(w2), c(b2))

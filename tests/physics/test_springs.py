@@ -334,3 +334,38 @@ def test_controlled_segment_matches_torch_twin_and_finite_differences():
     for p, q in zip(ga, gb):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
     assert_grad_close(lambda *t: run(True, *t), leaves, rtol=1e-5, atol=1e-8, eps=1e-6, max_elements=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, s", [(200, 1003), (3, 9)])
+def test_native_spring_kernels_equal_the_warp_kernels_bit_for_bit(dtype, n, s):
+    """The fused segment's CPU spring kernels (one native loop, SPRING_LANES springs per
+    iteration) against the Warp kernels (one thread per spring): forces and every adjoint equal
+    bit for bit, with random end indices (a particle in several springs of one lane group), a
+    spring count that leaves a partial lane group, and coincident ends."""
+    from diffvc._kernels import to_warp, wp
+    from diffvc._kernels.springs import SPRING_LANES, spring_forces, spring_forces_adjoint, spring_kernels
+
+    assert s % SPRING_LANES != 0
+    g = torch.Generator().manual_seed(3)
+    x, v, af = (torch.rand(n, 3, generator=g, dtype=dtype) for _ in range(3))
+    si = torch.randint(0, n, (s,), generator=g, dtype=torch.int32)
+    sj = torch.randint(0, n, (s,), generator=g, dtype=torch.int32)
+    si[-1] = sj[-1]  # coincident ends
+    params = [torch.rand(s, generator=g, dtype=dtype) for _ in range(5)]  # rest, ke, kd, gain, act
+    native_f, native_a, dim = spring_kernels(dtype, "cpu")
+    assert dim == 1 and native_f is not spring_forces
+    out = {}
+    for name, kf, ka, d in (("warp", spring_forces, spring_forces_adjoint, s), ("native", native_f, native_a, 1)):
+        f = torch.zeros(n, 3, dtype=dtype)
+        args = [to_warp(x, "vec"), to_warp(v, "vec"), to_warp(si), to_warp(sj), *map(to_warp, params)]
+        wp.launch(kf, dim=d, inputs=args, outputs=[to_warp(f, "vec")], device="cpu")
+        adj = [torch.full((n, 3), 0.5, dtype=dtype), torch.full((n, 3), -0.25, dtype=dtype)]
+        adj += [torch.ones(s, dtype=dtype) for _ in range(5)]
+        wp.launch(ka, dim=d, inputs=args + [to_warp(af, "vec"), to_warp(adj[0], "vec"), to_warp(adj[1], "vec"),
+                                            *map(to_warp, adj[2:])], device="cpu")
+        out[name] = [f, *adj]
+    assert float(out["warp"][0].abs().max()) > 0 and float((out["warp"][1] - 0.5).abs().max()) > 0
+    for a, b in zip(out["warp"], out["native"]):
+        assert torch.equal(a, b)
+        assert torch.isfinite(b).all()
