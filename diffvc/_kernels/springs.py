@@ -132,8 +132,10 @@ def spring_forces_adjoint(
 SPRING_LANES = 8
 
 _SPRING_NATIVE_HEAD = r"""
-#if defined(__CUDA_ARCH__) || !defined(__clang__)
-return;
+#if defined(__CUDA_ARCH__)
+return;  // never launched on CUDA (spring_kernels)
+#elif !defined(__clang__)
+#error "the native spring loops need clang's vector extensions (Warp compiles CPU kernels with clang)"
 #else
 typedef REAL vr __attribute__((ext_vector_type(LANES)));
 const REAL* X = (const REAL*)x.data;
