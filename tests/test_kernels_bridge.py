@@ -146,6 +146,63 @@ def test_split_launch_with_per_chunk_buffers_loses_no_adds():
     assert all(float(b) == c for b, (_, c) in zip(bufs, chunks))
 
 
+
+@wp.kernel
+def _scaled_split(offset: int, x: wp.array(dtype=Any), s: Any, y: wp.array(dtype=Any)):
+    i = wp.tid() + offset
+    y[i] = x[i] * s + y[i]
+
+
+def test_split_launch_direct_calls_follow_new_shapes_scalars_and_buffers():
+    """After the first split launch of a kernel its chunks run as direct calls on the launch
+    workers: later calls with other sizes (other chunk bounds), other tensors, other scalars, other
+    dtypes and other per-chunk buffers compute their own values, the same as the former pooled path;
+    an argument that fails for one chunk raises in the caller and later launches still run; split
+    launches from two Python threads at once both complete."""
+    from diffvc._kernels import bridge
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        for direct in (True, False, True):
+            bridge._SPLIT_DIRECT[0] = direct
+            for n, s, dtype in ((30_001, 0.5, torch.float64), (12_288, -2.0, torch.float64),
+                                (30_001, 3.0, torch.float32), (30_001, 0.25, torch.float64)):
+                x = torch.rand(n, dtype=dtype)
+                y = torch.ones(n, dtype=dtype)
+                launched = parallel_launch(_scaled_split, n, [x, s], [y], min_per_thread=1024)
+                assert launched == 3
+                torch.testing.assert_close(y, x * s + 1, rtol=0, atol=0)
+                seen = torch.zeros(n, dtype=torch.int32)
+                bufs = [torch.zeros(1, dtype=torch.float64) for _ in range(3)]
+                parallel_launch(_count_split, n, lambda k: [bufs[k]], [seen], min_per_thread=1024)
+                assert torch.equal(seen, torch.ones(n, dtype=torch.int32))
+                assert [float(b) for b in bufs] == [float(c) for _, c in split_chunks(n, "cpu", 1024)]
+        # a failing chunk (here: a callable argument that raises for chunk 2) reaches the caller
+        with pytest.raises(ZeroDivisionError):
+            parallel_launch(_scaled_split, 30_001, lambda k: [x, 1.0 / (2 - k)], [y], min_per_thread=1024)
+        y = torch.zeros(30_001, dtype=torch.float64)
+        parallel_launch(_scaled_split, 30_001, [torch.ones(30_001, dtype=torch.float64), 2.0], [y],
+                        min_per_thread=1024)
+        assert torch.equal(y, torch.full_like(y, 2.0))
+        import threading
+
+        outs = [torch.zeros(50_000, dtype=torch.float64) for _ in range(4)]
+
+        def many(o):
+            for _ in range(20):
+                parallel_launch(_scaled_split, o.shape[0], [torch.ones_like(o), 1.0], [o], min_per_thread=1024)
+
+        threads = [threading.Thread(target=many, args=(o,)) for o in outs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(torch.equal(o, torch.full_like(o, 20.0)) for o in outs)
+    finally:
+        bridge._SPLIT_DIRECT[0] = True
+        torch.set_num_threads(old)
+
 # ------------------------------------------------------------------ recorded launches, fused segments
 
 from diffvc._kernels.bridge import Const, Row, Step, fast_launch, segment_op  # noqa: E402

@@ -21,8 +21,9 @@ to the floating dtype of the tensors in the same launch.
 
 CPU note (measured on the 2-core dev machine): a Warp CPU launch runs on one thread.
 :func:`parallel_launch` is the one split launch of diffvc: it splits a launch into
-:func:`split_chunks` (one per torch thread, each ``(start, count)``) run on the one launch thread
-pool of the package (the kernel takes an ``offset: int`` first argument and uses
+:func:`split_chunks` (one per torch thread, each ``(start, count)``): the calling thread runs one
+and the package's launch workers the others, each chunk a direct call of the kernel's entry point
+prepared by the caller (the kernel takes an ``offset: int`` first argument and uses
 ``wp.tid() + offset``). Warp's CPU atomics are *not* atomic across threads, so never split a kernel
 that accumulates into shared entries unless each chunk gets its own accumulation buffers
 (``inputs``/``outputs`` given as functions of the chunk index), and never split adjoint launches
@@ -547,33 +548,37 @@ def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequ
                     _SPLIT_SEEN.add(key)
                 first = 1
             if first == 0 and _RECORDED[0]:
-                # the calling thread sets every chunk's parameters (the Python work, under the
-                # GIL), then the pool's threads replay theirs beside this thread's: a worker needs
-                # the GIL only to enter the kernel, so it starts while this thread is in its own
-                # chunk (~0.2 ms sooner per split launch than preparing its own). Threads take
-                # chunks from one queue: when a worker wakes late, this thread runs its chunk too.
+                # the calling thread prepares every chunk's direct call (the Python work, under the
+                # GIL: each shared argument converted once), then the launch workers call theirs
+                # beside this thread's: a worker needs the GIL only for a moment, to make one ctypes
+                # call. Threads take chunks from one queue: when a worker wakes late, this thread
+                # runs its chunk too.
                 keep: list = []
-                queue: deque = deque()
-                for k, (start, count) in enumerate(chunks):
-                    a_in = first_in if k == 0 or not callable(inputs) else list(inputs(k))
-                    a_out = first_out if k == 0 or not callable(outputs) else list(outputs(k))
-                    queue.append(_prepared(kernel, (count,), [start] + a_in + a_out, device, fdtype, None, keep,
-                                           slot=1 + k))
+                jobs = _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, fdtype, keep)
+                if jobs is None:
+                    queue: deque = deque()
+                    for k, (start, count) in enumerate(chunks):
+                        a_in = first_in if k == 0 or not callable(inputs) else list(inputs(k))
+                        a_out = first_out if k == 0 or not callable(outputs) else list(outputs(k))
+                        queue.append(_prepared(kernel, (count,), [start] + a_in + a_out, device, fdtype, None, keep,
+                                               slot=1 + k))
 
-                def drain() -> None:
-                    while True:
-                        try:
-                            rec = queue.popleft()
-                        except IndexError:
-                            return
-                        rec.run(device)
+                    def drain() -> None:
+                        while True:
+                            try:
+                                rec = queue.popleft()
+                            except IndexError:
+                                return
+                            rec.run(device)
 
-                futures = [_pool().submit(drain) for _ in range(1, len(chunks))]
-                try:
-                    drain()
-                finally:
-                    for f in futures:
-                        f.result()
+                    futures = [_pool().submit(drain) for _ in range(1, len(chunks))]
+                    try:
+                        drain()
+                    finally:
+                        for f in futures:
+                            f.result()
+                else:
+                    _WORKERS.run(jobs)
             elif first == 0:  # the calling thread runs chunk 0 beside the pool's chunks
                 futures = [_pool().submit(run, k) for k in range(1, len(chunks))]
                 try:
@@ -585,6 +590,168 @@ def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequ
                 for f in [_pool().submit(run, k) for k in range(first, len(chunks))]:
                     f.result()
     return len(chunks)
+
+
+class _DirectCall:
+    """One chunk of a split CPU launch as a direct call of the kernel's entry point with its own
+    ctypes argument struct (Warp's ``invoke`` builds that struct afresh at every launch)."""
+
+    __slots__ = ("cmd", "args", "names", "fn", "call", "dim")
+
+    def __init__(self, rec: _Recorded):
+        cmd = rec.cmd
+        n = len(cmd.kernel.adj.args)
+        if cmd.adjoint or getattr(cmd, "block_dim", 1) > 1 or cmd.hooks.forward is None or len(cmd.params) != 1 + n:
+            raise RuntimeError("unexpected recorded launch layout")
+        self.cmd = cmd
+        self.names = [f"a{i}" for i in range(n)]
+        fields = [(nm, type(cmd.params[1 + i])) for i, nm in enumerate(self.names)]
+        self.args = type("SplitArgs", (ctypes.Structure,), {"_fields_": fields})()
+        self.fn = cmd.hooks.forward
+        self.dim = rec.dim
+        self.call = (ctypes.byref(cmd.params[0]), ctypes.byref(self.args))
+
+    def prepare(self, dim: tuple, params: list) -> None:
+        """Set the launch bounds and every argument (``params``: ``(value, raw)`` of :func:`_to_param`)."""
+        cmd, args = self.cmd, self.args
+        if dim != self.dim:
+            cmd.set_dim(dim)  # replaces the bounds struct
+            self.dim = dim
+            self.call = (ctypes.byref(cmd.params[0]), ctypes.byref(args))
+        for i, (v, raw) in enumerate(params):
+            nm = self.names[i]
+            if v is None:
+                if isinstance(getattr(args, nm), _ARRAY_T):
+                    setattr(args, nm, _ARRAY_T())
+                else:  # an absent scalar keeps the recorded value
+                    setattr(args, nm, cmd.params[1 + i])
+            elif raw:
+                setattr(args, nm, v)
+            else:  # a Warp value (struct, array, Warp scalar): Warp's own packing
+                cmd.set_param_at_index(i, v)
+                setattr(args, nm, cmd.params[1 + i])
+
+    def __call__(self) -> None:
+        self.fn(*self.call)
+
+
+_SPLIT_DIRECT = [True]
+
+
+def _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, fdtype, keep) -> list | None:
+    """The direct calls (:class:`_DirectCall`) of a split CPU launch's chunks, prepared; ``None``
+    where a direct call does not apply (CUDA, or a recorded launch laid out unexpectedly)."""
+    if device.type != "cpu" or not _SPLIT_DIRECT[0]:
+        return None
+    cache = _launch_cache()
+
+    def converted(a):
+        return tuple(_sig(x, fdtype) for x in a), [_to_param(x, fdtype, keep) for x in a]
+
+    sig_in, par_in = converted(first_in)
+    sig_out, par_out = converted(first_out)
+    jobs = []
+    for k, (start, count) in enumerate(chunks):
+        a_in = a_out = None
+        if k > 0 and callable(inputs):
+            a_in = list(inputs(k))
+            sig_in, par_in = converted(a_in)
+        if k > 0 and callable(outputs):
+            a_out = list(outputs(k))
+            sig_out, par_out = converted(a_out)
+        key = ("split", k, kernel, device, sig_in + sig_out)
+        call = cache.get(key)
+        if call is None:
+            if len(cache) >= _MAX_LAUNCHES:
+                cache.clear()
+            try:
+                call = _DirectCall(record(kernel, (count,), [start] + (a_in or first_in) + (a_out or first_out),
+                                          device, fdtype))
+            except Exception:  # pragma: no cover - depends on Warp internals
+                _SPLIT_DIRECT[0] = False
+                return None
+            cache[key] = call
+        call.prepare((count,), [(start, True)] + par_in + par_out)
+        jobs.append(call)
+    return jobs
+
+
+class _LaunchWorkers:
+    """Threads that run the chunks of split CPU launches beside the calling thread. Each waits on
+    its own lock (released to wake it) and releases another when its queue is empty: two lock
+    hand-offs per split launch, no futures."""
+
+    def __init__(self):
+        self._workers: list = []
+        self._lock = threading.Lock()
+        self._busy = threading.Lock()  # one split launch at a time uses the workers
+
+    def _worker(self, go: threading.Lock, done: threading.Lock, box: list) -> None:
+        while True:
+            go.acquire()
+            queue = box[0]
+            try:
+                while True:
+                    try:
+                        job = queue.popleft()
+                    except IndexError:
+                        break
+                    job()
+            except BaseException as e:  # handed to the caller
+                box[1] = e
+            done.release()
+
+    def _ensure(self, n: int) -> list:
+        with self._lock:
+            while len(self._workers) < n:
+                go, done = threading.Lock(), threading.Lock()
+                go.acquire()
+                done.acquire()
+                box = [None, None]
+                t = threading.Thread(target=self._worker, args=(go, done, box), daemon=True,
+                                     name=f"diffvc-launch-{len(self._workers)}")
+                t.start()
+                self._workers.append((go, done, box))
+            return self._workers[:n]
+
+    def run(self, jobs: list) -> None:
+        """Run ``jobs`` (callables) on this thread and ``len(jobs) - 1`` workers; returns when all ran.
+        While another thread's split launch holds the workers, this thread runs its jobs itself."""
+        if not self._busy.acquire(blocking=False):
+            for job in jobs:
+                job()
+            return
+        try:
+            self._run(jobs)
+        finally:
+            self._busy.release()
+
+    def _run(self, jobs: list) -> None:
+        queue = deque(jobs)
+        workers = self._ensure(len(jobs) - 1)
+        for go, _, box in workers:
+            box[0], box[1] = queue, None
+            go.release()
+        err = None
+        try:
+            while True:
+                try:
+                    job = queue.popleft()
+                except IndexError:
+                    break
+                job()
+        except BaseException as e:
+            err = e
+            queue.clear()
+        for _, done, box in workers:
+            done.acquire()
+            if err is None and box[1] is not None:
+                err = box[1]
+        if err is not None:
+            raise err
+
+
+_WORKERS = _LaunchWorkers()
 
 
 _SPLIT_SEEN: set = set()
