@@ -611,14 +611,18 @@ class _DirectCall:
         self.dim = rec.dim
         self.call = (ctypes.byref(cmd.params[0]), ctypes.byref(self.args))
 
-    def prepare(self, dim: tuple, params: list) -> None:
-        """Set the launch bounds and every argument (``params``: ``(value, raw)`` of :func:`_to_param`)."""
+    def prepare(self, dim: tuple, params: list, first: int = 0, like: "_DirectCall | None" = None) -> None:
+        """Set the launch bounds and the arguments from index ``first`` on (``params``: their
+        ``(value, raw)`` of :func:`_to_param`); with ``like`` (a call of the same kernel and argument
+        types) first copy all of its arguments (one memmove for the arguments chunks share)."""
         cmd, args = self.cmd, self.args
         if dim != self.dim:
             cmd.set_dim(dim)  # replaces the bounds struct
             self.dim = dim
             self.call = (ctypes.byref(cmd.params[0]), ctypes.byref(args))
-        for i, (v, raw) in enumerate(params):
+        if like is not None:
+            ctypes.memmove(ctypes.addressof(args), ctypes.addressof(like.args), ctypes.sizeof(args))
+        for i, (v, raw) in enumerate(params, first):
             nm = self.names[i]
             if v is None:
                 if isinstance(getattr(args, nm), _ARRAY_T):
@@ -650,6 +654,8 @@ def _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, f
 
     sig_in, par_in = converted(first_in)
     sig_out, par_out = converted(first_out)
+    n_in = len(first_in)
+    sig0 = sig_in + sig_out
     jobs = []
     for k, (start, count) in enumerate(chunks):
         a_in = a_out = None
@@ -671,7 +677,14 @@ def _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, f
                 _SPLIT_DIRECT[0] = False
                 return None
             cache[key] = call
-        call.prepare((count,), [(start, True)] + par_in + par_out)
+        if k == 0 or sig_in + sig_out != sig0:
+            call.prepare((count,), [(start, True)] + par_in + par_out)
+        else:  # chunk 0's arguments, then what differs: the offset and any per-chunk arguments
+            call.prepare((count,), [(start, True)], like=jobs[0])
+            if a_in is not None:
+                call.prepare((count,), par_in, first=1)
+            if a_out is not None:
+                call.prepare((count,), par_out, first=1 + n_in)
         jobs.append(call)
     return jobs
 
@@ -728,7 +741,7 @@ class _LaunchWorkers:
 
     def _run(self, jobs: list) -> None:
         queue = deque(jobs)
-        workers = self._ensure(len(jobs) - 1)
+        workers = self._ensure(min(len(jobs), max(1, torch.get_num_threads())) - 1)
         for go, _, box in workers:
             box[0], box[1] = queue, None
             go.release()
