@@ -8,7 +8,10 @@ repeat r+1), so a shared machine's load hits them alike; medians over repeats (a
 
 * ``diffvc_fused``: ``rollout(model, state, 1000, dt=dt)``, every setting at its default: fused Warp
   segments of ceil(sqrt(1000)) = 32 steps that keep only their inputs and re-run in backward
-  (the default checkpointing of rollouts beyond 128 frames), hand-written adjoints;
+  (the default checkpointing of rollouts beyond 128 frames), hand-written adjoints; on the CPU the
+  segment's spring forces and their adjoint are native loops over all springs, 8 per SIMD
+  iteration (``diffvc._kernels.springs.SPRING_NATIVE``, equal bit for bit to the Warp kernels the
+  raw loop launches), the particle integration the same Warp kernels as the raw loop;
 * ``diffvc_checkpointed``: the same with ``checkpoint_every=100`` (backward re-runs each segment);
 * ``diffvc_full_tape``: the same with ``checkpoint_every=None``: one fused segment that keeps every
   state, as ``wp.Tape`` keeps every array of the raw loop (the same memory policy as the baseline;
