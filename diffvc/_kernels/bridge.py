@@ -560,20 +560,12 @@ def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequ
                     for k, (start, count) in enumerate(chunks):
                         a_in = first_in if k == 0 or not callable(inputs) else list(inputs(k))
                         a_out = first_out if k == 0 or not callable(outputs) else list(outputs(k))
-                        queue.append(_prepared(kernel, (count,), [start] + a_in + a_out, device, fdtype, None, keep,
-                                               slot=1 + k))
-
-                    def drain() -> None:
-                        while True:
-                            try:
-                                rec = queue.popleft()
-                            except IndexError:
-                                return
-                            rec.run(device)
-
-                    futures = [_pool().submit(drain) for _ in range(1, len(chunks))]
+                        rec = _prepared(kernel, (count,), [start] + a_in + a_out, device, fdtype, None, keep,
+                                        slot=1 + k)
+                        queue.append(lambda rec=rec: rec.run(device))
+                    futures = [_pool().submit(_drain, queue) for _ in range(1, len(chunks))]
                     try:
-                        drain()
+                        _drain(queue)
                     finally:
                         for f in futures:
                             f.result()
@@ -689,6 +681,16 @@ def _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, f
     return jobs
 
 
+def _drain(queue: deque) -> None:
+    """Run the callables of ``queue`` until it is empty (several threads may drain one queue)."""
+    while True:
+        try:
+            job = queue.popleft()
+        except IndexError:
+            return
+        job()
+
+
 class _LaunchWorkers:
     """Threads that run the chunks of split CPU launches beside the calling thread. Each waits on
     its own lock (released to wake it) and releases another when its queue is empty: two lock
@@ -702,14 +704,8 @@ class _LaunchWorkers:
     def _worker(self, go: threading.Lock, done: threading.Lock, box: list) -> None:
         while True:
             go.acquire()
-            queue = box[0]
             try:
-                while True:
-                    try:
-                        job = queue.popleft()
-                    except IndexError:
-                        break
-                    job()
+                _drain(box[0])
             except BaseException as e:  # handed to the caller
                 box[1] = e
             done.release()
@@ -747,12 +743,7 @@ class _LaunchWorkers:
             go.release()
         err = None
         try:
-            while True:
-                try:
-                    job = queue.popleft()
-                except IndexError:
-                    break
-                job()
+            _drain(queue)
         except BaseException as e:
             err = e
             queue.clear()
