@@ -138,6 +138,7 @@ return;  // never launched on CUDA (spring_kernels)
 #error "the native spring loops need clang's vector extensions (Warp compiles CPU kernels with clang)"
 #else
 typedef REAL vr __attribute__((ext_vector_type(LANES)));
+typedef REAL vu_ __attribute__((ext_vector_type(LANES), aligned(sizeof(REAL))));  // unaligned rows
 const REAL* X = (const REAL*)x.data;
 const REAL* V = (const REAL*)v.data;
 const int* I = si.data;
@@ -164,11 +165,22 @@ for (int s0 = 0; s0 < n; s0 += LANES) {
         wx[l] = V[j] - V[i];
         wy[l] = V[j + 1] - V[i + 1];
         wz[l] = V[j + 2] - V[i + 2];
-        r[l] = R[s];
-        k[l] = KE[s];
-        c[l] = KD[s];
-        gn[l] = GN[s];
-        a[l] = AC[s];
+    }
+    if (m == LANES) {  // the springs' own parameters: one vector load each
+        r = *(const vu_*)(R + s0);
+        k = *(const vu_*)(KE + s0);
+        c = *(const vu_*)(KD + s0);
+        gn = *(const vu_*)(GN + s0);
+        a = *(const vu_*)(AC + s0);
+    } else {
+        for (int l = 0; l < LANES; ++l) {
+            const int s = s0 + (l < m ? l : m - 1);
+            r[l] = R[s];
+            k[l] = KE[s];
+            c[l] = KD[s];
+            gn[l] = GN[s];
+            a[l] = AC[s];
+        }
     }
     // as spring_forces: ln = sqrt(d.d + eps), u = d / ln, l0 = rest (1 + gain act)
     const vr ln = __builtin_elementwise_sqrt(dx * dx + dy * dy + dz * dz + (REAL)EPS2);
@@ -225,7 +237,7 @@ _SPRING_NATIVE_ADJOINT = _SPRING_NATIVE_HEAD + r"""
     REAL* AGN = (REAL*)g_gain.data;
     REAL* AAC = (REAL*)g_act.data;
     for (int l = 0; l < m; ++l) {
-        const int i = ii[l], j = jj[l], s = s0 + l;
+        const int i = ii[l], j = jj[l];
         AX[j] += gdx[l];
         AX[j + 1] += gdy[l];
         AX[j + 2] += gdz[l];
@@ -238,11 +250,22 @@ _SPRING_NATIVE_ADJOINT = _SPRING_NATIVE_HEAD + r"""
         AV[i] -= gvx[l];
         AV[i + 1] -= gvy[l];
         AV[i + 2] -= gvz[l];
-        AKE[s] += d_ke[l];
-        AKD[s] += d_kd[l];
-        ARE[s] += d_rest[l];
-        AGN[s] += d_gain[l];
-        AAC[s] += d_act[l];
+    }
+    if (m == LANES) {  // each spring's own adjoints: one vector add each
+        *(vu_*)(AKE + s0) += d_ke;
+        *(vu_*)(AKD + s0) += d_kd;
+        *(vu_*)(ARE + s0) += d_rest;
+        *(vu_*)(AGN + s0) += d_gain;
+        *(vu_*)(AAC + s0) += d_act;
+    } else {
+        for (int l = 0; l < m; ++l) {
+            const int s = s0 + l;
+            AKE[s] += d_ke[l];
+            AKD[s] += d_kd[l];
+            ARE[s] += d_rest[l];
+            AGN[s] += d_gain[l];
+            AAC[s] += d_act[l];
+        }
     }
 }
 return;
