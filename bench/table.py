@@ -251,6 +251,10 @@ def _raster(d):
             get(d, "warp_1view_1thread_ms"), spread=sp1, target="≤ 0.59× (≥ 1.7× faster)"),
         Row("raster", what + ", 1 thread", get(d, "warp_1view_1thread_ms"), "ms", "", None,
             spread=spread(d, lo="warp_1view_1thread_min_ms", unit="ms")),
+        Row("raster", what + f", speedup of {t(d, 'threads')} threads over 1 as a share of the host's own 2-core "
+            "scaling (two pure-compute processes vs one, measured before and after; 2.0 on two free cores: "
+            f"median {fmt(get(d, 'host_2core_scaling_median'))})", get(d, "speedup_2threads_vs_1_of_host_scaling"),
+            "", "", None, better=HIGHER),
         Row("raster", what + ", 8 views vs 1", get(d, "warp_8view_ms"), "ms",
             "diffvc, 1 view (its repeats alternating with the 8-view ones)",
             get(d, "warp_1view_ms_beside_8view") if get(d, "warp_1view_ms_beside_8view") is not None else w1,
