@@ -203,6 +203,45 @@ def test_split_launch_direct_calls_follow_new_shapes_scalars_and_buffers():
         bridge._SPLIT_DIRECT[0] = True
         torch.set_num_threads(old)
 
+
+def test_split_launch_in_a_forked_child_after_the_parent_used_the_workers():
+    """A process forked after split launches (a DataLoader worker, say) has none of its parent's
+    launch threads; its own split launches start fresh ones and finish (no wait on a thread that
+    does not exist)."""
+    import os
+    import time
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = torch.zeros(30_000, dtype=torch.float64)
+        for _ in range(3):
+            parallel_launch(_scaled_split, 30_000, [torch.ones_like(y), 1.0], [y], min_per_thread=1024)
+        pid = os.fork()
+        if pid == 0:  # child: exit code 0 when its split launches computed the right values
+            ok = False
+            try:
+                z = torch.zeros(30_000, dtype=torch.float64)
+                for _ in range(3):
+                    parallel_launch(_scaled_split, 30_000, [torch.ones_like(z), 2.0], [z], min_per_thread=1024)
+                ok = bool(torch.equal(z, torch.full_like(z, 6.0)))
+            finally:
+                os._exit(0 if ok else 1)
+        deadline = time.time() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.time() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child's split launch did not finish")
+            time.sleep(0.05)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert torch.equal(y, torch.full_like(y, 3.0))
+    finally:
+        torch.set_num_threads(old)
+
 # ------------------------------------------------------------------ recorded launches, fused segments
 
 from diffvc._kernels.bridge import Const, Row, Step, fast_launch, segment_op  # noqa: E402

@@ -662,10 +662,10 @@ def _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, f
         if call is None:
             if len(cache) >= _MAX_LAUNCHES:
                 cache.clear()
+            rec = record(kernel, (count,), [start] + (a_in or first_in) + (a_out or first_out), device, fdtype)
             try:
-                call = _DirectCall(record(kernel, (count,), [start] + (a_in or first_in) + (a_out or first_out),
-                                          device, fdtype))
-            except Exception:  # pragma: no cover - depends on Warp internals
+                call = _DirectCall(rec)
+            except RuntimeError:  # pragma: no cover - depends on Warp internals
                 _SPLIT_DIRECT[0] = False
                 return None
             cache[key] = call
@@ -756,6 +756,17 @@ class _LaunchWorkers:
 
 
 _WORKERS = _LaunchWorkers()
+
+
+def _after_fork_in_child() -> None:
+    # a forked child (e.g. a DataLoader worker) has none of the parent's threads: start afresh
+    global _POOL, _WORKERS
+    _POOL = None
+    _WORKERS = _LaunchWorkers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _SPLIT_SEEN: set = set()
