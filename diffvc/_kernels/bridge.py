@@ -758,6 +758,17 @@ class _LaunchWorkers:
 _WORKERS = _LaunchWorkers()
 
 
+def run_split(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run the chunks of one split CPU launch (callables, e.g. recorded launches' ``launch``): one
+    on the calling thread, the others on the package's launch workers (at most one per further
+    torch thread; they take the chunks from one queue). Returns when all ran; an error in any
+    chunk is raised here. The chunks must write disjoint memory."""
+    if len(jobs) == 1:
+        jobs[0]()
+    elif jobs:
+        _WORKERS.run(list(jobs))
+
+
 def _after_fork_in_child() -> None:
     # a forked child (e.g. a DataLoader worker) has none of the parent's threads: start afresh
     global _POOL, _WORKERS

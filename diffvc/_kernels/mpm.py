@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .bridge import _SCALAR, _pool, _stream, to_warp, wp
+from .bridge import _SCALAR, _stream, run_split, to_warp, wp
 from .fem import polar_rotation
 from .springs import _record, _rows
 
@@ -624,7 +624,7 @@ def _parts(n: int, threads: int) -> list:
 
 class _Group:
     """One kernel's recorded launches over disjoint sub-ranges ``[offset, offset + count)``, run
-    on the thread pool when there are several (CPU), else as one launch. ``inputs(offset, part)``
+    on the calling thread and the launch workers when there are several (CPU), else as one launch. ``inputs(offset, part)``
     builds the argument list of a part."""
 
     def __init__(self, kernel, parts, inputs, outputs, dev, adj_inputs=None, adj_outputs=None):
@@ -642,9 +642,7 @@ class _Group:
 
     def run(self) -> None:
         if len(self.launches) > 1:
-            futures = [_pool().submit(L.launch) for L in self.launches]
-            for f in futures:
-                f.result()
+            run_split([L.launch for L in self.launches])
         elif self.stream is not None:
             self.launches[0].launch(stream=self.stream)
         else:

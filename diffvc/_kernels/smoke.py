@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .bridge import _SCALAR, _pool, _stream, kernel_guard, to_warp, warp_device, wp
+from .bridge import _SCALAR, _stream, kernel_guard, run_split, to_warp, warp_device, wp
 from .springs import _record, _rows
 
 
@@ -919,7 +919,7 @@ def _parts(n: int, T: int) -> list:
 class _Pass:
     """One kernel's recorded launches over the row ranges of a segment: ``args(k, off)`` gives
     range k's argument list (its first argument the range's first row). :meth:`run` launches
-    ranges 1.. on diffvc's launch thread pool and range 0 on the calling thread, and waits."""
+    ranges on the calling thread and diffvc's launch workers (:func:`~diffvc._kernels.bridge.run_split`)."""
 
     def __init__(self, kernel, rows: int, T: int, args, dev, dim_of=None):
         self.index = _index(kernel)
@@ -947,10 +947,7 @@ class _Pass:
         if len(self.launches) == 1:
             _go(self.launches[0], self.stream)
             return
-        futures = [_pool().submit(L.launch) for L in self.launches[1:]]
-        self.launches[0].launch()
-        for f in futures:
-            f.result()
+        run_split([L.launch for L in self.launches])
 
 
 class Jacobi2D:

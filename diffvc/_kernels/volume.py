@@ -37,12 +37,14 @@ added to them. Per-ray gradients are disjoint and shared.
 
 from __future__ import annotations
 
+import functools
+
 import threading
 from typing import Any
 
 import torch
 
-from .bridge import _pool, _stream, to_warp, vec, warp_device, wp
+from .bridge import _stream, run_split, to_warp, vec, warp_device, wp
 
 wp.set_module_options({"enable_backward": False})
 
@@ -880,11 +882,9 @@ def _launch(kernel, n: int, args_for, device: torch.device, workers: int, spec, 
     else:
         kernel.module.load(wdev)
         b = _bounds(n, workers, work)
-        futs = [_pool().submit(wp.launch, kernel, dim=b[w + 1] - b[w], inputs=[b[w]] + args_for(w),
-                               device=wdev, stream=stream, record_tape=False)
-                for w in range(workers) if b[w + 1] > b[w]]   # the bridge's one launch pool
-        for f in futs:
-            f.result()
+        run_split([functools.partial(wp.launch, kernel, dim=b[w + 1] - b[w], inputs=[b[w]] + args_for(w),
+                                     device=wdev, stream=stream, record_tape=False)
+                   for w in range(workers) if b[w + 1] > b[w]])
 
 
 def _bounds(n: int, workers: int, work: torch.Tensor | None) -> list[int]:
