@@ -624,8 +624,8 @@ def _parts(n: int, threads: int) -> list:
 
 class _Group:
     """One kernel's recorded launches over disjoint sub-ranges ``[offset, offset + count)``, run
-    on the calling thread and the launch workers when there are several (CPU), else as one launch. ``inputs(offset, part)``
-    builds the argument list of a part."""
+    on the calling thread and the launch workers when there are several (CPU), else as one launch.
+    ``inputs(offset, part)`` builds the argument list of a part."""
 
     def __init__(self, kernel, parts, inputs, outputs, dev, adj_inputs=None, adj_outputs=None):
         self.index = _index(kernel)

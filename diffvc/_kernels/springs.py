@@ -323,14 +323,14 @@ SPRING_NATIVE = {torch.float32: _native_spring_kernels("float", wp.float32, wp.v
                  torch.float64: _native_spring_kernels("double", wp.float64, wp.vec3d)}
 
 
-def spring_kernels(dtype: torch.dtype, device: torch.device) -> tuple:
-    """``(forward, adjoint, dim)`` spring kernels of a fused segment: the native loops (dim 1) on
-    the CPU in float32 and float64, the Warp kernels (one thread per spring, dim None: the spring
-    count) elsewhere."""
+def spring_kernels(dtype: torch.dtype, device: torch.device, n_springs: int) -> tuple:
+    """``(forward, adjoint, dim)`` spring kernels of a fused segment over ``n_springs`` springs and
+    their launch dim: the native loops (dim 1) on the CPU in float32 and float64, the Warp kernels
+    (one thread per spring) elsewhere."""
     if torch.device(device).type == "cpu" and dtype in SPRING_NATIVE:
         fwd, adj = SPRING_NATIVE[dtype]
         return fwd, adj, 1
-    return spring_forces, spring_forces_adjoint, None
+    return spring_forces, spring_forces_adjoint, n_springs
 
 
 @wp.kernel(enable_backward=False)
@@ -556,8 +556,7 @@ class _Plan:
         if calls is None:
             spring, integ = _model_args(inputs)
             wx, wv, wf, wa = to_warp(x0, "vec"), to_warp(v0, "vec"), to_warp(x0, "vec"), to_warp(act[0])
-            sf, sfa, s_dim = spring_kernels(x0.dtype, dev)
-            s_dim = s_dim or self.s
+            sf, sfa, s_dim = spring_kernels(x0.dtype, dev, self.s)
             calls = [_Call(_record(sf, s_dim, [wx, wv, *spring, wa], [wf], dev), dev),
                      _Call(_record(integrate_particles, self.n, [wx, wv, *integ, wf, self.fdt], [wx, wv], dev), dev)]
             if adjoint_grads is not None:
@@ -833,8 +832,9 @@ def spring_segment(K: int, dt: float, x0, v0, inv_mass, radius, planes, contact,
         recompute = True  # no backward will run: the forward goes through two rows, keeping no tape
     return _SpringSegment.apply(K, dt, recompute, return_all, workspace, x0.contiguous(), v0.contiguous(),
                                 inv_mass.contiguous(), radius.contiguous(), planes.contiguous(), contact.contiguous(),
-                                gravity.contiguous(), si.contiguous(), sj.contiguous(), rest.contiguous(), ke.contiguous(), kd.contiguous(),
-                                gain.contiguous(), act.contiguous(), None if external is None else external.contiguous())
+                                gravity.contiguous(), si.contiguous(), sj.contiguous(), rest.contiguous(),
+                                ke.contiguous(), kd.contiguous(), gain.contiguous(), act.contiguous(),
+                                None if external is None else external.contiguous())
 
 
 # --------------------------------------------------------------------------------------------
@@ -951,8 +951,7 @@ def _ctrl_run(K, dt, dims, scale, inputs, adjoint):
     spring = [to_warp(si), to_warp(sj), to_warp(rest), to_warp(ke), to_warp(kd), to_warp(gain)]
     integ = [to_warp(inv_mass), to_warp(radius), to_warp(planes, "vec"), to_warp(contact),
              to_warp(gravity.reshape(1, 3), "vec")]
-    sf, sfa, s_dim = spring_kernels(x0.dtype, dev)
-    s_dim = s_dim or s
+    sf, sfa, s_dim = spring_kernels(x0.dtype, dev, s)
     wgoal = to_warp(goal.reshape(1, 3), "vec")
     W1, B1, W2, B2 = to_warp(w1), to_warp(b1), to_warp(w2), to_warp(b2)
     b0 = {k: to_warp(t[0], "vec" if k in ("x", "v", "f", "center") else None) for k, t in bufs.items()}

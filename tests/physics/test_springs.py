@@ -353,8 +353,9 @@ def test_native_spring_kernels_equal_the_warp_kernels_bit_for_bit(dtype, n, s):
     sj = torch.randint(0, n, (s,), generator=g, dtype=torch.int32)
     si[-1] = sj[-1]  # coincident ends
     params = [torch.rand(s, generator=g, dtype=dtype) for _ in range(5)]  # rest, ke, kd, gain, act
-    native_f, native_a, dim = spring_kernels(dtype, "cpu")
+    native_f, native_a, dim = spring_kernels(dtype, "cpu", s)
     assert dim == 1 and native_f is not spring_forces
+    assert spring_kernels(torch.float16, "cpu", s) == (spring_forces, spring_forces_adjoint, s)
     out = {}
     for name, kf, ka, d in (("warp", spring_forces, spring_forces_adjoint, s), ("native", native_f, native_a, 1)):
         f = torch.zeros(n, 3, dtype=dtype)
