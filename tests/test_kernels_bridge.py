@@ -242,6 +242,79 @@ def test_split_launch_in_a_forked_child_after_the_parent_used_the_workers():
     finally:
         torch.set_num_threads(old)
 
+def test_launch_workers_hand_off_through_every_path(monkeypatch):
+    """The native hand-off (handoff.Worker) with spin windows so short that every split launch
+    takes the slow paths too: the worker parks between launches and is woken through its lock, the
+    calling thread sleeps on the worker's completion and is woken from the worker's loop. Direct
+    calls and Python callables (run_split), after pauses of several lengths: every launch computes
+    its values; an error in a worker's callable reaches the caller and the workers still run."""
+    import time
+
+    from diffvc._kernels import bridge, handoff
+
+    monkeypatch.setattr(handoff, "IDLE_US", 0.01)
+    monkeypatch.setattr(handoff, "WAIT_US", 0.01)
+    monkeypatch.setattr(bridge, "_WORKERS", bridge._LaunchWorkers())
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        n = 300_001
+        x = torch.rand(n, dtype=torch.float64)
+        y = torch.zeros(n, dtype=torch.float64)
+        for i, pause in enumerate((0.0, 1e-5, 1e-3, 0.0, 2e-3, 1e-4) * 3):
+            parallel_launch(_scaled_split, n, [x, 1.0], [y], min_per_thread=1024)
+            torch.testing.assert_close(y, x * (i + 1), rtol=1e-12, atol=0)
+            time.sleep(pause)
+        hits = []
+
+        def job(k):
+            def run():
+                time.sleep(1e-3 * k)
+                hits.append(k)
+            return run
+
+        for _ in range(5):
+            hits.clear()
+            bridge.run_split([job(k) for k in range(5)])
+            assert sorted(hits) == list(range(5))
+
+        def fail():
+            time.sleep(2e-3)
+            raise KeyError("chunk")
+
+        with pytest.raises(KeyError):
+            bridge.run_split([lambda: None, fail, lambda: None])
+        parallel_launch(_scaled_split, n, [x, 1.0], [y], min_per_thread=1024)
+        torch.testing.assert_close(y, x * 19, rtol=1e-12, atol=0)
+        workers = bridge._WORKERS._workers
+        assert len(workers) == 2 and all(w.thread.is_alive() for w in workers)
+        # each worker parked and was woken through its lock, and the caller slept on each one
+        assert all(w.parks > 0 and w.sleeps > 0 for w in workers)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_process_exits_cleanly_right_after_a_split_launch():
+    """Interpreter exit while a launch worker still spins in its native loop: the exit handler
+    waits until it parks (it would otherwise run on in Warp code released at exit)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2)\n"
+            "from tests.test_kernels_bridge import _scaled_split\n"
+            "from diffvc._kernels.bridge import parallel_launch\n"
+            "y = torch.zeros(100_000, dtype=torch.float64)\n"
+            "for _ in range(50): parallel_launch(_scaled_split, 100_000, [torch.ones_like(y), 1.0], [y], "
+            "min_per_thread=1024)\n"
+            "assert float(y[0]) == 50.0\n")
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+
 # ------------------------------------------------------------------ recorded launches, fused segments
 
 from diffvc._kernels.bridge import Const, Row, Step, fast_launch, segment_op  # noqa: E402

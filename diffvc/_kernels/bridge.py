@@ -23,8 +23,9 @@ CPU note (measured on the 2-core dev machine): a Warp CPU launch runs on one thr
 :func:`parallel_launch` is the one split launch of diffvc: it splits a launch into
 :func:`split_chunks` (one per torch thread, each ``(start, count)``): the calling thread runs one
 and the package's launch workers the others, each chunk a direct call of the kernel's entry point
-prepared by the caller (the kernel takes an ``offset: int`` first argument and uses
-``wp.tid() + offset``). Warp's CPU atomics are *not* atomic across threads, so never split a kernel
+prepared by the caller and handed to its worker in shared memory (``handoff``: native spinning
+for a short while on both sides, locks after that) (the kernel takes an ``offset: int`` first
+argument and uses ``wp.tid() + offset``). Warp's CPU atomics are *not* atomic across threads, so never split a kernel
 that accumulates into shared entries unless each chunk gets its own accumulation buffers
 (``inputs``/``outputs`` given as functions of the chunk index), and never split adjoint launches
 (they scatter with atomics).
@@ -588,7 +589,7 @@ class _DirectCall:
     """One chunk of a split CPU launch as a direct call of the kernel's entry point with its own
     ctypes argument struct (Warp's ``invoke`` builds that struct afresh at every launch)."""
 
-    __slots__ = ("cmd", "args", "names", "fn", "call", "dim")
+    __slots__ = ("cmd", "args", "names", "fn", "call", "dim", "addr")
 
     def __init__(self, rec: _Recorded):
         cmd = rec.cmd
@@ -602,6 +603,9 @@ class _DirectCall:
         self.fn = cmd.hooks.forward
         self.dim = rec.dim
         self.call = (ctypes.byref(cmd.params[0]), ctypes.byref(self.args))
+        # entry point, bounds and argument struct addresses, for a native hand-off (handoff.Worker)
+        self.addr = (ctypes.cast(self.fn, ctypes.c_void_p).value, ctypes.addressof(cmd.params[0]),
+                     ctypes.addressof(self.args))
 
     def prepare(self, dim: tuple, params: list, first: int = 0, like: "_DirectCall | None" = None) -> None:
         """Set the launch bounds and the arguments from index ``first`` on (``params``: their
@@ -612,6 +616,7 @@ class _DirectCall:
             cmd.set_dim(dim)  # replaces the bounds struct
             self.dim = dim
             self.call = (ctypes.byref(cmd.params[0]), ctypes.byref(args))
+            self.addr = (self.addr[0], ctypes.addressof(cmd.params[0]), self.addr[2])
         if like is not None:
             ctypes.memmove(ctypes.addressof(args), ctypes.addressof(like.args), ctypes.sizeof(args))
         for i, (v, raw) in enumerate(params, first):
@@ -692,35 +697,25 @@ def _drain(queue: deque) -> None:
 
 
 class _LaunchWorkers:
-    """Threads that run the chunks of split CPU launches beside the calling thread. Each waits on
-    its own lock (released to wake it) and releases another when its queue is empty: two lock
-    hand-offs per split launch, no futures."""
+    """Threads that run the chunks of split CPU launches beside the calling thread
+    (:class:`~diffvc._kernels.handoff.Worker`: the hand-off meets in shared memory, in native code;
+    a worker spins briefly for its next chunk before it parks, and so does the caller for the
+    workers' completion before it sleeps). Direct calls (:class:`_DirectCall`, at most one per
+    thread) are posted to the workers as entry points; other callables go through one queue that
+    all threads drain in Python."""
 
     def __init__(self):
         self._workers: list = []
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # one split launch at a time uses the workers
 
-    def _worker(self, go: threading.Lock, done: threading.Lock, box: list) -> None:
-        while True:
-            go.acquire()
-            try:
-                _drain(box[0])
-            except BaseException as e:  # handed to the caller
-                box[1] = e
-            done.release()
-
     def _ensure(self, n: int) -> list:
         with self._lock:
-            while len(self._workers) < n:
-                go, done = threading.Lock(), threading.Lock()
-                go.acquire()
-                done.acquire()
-                box = [None, None]
-                t = threading.Thread(target=self._worker, args=(go, done, box), daemon=True,
-                                     name=f"diffvc-launch-{len(self._workers)}")
-                t.start()
-                self._workers.append((go, done, box))
+            if len(self._workers) < n:
+                from .handoff import Worker
+
+                while len(self._workers) < n:
+                    self._workers.append(Worker(f"diffvc-launch-{len(self._workers)}"))
             return self._workers[:n]
 
     def run(self, jobs: list) -> None:
@@ -736,26 +731,46 @@ class _LaunchWorkers:
             self._busy.release()
 
     def _run(self, jobs: list) -> None:
+        threads = min(len(jobs), max(1, torch.get_num_threads()))
+        workers = self._ensure(threads - 1)
+        spin = threads <= _cores()  # no spinning on oversubscribed cores
+        for w in workers:
+            w.spinning(spin)
+        if threads == len(jobs) and all(type(j) is _DirectCall for j in jobs):
+            for w, job in zip(workers, jobs[1:]):
+                w.post_call(*job.addr)
+            try:
+                jobs[0]()
+            finally:
+                for w in workers:
+                    w.wait()
+            return
         queue = deque(jobs)
-        workers = self._ensure(min(len(jobs), max(1, torch.get_num_threads())) - 1)
-        for go, _, box in workers:
-            box[0], box[1] = queue, None
-            go.release()
+        for w in workers:
+            w.post_queue(queue)
         err = None
         try:
             _drain(queue)
         except BaseException as e:
             err = e
             queue.clear()
-        for _, done, box in workers:
-            done.acquire()
-            if err is None and box[1] is not None:
-                err = box[1]
+        for w in workers:
+            w.wait()
+            if err is None and w.error is not None:
+                err = w.error
         if err is not None:
             raise err
 
 
 _WORKERS = _LaunchWorkers()
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def run_split(jobs: Sequence[Callable[[], None]]) -> None:
