@@ -1547,7 +1547,7 @@ for _k in (tri_setup, raster_tiles, raster_pixels, barycentrics, interpolate_att
 
 import torch  # noqa: E402
 
-from .bridge import _pool, launch, parallel_launch, release_omp_workers, split_chunks  # noqa: E402,F401
+from .bridge import launch, parallel_launch, release_omp_workers, run_split, split_chunks  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1888,17 +1888,20 @@ class _Blend(torch.autograd.Function):
         if sparse:
             import numpy as np
 
+            res: dict = {}
+
+            def find():
+                res["found"] = torch.from_numpy(np.flatnonzero(pairs.numpy().reshape(-1) >= 0).astype(np.int32))
+
             def copy_and_check():
-                return color.detach().numpy().copy(), _all_finite_cpu(color)
+                res["out"], res["finite"] = color.detach().numpy().copy(), _all_finite_cpu(color)
 
             # NumPy releases the GIL: with more than one torch thread the copy and finiteness check
-            # of the image run on the launch pool beside the search for the detected pairs
-            job = _pool().submit(copy_and_check) if torch.get_num_threads() > 1 else None
-            found = torch.from_numpy(np.flatnonzero(pairs.numpy().reshape(-1) >= 0).astype(np.int32))
-            out_np, finite = job.result() if job is not None else copy_and_check()
-            if not finite:
+            # of the image run on a launch worker beside the search for the detected pairs
+            run_split([find, copy_and_check])
+            if not res["finite"]:
                 raise ValueError("color contains non-finite values (NaN or inf)")
-            out = torch.from_numpy(out_np)
+            found, out = res["found"], torch.from_numpy(res["out"])
             launch(blend_sparse, found.shape[0], [found, screen, faces, pairs, color, ring, near, perspective], [out])
         else:
             out = torch.empty_like(color)  # every entry written
