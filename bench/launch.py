@@ -15,6 +15,11 @@ launches and fused segments, side by side in one process.
   (the bounce example's flight), forward + backward.
 * ``kernel_op``: a kernel with 2 and with 12 tensor arguments (1 thread), forward + backward,
   legacy vs recorded; ``*_per_arg_us`` is the slope (cost of each extra tensor argument).
+* ``split_launch``: one split CPU launch (``parallel_launch``) of an empty kernel with the argument
+  list of a raster per-pixel kernel over 512 rows: 1 thread (one direct launch), 2 threads with
+  the native hand-off to the launch worker (``_kernels/handoff.py``), and 2 threads through the
+  thread pool (the bridge's fallback path, futures: how a Python thread pool hands chunks over).
+  The 2-thread figures are pure hand-off cost: the chunks do nothing.
 * ``sysid_eval``: one loss evaluation of ``diffvc run sysid --quick`` (simulate, render 19 frames
   x 2 views at 64 px, pyramid loss, backward to the two parameters) for its rigid part (180 rigid
   steps) and its soft part (720 FEM steps): ``legacy`` rolls out a per-step closure on the
@@ -140,6 +145,44 @@ def kernel_op_us(n_args: int, legacy: bool, n: int = 200) -> float:
         return (time.perf_counter() - t0) / n * 1e6
 
 
+# ------------------------------------------------------------------------------- split launch hand-off
+
+@wp.kernel
+def _empty_rows(offset: int, rows: int, a: wp.array(dtype=wp.float32, ndim=3), f: wp.array2d(dtype=wp.int32),
+                fid: wp.array(dtype=wp.int32, ndim=3), bary: wp.array(dtype=wp.float32, ndim=4), near: float,
+                persp: int, out: wp.array(dtype=wp.float32, ndim=4)):
+    p = wp.tid() + offset
+    if p < 0:  # never: the launch's cost is its hand-off alone
+        out[0, 0, 0, 0] = a[0, 0, 0]
+
+
+_SPLIT_ARGS: list = []
+
+
+def split_launch_us(threads: int, pooled: bool = False, n: int = 200) -> float:
+    """Median microseconds of one ``parallel_launch`` of :func:`_empty_rows` over 512 rows."""
+    from diffvc._kernels import bridge
+
+    if not _SPLIT_ARGS:
+        _SPLIT_ARGS.extend([torch.zeros(1, 50_000, 3), torch.zeros(100_000, 3, dtype=torch.int32),
+                            torch.zeros(1, 512, 512, dtype=torch.int32), torch.zeros(1, 512, 512, 3),
+                            torch.zeros(1, 512, 512, 3)])
+    a, f, fid, bary, out = _SPLIT_ARGS
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    bridge._SPLIT_DIRECT[0] = not pooled
+    try:
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            bridge.parallel_launch(_empty_rows, 512, [1, a, f, fid, bary, 1e-3, 1], [out], min_per_thread=8)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts) * 1e6
+    finally:
+        bridge._SPLIT_DIRECT[0] = True
+        torch.set_num_threads(old)
+
+
 # ------------------------------------------------------------------------------- sysid loss evaluation
 
 def _sysid_setup():
@@ -200,6 +243,9 @@ def run(quick: bool = False) -> dict:
             "kernel_op_2_args_us": lambda: kernel_op_us(2, False, n_calls),
             "kernel_op_12_args_legacy_us": lambda: kernel_op_us(12, True, n_calls),
             "kernel_op_12_args_us": lambda: kernel_op_us(12, False, n_calls),
+            "split_launch_1thread_us": lambda: split_launch_us(1),
+            "split_launch_2threads_us": lambda: split_launch_us(2),
+            "split_launch_2threads_pooled_us": lambda: split_launch_us(2, pooled=True),
         }
         setup = _sysid_setup()
         for part in ("rigid", "soft"):
@@ -240,6 +286,8 @@ def run(quick: bool = False) -> dict:
                                                     / out["particle_fused_fwd_bwd_per_step_us"])
     for part in ("rigid", "soft"):
         out[f"sysid_{part}_eval_speedup"] = out[f"sysid_{part}_eval_legacy_s"] / out[f"sysid_{part}_eval_fused_s"]
+    out["split_launch_handoff_vs_pooled_speedup"] = (out["split_launch_2threads_pooled_us"]
+                                                     / out["split_launch_2threads_us"])
     for tag in ("_legacy", ""):
         out[f"kernel_op_per_arg{tag}_us"] = (out[f"kernel_op_12_args{tag}_us"] - out[f"kernel_op_2_args{tag}_us"]) / 10
     return out

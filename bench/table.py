@@ -291,6 +291,14 @@ def _launch(d):
                     spread=spread(d, pair="particle_step_forward_us_spread", unit="µs")))
     rows.append(Row("launch", "kernel_op cost per tensor argument", get(d, "kernel_op_per_arg_us"), "µs", before,
                     get(d, "kernel_op_per_arg_legacy_us")))
+    if get(d, "split_launch_2threads_us") is not None:
+        rows.append(Row("launch", "split launch of an empty kernel, 2 threads (native hand-off)",
+                        get(d, "split_launch_2threads_us"), "µs", "the same through a thread pool (futures), same run",
+                        get(d, "split_launch_2threads_pooled_us"),
+                        spread=spread(d, pair="split_launch_2threads_us_spread", unit="µs")))
+        rows.append(Row("launch", "split launch of an empty kernel, 2 threads vs 1 thread (one direct launch)",
+                        get(d, "split_launch_2threads_us"), "µs", "1 thread, same run",
+                        get(d, "split_launch_1thread_us")))
     return rows
 
 
