@@ -160,12 +160,14 @@ def handoff_wait(ctl: _ARR):
 
 
 # spin windows, in microseconds: how long a worker spins for the next job before it parks, and how
-# long the calling thread spins for a worker's completion before it sleeps. The worker's window is
-# short: its wake-up overlaps with the caller's own chunk, and a longer one only burns CPU (raster
-# iteration, 2 threads, alternating: 300 us 44.2-45.2 ms wall / 79 ms CPU, 30 us 43.2-44.2 / 70-75,
-# none 42.9-44.6 / 71-76); the caller's window saves its own wake-up at the end of every launch.
+# long the calling thread spins for a worker's completion before it sleeps. About twice what a
+# wake-up through a lock costs here (30-50 us): spinning longer than that can only save a wake-up
+# it already paid for in CPU (the classic spin-then-block rule). Measured on the raster iteration
+# (2 threads, alternating, wall / process CPU): worker window 300 us 44.2-45.2 ms / 79 ms, 30 us
+# 43.2-44.2 / 70-75, none 42.9-44.6 / 71-76; caller window 1 ms 39.5-42.4 / 71-74, 100 us
+# 41.3-41.8 / 68, none 40.8-43.5 / 67-71 (differences in wall within this host's noise).
 IDLE_US = 50.0
-WAIT_US = 1000.0
+WAIT_US = 100.0
 
 
 def _direct(kernel, args):
