@@ -139,24 +139,19 @@ def _wait(ctl: _ARR):
     ...
 
 
-@wp.kernel(enable_backward=False, module="unique")
-def handoff_worker_loop(ctl: _ARR):
-    _worker_loop(ctl)
+def _launchable(native, name: str):
+    """A dim-1 kernel ``name(ctl)`` that runs the native function ``native``."""
+    def kernel(ctl: _ARR):
+        native(ctl)
+
+    kernel.__name__ = kernel.__qualname__ = name
+    return wp.kernel(kernel, enable_backward=False, module="unique")
 
 
-@wp.kernel(enable_backward=False, module="unique")
-def handoff_finish(ctl: _ARR):
-    _finish(ctl)
-
-
-@wp.kernel(enable_backward=False, module="unique")
-def handoff_post(ctl: _ARR):
-    _post(ctl)
-
-
-@wp.kernel(enable_backward=False, module="unique")
-def handoff_wait(ctl: _ARR):
-    _wait(ctl)
+handoff_worker_loop = _launchable(_worker_loop, "handoff_worker_loop")
+handoff_finish = _launchable(_finish, "handoff_finish")
+handoff_post = _launchable(_post, "handoff_post")
+handoff_wait = _launchable(_wait, "handoff_wait")
 
 
 # spin windows, in microseconds: how long a worker spins for the next job before it parks, and how
