@@ -23,12 +23,12 @@ CPU note (measured on the 2-core dev machine): a Warp CPU launch runs on one thr
 :func:`parallel_launch` is the one split launch of diffvc: it splits a launch into
 :func:`split_chunks` (one per torch thread, each ``(start, count)``): the calling thread runs one
 and the package's launch workers the others, each chunk a direct call of the kernel's entry point
-prepared by the caller and handed to its worker in shared memory (``handoff``: native spinning
-for a short while on both sides, locks after that) (the kernel takes an ``offset: int`` first
-argument and uses ``wp.tid() + offset``). Warp's CPU atomics are *not* atomic across threads, so never split a kernel
-that accumulates into shared entries unless each chunk gets its own accumulation buffers
-(``inputs``/``outputs`` given as functions of the chunk index), and never split adjoint launches
-(they scatter with atomics).
+(the kernel takes an ``offset: int`` first argument and uses ``wp.tid() + offset``) prepared by
+the caller and handed to its worker in shared memory (``handoff``: native spinning for a short
+while on both sides, locks after that). Warp's CPU atomics are *not* atomic across threads, so
+never split a kernel that accumulates into shared entries unless each chunk gets its own
+accumulation buffers (``inputs``/``outputs`` given as functions of the chunk index), and never
+split adjoint launches (they scatter with atomics).
 
 Stream policy (CUDA): every Warp launch and every Warp-side build (BVHs) runs on torch's
 *current* CUDA stream (:func:`torch_stream`), so Warp work is ordered with the torch work around

@@ -113,7 +113,8 @@ while (LD(&c[%(DONE)d]) != seq) {
 """
 
 _FIELDS = dict(JOB=JOB, DONE=DONE, FN=FN, BOUNDS=BOUNDS, ARGS=ARGS, WSTATE=WSTATE, MSTATE=MSTATE, WRET=WRET,
-               MRET=MRET, IDLE=IDLE, WAIT=WAIT, PARKED=PARKED, WAKE_CALLER=WAKE_CALLER, PY_JOB=PY_JOB, CONTINUE=CONTINUE)
+               MRET=MRET, IDLE=IDLE, WAIT=WAIT, PARKED=PARKED, WAKE_CALLER=WAKE_CALLER, PY_JOB=PY_JOB,
+               CONTINUE=CONTINUE)
 
 
 _ARR = wp.array(dtype=wp.int64)
@@ -201,7 +202,7 @@ def spin_ns() -> float:
 
 
 class Worker:
-    """One launch worker: a daemon thread in :func:`worker_loop` with its control block.
+    """One launch worker: a daemon thread in ``handoff_worker_loop`` with its control block.
 
     The calling thread (one at a time: the bridge's ``_busy`` lock) posts a job with
     :meth:`post_call` (a direct call: entry point, bounds and argument struct addresses) or
