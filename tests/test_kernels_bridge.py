@@ -242,6 +242,26 @@ def test_split_launch_in_a_forked_child_after_the_parent_used_the_workers():
     finally:
         torch.set_num_threads(old)
 
+def test_split_launch_argument_conversion_equals_signature_and_parameter():
+    """The split launch's one-pass argument conversion gives what the recorded-launch path's
+    ``_sig`` and ``_to_param`` give: tensors (plain, vec/mat tagged, requiring grad,
+    non-contiguous: copied), Python and None scalars."""
+    from diffvc._kernels import bridge
+
+    nc = torch.rand(3, 4, dtype=torch.float64).t()
+    for x in (vec(torch.zeros(5, 3)), mat(torch.zeros(4, 3, 3)), nc, torch.zeros(3, requires_grad=True),
+              torch.zeros(2, 7, dtype=torch.int32), 2.5, True, 3, None):
+        keep1, keep2 = [], []
+        s1, p1 = bridge._sig(x, torch.float64), bridge._to_param(x, torch.float64, keep1)
+        s2, p2 = bridge._sig_param(x, torch.float64, keep2)
+        assert s1 == s2 and p1[1] == p2[1] and len(keep1) == len(keep2)
+        if isinstance(p1[0], bridge._ARRAY_T):
+            assert p1[0].shape[:] == p2[0].shape[:] and p1[0].strides[:] == p2[0].strides[:]
+            assert p2[0].data == keep2[0].data_ptr() and torch.equal(keep2[0], keep1[0])
+        else:
+            assert p1[0] == p2[0]
+
+
 def test_launch_workers_hand_off_through_every_path(monkeypatch):
     """The native hand-off (handoff.Worker) with spin windows so short that every split launch
     takes the slow paths too: the worker parks between launches and is woken through its lock, the

@@ -639,6 +639,24 @@ class _DirectCall:
 _SPLIT_DIRECT = [True]
 
 
+def _sig_param(x: Any, fdtype: torch.dtype, keep: list) -> tuple:
+    """``(_sig(x), _to_param(x))`` in one pass: the per-argument work of a split launch."""
+    if isinstance(x, torch.Tensor):
+        t, kind, trail = x, None, 0
+    elif isinstance(x, _Tagged):
+        t, kind = x.tensor, x.kind
+        trail = 1 if kind == "vec" else 2
+    else:
+        return _sig(x, fdtype), _to_param(x, fdtype, keep)
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    keep.append(t)
+    shape = t.shape
+    return (t.dtype, kind, len(shape), tuple(shape[len(shape) - trail:])), (_desc(t, kind), True)
+
+
 def _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, fdtype, keep) -> list | None:
     """The direct calls (:class:`_DirectCall`) of a split CPU launch's chunks, prepared; ``None``
     where a direct call does not apply (CUDA, or a recorded launch laid out unexpectedly)."""
@@ -647,7 +665,8 @@ def _split_calls(kernel, chunks, first_in, first_out, inputs, outputs, device, f
     cache = _launch_cache()
 
     def converted(a):
-        return tuple(_sig(x, fdtype) for x in a), [_to_param(x, fdtype, keep) for x in a]
+        both = [_sig_param(x, fdtype, keep) for x in a]
+        return tuple(sp[0] for sp in both), [sp[1] for sp in both]
 
     sig_in, par_in = converted(first_in)
     sig_out, par_out = converted(first_out)
