@@ -507,7 +507,7 @@ def split_chunks(n: int, device: torch.device | str, min_per_thread: int = 4096)
 
 def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequence[Any]],
                     outputs: Sequence[Any] | Callable[[int], Sequence[Any]] = (), device=None,
-                    min_per_thread: int = 4096) -> int:
+                    min_per_thread: int = 4096, ranges: Sequence[tuple[int, int]] | None = None) -> int:
     """Launch a 1-D ``kernel(offset, *inputs, *outputs)`` over ``n`` threads, split across CPU cores.
 
     ``inputs`` and ``outputs`` are torch tensors (optionally :func:`vec`/:func:`mat` tagged),
@@ -516,14 +516,21 @@ def parallel_launch(kernel, n: int, inputs: Sequence[Any] | Callable[[int], Sequ
     chunk its own arguments, e.g. private accumulation buffers, the way to split a kernel that
     accumulates (Warp's CPU atomics are not atomic across threads). Otherwise the kernel must write
     disjoint entries per thread. On CUDA, or when ``n`` is small, this is one launch with
-    ``offset=0`` on torch's current stream. Returns the number of chunks launched.
+    ``offset=0`` on torch's current stream. ``ranges``: on the CPU, the chunks' ``(start, count)``
+    thread ranges (non-empty) instead of :func:`split_chunks`, e.g. ranges of uneven length whose
+    writes the caller knows to be disjoint. Returns the number of chunks launched.
     """
     first_in = list(inputs(0) if callable(inputs) else inputs)
     first_out = list(outputs(0) if callable(outputs) else outputs)
     device = torch.device(device) if device is not None else _device_of(first_in + first_out)
     fdtype = _floating_dtype(first_in + first_out)
     wdev = warp_device(device)
-    chunks = split_chunks(n, device, min_per_thread)
+    if ranges is not None and device.type == "cpu":
+        chunks = [(int(a), int(c)) for a, c in ranges]
+        if not chunks or any(c <= 0 for _, c in chunks):
+            raise ValueError(f"ranges must be non-empty (start, count) pairs, got {ranges}")
+    else:
+        chunks = split_chunks(n, device, min_per_thread)
 
     def run(k: int) -> None:
         # through the per-thread recorded-launch cache (fast_launch): a chunk costs a replay, not a

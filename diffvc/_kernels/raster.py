@@ -1448,14 +1448,15 @@ def _add_pixel(out: wp.array(dtype=Any, ndim=4), b: int, py: int, px: int, c: in
 
 
 @wp.kernel
-def blend_sparse(found: wp.array(dtype=wp.int32), screen: wp.array(dtype=Any, ndim=3),
+def blend_sparse(offset: int, found: wp.array(dtype=wp.int32), screen: wp.array(dtype=Any, ndim=3),
                  faces: wp.array2d(dtype=wp.int32), pairs: wp.array(dtype=wp.int32, ndim=4),
                  color: wp.array(dtype=Any, ndim=4), ring: wp.array(dtype=Any), near: Any, perspective: int,
                  out: wp.array(dtype=Any, ndim=4)):
     """The forward of ``blend`` scattered per detected pair: ``out`` holds ``color`` on entry and
     gets the coverage moved across each pair ``found[i]`` (flat indices into ``pairs``) added to
-    its two pixels. Pairs sharing a pixel add into it: launch it as one (serial) CPU launch."""
-    lin = found[wp.tid()]
+    its two pixels. Pairs sharing a pixel add into it: split it only into ranges of pairs whose
+    pixels are disjoint (:func:`pair_ranges`)."""
+    lin = found[wp.tid() + offset]
     q4 = _pair_at(pairs, lin)
     b = q4[0]
     py = q4[1]
@@ -1488,15 +1489,16 @@ def _add_grad(g_color: wp.array(dtype=Any, ndim=4), g_ring: wp.array(dtype=Any),
 
 
 @wp.kernel
-def blend_sparse_adj(found: wp.array(dtype=wp.int32), screen: wp.array(dtype=Any, ndim=3),
+def blend_sparse_adj(offset: int, found: wp.array(dtype=wp.int32), screen: wp.array(dtype=Any, ndim=3),
                      faces: wp.array2d(dtype=wp.int32), pairs: wp.array(dtype=wp.int32, ndim=4),
                      color: wp.array(dtype=Any, ndim=4), ring: wp.array(dtype=Any), g_out: wp.array(dtype=Any, ndim=4),
                      near: Any, perspective: int, g_color: wp.array(dtype=Any, ndim=4), g_ring: wp.array(dtype=Any),
                      g_screen: wp.array(dtype=Any, ndim=3)):
     """Adjoint of :func:`blend_sparse` per pair: ``g_color`` holds ``g_out`` on entry (the identity
     part) and gets each pair's colour terms; ring pixels add to ``g_ring``; the blend weights'
-    gradient goes to ``g_screen`` (``_pair_geom_adj``). One (serial) CPU launch."""
-    lin = found[wp.tid()]
+    gradient goes to ``g_screen`` (``_pair_geom_adj``). Split as :func:`blend_sparse`, each range
+    with its own ``g_ring`` and ``g_screen``."""
+    lin = found[wp.tid() + offset]
     q4 = _pair_at(pairs, lin)
     b = q4[0]
     py = q4[1]
@@ -1876,8 +1878,10 @@ def _all_finite_cpu(t: torch.Tensor) -> bool:
 
 
 class _Blend(torch.autograd.Function):
-    """CPU: ``out = color`` (a copy) plus a serial scatter over the detected pairs only (they are
-    sparse: the silhouette outline, ~1% of the pixel pairs at 512^2), forward and adjoint.
+    """CPU: ``out = color`` (a copy) plus a scatter over the detected pairs only (they are sparse:
+    the silhouette outline, ~1% of the pixel pairs at 512^2), forward and adjoint, split over
+    threads into ranges of pairs with disjoint pixels (:func:`pair_ranges`; 100k-triangle torus at
+    512^2, 2 threads, alternating with the serial scatter: 2.4% and 3.1% less per iteration).
     CUDA: the dense per-pixel gather kernels (one thread per pixel, no atomics)."""
 
     @staticmethod
@@ -1902,7 +1906,13 @@ class _Blend(torch.autograd.Function):
             if not res["finite"]:
                 raise ValueError("color contains non-finite values (NaN or inf)")
             found, out = res["found"], torch.from_numpy(res["out"])
-            launch(blend_sparse, found.shape[0], [found, screen, faces, pairs, color, ring, near, perspective], [out])
+            ctx.ranges = pair_ranges(found, W, torch.get_num_threads())
+            ranges, tails = ctx.ranges
+            args = [found, screen, faces, pairs, color, ring, near, perspective]
+            if ranges:
+                parallel_launch(blend_sparse, found.shape[0], args, [out], ranges=ranges)  # offset: range start
+            for start, count in tails:  # pairs whose pixels neighbour two ranges: after them
+                launch(blend_sparse, count, [start] + args, [out])
         else:
             out = torch.empty_like(color)  # every entry written
             bad = torch.zeros(1, dtype=torch.int32, device=color.device)
@@ -1925,11 +1935,17 @@ class _Blend(torch.autograd.Function):
             import numpy as np
 
             g_color = torch.from_numpy(g.numpy().copy())
-            g_ring = cpu_zeros(ring.shape, ring)
-            g_screen = cpu_zeros(screen.shape, screen)
-            launch(blend_sparse_adj, found.shape[0], [found, screen, faces, pairs, color, ring, g, ctx.near,
-                                                      ctx.perspective], [g_color, g_ring, g_screen])
-            return g_color, g_screen, g_ring, None, None, None, None
+            ranges, tails = ctx.ranges
+            # one ring and screen gradient buffer per range (CPU atomics are not atomic across threads)
+            g_ring = [cpu_zeros(ring.shape, ring) for _ in range(max(len(ranges), 1))]
+            g_screen = [cpu_zeros(screen.shape, screen) for _ in range(max(len(ranges), 1))]
+            args = [found, screen, faces, pairs, color, ring, g, ctx.near, ctx.perspective]
+            if ranges:
+                parallel_launch(blend_sparse_adj, found.shape[0], args, lambda k: [g_color, g_ring[k], g_screen[k]],
+                                ranges=ranges)
+            for start, count in tails:
+                launch(blend_sparse_adj, count, [start] + args, [g_color, g_ring[0], g_screen[0]])
+            return g_color, chunk_sum(g_screen), chunk_sum(g_ring), None, None, None, None
         rows, n, mpt = pixel_launch(B, H + 2, W + 2, color.device)
         n_chunks = len(split_chunks(n, color.device, mpt))
         g_color = torch.empty_like(color)  # every entry written
@@ -1939,6 +1955,41 @@ class _Blend(torch.autograd.Function):
                                              ctx.perspective], lambda c: [g_color, g_ring[c], g_screen[c]],
                         device=color.device, min_per_thread=mpt)
         return g_color, chunk_sum(g_screen), chunk_sum(g_ring), None, None, None, None
+
+
+PAIRS_PER_THREAD = 1024  # fewest detected pairs per thread range of a split CPU blend
+
+
+def pair_ranges(found: torch.Tensor, W: int, threads: int) -> tuple[list, list]:
+    """Thread ranges ``(start, count)`` of the sorted detected pairs ``found`` (flat indices into the
+    (B, H + 1, W + 1, 2) pair grid) whose pixels are disjoint, and the ``tails`` to run after them.
+
+    A pair in padded row ``g`` (view-major) touches rows ``g`` and ``g + 1``; ranges end at a row
+    boundary ``R`` chosen to even out the pair counts, so consecutive ranges meet only through the
+    pairs of row ``R - 1``, which go to the tails. One range (all pairs) below ``PAIRS_PER_THREAD``
+    pairs per thread or with one thread."""
+    import numpy as np
+
+    n = int(found.shape[0])
+    if n == 0:
+        return [], []
+    if threads <= 1 or n < 2 * PAIRS_PER_THREAD:
+        return [(0, n)], []
+    threads = min(threads, n // PAIRS_PER_THREAD)
+    g = found.numpy() // (2 * (W + 1))
+    ranges, tails, start = [], [], 0
+    for k in range(1, threads):
+        r = int(g[k * n // threads])
+        last = max(int(np.searchsorted(g, r - 1, side="left")), start)  # first pair of row r - 1
+        nxt = max(int(np.searchsorted(g, r, side="left")), start)  # first pair of row r
+        if last > start:
+            ranges.append((start, last - start))
+        if nxt > last:
+            tails.append((last, nxt - last))
+        start = nxt
+    if n > start:
+        ranges.append((start, n - start))
+    return ranges, tails
 
 
 def blend_op(color, screen, ring, faces, pairs, near: float, perspective: int):

@@ -312,3 +312,51 @@ def test_validated_faces_are_remembered_until_either_tensor_changes():
     f[0, 0] = 9  # the input modified in place: validated again
     with pytest.raises(ValueError, match="faces"):
         check_faces(f, 4)
+
+
+def test_blend_split_over_threads_matches_one_thread(monkeypatch):
+    """The CPU blend over the detected pairs split into thread ranges with disjoint pixels (and the
+    pairs between two ranges run after them): values and gradients equal the 1-thread blend up to
+    rounding, and the ranges and tails cover every pair once with no pixel row shared by two ranges."""
+    import numpy as np
+
+    from diffvc._kernels import raster as K
+    from diffvc._kernels.raster import pair_ranges
+
+    monkeypatch.setattr(K, "PAIRS_PER_THREAD", 64)  # split this small render's pairs too
+    v, f = _mesh(4, seed=3)
+    cams = _cams(W=200, H=160)
+    col = torch.rand(v.shape[0], 3, dtype=D64, generator=torch.Generator().manual_seed(1))
+    topo = mesh_topology(f, v.shape[0])
+    old = torch.get_num_threads()
+    res = {}
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            vv = v.clone().requires_grad_()
+            cc = col.clone().requires_grad_()
+            fr = rasterize(cams, vv, f)
+            img = antialias(interpolate(cc, fr), fr, topo, background=0.25)
+            w = torch.cos(torch.arange(img.numel(), dtype=D64)).reshape(img.shape)
+            (img * w).sum().backward()
+            res[threads] = (img.detach(), vv.grad, cc.grad)
+    finally:
+        torch.set_num_threads(old)
+    for threads in (2, 3):
+        for a, b in zip(res[threads], res[1]):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    rng = np.random.default_rng(0)
+    W = 200
+    found = torch.from_numpy(np.unique(rng.integers(0, 3 * 161 * 201 * 2, 20_000)).astype(np.int32))
+    for threads in (2, 3, 7):
+        ranges, tails = pair_ranges(found, W, threads)
+        assert len(ranges) >= 2
+        cover = sorted(ranges + tails)
+        assert cover[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(cover, cover[1:]))
+        assert cover[-1][0] + cover[-1][1] == found.shape[0]
+        rows = [set() for _ in ranges]
+        for k, (a, n) in enumerate(ranges):
+            g = found[a:a + n].numpy() // (2 * (W + 1))
+            rows[k] = set(g.tolist()) | set((g + 1).tolist())  # the rows its pairs touch
+        assert all(not (rows[i] & rows[j]) for i in range(len(rows)) for j in range(i + 1, len(rows)))
