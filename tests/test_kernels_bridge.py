@@ -474,3 +474,22 @@ def test_legacy_launch_path_gives_the_same_values_and_gradients():
             y, n = _op(x, A, w)
             out.append((y, torch.autograd.grad(n.sum(), x)[0]))
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+def test_split_launch_over_explicit_ranges():
+    """``ranges=``: the chunks are the given (start, count) ranges (uneven lengths), each launched
+    once with its start as offset; empty or missing ranges are rejected naming the argument."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        n = 10_000
+        x = torch.rand(n, dtype=torch.float64)
+        y = torch.zeros(n, dtype=torch.float64)
+        launched = parallel_launch(_scaled_split, n, [x, 2.0], [y], ranges=[(0, 7_000), (7_000, 2_000)])
+        assert launched == 2
+        assert torch.equal(y[:9_000], 2.0 * x[:9_000]) and not bool(y[9_000:].any())
+        for bad in ([], [(0, 0)], [(0, 5), (5, -1)]):
+            with pytest.raises(ValueError, match="ranges"):
+                parallel_launch(_scaled_split, n, [x, 2.0], [y], ranges=bad)
+    finally:
+        torch.set_num_threads(old)
