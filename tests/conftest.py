@@ -4,7 +4,12 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Every test starts from seed 0 and leaves torch's thread count as it found it (tests of split
+    launches set their own)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -129,17 +129,13 @@ def test_split_launch_with_per_chunk_buffers_loses_no_adds():
     """The split launch covers every thread once, and per-chunk accumulation buffers (inputs given
     as a function of the chunk index) receive every atomic add: their sum is exactly n."""
     n = 200_001
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(4)
-        chunks = split_chunks(n, "cpu", min_per_thread=256)
-        assert len(chunks) == 4 and chunks[0][0] == 0 and sum(c for _, c in chunks) == n
-        assert split_chunks(100, "cpu", min_per_thread=256) == [(0, 100)]
-        seen = torch.zeros(n, dtype=torch.int32)
-        bufs = [torch.zeros(1, dtype=torch.float64) for _ in chunks]
-        launched = parallel_launch(_count_split, n, lambda k: [bufs[k]], [seen], min_per_thread=256)
-    finally:
-        torch.set_num_threads(old)
+    torch.set_num_threads(4)
+    chunks = split_chunks(n, "cpu", min_per_thread=256)
+    assert len(chunks) == 4 and chunks[0][0] == 0 and sum(c for _, c in chunks) == n
+    assert split_chunks(100, "cpu", min_per_thread=256) == [(0, 100)]
+    seen = torch.zeros(n, dtype=torch.int32)
+    bufs = [torch.zeros(1, dtype=torch.float64) for _ in chunks]
+    launched = parallel_launch(_count_split, n, lambda k: [bufs[k]], [seen], min_per_thread=256)
     assert launched == 4
     assert torch.equal(seen, torch.ones(n, dtype=torch.int32))
     assert sum(float(b) for b in bufs) == n
@@ -161,7 +157,6 @@ def test_split_launch_direct_calls_follow_new_shapes_scalars_and_buffers():
     launches from two Python threads at once both complete."""
     from diffvc._kernels import bridge
 
-    old = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
         for direct in (True, False, True):
@@ -201,7 +196,6 @@ def test_split_launch_direct_calls_follow_new_shapes_scalars_and_buffers():
         assert all(torch.equal(o, torch.full_like(o, 20.0)) for o in outs)
     finally:
         bridge._SPLIT_DIRECT[0] = True
-        torch.set_num_threads(old)
 
 
 def test_split_launch_in_a_forked_child_after_the_parent_used_the_workers():
@@ -211,36 +205,33 @@ def test_split_launch_in_a_forked_child_after_the_parent_used_the_workers():
     import os
     import time
 
-    old = torch.get_num_threads()
     torch.set_num_threads(2)
-    try:
-        y = torch.zeros(30_000, dtype=torch.float64)
-        for _ in range(3):
-            parallel_launch(_scaled_split, 30_000, [torch.ones_like(y), 1.0], [y], min_per_thread=1024)
-        pid = os.fork()
-        if pid == 0:  # child: exit code 0 when its split launches computed the right values
-            ok = False
-            try:
-                z = torch.zeros(30_000, dtype=torch.float64)
-                for _ in range(3):
-                    parallel_launch(_scaled_split, 30_000, [torch.ones_like(z), 2.0], [z], min_per_thread=1024)
-                ok = bool(torch.equal(z, torch.full_like(z, 6.0)))
-            finally:
-                os._exit(0 if ok else 1)
-        deadline = time.time() + 60
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.time() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child's split launch did not finish")
-            time.sleep(0.05)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        assert torch.equal(y, torch.full_like(y, 3.0))
-    finally:
-        torch.set_num_threads(old)
+    y = torch.zeros(30_000, dtype=torch.float64)
+    for _ in range(3):
+        parallel_launch(_scaled_split, 30_000, [torch.ones_like(y), 1.0], [y], min_per_thread=1024)
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 when its split launches computed the right values
+        ok = False
+        try:
+            z = torch.zeros(30_000, dtype=torch.float64)
+            for _ in range(3):
+                parallel_launch(_scaled_split, 30_000, [torch.ones_like(z), 2.0], [z], min_per_thread=1024)
+            ok = bool(torch.equal(z, torch.full_like(z, 6.0)))
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.time() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's split launch did not finish")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert torch.equal(y, torch.full_like(y, 3.0))
+
 
 def test_split_launch_argument_conversion_equals_signature_and_parameter():
     """The split launch's one-pass argument conversion gives what the recorded-launch path's
@@ -275,43 +266,39 @@ def test_launch_workers_hand_off_through_every_path(monkeypatch):
     monkeypatch.setattr(handoff, "IDLE_US", 0.01)
     monkeypatch.setattr(handoff, "WAIT_US", 0.01)
     monkeypatch.setattr(bridge, "_WORKERS", bridge._LaunchWorkers())
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        n = 300_001
-        x = torch.rand(n, dtype=torch.float64)
-        y = torch.zeros(n, dtype=torch.float64)
-        for i, pause in enumerate((0.0, 1e-5, 1e-3, 0.0, 2e-3, 1e-4) * 3):
-            parallel_launch(_scaled_split, n, [x, 1.0], [y], min_per_thread=1024)
-            torch.testing.assert_close(y, x * (i + 1), rtol=1e-12, atol=0)
-            time.sleep(pause)
-        hits = []
-
-        def job(k):
-            def run():
-                time.sleep(1e-3 * k)
-                hits.append(k)
-            return run
-
-        for _ in range(5):
-            hits.clear()
-            bridge.run_split([job(k) for k in range(5)])
-            assert sorted(hits) == list(range(5))
-
-        def fail():
-            time.sleep(2e-3)
-            raise KeyError("chunk")
-
-        with pytest.raises(KeyError):
-            bridge.run_split([lambda: None, fail, lambda: None])
+    torch.set_num_threads(3)
+    n = 300_001
+    x = torch.rand(n, dtype=torch.float64)
+    y = torch.zeros(n, dtype=torch.float64)
+    for i, pause in enumerate((0.0, 1e-5, 1e-3, 0.0, 2e-3, 1e-4) * 3):
         parallel_launch(_scaled_split, n, [x, 1.0], [y], min_per_thread=1024)
-        torch.testing.assert_close(y, x * 19, rtol=1e-12, atol=0)
-        workers = bridge._WORKERS._workers
-        assert len(workers) == 2 and all(w.thread.is_alive() for w in workers)
-        # each worker parked and was woken through its lock, and the caller slept on each one
-        assert all(w.parks > 0 and w.sleeps > 0 for w in workers)
-    finally:
-        torch.set_num_threads(old)
+        torch.testing.assert_close(y, x * (i + 1), rtol=1e-12, atol=0)
+        time.sleep(pause)
+    hits = []
+
+    def job(k):
+        def run():
+            time.sleep(1e-3 * k)
+            hits.append(k)
+        return run
+
+    for _ in range(5):
+        hits.clear()
+        bridge.run_split([job(k) for k in range(5)])
+        assert sorted(hits) == list(range(5))
+
+    def fail():
+        time.sleep(2e-3)
+        raise KeyError("chunk")
+
+    with pytest.raises(KeyError):
+        bridge.run_split([lambda: None, fail, lambda: None])
+    parallel_launch(_scaled_split, n, [x, 1.0], [y], min_per_thread=1024)
+    torch.testing.assert_close(y, x * 19, rtol=1e-12, atol=0)
+    workers = bridge._WORKERS._workers
+    assert len(workers) == 2 and all(w.thread.is_alive() for w in workers)
+    # each worker parked and was woken through its lock, and the caller slept on each one
+    assert all(w.parks > 0 and w.sleeps > 0 for w in workers)
 
 
 def test_process_exits_cleanly_right_after_a_split_launch():
@@ -479,17 +466,13 @@ def test_legacy_launch_path_gives_the_same_values_and_gradients():
 def test_split_launch_over_explicit_ranges():
     """``ranges=``: the chunks are the given (start, count) ranges (uneven lengths), each launched
     once with its start as offset; empty or missing ranges are rejected naming the argument."""
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        n = 10_000
-        x = torch.rand(n, dtype=torch.float64)
-        y = torch.zeros(n, dtype=torch.float64)
-        launched = parallel_launch(_scaled_split, n, [x, 2.0], [y], ranges=[(0, 7_000), (7_000, 2_000)])
-        assert launched == 2
-        assert torch.equal(y[:9_000], 2.0 * x[:9_000]) and not bool(y[9_000:].any())
-        for bad in ([], [(0, 0)], [(0, 5), (5, -1)]):
-            with pytest.raises(ValueError, match="ranges"):
-                parallel_launch(_scaled_split, n, [x, 2.0], [y], ranges=bad)
-    finally:
-        torch.set_num_threads(old)
+    torch.set_num_threads(2)
+    n = 10_000
+    x = torch.rand(n, dtype=torch.float64)
+    y = torch.zeros(n, dtype=torch.float64)
+    launched = parallel_launch(_scaled_split, n, [x, 2.0], [y], ranges=[(0, 7_000), (7_000, 2_000)])
+    assert launched == 2
+    assert torch.equal(y[:9_000], 2.0 * x[:9_000]) and not bool(y[9_000:].any())
+    for bad in ([], [(0, 0)], [(0, 5), (5, -1)]):
+        with pytest.raises(ValueError, match="ranges"):
+            parallel_launch(_scaled_split, n, [x, 2.0], [y], ranges=bad)

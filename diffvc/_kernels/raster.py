@@ -1932,8 +1932,6 @@ class _Blend(torch.autograd.Function):
         if found is not None:
             release_omp_workers()  # the backward chain starts after the loss's torch ops
             g = contiguous(g_out)
-            import numpy as np
-
             g_color = torch.from_numpy(g.numpy().copy())
             ranges, tails = ctx.ranges
             # one ring and screen gradient buffer per range (CPU atomics are not atomic across threads)

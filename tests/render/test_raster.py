@@ -328,20 +328,16 @@ def test_blend_split_over_threads_matches_one_thread(monkeypatch):
     cams = _cams(W=200, H=160)
     col = torch.rand(v.shape[0], 3, dtype=D64, generator=torch.Generator().manual_seed(1))
     topo = mesh_topology(f, v.shape[0])
-    old = torch.get_num_threads()
     res = {}
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            vv = v.clone().requires_grad_()
-            cc = col.clone().requires_grad_()
-            fr = rasterize(cams, vv, f)
-            img = antialias(interpolate(cc, fr), fr, topo, background=0.25)
-            w = torch.cos(torch.arange(img.numel(), dtype=D64)).reshape(img.shape)
-            (img * w).sum().backward()
-            res[threads] = (img.detach(), vv.grad, cc.grad)
-    finally:
-        torch.set_num_threads(old)
+    for threads in (1, 2, 3):  # (the suite's autouse fixture restores the thread count)
+        torch.set_num_threads(threads)
+        vv = v.clone().requires_grad_()
+        cc = col.clone().requires_grad_()
+        fr = rasterize(cams, vv, f)
+        img = antialias(interpolate(cc, fr), fr, topo, background=0.25)
+        w = torch.cos(torch.arange(img.numel(), dtype=D64)).reshape(img.shape)
+        (img * w).sum().backward()
+        res[threads] = (img.detach(), vv.grad, cc.grad)
     for threads in (2, 3):
         for a, b in zip(res[threads], res[1]):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
