@@ -226,12 +226,36 @@ def _row_span(ax: Any, ay: Any, k: wp.float64, side: int, py: Any, r: wp.vec2i):
     return r
 
 
+@wp.func
+def _facing(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, perspective: int):
+    """+1 / -1: orientation of face f towards the camera of view b. The sign of the projected area,
+    flipped once per vertex behind the camera in perspective views (the projected area is the
+    camera-space orientation divided by d0 d1 d2)."""
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    a = _edge(screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], screen[b, i2, 0], screen[b, i2, 1])
+    z = a - a
+    s = wp.where(a > z, 1, -1)
+    if perspective != 0:
+        if screen[b, i0, 2] < z:
+            s = -s
+        if screen[b, i1, 2] < z:
+            s = -s
+        if screen[b, i2, 2] < z:
+            s = -s
+    return s
+
+
 @wp.kernel
 def tri_setup(offset: int, blk: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any,
-              perspective: int, H: int, W: int, box: wp.array(dtype=wp.int32, ndim=3)):
+              perspective: int, H: int, W: int, box: wp.array(dtype=wp.int32, ndim=3),
+              facing: wp.array2d(dtype=wp.int32)):
     """Per (view, face): the inclusive pixel-centre ranges (x_lo, x_hi, y_lo, y_hi) of the drawn
     triangle's clipped box (``_tri_box``), or an empty range (0, -1, 0, -1) when it is not drawn
-    (``_tri_ok``). Computed once per call and read by the binning and coverage kernels."""
+    (``_tri_ok``). Computed once per call and read by the binning and coverage kernels. Also the
+    face's orientation ``facing[b, f]`` (``_facing``, as :func:`face_facing`; kept for antialias:
+    the face's vertices are loaded here anyway)."""
     j = wp.tid() + offset
     F = faces.shape[0]
     for t in range(j * blk, wp.min(j * blk + blk, box.shape[0] * F)):  # a block of faces per thread (face_launch)
@@ -244,6 +268,7 @@ def tri_setup(offset: int, blk: int, screen: wp.array(dtype=Any, ndim=3), faces:
         box[b, f, 1] = r[1]
         box[b, f, 2] = r[2]
         box[b, f, 3] = r[3]
+        facing[b, f] = _facing(screen, faces, b, f, perspective)
 
 
 @wp.kernel
@@ -534,27 +559,6 @@ def interpolate_attr(offset: int, rows: int, attr: wp.array(dtype=Any, ndim=3), 
             zero = type(attr[0, 0, 0])(0.0)
             for c in range(C):
                 out[b, y, x, c] = zero
-
-
-@wp.func
-def _facing(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), b: int, f: int, perspective: int):
-    """+1 / -1: orientation of face f towards the camera of view b. The sign of the projected area,
-    flipped once per vertex behind the camera in perspective views (the projected area is the
-    camera-space orientation divided by d0 d1 d2)."""
-    i0 = faces[f, 0]
-    i1 = faces[f, 1]
-    i2 = faces[f, 2]
-    a = _edge(screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], screen[b, i2, 0], screen[b, i2, 1])
-    z = a - a
-    s = wp.where(a > z, 1, -1)
-    if perspective != 0:
-        if screen[b, i0, 2] < z:
-            s = -s
-        if screen[b, i1, 2] < z:
-            s = -s
-        if screen[b, i2, 2] < z:
-            s = -s
-    return s
 
 
 @wp.func

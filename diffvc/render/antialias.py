@@ -225,12 +225,14 @@ def antialias(color: torch.Tensor, frags: Fragments, topology: MeshTopology | No
     if backend == "warp":
         F = frags.faces.shape[0]
         dev = color.device
-        facing = torch.empty((B, F), dtype=torch.int32, device=dev)
         has_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
         entry = torch.empty((B, F, 4), dtype=torch.int32, device=dev)
         near_sil = torch.empty((B, F), dtype=torch.int32, device=dev)
         blk, n_f, mpt = K.face_launch(B * F, dev)
-        parallel_launch(K.face_facing, n_f, [blk, screen, frags.faces, persp], [facing], min_per_thread=mpt)
+        facing = getattr(frags, "_facing", None)  # from rasterize's coverage pass (rasterize._fragments)
+        if facing is None:
+            facing = torch.empty((B, F), dtype=torch.int32, device=dev)
+            parallel_launch(K.face_facing, n_f, [blk, screen, frags.faces, persp], [facing], min_per_thread=mpt)
         parallel_launch(K.face_has_silhouette, n_f, [blk, screen, frags.faces, topology.neighbors, facing, near, persp],
                         [has_sil, entry], min_per_thread=mpt)
         vert_sil = K.cpu_zeros((B, frags.screen.shape[1]), facing)

@@ -228,31 +228,39 @@ def _rasterize(screen, faces, H, W, perspective, near, backend, tile) -> Fragmen
     if faces.device != screen.device:
         raise ValueError(f"faces is on {faces.device} but screen is on {screen.device}")
     B = screen.shape[0]
+    facing = None
     if faces.shape[0] == 0:
         face_id = torch.full((B, H, W), -1, dtype=torch.int32, device=screen.device)
     elif backend == "warp":
-        face_id = _face_ids_warp(screen.detach(), faces, H, W, perspective, near, tile)
+        facing = torch.empty((B, faces.shape[0]), dtype=torch.int32, device=screen.device)  # every entry written
+        face_id = _face_ids_warp(screen.detach(), faces, H, W, perspective, near, tile, facing=facing)
     else:
         face_id = face_ids_torch(screen.detach(), faces, H, W, perspective, near)
     if backend == "warp" and faces.shape[0] > 0:
         bary, depth = K.barycentrics_op(screen, faces, face_id, int(perspective))
     else:
         bary, depth = barycentrics_torch(screen, faces, face_id, perspective)
-    return _fragments(face_id, bary, depth, screen, faces, bool(perspective), float(near))
+    return _fragments(face_id, bary, depth, screen, faces, bool(perspective), float(near), facing=facing)
 
 
-def _fragments(*values) -> Fragments:
+def _fragments(*values, facing=None) -> Fragments:
     """A :class:`Fragments` of the rasterizer's own output, without re-validating it (every field
-    was checked or produced by the kernels: a hot path at 512^2 and up)."""
+    was checked or produced by the kernels: a hot path at 512^2 and up). ``facing``: the (B, F)
+    face orientations the Warp coverage pass computed (``tri_setup``), kept on this object only
+    (``_facing``) for :func:`antialias`; a Fragments built any other way (the constructor,
+    ``dataclasses.replace``) has none and antialias computes them from its ``screen``."""
     obj = object.__new__(Fragments)
     for f, v in zip(("face_id", "bary", "depth", "screen", "faces", "perspective", "near"), values):
         object.__setattr__(obj, f, v)
+    if facing is not None:
+        object.__setattr__(obj, "_facing", facing)
     return obj
 
 
-def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
+def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None, facing=None):
     """Warp coverage pass. ``layout``: ``"tiles"`` (one thread per tile; CPU default) or
-    ``"pixels"`` (one thread per pixel; CUDA default)."""
+    ``"pixels"`` (one thread per pixel; CUDA default). ``facing``: an optional (B, F) int32 tensor
+    that receives each face's orientation towards the camera (+1 / -1, ``K.face_facing``'s)."""
     B, F = screen.shape[0], faces.shape[0]
     dev = screen.device
     tile = int(tile or 16)
@@ -264,7 +272,10 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None):
     # fills from its own cursors, which start where its faces go in each tile's list (face order)
     box = torch.empty((B, F, 4), dtype=torch.int32, device=dev)  # every entry written
     blk, n_f, mpt = K.face_launch(B * F, dev)
-    parallel_launch(K.tri_setup, n_f, [blk, screen, faces, near, int(perspective), H, W], [box], min_per_thread=mpt)
+    if facing is None:
+        facing = torch.empty((B, F), dtype=torch.int32, device=dev)
+    parallel_launch(K.tri_setup, n_f, [blk, screen, faces, near, int(perspective), H, W], [box, facing],
+                    min_per_thread=mpt)
     n_chunks = len(split_chunks(n_f, dev, mpt))
     counts = K.cpu_zeros((n_chunks, nt), faces)
     bin_args = [blk, box, tile, tx, ty]

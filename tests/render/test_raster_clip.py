@@ -133,3 +133,40 @@ def test_vertex_on_camera_plane_is_finite(backend):
     assert torch.isfinite(img).all() and torch.isfinite(fr.depth).all()
     (img.sum() + fr.depth.sum()).backward()
     assert torch.isfinite(verts.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_face_orientations_kept_by_rasterize_match_antialias_own(dtype):
+    """rasterize's coverage pass keeps each face's orientation for antialias (``_facing``, from
+    ``tri_setup``): equal to antialias's own ``face_facing`` pass, also for faces with vertices
+    behind the camera, and antialias gives the same image and gradients with or without it."""
+    import dataclasses
+
+    from diffvc._kernels import parallel_launch
+    from diffvc._kernels import raster as RK
+    from diffvc.render import antialias, mesh_topology
+
+    cam = _standing_cam(W=64, H=48, dtype=dtype)
+    v, f = plane(size=20.0, resolution=3, dtype=dtype)  # crossing, behind and ordinary cells
+    g = torch.Generator().manual_seed(2)
+    v = v + 0.05 * torch.randn(v.shape, generator=g).to(dtype)
+    f = torch.where(torch.arange(f.shape[0])[:, None] % 3 == 0, f[:, [0, 2, 1]], f)  # both orientations
+    attr = torch.rand(v.shape[0], 3, generator=g).to(dtype)
+    topo = mesh_topology(f, v.shape[0])
+    fr = rasterize(cam, v, f)
+    kept = fr._facing
+    screen = fr.screen.detach().contiguous()
+    assert bool((screen[0, :, 2] < 0).any()) and bool((screen[0, :, 2] > 0).any())
+    own = torch.empty_like(kept)
+    blk, n_f, mpt = RK.face_launch(f.shape[0], "cpu")
+    parallel_launch(RK.face_facing, n_f, [blk, screen, fr.faces, 1], [own], min_per_thread=mpt)
+    assert torch.equal(kept, own)
+    assert bool((kept > 0).any()) and bool((kept < 0).any())
+    outs = []
+    for frags in (fr, dataclasses.replace(fr)):
+        assert hasattr(frags, "_facing") == (frags is fr)
+        c = attr.clone().requires_grad_()
+        img = antialias(interpolate(c, frags), frags, topo)
+        img.sum().backward()
+        outs.append((img.detach(), c.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
