@@ -13,10 +13,11 @@ barycentrics of the ORIGINAL triangle, computed from the projected vertices, whi
 meaningful for vertices behind the camera, are all >= 0 and the hit depth exceeds ``near``);
 its bins come from the clipped polygon's screen box (``_tri_box``).
 
-Binning (``tri_setup``: each triangle's clipped pixel box once, then ``bin_count`` and ``bin_fill``) writes, per view and tile, the list of triangles whose
-pixel bounding box touches the tile, in face order. Both accumulate: split over CPU threads,
-each thread range counts into its own row of counts and fills from its own cursors (which start
-where its faces go in each list); on CUDA one launch with atomics (list order then varies, the
+Binning (``tri_setup``: each triangle's clipped pixel box once and the per-tile counts, then
+``bin_fill``) writes, per view and tile, the list of triangles whose pixel bounding box touches
+the tile, in face order. Both accumulate: split over CPU threads, each thread range counts into
+its own row of counts and fills from its own cursors (which start where its faces go in each
+list); on CUDA one launch with atomics (list order then varies, the
 results do not: ties in the depth test go to the lower face id). ``raster_tiles`` (CPU: one
 thread per tile, threads write disjoint pixels, safe to split over cores) and ``raster_pixels``
 (CUDA: one thread per pixel) give identical results.
@@ -249,13 +250,15 @@ def _facing(screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int3
 
 @wp.kernel
 def tri_setup(offset: int, blk: int, screen: wp.array(dtype=Any, ndim=3), faces: wp.array2d(dtype=wp.int32), near: Any,
-              perspective: int, H: int, W: int, box: wp.array(dtype=wp.int32, ndim=3),
-              facing: wp.array2d(dtype=wp.int32)):
+              perspective: int, H: int, W: int, tile: int, tiles_x: int, tiles_y: int,
+              box: wp.array(dtype=wp.int32, ndim=3), facing: wp.array2d(dtype=wp.int32),
+              counts: wp.array(dtype=wp.int32)):
     """Per (view, face): the inclusive pixel-centre ranges (x_lo, x_hi, y_lo, y_hi) of the drawn
     triangle's clipped box (``_tri_box``), or an empty range (0, -1, 0, -1) when it is not drawn
-    (``_tri_ok``). Computed once per call and read by the binning and coverage kernels. Also the
-    face's orientation ``facing[b, f]`` (``_facing``, as :func:`face_facing`; kept for antialias:
-    the face's vertices are loaded here anyway)."""
+    (``_tri_ok``), read by ``bin_fill`` and the coverage kernels; the first binning pass: counts
+    the faces whose box touches each tile (accumulates: give each CPU thread range its own
+    ``counts``). Also the face's orientation ``facing[b, f]`` (``_facing``, as
+    :func:`face_facing`; kept for antialias: the face's vertices are loaded here anyway)."""
     j = wp.tid() + offset
     F = faces.shape[0]
     for t in range(j * blk, wp.min(j * blk + blk, box.shape[0] * F)):  # a block of faces per thread (face_launch)
@@ -264,32 +267,16 @@ def tri_setup(offset: int, blk: int, screen: wp.array(dtype=Any, ndim=3), faces:
         r = wp.vec4i(0, -1, 0, -1)
         if _tri_ok(screen, faces, b, f, near, perspective):
             r = _tri_box(screen, faces, b, f, near, W, H)
+        if r[0] <= r[1] and r[2] <= r[3]:  # (a drawn face may cover no pixel centre)
+            base = b * tiles_x * tiles_y
+            for ty in range(r[2] // tile, r[3] // tile + 1):
+                for tx in range(r[0] // tile, r[1] // tile + 1):
+                    wp.atomic_add(counts, base + ty * tiles_x + tx, 1)
         box[b, f, 0] = r[0]
         box[b, f, 1] = r[1]
         box[b, f, 2] = r[2]
         box[b, f, 3] = r[3]
         facing[b, f] = _facing(screen, faces, b, f, perspective)
-
-
-@wp.kernel
-def bin_count(offset: int, blk: int, box: wp.array(dtype=wp.int32, ndim=3), tile: int, tiles_x: int, tiles_y: int,
-              counts: wp.array(dtype=wp.int32)):
-    """Counts the drawn triangles whose clipped pixel box (``tri_setup``) touches each tile
-    (accumulates: give each CPU thread range its own ``counts``)."""
-    j = wp.tid() + offset
-    F = box.shape[1]
-    for t in range(j * blk, wp.min(j * blk + blk, box.shape[0] * F)):  # a block of faces per thread (face_launch)
-        b = t // F
-        f = t - b * F
-        x0 = box[b, f, 0]
-        x1 = box[b, f, 1]
-        y0 = box[b, f, 2]
-        y1 = box[b, f, 3]
-        if x0 <= x1 and y0 <= y1:
-            base = b * tiles_x * tiles_y
-            for ty in range(y0 // tile, y1 // tile + 1):
-                for tx in range(x0 // tile, x1 // tile + 1):
-                    wp.atomic_add(counts, base + ty * tiles_x + tx, 1)
 
 
 @wp.kernel
@@ -1742,7 +1729,7 @@ FACE_BLOCK = 64  # (view, face) items per CPU thread of the per-face kernels
 
 
 def face_launch(n: int, device) -> tuple[int, int, int]:
-    """How a per-face kernel (``tri_setup``, ``bin_count``, ``bin_fill``, the silhouette flags) is
+    """How a per-face kernel (``tri_setup``, ``bin_fill``, the silhouette flags) is
     launched over ``n`` (view, face) items: ``(blk, threads, min_per_thread)`` for
     ``parallel_launch(kernel, threads, [blk, ...], min_per_thread=...)``. On the CPU a thread takes
     a block of ``FACE_BLOCK`` consecutive items (a Warp CPU thread costs ~10 ns of launch overhead:

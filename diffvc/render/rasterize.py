@@ -274,12 +274,11 @@ def _face_ids_warp(screen, faces, H, W, perspective, near, tile, layout=None, fa
     blk, n_f, mpt = K.face_launch(B * F, dev)
     if facing is None:
         facing = torch.empty((B, F), dtype=torch.int32, device=dev)
-    parallel_launch(K.tri_setup, n_f, [blk, screen, faces, near, int(perspective), H, W], [box, facing],
-                    min_per_thread=mpt)
     n_chunks = len(split_chunks(n_f, dev, mpt))
     counts = K.cpu_zeros((n_chunks, nt), faces)
+    parallel_launch(K.tri_setup, n_f, [blk, screen, faces, near, int(perspective), H, W, tile, tx, ty],
+                    lambda c: [box, facing, counts[c]], min_per_thread=mpt)
     bin_args = [blk, box, tile, tx, ty]
-    parallel_launch(K.bin_count, n_f, bin_args, lambda c: [counts[c]], min_per_thread=mpt)
     ends = torch.cumsum(counts.t().reshape(-1), 0, dtype=torch.int32)  # tile-major, then chunk
     starts = torch.zeros(nt + 1, dtype=torch.int32, device=dev)
     starts[1:] = ends.reshape(nt, n_chunks)[:, -1]
