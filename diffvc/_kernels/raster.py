@@ -1752,6 +1752,39 @@ def pixel_launch(B: int, H: int, W: int, device) -> tuple[int, int, int]:
     return 0, B * H * W, 4096
 
 
+ROW_BACKGROUND_COST = 0.1  # a background pixel's cost in the per-pixel kernels, relative to a covered one
+_ROW_RANGES: dict = {}  # (face_id pointer, version, shape, chunks) -> balanced row ranges (row_ranges)
+
+
+def row_ranges(face_id: torch.Tensor, n: int, min_per_thread: int) -> list | None:
+    """Thread ranges ``(start, count)`` of image rows (view-major, ``n = B * H``) for a split CPU
+    launch of a per-pixel kernel (:func:`pixel_launch`, one thread per row), as many as
+    :func:`split_chunks` gives, each with about the same work: covered pixels (``face_id >= 0``)
+    plus ``ROW_BACKGROUND_COST`` per background pixel. Equal row counts leave the range with the
+    nearer (larger) part of a mesh much more to do (100k-triangle torus at 512^2, 2 threads: the
+    worker's half of the barycentrics adjoint took ~1.5x the caller's). ``None`` when the launch
+    is not split (one range, or CUDA). Kept for the last few ``face_id`` tensors (the forward and
+    adjoint kernels of one frame use the same ranges; a stale entry could only cost balance, any
+    partition of the rows is correct)."""
+    chunks = split_chunks(n, face_id.device, min_per_thread)
+    if len(chunks) == 1:
+        return None
+    key = (face_id.data_ptr(), face_id._version, tuple(face_id.shape), len(chunks))
+    hit = _ROW_RANGES.get(key)
+    if hit is not None:
+        return hit
+    import numpy as np
+
+    W = face_id.shape[-1]
+    work = np.cumsum(np.count_nonzero(face_id.numpy().reshape(n, W) >= 0, axis=1) + ROW_BACKGROUND_COST * W)
+    cuts = [0] + [int(np.searchsorted(work, work[-1] * k / len(chunks))) for k in range(1, len(chunks))] + [n]
+    ranges = [(a, b - a) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    if len(_ROW_RANGES) >= 8:
+        _ROW_RANGES.clear()
+    _ROW_RANGES[key] = ranges
+    return ranges
+
+
 class _Barycentrics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, screen, faces, face_id, perspective):
@@ -1759,7 +1792,8 @@ class _Barycentrics(torch.autograd.Function):
         bary = torch.empty((B, H, W, 3), dtype=screen.dtype, device=screen.device)  # every entry written
         depth = torch.empty((B, H, W), dtype=screen.dtype, device=screen.device)
         rows, n, mpt = pixel_launch(B, H, W, screen.device)
-        parallel_launch(barycentrics, n, [rows, screen, faces, face_id, perspective], [bary, depth], min_per_thread=mpt)
+        parallel_launch(barycentrics, n, [rows, screen, faces, face_id, perspective], [bary, depth], min_per_thread=mpt,
+                        ranges=row_ranges(face_id, n, mpt) if rows else None)
         ctx.perspective = perspective
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None: a lazily zeroed buffer here
         ctx.save_for_backward(screen, faces, face_id, bary)
@@ -1774,12 +1808,12 @@ class _Barycentrics(torch.autograd.Function):
         g_bary = bary.new_zeros((1, 1, 1, 3)) if g_bary is None else contiguous(g_bary)
         g_depth = screen.new_zeros((1, 1, 1)) if g_depth is None else contiguous(g_depth)
         rows, n, mpt = pixel_launch(B, H, W, screen.device)
-        n_chunks = len(split_chunks(n, screen.device, mpt))
-        bufs = [cpu_zeros(screen.shape, screen) for _ in range(n_chunks)]
+        ranges = row_ranges(face_id, n, mpt) if rows else None
+        bufs = [cpu_zeros(screen.shape, screen) for _ in range(len(ranges) if ranges else 1)]
         # one gradient buffer per chunk of the split launch (CPU atomics are not atomic across threads)
         parallel_launch(barycentrics_adj, n,
                         [rows, screen, faces, face_id, ctx.perspective, bary, g_bary, g_depth, grads],
-                        lambda c: [bufs[c]], device=screen.device, min_per_thread=mpt)
+                        lambda c: [bufs[c]], device=screen.device, min_per_thread=mpt, ranges=ranges)
         return chunk_sum(bufs), None, None, None
 
 
@@ -1789,7 +1823,8 @@ class _Interpolate(torch.autograd.Function):
         B, H, W = face_id.shape
         out = torch.empty((B, H, W, attr.shape[2]), dtype=attr.dtype, device=attr.device)  # every entry written
         rows, n, mpt = pixel_launch(B, H, W, attr.device)
-        parallel_launch(interpolate_attr, n, [rows, attr, faces, face_id, bary], [out], min_per_thread=mpt)
+        parallel_launch(interpolate_attr, n, [rows, attr, faces, face_id, bary], [out], min_per_thread=mpt,
+                        ranges=row_ranges(face_id, n, mpt) if rows else None)
         ctx.save_for_backward(attr, faces, face_id, bary)
         return out
 
@@ -1799,11 +1834,11 @@ class _Interpolate(torch.autograd.Function):
         B, H, W = face_id.shape
         need_attr = bool(ctx.needs_input_grad[0])
         rows, n, mpt = pixel_launch(B, H, W, attr.device)
-        n_chunks = len(split_chunks(n, attr.device, mpt))
+        ranges = row_ranges(face_id, n, mpt) if rows else None
         g_bary = torch.empty_like(bary)  # every entry written
-        bufs = [cpu_zeros(attr.shape if need_attr else (1, 1, 1), attr) for _ in range(n_chunks)]
+        bufs = [cpu_zeros(attr.shape if need_attr else (1, 1, 1), attr) for _ in range(len(ranges) if ranges else 1)]
         parallel_launch(interpolate_adj, n, [rows, attr, faces, face_id, bary, contiguous(g_out), int(need_attr)],
-                        lambda c: [bufs[c], g_bary], device=attr.device, min_per_thread=mpt)
+                        lambda c: [bufs[c], g_bary], device=attr.device, min_per_thread=mpt, ranges=ranges)
         return (chunk_sum(bufs) if need_attr else None), None, None, g_bary
 
 

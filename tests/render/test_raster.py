@@ -356,3 +356,28 @@ def test_blend_split_over_threads_matches_one_thread(monkeypatch):
             g = found[a:a + n].numpy() // (2 * (W + 1))
             rows[k] = set(g.tolist()) | set((g + 1).tolist())  # the rows its pairs touch
         assert all(not (rows[i] & rows[j]) for i in range(len(rows)) for j in range(i + 1, len(rows)))
+
+
+def test_row_ranges_partition_the_rows_by_covered_work():
+    """The per-pixel kernels' split over threads: contiguous row ranges that cover every image row
+    once, each with about the same covered-pixel work (one row's worth), not the same row count;
+    None when the launch is not split."""
+    from diffvc._kernels import raster as K
+
+    B, H, W = 2, 100, 64
+    face_id = torch.full((B, H, W), -1, dtype=torch.int32)
+    face_id[0, 70:] = 5  # view 0: only its bottom 30 rows covered
+    face_id[1, :, :8] = 3  # view 1: a narrow covered strip on every row
+    cov = (face_id >= 0).sum(-1).reshape(-1).double() + K.ROW_BACKGROUND_COST * W
+    for threads in (2, 3, 5):
+        torch.set_num_threads(threads)  # (the suite's autouse fixture restores the thread count)
+        ranges = K.row_ranges(face_id, B * H, 8)
+        assert len(ranges) == threads
+        assert ranges[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))
+        assert ranges[-1][0] + ranges[-1][1] == B * H and all(n > 0 for _, n in ranges)
+        work = torch.stack([cov[a:a + n].sum() for a, n in ranges])
+        assert float(work.max() - work.min()) <= 2 * float(cov.max()), (ranges, work)
+        counts = [n for _, n in ranges]
+        assert max(counts) - min(counts) > 10  # not an equal split of the rows
+    torch.set_num_threads(2)
+    assert K.row_ranges(face_id, B * H, 4096) is None  # too few rows per thread: one launch
