@@ -17,10 +17,10 @@ Binning (``tri_setup``: each triangle's clipped pixel box once and the per-tile 
 ``bin_fill``) writes, per view and tile, the list of triangles whose pixel bounding box touches
 the tile, in face order. Both accumulate: split over CPU threads, each thread range counts into
 its own row of counts and fills from its own cursors (which start where its faces go in each
-list); on CUDA one launch with atomics (list order then varies, the
-results do not: ties in the depth test go to the lower face id). ``raster_tiles`` (CPU: one
-thread per tile, threads write disjoint pixels, safe to split over cores) and ``raster_pixels``
-(CUDA: one thread per pixel) give identical results.
+list); on CUDA one launch with atomics (list order then varies, the results do not: ties in the
+depth test go to the lower face id). ``raster_tiles`` (CPU: one thread per tile, threads write
+disjoint pixels, safe to split over cores) and ``raster_pixels`` (CUDA: one thread per pixel)
+give identical results.
 
 Antialiasing (``silhouette_pairs``, see :mod:`diffvc.render.antialias`): per pixel pair the
 silhouette edge between them, searched in the vertex fan of the face seen at a pixel, then among

@@ -123,11 +123,11 @@ def spring_forces_adjoint(
 # --------------------------------------------------------------------------------------------
 
 # Written in Warp's language a spring costs ~13 ns forward and ~27 ns in the adjoint on the 2-core
-# dev machine (one generated call per thread; every array access goes through its strides), as
-# these loops ~7 and ~13 ns (5,000 springs, float32). As
-# one loop in clang vector types (LANES springs per iteration: the gathers of the end points, the
-# arithmetic in SIMD registers, the force scatter lane by lane in spring order) the arithmetic is
-# the same, operation for operation, and so are the results: the tests compare them bit for bit
+# dev machine (one generated call per thread; every array access goes through its strides); as
+# the loops below ~7 and ~13 ns (5,000 springs, float32). In one loop in clang vector types
+# (LANES springs per iteration: the gathers of the end points, the arithmetic in SIMD registers,
+# the force scatter lane by lane in spring order) the arithmetic is the same, operation for
+# operation, and so are the results: the tests compare them bit for bit
 # with the Warp kernels. CUDA keeps the Warp kernels (one thread per spring, atomics): these
 # natives are launched on the CPU only (dim 1) and compile to nothing elsewhere.
 SPRING_LANES = 8
