@@ -476,3 +476,32 @@ def test_split_launch_over_explicit_ranges():
     for bad in ([], [(0, 0)], [(0, 5), (5, -1)]):
         with pytest.raises(ValueError, match="ranges"):
             parallel_launch(_scaled_split, n, [x, 2.0], [y], ranges=bad)
+
+
+def test_split_launches_pause_torchs_openmp_workers(monkeypatch):
+    """Every split CPU launch (parallel_launch with more than one chunk, run_split with more than one
+    job) first lets torch's spinning OpenMP workers go (omp_pause_resource_all, soft), so a solver's
+    split launches after a parallel torch op get the cores; a single-chunk launch does not; and the
+    launch still computes its values after a parallel torch op."""
+    from diffvc._kernels import bridge
+
+    bridge.release_omp_workers()  # resolves the runtime's entry point (None without libgomp)
+    calls = []
+    monkeypatch.setattr(bridge, "_OMP_PAUSE", [lambda kind: calls.append(kind)])
+    torch.set_num_threads(2)
+    n = 30_001
+    x = torch.rand(n, dtype=torch.float64)
+    y = torch.zeros(n, dtype=torch.float64)
+    x.sum()  # a parallel torch op
+    assert parallel_launch(_scaled_split, n, [x, 2.0], [y], min_per_thread=1024) == 2
+    assert calls == [1]
+    torch.testing.assert_close(y, x * 2 + 0, rtol=1e-12, atol=0)
+    assert parallel_launch(_scaled_split, n, [x, 2.0], [y], min_per_thread=n) == 1
+    assert calls == [1]
+    bridge.run_split([lambda: None])
+    assert calls == [1]
+    bridge.run_split([lambda: None, lambda: None])
+    assert calls == [1, 1]
+    torch.set_num_threads(1)
+    parallel_launch(_scaled_split, n, [x, 2.0], [y], min_per_thread=1024)
+    assert calls == [1, 1]  # one torch thread: one chunk, nothing to release

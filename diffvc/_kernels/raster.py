@@ -1543,7 +1543,7 @@ for _k in (tri_setup, raster_tiles, raster_pixels, barycentrics, interpolate_att
 
 import torch  # noqa: E402
 
-from .bridge import launch, parallel_launch, release_omp_workers, run_split, split_chunks  # noqa: E402,F401
+from .bridge import launch, parallel_launch, run_split, split_chunks  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1975,7 +1975,6 @@ class _Blend(torch.autograd.Function):
         color, screen, ring, faces, pairs, found = ctx.saved_tensors
         B, H, W, C = color.shape
         if found is not None:
-            release_omp_workers()  # the backward chain starts after the loss's torch ops
             g = contiguous(g_out)
             g_color = torch.from_numpy(g.numpy().copy())
             ranges, tails = ctx.ranges
@@ -2184,8 +2183,6 @@ class _Project(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_screen):
         verts, R, tr, K = ctx.saved_tensors
-        if verts.device.type == "cpu":
-            release_omp_workers()  # after autograd's sum of the screen gradients
         B, V = R.shape[0], verts.shape[1]
         n = (V + PROJECT_BLOCK - 1) // PROJECT_BLOCK
         n_chunks = len(split_chunks(n, verts.device, 16))

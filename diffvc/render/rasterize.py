@@ -183,8 +183,6 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         # threads; gradients to the vertices and the cameras): ~15 torch ops per call otherwise
         if verts.device != cameras.device:
             raise ValueError(f"verts is on {verts.device} but cameras are on {cameras.device}")
-        if verts.device.type == "cpu":
-            K.release_omp_workers()  # torch's OpenMP workers would spin beside the split launches
         screen = K.project_op(verts if verts.dim() == 3 else verts.unsqueeze(0), cameras.R, cameras.t,
                               cameras.intrinsics, int(not cameras.orthographic))
     else:
