@@ -5,13 +5,21 @@ mesh and any scaled copy of it (float32 and float64, tested from 2^-20 to 2^20).
 degenerate when ``|(v1-v0) x (v2-v0)|`` is zero up to rounding *relative to its own edges*
 (``<= 4 eps * max |e|^2``); a vertex when its summed normal is zero up to rounding relative to the
 sum of its faces' ``|cross|``. Degenerate faces/vertices get the zero normal with a zero gradient.
+
+The unit normals are computed by Warp kernels (``diffvc._kernels.normals``: one pass over the
+faces, one over the vertices, hand-written adjoints; float32/float64 on CPU and CUDA); the torch
+code here is their twin (``backend="torch"``), and second derivatives (``create_graph=True``) go
+through it.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .._validate import check_choice
 from ._checks import check_mesh, exact_norm, exact_normalize
+
+BACKENDS = ("warp", "torch")
 
 
 def _face_cross(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -60,40 +68,59 @@ def _scatter_corners(verts: torch.Tensor, faces: torch.Tensor, n: torch.Tensor) 
     return acc
 
 
-def face_normals(verts: torch.Tensor, faces: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+def _mesh_normals_torch(verts: torch.Tensor, faces: torch.Tensor, want_face: bool = True, want_vert: bool = True):
+    """The torch twin of the normals kernels: ``(unit face normals or None, vertex normals or None)``."""
+    n = _face_cross(verts, faces)
+    return (_unit_face_normals(verts, faces, n) if want_face else None,
+            _unit_vertex_normals(verts, faces, n) if want_vert else None)
+
+
+def _normals(verts, faces, want_face: bool, want_vert: bool, backend: str):
+    check_choice(backend, "backend", BACKENDS)
+    if backend == "warp" and faces.shape[0] > 0 and verts.dtype in (torch.float32, torch.float64):
+        from .._kernels import normals as K
+
+        return K.mesh_normals(verts, faces, want_face, want_vert, _mesh_normals_torch)
+    return _mesh_normals_torch(verts, faces, want_face, want_vert)
+
+
+def face_normals(verts: torch.Tensor, faces: torch.Tensor, normalize: bool = True, backend: str = "warp") -> torch.Tensor:
     """Per-face normals, counter-clockwise winding is the front side.
 
     Args:
         verts: ``(V, 3)`` float vertex positions.
         faces: ``(F, 3)`` integer vertex indices.
         normalize: unit normals if True, else the area-weighted ``(v1-v0) x (v2-v0)`` (length = 2 * area).
+        backend: ``"warp"`` (kernels) or ``"torch"`` (the twin).
 
     Returns:
         ``(F, 3)``. A zero-area face (zero up to rounding relative to its own edge lengths) gets the
         zero normal and a zero gradient; no absolute floor, so unit length at any scale.
     """
     verts, faces = check_mesh(verts, faces)
-    n = _face_cross(verts, faces)
-    return _unit_face_normals(verts, faces, n) if normalize else n
+    if not normalize:
+        check_choice(backend, "backend", BACKENDS)
+        return _face_cross(verts, faces)
+    return _normals(verts, faces, True, False, backend)[0]
 
 
-def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, backend: str = "warp") -> torch.Tensor:
     """Area-weighted vertex normals (sum of incident face cross products, normalised).
 
     Args:
         verts: ``(V, 3)``; faces: ``(F, 3)``.
+        backend: ``"warp"`` (kernels) or ``"torch"`` (the twin).
 
     Returns:
         ``(V, 3)`` unit normals; isolated vertices, and vertices whose summed normal is zero up to
         rounding (relative to their faces' ``|cross|``), get zero with a zero gradient.
     """
     verts, faces = check_mesh(verts, faces)
-    return _unit_vertex_normals(verts, faces, _face_cross(verts, faces))
+    return _normals(verts, faces, False, True, backend)[1]
 
 
-def mesh_normals(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mesh_normals(verts: torch.Tensor, faces: torch.Tensor, backend: str = "warp") -> tuple[torch.Tensor, torch.Tensor]:
     """Unit face normals ``(F, 3)`` and area-weighted unit vertex normals ``(V, 3)`` in one pass
     (one validation, one cross product), same values as :func:`face_normals` / :func:`vertex_normals`."""
     verts, faces = check_mesh(verts, faces)
-    n = _face_cross(verts, faces)
-    return _unit_face_normals(verts, faces, n), _unit_vertex_normals(verts, faces, n)
+    return _normals(verts, faces, True, True, backend)
