@@ -9,7 +9,8 @@ antialiasing is computed once (as a training loop would).
 Issue 18's targets, each measured side by side in this run (``host_2core_scaling``: what two
 independent pure-compute processes get from the host's two vCPUs before and after the 1-/2-thread
 rounds, 2.0 on two free cores; on the shared dev VM it ranged 1.27-2.10 on 2026-12-03, the ceiling of
-any 2-thread speedup measured beside it):
+any 2-thread speedup measured beside it; ``host_steal_share_during_1v2``: the share of the vCPUs'
+time the hypervisor ran something else during the 1-/2-thread rounds, from ``/proc/stat``):
 
 - ``speedup_2threads_vs_1`` = median 1-thread time / median 2-thread time (1 view), >= 1.7
   (``speedup_2threads_vs_1_paired_median``: the median over adjacent 1-/2-thread repeats of
@@ -132,6 +133,17 @@ def host_two_core_scaling(rounds: int = 3, n: int = 3_000_000) -> list[float]:
     return out
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """``(steal, total)`` clock ticks of all CPUs from ``/proc/stat`` (Linux; None elsewhere):
+    steal = time the hypervisor ran something else while this VM's vCPUs wanted to run."""
+    try:
+        with open("/proc/stat") as fh:
+            vals = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (vals[7] if len(vals) > 7 else 0), sum(vals)
+
+
 def _interleaved(cases: list[_Case], repeats: int) -> None:
     for c in cases:  # warm-up: kernel loading, first-call allocations
         c.once(record=False)
@@ -148,7 +160,9 @@ def run(quick: bool = False) -> dict:
         # 1 view: 1 vs 2 threads, alternating; the host's own 2-core scaling before and after
         ceiling = host_two_core_scaling()
         one = {n: _Case(1, n) for n in (1, 2)}
+        t0 = cpu_ticks()
         _interleaved(list(one.values()), 7 if quick else 21)
+        t1 = cpu_ticks()
         ceiling += host_two_core_scaling()
         # 8 views vs 1 view at 2 threads, alternating
         eight, one_b = _Case(8, 2), _Case(1, 2)
@@ -172,6 +186,9 @@ def run(quick: bool = False) -> dict:
             # the host's two vCPUs delivered (2.0 = two free cores), and the speedup as a share of it
             "host_2core_scaling": ceiling,
             "host_2core_scaling_median": round(statistics.median(ceiling), 3),
+            # share of the vCPUs' time the hypervisor gave to others during the 1-/2-thread rounds
+            "host_steal_share_during_1v2": (round((t1[0] - t0[0]) / max(t1[1] - t0[1], 1), 4)
+                                            if t0 and t1 else None),
             "speedup_2threads_vs_1_of_host_scaling": round(s1["median_ms"] / s2["median_ms"]
                                                            / statistics.median(ceiling), 3),
             "warp_8view_ms": s8["median_ms"], "warp_8view_min_ms": s8["min_ms"],

@@ -253,7 +253,10 @@ def _raster(d):
             spread=spread(d, lo="warp_1view_1thread_min_ms", unit="ms")),
         Row("raster", what + f", speedup of {t(d, 'threads')} threads over 1 as a share of the host's own 2-core "
             "scaling (two pure-compute processes vs one, measured before and after; 2.0 on two free cores: "
-            f"median {fmt(get(d, 'host_2core_scaling_median'))})", get(d, "speedup_2threads_vs_1_of_host_scaling"),
+            f"median {fmt(get(d, 'host_2core_scaling_median'))}"
+            + (f"; hypervisor steal during the rounds: {100 * get(d, 'host_steal_share_during_1v2'):.1f}% of CPU time"
+               if get(d, "host_steal_share_during_1v2") is not None else "") + ")",
+            get(d, "speedup_2threads_vs_1_of_host_scaling"),
             "", "", None, better=HIGHER),
         Row("raster", what + ", 8 views vs 1", get(d, "warp_8view_ms"), "ms",
             "diffvc, 1 view (its repeats alternating with the 8-view ones)",
