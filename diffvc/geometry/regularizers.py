@@ -10,7 +10,7 @@ import torch
 
 from ._checks import check_mesh, safe_div
 from .laplacian import cotangent_laplacian, uniform_laplacian, vertex_areas
-from .normals import _face_cross, _unit_face_normals
+from .normals import _normals
 from .topology import edges, face_adjacency
 
 
@@ -41,13 +41,34 @@ def laplacian_smoothing_loss(verts: torch.Tensor, faces: torch.Tensor, method: s
     return (d * d).sum(-1).mean()
 
 
+_ADJACENT: list = []  # [(faces tensor, its version, face pairs)]: the last few meshes' adjacent-face pairs
+
+
+def _adjacent_faces(faces_arg, faces: torch.Tensor) -> torch.Tensor:
+    """``face_adjacency(faces)[0]``, kept for the last few face tensors (an optimisation loop
+    passes the same ``faces`` every iteration; the pairs cost ~23 ms at 100k faces). A hit needs
+    the very same tensor object (``faces_arg``, held here so its memory cannot be reused by another
+    tensor) at the same version (an in-place change bumps it)."""
+    if isinstance(faces_arg, torch.Tensor):
+        for t, version, pairs in _ADJACENT:
+            if t is faces_arg and t._version == version:
+                return pairs
+    pairs, _ = face_adjacency(faces)
+    if isinstance(faces_arg, torch.Tensor):
+        if len(_ADJACENT) >= 4:
+            _ADJACENT.pop(0)
+        _ADJACENT.append((faces_arg, faces_arg._version, pairs))
+    return pairs
+
+
 def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Mean of ``1 - cos(angle between the normals)`` over pairs of faces sharing an edge."""
+    faces_arg = faces
     verts, faces = check_mesh(verts, faces)
-    pairs, _ = face_adjacency(faces)
+    pairs = _adjacent_faces(faces_arg, faces)
     if pairs.shape[0] == 0:
         return verts.sum() * 0.0
-    n = _unit_face_normals(verts, faces, _face_cross(verts, faces))
+    n = _normals(verts, faces, True, False, "warp")[0]  # the face-normal kernel (its twin on other dtypes)
     return (1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(-1)).mean()
 
 

@@ -123,3 +123,28 @@ def test_adam_uniform_step_and_fit():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05 * first
+
+
+def test_normal_consistency_follows_edited_and_new_face_tensors():
+    """The adjacent-face pairs are kept per faces tensor: an in-place edit of the same tensor, a new
+    tensor (possibly at a freed tensor's address) and a face list all give the loss of their own
+    faces (compared with the pairs computed afresh)."""
+    from diffvc.geometry.normals import mesh_normals
+
+    def fresh(v, f):
+        pairs, _ = G.face_adjacency(f)
+        n = mesh_normals(v, f, backend="torch")[0]
+        return (1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(-1)).mean()
+
+    v, f = G.icosphere(2, dtype=torch.float64)
+    v = v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    f = f.clone()
+    assert abs(float(G.normal_consistency_loss(v, f) - fresh(v, f))) < 1e-14
+    f[:40] = f[:40, [0, 2, 1]]  # flip 40 faces in place: their normals (and the loss) change
+    assert abs(float(G.normal_consistency_loss(v, f) - fresh(v, f))) < 1e-14
+    for k in range(6):  # new tensors, each freed after use
+        fk = f[torch.randperm(f.shape[0], generator=torch.Generator().manual_seed(k))].contiguous()
+        fk[: 10 * k] = fk[: 10 * k, [1, 0, 2]]
+        assert abs(float(G.normal_consistency_loss(v, fk) - fresh(v, fk))) < 1e-14
+        del fk
+    assert abs(float(G.normal_consistency_loss(v, f.tolist()) - fresh(v, f))) < 1e-14
