@@ -66,6 +66,16 @@ def _max_edge(ax: Any, ay: Any, az: Any, bx: Any, by: Any, bz: Any, cx: Any, cy:
     return r
 
 
+@wp.func
+def _face_edges(verts: wp.array2d(dtype=Any), faces: wp.array2d(dtype=wp.int32), f: int):
+    """Face ``f``'s vertex ids and the components of its edges ``a = v1 - v0``, ``b = v2 - v0``."""
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    return (i0, i1, i2, verts[i1, 0] - verts[i0, 0], verts[i1, 1] - verts[i0, 1], verts[i1, 2] - verts[i0, 2],
+            verts[i2, 0] - verts[i0, 0], verts[i2, 1] - verts[i0, 1], verts[i2, 2] - verts[i0, 2])
+
+
 @wp.kernel
 def normals_face(offset: int, blk: int, verts: wp.array2d(dtype=Any), faces: wp.array2d(dtype=wp.int32), eps: Any,
                  want_face: int, want_vert: int, fn: wp.array2d(dtype=Any), acc: wp.array2d(dtype=Any)):
@@ -73,15 +83,7 @@ def normals_face(offset: int, blk: int, verts: wp.array2d(dtype=Any), faces: wp.
     its three vertices' rows of ``acc`` (V, 4) (``want_vert``)."""
     j = wp.tid() + offset
     for f in range(j * blk, wp.min(j * blk + blk, faces.shape[0])):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
-        ax = verts[i1, 0] - verts[i0, 0]
-        ay = verts[i1, 1] - verts[i0, 1]
-        az = verts[i1, 2] - verts[i0, 2]
-        bx = verts[i2, 0] - verts[i0, 0]
-        by = verts[i2, 1] - verts[i0, 1]
-        bz = verts[i2, 2] - verts[i0, 2]
+        i0, i1, i2, ax, ay, az, bx, by, bz = _face_edges(verts, faces, f)
         cx = ay * bz - az * by
         cy = az * bx - ax * bz
         cz = ax * by - ay * bx
@@ -158,15 +160,7 @@ def normals_face_adj(offset: int, blk: int, verts: wp.array2d(dtype=Any), faces:
     normals' gradients) taken to the face's vertices, added to ``g_verts``."""
     j = wp.tid() + offset
     for f in range(j * blk, wp.min(j * blk + blk, faces.shape[0])):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
-        ax = verts[i1, 0] - verts[i0, 0]
-        ay = verts[i1, 1] - verts[i0, 1]
-        az = verts[i1, 2] - verts[i0, 2]
-        bx = verts[i2, 0] - verts[i0, 0]
-        by = verts[i2, 1] - verts[i0, 1]
-        bz = verts[i2, 2] - verts[i0, 2]
+        i0, i1, i2, ax, ay, az, bx, by, bz = _face_edges(verts, faces, f)
         gx = ax - ax
         gy = gx
         gz = gx
