@@ -42,28 +42,36 @@ def _check(tex: torch.Tensor, uv: torch.Tensor):
         raise ValueError(f"tex batch {tex.shape[0]} does not match uv batch {uv.shape[0]}")
 
 
-def _bilinear(tex: torch.Tensor, uv: torch.Tensor, wrap: str) -> torch.Tensor:
-    """tex (B, Ht, Wt, C), uv (B, H, W, 2) -> (B, H, W, C)."""
-    B = uv.shape[0]
-    Ht, Wt = tex.shape[1], tex.shape[2]
+def _prepare(tex: torch.Tensor, B: int, wrap: str) -> tuple[torch.Tensor, bool]:
+    """``tex`` (1 or B, Ht, Wt, C) as grid_sample's input (B, C, Ht, Wt); with ``wrap="repeat"``
+    padded by one texel on each side with the opposite border (prepare once, sample many times)."""
     t = tex.expand(B, -1, -1, -1).permute(0, 3, 1, 2)  # (B, C, Ht, Wt)
-    x = uv[..., 0] * Wt  # texel units, centres at j + 0.5
-    y = (1 - uv[..., 1]) * Ht
     if wrap == "repeat":
-        # wrap into [0, W) and pad one texel on each side with the opposite border
-        x = torch.remainder(x, Wt)
-        y = torch.remainder(y, Ht)
         t = torch.cat([t[..., -1:], t, t[..., :1]], dim=3)
         t = torch.cat([t[..., -1:, :], t, t[..., :1, :]], dim=2)
-        x, y = x + 1, y + 1
-        Wp, Hp = Wt + 2, Ht + 2
-    else:
-        Wp, Hp = Wt, Ht
+    return t, wrap == "repeat"
+
+
+def _sample(prep: tuple[torch.Tensor, bool], uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup in a :func:`_prepare` d texture at ``uv`` (B, H, W, 2) -> (B, H, W, C)."""
+    t, padded = prep
+    Hp, Wp = t.shape[2], t.shape[3]
+    Ht, Wt = (Hp - 2, Wp - 2) if padded else (Hp, Wp)
+    x = uv[..., 0] * Wt  # texel units, centres at j + 0.5
+    y = (1 - uv[..., 1]) * Ht
+    if padded:  # wrap into [0, W), shifted by the padding texel
+        x = torch.remainder(x, Wt) + 1
+        y = torch.remainder(y, Ht) + 1
     gx = 2 * x / Wp - 1  # grid_sample, align_corners=False: -1 / +1 at the outer texel edges
     gy = 2 * y / Hp - 1
     grid = torch.stack([gx, gy], dim=-1).to(t.dtype)
     out = Fn.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.permute(0, 2, 3, 1)
+
+
+def _bilinear(tex: torch.Tensor, uv: torch.Tensor, wrap: str) -> torch.Tensor:
+    """tex (1 or B, Ht, Wt, C), uv (B, H, W, 2) -> (B, H, W, C)."""
+    return _sample(_prepare(tex, uv.shape[0], wrap), uv)
 
 
 def mipmaps(tex: torch.Tensor, levels: int | None = None) -> list[torch.Tensor]:
@@ -128,9 +136,38 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, filter: str = "bilinear", wrap:
     if lod is None:
         lod = level_of_detail(uv, (tex.shape[1], tex.shape[2]))
     lod = lod.clamp(0, len(pyr) - 1).to(tex.dtype)
-    out = 0
-    for k, level in enumerate(pyr):
-        w = (1 - (lod - k).abs()).clamp_min(0).unsqueeze(-1)  # hat weights: the two nearest levels
-        if bool((w > 0).any()):
-            out = out + w * _bilinear(level, uv, wrap)
-    return out
+    B, H, W = uv.shape[:3]
+    C = tex.shape[-1]
+    n = H * W
+    # per pixel the two nearest levels lo = floor(lod) and lo + 1, weights 1 - frac and frac (the
+    # hat weights max(0, 1 - |lod - k|)); pixels grouped by lo, each group sampled in its two
+    # levels only (512^2 pixels spanning 7 levels of a 1024^2 texture, forward + backward of an MSE:
+    # 192 -> 80 ms against sampling every level at every pixel)
+    lo = lod.detach().floor().clamp(max=len(pyr) - 1).to(torch.long).reshape(B, n)
+    frac = (lod - lo.reshape(lod.shape).to(lod.dtype)).reshape(B, n, 1)
+    outs = []
+    for b in range(B):
+        order = torch.argsort(lo[b])
+        counts = torch.bincount(lo[b], minlength=len(pyr)).tolist()
+        uv_b = uv[b].reshape(n, 2)[order]
+        f_b = frac[b][order]
+        parts, start = [], 0
+        prep: dict = {}  # level k of view b, prepared once for grid_sample
+
+        def level(k):
+            if k not in prep:
+                prep[k] = _prepare(pyr[k][b:b + 1] if pyr[k].shape[0] > 1 else pyr[k], 1, wrap)
+            return prep[k]
+
+        for k, cnt in enumerate(counts):
+            if cnt == 0:
+                continue
+            q = uv_b[start:start + cnt].reshape(1, 1, cnt, 2)
+            fk = f_b[start:start + cnt]
+            val = _sample(level(k), q).reshape(cnt, C)
+            if k + 1 < len(pyr):  # lod = k exactly at the last level: frac = 0 there
+                val = (1 - fk) * val + fk * _sample(level(k + 1), q).reshape(cnt, C)
+            parts.append(val)
+            start += cnt
+        outs.append(torch.empty(n, C, dtype=tex.dtype, device=tex.device).index_copy(0, order, torch.cat(parts)))
+    return torch.stack(outs).reshape(B, H, W, C)

@@ -100,3 +100,36 @@ def test_bad_inputs():
         texture(torch.zeros(4, 4, 3), uv, wrap="mirror")
     with pytest.raises(ValueError, match="tex must have a positive size"):
         texture(torch.zeros(0, 4, 3), uv)
+
+
+@pytest.mark.parametrize("wrap", ["repeat", "clamp"])
+def test_mipmap_matches_the_hat_weighted_sum_over_every_level(wrap):
+    """Trilinear sampling (each pixel looked up in its two nearest levels only) equals the sum over
+    every level of ``max(0, 1 - |lod - k|)`` times the bilinear lookup there, values and gradients,
+    for per-view textures, integer levels (the last one included) and fractional ones."""
+    g = torch.Generator().manual_seed(4)
+    tex = torch.rand(2, 16, 16, 3, generator=g, dtype=D64)
+    uv = torch.rand(2, 5, 7, 2, generator=g, dtype=D64) * 1.6 - 0.3
+    lod = torch.rand(2, 5, 7, generator=g, dtype=D64) * 4.5
+    lod[0, 0, :5] = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0], dtype=D64)  # 4 = the 1x1 level
+
+    def reference(t, u):
+        pyr = mipmaps(t)
+        lv = lod.clamp(0, len(pyr) - 1)
+        out = 0
+        for k, level in enumerate(pyr):
+            out = out + (1 - (lv - k).abs()).clamp_min(0).unsqueeze(-1) * texture(level, u, wrap=wrap)
+        return out
+
+    t1, u1 = tex.clone().requires_grad_(), uv.clone().requires_grad_()
+    t2, u2 = tex.clone().requires_grad_(), uv.clone().requires_grad_()
+    a, b = texture(t1, u1, "mipmap", wrap, lod=lod), reference(t2, u2)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    w = torch.rand(a.shape, generator=g, dtype=D64)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-10, atol=1e-10)
+    assert_grad_close(lambda t, u: texture(t, u, "mipmap", wrap, lod=lod), (t1.detach().requires_grad_(),
+                                                                          u1.detach().requires_grad_()),
+                      rtol=1e-6, max_elements=40)
