@@ -80,7 +80,7 @@ def knn_graph(x: torch.Tensor, k: int) -> torch.Tensor:
     if x.shape[-2] == 0:
         raise ValueError("x holds no points")
     d = torch.cdist(x.detach(), x.detach())
-    return d.topk(min(k, x.shape[1]), dim=-1, largest=False).indices
+    return d.topk(min(k, x.shape[-2]), dim=-1, largest=False).indices
 
 
 class EdgeConv(nn.Module):

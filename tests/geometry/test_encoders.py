@@ -26,6 +26,9 @@ def test_edgeconv_neighbourhoods():
     assert idx.shape == (2, 30, 5) and bool((idx[..., 0] == torch.arange(30)).all())  # itself first
     y = EdgeConv(4, 8, k=5)(x)
     assert y.shape == (2, 30, 8)
+    # unbatched (N, C): k neighbours (not capped at C), the batch row's; k above N gives N
+    assert torch.equal(knn_graph(x[1], 5), idx[1])
+    assert knn_graph(x[0, :3], 10).shape == (3, 3)
 
 
 def test_mesh_conv_is_equivariant_to_vertex_relabelling():
