@@ -151,8 +151,30 @@ def check_shape(x: torch.Tensor, name: str, shape: Sequence) -> torch.Tensor:
     return x
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry of the floating tensor ``x`` is finite, at the cost of one sum in the
+    common case: the sum is finite exactly when every entry is, unless finite entries overflow it,
+    and then the entry-wise test decides. ~40x cheaper than ``torch.isfinite(x).all()`` (3M
+    float32 entries, one thread: 0.25 ms against 10.5 ms; no boolean copy). CPU float32/float64
+    through NumPy (single-threaded: a torch reduction would wake torch's OpenMP workers, which then
+    spin beside the split Warp launches that follow an input check)."""
+    x = x.detach()
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        import numpy as np
+
+        a = x.numpy() if x.is_contiguous() else x.contiguous().numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(a.sum()):
+                return True
+        return bool(np.isfinite(a).all())
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    if x.numel() and x.is_floating_point() and not bool(torch.isfinite(x.detach()).all()):
+    """``ValueError`` naming ``name`` if the floating tensor ``x`` holds a NaN or an infinity."""
+    if x.numel() and x.is_floating_point() and not all_finite(x):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return x
 

@@ -408,3 +408,25 @@ def test_quaternions_are_wxyz_across_geometry_physics_and_bindings():
     assert torch.allclose(G.quaternion_apply(st.q[0], torch.tensor([1.0, 0.0, 0.0], dtype=D)), R3[:, 0], atol=1e-12)
     v = torch.tensor([[1.0, 0.0, 0.0]], dtype=D)
     assert torch.allclose(RigidBinding(v)(st), (R3 @ v[0])[None], atol=1e-12)
+
+
+def test_all_finite_one_sum_with_the_entrywise_fallback():
+    """``all_finite`` (behind every ``check_finite``): a NaN or an infinity anywhere is found,
+    finite entries whose sum overflows are accepted, for float16/32/64, contiguous or not."""
+    from diffvc._validate import all_finite, check_finite
+
+    for dtype, big in ((torch.float16, 6e4), (torch.float32, 3e38), (torch.float64, 1.7e308)):
+        x = torch.rand(64, 33, dtype=dtype)
+        assert all_finite(x) and all_finite(x.t()) and all_finite(x[:, ::2])
+        assert all_finite(torch.full((50,), big, dtype=dtype))  # the sum overflows, every entry finite
+        assert all_finite(torch.full((50,), -big, dtype=dtype))
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            y = x.clone()
+            y[17, 5] = bad
+            assert not all_finite(y) and not all_finite(y.t())
+            z = torch.full((50,), big, dtype=dtype)
+            z[3] = bad
+            assert not all_finite(z)
+            with pytest.raises(ValueError, match="tensor_x contains non-finite"):
+                check_finite(y, "tensor_x")
+    assert check_finite(torch.zeros(0), "empty").numel() == 0

@@ -1544,6 +1544,7 @@ for _k in (tri_setup, raster_tiles, raster_pixels, barycentrics, interpolate_att
 import torch  # noqa: E402
 
 from .bridge import launch, parallel_launch, run_split, split_chunks  # noqa: E402,F401
+from .._validate import all_finite  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1910,18 +1911,6 @@ def chunk_sum(bufs):
     return g
 
 
-def _all_finite_cpu(t: torch.Tensor) -> bool:
-    """Whether every entry of the CPU tensor ``t`` is finite (NumPy, single-threaded: one sum in the
-    common case, the entry-wise test only when the sum is not finite)."""
-    import numpy as np
-
-    a = t.detach().numpy()
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(a.sum()):  # finite sum => every entry finite (an overflow falls through)
-            return True
-    return bool(np.isfinite(a).all())
-
-
 class _Blend(torch.autograd.Function):
     """CPU: ``out = color`` (a copy) plus a scatter over the detected pairs only (they are sparse:
     the silhouette outline, ~1% of the pixel pairs at 512^2), forward and adjoint, split over
@@ -1943,7 +1932,7 @@ class _Blend(torch.autograd.Function):
                 res["found"] = torch.from_numpy(np.flatnonzero(pairs.numpy().reshape(-1) >= 0).astype(np.int32))
 
             def copy_and_check():
-                res["out"], res["finite"] = color.detach().numpy().copy(), _all_finite_cpu(color)
+                res["out"], res["finite"] = color.detach().numpy().copy(), all_finite(color)
 
             # NumPy releases the GIL: with more than one torch thread the copy and finiteness check
             # of the image run on a launch worker beside the search for the detected pairs

@@ -17,6 +17,7 @@ import torch
 
 from ._checks import check_faces, check_points
 from .tet_mesh import tet_grid
+from .._validate import all_finite
 
 _TET_EDGES = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 
@@ -70,7 +71,7 @@ def marching_tetrahedra(verts: torch.Tensor, tets: torch.Tensor, sdf: torch.Tens
         raise TypeError(f"sdf must be a floating tensor, got {sdf.dtype}")
     if sdf.device != verts.device:
         raise ValueError(f"sdf is on {sdf.device} but verts is on {verts.device}")
-    if sdf.numel() and not bool(torch.isfinite(sdf).all()):
+    if sdf.numel() and not all_finite(sdf):
         raise ValueError("sdf contains non-finite values (NaN or inf)")
     dev = verts.device
     sdf = sdf.to(verts.dtype)

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .._validate import as_float, describe
+from .._validate import all_finite, as_float, describe
 from . import checkpoint as _ckpt
 from . import eager as _eager
 from .distributed import all_reduce_, world_size
@@ -202,7 +202,7 @@ def optimize(
                     for t, g in zip(tensors, grads):
                         t.grad = g
                     loss = total[0]
-                bad = [n for n, t in zip(names, tensors) if t.grad is not None and not bool(torch.isfinite(t.grad).all())]
+                bad = [n for n, t in zip(names, tensors) if t.grad is not None and not all_finite(t.grad)]
                 if bad:
                     if nonfinite == "raise":
                         raise NonFiniteGradientError(

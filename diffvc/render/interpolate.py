@@ -7,7 +7,8 @@ import torch
 from .._validate import check_same_dtype
 
 from .._kernels import raster as K
-from .rasterize import BACKENDS, Fragments, check_finite_fast
+from .._validate import check_finite
+from .rasterize import BACKENDS, Fragments
 
 
 def interpolate(attr: torch.Tensor, frags: Fragments, backend: str = "warp") -> torch.Tensor:
@@ -29,7 +30,7 @@ def interpolate(attr: torch.Tensor, frags: Fragments, backend: str = "warp") -> 
     V = frags.screen.shape[1]
     if not isinstance(attr, torch.Tensor) or not attr.is_floating_point():
         raise TypeError("attr must be a floating torch.Tensor")
-    check_finite_fast(attr, "attr")
+    check_finite(attr, "attr")
     check_same_dtype(("frags", frags.screen), ("attr", attr))
     if attr.dim() == 2:
         attr = attr.unsqueeze(0)

@@ -108,22 +108,6 @@ def check_faces(faces, num_verts: int, name: str = "faces") -> torch.Tensor:
 _FACES_MEMO: dict = {}
 
 
-def check_finite_fast(x: torch.Tensor, name: str) -> torch.Tensor:
-    """``ValueError`` naming ``name`` if ``x`` has a NaN or an infinity, at the cost of one sum in
-    the common case: the sum is finite exactly when every entry is, unless finite entries overflow
-    it, and then the entry-wise check decides."""
-    if not x.numel():
-        return x
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        # NumPy: single-threaded (a torch reduction here wakes torch's OpenMP workers, which then
-        # spin and take a core from the split Warp launches that follow; see K.cpu_zeros)
-        if not K._all_finite_cpu(x):
-            check_finite(x, name)
-    elif not bool(torch.isfinite(x.detach().sum())):
-        check_finite(x, name)
-    return x
-
-
 def check_size(height, width) -> tuple[int, int]:
     return as_int(height, "height", minimum=1), as_int(width, "width", minimum=1)
 
@@ -135,7 +119,7 @@ def _check_screen(screen: torch.Tensor, name: str = "screen") -> torch.Tensor:
         raise ValueError(f"{name} must have shape (B, V, 3), got {tuple(screen.shape)}")
     if screen.shape[1] == 0:
         raise ValueError(f"{name} has no vertices")
-    return check_finite_fast(screen, name)
+    return check_finite(screen, name)
 
 
 def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height: int | None = None,
@@ -169,7 +153,7 @@ def rasterize(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, height
         raise ValueError(f"verts must have shape (V, 3) or (B, V, 3), got {tuple(verts.shape)}")
     if verts.dim() == 3 and verts.shape[0] not in (1, cameras.batch_size):
         raise ValueError(f"verts batch {verts.shape[0]} does not match the {cameras.batch_size} cameras")
-    check_finite_fast(verts, "verts")
+    check_finite(verts, "verts")
     H = cameras.height if height is None else height
     W = cameras.width if width is None else width
     H, W = check_size(H, W)

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .._validate import as_float, check_float, check_same_dtype
+from .._validate import all_finite, as_float, check_float, check_same_dtype
 import torch.nn.functional as Fn
 
 from .cameras import Cameras
@@ -61,7 +61,7 @@ def soft_silhouette(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, 
         raise ValueError("verts must be a tensor of shape (V, 3) or (B, V, 3)")
     check_float(verts, "verts", coerce=False)
     check_same_dtype(("cameras", cameras.R), ("verts", verts))
-    if not torch.isfinite(verts).all():
+    if verts.numel() and not all_finite(verts):
         raise ValueError("verts contains non-finite values (NaN or inf)")
     H, W = check_size(cameras.height, cameras.width)
     faces = check_faces(faces, verts.shape[-2])
