@@ -1270,6 +1270,27 @@ def segment_op(steps: Sequence[Step], K: int, states: Sequence[tuple], consts: S
     return _SegmentOp.apply(plan, bool(recompute), bool(return_all), *s_vals, *w_vals, *c_vals)
 
 
+def twin_backward(twin, inputs: Sequence[torch.Tensor], needs: Sequence[bool],
+                  grads: Sequence[torch.Tensor | None]) -> list:
+    """The backward of a kernel op with a hand-written adjoint when it runs under
+    ``create_graph=True`` (double backward): the op's torch twin ``twin(*inputs)`` (a tensor or a
+    tuple, entries may be None) is run again with graph and differentiated against ``grads`` (one
+    per twin output, None where none came), so second derivatives exist; first-order results
+    elsewhere are the kernels'. Returns one gradient per input (None where ``needs`` is False or
+    the outputs do not depend on it)."""
+    with torch.enable_grad():
+        xs = [x if x.requires_grad else x.detach().requires_grad_(bool(n)) for x, n in zip(inputs, needs)]
+        outs = twin(*xs)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None]
+        want = [x for x, n in zip(xs, needs) if n]
+        if not pairs or not want:
+            return [None] * len(xs)
+        gs = iter(torch.autograd.grad([o for o, _ in pairs], want, [g for _, g in pairs], create_graph=True,
+                                      allow_unused=True))
+        return [next(gs) if n else None for n in needs]
+
+
 _OMP_PAUSE: list = []
 
 

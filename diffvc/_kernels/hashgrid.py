@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .bridge import parallel_launch, split_chunks, wp
+from .bridge import parallel_launch, split_chunks, twin_backward, wp
 
 wp.set_module_options({"enable_backward": False})
 
@@ -152,16 +152,8 @@ class _HashEncodeFn(torch.autograd.Function):
     def backward(ctx, gy):
         x, table = ctx.saved_tensors
         want_x, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the torch twin with graph
-            with torch.enable_grad():
-                xs = x if x.requires_grad else x.detach().requires_grad_(want_x)
-                ts = table if table.requires_grad else table.detach().requires_grad_(want_t)
-                yt = ctx.twin(xs, ts)
-                ins = [v for v, w in ((xs, want_x), (ts, want_t)) if w]
-                gs = iter(torch.autograd.grad(yt, ins, gy, create_graph=True, allow_unused=True))
-                gx = next(gs) if want_x else None
-                gt = next(gs) if want_t else None
+        if torch.is_grad_enabled():  # create_graph=True: second derivatives through the torch twin
+            gx, gt = twin_backward(ctx.twin, (x, table), (want_x, want_t), (gy,))
             return gx, gt, None, None, None
         gy = gy.contiguous()
         N = x.shape[0]

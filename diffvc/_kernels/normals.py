@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .bridge import parallel_launch, split_chunks, wp
+from .bridge import parallel_launch, split_chunks, twin_backward, wp
 from .raster import FACE_BLOCK, chunk_sum, cpu_zeros
 
 wp.set_module_options({"enable_backward": False})
@@ -240,15 +240,9 @@ class _MeshNormals(torch.autograd.Function):
         want_face, want_vert = ctx.want
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the torch twin with graph
-            with torch.enable_grad():
-                vs = verts if verts.requires_grad else verts.detach().requires_grad_()
-                outs = ctx.twin(vs, faces.long(), want_face, want_vert)
-                pairs = [(o, g) for o, g in zip(outs, (g_fn, g_vn)) if o is not None and g is not None]
-                if not pairs:
-                    return None, None, None, None, None
-                (gv,) = torch.autograd.grad([o for o, _ in pairs], [vs], [g for _, g in pairs], create_graph=True)
+        if torch.is_grad_enabled():  # create_graph=True: second derivatives through the torch twin
+            (gv,) = twin_backward(lambda v: ctx.twin(v, faces.long(), want_face, want_vert), (verts,), (True,),
+                                  (g_fn, g_vn))
             return gv, None, None, None, None
         V, F = verts.shape[0], faces.shape[0]
         dev = verts.device
