@@ -13,8 +13,12 @@ one triangle covers p: ``S(p) = 1 - prod_j (1 - D_j(p))``, accumulated as a sum 
 and as sigma -> 0 it tends to the hard coverage mask. Unlike :func:`~diffvc.render.antialias`
 the result is smooth in the vertices everywhere (every triangle within the blur radius gets a
 gradient, also sub-pixel and occluded ones), at the price of a blurred image. Triangles farther
-than ``sqrt(sigma * log(1 / eps))`` pixels from a pixel are skipped (their D_j < eps). Plain
-torch (the (triangle, pixel) pairs come from :func:`~diffvc.render.rasterize.pixel_box_pairs`).
+than ``sqrt(sigma * log(1 / eps))`` pixels from a pixel are skipped (their D_j < eps).
+
+Warp kernels (``diffvc._kernels.soft``: each face loops over its padded box's pixels, hand-written
+adjoint) by default; the plain-torch twin (``backend="torch"``, the (triangle, pixel) pairs from
+:func:`~diffvc.render.rasterize.pixel_box_pairs`) carries second derivatives. 10k faces at 256^2,
+forward + backward: 73 ms against the twin's 449 ms (1 thread), 41 against 262 (2 threads).
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import math
 
 import torch
 
-from .._validate import all_finite, as_float, check_float, check_same_dtype
+from .._validate import all_finite, as_float, check_choice, check_float, check_same_dtype
 import torch.nn.functional as Fn
 
 from .cameras import Cameras
-from .rasterize import check_faces, check_size, pixel_box_pairs
+from .rasterize import BACKENDS, check_faces, check_size, pixel_box_pairs
 
 
 def _seg_dist2(px, py, ax, ay, bx, by):
@@ -39,7 +43,7 @@ def _seg_dist2(px, py, ax, ay, bx, by):
 
 
 def soft_silhouette(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, sigma: float = 1.0,
-                    eps: float = 1e-4) -> torch.Tensor:
+                    eps: float = 1e-4, backend: str = "warp") -> torch.Tensor:
     """Soft silhouettes (B, H, W, 1) in [0, 1) of a mesh seen by ``cameras``.
 
     Args:
@@ -48,6 +52,8 @@ def soft_silhouette(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, 
         faces: (F, 3) integer indices in [0, V).
         sigma: sharpness in pixels^2 (> 0); smaller = sharper.
         eps: influence cut-off (0 < eps < 1).
+        backend: ``"warp"`` (kernels looping each face's pixels, ``diffvc._kernels.soft``;
+            float32/float64) or ``"torch"`` (the twin over (face, pixel) pair lists).
 
     Differentiable w.r.t. ``verts`` and the cameras everywhere (sigma > 0).
     """
@@ -65,12 +71,26 @@ def soft_silhouette(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, 
         raise ValueError("verts contains non-finite values (NaN or inf)")
     H, W = check_size(cameras.height, cameras.width)
     faces = check_faces(faces, verts.shape[-2])
+    check_choice(backend, "backend", BACKENDS)
     screen = cameras.project(verts)
+    pad = math.sqrt(sigma * math.log(1.0 / eps))
+    if backend == "warp" and screen.dtype in (torch.float32, torch.float64):
+        from .._kernels.soft import soft_logsum_op
+
+        logsum = soft_logsum_op(screen, faces, H, W, cameras.near, sigma, pad, _soft_logsum_torch)
+    else:
+        logsum = _soft_logsum_torch(screen, faces, H, W, cameras.near, sigma, pad)
+    return (1 - torch.exp(logsum)).unsqueeze(-1)
+
+
+def _soft_logsum_torch(screen: torch.Tensor, faces: torch.Tensor, H: int, W: int, near: float, sigma: float,
+                       pad: float) -> torch.Tensor:
+    """The torch twin of the soft-rasterizer kernels: ``sum_j log(1 - D_j)`` per pixel (B, H, W)
+    over the (face, pixel) pairs of :func:`~diffvc.render.rasterize.pixel_box_pairs`."""
     B, F = screen.shape[0], faces.shape[0]
     fl = faces.long()
     tri = screen[:, fl]  # (B, F, 3, 3)
-    valid = (tri[..., 2] > cameras.near).all(-1)
-    pad = math.sqrt(sigma * math.log(1.0 / eps))
+    valid = (tri[..., 2] > near).all(-1)
     b, f, x, y = pixel_box_pairs(screen, faces, H, W, valid, pad=pad)
     logsum = torch.zeros(B * H * W, dtype=screen.dtype, device=screen.device)
     if b.numel() > 0:
@@ -91,4 +111,4 @@ def soft_silhouette(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, 
         logq = -Fn.softplus(delta * d2 / sigma)  # log(1 - D_j)
         pix = (b * H + y) * W + x
         logsum = logsum.index_add(0, pix, logq)
-    return (1 - torch.exp(logsum)).reshape(B, H, W, 1)
+    return logsum.reshape(B, H, W)
