@@ -391,6 +391,13 @@ def _hashgrid(d):
                 "plain-torch twin (vectorised)", get(d, "field_torch_ms"))]
 
 
+def _soft(d):
+    return [Row("soft", f"soft silhouette, {fmt(get(d, 'faces'))} faces, {t(d, 'resolution')}, fwd + bwd ({th} thread"
+                + ("s" if th > 1 else "") + ")", get(d, f"warp_{th}thread_ms"), "ms", "plain-torch twin",
+                get(d, f"torch_{th}thread_ms"), spread=spread(d, lo=f"warp_{th}thread_min_ms", unit="ms"))
+            for th in (1, 2)]
+
+
 def _texture(d):
     return [Row("texture", f"{f} lookups, {t(d, 'lookups')} in a {t(d, 'texture')} texture, fwd + bwd ({th} thread"
                 + ("s" if th > 1 else "") + ")", get(d, f"{f}_warp_{th}thread_ms"), "ms", "grid_sample twin (plain torch)",
@@ -426,7 +433,7 @@ _EXTRACTORS = {
     "articulated": _articulated, "cloth": _cloth, "demo_time": _demo_time, "hashgrid": _hashgrid, "difftaichi_mass_spring": _difftaichi_mass_spring, "fem": _fem,
     "geometry": _geometry, "launch": _launch, "mass_spring": _mass_spring, "mpm": _mpm, "pathtrace": _pathtrace,
     "pathtrace_memory": _pathtrace_memory, "pipeline": _pipeline, "raster": _raster,
-    "rollout_memory": _rollout_memory, "scale": _scale_bench, "smoke": _smoke, "splat": _splat, "texture": _texture,
+    "rollout_memory": _rollout_memory, "scale": _scale_bench, "smoke": _smoke, "soft": _soft, "splat": _splat, "texture": _texture,
     "topopt": _topopt, "volume": _volume,
 }
 
