@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_float, check_mesh, check_points, check_same_dtype, exact_norm, safe_div
-from .winding import winding_number
+from .winding import occupancy
 
 
 def _div(n: torch.Tensor, d: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,13 +125,20 @@ def point_mesh_distance(verts: torch.Tensor, faces: torch.Tensor, points: torch.
     return d2 if squared else exact_norm(points - cp, rescale=False)
 
 
-def mesh_to_sdf(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, method: str = "auto") -> torch.Tensor:
+def mesh_to_sdf(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor, method: str = "auto",
+                sign_method: str = "auto") -> torch.Tensor:
     """Signed distance ``(Q,)`` of ``points`` to a closed mesh: negative inside (winding number > 1/2).
 
     Differentiable w.r.t. ``points`` and ``verts`` through the unsigned distance; the sign is
-    piecewise constant.
+    piecewise constant. ``method``: the closest-point search (:func:`closest_points`);
+    ``sign_method``: the inside test (:func:`~diffvc.geometry.occupancy`: ``"exact"`` brute-force
+    winding number, ``"fast"`` BVH fast winding number, approximate within a few triangle sizes of
+    the surface, where ``|sdf|`` is small; ``"auto"``: exact below 2e8 point-face pairs). 10k points
+    on a 100k-face mesh: the exact sign alone took 11.5 s.
     """
+    if sign_method not in ("auto", "exact", "fast"):
+        raise ValueError(f"sign_method must be 'auto', 'exact' or 'fast', got {sign_method!r}")
     d = point_mesh_distance(verts, faces, points, method=method)
     with torch.no_grad():
-        inside = winding_number(verts.detach(), faces, points.detach()) > 0.5
+        inside = occupancy(verts.detach(), faces, points.detach(), method=sign_method)
     return torch.where(inside, -d, d)

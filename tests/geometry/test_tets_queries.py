@@ -87,6 +87,12 @@ def test_distance_bvh_matches_brute_and_mesh_to_sdf():
     exact = q.norm(dim=1) - 0.6
     assert float((s - exact).abs().max()) < 0.01
     assert ((s < 0) == (exact < 0))[exact.abs() > 0.01].all()
+    # the sign by the BVH fast winding number (what "auto" picks for large point x face counts)
+    s_fast = G.mesh_to_sdf(v, f, q, sign_method="fast")
+    away = exact.abs() > 0.05
+    assert away.sum() > 100 and torch.equal(s_fast[away], G.mesh_to_sdf(v, f, q, sign_method="exact")[away])
+    with pytest.raises(ValueError, match="sign_method"):
+        G.mesh_to_sdf(v, f, q, sign_method="guess")
 
 
 def test_distance_grads_fd_and_degenerate_finite():
