@@ -240,6 +240,22 @@ def test_ssim_and_loss():
     xr = x.clone().requires_grad_()
     assert_grad_close(lambda a: ssim(a[:, :8, :8], y[:, :8, :8]), [xr], max_elements=12)
 
+    def ssim_3dgs(a, b):  # gaussian-splatting's utils/loss_utils.py: five 11x11 depthwise filters
+        g = torch.exp(-((torch.arange(11, dtype=DT) - 5) ** 2) / (2 * 1.5 ** 2))
+        g = g / g.sum()
+        w = (g[:, None] * g[None, :]).expand(3, 1, 11, 11).contiguous()
+        a, b = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
+
+        def f(z):
+            return torch.nn.functional.conv2d(z, w, padding=5, groups=3)
+
+        mu1, mu2 = f(a), f(b)
+        s11, s22, s12 = f(a * a) - mu1 ** 2, f(b * b) - mu2 ** 2, f(a * b) - mu1 * mu2
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        return (((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 ** 2 + mu2 ** 2 + c1) * (s11 + s22 + c2))).mean()
+
+    assert abs(float(ssim(x, y) - ssim_3dgs(x, y))) < 1e-14
+
 
 def test_density_control_clone_split_prune_keeps_adam_state():
     torch.manual_seed(0)
