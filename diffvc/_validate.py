@@ -162,11 +162,15 @@ def all_finite(x: torch.Tensor) -> bool:
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         import numpy as np
 
-        a = x.numpy() if x.is_contiguous() else x.contiguous().numpy()
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(a.sum()):
-                return True
-        return bool(np.isfinite(a).all())
+        try:
+            a = x.numpy() if x.is_contiguous() else x.contiguous().numpy()
+        except RuntimeError:  # no storage: a torch.func (jvp, vmap) wrapper; torch ops below
+            a = None
+        if a is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isfinite(a.sum()):
+                    return True
+            return bool(np.isfinite(a).all())
     if bool(torch.isfinite(x.sum())):
         return True
     return bool(torch.isfinite(x).all())

@@ -430,3 +430,9 @@ def test_all_finite_one_sum_with_the_entrywise_fallback():
             with pytest.raises(ValueError, match="tensor_x contains non-finite"):
                 check_finite(y, "tensor_x")
     assert check_finite(torch.zeros(0), "empty").numel() == 0
+    # tensors without storage (torch.func's jvp wrappers) are checked with torch ops
+    x = torch.rand(5, 3, dtype=torch.float64)
+    out, tangent = torch.func.jvp(lambda a: check_finite(a, "a") * 2, (x,), (torch.ones_like(x),))
+    assert torch.equal(out, 2 * x) and torch.equal(tangent, torch.full_like(x, 2.0))
+    with pytest.raises(ValueError, match="a contains non-finite"):
+        torch.func.jvp(lambda a: check_finite(a / 0.0, "a"), (x,), (torch.ones_like(x),))
