@@ -10,13 +10,11 @@ alternate); the 1-minute load average is recorded.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
-import time
 
 import torch
+
+from bench._common import alternating_ms, cli
 
 
 def run(quick: bool = False) -> dict:
@@ -26,25 +24,17 @@ def run(quick: bool = False) -> dict:
     v, f = torus(1.0, 0.4, 100, 50)
     cams = Cameras.look_at(torch.tensor([[0.0, 1.5, 3.0]]), width=256, height=256, fov_y=45.0)
     repeats = 3 if quick else 7
-    threads0 = torch.get_num_threads()
     out = {"faces": int(f.shape[0]), "resolution": "256x256", "sigma": 1.0, "repeats": repeats,
            "load_average_1min_start": round(os.getloadavg()[0], 2)}
+
+    def once(case):
+        x = v.clone().requires_grad_()
+        soft_silhouette(cams, x, f, sigma=1.0, backend=case[0]).mean().backward()
+
     cases = [(be, th) for th in (1, 2) for be in ("warp", "torch")]
-    times = {c: [] for c in cases}
-    try:
-        for r in range(repeats + 1):
-            for be, th in cases:
-                torch.set_num_threads(th)
-                x = v.clone().requires_grad_()
-                t0 = time.perf_counter()
-                soft_silhouette(cams, x, f, sigma=1.0, backend=be).mean().backward()
-                if r:  # the first round warms up (kernel loading)
-                    times[(be, th)].append((time.perf_counter() - t0) * 1e3)
-    finally:
-        torch.set_num_threads(threads0)
-    for (be, th), ts in times.items():
-        out[f"{be}_{th}thread_ms"] = round(statistics.median(ts), 2)
-        out[f"{be}_{th}thread_min_ms"] = round(min(ts), 2)
+    for (be, th), ms in alternating_ms(cases, repeats, once).items():
+        out[f"{be}_{th}thread_ms"] = ms["median"]
+        out[f"{be}_{th}thread_min_ms"] = ms["min"]
     for th in (1, 2):
         out[f"speedup_vs_torch_{th}thread"] = round(out[f"torch_{th}thread_ms"] / out[f"warp_{th}thread_ms"], 2)
     out["load_average_1min_end"] = round(os.getloadavg()[0], 2)
@@ -52,11 +42,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    res = run(ap.parse_args(argv).quick)
-    print(json.dumps(res, indent=2))
-    return res
+    return cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ average is recorded.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
-import time
 
 import torch
+
+from bench._common import alternating_ms, cli
 
 
 def _scene(H: int = 512, W: int = 512, size: int = 1024):
@@ -37,27 +35,20 @@ def run(quick: bool = False) -> dict:
 
     tex, near, far, target = _scene()
     repeats = 5 if quick else 11
-    threads0 = torch.get_num_threads()
     out = {"texture": "1024x1024x3 float32", "lookups": "512x512", "repeats": repeats,
            "load_average_1min_start": round(os.getloadavg()[0], 2)}
+
+    def once(case):
+        f, be, _ = case
+        t = tex.clone().requires_grad_()
+        u = (near if f == "bilinear" else far).clone().requires_grad_()
+        img = texture(t, u, filter=f, backend=be)
+        ((img - target) ** 2).mean().backward()
+
     cases = [(f, be, th) for f in ("bilinear", "mipmap") for th in (1, 2) for be in ("warp", "torch")]
-    times = {c: [] for c in cases}
-    try:
-        for r in range(repeats + 1):
-            for f, be, th in cases:
-                torch.set_num_threads(th)
-                t = tex.clone().requires_grad_()
-                u = (near if f == "bilinear" else far).clone().requires_grad_()
-                t0 = time.perf_counter()
-                img = texture(t, u, filter=f, backend=be)
-                ((img - target) ** 2).mean().backward()
-                if r:  # the first round warms up (kernel loading)
-                    times[(f, be, th)].append((time.perf_counter() - t0) * 1e3)
-    finally:
-        torch.set_num_threads(threads0)
-    for (f, be, th), ts in times.items():
-        out[f"{f}_{be}_{th}thread_ms"] = round(statistics.median(ts), 2)
-        out[f"{f}_{be}_{th}thread_min_ms"] = round(min(ts), 2)
+    for (f, be, th), ms in alternating_ms(cases, repeats, once).items():
+        out[f"{f}_{be}_{th}thread_ms"] = ms["median"]
+        out[f"{f}_{be}_{th}thread_min_ms"] = ms["min"]
     for f in ("bilinear", "mipmap"):
         for th in (1, 2):
             out[f"{f}_speedup_vs_torch_{th}thread"] = round(out[f"{f}_torch_{th}thread_ms"] / out[f"{f}_warp_{th}thread_ms"], 2)
@@ -66,11 +57,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    res = run(ap.parse_args(argv).quick)
-    print(json.dumps(res, indent=2))
-    return res
+    return cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .bridge import parallel_launch, split_chunks, twin_backward, wp
-from .raster import FACE_BLOCK, chunk_sum, cpu_zeros
+from .raster import chunk_sum, cpu_zeros, face_launch
 
 wp.set_module_options({"enable_backward": False})
 
@@ -203,20 +203,13 @@ def normals_face_adj(offset: int, blk: int, verts: wp.array2d(dtype=Any), faces:
         wp.atomic_sub(g_verts, i0, 2, p2 + q2)
 
 
-def _face_launch(F: int, device) -> tuple[int, int, int]:
-    """``(blk, threads, min_per_thread)`` of a per-face kernel (as the rasterizer's ``face_launch``)."""
-    if device.type == "cpu":
-        return FACE_BLOCK, (F + FACE_BLOCK - 1) // FACE_BLOCK, max(1, 4096 // FACE_BLOCK)
-    return 1, F, 4096
-
-
 class _MeshNormals(torch.autograd.Function):
     @staticmethod
     def forward(ctx, verts, faces, want_face, want_vert, twin):
         V, F = verts.shape[0], faces.shape[0]
         dev = verts.device
         eps = torch.finfo(verts.dtype).eps
-        blk, n, mpt = _face_launch(F, dev)
+        blk, n, mpt = face_launch(F, dev)
         fn = torch.empty((F, 3) if want_face else (1, 3), dtype=verts.dtype, device=dev)
         ranges = len(split_chunks(n, dev, mpt))
         accs = [cpu_zeros((V, 4) if want_vert else (1, 4), verts) for _ in range(ranges)]
@@ -255,7 +248,7 @@ class _MeshNormals(torch.autograd.Function):
         if use_vert:
             g_acc = torch.empty((V, 3), dtype=verts.dtype, device=dev)
             parallel_launch(normals_vertex_adj, V, [vn, nrm, g_vn.contiguous()], [g_acc], device=dev)
-        blk, n, mpt = _face_launch(F, dev)
+        blk, n, mpt = face_launch(F, dev)
         ranges = len(split_chunks(n, dev, mpt))
         bufs = [cpu_zeros((V, 3), verts) for _ in range(ranges)]
         g_fn = g_fn.contiguous() if use_face else verts.new_zeros((1, 3))

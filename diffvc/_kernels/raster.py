@@ -1730,8 +1730,9 @@ FACE_BLOCK = 64  # (view, face) items per CPU thread of the per-face kernels
 
 
 def face_launch(n: int, device) -> tuple[int, int, int]:
-    """How a per-face kernel (``tri_setup``, ``bin_fill``, the silhouette flags) is
-    launched over ``n`` (view, face) items: ``(blk, threads, min_per_thread)`` for
+    """How a per-item kernel (``tri_setup``, ``bin_fill``, the silhouette flags; the normals, soft
+    silhouette and texture-lookup kernels) is launched over ``n`` items (here (view, face) pairs):
+    ``(blk, threads, min_per_thread)`` for
     ``parallel_launch(kernel, threads, [blk, ...], min_per_thread=...)``. On the CPU a thread takes
     a block of ``FACE_BLOCK`` consecutive items (a Warp CPU thread costs ~10 ns of launch overhead:
     ~1 ms per 100k-face kernel otherwise); on CUDA one item per thread."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .bridge import parallel_launch, split_chunks, twin_backward, wp
-from .raster import FACE_BLOCK, chunk_sum, cpu_zeros
+from .raster import chunk_sum, cpu_zeros, face_launch
 
 wp.set_module_options({"enable_backward": False})
 
@@ -192,17 +192,11 @@ def soft_logsum_adj(offset: int, blk: int, screen: wp.array3d(dtype=Any), faces:
             wp.atomic_add(g_screen, b, i2, 1, gy2)
 
 
-def _launch(n: int, device) -> tuple[int, int, int]:
-    if device.type == "cpu":
-        return FACE_BLOCK, (n + FACE_BLOCK - 1) // FACE_BLOCK, max(1, 4096 // FACE_BLOCK)
-    return 1, n, 4096
-
-
 class _SoftLogsum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, screen, faces, H, W, near, sigma, pad, twin):
         B, F = screen.shape[0], faces.shape[0]
-        blk, n, mpt = _launch(B * F, screen.device)
+        blk, n, mpt = face_launch(B * F, screen.device)
         bufs = [cpu_zeros((B, H, W), screen) for _ in range(len(split_chunks(n, screen.device, mpt)))]
         if B * F:
             parallel_launch(soft_logsum, n, [blk, screen, faces, H, W, near, sigma, pad], lambda k: [bufs[k]],
@@ -222,7 +216,7 @@ class _SoftLogsum(torch.autograd.Function):
             return (gs,) + (None,) * 7
         H, W, near, sigma, pad = ctx.args
         B, F = screen.shape[0], faces.shape[0]
-        blk, n, mpt = _launch(B * F, screen.device)
+        blk, n, mpt = face_launch(B * F, screen.device)
         bufs = [cpu_zeros(screen.shape, screen) for _ in range(len(split_chunks(n, screen.device, mpt)))]
         if B * F:
             parallel_launch(soft_logsum_adj, n, [blk, screen, faces, H, W, near, sigma, pad, g.contiguous()],

@@ -9,8 +9,8 @@ centre at ``x = j``, ``y = i``), the four texels around ``(x, y)`` blended bilin
 ``[0, Wt - 1]`` (``y`` likewise), no gradient to ``u`` where clamped, as ``grid_sample``'s
 ``padding_mode="border"``.
 
-Threads: one per block of ``BLOCK`` lookups on the CPU (a Warp CPU thread costs ~10 ns of launch
-overhead), one per lookup on CUDA. Backward (hand-written, ``enable_backward=False``): the texel
+Threads: as the rasterizer's ``face_launch``: one per block of ``FACE_BLOCK`` lookups on the CPU
+(a Warp CPU thread costs ~10 ns of launch overhead), one per lookup on CUDA. Backward (hand-written, ``enable_backward=False``): the texel
 gradients are scattered (each CPU range of a split launch gets its own texture-gradient buffer:
 Warp's CPU atomics are not atomic across threads), the uv gradient written per lookup. The
 derivative w.r.t. ``uv`` on a texel-centre line is the one-sided one of the cell above/right of it
@@ -24,12 +24,9 @@ from typing import Any
 import torch
 
 from .bridge import parallel_launch, split_chunks, twin_backward, wp
-from .raster import chunk_sum, cpu_zeros
+from .raster import chunk_sum, cpu_zeros, face_launch
 
 wp.set_module_options({"enable_backward": False})
-
-BLOCK = 64  # lookups per CPU thread
-
 
 @wp.func
 def _axis(t: Any, n: int, wrap: int):
@@ -128,19 +125,12 @@ def tex_lookup_adj(offset: int, blk: int, tex: wp.array2d(dtype=Any), Bt: int, H
             g_uv[b, p, 1] = -gfy * dy * type(fx)(Ht)
 
 
-def _launch(n: int, device) -> tuple[int, int, int]:
-    """``(blk, threads, min_per_thread)`` for ``n`` lookups."""
-    if device.type == "cpu":
-        return BLOCK, (n + BLOCK - 1) // BLOCK, max(1, 4096 // BLOCK)
-    return 1, n, 4096
-
-
 class _Lookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tex, uv, wrap, twin):
         B, P = uv.shape[:2]
         out = torch.empty((B, P, tex.shape[3]), dtype=tex.dtype, device=tex.device)  # every entry written
-        blk, n, mpt = _launch(B * P, uv.device)
+        blk, n, mpt = face_launch(B * P, uv.device)
         if B * P:
             parallel_launch(tex_lookup, n, [blk, tex.reshape(-1, tex.shape[3]), *tex.shape[:3], uv, wrap], [out],
                             device=uv.device, min_per_thread=mpt)
@@ -156,7 +146,7 @@ class _Lookup(torch.autograd.Function):
             g_tex, g_uv = twin_backward(lambda t, u: ctx.twin(t, u, ctx.wrap), (tex, uv), (want_tex, want_uv), (g_out,))
             return g_tex, g_uv, None, None
         B, P = uv.shape[:2]
-        blk, n, mpt = _launch(B * P, uv.device)
+        blk, n, mpt = face_launch(B * P, uv.device)
         ranges = len(split_chunks(n, uv.device, mpt))
         C = tex.shape[3]
         bufs = [cpu_zeros((tex.numel() // C if want_tex else 1, C), tex) for _ in range(ranges)]
