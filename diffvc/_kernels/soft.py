@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .bridge import parallel_launch, split_chunks, twin_backward, wp
-from .raster import chunk_sum, cpu_zeros, face_launch
+from .raster import _edge, chunk_sum, cpu_zeros, face_launch
 
 wp.set_module_options({"enable_backward": False})
 
@@ -65,9 +65,9 @@ def _pixel(px: Any, py: Any, x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: An
         ex = exc
         ey = eyc
         k = 2
-    w0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
-    w1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
-    w2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    w0 = _edge(x1, y1, x2, y2, px, py)
+    w1 = _edge(x2, y2, x0, y0, px, py)
+    w2 = _edge(x0, y0, x1, y1, px, py)
     z = px - px
     delta = -type(px)(1.0)
     if s != z and w0 * s >= z and w1 * s >= z and w2 * s >= z:
@@ -106,7 +106,7 @@ def _face(screen: wp.array3d(dtype=Any), b: int, i0: int, i1: int, i2: int, pad:
     y2 = screen[b, i2, 1]
     xa, xb = _box(wp.min(x0, wp.min(x1, x2)), wp.max(x0, wp.max(x1, x2)), pad, W)
     ya, yb = _box(wp.min(y0, wp.min(y1, y2)), wp.max(y0, wp.max(y1, y2)), pad, H)
-    return x0, y0, x1, y1, x2, y2, _sign((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)), xa, xb, ya, yb
+    return x0, y0, x1, y1, x2, y2, _sign(_edge(x0, y0, x1, y1, x2, y2)), xa, xb, ya, yb
 
 
 @wp.kernel

@@ -155,8 +155,6 @@ class _Lookup(torch.autograd.Function):
             parallel_launch(tex_lookup_adj, n, [blk, tex.reshape(-1, C), *tex.shape[:3], uv, ctx.wrap, g_out.contiguous(),
                                                 int(want_tex), int(want_uv)],
                             lambda k: [bufs[k], g_uv], device=uv.device, min_per_thread=mpt)
-        elif want_uv:
-            g_uv.zero_()
         return (chunk_sum(bufs).reshape(tex.shape) if want_tex else None), (g_uv if want_uv else None), None, None
 
 

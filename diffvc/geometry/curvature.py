@@ -32,6 +32,7 @@ import math
 import torch
 
 from ._checks import check_mesh
+from .laplacian import _corner_edges, _edge_apply
 
 
 def _safe_norm(x: torch.Tensor) -> torch.Tensor:
@@ -141,12 +142,7 @@ def _cot_laplacian_apply(verts, faces):
     c2 = _safe_norm(cross)
     cot = torch.where((c2 > 0)[:, None], dots / torch.where(c2 > 0, c2, torch.ones_like(c2))[:, None],
                       torch.zeros_like(dots))
-    out = torch.zeros_like(verts)
-    for k in range(3):
-        i, j = faces[:, (k + 1) % 3], faces[:, (k + 2) % 3]
-        d = 0.5 * cot[:, k:k + 1] * (verts[i] - verts[j])
-        out = out.index_add(0, i, d).index_add(0, j, -d)
-    return out
+    return _edge_apply(*_corner_edges(faces, cot), verts)
 
 
 def mean_curvature_normal(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

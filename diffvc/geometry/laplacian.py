@@ -80,12 +80,30 @@ def cotangent_laplacian(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tenso
         ``(V, V)`` sparse COO, coalesced, dtype of ``verts``.
     """
     verts, faces = check_mesh(verts, faces)
-    cot = _cotangent_weights(verts, faces)
-    # the edge opposite corner k joins corners k+1 and k+2
+    return _assemble(*_cotangent_edges(verts, faces), verts.shape[0])
+
+
+def _cotangent_edges(verts: torch.Tensor, faces: torch.Tensor):
+    """``(i, j, w)`` of :func:`cotangent_laplacian` (:func:`_corner_edges` of its cotangents)."""
+    return _corner_edges(faces, _cotangent_weights(verts, faces))
+
+
+def _corner_edges(faces: torch.Tensor, cot: torch.Tensor):
+    """``(i, j, w)`` per face corner (an edge shared by two faces appears twice): the edge opposite
+    corner k joins corners k+1 and k+2, with weight ``cot[:, k] / 2`` (``cot`` (F, 3))."""
     i = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0]])
     j = torch.cat([faces[:, 2], faces[:, 0], faces[:, 1]])
-    w = 0.5 * torch.cat([cot[:, 0], cot[:, 1], cot[:, 2]])
-    return _assemble(i, j, w, verts.shape[0])
+    return i, j, 0.5 * torch.cat([cot[:, 0], cot[:, 1], cot[:, 2]])
+
+
+def _edge_apply(i: torch.Tensor, j: torch.Tensor, w: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``L x`` for the Laplacian :func:`_assemble` builds from ``(i, j, w)`` (``w = None``: 1), without
+    forming it: ``sum_j w_ij (x_i - x_j)`` by two scatters, so its backward is linear in the edge
+    count (``torch.sparse.mm``'s gradient w.r.t. differentiable values is dense V x V, see :func:`_spmm`)."""
+    d = x[i] - x[j]
+    if w is not None:
+        d = w[:, None] * d
+    return torch.zeros_like(x).index_add(0, i, d).index_add(0, j, -d)
 
 
 def vertex_areas(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -113,11 +131,11 @@ def laplacian_apply(L: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     check_same_dtype(("L", L), ("x", x))
     check_same_device(("L", L), ("x", x))
     if x.dim() == 1:
-        return spmm(L, x[:, None])[:, 0] if L.is_sparse else L @ x
-    return spmm(L, x) if L.is_sparse else L @ x
+        return _spmm(L, x[:, None])[:, 0] if L.is_sparse else L @ x
+    return _spmm(L, x) if L.is_sparse else L @ x
 
 
-def spmm(L: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _spmm(L: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``L @ x`` for a sparse COO ``L`` ``(V, V)`` and a dense ``x`` ``(V, C)`` (checked by the
     caller). Where ``L``'s values carry a gradient (a cotangent Laplacian of vertices being
     optimised) the product is a gather and a scatter over the nonzeros, whose backward is O(nnz):

@@ -94,7 +94,7 @@ class SparseSolver:
             raise TypeError(f"b must be a floating tensor (float32/float64), got {b.dtype}")
         if b.dim() not in (1, 2) or b.shape[0] != self.n:
             raise ValueError(f"b must have shape ({self.n},) or ({self.n}, k), got {tuple(b.shape)}")
-        if b.numel() and not all_finite(b):
+        if not all_finite(b):
             raise ValueError("b contains non-finite values (NaN or inf)")
         squeeze = b.dim() == 1
         B = b[:, None] if squeeze else b

@@ -71,7 +71,7 @@ def marching_tetrahedra(verts: torch.Tensor, tets: torch.Tensor, sdf: torch.Tens
         raise TypeError(f"sdf must be a floating tensor, got {sdf.dtype}")
     if sdf.device != verts.device:
         raise ValueError(f"sdf is on {sdf.device} but verts is on {verts.device}")
-    if sdf.numel() and not all_finite(sdf):
+    if not all_finite(sdf):
         raise ValueError("sdf contains non-finite values (NaN or inf)")
     dev = verts.device
     sdf = sdf.to(verts.dtype)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import check_same_dtype
+from .._validate import check_finite, check_same_dtype
 
 from .._kernels import raster as K
-from .._validate import check_finite
 from .rasterize import BACKENDS, Fragments
 
 

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .._validate import all_finite, as_float, check_choice, check_float, check_same_dtype
+from .._validate import as_float, check_choice, check_float, check_same_dtype
 import torch.nn.functional as Fn
 
 from .cameras import Cameras
@@ -65,10 +65,8 @@ def soft_silhouette(cameras: Cameras, verts: torch.Tensor, faces: torch.Tensor, 
         raise TypeError(f"cameras must be a diffvc.render.Cameras, got {type(cameras).__name__}")
     if not isinstance(verts, torch.Tensor) or verts.shape[-1:] != (3,) or verts.dim() not in (2, 3):
         raise ValueError("verts must be a tensor of shape (V, 3) or (B, V, 3)")
-    check_float(verts, "verts", coerce=False)
+    check_float(verts, "verts", coerce=False)  # finite too
     check_same_dtype(("cameras", cameras.R), ("verts", verts))
-    if verts.numel() and not all_finite(verts):
-        raise ValueError("verts contains non-finite values (NaN or inf)")
     H, W = check_size(cameras.height, cameras.width)
     faces = check_faces(faces, verts.shape[-2])
     check_choice(backend, "backend", BACKENDS)

@@ -71,7 +71,7 @@ def _eval(sdf, x: torch.Tensor) -> torch.Tensor:
     f = sdf(x)
     if not isinstance(f, torch.Tensor) or f.shape != x.shape[:1]:
         raise ValueError(f"sdf must map points (M, 3) to distances (M,), got {getattr(f, 'shape', type(f))}")
-    if f.numel() and not all_finite(f):
+    if not all_finite(f):
         raise ValueError("sdf returned non-finite distances (NaN or inf) inside the box")
     return f
 
@@ -195,7 +195,7 @@ def _per_ray(x, n: int, name: str, like: torch.Tensor) -> torch.Tensor:
     v = as_tensor(x, name, dtype=like.dtype, device=like.device)
     if v.shape not in ((3,), (n, 3)):
         raise ValueError(f"{name} must have shape (3,) or ({n}, 3), got {tuple(v.shape)}")
-    if v.numel() and not all_finite(v):
+    if not all_finite(v):
         raise ValueError(f"{name} must be finite")
     return v
 

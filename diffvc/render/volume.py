@@ -98,7 +98,7 @@ def _check_tensor(x, name: str, shape: tuple, finite: bool = True) -> torch.Tens
     if x.dim() != len(shape) or any(s is not None and x.shape[d] != s for d, s in enumerate(shape)):
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
-    if finite and x.numel() and not all_finite(x):
+    if finite and not all_finite(x):
         raise ValueError(f"{name} has non-finite values")
     return x
 

@@ -153,7 +153,7 @@ def test_normal_consistency_follows_edited_and_new_face_tensors():
 def test_laplacian_smoothing_equals_the_sparse_matrix_product_and_spmm_gradients():
     """The edge-summed ``L x`` of laplacian_smoothing_loss is the product with the documented sparse
     Laplacians (uniform_laplacian, cotangent_laplacian), values and gradients; laplacian_apply with a
-    differentiable cotangent Laplacian (the gather/scatter product of ``spmm``) matches
+    differentiable cotangent Laplacian (the gather/scatter product of ``_spmm``) matches
     ``torch.sparse.mm`` and central differences in float64; the cached edges follow the vertex count."""
     from diffvc.geometry.laplacian import laplacian_apply
 
